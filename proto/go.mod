@@ -1,0 +1,3 @@
+module notify/proto
+
+go 1.26
