@@ -1,0 +1,67 @@
+# notify: see README.md. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+BIN := $(CURDIR)/bin
+MODULES := pkg proto $(wildcard services/*)
+SERVICES := producer sender retrier deadletter fcm-emulator
+
+# Pinned tool versions, installed into ./bin by `make tools`.
+BUF_VERSION := v1.75.0
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+GOLANGCI_LINT_VERSION := v2.15.0
+
+TEST_TIMEOUT ?= 9m
+
+.PHONY: help run test proto lint tidy check tools build services bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+run: build ## start RabbitMQ, PostgreSQL, every service and the FCM emulator, and show a notification going through
+	@scripts/devenv.sh
+	@scripts/run.sh
+
+test: ## bring up RabbitMQ and PostgreSQL if needed, then run every module's tests with -race
+	@scripts/devenv.sh
+	go test -race -count=1 -timeout $(TEST_TIMEOUT) work
+
+build: ## build every service into ./bin
+	@mkdir -p $(BIN)
+	@for s in $(SERVICES); do (cd services/$$s && go build -o $(BIN)/$$s .); done
+
+proto: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## regenerate proto/gen from proto/notify
+	cd proto && $(BIN)/buf lint && $(BIN)/buf generate
+
+lint: $(BIN)/buf $(BIN)/golangci-lint ## buf lint, go vet and golangci-lint over every module
+	cd proto && $(BIN)/buf lint
+	go vet work
+	@for m in $(MODULES); do echo "golangci-lint $$m"; (cd $$m && $(BIN)/golangci-lint run ./...); done
+
+tidy: ## go mod tidy in every module
+	@for m in $(MODULES); do (cd $$m && go mod tidy); done
+
+check: proto tidy ## fail when generated code or go.mod/go.sum drifted from what is committed
+	@if ! git diff --quiet -- proto/gen '*.mod' '*.sum' || [[ -n "$$(git ls-files --others --exclude-standard -- proto/gen)" ]]; then \
+		echo "check: generated code or go.mod/go.sum differ from what is committed:"; \
+		git status --short -- proto/gen '*.mod' '*.sum'; \
+		git --no-pager diff --stat -- proto/gen '*.mod' '*.sum'; \
+		echo "run 'make proto tidy' and commit the result"; exit 1; \
+	fi
+	go vet work
+
+tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/golangci-lint ## install the pinned tools into ./bin
+
+$(BIN)/buf:
+	GOBIN=$(BIN) go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+$(BIN)/protoc-gen-go:
+	GOBIN=$(BIN) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+$(BIN)/protoc-gen-go-grpc:
+	GOBIN=$(BIN) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+$(BIN)/golangci-lint:
+	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+clean: ## remove ./bin and ./tmp
+	rm -rf $(BIN) tmp

@@ -1,0 +1,261 @@
+// Package outbox moves committed outbox rows to RabbitMQ.
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"notify/pkg/rabbit"
+)
+
+// publisher is all the relay needs from RabbitMQ; *rabbit.Publisher satisfies it.
+type publisher interface {
+	Publish(ctx context.Context, msgs ...rabbit.Message) error
+}
+
+// Options tune the relay; zero values take the defaults.
+type Options struct {
+	BatchSize    int           // rows claimed per round (default 500)
+	PollInterval time.Duration // wake-up when no NOTIFY arrives (default 1s)
+	Retention    time.Duration // published rows are deleted after this (default 24h)
+}
+
+// Relay moves committed outbox rows to RabbitMQ.
+//
+// Each round claims up to BatchSize unpublished rows with FOR UPDATE SKIP LOCKED (so any
+// number of producer replicas relay side by side without sending a row twice), publishes
+// them with windowed publisher confirms, and marks exactly the confirmed ones published in
+// the same transaction. Delivery is at-least-once: a crash between the broker's confirm and
+// the commit republishes the batch, so consumers dedupe on MessageId ("outbox-<id>").
+//
+// The relay wakes on the outbox's NOTIFY, polls as a fallback, and keeps going while rows
+// remain. It deletes published rows after the retention period.
+type Relay struct {
+	pool *pgxpool.Pool
+	pub  publisher
+	log  *slog.Logger
+	opts Options
+
+	published prometheus.Counter
+	failures  prometheus.Counter
+	lag       prometheus.Histogram
+	backlog   prometheus.Gauge
+}
+
+// NewRelay returns a relay and registers its metrics.
+func NewRelay(pool *pgxpool.Pool, pub publisher, log *slog.Logger, reg prometheus.Registerer, opts Options) *Relay {
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = 500
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = time.Second
+	}
+	if opts.Retention <= 0 {
+		opts.Retention = 24 * time.Hour
+	}
+	r := &Relay{
+		pool: pool, pub: pub, log: log, opts: opts,
+		published: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notify_outbox_published_total", Help: "Outbox rows published to RabbitMQ and confirmed.",
+		}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notify_outbox_publish_failures_total", Help: "Outbox rows whose publish failed (retried next round).",
+		}),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "notify_outbox_relay_lag_seconds",
+			Help:    "Time from an outbox row's commit to its confirmed publish.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}),
+		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "notify_outbox_backlog", Help: "Outbox rows not yet published (sampled).",
+		}),
+	}
+	reg.MustRegister(r.published, r.failures, r.lag, r.backlog)
+	return r
+}
+
+// Run relays until ctx ends; the round in progress is finished first.
+func (r *Relay) Run(ctx context.Context) error {
+	wake := make(chan struct{}, 1)
+	go r.listen(ctx, wake)
+
+	poll := time.NewTicker(r.opts.PollInterval)
+	defer poll.Stop()
+	housekeeping := time.NewTicker(time.Minute)
+	defer housekeeping.Stop()
+	r.sampleBacklog(ctx)
+
+	for {
+		// Rounds run on a context that outlives ctx, so a claimed batch is always settled
+		// (published and marked, or rolled back) rather than abandoned half-way.
+		n, err := r.RelayOnce(context.WithoutCancel(ctx))
+		if err != nil {
+			r.log.Warn("outbox round failed; retrying", "err", err)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil && n == r.opts.BatchSize {
+			continue // more rows are waiting
+		}
+		var pause <-chan time.Time
+		if err != nil {
+			pause = time.After(r.opts.PollInterval)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-pause:
+		case <-wake:
+		case <-poll.C:
+			r.sampleBacklog(ctx)
+		case <-housekeeping.C:
+			r.deletePublished(ctx)
+		}
+	}
+}
+
+type row struct {
+	id          int64
+	routingKey  string
+	messageType string
+	body        []byte
+	createdAt   time.Time
+}
+
+// RelayOnce runs one round and returns how many rows it claimed.
+func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
+	var claimed int
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT id, routing_key, message_type, body, created_at FROM outbox
+			WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, r.opts.BatchSize)
+		if err != nil {
+			return fmt.Errorf("claim outbox rows: %w", err)
+		}
+		batch, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (row, error) {
+			var o row
+			err := row.Scan(&o.id, &o.routingKey, &o.messageType, &o.body, &o.createdAt)
+			return o, err
+		})
+		if err != nil {
+			return fmt.Errorf("claim outbox rows: %w", err)
+		}
+		claimed = len(batch)
+		if claimed == 0 {
+			return nil
+		}
+
+		msgs := make([]rabbit.Message, len(batch))
+		for i, o := range batch {
+			msgs[i] = rabbit.Message{
+				RoutingKey:  o.routingKey,
+				MessageID:   "outbox-" + strconv.FormatInt(o.id, 10),
+				Type:        o.messageType,
+				ContentType: "application/protobuf",
+				Body:        o.body,
+			}
+		}
+		pubErr := r.pub.Publish(ctx, msgs...)
+		failed := map[int]bool{}
+		if pubErr != nil {
+			var pe *rabbit.PublishError
+			if !errors.As(pubErr, &pe) {
+				return fmt.Errorf("publish %d outbox rows: %w", claimed, pubErr)
+			}
+			for _, f := range pe.Failed {
+				failed[f.Index] = true
+			}
+			r.failures.Add(float64(len(pe.Failed)))
+		}
+		ids := make([]int64, 0, len(batch))
+		now := time.Now()
+		for i, o := range batch {
+			if !failed[i] {
+				ids = append(ids, o.id)
+				r.lag.Observe(now.Sub(o.createdAt).Seconds())
+			}
+		}
+		if len(ids) > 0 {
+			if _, err := tx.Exec(ctx, "UPDATE outbox SET published_at = now() WHERE id = ANY($1)", ids); err != nil {
+				return fmt.Errorf("mark %d outbox rows published: %w", len(ids), err)
+			}
+		}
+		r.published.Add(float64(len(ids)))
+		if pubErr != nil {
+			// The confirmed rows are marked; the rest stay for the next round.
+			r.log.Warn("some outbox rows were not confirmed", "published", len(ids), "failed", len(failed), "err", pubErr)
+		}
+		return nil
+	})
+	return claimed, err
+}
+
+// listen turns the outbox trigger's NOTIFYs into wake-ups, reconnecting as needed.
+func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
+	for ctx.Err() == nil {
+		err := r.listenOnce(ctx, wake)
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Warn("outbox listener lost; polling until it is back", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}) error {
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	// A LISTENing connection must not go back to the pool.
+	defer conn.Hijack().Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "LISTEN notify_outbox"); err != nil {
+		return err
+	}
+	for {
+		if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+			return err
+		}
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (r *Relay) sampleBacklog(ctx context.Context) {
+	var n int64
+	if err := r.pool.QueryRow(ctx, "SELECT count(*) FROM outbox WHERE published_at IS NULL").Scan(&n); err == nil {
+		r.backlog.Set(float64(n))
+	}
+}
+
+// deletePublished removes published rows older than the retention, in slices so a large
+// backlog never holds long locks.
+func (r *Relay) deletePublished(ctx context.Context) {
+	for ctx.Err() == nil {
+		tag, err := r.pool.Exec(ctx, `
+			DELETE FROM outbox WHERE id IN (
+				SELECT id FROM outbox WHERE published_at < now() - $1::interval LIMIT 5000)`,
+			r.opts.Retention.String())
+		if err != nil {
+			r.log.Warn("delete published outbox rows", "err", err)
+			return
+		}
+		if tag.RowsAffected() < 5000 {
+			return
+		}
+	}
+}

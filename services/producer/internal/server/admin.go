@@ -1,0 +1,155 @@
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+// Admin implements AdminService.
+type Admin struct {
+	notifyv1.UnimplementedAdminServiceServer
+	pool *pgxpool.Pool
+	log  *slog.Logger
+}
+
+// NewAdmin returns the AdminService.
+func NewAdmin(pool *pgxpool.Pool, log *slog.Logger) *Admin {
+	return &Admin{pool: pool, log: log}
+}
+
+var (
+	statusNames = map[string]notifyv1.NotificationStatus{
+		"pending":   notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING,
+		"retrying":  notifyv1.NotificationStatus_NOTIFICATION_STATUS_RETRYING,
+		"delivered": notifyv1.NotificationStatus_NOTIFICATION_STATUS_DELIVERED,
+		"failed":    notifyv1.NotificationStatus_NOTIFICATION_STATUS_FAILED,
+		"expired":   notifyv1.NotificationStatus_NOTIFICATION_STATUS_EXPIRED,
+	}
+	outcomeNames = map[string]notifyv1.DeliveryOutcome{
+		"pending":   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_PENDING,
+		"delivered": notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_DELIVERED,
+		"invalid":   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_INVALID,
+		"retrying":  notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_RETRYING,
+		"failed":    notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_FAILED,
+		"expired":   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_EXPIRED,
+	}
+)
+
+func outcomeName(o notifyv1.DeliveryOutcome) (string, bool) {
+	for name, v := range outcomeNames {
+		if v == o {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// pageSize applies a page size's default and cap.
+func pageSize(requested int32, def, max int) int {
+	switch {
+	case requested <= 0:
+		return def
+	case int(requested) > max:
+		return max
+	}
+	return int(requested)
+}
+
+// GetNotification returns a notification and a page of its deliveries, ordered by token.
+func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificationRequest) (*notifyv1.GetNotificationResponse, error) {
+	var v violations
+	id, err := uuid.Parse(req.GetNotificationId())
+	if err != nil {
+		v.add("notification_id", "must be a notification id (UUID)")
+	}
+	after, err := base64.RawURLEncoding.DecodeString(req.GetPageToken())
+	if err != nil {
+		v.add("page_token", "is not a token from a previous response")
+	}
+	outcome := ""
+	if o := req.GetOutcome(); o != notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_UNSPECIFIED {
+		name, ok := outcomeName(o)
+		if !ok {
+			v.add("outcome", "unknown outcome %d", o)
+		}
+		outcome = name
+	}
+	if len(v) > 0 {
+		return nil, invalidArgument(v)
+	}
+
+	n := &notifyv1.Notification{Counts: &notifyv1.DeliveryCounts{}}
+	var (
+		caller, typ, st      string
+		key                  *string
+		request              []byte
+		created, updated, ex time.Time
+		c                    = n.Counts
+	)
+	err = a.pool.QueryRow(ctx, `
+		SELECT caller, idempotency_key, type, status, request, created_at, updated_at, expires_at,
+			total, delivered, invalid, retrying, failed, expired, replay_count
+		FROM notifications WHERE id = $1`, id).Scan(&caller, &key, &typ, &st, &request, &created, &updated, &ex,
+		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &n.ReplayCount)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, status.Errorf(codes.NotFound, "notification %s not found", id)
+	}
+	if err != nil {
+		return nil, internal(ctx, a.log, "read notification", err, "notification_id", id)
+	}
+	n.Id, n.Caller, n.Type, n.Status = id.String(), caller, typ, statusNames[st]
+	if key != nil {
+		n.IdempotencyKey = *key
+	}
+	c.Pending = max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired)
+	n.CreateTime, n.UpdateTime, n.ExpireTime = timestamppb.New(created), timestamppb.New(updated), timestamppb.New(ex)
+	n.Request = &notifyv1.PublishRequest{}
+	if err := protojson.Unmarshal(request, n.Request); err != nil {
+		return nil, internal(ctx, a.log, "decode stored request", err, "notification_id", id)
+	}
+
+	limit := pageSize(req.GetPageSize(), 100, 1000)
+	rows, err := a.pool.Query(ctx, `
+		SELECT token, coalesce(device_id, ''), coalesce(user_id, ''), outcome, attempts,
+			coalesce(error_code, ''), coalesce(error_message, ''), updated_at
+		FROM deliveries
+		WHERE notification_id = $1 AND token > $2 AND ($3 = '' OR outcome = $3)
+		ORDER BY token LIMIT $4`, id, string(after), outcome, limit+1)
+	if err != nil {
+		return nil, internal(ctx, a.log, "read deliveries", err, "notification_id", id)
+	}
+	var deliveries []*notifyv1.Delivery
+	var d notifyv1.Delivery
+	var oc string
+	var at time.Time
+	_, err = pgx.ForEachRow(rows, []any{&d.Token, &d.DeviceId, &d.UserId, &oc, &d.Attempts, &d.ErrorCode, &d.ErrorMessage, &at}, func() error {
+		deliveries = append(deliveries, &notifyv1.Delivery{
+			Token: d.Token, DeviceId: d.DeviceId, UserId: d.UserId, Outcome: outcomeNames[oc],
+			Attempts: d.Attempts, ErrorCode: d.ErrorCode, ErrorMessage: d.ErrorMessage, UpdateTime: timestamppb.New(at),
+		})
+		return nil
+	})
+	if err != nil {
+		return nil, internal(ctx, a.log, "read deliveries", err, "notification_id", id)
+	}
+	resp := &notifyv1.GetNotificationResponse{Notification: n}
+	if len(deliveries) > limit {
+		deliveries = deliveries[:limit]
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(deliveries[limit-1].Token))
+	}
+	resp.Deliveries = deliveries
+	return resp, nil
+}

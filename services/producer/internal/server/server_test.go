@@ -1,0 +1,272 @@
+package server
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"notify/pkg/pgtest"
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func validRequest() *notifyv1.PublishRequest {
+	return &notifyv1.PublishRequest{
+		Type:       "comment.created",
+		Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: []string{"u1"}}}},
+		Content:    &notifyv1.Content{Title: "New comment", Body: "Ana replied"},
+	}
+}
+
+// badFields returns the fields named by an INVALID_ARGUMENT error's BadRequest detail.
+func badFields(t *testing.T, err error) []string {
+	t.Helper()
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.InvalidArgument {
+		t.Fatalf("error = %v, want INVALID_ARGUMENT", err)
+	}
+	var fields []string
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				fields = append(fields, v.GetField())
+			}
+		}
+	}
+	if len(fields) == 0 {
+		t.Fatalf("INVALID_ARGUMENT without BadRequest field violations: %v", err)
+	}
+	return fields
+}
+
+func TestValidatePublish(t *testing.T) {
+	t.Parallel()
+	tokens := make([]string, MaxRecipients+1)
+	for i := range tokens {
+		tokens[i] = "t"
+	}
+	tests := []struct {
+		name   string
+		modify func(*notifyv1.PublishRequest)
+		want   []string
+	}{
+		{"valid", func(*notifyv1.PublishRequest) {}, nil},
+		{"no type", func(r *notifyv1.PublishRequest) { r.Type = "" }, []string{"type"}},
+		{"bad type", func(r *notifyv1.PublishRequest) { r.Type = "a b" }, []string{"type"}},
+		{"no recipients", func(r *notifyv1.PublishRequest) { r.Recipients = nil }, []string{"recipients"}},
+		{"empty user list", func(r *notifyv1.PublishRequest) {
+			r.Recipients.Target = &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{}}
+		}, []string{"recipients.user_ids.user_ids"}},
+		{"too many tokens", func(r *notifyv1.PublishRequest) {
+			r.Recipients.Target = &notifyv1.Recipients_Tokens{Tokens: &notifyv1.Tokens{Tokens: tokens}}
+		}, []string{"recipients.tokens.tokens"}},
+		{"empty token", func(r *notifyv1.PublishRequest) {
+			r.Recipients.Target = &notifyv1.Recipients_Tokens{Tokens: &notifyv1.Tokens{Tokens: []string{"a", ""}}}
+		}, []string{"recipients.tokens.tokens[1]"}},
+		{"broadcast", func(r *notifyv1.PublishRequest) {
+			r.Recipients.Target = &notifyv1.Recipients_AllDevices{AllDevices: &notifyv1.AllDevices{}}
+		}, nil},
+		{"nothing to show", func(r *notifyv1.PublishRequest) { r.Content = nil }, []string{"content"}},
+		{"data only", func(r *notifyv1.PublishRequest) { r.Content = nil; r.Data = map[string]string{"k": "v"} }, nil},
+		{"reserved keys", func(r *notifyv1.PublishRequest) {
+			r.Data = map[string]string{"from": "x", "google.x": "y", "gcm.n": "z", "message_type": "m", "ok": "1"}
+		}, []string{"data[from]", "data[gcm.n]", "data[google.x]", "data[message_type]"}},
+		{"payload over 4096 bytes", func(r *notifyv1.PublishRequest) { r.Content.Body = strings.Repeat("x", 4096) }, []string{"content"}},
+		{"ttl over 28 days", func(r *notifyv1.PublishRequest) {
+			r.Options = &notifyv1.Options{Ttl: durationpb.New(MaxTTL + 1)}
+		}, []string{"options.ttl"}},
+		{"negative ttl", func(r *notifyv1.PublishRequest) { r.Options = &notifyv1.Options{Ttl: durationpb.New(-1)} }, []string{"options.ttl"}},
+		{"image not https", func(r *notifyv1.PublishRequest) { r.Content.ImageUrl = "http://x/y.png" }, []string{"content.image_url"}},
+		{"unknown priority", func(r *notifyv1.PublishRequest) { r.Options = &notifyv1.Options{Priority: 7} }, []string{"options.priority"}},
+		{"long collapse key", func(r *notifyv1.PublishRequest) {
+			r.Options = &notifyv1.Options{CollapseKey: strings.Repeat("c", 65)}
+		}, []string{"options.collapse_key"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			req := validRequest()
+			tt.modify(req)
+			var got []string
+			for _, v := range validatePublish(req) {
+				got = append(got, v.GetField())
+			}
+			// Map iteration makes data violations unordered.
+			if diff := cmp.Diff(tt.want, got, cmpSorted); diff != "" {
+				t.Errorf("violations (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+var cmpSorted = cmp.Transformer("sort", func(in []string) []string {
+	out := append([]string(nil), in...)
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j] < out[i] {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return out
+})
+
+func TestPublishWritesNotificationAndOutboxAtomically(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	s := NewNotifications(db.Pool, discard, prometheus.NewRegistry())
+
+	req := validRequest()
+	req.IdempotencyKey = "order-42-shipped"
+	first, err := s.Publish(ctx, req)
+	if err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	if first.GetDuplicate() || first.GetNotificationId() == "" {
+		t.Fatalf("first Publish = %v, want a new id", first)
+	}
+	second, err := s.Publish(ctx, req)
+	if err != nil {
+		t.Fatalf("Publish again: %v", err)
+	}
+	if !second.GetDuplicate() || second.GetNotificationId() != first.GetNotificationId() {
+		t.Errorf("repeated Publish = %v, want id %s with duplicate=true", second, first.GetNotificationId())
+	}
+	// Another caller may use the same key for its own notification.
+	other, err := s.Publish(WithCaller(ctx, "orders"), req)
+	if err != nil {
+		t.Fatalf("Publish as other caller: %v", err)
+	}
+	if other.GetDuplicate() || other.GetNotificationId() == first.GetNotificationId() {
+		t.Errorf("other caller's Publish = %v, want a new notification", other)
+	}
+
+	var notifications, outbox int
+	if err := db.Pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM notifications), (SELECT count(*) FROM outbox)").Scan(&notifications, &outbox); err != nil {
+		t.Fatal(err)
+	}
+	if notifications != 2 || outbox != 2 {
+		t.Errorf("rows: %d notifications, %d outbox, want 2 and 2 (one pair per accepted notification)", notifications, outbox)
+	}
+}
+
+func TestPublishInvalidWritesNothing(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	s := NewNotifications(db.Pool, discard, prometheus.NewRegistry())
+
+	req := validRequest()
+	req.Data = map[string]string{"google.sent_time": "1"}
+	_, err := s.Publish(ctx, req)
+	if diff := cmp.Diff([]string{"data[google.sent_time]"}, badFields(t, err)); diff != "" {
+		t.Errorf("fields (-want +got):\n%s", diff)
+	}
+	var n int
+	if err := db.Pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM notifications) + (SELECT count(*) FROM outbox)").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("an invalid Publish wrote %d rows", n)
+	}
+}
+
+func TestDevices(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	s := NewDevices(db.Pool, discard, prometheus.NewRegistry())
+	android := notifyv1.Platform_PLATFORM_ANDROID
+
+	register := func(user, device, token string) *notifyv1.RegisterDeviceResponse {
+		t.Helper()
+		resp, err := s.RegisterDevice(ctx, &notifyv1.RegisterDeviceRequest{UserId: user, DeviceId: device, Token: token, Platform: android})
+		if err != nil {
+			t.Fatalf("RegisterDevice(%s, %s): %v", user, device, err)
+		}
+		return resp
+	}
+	check := func(user, device string) bool {
+		t.Helper()
+		resp, err := s.CheckDevice(ctx, &notifyv1.CheckDeviceRequest{UserId: user, DeviceId: device})
+		if err != nil {
+			t.Fatalf("CheckDevice: %v", err)
+		}
+		return resp.GetRegistered()
+	}
+
+	if r := register("ana", "phone", "tok-1"); !r.GetCreated() {
+		t.Errorf("first registration: %v, want created", r)
+	}
+	if r := register("ana", "phone", "tok-2"); r.GetCreated() || r.GetReactivated() {
+		t.Errorf("new token for the same device: %v, want an update", r)
+	}
+	if !check("ana", "phone") {
+		t.Error("CheckDevice after registration = false")
+	}
+	if check("bob", "phone") {
+		t.Error("CheckDevice for another user = true")
+	}
+
+	// The token moves to the device that registered it last.
+	register("bob", "tablet", "tok-2")
+	if check("ana", "phone") {
+		t.Error("CheckDevice = true for a device whose token moved to another device")
+	}
+
+	if resp, err := s.UnregisterDevice(ctx, &notifyv1.UnregisterDeviceRequest{DeviceId: "tablet"}); err != nil || !resp.GetFound() {
+		t.Fatalf("UnregisterDevice = %v, %v", resp, err)
+	}
+	if check("bob", "tablet") {
+		t.Error("CheckDevice after UnregisterDevice = true")
+	}
+	if r := register("bob", "tablet", "tok-2"); !r.GetReactivated() {
+		t.Errorf("registering an unregistered device: %v, want reactivated", r)
+	}
+	if resp, _ := s.UnregisterDevice(ctx, &notifyv1.UnregisterDeviceRequest{DeviceId: "nobody"}); resp.GetFound() {
+		t.Error("UnregisterDevice of an unknown device found it")
+	}
+
+	_, err := s.RegisterDevice(ctx, &notifyv1.RegisterDeviceRequest{UserId: "ana"})
+	if diff := cmp.Diff([]string{"device_id", "token", "platform"}, badFields(t, err)); diff != "" {
+		t.Errorf("fields (-want +got):\n%s", diff)
+	}
+
+	batch := &notifyv1.RegisterDevicesRequest{}
+	for i := range 1000 {
+		batch.Devices = append(batch.Devices, &notifyv1.Device{
+			UserId: "user-" + string(rune('a'+i%26)), DeviceId: "bulk-" + strconv.Itoa(i), Token: "bulk-tok-" + strconv.Itoa(i), Platform: android,
+		})
+	}
+	batch.Devices = append(batch.Devices, &notifyv1.Device{UserId: "ana", DeviceId: "phone", Token: "tok-3", Platform: android})
+	resp, err := s.RegisterDevices(ctx, batch)
+	if err != nil {
+		t.Fatalf("RegisterDevices: %v", err)
+	}
+	if resp.GetCreated() != 1000 || resp.GetUpdated() != 1 {
+		t.Errorf("RegisterDevices = %v, want 1000 created and 1 updated", resp)
+	}
+	if !check("ana", "phone") {
+		t.Error("batch registration did not reactivate ana's phone")
+	}
+	dup := &notifyv1.RegisterDevicesRequest{Devices: []*notifyv1.Device{
+		{UserId: "u", DeviceId: "d", Token: "t1", Platform: android},
+		{UserId: "u", DeviceId: "d", Token: "t2", Platform: android},
+	}}
+	_, err = s.RegisterDevices(ctx, dup)
+	if diff := cmp.Diff([]string{"devices[1].device_id"}, badFields(t, err)); diff != "" {
+		t.Errorf("fields (-want +got):\n%s", diff)
+	}
+}

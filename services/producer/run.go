@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"notify/pkg/logging"
+	"notify/pkg/metrics"
+	"notify/pkg/rabbit"
+	"notify/pkg/schema"
+	notifyv1 "notify/proto/gen/notify/v1"
+	"notify/services/producer/internal/outbox"
+	"notify/services/producer/internal/server"
+)
+
+// run wires the producer together and runs it until ctx ends.
+//
+// Shutdown order matters: on ctx's end the gRPC server drains in-flight RPCs and the relay
+// finishes its batch first; only then is the broker connection closed, so nothing the relay
+// claimed is left half-published.
+func run(ctx context.Context, getenv func(string) string) error {
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	log := logging.New(os.Stderr, "producer", cfg.LogLevel)
+
+	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	defer pool.Close()
+	if err := waitForDatabase(ctx, pool); err != nil {
+		return err
+	}
+	if _, err := schema.Migrate(ctx, pool, log); err != nil {
+		return fmt.Errorf("migrate database: %w", err)
+	}
+
+	reg := metrics.NewRegistry()
+	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{Topology: rabbit.DefaultTopology()})
+	relay := outbox.NewRelay(pool, rabbit.NewPublisher(conn, rabbit.PublisherOptions{}), log, reg, outbox.Options{
+		BatchSize:    cfg.OutboxBatchSize,
+		PollInterval: cfg.OutboxPollInterval,
+		Retention:    cfg.OutboxRetention,
+	})
+
+	grpcServer := grpc.NewServer()
+	healthServer := health.NewServer()
+	notifyv1.RegisterNotificationServiceServer(grpcServer, server.NewNotifications(pool, log, reg))
+	notifyv1.RegisterDeviceServiceServer(grpcServer, server.NewDevices(pool, log, reg))
+	notifyv1.RegisterAdminServiceServer(grpcServer, server.NewAdmin(pool, log))
+	healthpb.RegisterHealthServer(grpcServer, healthServer)
+	reflection.Register(grpcServer)
+
+	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("GRPC_ADDR: listen on %s: %w", cfg.GRPCAddr, err)
+	}
+
+	connCtx, stopConn := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopConn()
+	connDone := make(chan error, 1)
+	go func() { connDone <- conn.Run(connCtx) }()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return relay.Run(gctx) })
+	g.Go(func() error {
+		return metrics.NewServer(cfg.MetricsAddr, reg, func(ctx context.Context) error { return pool.Ping(ctx) }, log).Run(gctx)
+	})
+	g.Go(func() error {
+		errc := make(chan error, 1)
+		go func() { errc <- grpcServer.Serve(lis) }()
+		log.Info("grpc listening", "addr", lis.Addr().String())
+		select {
+		case err := <-errc:
+			return fmt.Errorf("grpc server: %w", err)
+		case <-gctx.Done():
+		}
+		healthServer.Shutdown() // tell load balancers first
+		stopped := make(chan struct{})
+		go func() { grpcServer.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(cfg.ShutdownTimeout):
+			log.Warn("in-flight RPCs did not finish in time; closing them", "timeout", cfg.ShutdownTimeout)
+			grpcServer.Stop()
+		}
+		return nil
+	})
+	err = g.Wait()
+	stopConn()
+	if connErr := <-connDone; connErr != nil && !errors.Is(connErr, context.Canceled) {
+		err = errors.Join(err, fmt.Errorf("rabbitmq connection: %w", connErr))
+	}
+	return err
+}
+
+// waitForDatabase gives a database that starts together with the producer a minute to
+// answer, instead of failing at once.
+func waitForDatabase(ctx context.Context, pool *pgxpool.Pool) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := pool.Ping(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("DATABASE_URL: database not reachable: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
