@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 BIN := $(CURDIR)/bin
 MODULES := pkg proto $(wildcard services/*)
-SERVICES := producer sender retrier deadletter fcm-emulator
+SERVICES := producer sender retrier deadletter fcm-emulator notifyctl
 
 # Pinned tool versions, installed into ./bin by `make tools`.
 BUF_VERSION := v1.75.0

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"notify/pkg/logging"
+	"notify/pkg/rabbit"
 )
 
 // config is everything the producer reads from the environment.
@@ -18,6 +19,7 @@ type config struct {
 	LogLevel        slog.Level
 	MetricsAddr     string
 	GRPCAddr        string
+	Topology        string        // AMQP_TOPOLOGY: exchange name and queue prefix
 	ShutdownTimeout time.Duration // drain of in-flight RPCs and the relay on SIGTERM
 
 	OutboxBatchSize    int           // rows claimed and published per relay round
@@ -31,6 +33,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		AMQPURL:     cmp.Or(getenv("AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/"),
 		MetricsAddr: cmp.Or(getenv("METRICS_ADDR"), "127.0.0.1:9101"),
 		GRPCAddr:    cmp.Or(getenv("GRPC_ADDR"), "127.0.0.1:50051"),
+		Topology:    cmp.Or(getenv("AMQP_TOPOLOGY"), rabbit.DefaultName),
 	}
 	var errs []error
 	var err error

@@ -49,8 +49,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 
 	reg := metrics.NewRegistry()
-	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{Topology: rabbit.DefaultTopology()})
-	relay := outbox.NewRelay(pool, rabbit.NewPublisher(conn, rabbit.PublisherOptions{}), log, reg, outbox.Options{
+	topo := rabbit.NewTopology(cfg.Topology, nil)
+	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{Name: "producer", Topology: &topo, DrainTimeout: cfg.ShutdownTimeout})
+	relay := outbox.NewRelay(pool, rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{}), log, reg, outbox.Options{
 		BatchSize:    cfg.OutboxBatchSize,
 		PollInterval: cfg.OutboxPollInterval,
 		Retention:    cfg.OutboxRetention,

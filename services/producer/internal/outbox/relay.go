@@ -141,9 +141,9 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 		if err != nil {
 			return fmt.Errorf("claim outbox rows: %w", err)
 		}
-		batch, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (row, error) {
+		batch, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
 			var o row
-			err := row.Scan(&o.id, &o.routingKey, &o.messageType, &o.body, &o.createdAt)
+			err := r.Scan(&o.id, &o.routingKey, &o.messageType, &o.body, &o.createdAt)
 			return o, err
 		})
 		if err != nil {

@@ -185,7 +185,12 @@ type DeadLetterTask struct {
 	// Send attempts made.
 	Attempts int32 `protobuf:"varint,5,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// The tokens concerned.
-	Tokens        []string `protobuf:"bytes,6,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	Tokens []string `protobuf:"bytes,6,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	// The message that could not be handled, when the dead letter is about one (e.g. an
+	// undecodable or unattributable message), and its AMQP type.
+	Original []byte `protobuf:"bytes,7,opt,name=original,proto3" json:"original,omitempty"`
+	// The AMQP type of original.
+	OriginalType  string `protobuf:"bytes,8,opt,name=original_type,json=originalType,proto3" json:"original_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -262,6 +267,20 @@ func (x *DeadLetterTask) GetTokens() []string {
 	return nil
 }
 
+func (x *DeadLetterTask) GetOriginal() []byte {
+	if x != nil {
+		return x.Original
+	}
+	return nil
+}
+
+func (x *DeadLetterTask) GetOriginalType() string {
+	if x != nil {
+		return x.OriginalType
+	}
+	return ""
+}
+
 var File_notify_bus_v1_bus_proto protoreflect.FileDescriptor
 
 const file_notify_bus_v1_bus_proto_rawDesc = "" +
@@ -276,7 +295,7 @@ const file_notify_bus_v1_bus_proto_rawDesc = "" +
 	"\x06tokens\x18\x02 \x03(\tR\x06tokens\x12\x18\n" +
 	"\aattempt\x18\x03 \x01(\x05R\aattempt\x12&\n" +
 	"\x0flast_error_code\x18\x04 \x01(\tR\rlastErrorCode\x12,\n" +
-	"\x12last_error_message\x18\x05 \x01(\tR\x10lastErrorMessage\"\xc9\x01\n" +
+	"\x12last_error_message\x18\x05 \x01(\tR\x10lastErrorMessage\"\x8a\x02\n" +
 	"\x0eDeadLetterTask\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1d\n" +
@@ -284,7 +303,9 @@ const file_notify_bus_v1_bus_proto_rawDesc = "" +
 	"error_code\x18\x03 \x01(\tR\terrorCode\x12#\n" +
 	"\rerror_message\x18\x04 \x01(\tR\ferrorMessage\x12\x1a\n" +
 	"\battempts\x18\x05 \x01(\x05R\battempts\x12\x16\n" +
-	"\x06tokens\x18\x06 \x03(\tR\x06tokensB&Z$notify/proto/gen/notify/bus/v1;busv1b\x06proto3"
+	"\x06tokens\x18\x06 \x03(\tR\x06tokens\x12\x1a\n" +
+	"\boriginal\x18\a \x01(\fR\boriginal\x12#\n" +
+	"\roriginal_type\x18\b \x01(\tR\foriginalTypeB&Z$notify/proto/gen/notify/bus/v1;busv1b\x06proto3"
 
 var (
 	file_notify_bus_v1_bus_proto_rawDescOnce sync.Once

@@ -1,0 +1,321 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"notify/pkg/fcm"
+	"notify/pkg/rabbit"
+	busv1 "notify/proto/gen/notify/bus/v1"
+)
+
+// pusher is all delivery needs from FCM; *fcm.Client satisfies it.
+type pusher interface {
+	SendMulticast(ctx context.Context, m fcm.Message, tokens []string) ([]fcm.Result, error)
+}
+
+// publisher is all delivery needs from RabbitMQ; *rabbit.Publisher satisfies it.
+type publisher interface {
+	Publish(ctx context.Context, msgs ...rabbit.Message) error
+}
+
+// Dead-letter reasons.
+const (
+	ReasonRetriesExhausted    = "retries_exhausted"
+	ReasonPermanentError      = "permanent_error"
+	ReasonUnknownNotification = "unknown_notification"
+	ReasonUndecodable         = "undecodable"
+)
+
+// Options tune a Deliverer.
+type Options struct {
+	// MaxAttempts is how many sends a token gets in all (the first one included) before it
+	// is dead-lettered.
+	MaxAttempts int
+	// MaxConcurrentSends bounds the multicasts in flight across every notification this
+	// process handles (each is up to 500 HTTP requests on the SDK's 50 goroutines).
+	MaxConcurrentSends int
+}
+
+// Deliverer sends chunks of tokens through FCM and settles every token: delivered and
+// invalid tokens are recorded (invalid ones deactivated), transient failures are handed to
+// the retry wait queue for their next attempt, and what cannot be delivered is
+// dead-lettered. A chunk's hand-offs are confirmed by the broker before its outcomes are
+// committed, so a crash between the two re-sends the chunk rather than losing a token.
+type Deliverer struct {
+	store *Store
+	fcm   pusher
+	pub   publisher
+	topo  rabbit.Topology
+	log   *slog.Logger
+	opts  Options
+	slots chan struct{}
+
+	sends       *prometheus.CounterVec
+	sendLatency prometheus.Histogram
+	deactivated *prometheus.CounterVec
+	retries     prometheus.Counter
+	dead        *prometheus.CounterVec
+}
+
+// NewDeliverer returns a Deliverer and registers its metrics.
+func NewDeliverer(store *Store, fcmClient pusher, pub publisher, topo rabbit.Topology, log *slog.Logger, reg prometheus.Registerer, opts Options) *Deliverer {
+	opts.MaxAttempts = max(opts.MaxAttempts, 1)
+	opts.MaxConcurrentSends = max(opts.MaxConcurrentSends, 1)
+	d := &Deliverer{
+		store: store, fcm: fcmClient, pub: pub, topo: topo, log: log, opts: opts,
+		slots: make(chan struct{}, opts.MaxConcurrentSends),
+		sends: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "notify_fcm_sends_total", Help: "Tokens sent to FCM, by outcome and FCM error code.",
+		}, []string{"outcome", "code"}),
+		sendLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "notify_fcm_multicast_seconds", Help: "Duration of one FCM multicast (up to 500 tokens).",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}),
+		deactivated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "notify_tokens_deactivated_total", Help: "Tokens deactivated because FCM reported them dead, by FCM error code.",
+		}, []string{"code"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notify_retries_scheduled_total", Help: "Tokens handed to a retry wait queue.",
+		}),
+		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "notify_dead_letters_published_total", Help: "Dead-letter messages published, by reason.",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(d.sends, d.sendLatency, d.deactivated, d.retries, d.dead)
+	return d
+}
+
+// Summary counts what one chunk came to.
+type Summary struct {
+	Delivered, Invalid, Retrying, Failed, Expired int
+}
+
+// Add returns the sum of two summaries.
+func (s Summary) Add(o Summary) Summary {
+	return Summary{s.Delivered + o.Delivered, s.Invalid + o.Invalid, s.Retrying + o.Retrying, s.Failed + o.Failed, s.Expired + o.Expired}
+}
+
+// SendChunk sends n to up to fcm.MaxMulticast targets as their attempt-th attempt and
+// settles every one of them. An error means nothing of the chunk was recorded: the caller
+// hands its message back to the broker and the chunk is sent again.
+func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Target, attempt int) (Summary, error) {
+	if len(targets) == 0 {
+		return Summary{}, nil
+	}
+	remaining := time.Until(n.ExpiresAt)
+	if remaining <= 0 {
+		return d.expire(ctx, n, targets, attempt-1)
+	}
+	msg := n.Message
+	msg.TTL = remaining
+
+	tokens := make([]string, len(targets))
+	for i, t := range targets {
+		tokens[i] = t.Token
+	}
+	select {
+	case d.slots <- struct{}{}:
+	case <-ctx.Done():
+		return Summary{}, ctx.Err()
+	}
+	start := time.Now()
+	results, err := d.fcm.SendMulticast(ctx, msg, tokens)
+	d.sendLatency.Observe(time.Since(start).Seconds())
+	<-d.slots
+	if err != nil {
+		if !errors.Is(err, fcm.ErrTransient) {
+			return Summary{}, fmt.Errorf("send %d tokens of %s: %w", len(tokens), n.ID, err)
+		}
+		if len(results) != len(tokens) {
+			// The whole call failed transiently with no per-token answers (FCM unreachable):
+			// every token failed alike. With answers (ctx ended mid-call), the tokens that
+			// were delivered keep their outcome.
+			results = make([]fcm.Result, len(tokens))
+			for i, tok := range tokens {
+				results[i] = fcm.Result{Token: tok, Err: err}
+			}
+		}
+	}
+
+	var sum Summary
+	outcomes := make([]Outcome, len(targets))
+	var retry, dead []Outcome
+	var retryAfter time.Duration
+	deadReason := ReasonRetriesExhausted
+	for i, r := range results {
+		o := Outcome{Target: targets[i], Attempts: attempt}
+		code := fcm.Code(r.Err)
+		switch {
+		case r.Err == nil:
+			o.Outcome = OutcomeDelivered
+			sum.Delivered++
+		case errors.Is(r.Err, fcm.ErrTokenGone):
+			o.Outcome, o.ErrorCode, o.ErrorMessage = OutcomeInvalid, code, r.Err.Error()
+			sum.Invalid++
+			d.deactivated.WithLabelValues(code).Inc()
+		case errors.Is(r.Err, fcm.ErrTransient) && attempt < d.opts.MaxAttempts:
+			o.Outcome, o.ErrorCode, o.ErrorMessage = OutcomeRetrying, code, r.Err.Error()
+			sum.Retrying++
+			retry = append(retry, o)
+			var se *fcm.SendError
+			if errors.As(r.Err, &se) {
+				retryAfter = max(retryAfter, se.RetryAfter)
+			}
+		default: // permanent, or transient with no attempts left
+			o.Outcome, o.ErrorCode, o.ErrorMessage = OutcomeFailed, code, r.Err.Error()
+			if !errors.Is(r.Err, fcm.ErrTransient) {
+				deadReason = ReasonPermanentError
+			}
+			sum.Failed++
+			dead = append(dead, o)
+		}
+		d.sends.WithLabelValues(o.Outcome, code).Inc()
+		outcomes[i] = o
+	}
+
+	var handoff []rabbit.Message
+	if len(retry) > 0 {
+		m, err := d.retryMessage(n.ID, retry, attempt+1, retryAfter)
+		if err != nil {
+			return Summary{}, err
+		}
+		handoff = append(handoff, m)
+	}
+	if len(dead) > 0 {
+		m, err := deadMessage(n.ID.String(), deadReason, dead, attempt)
+		if err != nil {
+			return Summary{}, err
+		}
+		handoff = append(handoff, m)
+	}
+	if len(handoff) > 0 {
+		if err := d.pub.Publish(ctx, handoff...); err != nil {
+			return Summary{}, fmt.Errorf("hand off failures of %s: %w", n.ID, err)
+		}
+		d.retries.Add(float64(len(retry)))
+		if len(dead) > 0 {
+			d.dead.WithLabelValues(deadReason).Inc()
+		}
+	}
+	if err := d.store.Record(ctx, n.ID, outcomes); err != nil {
+		return Summary{}, err
+	}
+	return sum, nil
+}
+
+// expire records targets whose notification's TTL passed as expired: counted, never
+// alerted.
+func (d *Deliverer) expire(ctx context.Context, n *Notification, targets []Target, attempts int) (Summary, error) {
+	outcomes := make([]Outcome, len(targets))
+	for i, t := range targets {
+		outcomes[i] = Outcome{Target: t, Outcome: OutcomeExpired, Attempts: attempts, ErrorCode: "EXPIRED",
+			ErrorMessage: "the notification's TTL passed before delivery"}
+	}
+	if err := d.store.Record(ctx, n.ID, outcomes); err != nil {
+		return Summary{}, err
+	}
+	d.sends.WithLabelValues(OutcomeExpired, "EXPIRED").Add(float64(len(targets)))
+	return Summary{Expired: len(targets)}, nil
+}
+
+// ReasonHeader carries a dead-letter message's reason, readable without decoding the body.
+const ReasonHeader = "x-notify-reason"
+
+// retryMessage builds the retry task for a chunk's transient failures, routed to the wait
+// level for its attempt (at least as long as FCM's Retry-After).
+func (d *Deliverer) retryMessage(id uuid.UUID, failed []Outcome, attempt int, retryAfter time.Duration) (rabbit.Message, error) {
+	task := &busv1.RetryTask{
+		NotificationId:   id.String(),
+		Tokens:           make([]string, len(failed)),
+		Attempt:          int32(attempt),
+		LastErrorCode:    failed[0].ErrorCode,
+		LastErrorMessage: failed[0].ErrorMessage,
+	}
+	for i, o := range failed {
+		task.Tokens[i] = o.Token
+	}
+	body, err := proto.Marshal(task)
+	if err != nil {
+		return rabbit.Message{}, fmt.Errorf("encode retry task: %w", err)
+	}
+	level := d.topo.WaitLevel(attempt-1, retryAfter)
+	if level < 0 {
+		return rabbit.Message{}, fmt.Errorf("topology %s has no wait levels", d.topo.Name)
+	}
+	return rabbit.Message{
+		RoutingKey:  d.topo.WaitRoutingKey(level),
+		MessageID:   uuid.NewString(),
+		Type:        string(task.ProtoReflect().Descriptor().FullName()),
+		ContentType: "application/protobuf",
+		Headers:     map[string]any{rabbit.AttemptHeader: int32(attempt)},
+		Body:        body,
+	}, nil
+}
+
+// deadMessage builds a dead-letter task for the given tokens.
+func deadMessage(notificationID, reason string, failed []Outcome, attempts int) (rabbit.Message, error) {
+	task := &busv1.DeadLetterTask{
+		NotificationId: notificationID,
+		Reason:         reason,
+		Attempts:       int32(attempts),
+		Tokens:         make([]string, len(failed)),
+	}
+	if len(failed) > 0 {
+		task.ErrorCode, task.ErrorMessage = failed[0].ErrorCode, failed[0].ErrorMessage
+	}
+	for i, o := range failed {
+		task.Tokens[i] = o.Token
+	}
+	return DeadLetterMessage(task)
+}
+
+// DeadLetterMessage wraps a dead-letter task for the dead-letter queue.
+func DeadLetterMessage(task *busv1.DeadLetterTask) (rabbit.Message, error) {
+	body, err := proto.Marshal(task)
+	if err != nil {
+		return rabbit.Message{}, fmt.Errorf("encode dead-letter task: %w", err)
+	}
+	return rabbit.Message{
+		RoutingKey:  rabbit.DeadKey,
+		MessageID:   uuid.NewString(),
+		Type:        string(task.ProtoReflect().Descriptor().FullName()),
+		ContentType: "application/protobuf",
+		Headers: map[string]any{
+			ReasonHeader:         task.GetReason(),
+			rabbit.AttemptHeader: task.GetAttempts(),
+			"x-notify-tokens":    strconv.Itoa(len(task.GetTokens())),
+		},
+		Body: body,
+	}, nil
+}
+
+// DeadLetter publishes a dead-letter task about a message the service cannot handle (with
+// the message itself attached) and returns once the broker confirmed it. When it fails the
+// caller rejects the message instead, and the queue's own dead-letter route takes it.
+func (d *Deliverer) DeadLetter(ctx context.Context, rd *rabbit.Delivery, reason, notificationID string, cause error) error {
+	m, err := DeadLetterMessage(&busv1.DeadLetterTask{
+		NotificationId: notificationID,
+		Reason:         reason,
+		ErrorMessage:   cause.Error(),
+		Attempts:       int32(rd.Attempt()),
+		Original:       rd.Body,
+		OriginalType:   rd.Type,
+	})
+	if err != nil {
+		return err
+	}
+	if err := d.pub.Publish(ctx, m); err != nil {
+		return fmt.Errorf("publish dead letter (%s): %w", reason, err)
+	}
+	d.dead.WithLabelValues(reason).Inc()
+	return nil
+}

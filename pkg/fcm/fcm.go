@@ -1,0 +1,253 @@
+// Package fcm is notify's only door to Firebase Cloud Messaging, shared by the sender and
+// the retrier. It wraps the Firebase Admin SDK's SendEachForMulticast, gives it an HTTP
+// client sized for its 50 concurrent requests, and translates every SDK error at the edge
+// into a *SendError whose kind (ErrTokenGone, ErrTransient, ErrPermanent) decides what
+// happens to the token next.
+package fcm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"cloud.google.com/go/auth/credentials"
+	"cloud.google.com/go/auth/httptransport"
+	firebase "firebase.google.com/go/v4"
+	"firebase.google.com/go/v4/messaging"
+	"google.golang.org/api/option"
+)
+
+// Defaults for a zero Config field.
+const (
+	// DefaultMaxConnsPerHost covers 4 concurrent multicasts of 50 requests each, twice over.
+	DefaultMaxConnsPerHost = 512
+	DefaultTimeout         = 10 * time.Second
+)
+
+// messagingScope is the OAuth scope FCM's HTTP v1 API needs, and all we ask for.
+const messagingScope = "https://www.googleapis.com/auth/firebase.messaging"
+
+// Config says where FCM is and how to talk to it.
+type Config struct {
+	// ProjectID is the Firebase project (FCM_PROJECT_ID). Required.
+	ProjectID string
+	// CredentialsFile is a service account key file (FCM_CREDENTIALS_FILE). Required unless
+	// Endpoint is set.
+	CredentialsFile string
+	// Endpoint, when set, replaces FCM's URL, e.g. "http://127.0.0.1:9099/v1" for the
+	// emulator (FCM_ENDPOINT), and requests are sent without authentication
+	// (CredentialsFile is then ignored).
+	Endpoint string
+	// MaxConnsPerHost bounds the connections to FCM and sizes the idle pool to match, so
+	// connections survive from one chunk to the next instead of being closed and dialled
+	// again. Keep it at least 2 × 50 × concurrent multicasts (the SDK sends each multicast
+	// with 50 goroutines). 0 means DefaultMaxConnsPerHost.
+	MaxConnsPerHost int
+	// Timeout bounds each HTTP request, the SDK's own retries each getting a fresh one;
+	// bound a whole call with its context. 0 means DefaultTimeout.
+	Timeout time.Duration
+}
+
+// Client sends multicasts through the Firebase Admin SDK. It is safe for concurrent use.
+type Client struct {
+	msg *messaging.Client
+	now func() time.Time
+}
+
+// Result is the outcome for one token: MessageID on success ("projects/…/messages/…", as
+// FCM names it), otherwise Err, a *SendError.
+type Result struct {
+	Token     string
+	MessageID string
+	Err       error
+}
+
+// New returns a Client for cfg. Every configuration problem is reported at once, each
+// naming its environment variable.
+//
+// Authentication: the SDK is always given our own *http.Client (option.WithHTTPClient), and
+// google.golang.org/api then uses that client exactly as it is, ignoring every credential
+// option (transport/http.NewClient returns settings.HTTPClient before looking at them). With
+// an Endpoint that is what we want: no auth. With a CredentialsFile the client's transport
+// must therefore carry the auth itself: New loads the file with
+// credentials.NewCredentialsFromFile, which insists on a service account (the deprecated
+// option.WithCredentialsFile accepts any credential type, including external-account files
+// that run commands or fetch URLs), and wraps our tuned transport with
+// httptransport.NewClient, which adds a cached, refreshed OAuth2 access token
+// (firebase.messaging scope) to every request.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	hc, err := cfg.httpClient(cfg.transport())
+	if err != nil {
+		return nil, err
+	}
+	return newClient(ctx, cfg.ProjectID, cfg.Endpoint, hc)
+}
+
+func (cfg Config) validate() error {
+	var errs []error
+	if cfg.ProjectID == "" {
+		errs = append(errs, errors.New("FCM_PROJECT_ID: required"))
+	}
+	if cfg.Endpoint != "" {
+		u, err := url.Parse(cfg.Endpoint)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("FCM_ENDPOINT: %w", err))
+		case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+			errs = append(errs, fmt.Errorf("FCM_ENDPOINT %q: want an http(s) URL such as http://127.0.0.1:9099/v1", cfg.Endpoint))
+		}
+	} else if cfg.CredentialsFile == "" {
+		errs = append(errs, errors.New("FCM_CREDENTIALS_FILE: required when FCM_ENDPOINT is not set"))
+	}
+	if cfg.MaxConnsPerHost < 0 {
+		errs = append(errs, fmt.Errorf("max conns per host %d: must not be negative", cfg.MaxConnsPerHost))
+	}
+	if cfg.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("FCM timeout %s: must not be negative", cfg.Timeout))
+	}
+	return errors.Join(errs...)
+}
+
+// transport is the base transport for FCM. Go's defaults keep at most 100 idle connections
+// in all (MaxIdleConns) and 2 per host (DefaultMaxIdleConnsPerHost); the SDK's own client
+// raises only the per-host limit. With 50 requests in flight per multicast, and several
+// multicasts at once, either cap makes connections close after each request and be dialled
+// again for the next.
+func (cfg Config) transport() *http.Transport {
+	n := cfg.MaxConnsPerHost
+	if n == 0 {
+		n = DefaultMaxConnsPerHost
+	}
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          n,
+		MaxIdleConnsPerHost:   n,
+		MaxConnsPerHost:       n,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// httpClient returns the client the SDK sends with: base as is for an Endpoint, base
+// wrapped with service-account auth otherwise (see New).
+func (cfg Config) httpClient(base http.RoundTripper) (*http.Client, error) {
+	timeout := cfg.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	if cfg.Endpoint != "" {
+		return &http.Client{Transport: base, Timeout: timeout}, nil
+	}
+	creds, err := credentials.NewCredentialsFromFile(credentials.ServiceAccount, cfg.CredentialsFile,
+		&credentials.DetectOptions{Scopes: []string{messagingScope}})
+	if err != nil {
+		return nil, fmt.Errorf("FCM_CREDENTIALS_FILE %s: %w", cfg.CredentialsFile, err)
+	}
+	hc, err := httptransport.NewClient(&httptransport.Options{
+		Credentials:      creds,
+		BaseRoundTripper: base,
+		// Telemetry would wrap every request in OpenTelemetry; notify measures with
+		// Prometheus, and this is the hot path.
+		DisableTelemetry: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("FCM_CREDENTIALS_FILE %s: %w", cfg.CredentialsFile, err)
+	}
+	hc.Timeout = timeout
+	return hc, nil
+}
+
+// newClient builds the SDK's messaging client. hc nil leaves the SDK to build its own HTTP
+// client (only the benchmark wants that, to compare).
+func newClient(ctx context.Context, projectID, endpoint string, hc *http.Client) (*Client, error) {
+	var opts []option.ClientOption
+	if endpoint != "" {
+		opts = append(opts, option.WithEndpoint(strings.TrimSuffix(endpoint, "/")), option.WithoutAuthentication())
+	}
+	if hc != nil {
+		opts = append(opts, option.WithHTTPClient(hc))
+	}
+	app, err := firebase.NewApp(ctx, &firebase.Config{ProjectID: projectID}, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("firebase app: %w", err)
+	}
+	msg, err := app.Messaging(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("firebase messaging client: %w", err)
+	}
+	return &Client{msg: msg, now: time.Now}, nil
+}
+
+// SendMulticast sends m to tokens (1 to MaxMulticast of them) and returns one Result per
+// token, in the order of tokens. The request is built once for all of them.
+//
+// A call-level error is a *SendError too:
+//   - 0 or more than MaxMulticast tokens, or a message the SDK refuses (a malformed
+//     image URL, a negative TTL): ErrPermanent, returned before any I/O, results nil;
+//   - some token failed and ctx has ended, or no request got an HTTP answer at all (FCM
+//     unreachable): ErrTransient (code CANCELED, TIMEOUT, UNAVAILABLE or NETWORK). The
+//     results come with it, complete: tokens sent before ctx ended did get their message,
+//     which a caller that wants to avoid duplicates can use.
+//
+// The SDK itself retries network errors and 503s up to 4 times within the call (waiting
+// 0, 1, 2, 4 s or Retry-After up to 2 minutes); 429 and 500 come back at once. Bound the
+// whole call with ctx.
+func (c *Client) SendMulticast(ctx context.Context, m Message, tokens []string) ([]Result, error) {
+	if len(tokens) == 0 || len(tokens) > MaxMulticast {
+		return nil, &SendError{Code: codeInvalidRequest, Kind: ErrPermanent,
+			Err: fmt.Errorf("multicast to %d tokens: want 1 to %d", len(tokens), MaxMulticast)}
+	}
+	now := c.now()
+	br, err := c.msg.SendEachForMulticast(ctx, m.multicast(tokens, now))
+	if err != nil {
+		// SendEachForMulticast fails as a whole only while checking the request, before
+		// sending anything; per-send failures are in the responses.
+		if ctx.Err() != nil {
+			return nil, classify(ctx.Err(), now)
+		}
+		return nil, &SendError{Code: codeInvalidMessage, Kind: ErrPermanent, Err: err}
+	}
+	if len(br.Responses) != len(tokens) {
+		return nil, &SendError{Code: codeUnknown, Kind: ErrPermanent,
+			Err: fmt.Errorf("sdk answered %d responses for %d tokens", len(br.Responses), len(tokens))}
+	}
+	// The call may have taken a while (the SDK's retries): an HTTP-date Retry-After is
+	// measured from now, not from when the call started.
+	now = c.now()
+	results := make([]Result, len(tokens))
+	failed, noAnswer := 0, 0
+	for i, r := range br.Responses {
+		results[i].Token = tokens[i]
+		if r.Success {
+			results[i].MessageID = r.MessageID
+			continue
+		}
+		se := classify(r.Error, now)
+		results[i].Err = se
+		failed++
+		if se.noAnswer {
+			noAnswer++
+		}
+	}
+	switch {
+	case failed == 0:
+		// Everything went out, even if ctx ended just after.
+		return results, nil
+	case ctx.Err() != nil:
+		return results, classify(ctx.Err(), now)
+	case noAnswer == len(tokens):
+		return results, results[0].Err
+	}
+	return results, nil
+}

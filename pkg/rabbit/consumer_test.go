@@ -1,0 +1,377 @@
+package rabbit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"notify/pkg/testenv"
+)
+
+// TestForcedClose kills every connection of the test through the management API, twice, while
+// a producer publishes and a consumer acks. Every message must be consumed at least once, the
+// consumer must re-subscribe by itself, and acking a delivery from the dead channel must return
+// ErrChannelClosed.
+func TestForcedClose(t *testing.T) {
+	t.Parallel()
+	amqpURL := testenv.AMQPURL(t)
+	testenv.ManagementURL(t)
+	topo := newTopology(t, amqpURL)
+
+	var connects atomic.Int32
+	hooks := Hooks{Connected: func() { connects.Add(1) }}
+	pubConn := startConn(t, amqpURL, ConnOptions{Name: topo.Name + ".pub", Topology: &topo, Hooks: hooks})
+	subConn := startConn(t, amqpURL, ConnOptions{Name: topo.Name + ".sub", Topology: &topo, Hooks: hooks})
+	pub := NewPublisher(pubConn, topo.Exchange(), PublisherOptions{Window: 256})
+
+	// The first delivery is held unacked until its channel has been killed and replaced.
+	got := newSeen()
+	var ackErrs atomic.Int64
+	held := make(chan *Delivery, 1)
+	release := make(chan struct{})
+	heldErr := make(chan error, 1)
+	var holdOnce sync.Once
+	startConsumer(t, subConn, topo.SendQueue(), func(ctx context.Context, d *Delivery) {
+		first := false
+		holdOnce.Do(func() { first = true })
+		if first {
+			held <- d
+			<-release
+			heldErr <- d.Ack()
+			return
+		}
+		if err := d.Ack(); err != nil {
+			if !errors.Is(err, ErrChannelClosed) {
+				t.Errorf("ack %s: %v, want nil or ErrChannelClosed", d.MessageID, err)
+			}
+			ackErrs.Add(1)
+			return
+		}
+		got.add(d.MessageID)
+	}, ConsumerOptions{Concurrency: 4, Prefetch: 200})
+	releaseHeld := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseHeld) // runs before the consumer stops, should the test fail early
+
+	// Learn the connections' broker names first: the management API lists them late.
+	firstConns := findConnections(t, topo.Name, 2, nil)
+
+	// The producer is paced (a batch of 1000 every 600ms) so the stream outlasts both kills, and
+	// it announces each batch so that a kill lands while that batch awaits its confirms.
+	const n, batch = 20_000, 1000
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	var retried atomic.Int64
+	batchStarted := make(chan struct{})
+	produced := make(chan error, 1)
+	producerDone := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-producerDone }) // no logging after the test, should it fail early
+	go func() {
+		defer close(producerDone)
+		defer close(batchStarted)
+		msgs := messages("m", n, SendKey, []byte("payload"))
+		tick := time.NewTicker(600 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; i < n; i += batch {
+			<-tick.C
+			select {
+			case batchStarted <- struct{}{}:
+			default:
+			}
+			pending := msgs[i:min(i+batch, n)]
+			for len(pending) > 0 {
+				err := pub.Publish(ctx, pending...)
+				if err == nil {
+					break
+				}
+				var perr *PublishError
+				if !errors.As(err, &perr) {
+					produced <- err
+					return
+				}
+				var again []Message
+				for _, f := range perr.Failed {
+					if !errors.Is(f.Err, ErrChannelClosed) {
+						produced <- fmt.Errorf("message %s: %w, want ErrChannelClosed", f.MessageID, f.Err)
+						return
+					}
+					again = append(again, pending[f.Index])
+				}
+				t.Logf("retrying %d of %d messages: %v", len(again), len(pending), perr.Failed[0].Err)
+				retried.Add(int64(len(again)))
+				pending = again
+			}
+		}
+		produced <- nil
+	}()
+
+	var d *Delivery
+	select {
+	case d = <-held:
+	case <-ctx.Done():
+		t.Fatal("no delivery arrived")
+	}
+
+	kill := func(names []string, atUnique int) {
+		t.Helper()
+		waitFor(t, 30*time.Second, fmt.Sprintf("%d messages consumed", atUnique), func() bool { return got.unique() >= atUnique })
+		if _, ok := <-batchStarted; !ok {
+			t.Fatalf("the producer finished before the kill at %d consumed: nothing was tested", got.unique())
+		}
+		before := connects.Load()
+		closeConnections(t, names)
+		t.Logf("killed both connections at %d consumed", got.unique())
+		waitFor(t, 10*time.Second, "both connections re-established", func() bool { return connects.Load() >= before+2 })
+	}
+
+	kill(firstConns, 3000)
+	// Consumption going on proves the consumer re-subscribed on the new connection.
+	resumed := got.unique() + 500
+	waitFor(t, 30*time.Second, "consumption after reconnect", func() bool { return got.unique() >= resumed })
+	releaseHeld()
+	if err := <-heldErr; !errors.Is(err, ErrChannelClosed) {
+		t.Errorf("ack of delivery %s from the dead channel = %v, want ErrChannelClosed", d.MessageID, err)
+	}
+	kill(findConnections(t, topo.Name, 2, firstConns), 10_000)
+
+	if err := <-produced; err != nil {
+		t.Fatalf("producer: %v", err)
+	}
+	waitFor(t, 30*time.Second, fmt.Sprintf("all %d messages consumed", n), func() bool { return got.unique() == n })
+	t.Logf("consumed %d unique messages; %d duplicates, %d acks refused on dead channels, %d publishes retried, %d connections made",
+		got.unique(), got.duplicates(), ackErrs.Load(), retried.Load(), connects.Load())
+	got.mu.Lock()
+	defer got.mu.Unlock()
+	if got.counts[d.MessageID] == 0 {
+		t.Errorf("held message %s was never redelivered", d.MessageID)
+	}
+}
+
+// TestWaitQueues publishes to each wait level and expects the message on the retry queue no
+// sooner than the level's TTL, with our attempt header intact.
+func TestWaitQueues(t *testing.T) {
+	t.Parallel()
+	amqpURL := testenv.AMQPURL(t)
+	topo := newTopology(t, amqpURL, 200*time.Millisecond, 400*time.Millisecond)
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo})
+	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
+
+	type arrival struct {
+		at      time.Time
+		attempt int
+		body    string
+	}
+	var mu sync.Mutex
+	arrived := map[string]arrival{}
+	startConsumer(t, conn, topo.RetryQueue(), func(ctx context.Context, d *Delivery) {
+		mu.Lock()
+		arrived[d.MessageID] = arrival{at: time.Now(), attempt: d.Attempt(), body: string(d.Body)}
+		mu.Unlock()
+		if err := d.Ack(); err != nil {
+			t.Errorf("ack: %v", err)
+		}
+	}, ConsumerOptions{})
+
+	for level, ttl := range topo.WaitDelays {
+		t.Run(topo.WaitRoutingKey(level), func(t *testing.T) {
+			t.Parallel()
+			id := fmt.Sprintf("wait-%d", level)
+			start := time.Now()
+			err := pub.Publish(context.Background(), Message{
+				RoutingKey: topo.WaitRoutingKey(level),
+				MessageID:  id,
+				Headers:    map[string]any{AttemptHeader: level + 1},
+				Body:       []byte("retry me"),
+			})
+			if err != nil {
+				t.Fatalf("Publish: %v", err)
+			}
+			var got arrival
+			waitFor(t, 10*time.Second, id+" on the retry queue", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				var ok bool
+				got, ok = arrived[id]
+				return ok
+			})
+			elapsed := got.at.Sub(start)
+			if elapsed < ttl {
+				t.Errorf("arrived after %v, before the wait level's TTL %v", elapsed, ttl)
+			}
+			if diff := cmp.Diff(arrival{at: got.at, attempt: level + 1, body: "retry me"}, got, cmp.AllowUnexported(arrival{})); diff != "" {
+				t.Errorf("arrival mismatch (-want +got):\n%s", diff)
+			}
+			t.Logf("level %v arrived after %v", ttl, elapsed)
+		})
+	}
+}
+
+func TestDeclare(t *testing.T) {
+	t.Parallel()
+	amqpURL := testenv.AMQPURL(t)
+	topo := newTopology(t, amqpURL, time.Second)
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	if err := conn.Declare(ctx, topo); err != nil {
+		t.Fatalf("declaring the same topology again: %v", err)
+	}
+
+	changedLimit := topo
+	changedLimit.DeliveryLimit = 5
+	changedDelays := topo
+	changedDelays.WaitDelays = []time.Duration{2 * time.Second}
+	tests := []struct {
+		name      string
+		topo      Topology
+		wantQueue string // named in the error; "" means no error
+	}{
+		{"identical", topo, ""},
+		{"different delivery limit", changedLimit, topo.SendQueue()},
+		// A changed delay is a new queue, not a clash; the test's cleanup misses it, so delete it.
+		{"different wait delays", changedDelays, ""},
+	}
+	t.Cleanup(func() { deleteTopology(t, amqpURL, changedDelays) })
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := conn.Declare(ctx, tt.topo)
+			if tt.wantQueue == "" {
+				if err != nil {
+					t.Fatalf("Declare: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrTopologyMismatch) {
+				t.Fatalf("Declare = %v, want ErrTopologyMismatch", err)
+			}
+			if !strings.Contains(err.Error(), tt.wantQueue) {
+				t.Errorf("Declare error %q does not name queue %s", err, tt.wantQueue)
+			}
+		})
+	}
+
+	// A Conn whose topology clashes stops instead of retrying forever.
+	clash := NewConn(amqpURL, testLogger(t), ConnOptions{Name: topo.Name + ".clash", Topology: &changedLimit})
+	if err := clash.Run(ctx); !errors.Is(err, ErrTopologyMismatch) {
+		t.Errorf("Run with a clashing topology = %v, want ErrTopologyMismatch", err)
+	}
+	if err := clash.Ready(ctx); !errors.Is(err, ErrStopped) || !errors.Is(err, ErrTopologyMismatch) {
+		t.Errorf("Ready after Run failed = %v, want ErrStopped wrapping ErrTopologyMismatch", err)
+	}
+}
+
+// TestDeadLettering checks the send queue's dead-letter route: a rejected delivery, and one
+// redelivered past the delivery limit, land on the dead queue.
+func TestDeadLettering(t *testing.T) {
+	t.Parallel()
+	amqpURL := testenv.AMQPURL(t)
+	topo := newTopology(t, amqpURL)
+	topo.DeliveryLimit = 2
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo})
+	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
+
+	var mu sync.Mutex
+	deliveries := map[string]int{}
+	startConsumer(t, conn, topo.SendQueue(), func(ctx context.Context, d *Delivery) {
+		mu.Lock()
+		deliveries[d.MessageID]++
+		mu.Unlock()
+		var err error
+		switch {
+		case strings.HasPrefix(d.MessageID, "reject"):
+			err = d.Reject()
+		case strings.HasPrefix(d.MessageID, "nack"):
+			err = d.Nack(false)
+		case strings.HasPrefix(d.MessageID, "requeue"):
+			err = d.Nack(true) // a crash loop: only the delivery limit ends it
+		}
+		if err != nil {
+			t.Errorf("settle %s: %v", d.MessageID, err)
+		}
+		if err := d.Ack(); !errors.Is(err, ErrAlreadySettled) {
+			t.Errorf("second settle of %s = %v, want ErrAlreadySettled", d.MessageID, err)
+		}
+	}, ConsumerOptions{})
+	dead := newSeen()
+	startConsumer(t, conn, topo.DeadQueue(), ackAll(t, dead), ConsumerOptions{})
+
+	ids := []string{"reject", "nack", "requeue"}
+	for _, id := range ids {
+		if err := pub.Publish(context.Background(), Message{RoutingKey: SendKey, MessageID: id}); err != nil {
+			t.Fatalf("Publish %s: %v", id, err)
+		}
+	}
+	waitFor(t, 10*time.Second, "all messages on the dead queue", func() bool { return dead.unique() == len(ids) })
+
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string]int{"reject": 1, "nack": 1, "requeue": topo.DeliveryLimit + 1}
+	if diff := cmp.Diff(want, deliveries); diff != "" {
+		t.Errorf("deliveries on the send queue mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// TestConsumerShutdown cancels a consumer while a handler is busy: the handler finishes and its
+// ack still counts, and the deliveries it never started go back to the queue.
+func TestConsumerShutdown(t *testing.T) {
+	t.Parallel()
+	amqpURL := testenv.AMQPURL(t)
+	topo := newTopology(t, amqpURL)
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo})
+	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
+	const n = 5
+	if err := pub.Publish(context.Background(), messages("m", n, SendKey, nil)...); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+
+	started := make(chan string, n)
+	finish := make(chan struct{})
+	ackErr := make(chan error, n)
+	consumer := NewConsumer(conn, topo.SendQueue(), func(ctx context.Context, d *Delivery) {
+		started <- d.MessageID
+		<-finish
+		ackErr <- d.Ack()
+	}, ConsumerOptions{Concurrency: 1, Prefetch: n})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- consumer.Run(ctx) }()
+
+	first := <-started
+	cancel()
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned %v while a handler was still running", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(finish)
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := <-ackErr; err != nil {
+		t.Errorf("ack during shutdown: %v", err)
+	}
+	if len(started) != 0 {
+		t.Errorf("%d more handlers started after cancel, want 0", len(started))
+	}
+
+	// Everything but the acked message is still there.
+	rest := newSeen()
+	startConsumer(t, conn, topo.SendQueue(), ackAll(t, rest), ConsumerOptions{})
+	waitFor(t, 10*time.Second, "the unhandled messages redelivered", func() bool { return rest.unique() == n-1 })
+	time.Sleep(100 * time.Millisecond)
+	rest.mu.Lock()
+	defer rest.mu.Unlock()
+	if rest.counts[first] != 0 {
+		t.Errorf("acked message %s was delivered again", first)
+	}
+	if len(rest.counts) != n-1 {
+		t.Errorf("got %d messages after restart, want %d", len(rest.counts), n-1)
+	}
+}

@@ -1,0 +1,169 @@
+// Package sender turns SendTasks into FCM multicasts: it resolves a notification's audience
+// page by page, sends the pages concurrently as chunks of at most 500 tokens, and settles
+// the task only after every chunk's outcomes are committed.
+package sender
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+
+	"notify/pkg/delivery"
+	"notify/pkg/fcm"
+	"notify/pkg/rabbit"
+	busv1 "notify/proto/gen/notify/bus/v1"
+)
+
+// Handler handles deliveries from the send queue.
+type Handler struct {
+	store     *delivery.Store
+	deliverer *delivery.Deliverer
+	log       *slog.Logger
+	// chunks is how many chunks of one notification are in flight at once.
+	chunks int
+
+	tasks *prometheus.CounterVec
+}
+
+// NewHandler returns a send-queue handler and registers its metrics.
+func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, reg prometheus.Registerer, chunkConcurrency int) *Handler {
+	h := &Handler{
+		store: store, deliverer: d, log: log, chunks: max(chunkConcurrency, 1),
+		tasks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "notify_send_tasks_total", Help: "Send tasks handled, by result.",
+		}, []string{"result"}),
+	}
+	reg.MustRegister(h.tasks)
+	return h
+}
+
+// Handle processes one SendTask and settles its delivery:
+//   - done (ack): every token of the audience was settled, or the notification was
+//     already final (a redelivery);
+//   - dead-lettered: the body is not a SendTask or names no notification;
+//   - requeued (nack): something failed on the way (database, broker); whatever chunks
+//     were committed are skipped when it comes back.
+func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) {
+	log := h.log.With("message_id", d.MessageID)
+	result, err := h.handle(ctx, d, log)
+	h.tasks.WithLabelValues(result).Inc()
+	var settleErr error
+	switch result {
+	case "requeued":
+		log.Warn("send task failed; handing it back to the queue", "err", err)
+		settleErr = d.Nack(true)
+	case "rejected":
+		log.Error("send task could not be dead-lettered explicitly; rejecting it to the broker's dead-letter route", "err", err)
+		settleErr = d.Reject()
+	default:
+		settleErr = d.Ack()
+	}
+	if settleErr != nil {
+		// The channel died: the broker redelivers the task, whose settled chunks are skipped.
+		log.Warn("could not settle send task; it will be redelivered", "result", result, "err", settleErr)
+	}
+}
+
+func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logger) (string, error) {
+	var task busv1.SendTask
+	if err := proto.Unmarshal(d.Body, &task); err != nil || task.GetNotificationId() == "" {
+		if err == nil {
+			err = errors.New("no notification id")
+		}
+		return h.deadLetter(ctx, d, delivery.ReasonUndecodable, "", fmt.Errorf("decode SendTask: %w", err), log)
+	}
+	id := task.GetNotificationId()
+	log = log.With("notification_id", id)
+	n, err := h.store.Load(ctx, id)
+	if errors.Is(err, delivery.ErrNotFound) {
+		return h.deadLetter(ctx, d, delivery.ReasonUnknownNotification, id, err, log)
+	}
+	if err != nil {
+		return "requeued", err
+	}
+	if n.Final() {
+		log.Debug("notification already final; acknowledging redelivered task", "status", n.Status)
+		return "duplicate", nil
+	}
+	if time.Now().After(n.ExpiresAt) {
+		log.Info("notification expired before it was sent")
+		if err := h.store.Expire(ctx, n.ID); err != nil {
+			return "requeued", err
+		}
+		return "expired", nil
+	}
+
+	start := time.Now()
+	sum, err := h.sendAll(ctx, n)
+	if err != nil {
+		return "requeued", err
+	}
+	status, err := h.store.Finish(ctx, n.ID)
+	if err != nil {
+		return "requeued", err
+	}
+	log.Info("notification sent", "status", status, "delivered", sum.Delivered, "invalid", sum.Invalid,
+		"retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired, "duration", time.Since(start))
+	return "sent", nil
+}
+
+// sendAll walks the audience one page (one chunk) at a time and keeps up to h.chunks
+// chunks in flight. Pages are read ahead of the sends, never the whole audience at once.
+func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delivery.Summary, error) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(h.chunks)
+	sums := make(chan delivery.Summary, h.chunks)
+	var total delivery.Summary
+	collected := make(chan struct{})
+	go func() {
+		for s := range sums {
+			total = total.Add(s)
+		}
+		close(collected)
+	}()
+
+	var pageErr error
+	after := ""
+	for {
+		targets, next, err := h.store.Audience(gctx, n, after, fcm.MaxMulticast)
+		if err != nil {
+			pageErr = err
+			break
+		}
+		if len(targets) > 0 {
+			g.Go(func() error {
+				s, err := h.deliverer.SendChunk(gctx, n, targets, 1)
+				if err != nil {
+					return err
+				}
+				sums <- s
+				return nil
+			})
+		}
+		if next == "" || gctx.Err() != nil {
+			break
+		}
+		after = next
+	}
+	err := g.Wait()
+	close(sums)
+	<-collected
+	return total, errors.Join(pageErr, err)
+}
+
+// deadLetter sends a message the sender cannot handle to the dead-letter queue with its
+// reason; the caller then acks it. When even that fails, the message is rejected to the
+// queue's own dead-letter route (the broker moves it to the dead queue).
+func (h *Handler) deadLetter(ctx context.Context, d *rabbit.Delivery, reason, notificationID string, cause error, log *slog.Logger) (string, error) {
+	log.Warn("dead-lettering send task", "reason", reason, "err", cause)
+	if err := h.deliverer.DeadLetter(ctx, d, reason, notificationID, cause); err != nil {
+		return "rejected", err
+	}
+	return "dead_lettered", nil
+}
