@@ -56,15 +56,15 @@ echo
 ctl() { echo "\$ notifyctl $*"; "$bin/notifyctl" "$@"; }
 run_id=$(date +%s)
 echo "== demonstration: two users, three devices, one of them with a token FCM no longer knows"
-ctl devices register --user ana --device "ana-phone-$run_id" --token "demo-ana-phone-$run_id"
-ctl devices register --user ana --device "ana-tablet-$run_id" --token "demo-ana-tablet-$run_id" --platform ios
-ctl devices register --user bob --device "bob-phone-$run_id" --token "unregistered-bob-$run_id"
-echo "\$ notifyctl publish --user ana --user bob --title 'Your order shipped' --body 'Parcel 42 is on its way'"
-id=$("$bin/notifyctl" publish --user ana --user bob --type order.shipped --title 'Your order shipped' \
+ctl devices register --user "ana-$run_id" --device "ana-phone-$run_id" --token "demo-ana-phone-$run_id"
+ctl devices register --user "ana-$run_id" --device "ana-tablet-$run_id" --token "demo-ana-tablet-$run_id" --platform ios
+ctl devices register --user "bob-$run_id" --device "bob-phone-$run_id" --token "unregistered-bob-$run_id"
+echo "\$ notifyctl publish --user ana-$run_id --user bob-$run_id --title 'Your order shipped' --body 'Parcel 42 is on its way'"
+id=$("$bin/notifyctl" publish --user "ana-$run_id" --user "bob-$run_id" --type order.shipped --title 'Your order shipped' \
 	--body 'Parcel 42 is on its way' --idempotency-key "demo-$run_id")
 echo "$id"
 ctl get --wait 15s "$id"
-ctl devices check --user bob --device "bob-phone-$run_id"
+ctl devices check --user "bob-$run_id" --device "bob-phone-$run_id"
 echo
 echo "metrics: curl -s 127.0.0.1:9102/metrics | grep notify_   emulator: curl -s 127.0.0.1:9099/emulator/stats"
 

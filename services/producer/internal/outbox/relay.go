@@ -215,17 +215,18 @@ func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
 }
 
 func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}) error {
-	conn, err := r.pool.Acquire(ctx)
+	pooled, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
-	// A LISTENing connection must not go back to the pool.
-	defer conn.Hijack().Close(context.WithoutCancel(ctx))
+	// A LISTENing connection must not go back to the pool: take it out for good.
+	conn := pooled.Hijack()
+	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, "LISTEN notify_outbox"); err != nil {
 		return err
 	}
 	for {
-		if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
 			return err
 		}
 		select {
