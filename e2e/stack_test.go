@@ -310,10 +310,14 @@ func (s *stack) clients() (notifyv1.NotificationServiceClient, notifyv1.DeviceSe
 	return notifyv1.NewNotificationServiceClient(conn), notifyv1.NewDeviceServiceClient(conn), notifyv1.NewAdminServiceClient(conn)
 }
 
-// emulatorStats reads what the emulator received.
-func (s *stack) emulatorStats() fcmemu.Stats {
+// emulatorStats reads what the emulator received, per token too when perToken is set.
+func (s *stack) emulatorStats(perToken bool) fcmemu.Stats {
 	s.t.Helper()
-	resp, err := http.Get(s.emulatorURL + "/emulator/stats")
+	q := "?tokens=false"
+	if perToken {
+		q = ""
+	}
+	resp, err := http.Get(s.emulatorURL + "/emulator/stats" + q)
 	if err != nil {
 		s.t.Fatalf("emulator stats: %v", err)
 	}
@@ -372,4 +376,27 @@ func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// urlHost returns host:port of an AMQP URL.
+func urlHost(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", err
+	}
+	port := u.Port()
+	if port == "" {
+		port = "5672"
+	}
+	return net.JoinHostPort(u.Hostname(), port), nil
+}
+
+// replaceHost returns raw with its host:port replaced.
+func replaceHost(raw, hostPort string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	u.Host = hostPort
+	return u.String()
 }
