@@ -1,0 +1,102 @@
+package sender
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"notify/pkg/delivery"
+	"notify/pkg/fcm"
+	"notify/pkg/pgtest"
+	"notify/pkg/rabbit"
+)
+
+// fakeFCM records the size of every multicast and delivers every token.
+type fakeFCM struct {
+	mu     sync.Mutex
+	sizes  []int
+	tokens map[string]int
+}
+
+func (f *fakeFCM) SendMulticast(_ context.Context, _ fcm.Message, tokens []string) ([]fcm.Result, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sizes = append(f.sizes, len(tokens))
+	out := make([]fcm.Result, len(tokens))
+	for i, t := range tokens {
+		f.tokens[t]++
+		out[i] = fcm.Result{Token: t, MessageID: "m"}
+	}
+	return out, nil
+}
+
+type noPublish struct{}
+
+func (noPublish) Publish(context.Context, ...rabbit.Message) error { return nil }
+
+func TestSendAllChunksAudienceInto500s(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	for _, tc := range []struct {
+		devices int
+		want    []int
+	}{
+		{1201, []int{201, 500, 500}},
+		{500, []int{500}},
+		{1, []int{1}},
+	} {
+		user := fmt.Sprintf("user-%d", tc.devices)
+		if _, err := db.Pool.Exec(ctx, `INSERT INTO devices (device_id, user_id, token, platform)
+			SELECT $1 || '-' || i, $1, $1 || '-tok-' || i, 'android' FROM generate_series(1, $2) i`, user, tc.devices); err != nil {
+			t.Fatal(err)
+		}
+		id := uuid.New()
+		if _, err := db.Pool.Exec(ctx, `INSERT INTO notifications (id, caller, type, request, expires_at)
+			VALUES ($1, 'test', 't', $2, now() + interval '1 hour')`,
+			id, fmt.Sprintf(`{"type":"t","recipients":{"userIds":{"userIds":[%q]}},"content":{"title":"hi"}}`, user)); err != nil {
+			t.Fatal(err)
+		}
+
+		fake := &fakeFCM{tokens: map[string]int{}}
+		store := delivery.NewStore(db.Pool)
+		d := delivery.NewDeliverer(store, fake, noPublish{}, rabbit.NewTopology("test", []time.Duration{time.Second}), log,
+			prometheus.NewRegistry(), delivery.Options{MaxAttempts: 3, MaxConcurrentSends: 4})
+		h := NewHandler(store, d, log, prometheus.NewRegistry(), 3)
+		n, err := store.Load(ctx, id.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum, err := h.sendAll(ctx, n)
+		if err != nil {
+			t.Fatalf("sendAll: %v", err)
+		}
+		slices.Sort(fake.sizes)
+		if diff := cmp.Diff(tc.want, fake.sizes); diff != "" {
+			t.Errorf("%d devices: multicast sizes (-want +got):\n%s", tc.devices, diff)
+		}
+		if sum.Delivered != tc.devices || len(fake.tokens) != tc.devices {
+			t.Errorf("%d devices: delivered %d to %d distinct tokens", tc.devices, sum.Delivered, len(fake.tokens))
+		}
+
+		// A redelivered task finds every token settled and sends nothing.
+		fake.sizes = nil
+		if _, err := h.sendAll(ctx, n); err != nil {
+			t.Fatalf("sendAll again: %v", err)
+		}
+		if len(fake.sizes) != 0 {
+			t.Errorf("%d devices: a repeated send made multicasts %v, want none", tc.devices, fake.sizes)
+		}
+	}
+}
