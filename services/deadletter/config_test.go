@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func env(vars map[string]string) func(string) string {
+	return func(k string) string { return vars[k] }
+}
+
+func TestLoadConfigDefaults(t *testing.T) {
+	t.Parallel()
+	got, err := loadConfig(env(nil))
+	if err != nil {
+		t.Fatalf("loadConfig: %v", err)
+	}
+	want := config{
+		DatabaseURL:      "postgres://notify:notify@127.0.0.1:5432/notify?sslmode=disable",
+		AMQPURL:          "amqp://guest:guest@127.0.0.1:5672/",
+		Topology:         "notify",
+		LogLevel:         slog.LevelInfo,
+		MetricsAddr:      "127.0.0.1:9104",
+		AlertInterval:    30 * time.Second,
+		AlertMinInterval: time.Minute,
+		Workers:          4,
+		ShutdownTimeout:  30 * time.Second,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("loadConfig() mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestLoadConfigSlack(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		vars map[string]string
+		want config // only the Slack fields are compared
+	}{
+		{"none", nil, config{}},
+		{
+			name: "webhook",
+			vars: map[string]string{"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/X"},
+			want: config{SlackWebhookURL: "https://hooks.slack.com/services/T/B/X"},
+		},
+		{
+			name: "bot token",
+			vars: map[string]string{"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_CHANNEL": "C1", "SLACK_API_URL": "http://127.0.0.1:9/api"},
+			want: config{SlackBotToken: "xoxb-1", SlackChannel: "C1", SlackAPIURL: "http://127.0.0.1:9/api"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := loadConfig(env(tt.vars))
+			if err != nil {
+				t.Fatalf("loadConfig: %v", err)
+			}
+			got := config{SlackWebhookURL: c.SlackWebhookURL, SlackBotToken: c.SlackBotToken, SlackChannel: c.SlackChannel, SlackAPIURL: c.SlackAPIURL}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Slack settings mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		vars    map[string]string
+		want    []string // variables the error must name
+		notWant []string // text the error must not contain (secrets)
+	}{
+		{
+			name: "every variable bad at once",
+			vars: map[string]string{
+				"DATABASE_URL":       "postgres://u:hunter2@host:notaport/db",
+				"AMQP_URL":           "http://guest:guest@host/",
+				"LOG_LEVEL":          "loud",
+				"METRICS_ADDR":       "no-port",
+				"SLACK_API_URL":      "ftp://slack",
+				"ALERT_INTERVAL":     "soon",
+				"ALERT_MIN_INTERVAL": "0s",
+				"DEADLETTER_WORKERS": "0",
+				"SHUTDOWN_TIMEOUT":   "-1s",
+			},
+			want: []string{"DATABASE_URL", "AMQP_URL", "LOG_LEVEL", "METRICS_ADDR", "SLACK_API_URL",
+				"ALERT_INTERVAL", "ALERT_MIN_INTERVAL", "DEADLETTER_WORKERS", "SHUTDOWN_TIMEOUT"},
+			notWant: []string{"hunter2"},
+		},
+		{
+			name:    "webhook URL that is not http",
+			vars:    map[string]string{"SLACK_WEBHOOK_URL": "hooks.slack.com/services/T/B/secret"},
+			want:    []string{"SLACK_WEBHOOK_URL"},
+			notWant: []string{"secret"},
+		},
+		{
+			name:    "webhook URL that does not parse",
+			vars:    map[string]string{"SLACK_WEBHOOK_URL": "https://hooks.slack.com/%zz/secret"},
+			want:    []string{"SLACK_WEBHOOK_URL"},
+			notWant: []string{"secret"},
+		},
+		{
+			name: "bot token without channel",
+			vars: map[string]string{"SLACK_BOT_TOKEN": "xoxb-1"},
+			want: []string{"SLACK_CHANNEL"},
+		},
+		{
+			name: "channel without bot token",
+			vars: map[string]string{"SLACK_CHANNEL": "C1"},
+			want: []string{"SLACK_BOT_TOKEN"},
+		},
+		{
+			name: "webhook and bot token",
+			vars: map[string]string{"SLACK_WEBHOOK_URL": "https://hooks.slack.com/x", "SLACK_BOT_TOKEN": "xoxb-1", "SLACK_CHANNEL": "C1"},
+			want: []string{"SLACK_WEBHOOK_URL", "SLACK_BOT_TOKEN"},
+		},
+		{
+			name: "workers not a number",
+			vars: map[string]string{"DEADLETTER_WORKERS": "many"},
+			want: []string{"DEADLETTER_WORKERS"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := loadConfig(env(tt.vars))
+			if err == nil {
+				t.Fatal("loadConfig succeeded, want an error")
+			}
+			for _, v := range tt.want {
+				if !strings.Contains(err.Error(), v) {
+					t.Errorf("error does not name %s:\n%v", v, err)
+				}
+			}
+			for _, s := range tt.notWant {
+				if strings.Contains(err.Error(), s) {
+					t.Errorf("error reveals %q:\n%v", s, err)
+				}
+			}
+		})
+	}
+}
+
+func TestRunRejectsBadConfig(t *testing.T) {
+	t.Parallel()
+	err := run(context.Background(), env(map[string]string{"SLACK_BOT_TOKEN": "xoxb-1"}))
+	if err == nil || !strings.Contains(err.Error(), "SLACK_CHANNEL") {
+		t.Errorf("run() = %v, want a config error naming SLACK_CHANNEL", err)
+	}
+}

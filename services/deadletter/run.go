@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"notify/pkg/logging"
+	"notify/pkg/metrics"
+	"notify/pkg/rabbit"
+	"notify/services/deadletter/internal/deadletter"
+)
+
+// run wires the deadletter service together and runs it until ctx ends. It does not
+// migrate: until the producer has created the schema it waits (warning, and answering
+// /healthz with 503) instead of consuming, so that all services can start in any order.
+// On SIGTERM the consumer stops taking deliveries and lets in-flight ones finish before
+// the broker connection closes; unacked ones go back to the queue.
+func run(ctx context.Context, getenv func(string) string) error {
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	log := logging.New(os.Stderr, "deadletter", cfg.LogLevel)
+
+	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	defer pool.Close()
+
+	var sink deadletter.Sink
+	switch {
+	case cfg.SlackWebhookURL != "":
+		sink = deadletter.NewWebhook(cfg.SlackWebhookURL)
+	case cfg.SlackBotToken != "":
+		sink = deadletter.NewBot(cfg.SlackBotToken, cfg.SlackChannel, cfg.SlackAPIURL)
+	default:
+		log.Warn("no SLACK_WEBHOOK_URL or SLACK_BOT_TOKEN: dead-letter alerts go to the log only")
+		sink = deadletter.NewLog(log)
+	}
+
+	reg := metrics.NewRegistry()
+	topo := rabbit.NewTopology(cfg.Topology, nil)
+	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{Name: "deadletter", Topology: &topo, DrainTimeout: cfg.ShutdownTimeout + 5*time.Second})
+	store := deadletter.NewStore(pool)
+	handler := deadletter.NewHandler(store, log, reg, deadletter.HandlerOptions{})
+	consumer := rabbit.NewConsumer(conn, topo.DeadQueue(), handler.Handle, rabbit.ConsumerOptions{
+		Concurrency:     cfg.Workers,
+		Prefetch:        4 * cfg.Workers,
+		HandlerTimeout:  time.Minute, // a stuck database call ends and the message is requeued
+		ShutdownTimeout: cfg.ShutdownTimeout,
+	})
+	alerter := deadletter.NewAlerter(pool, sink, log, reg, deadletter.AlerterOptions{
+		Interval:    cfg.AlertInterval,
+		MinInterval: cfg.AlertMinInterval,
+	})
+
+	connCtx, stopConn := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopConn()
+	connDone := make(chan error, 1)
+	go func() { connDone <- conn.Run(connCtx) }()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := store.WaitForSchema(gctx, log, 2*time.Second); err != nil {
+			return nil // ctx ended while waiting
+		}
+		work, wctx := errgroup.WithContext(gctx)
+		work.Go(func() error { return consumer.Run(wctx) })
+		work.Go(func() error { return alerter.Run(wctx) })
+		return work.Wait()
+	})
+	g.Go(func() error {
+		return metrics.NewServer(cfg.MetricsAddr, reg, store.Check, log).Run(gctx)
+	})
+	err = g.Wait()
+	stopConn()
+	if connErr := <-connDone; connErr != nil && !errors.Is(connErr, context.Canceled) {
+		err = errors.Join(err, fmt.Errorf("rabbitmq connection: %w", connErr))
+	}
+	return err
+}
