@@ -4,7 +4,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 BIN := $(CURDIR)/bin
-MODULES := pkg proto $(wildcard services/*)
+# Every module of the workspace (go.work), as paths relative to here.
+MODULES := $(shell go list -m -f '{{.Dir}}' | sed 's|^$(CURDIR)/||')
 SERVICES := producer sender retrier deadletter fcm-emulator notifyctl
 
 # Pinned tool versions, installed into ./bin by `make tools`.

@@ -1,0 +1,183 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"notify/pkg/pgtest"
+	"notify/pkg/rabbit"
+	"notify/pkg/testenv"
+)
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func insertRows(t *testing.T, db *pgtest.DB, n int) {
+	t.Helper()
+	if _, err := db.Pool.Exec(context.Background(), `INSERT INTO outbox (routing_key, message_type, body)
+		SELECT 'send', 'notify.bus.v1.SendTask', convert_to('task ' || i, 'UTF8') FROM generate_series(1, $1) i`, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func unpublished(t *testing.T, db *pgtest.DB) int {
+	t.Helper()
+	var n int
+	if err := db.Pool.QueryRow(context.Background(), "SELECT count(*) FROM outbox WHERE published_at IS NULL").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// flakyPublisher fails every third message of each call.
+type flakyPublisher struct {
+	mu   sync.Mutex
+	sent []rabbit.Message
+}
+
+func (p *flakyPublisher) Publish(_ context.Context, msgs ...rabbit.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pe := &rabbit.PublishError{Total: len(msgs)}
+	for i, m := range msgs {
+		if i%3 == 2 {
+			pe.Failed = append(pe.Failed, rabbit.FailedMessage{Index: i, MessageID: m.MessageID, Err: rabbit.ErrNacked})
+			continue
+		}
+		p.sent = append(p.sent, m)
+	}
+	if len(pe.Failed) > 0 {
+		return pe
+	}
+	return nil
+}
+
+func TestRelayMarksOnlyConfirmedRows(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	insertRows(t, db, 9)
+	pub := &flakyPublisher{}
+	r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{BatchSize: 100})
+
+	n, err := r.RelayOnce(context.Background())
+	if err != nil || n != 9 {
+		t.Fatalf("RelayOnce = %d, %v; want 9 claimed", n, err)
+	}
+	if got := unpublished(t, db); got != 3 {
+		t.Errorf("%d rows left unpublished, want the 3 whose publish failed", got)
+	}
+	// The next rounds retry exactly the failed rows.
+	for unpublished(t, db) > 0 {
+		if _, err := r.RelayOnce(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]int{}
+	for _, m := range pub.sent {
+		seen[m.MessageID]++
+	}
+	if len(seen) != 9 {
+		t.Errorf("published %d distinct rows, want 9", len(seen))
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Errorf("%s published %d times, want once", id, c)
+		}
+	}
+}
+
+type brokenPublisher struct{}
+
+func (brokenPublisher) Publish(context.Context, ...rabbit.Message) error {
+	return errors.New("connection refused")
+}
+
+func TestRelayKeepsRowsWhenTheBrokerIsDown(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	insertRows(t, db, 5)
+	r := NewRelay(db.Pool, brokenPublisher{}, discard, prometheus.NewRegistry(), Options{})
+	if _, err := r.RelayOnce(context.Background()); err == nil {
+		t.Fatal("RelayOnce with the broker down succeeded")
+	}
+	if got := unpublished(t, db); got != 5 {
+		t.Errorf("%d rows unpublished after a failed round, want all 5 kept", got)
+	}
+}
+
+// TestRelaysShareTheOutbox runs two relays (two producer replicas) against one outbox and a
+// real broker: every row reaches the queue, none twice.
+func TestRelaysShareTheOutbox(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	amqpURL := testenv.AMQPURL(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	topo := rabbit.NewTopology(fmt.Sprintf("relay-test-%d", time.Now().UnixNano()), nil)
+	conn := rabbit.NewConn(amqpURL, discard, rabbit.ConnOptions{Name: "relay-test", Topology: &topo})
+	connDone := make(chan error, 1)
+	go func() { connDone <- conn.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-connDone
+		cleanupTopology(t, amqpURL, topo)
+	})
+	if err := conn.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	const rows = 3000
+	insertRows(t, db, rows)
+	var wg sync.WaitGroup
+	for i := range 2 {
+		r := NewRelay(db.Pool, rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{}), discard,
+			prometheus.NewRegistry(), Options{BatchSize: 200 + 100*i, PollInterval: 20 * time.Millisecond})
+		relayCtx, stop := context.WithCancel(ctx)
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = r.Run(relayCtx) }()
+		t.Cleanup(stop)
+	}
+
+	seen := map[string]int{}
+	var mu sync.Mutex
+	got := make(chan struct{})
+	consumer := rabbit.NewConsumer(conn, topo.SendQueue(), func(_ context.Context, d *rabbit.Delivery) {
+		mu.Lock()
+		seen[d.MessageID]++
+		if len(seen) == rows {
+			select {
+			case <-got:
+			default:
+				close(got)
+			}
+		}
+		mu.Unlock()
+		_ = d.Ack()
+	}, rabbit.ConsumerOptions{Concurrency: 4, Prefetch: 256})
+	go func() { _ = consumer.Run(ctx) }()
+
+	select {
+	case <-got:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("only %d of %d rows arrived", len(seen), rows)
+	}
+	time.Sleep(200 * time.Millisecond) // let any duplicate arrive
+	mu.Lock()
+	defer mu.Unlock()
+	for id, c := range seen {
+		if c != 1 {
+			t.Errorf("%s arrived %d times, want once", id, c)
+		}
+	}
+	if left := unpublished(t, db); left != 0 {
+		t.Errorf("%d rows still unpublished", left)
+	}
+}
