@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"notify/pkg/deadletter"
 	"notify/pkg/fcm"
 	"notify/pkg/rabbit"
 	busv1 "notify/proto/gen/notify/bus/v1"
@@ -26,14 +26,6 @@ type pusher interface {
 type publisher interface {
 	Publish(ctx context.Context, msgs ...rabbit.Message) error
 }
-
-// Dead-letter reasons.
-const (
-	ReasonRetriesExhausted    = "retries_exhausted"
-	ReasonPermanentError      = "permanent_error"
-	ReasonUnknownNotification = "unknown_notification"
-	ReasonUndecodable         = "undecodable"
-)
 
 // Options tune a Deliverer.
 type Options struct {
@@ -150,7 +142,7 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 	outcomes := make([]Outcome, len(targets))
 	var retry, dead []Outcome
 	var retryAfter time.Duration
-	deadReason := ReasonRetriesExhausted
+	deadReason := deadletter.ReasonRetriesExhausted
 	for i, r := range results {
 		o := Outcome{Target: targets[i], Attempts: attempt}
 		code := fcm.Code(r.Err)
@@ -173,7 +165,7 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 		default: // permanent, or transient with no attempts left
 			o.Outcome, o.ErrorCode, o.ErrorMessage = OutcomeFailed, code, r.Err.Error()
 			if !errors.Is(r.Err, fcm.ErrTransient) {
-				deadReason = ReasonPermanentError
+				deadReason = deadletter.ReasonPermanentError
 			}
 			sum.Failed++
 			dead = append(dead, o)
@@ -227,9 +219,6 @@ func (d *Deliverer) expire(ctx context.Context, n *Notification, targets []Targe
 	return Summary{Expired: len(targets)}, nil
 }
 
-// ReasonHeader carries a dead-letter message's reason, readable without decoding the body.
-const ReasonHeader = "x-notify-reason"
-
 // retryMessage builds the retry task for a chunk's transient failures, routed to the wait
 // level for its attempt (at least as long as FCM's Retry-After).
 func (d *Deliverer) retryMessage(id uuid.UUID, failed []Outcome, attempt int, retryAfter time.Duration) (rabbit.Message, error) {
@@ -275,34 +264,14 @@ func deadMessage(notificationID, reason string, failed []Outcome, attempts int) 
 	for i, o := range failed {
 		task.Tokens[i] = o.Token
 	}
-	return DeadLetterMessage(task)
-}
-
-// DeadLetterMessage wraps a dead-letter task for the dead-letter queue.
-func DeadLetterMessage(task *busv1.DeadLetterTask) (rabbit.Message, error) {
-	body, err := proto.Marshal(task)
-	if err != nil {
-		return rabbit.Message{}, fmt.Errorf("encode dead-letter task: %w", err)
-	}
-	return rabbit.Message{
-		RoutingKey:  rabbit.DeadKey,
-		MessageID:   uuid.NewString(),
-		Type:        string(task.ProtoReflect().Descriptor().FullName()),
-		ContentType: "application/protobuf",
-		Headers: map[string]any{
-			ReasonHeader:         task.GetReason(),
-			rabbit.AttemptHeader: task.GetAttempts(),
-			"x-notify-tokens":    strconv.Itoa(len(task.GetTokens())),
-		},
-		Body: body,
-	}, nil
+	return deadletter.Message(task)
 }
 
 // DeadLetter publishes a dead-letter task about a message the service cannot handle (with
 // the message itself attached) and returns once the broker confirmed it. When it fails the
 // caller rejects the message instead, and the queue's own dead-letter route takes it.
 func (d *Deliverer) DeadLetter(ctx context.Context, rd *rabbit.Delivery, reason, notificationID string, cause error) error {
-	m, err := DeadLetterMessage(&busv1.DeadLetterTask{
+	m, err := deadletter.Message(&busv1.DeadLetterTask{
 		NotificationId: notificationID,
 		Reason:         reason,
 		ErrorMessage:   cause.Error(),

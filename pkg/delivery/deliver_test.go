@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"notify/pkg/deadletter"
 	"notify/pkg/fcm"
 	"notify/pkg/pgtest"
 	"notify/pkg/rabbit"
@@ -123,7 +124,7 @@ func TestSendChunkSettlesEveryToken(t *testing.T) {
 	if err := proto.Unmarshal(dead.Body, &dt); err != nil {
 		t.Fatal(err)
 	}
-	if dead.RoutingKey != rabbit.DeadKey || dt.GetReason() != ReasonPermanentError || dt.GetErrorCode() != "THIRD_PARTY_AUTH_ERROR" {
+	if dead.RoutingKey != rabbit.DeadKey || dt.GetReason() != deadletter.ReasonPermanentError || dt.GetErrorCode() != "THIRD_PARTY_AUTH_ERROR" {
 		t.Errorf("dead letter %s %v, want reason permanent_error with THIRD_PARTY_AUTH_ERROR", dead.RoutingKey, &dt)
 	}
 
@@ -153,7 +154,7 @@ func TestSendChunkSettlesEveryToken(t *testing.T) {
 	if sum.Failed != 2 || len(pub.msgs) != 1 {
 		t.Fatalf("last attempt: %+v with %d messages; want 2 failed in one dead letter", sum, len(pub.msgs))
 	}
-	if err := proto.Unmarshal(pub.msgs[0].Body, &dt); err != nil || dt.GetReason() != ReasonRetriesExhausted || dt.GetAttempts() != 3 {
+	if err := proto.Unmarshal(pub.msgs[0].Body, &dt); err != nil || dt.GetReason() != deadletter.ReasonRetriesExhausted || dt.GetAttempts() != 3 {
 		t.Errorf("dead letter %v (%v), want retries_exhausted after 3 attempts", &dt, err)
 	}
 	if err := db.Pool.QueryRow(ctx, `SELECT total, delivered, invalid, retrying, failed, expired, status

@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"notify/pkg/delivery"
+	dlq "notify/pkg/deadletter"
 	"notify/pkg/pgtest"
 	"notify/pkg/rabbit"
 	busv1 "notify/proto/gen/notify/bus/v1"
@@ -42,9 +42,9 @@ func TestSlackDownDuringBurst(t *testing.T) {
 	slack.set(http.StatusInternalServerError, "")
 
 	wantCounts := map[string]int{
-		delivery.ReasonRetriesExhausted:    1000,
-		delivery.ReasonPermanentError:      600,
-		delivery.ReasonUnknownNotification: 400,
+		dlq.ReasonRetriesExhausted:    1000,
+		dlq.ReasonPermanentError:      600,
+		dlq.ReasonUnknownNotification: 400,
 	}
 	var msgs []rabbit.Message
 	for reason, n := range wantCounts {
@@ -142,8 +142,8 @@ func TestSinksReachSlack(t *testing.T) {
 			t.Parallel()
 			db := pgtest.New(t)
 			slack := newFakeSlack(t)
-			insertDeadLetters(t, db.Pool, delivery.ReasonRetriesExhausted, 3)
-			insertDeadLetters(t, db.Pool, delivery.ReasonUndecodable, 1)
+			insertDeadLetters(t, db.Pool, dlq.ReasonRetriesExhausted, 3)
+			insertDeadLetters(t, db.Pool, dlq.ReasonUndecodable, 1)
 			startAlerter(t, db.Pool, tt.sink(slack.srv.URL), withLockKey(fast))
 			waitFor(t, 10*time.Second, "every row alerted", func() bool {
 				return count(t, db.Pool, `SELECT count(*) FROM dead_letters WHERE alerted_at IS NULL`) == 0
@@ -177,7 +177,7 @@ func TestRateLimited(t *testing.T) {
 	db := pgtest.New(t)
 	slack := newFakeSlack(t)
 	slack.set(http.StatusTooManyRequests, "1")
-	insertDeadLetters(t, db.Pool, delivery.ReasonPermanentError, 5)
+	insertDeadLetters(t, db.Pool, dlq.ReasonPermanentError, 5)
 	a, _ := startAlerter(t, db.Pool, NewWebhook(slack.srv.URL+"/hook"), withLockKey(fast))
 	waitFor(t, 5*time.Second, "a rate-limited post", func() bool { return len(slack.requests()) > 0 })
 	slack.set(http.StatusOK, "")
@@ -219,8 +219,8 @@ func (s *syncBuffer) String() string {
 func TestLogSink(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
-	insertDeadLetters(t, db.Pool, delivery.ReasonRetriesExhausted, 250)
-	insertDeadLetters(t, db.Pool, delivery.ReasonUnknownNotification, 50)
+	insertDeadLetters(t, db.Pool, dlq.ReasonRetriesExhausted, 250)
+	insertDeadLetters(t, db.Pool, dlq.ReasonUnknownNotification, 50)
 	var buf syncBuffer
 	log := slog.New(slog.NewJSONHandler(&buf, nil))
 	a := NewAlerter(db.Pool, NewLog(log), log, prometheus.NewRegistry(), withLockKey(fast))
@@ -287,7 +287,7 @@ func TestOneReplicaAlerts(t *testing.T) {
 	opts := withLockKey(fast)
 	opts.BatchSize = 100
 	opts.MinInterval = 150 * time.Millisecond
-	insertDeadLetters(t, db.Pool, delivery.ReasonRetriesExhausted, 250)
+	insertDeadLetters(t, db.Pool, dlq.ReasonRetriesExhausted, 250)
 
 	ctx := context.Background()
 	holder, err := pgx.Connect(ctx, db.URL)

@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"notify/pkg/delivery"
+	dlq "notify/pkg/deadletter"
 	"notify/pkg/rabbit"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
@@ -74,7 +74,7 @@ func publish(t *testing.T, e *env, msgs ...rabbit.Message) {
 
 func deadLetterMessage(t *testing.T, task *busv1.DeadLetterTask) rabbit.Message {
 	t.Helper()
-	m, err := delivery.DeadLetterMessage(task)
+	m, err := dlq.Message(task)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestDeadLetterTaskStoredOnce(t *testing.T) {
 	notificationID := uuid.NewString()
 	original := []byte{1, 2, 3}
 	m := deadLetterMessage(t, &busv1.DeadLetterTask{
-		NotificationId: notificationID, Reason: delivery.ReasonRetriesExhausted,
+		NotificationId: notificationID, Reason: dlq.ReasonRetriesExhausted,
 		ErrorCode: "UNAVAILABLE", ErrorMessage: "fcm unavailable", Attempts: 8,
 		Tokens: []string{"tok-1", "tok-2", "tok-3"}, Original: original, OriginalType: typeRetry,
 	})
@@ -95,14 +95,14 @@ func TestDeadLetterTaskStoredOnce(t *testing.T) {
 
 	h, _ := startConsumer(t, e, e.conn, 2)
 	waitFor(t, 10*time.Second, "both deliveries handled", func() bool {
-		return testutil.ToFloat64(h.stored.WithLabelValues(delivery.ReasonRetriesExhausted))+testutil.ToFloat64(h.duplicates) == 2
+		return testutil.ToFloat64(h.stored.WithLabelValues(dlq.ReasonRetriesExhausted))+testutil.ToFloat64(h.duplicates) == 2
 	})
 
 	want := []storedRow{{
-		MessageID: m.MessageID, NotificationID: notificationID, Reason: delivery.ReasonRetriesExhausted,
+		MessageID: m.MessageID, NotificationID: notificationID, Reason: dlq.ReasonRetriesExhausted,
 		ErrorCode: "UNAVAILABLE", ErrorMessage: "fcm unavailable", Attempts: 8, TokenCount: 3,
 		Tokens: []string{"tok-1", "tok-2", "tok-3"}, MessageType: typeRetry, Message: original,
-		Headers: map[string]any{delivery.ReasonHeader: delivery.ReasonRetriesExhausted, rabbit.AttemptHeader: 8.0, "x-notify-tokens": "3"},
+		Headers: map[string]any{dlq.ReasonHeader: dlq.ReasonRetriesExhausted, rabbit.AttemptHeader: 8.0, "x-notify-tokens": "3"},
 	}}
 	got := readRows(t, e.db.Pool)
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -168,7 +168,7 @@ func TestBrokerDeadLettered(t *testing.T) {
 			body:   func(string) []byte { return []byte("definitely not protobuf") },
 			status: "pending", wantStatus: "pending",
 			want: func(string) storedRow {
-				return storedRow{Reason: delivery.ReasonUndecodable, Tokens: []string{}, MessageType: typeSend,
+				return storedRow{Reason: dlq.ReasonUndecodable, Tokens: []string{}, MessageType: typeSend,
 					ErrorMessage: "dead-lettered by the broker from %s (rejected); body is not a notify.bus.v1.SendTask: proto: cannot parse invalid wire-format data"}
 			},
 		},
@@ -226,7 +226,7 @@ func TestUnreadableMessages(t *testing.T) {
 	)
 	h, _ := startConsumer(t, e, e.conn, 2)
 	waitFor(t, 10*time.Second, "four deliveries handled", func() bool {
-		return testutil.ToFloat64(h.stored.WithLabelValues(delivery.ReasonUndecodable))+
+		return testutil.ToFloat64(h.stored.WithLabelValues(dlq.ReasonUndecodable))+
 			testutil.ToFloat64(h.stored.WithLabelValues(ReasonUnknownMessage))+testutil.ToFloat64(h.duplicates) == 4
 	})
 
@@ -239,7 +239,7 @@ func TestUnreadableMessages(t *testing.T) {
 		t.Fatalf("got %d rows, want 3: %+v", len(got), got)
 	}
 	want := map[string]storedRow{
-		"garbage": {MessageID: "garbage", Reason: delivery.ReasonUndecodable, MessageType: typeDeadLetter, Message: garbage, Tokens: []string{},
+		"garbage": {MessageID: "garbage", Reason: dlq.ReasonUndecodable, MessageType: typeDeadLetter, Message: garbage, Tokens: []string{},
 			ErrorMessage: "body is not a notify.bus.v1.DeadLetterTask: proto: cannot parse invalid wire-format data",
 			Headers:      map[string]any{"weird": "a\uFFFDb"}},
 		"no-type": {MessageID: "no-type", Reason: ReasonUnknownMessage, Message: []byte("hello"), Tokens: []string{},
@@ -272,7 +272,7 @@ func TestDatabaseDownRequeues(t *testing.T) {
 	if _, err := e.db.Pool.Exec(ctx, `ALTER TABLE dead_letters RENAME TO dead_letters_away`); err != nil {
 		t.Fatal(err)
 	}
-	publish(t, e, deadLetterMessage(t, &busv1.DeadLetterTask{NotificationId: uuid.NewString(), Reason: delivery.ReasonPermanentError}))
+	publish(t, e, deadLetterMessage(t, &busv1.DeadLetterTask{NotificationId: uuid.NewString(), Reason: dlq.ReasonPermanentError}))
 	h, _ := startConsumer(t, e, e.conn, 2)
 	waitFor(t, 10*time.Second, "failed saves", func() bool { return testutil.ToFloat64(h.saveErrors) >= 2 })
 	time.Sleep(300 * time.Millisecond)
@@ -298,7 +298,7 @@ func TestStopMidBurst(t *testing.T) {
 	msgs := make([]rabbit.Message, n)
 	ids := make([]string, n)
 	for i := range msgs {
-		msgs[i] = deadLetterMessage(t, &busv1.DeadLetterTask{NotificationId: uuid.NewString(), Reason: delivery.ReasonRetriesExhausted, Tokens: []string{"t"}})
+		msgs[i] = deadLetterMessage(t, &busv1.DeadLetterTask{NotificationId: uuid.NewString(), Reason: dlq.ReasonRetriesExhausted, Tokens: []string{"t"}})
 		ids[i] = msgs[i].MessageID
 	}
 	publish(t, e, msgs...)

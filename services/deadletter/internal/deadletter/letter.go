@@ -21,7 +21,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/protobuf/proto"
 
-	"notify/pkg/delivery"
+	dlq "notify/pkg/deadletter"
 	"notify/pkg/rabbit"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
@@ -97,7 +97,7 @@ func Classify(d *rabbit.Delivery) Letter {
 		if err := proto.Unmarshal(d.Body, &task); err != nil {
 			return l.undecodable(fmt.Sprintf("body is not a %s: %v", typeDeadLetter, err))
 		}
-		reason, _ := d.Headers[delivery.ReasonHeader].(string)
+		reason, _ := d.Headers[dlq.ReasonHeader].(string)
 		l.Reason = clean(cmp.Or(task.GetReason(), reason, ReasonUnspecified))
 		l.ErrorCode = clean(task.GetErrorCode())
 		l.ErrorMessage = clean(task.GetErrorMessage())
@@ -196,7 +196,7 @@ func decodeWork(typ string, body []byte) (workTask, error) {
 
 // undecodable turns l into a row that keeps the raw message and says why it was not read.
 func (l Letter) undecodable(why string) Letter {
-	l.Reason = delivery.ReasonUndecodable
+	l.Reason = dlq.ReasonUndecodable
 	l.ErrorMessage = clean(why)
 	l.NotificationID, l.Tokens, l.NeverSent = "", nil, false
 	return l

@@ -11,7 +11,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/protobuf/proto"
 
-	"notify/pkg/delivery"
+	dlq "notify/pkg/deadletter"
 	"notify/pkg/rabbit"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
@@ -67,7 +67,7 @@ func TestClassify(t *testing.T) {
 		},
 		{
 			name: "dead letter task without reason or original",
-			d: &rabbit.Delivery{MessageID: "m2", Type: typeDeadLetter, Headers: map[string]any{delivery.ReasonHeader: "retries_exhausted"},
+			d: &rabbit.Delivery{MessageID: "m2", Type: typeDeadLetter, Headers: map[string]any{dlq.ReasonHeader: "retries_exhausted"},
 				Body: marshal(t, &busv1.DeadLetterTask{NotificationId: id, ErrorCode: "INTERNAL", Attempts: 8, Tokens: []string{"a", "b\x00"}})},
 			want: Letter{Key: "m2", NotificationID: id, Reason: "retries_exhausted", ErrorCode: "INTERNAL", Attempts: 8,
 				Tokens: []string{"a", "b\uFFFD"}},
@@ -80,7 +80,7 @@ func TestClassify(t *testing.T) {
 		{
 			name: "garbage claiming to be a dead letter task",
 			d:    &rabbit.Delivery{MessageID: "m4", Type: typeDeadLetter, Body: []byte{0xff, 0xff, 0xff}},
-			want: Letter{Key: "m4", Reason: delivery.ReasonUndecodable, MessageType: typeDeadLetter, Message: []byte{0xff, 0xff, 0xff},
+			want: Letter{Key: "m4", Reason: dlq.ReasonUndecodable, MessageType: typeDeadLetter, Message: []byte{0xff, 0xff, 0xff},
 				ErrorMessage: "body is not a notify.bus.v1.DeadLetterTask: proto: cannot parse invalid wire-format data"},
 		},
 		{
@@ -113,19 +113,19 @@ func TestClassify(t *testing.T) {
 		{
 			name: "undecodable send task rejected",
 			d:    &rabbit.Delivery{MessageID: "s3", Type: typeSend, Headers: rejectedFromSend, Body: []byte("not protobuf")},
-			want: Letter{Key: "s3", Reason: delivery.ReasonUndecodable, MessageType: typeSend, Message: []byte("not protobuf"),
+			want: Letter{Key: "s3", Reason: dlq.ReasonUndecodable, MessageType: typeSend, Message: []byte("not protobuf"),
 				ErrorMessage: "dead-lettered by the broker from notify.send (rejected); body is not a notify.bus.v1.SendTask: proto: cannot parse invalid wire-format data"},
 		},
 		{
 			name: "send task without notification id rejected",
 			d:    &rabbit.Delivery{MessageID: "s4", Type: typeSend, Headers: rejectedFromSend, Body: nil},
-			want: Letter{Key: "s4", Reason: delivery.ReasonUndecodable, MessageType: typeSend,
+			want: Letter{Key: "s4", Reason: dlq.ReasonUndecodable, MessageType: typeSend,
 				ErrorMessage: "dead-lettered by the broker from notify.send (rejected); body is not a notify.bus.v1.SendTask: no notification id"},
 		},
 		{
 			name: "foreign message rejected",
 			d:    &rabbit.Delivery{MessageID: "f1", Type: "acme.Order", Headers: rejectedFromSend, Body: []byte("{}")},
-			want: Letter{Key: "f1", Reason: delivery.ReasonUndecodable, MessageType: "acme.Order", Message: []byte("{}"),
+			want: Letter{Key: "f1", Reason: dlq.ReasonUndecodable, MessageType: "acme.Order", Message: []byte("{}"),
 				ErrorMessage: `dead-lettered by the broker from notify.send (rejected); type "acme.Order" is none of notify.bus.v1.SendTask, notify.bus.v1.RetryTask`},
 		},
 		{

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"notify/pkg/deadletter"
 	"notify/pkg/delivery"
 	"notify/pkg/rabbit"
 	busv1 "notify/proto/gen/notify/bus/v1"
@@ -68,13 +69,13 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 		err = errors.New("no notification id or no tokens")
 	}
 	if err != nil {
-		return h.deadLetter(ctx, d, delivery.ReasonUndecodable, "", fmt.Errorf("decode RetryTask: %w", err), log)
+		return h.deadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode RetryTask: %w", err), log)
 	}
 	id := task.GetNotificationId()
 	log = log.With("notification_id", id)
 	n, err := h.store.Load(ctx, id)
 	if errors.Is(err, delivery.ErrNotFound) {
-		return h.deadLetter(ctx, d, delivery.ReasonUnknownNotification, id, err, log)
+		return h.deadLetter(ctx, d, deadletter.ReasonUnknownNotification, id, err, log)
 	}
 	if err != nil {
 		return "requeued", err

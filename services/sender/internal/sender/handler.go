@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 
+	"notify/pkg/deadletter"
 	"notify/pkg/delivery"
 	"notify/pkg/fcm"
 	"notify/pkg/rabbit"
@@ -76,13 +77,13 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 		if err == nil {
 			err = errors.New("no notification id")
 		}
-		return h.deadLetter(ctx, d, delivery.ReasonUndecodable, "", fmt.Errorf("decode SendTask: %w", err), log)
+		return h.deadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode SendTask: %w", err), log)
 	}
 	id := task.GetNotificationId()
 	log = log.With("notification_id", id)
 	n, err := h.store.Load(ctx, id)
 	if errors.Is(err, delivery.ErrNotFound) {
-		return h.deadLetter(ctx, d, delivery.ReasonUnknownNotification, id, err, log)
+		return h.deadLetter(ctx, d, deadletter.ReasonUnknownNotification, id, err, log)
 	}
 	if err != nil {
 		return "requeued", err
