@@ -1,10 +1,7 @@
 package delivery
 
 import (
-	"cmp"
-	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"notify/pkg/fcm"
@@ -36,45 +33,28 @@ func (s Settings) Topology() rabbit.Topology {
 // LoadSettings reads the shared settings through getenv, reporting every problem at once,
 // each naming its variable.
 func LoadSettings(getenv func(string) string) (Settings, error) {
-	var errs []error
-	s := Settings{TopologyName: cmp.Or(getenv("AMQP_TOPOLOGY"), rabbit.DefaultName), FCM: fcm.Config{
-		ProjectID:       getenv("FCM_PROJECT_ID"),
-		CredentialsFile: getenv("FCM_CREDENTIALS_FILE"),
-		Endpoint:        getenv("FCM_ENDPOINT"),
-	}}
+	e := NewEnv(getenv)
+	s := Settings{
+		TopologyName: e.String("AMQP_TOPOLOGY", rabbit.DefaultName),
+		FCM: fcm.Config{
+			ProjectID:       getenv("FCM_PROJECT_ID"),
+			CredentialsFile: getenv("FCM_CREDENTIALS_FILE"),
+			Endpoint:        getenv("FCM_ENDPOINT"),
+			Timeout:         e.Duration("FCM_TIMEOUT", 10*time.Second, time.Millisecond),
+		},
+		RetryBase:          e.Duration("RETRY_BASE_DELAY", 10*time.Second, time.Millisecond),
+		RetryMax:           e.Duration("RETRY_MAX_DELAY", 320*time.Second, time.Millisecond),
+		MaxAttempts:        e.Int("RETRY_MAX_ATTEMPTS", 8, 1, 100),
+		MaxConcurrentSends: e.Int("FCM_MAX_CONCURRENT_SENDS", 4, 1, 64),
+	}
 	if s.FCM.CredentialsFile == "" && s.FCM.Endpoint == "" {
 		s.FCM.Endpoint = EmulatorEndpoint
 	}
 	if s.FCM.Endpoint != "" && s.FCM.ProjectID == "" {
 		s.FCM.ProjectID = "notify-dev"
 	}
-	duration := func(name, def string) time.Duration {
-		d, err := time.ParseDuration(cmp.Or(getenv(name), def))
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
-		case d < time.Millisecond:
-			errs = append(errs, fmt.Errorf("%s: %s is below the minimum 1ms", name, d))
-		}
-		return d
-	}
-	integer := func(name, def string, lo, hi int) int {
-		n, err := strconv.Atoi(cmp.Or(getenv(name), def))
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
-		case n < lo || n > hi:
-			errs = append(errs, fmt.Errorf("%s: %d is outside %d..%d", name, n, lo, hi))
-		}
-		return n
-	}
-	s.FCM.Timeout = duration("FCM_TIMEOUT", "10s")
-	s.RetryBase = duration("RETRY_BASE_DELAY", "10s")
-	s.RetryMax = duration("RETRY_MAX_DELAY", "320s")
 	if s.RetryMax < s.RetryBase {
-		errs = append(errs, fmt.Errorf("RETRY_MAX_DELAY: %s is below RETRY_BASE_DELAY %s", s.RetryMax, s.RetryBase))
+		e.Errs = append(e.Errs, fmt.Errorf("RETRY_MAX_DELAY: %s is below RETRY_BASE_DELAY %s", s.RetryMax, s.RetryBase))
 	}
-	s.MaxAttempts = integer("RETRY_MAX_ATTEMPTS", "8", 1, 100)
-	s.MaxConcurrentSends = integer("FCM_MAX_CONCURRENT_SENDS", "4", 1, 64)
-	return s, errors.Join(errs...)
+	return s, e.Err()
 }

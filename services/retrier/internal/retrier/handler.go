@@ -46,20 +46,7 @@ func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) {
 	log := h.log.With("message_id", d.MessageID)
 	result, err := h.handle(ctx, d, log)
 	h.tasks.WithLabelValues(result).Inc()
-	var settleErr error
-	switch result {
-	case "requeued":
-		log.Warn("retry task failed; handing it back to the queue", "err", err)
-		settleErr = d.Nack(true)
-	case "rejected":
-		log.Error("retry task could not be dead-lettered explicitly; rejecting it to the broker's dead-letter route", "err", err)
-		settleErr = d.Reject()
-	default:
-		settleErr = d.Ack()
-	}
-	if settleErr != nil {
-		log.Warn("could not settle retry task; it will be redelivered", "result", result, "err", settleErr)
-	}
+	delivery.Settle(log, d, result, err)
 }
 
 func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logger) (string, error) {
@@ -78,11 +65,11 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 		return h.deadLetter(ctx, d, deadletter.ReasonUnknownNotification, id, err, log)
 	}
 	if err != nil {
-		return "requeued", err
+		return delivery.ResultRequeued, err
 	}
 	targets, err := h.store.Unsettled(ctx, n, task.GetTokens())
 	if err != nil {
-		return "requeued", err
+		return delivery.ResultRequeued, err
 	}
 	if len(targets) == 0 {
 		log.Debug("every token of the retry task is already settled")
@@ -92,7 +79,7 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 	attempt := max(d.Attempt(), int(task.GetAttempt()), 2)
 	sum, err := h.deliverer.SendChunk(ctx, n, targets, attempt)
 	if err != nil {
-		return "requeued", err
+		return delivery.ResultRequeued, err
 	}
 	log.Info("retry sent", "attempt", attempt, "tokens", len(targets), "delivered", sum.Delivered,
 		"invalid", sum.Invalid, "retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired)
@@ -102,7 +89,7 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 func (h *Handler) deadLetter(ctx context.Context, d *rabbit.Delivery, reason, notificationID string, cause error, log *slog.Logger) (string, error) {
 	log.Warn("dead-lettering retry task", "reason", reason, "err", cause)
 	if err := h.deliverer.DeadLetter(ctx, d, reason, notificationID, cause); err != nil {
-		return "rejected", err
+		return delivery.ResultRejected, err
 	}
 	return "dead_lettered", nil
 }

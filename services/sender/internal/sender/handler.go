@@ -54,21 +54,7 @@ func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) {
 	log := h.log.With("message_id", d.MessageID)
 	result, err := h.handle(ctx, d, log)
 	h.tasks.WithLabelValues(result).Inc()
-	var settleErr error
-	switch result {
-	case "requeued":
-		log.Warn("send task failed; handing it back to the queue", "err", err)
-		settleErr = d.Nack(true)
-	case "rejected":
-		log.Error("send task could not be dead-lettered explicitly; rejecting it to the broker's dead-letter route", "err", err)
-		settleErr = d.Reject()
-	default:
-		settleErr = d.Ack()
-	}
-	if settleErr != nil {
-		// The channel died: the broker redelivers the task, whose settled chunks are skipped.
-		log.Warn("could not settle send task; it will be redelivered", "result", result, "err", settleErr)
-	}
+	delivery.Settle(log, d, result, err)
 }
 
 func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logger) (string, error) {
@@ -86,7 +72,7 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 		return h.deadLetter(ctx, d, deadletter.ReasonUnknownNotification, id, err, log)
 	}
 	if err != nil {
-		return "requeued", err
+		return delivery.ResultRequeued, err
 	}
 	if n.Final() {
 		log.Debug("notification already final; acknowledging redelivered task", "status", n.Status)
@@ -95,7 +81,7 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 	if time.Now().After(n.ExpiresAt) {
 		log.Info("notification expired before it was sent")
 		if err := h.store.Expire(ctx, n.ID); err != nil {
-			return "requeued", err
+			return delivery.ResultRequeued, err
 		}
 		return "expired", nil
 	}
@@ -103,11 +89,11 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 	start := time.Now()
 	sum, err := h.sendAll(ctx, n)
 	if err != nil {
-		return "requeued", err
+		return delivery.ResultRequeued, err
 	}
 	status, err := h.store.Finish(ctx, n.ID)
 	if err != nil {
-		return "requeued", err
+		return delivery.ResultRequeued, err
 	}
 	log.Info("notification sent", "status", status, "delivered", sum.Delivered, "invalid", sum.Invalid,
 		"retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired, "duration", time.Since(start))
@@ -164,7 +150,7 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 func (h *Handler) deadLetter(ctx context.Context, d *rabbit.Delivery, reason, notificationID string, cause error, log *slog.Logger) (string, error) {
 	log.Warn("dead-lettering send task", "reason", reason, "err", cause)
 	if err := h.deliverer.DeadLetter(ctx, d, reason, notificationID, cause); err != nil {
-		return "rejected", err
+		return delivery.ResultRejected, err
 	}
 	return "dead_lettered", nil
 }

@@ -1,0 +1,70 @@
+package delivery
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestLoadSettingsDefaults(t *testing.T) {
+	t.Parallel()
+	s, err := LoadSettings(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.FCM.Endpoint != EmulatorEndpoint || s.FCM.ProjectID != "notify-dev" {
+		t.Errorf("with no FCM settings: endpoint %q project %q, want the emulator and notify-dev", s.FCM.Endpoint, s.FCM.ProjectID)
+	}
+	want := []time.Duration{10 * time.Second, 20 * time.Second, 40 * time.Second, 80 * time.Second, 160 * time.Second, 320 * time.Second}
+	topo := s.Topology()
+	if diff := cmp.Diff(want, topo.WaitDelays); diff != "" || topo.Name != "notify" || s.MaxAttempts != 8 {
+		t.Errorf("topology %s attempts %d, wait levels (-want +got):\n%s", topo.Name, s.MaxAttempts, diff)
+	}
+
+	// Credentials mean real FCM: never the emulator by default.
+	s, err = LoadSettings(env(map[string]string{"FCM_CREDENTIALS_FILE": "/etc/notify/sa.json", "FCM_PROJECT_ID": "prod"}))
+	if err != nil || s.FCM.Endpoint != "" {
+		t.Errorf("with credentials: endpoint %q (%v), want none", s.FCM.Endpoint, err)
+	}
+}
+
+func TestLoadSettingsNamesEveryBadVariable(t *testing.T) {
+	t.Parallel()
+	_, err := LoadSettings(env(map[string]string{
+		"FCM_TIMEOUT":              "soon",
+		"RETRY_BASE_DELAY":         "0s",
+		"RETRY_MAX_ATTEMPTS":       "0",
+		"FCM_MAX_CONCURRENT_SENDS": "many",
+	}))
+	if err == nil {
+		t.Fatal("bad settings accepted")
+	}
+	for _, name := range []string{"FCM_TIMEOUT", "RETRY_BASE_DELAY", "RETRY_MAX_ATTEMPTS", "FCM_MAX_CONCURRENT_SENDS"} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error %q does not name %s", err, name)
+		}
+	}
+	_, err = LoadSettings(env(map[string]string{"RETRY_BASE_DELAY": "1m", "RETRY_MAX_DELAY": "10s"}))
+	if err == nil || !strings.Contains(err.Error(), "RETRY_MAX_DELAY") {
+		t.Errorf("max below base: %v, want an error naming RETRY_MAX_DELAY", err)
+	}
+}
+
+func TestLoadServiceConfig(t *testing.T) {
+	t.Parallel()
+	e := NewEnv(env(map[string]string{"SEND_WORKERS": "8", "LOG_LEVEL": "chatty", "SHUTDOWN_TIMEOUT": "x"}))
+	c := LoadServiceConfig(e, ServiceEnv{Name: "sender", MetricsAddr: "127.0.0.1:9102", WorkersVar: "SEND_WORKERS", PrefetchVar: "SEND_PREFETCH"})
+	if c.Workers != 8 || c.Prefetch != 16 || c.MetricsAddr != "127.0.0.1:9102" {
+		t.Errorf("config %+v, want 8 workers, prefetch 16, the default metrics address", c)
+	}
+	err := e.Err()
+	for _, name := range []string{"LOG_LEVEL", "SHUTDOWN_TIMEOUT"} {
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("error %v does not name %s", err, name)
+		}
+	}
+}

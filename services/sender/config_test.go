@@ -1,0 +1,25 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestLoadConfig(t *testing.T) {
+	t.Parallel()
+	c, err := loadConfig(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Name != "sender" || c.ChunkConcurrency != 4 || c.Workers != 4 {
+		t.Errorf("defaults %+v", c)
+	}
+	_, err = loadConfig(func(k string) string {
+		return map[string]string{"SEND_CHUNK_CONCURRENCY": "0", "SEND_PREFETCH": "x"}[k]
+	})
+	for _, name := range []string{"SEND_CHUNK_CONCURRENCY", "SEND_PREFETCH"} {
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("error %v does not name %s", err, name)
+		}
+	}
+}
