@@ -26,6 +26,12 @@ type Options struct {
 	BatchSize    int           // rows claimed per round (default 500)
 	PollInterval time.Duration // wake-up when no NOTIFY arrives (default 1s)
 	Retention    time.Duration // published rows are deleted after this (default 24h)
+	// Ready, when set, blocks until the broker connection is up (rabbit.Conn.Ready), so
+	// that no round claims rows while the broker is unreachable and shutdown never waits
+	// for a broker that is down.
+	Ready func(ctx context.Context) error
+	// RoundTimeout bounds one round (claim, publish, mark); default 30s.
+	RoundTimeout time.Duration
 }
 
 // Relay moves committed outbox rows to RabbitMQ.
@@ -61,6 +67,9 @@ func NewRelay(pool *pgxpool.Pool, pub publisher, log *slog.Logger, reg prometheu
 	if opts.Retention <= 0 {
 		opts.Retention = 24 * time.Hour
 	}
+	if opts.RoundTimeout <= 0 {
+		opts.RoundTimeout = 30 * time.Second
+	}
 	r := &Relay{
 		pool: pool, pub: pub, log: log, opts: opts,
 		published: prometheus.NewCounter(prometheus.CounterOpts{
@@ -94,9 +103,20 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.sampleBacklog(ctx)
 
 	for {
-		// Rounds run on a context that outlives ctx, so a claimed batch is always settled
-		// (published and marked, or rolled back) rather than abandoned half-way.
-		n, err := r.RelayOnce(context.WithoutCancel(ctx))
+		if r.opts.Ready != nil {
+			if err := r.opts.Ready(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("outbox relay: broker connection: %w", err)
+			}
+		}
+		// Rounds run on a context that outlives ctx (bounded by RoundTimeout), so a claimed
+		// batch is settled (published and marked, or rolled back) rather than abandoned
+		// half-way.
+		roundCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.RoundTimeout)
+		n, err := r.RelayOnce(roundCtx)
+		cancel()
 		if err != nil {
 			r.log.Warn("outbox round failed; retrying", "err", err)
 		}
