@@ -1,16 +1,21 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	notifyv1 "notify/proto/gen/notify/v1"
 )
@@ -84,8 +89,11 @@ func TestPublishDeliversEveryTokenOnce(t *testing.T) {
 		IdempotencyKey: "e2e-once",
 		Type:           "e2e.fanout",
 		Recipients:     &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: users}}},
-		Content:        &notifyv1.Content{Title: "Hello", Body: "from the e2e test"},
+		Content:        &notifyv1.Content{Title: "Hello", Body: "from the e2e test", ImageUrl: "https://example.com/parcel.png"},
 		Data:           map[string]string{"order": "42"},
+		Options: &notifyv1.Options{
+			Priority: notifyv1.Priority_PRIORITY_HIGH, Ttl: durationpb.New(time.Hour), CollapseKey: "order-42",
+		},
 	}
 	first, err := notifications.Publish(ctxT(t), req)
 	if err != nil {
@@ -115,6 +123,32 @@ func TestPublishDeliversEveryTokenOnce(t *testing.T) {
 		if ts.Received != 1 {
 			t.Errorf("token %s received %d times, want once", tok, ts.Received)
 		}
+	}
+
+	// The request's content and options reached FCM on every platform's terms.
+	var sent struct {
+		Messages []struct {
+			Payload struct {
+				Notification struct{ Title, Body, Image string }
+				Data         map[string]string
+				Android      struct {
+					Priority    string
+					TTL         string
+					CollapseKey string `json:"collapse_key"`
+				}
+				APNS struct{ Headers map[string]string }
+			}
+		}
+	}
+	getJSON(t, s.emulatorURL+"/emulator/messages?limit=1&token=live-tok-0000-00", &sent)
+	if len(sent.Messages) != 1 {
+		t.Fatalf("emulator has %d messages for live-tok-0000-00, want 1", len(sent.Messages))
+	}
+	p := sent.Messages[0].Payload
+	if p.Notification.Title != "Hello" || p.Notification.Body != "from the e2e test" || p.Notification.Image != "https://example.com/parcel.png" ||
+		p.Data["order"] != "42" || p.Android.Priority != "high" || p.Android.CollapseKey != "order-42" ||
+		!strings.HasPrefix(p.Android.TTL, "35") || p.APNS.Headers["apns-priority"] != "10" || p.APNS.Headers["apns-collapse-id"] != "order-42" {
+		t.Errorf("FCM payload %+v does not carry the request's content and options", p)
 	}
 
 	// The database holds one delivery per token, and the dead token is deactivated.
@@ -337,5 +371,63 @@ func TestBadPublishIsRefusedWithFieldDetails(t *testing.T) {
 	}
 	if rows != 0 {
 		t.Errorf("a refused Publish wrote %d rows", rows)
+	}
+}
+
+func TestSenderStopsCleanlyOnSIGTERM(t *testing.T) {
+	s := newStack(t)
+	s.start("fcm-emulator", map[string]string{"FCM_EMULATOR_LATENCY": "20ms"})
+	s.start("producer", nil)
+	senderEnv := map[string]string{"SEND_WORKERS": "1", "SEND_CHUNK_CONCURRENCY": "2", "FCM_MAX_CONCURRENT_SENDS": "2"}
+	sender := s.start("sender", senderEnv)
+	notifications, devices, admin := s.clients()
+
+	const total = 6000
+	registerUsers(t, devices, "term", 600, 10)
+	resp, err := notifications.Publish(ctxT(t), &notifyv1.PublishRequest{
+		Type:       "e2e.sigterm",
+		Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_AllDevices{AllDevices: &notifyv1.AllDevices{}}},
+		Content:    &notifyv1.Content{Title: "Shutdown"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the broadcast to be under way", func() bool { return s.emulatorStats(false).Requests >= 1000 })
+
+	// SIGTERM: the sender stops taking deliveries, lets its in-flight chunks finish and
+	// hands the task back, and exits 0.
+	start := time.Now()
+	_ = sender.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-sender.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("sender still running 30s after SIGTERM")
+	}
+	if sender.err != nil {
+		t.Fatalf("sender exited with %v after SIGTERM:\n%s", sender.err, sender.tail(20))
+	}
+	t.Logf("sender stopped %s after SIGTERM, %d sends so far", time.Since(start).Round(time.Millisecond), s.emulatorStats(false).Requests)
+
+	s.start("sender", senderEnv)
+	n := waitFinal(t, admin, resp.GetNotificationId(), 2*time.Minute)
+	if n.GetCounts().GetDelivered() != total {
+		t.Fatalf("counts %v, want %d delivered", n.GetCounts(), total)
+	}
+	// A clean stop commits what it sent: nothing is sent twice.
+	if got := s.emulatorStats(false).Requests; got != total {
+		t.Errorf("emulator got %d sends for %d tokens, want exactly one each after a graceful stop", got, total)
+	}
+}
+
+// getJSON decodes a JSON GET response.
+func getJSON(t *testing.T, url string, out any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		t.Fatalf("decode %s: %v", url, err)
 	}
 }

@@ -23,7 +23,7 @@ import (
 )
 
 // scriptedFCM answers by token prefix: "gone-" token gone, "busy-" transient (with a
-// Retry-After of 25s for "busy-slow-"), "auth-" permanent, anything else delivered.
+// Retry-After of 30s for "busy-slow-"), "auth-" permanent, anything else delivered.
 type scriptedFCM struct{}
 
 func (scriptedFCM) SendMulticast(_ context.Context, _ fcm.Message, tokens []string) ([]fcm.Result, error) {
@@ -34,7 +34,7 @@ func (scriptedFCM) SendMulticast(_ context.Context, _ fcm.Message, tokens []stri
 		case strings.HasPrefix(t, "gone-"):
 			out[i].Err = &fcm.SendError{Code: "UNREGISTERED", Kind: fcm.ErrTokenGone, Err: fmt.Errorf("gone")}
 		case strings.HasPrefix(t, "busy-slow-"):
-			out[i].Err = &fcm.SendError{Code: "QUOTA_EXCEEDED", Kind: fcm.ErrTransient, RetryAfter: 25 * time.Second, Err: fmt.Errorf("quota")}
+			out[i].Err = &fcm.SendError{Code: "QUOTA_EXCEEDED", Kind: fcm.ErrTransient, RetryAfter: 30 * time.Second, Err: fmt.Errorf("quota")}
 		case strings.HasPrefix(t, "busy-"):
 			out[i].Err = &fcm.SendError{Code: "UNAVAILABLE", Kind: fcm.ErrTransient, Err: fmt.Errorf("unavailable")}
 		case strings.HasPrefix(t, "auth-"):

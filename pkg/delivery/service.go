@@ -111,8 +111,10 @@ func LoadServiceConfig(e *Env, s ServiceEnv) ServiceConfig {
 	return c
 }
 
-// HandlerFunc builds a service's queue handler from the shared parts.
-type HandlerFunc func(store *Store, d *Deliverer, log *slog.Logger, reg prometheus.Registerer) rabbit.Handler
+// HandlerFunc builds a service's queue handler from the shared parts. shutdown is closed
+// when the service starts to stop: long tasks stop starting new work and hand the rest
+// back to the queue.
+type HandlerFunc func(store *Store, d *Deliverer, log *slog.Logger, reg prometheus.Registerer, shutdown <-chan struct{}) rabbit.Handler
 
 // RunService runs a delivery consumer until ctx ends: it connects to PostgreSQL, FCM and
 // RabbitMQ (declaring the topology with the configured wait levels), consumes the queue that
@@ -143,7 +145,7 @@ func RunService(ctx context.Context, cfg ServiceConfig, queue func(rabbit.Topolo
 		MaxAttempts:        cfg.Settings.MaxAttempts,
 		MaxConcurrentSends: cfg.Settings.MaxConcurrentSends,
 	})
-	consumer := rabbit.NewConsumer(conn, queue(topo), newHandler(store, deliverer, log, reg), rabbit.ConsumerOptions{
+	consumer := rabbit.NewConsumer(conn, queue(topo), newHandler(store, deliverer, log, reg, ctx.Done()), rabbit.ConsumerOptions{
 		Concurrency:     cfg.Workers,
 		Prefetch:        cfg.Prefetch,
 		ShutdownTimeout: cfg.ShutdownTimeout,
@@ -181,7 +183,11 @@ func Settle(log *slog.Logger, d *rabbit.Delivery, result string, err error) {
 	var settleErr error
 	switch result {
 	case ResultRequeued:
-		log.Warn("task failed; handing it back to the queue", "err", err)
+		if err != nil {
+			log.Warn("task failed; handing it back to the queue", "err", err)
+		} else {
+			log.Info("handing task back to the queue")
+		}
 		settleErr = d.Nack(true)
 	case ResultRejected:
 		log.Error("task could not be dead-lettered explicitly; rejecting it to the broker's dead-letter route", "err", err)

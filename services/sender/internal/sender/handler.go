@@ -21,6 +21,10 @@ import (
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
+// errShuttingDown hands a half-sent notification back to the queue when the sender stops;
+// the chunks already committed are skipped when the next sender picks it up.
+var errShuttingDown = errors.New("sender is shutting down")
+
 // Handler handles deliveries from the send queue.
 type Handler struct {
 	store     *delivery.Store
@@ -28,14 +32,17 @@ type Handler struct {
 	log       *slog.Logger
 	// chunks is how many chunks of one notification are in flight at once.
 	chunks int
+	// shutdown closes when the service stops: no new chunks are started, the ones in
+	// flight finish, and the task goes back to the queue for the next sender.
+	shutdown <-chan struct{}
 
 	tasks *prometheus.CounterVec
 }
 
 // NewHandler returns a send-queue handler and registers its metrics.
-func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, reg prometheus.Registerer, chunkConcurrency int) *Handler {
+func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, reg prometheus.Registerer, chunkConcurrency int, shutdown <-chan struct{}) *Handler {
 	h := &Handler{
-		store: store, deliverer: d, log: log, chunks: max(chunkConcurrency, 1),
+		store: store, deliverer: d, log: log, chunks: max(chunkConcurrency, 1), shutdown: shutdown,
 		tasks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notify_send_tasks_total", Help: "Send tasks handled, by result.",
 		}, []string{"result"}),
@@ -54,6 +61,9 @@ func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) {
 	log := h.log.With("message_id", d.MessageID)
 	result, err := h.handle(ctx, d, log)
 	h.tasks.WithLabelValues(result).Inc()
+	if errors.Is(err, errShuttingDown) {
+		err = nil // not a failure: the next sender carries on where this one stopped
+	}
 	delivery.Settle(log, d, result, err)
 }
 
@@ -134,6 +144,14 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 			})
 		}
 		if next == "" || gctx.Err() != nil {
+			break
+		}
+		select {
+		case <-h.shutdown:
+			pageErr = errShuttingDown
+		default:
+		}
+		if pageErr != nil {
 			break
 		}
 		after = next
