@@ -17,6 +17,7 @@ import (
 
 	dlq "notify/pkg/deadletter"
 	"notify/pkg/rabbit"
+	"notify/pkg/rabbit/rabbittest"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
@@ -304,7 +305,7 @@ func TestStopMidBurst(t *testing.T) {
 	publish(t, e, msgs...)
 
 	firstName := e.topo.Name + ".first"
-	first := startConn(t, e.amqpURL, firstName, e.topo)
+	first := rabbittest.StartConn(t, e.amqpURL, rabbit.ConnOptions{Name: firstName, Topology: &e.topo})
 	brokerName := brokerConnection(t, firstName)
 	_, stopFirst := startConsumer(t, e, first, 4)
 	waitFor(t, 20*time.Second, "a quarter stored", func() bool { return count(t, e.db.Pool, `SELECT count(*) FROM dead_letters`) >= n/4 })

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"mime"
 	"net/http"
 	"net/http/httptest"
@@ -25,6 +24,7 @@ import (
 
 	"notify/pkg/pgtest"
 	"notify/pkg/rabbit"
+	"notify/pkg/rabbit/rabbittest"
 	"notify/pkg/testenv"
 )
 
@@ -50,61 +50,10 @@ func newEnv(t *testing.T, deliveryLimit int) *env {
 	t.Helper()
 	e := &env{amqpURL: testenv.AMQPURL(t)}
 	e.db = pgtest.New(t)
-	e.topo = rabbit.Topology{
-		Name:          fmt.Sprintf("test.deadletter.%s.%08x", strings.ReplaceAll(t.Name(), "/", "."), rand.Uint32()),
-		DeliveryLimit: deliveryLimit,
-	}
-	t.Cleanup(func() { deleteTopology(t, e.amqpURL, e.topo) }) // runs after the connection closed
-	e.conn = startConn(t, e.amqpURL, e.topo.Name, e.topo)
+	e.topo = rabbittest.Topology(t, e.amqpURL, "deadletter", rabbit.Topology{DeliveryLimit: deliveryLimit})
+	e.conn = rabbittest.StartConn(t, e.amqpURL, rabbit.ConnOptions{Name: e.topo.Name, Topology: &e.topo})
 	e.pub = rabbit.NewPublisher(e.conn, e.topo.Exchange(), rabbit.PublisherOptions{})
 	return e
-}
-
-func deleteTopology(t testing.TB, amqpURL string, topo rabbit.Topology) {
-	t.Helper()
-	conn, err := amqp.Dial(amqpURL)
-	if err != nil {
-		t.Errorf("cleanup: dial: %v", err)
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Errorf("cleanup: channel: %v", err)
-		return
-	}
-	defer ch.Close()
-	for _, q := range topo.Queues() {
-		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-			t.Errorf("cleanup: delete queue %s: %v", q, err)
-			return
-		}
-	}
-	if err := ch.ExchangeDelete(topo.Exchange(), false, false); err != nil {
-		t.Errorf("cleanup: delete exchange %s: %v", topo.Exchange(), err)
-	}
-}
-
-// startConn runs a Conn named name that declares topo and returns it once ready; it stops
-// when the test ends.
-func startConn(t *testing.T, amqpURL, name string, topo rabbit.Topology) *rabbit.Conn {
-	t.Helper()
-	c := rabbit.NewConn(amqpURL, testLogger(t), rabbit.ConnOptions{Name: name, Topology: &topo, DrainTimeout: 5 * time.Second})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Conn.Run: %v", err)
-		}
-	})
-	readyCtx, readyCancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer readyCancel()
-	if err := c.Ready(readyCtx); err != nil {
-		t.Fatalf("Conn.Ready: %v", err)
-	}
-	return c
 }
 
 // runUntilStopped runs f in a goroutine; the returned stop cancels its ctx and waits for

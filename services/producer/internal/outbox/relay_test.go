@@ -3,7 +3,6 @@ package outbox
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"notify/pkg/pgtest"
 	"notify/pkg/rabbit"
+	"notify/pkg/rabbit/rabbittest"
 	"notify/pkg/testenv"
 )
 
@@ -121,18 +121,8 @@ func TestRelaysShareTheOutbox(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	topo := rabbit.NewTopology(fmt.Sprintf("relay-test-%d", time.Now().UnixNano()), nil)
-	conn := rabbit.NewConn(amqpURL, discard, rabbit.ConnOptions{Name: "relay-test", Topology: &topo})
-	connDone := make(chan error, 1)
-	go func() { connDone <- conn.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-connDone
-		cleanupTopology(t, amqpURL, topo)
-	})
-	if err := conn.Ready(ctx); err != nil {
-		t.Fatal(err)
-	}
+	topo := rabbittest.Topology(t, amqpURL, "outbox", rabbit.NewTopology("", nil))
+	conn := rabbittest.StartConn(t, amqpURL, rabbit.ConnOptions{Name: topo.Name, Topology: &topo})
 
 	const rows = 3000
 	insertRows(t, db, rows)
