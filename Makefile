@@ -33,6 +33,12 @@ build: ## build every service into ./bin
 	@mkdir -p $(BIN)
 	@for s in $(SERVICES); do (cd services/$$s && go build -o $(BIN)/$$s .); done
 
+bench: ## measure the whole stack against raw broker/FCM baselines (BENCH_FLAGS="-fanout-devices 1000000"; bench/ -h)
+	@scripts/devenv.sh
+	@$(MAKE) --no-print-directory build
+	@cd bench && go build -o $(BIN)/bench .
+	$(BIN)/bench -bin $(BIN) -out $(CURDIR)/bench-results $(BENCH_FLAGS)
+
 proto: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## regenerate proto/gen from proto/notify
 	cd proto && $(BIN)/buf lint && $(BIN)/buf generate
 

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"os"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestSummarizeNearestRank(t *testing.T) {
+	t.Parallel()
+	var ds []time.Duration
+	for i := 100; i >= 1; i-- { // unsorted on purpose
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	got := summarize(ds)
+	want := distribution{Count: 100, MeanMS: 50.5, P50MS: 50, P95MS: 95, P99MS: 99, MaxMS: 100}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("summarize (-want +got):\n%s", diff)
+	}
+	if got := summarize([]time.Duration{7 * time.Millisecond}); got.P50MS != 7 || got.P99MS != 7 || got.MaxMS != 7 {
+		t.Errorf("one sample: %+v, want every percentile 7 ms", got)
+	}
+	if got := summarize(nil); got != (distribution{}) {
+		t.Errorf("no samples: %+v, want zero", got)
+	}
+}
+
+func TestParseStatus(t *testing.T) {
+	t.Parallel()
+	status := "Name:\tproducer\nVmPeak:\t 1300000 kB\nVmHWM:\t   61234 kB\nVmRSS:\t   20480 kB\nThreads:\t9\n"
+	rss, hwm, err := parseStatus([]byte(status))
+	if err != nil || rss != 20480*1024 || hwm != 61234*1024 {
+		t.Errorf("parseStatus = %d, %d, %v; want %d, %d", rss, hwm, err, 20480*1024, 61234*1024)
+	}
+	if _, _, err := parseStatus([]byte("Name:\tkthreadd\nState:\tS (sleeping)\n")); err == nil {
+		t.Error("parseStatus of a kernel thread: no error")
+	}
+}
+
+func TestParseStatCPU(t *testing.T) {
+	t.Parallel()
+	// A command name with spaces and parentheses; utime 250 and stime 50 ticks.
+	stat := "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1000 0 0"
+	got, err := parseStatCPU([]byte(stat))
+	if err != nil || got != 3*time.Second {
+		t.Errorf("parseStatCPU = %v, %v; want 3s", got, err)
+	}
+	if _, err := parseStatCPU([]byte("4242 (short) S 1 2")); err == nil {
+		t.Error("parseStatCPU of a truncated line: no error")
+	}
+}
+
+func TestParseMachineCPU(t *testing.T) {
+	t.Parallel()
+	busy, total, err := parseMachineCPU([]byte("cpu  100 5 45 800 50 0 0 0 0 0\ncpu0 50 2 20 400 25 0 0 0 0 0\n"))
+	if err != nil || busy != 1500*time.Millisecond || total != 10*time.Second {
+		t.Errorf("parseMachineCPU = %v, %v, %v; want 1.5s busy of 10s", busy, total, err)
+	}
+}
+
+// TestReadProcSelf checks the parsers against this very process.
+func TestReadProcSelf(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat("/proc/self/status"); err != nil {
+		t.Skip("no /proc")
+	}
+	ps, err := readProc(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.RSS <= 0 || ps.HWM < ps.RSS {
+		t.Errorf("readProc(self) = %+v: want 0 < RSS ≤ HWM", ps)
+	}
+}
+
+func TestDeviceToken(t *testing.T) {
+	t.Parallel()
+	a, b := deviceToken("fanout", 1), deviceToken("fanout", 2)
+	if len(a) != tokenLength || len(b) != tokenLength || a == b {
+		t.Errorf("tokens %q and %q: want distinct, %d characters", a, b, tokenLength)
+	}
+	if deviceToken("latency", 1) == a {
+		t.Error("two phases share a token")
+	}
+}
+
+func TestThousands(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 39112.4: "39,112", 1234567: "1,234,567", -4500: "-4,500"} {
+		if got := thousands(in); got != want {
+			t.Errorf("thousands(%v) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestStageResult(t *testing.T) {
+	t.Parallel()
+	start := time.Unix(1000, 0)
+	lastCall := start.Add(10 * time.Second)
+	var s stage
+	s.observe(5, start.Add(time.Second))
+	s.observe(300, start.Add(5*time.Second))
+	s.observe(0, start.Add(12*time.Second))
+	s.observe(0, start.Add(13*time.Second))
+	got := s.result(50_000, start, lastCall)
+	want := drain{Items: 50_000, Seconds: 12, PerSecond: 4166.7, MaxBacklog: 300, AfterLastCallSeconds: 2, Drained: true}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("drained after the last call (-want +got):\n%s", diff)
+	}
+
+	// Empty before the last call returned and still empty after it: it kept up.
+	var k stage
+	k.observe(0, start.Add(9*time.Second))
+	k.observe(0, start.Add(11*time.Second))
+	if got := k.result(100, start, lastCall); !got.Drained || got.Seconds != 10 || got.AfterLastCallSeconds != 0 {
+		t.Errorf("kept up: %+v, want drained at the last call", got)
+	}
+
+	// Never read empty after the last call: not drained.
+	var n stage
+	n.observe(0, start.Add(9*time.Second))
+	n.observe(7, start.Add(11*time.Second))
+	if got := n.result(100, start, lastCall); got.Drained {
+		t.Errorf("backlog left: %+v, want not drained", got)
+	}
+}

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"cmp"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"notify/pkg/delivery"
+)
+
+// Phases, in the order they run.
+const (
+	phaseBaselines = "baselines"
+	phasePublish   = "publish"
+	phaseFanout    = "fanout"
+	phaseLatency   = "latency"
+)
+
+var allPhases = []string{phaseBaselines, phasePublish, phaseFanout, phaseLatency}
+
+// config is everything the bench reads from its flags and the environment.
+type config struct {
+	BinDir string // service binaries (make build)
+	OutDir string // JSON results
+	LogDir string // service logs of this run
+
+	// DatabaseURL is the server to use; the bench creates its own database on it.
+	DatabaseURL   string
+	AMQPURL       string
+	ManagementURL string
+
+	Phases map[string]bool
+
+	BaselineDuration time.Duration
+	Warmup           time.Duration
+	PublishClients   int
+	PublishDuration  time.Duration
+	DrainTimeout     time.Duration
+	FanoutDevices    int
+	RegisterBatch    int
+	RegisterClients  int
+	LatencyRate      int
+	LatencyDuration  time.Duration
+
+	// FCMConcurrency is the sender's FCM_MAX_CONCURRENT_SENDS as it will read it; the raw
+	// FCM-edge baseline sends with the same number of multicasts in flight.
+	FCMConcurrency int
+	// ServiceEnv are the tuning variables set in the environment, which the services
+	// inherit; they are recorded with the results so runs compare like with like.
+	ServiceEnv map[string]string
+}
+
+// tuningPrefixes name the environment variables that change how the services perform.
+var tuningPrefixes = []string{"SEND_", "RETRY_", "FCM_", "OUTBOX_", "DEADLETTER_", "ALERT_", "LOG_LEVEL",
+	"SHUTDOWN_TIMEOUT", "GOMAXPROCS", "GOGC", "GOMEMLIMIT"}
+
+func loadConfig(args []string, getenv func(string) string, environ []string, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.BinDir, "bin", "bin", "directory with the service binaries (`make build`)")
+	fs.StringVar(&c.OutDir, "out", "bench-results", "directory for the JSON results")
+	fs.StringVar(&c.LogDir, "logs", "", "directory for the service logs (default tmp/bench/<run>)")
+	phases := fs.String("phases", strings.Join(allPhases, ","), "phases to run, comma-separated")
+	fs.DurationVar(&c.BaselineDuration, "baseline-duration", 5*time.Second, "how long each baseline runs")
+	fs.DurationVar(&c.Warmup, "warmup", time.Second, "Publish calls made before measuring starts")
+	fs.IntVar(&c.PublishClients, "publish-clients", 32, "concurrent gRPC clients calling Publish")
+	fs.DurationVar(&c.PublishDuration, "publish-duration", 10*time.Second, "how long Publish is measured")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 3*time.Minute, "longest wait for the pipeline to finish a phase's work")
+	fs.IntVar(&c.FanoutDevices, "fanout-devices", 100_000, "devices registered for the broadcast (e.g. 1000000)")
+	fs.IntVar(&c.RegisterBatch, "register-batch", 5_000, "devices per RegisterDevices call (at most 10,000)")
+	fs.IntVar(&c.RegisterClients, "register-clients", 4, "concurrent RegisterDevices calls")
+	fs.IntVar(&c.LatencyRate, "latency-rate", 1_000, "notifications per second in the latency phase, each to its own user and token")
+	fs.DurationVar(&c.LatencyDuration, "latency-duration", 10*time.Second, "how long the latency phase publishes")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+
+	c.DatabaseURL = cmp.Or(getenv("DATABASE_URL"), "postgres://notify:notify@127.0.0.1:5432/notify?sslmode=disable")
+	c.AMQPURL = cmp.Or(getenv("AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/")
+	c.ManagementURL = cmp.Or(getenv("RABBITMQ_MANAGEMENT_URL"), "http://guest:guest@127.0.0.1:15672")
+
+	var errs []error
+	c.Phases = map[string]bool{}
+	for _, p := range strings.Split(*phases, ",") {
+		p = strings.TrimSpace(p)
+		if !slices.Contains(allPhases, p) {
+			errs = append(errs, fmt.Errorf("-phases: unknown phase %q (want some of %s)", p, strings.Join(allPhases, ",")))
+		}
+		c.Phases[p] = true
+	}
+	positive := func(name string, v int) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("-%s: must be positive, got %d", name, v))
+		}
+	}
+	positive("publish-clients", c.PublishClients)
+	positive("fanout-devices", c.FanoutDevices)
+	positive("register-clients", c.RegisterClients)
+	positive("latency-rate", c.LatencyRate)
+	if c.RegisterBatch < 1 || c.RegisterBatch > 10_000 {
+		errs = append(errs, fmt.Errorf("-register-batch: %d is outside 1..10000", c.RegisterBatch))
+	}
+	for name, d := range map[string]time.Duration{"baseline-duration": c.BaselineDuration, "publish-duration": c.PublishDuration,
+		"latency-duration": c.LatencyDuration, "drain-timeout": c.DrainTimeout} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("-%s: must be positive, got %s", name, d))
+		}
+	}
+	if c.Warmup < 0 {
+		errs = append(errs, fmt.Errorf("-warmup: must not be negative, got %s", c.Warmup))
+	}
+
+	// The sender's own loader, so the baseline uses exactly the concurrency the sender will.
+	settings, err := delivery.LoadSettings(getenv)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("service settings in the environment: %w", err))
+	}
+	c.FCMConcurrency = settings.MaxConcurrentSends
+
+	c.ServiceEnv = map[string]string{}
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		for _, p := range tuningPrefixes {
+			if strings.HasPrefix(k, p) {
+				c.ServiceEnv[k] = v
+			}
+		}
+	}
+
+	for _, dir := range []*string{&c.BinDir, &c.OutDir} {
+		if abs, err := filepath.Abs(*dir); err == nil {
+			*dir = abs
+		}
+	}
+	for _, s := range serviceNames {
+		if _, err := os.Stat(filepath.Join(c.BinDir, s)); err != nil {
+			errs = append(errs, fmt.Errorf("-bin: %w (run `make build`)", err))
+		}
+	}
+	return c, errors.Join(errs...)
+}

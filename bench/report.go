@@ -1,0 +1,213 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// report prints the run's table.
+func (r *results) report(w io.Writer, jsonPath string) {
+	m := r.Machine
+	commit := m.GitCommit
+	if len(commit) > 12 {
+		commit = commit[:12]
+	}
+	if m.GitDirty > 0 {
+		commit += fmt.Sprintf(" (+%d uncommitted files)", m.GitDirty)
+	}
+	fmt.Fprintf(w, "\nnotify bench %s · commit %s · %d cores (%s) · %s · RabbitMQ %s · PostgreSQL %s · load at start %s\n",
+		r.RunID, commit, m.Cores, m.CPUModel, m.GoVersion, m.RabbitMQ, m.PostgreSQL, m.LoadAverage)
+	fmt.Fprintf(w, "took %s · API key sent: %s · results %s · service logs %s\n\n",
+		time.Duration(r.DurationSeconds*float64(time.Second)).Round(time.Second), yesNo(r.Settings.APIKey), jsonPath, r.LogDir)
+
+	met := map[string]string{}
+	for _, t := range r.Targets {
+		met[t.Name] = t.Goal + "  " + metWord(t.Met)
+	}
+
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FIGURE\tVALUE\tVS BASELINE\tTARGET / NOTE")
+	if b := r.Broker; b != nil {
+		fmt.Fprintf(tw, "raw broker: publish+consume, quorum queue, window %d, %d B\t%s msg/s\tbaseline\t%s published, %s consumed\n",
+			b.Window, b.BodyBytes, thousands(b.PerSecond), thousands(float64(b.Published)), thousands(float64(b.Consumed)))
+	}
+	if f := r.FCMEdge; f != nil {
+		fmt.Fprintf(tw, "raw FCM edge: pkg/fcm, %d × 500-token multicasts at once\t%s tokens/s\tbaseline\t%s tokens, %d failed\n",
+			f.Concurrency, thousands(f.PerSecond), thousands(float64(f.Tokens)), f.Failed)
+	}
+	if p := r.Publish; p != nil {
+		fmt.Fprintf(tw, "Publish, %d clients, %s\t%s accepted/s\t%s\t%s\n", p.Clients, secs(p.Seconds),
+			thousands(p.PerSecond), vs(p.PerSecond, r.Broker != nil, brokerRate(r), "raw broker"), met["Publish accepted"])
+		fmt.Fprintf(tw, "  Publish latency\t%s\t\t%s\n", dist(p.Latency), met["Publish p99"])
+		if n := sumErrors(p.Errors); n > 0 {
+			fmt.Fprintf(tw, "  failed calls\t%d\t\t%v\n", n, p.Errors)
+		}
+		fmt.Fprintf(tw, "  outbox relay\t%s\t%s\t%s\n", drainRate(p.Relay, "rows/s"),
+			vs(p.Relay.PerSecond, r.Broker != nil, brokerRate(r), "raw broker"), drainNote(p.Relay, "rows"))
+		fmt.Fprintf(tw, "  sender (audiences without devices)\t%s\t\t%s\n", drainRate(p.Sender, "notifications/s"),
+			drainNote(p.Sender, "notifications"))
+	}
+	if f := r.Fanout; f != nil {
+		g := f.Registration
+		fmt.Fprintf(tw, "RegisterDevices, %s × %d calls at once\t%s devices/s\t\t%s devices in %s\n",
+			thousands(float64(g.Batch)), g.Clients, thousands(g.PerSecond), thousands(float64(g.Devices)), secs(g.Seconds))
+		fmt.Fprintf(tw, "fan-out: broadcast to %s tokens, Publish → last outcome in Postgres\t%s tokens/s\t%s\t%s\n",
+			thousands(float64(g.Devices)), thousands(f.PerSecond), vs(f.PerSecond, r.FCMEdge != nil, fcmRate(r), "raw FCM edge"),
+			met["fan-out token deliveries vs raw FCM edge"])
+		fmt.Fprintf(tw, "  took\t%s\t\tfirst outcome recorded after %s; status %s; FCM received %s (%d errors)\n",
+			secs(f.Seconds), secs(f.FirstRecordSeconds), f.Status, thousands(float64(f.EmulatorDelivered)), f.EmulatorFailed)
+	}
+	if l := r.Latency; l != nil {
+		name := fmt.Sprintf("Publish → FCM p50 at %d/s", l.TargetRate)
+		fmt.Fprintf(tw, "Publish → FCM receipt, %s/s for %s, one token each\t%s\t\t%s\n",
+			thousands(float64(l.TargetRate)), secs(l.Seconds), dist(l.EndToEnd), met[name])
+		fmt.Fprintf(tw, "  Publish latency at that rate\t%s\t\tachieved %s/s, max schedule lag %.0f ms\n",
+			dist(l.PublishLatency), thousands(l.AchievedRate), l.MaxLagMS)
+		fmt.Fprintf(tw, "  received by FCM\t%s of %s\t\tmissing %d, not timed %d, duplicates %d\n",
+			thousands(float64(l.Received+l.Unmatched)), thousands(float64(l.Notifications-sumErrors(l.Errors))), l.Missing, l.Unmatched, l.Duplicates)
+	}
+	tw.Flush()
+
+	if len(r.Resources) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tRSS AT REST\tPEAK RSS (VmHWM)\tRSS AT END\tCPU SECONDS\tTARGET")
+		for _, s := range r.Resources {
+			fmt.Fprintf(tw, "%s\t%.1f MB\t%.1f MB\t%.1f MB\t%.1f\t%s\n", s.Service, s.RestRSSMB, s.PeakRSSMB, s.EndRSSMB,
+				s.CPUSeconds, met[s.Service+" RSS at rest"])
+		}
+		tw.Flush()
+	}
+
+	if len(r.CPUByPhase) > 0 {
+		fmt.Fprintln(w)
+		groups := append(slices.Clone(serviceNames), groupBench, groupRabbitMQ, groupPostgres, groupOther)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintf(tw, "CPU SECONDS BY PHASE\tWALL s\t%s\tMACHINE BUSY\t\n", strings.Join(groups, "\t"))
+		for _, p := range r.CPUByPhase {
+			fmt.Fprintf(tw, "%s\t%.1f", p.Phase, p.Seconds)
+			for _, g := range groups {
+				fmt.Fprintf(tw, "\t%.1f", p.CPU[g])
+			}
+			fmt.Fprintf(tw, "\t%.0f%%\t\n", p.Utilisation*100)
+		}
+		tw.Flush()
+	}
+
+	if len(r.Warnings) > 0 {
+		fmt.Fprintf(w, "\nWARNINGS (%d)\n", len(r.Warnings))
+		for _, s := range r.Warnings {
+			fmt.Fprintf(w, "  ! %s\n", s)
+		}
+	}
+	if len(r.Failures) > 0 {
+		fmt.Fprintf(w, "\n!!! FAILURES (%d): THIS RUN LOST, FAILED OR CRASHED SOMETHING; ITS FIGURES ARE NOT VALID\n", len(r.Failures))
+		for _, s := range r.Failures {
+			fmt.Fprintf(w, "  ✗ %s\n", s)
+		}
+	} else if r.Publish != nil || r.Fanout != nil || r.Latency != nil {
+		fmt.Fprintln(w, "\nno failures: every accepted notification reached FCM and every outcome is in Postgres")
+	}
+}
+
+func brokerRate(r *results) float64 {
+	if r.Broker == nil {
+		return 0
+	}
+	return r.Broker.PerSecond
+}
+
+func fcmRate(r *results) float64 {
+	if r.FCMEdge == nil {
+		return 0
+	}
+	return r.FCMEdge.PerSecond
+}
+
+func vs(v float64, have bool, base float64, name string) string {
+	if !have || base == 0 {
+		return "(no baseline run)"
+	}
+	return fmt.Sprintf("%.2f× %s", ratio(v, base), name)
+}
+
+func drainRate(d drain, unit string) string {
+	if !d.Drained {
+		return "not drained"
+	}
+	return thousands(d.PerSecond) + " " + unit
+}
+
+func drainNote(d drain, what string) string {
+	if !d.Drained {
+		return fmt.Sprintf("%s %s not drained in time; max backlog %s", thousands(float64(d.Items)), what, thousands(float64(d.MaxBacklog)))
+	}
+	return fmt.Sprintf("%s %s, max backlog %s, empty %s after the last call", thousands(float64(d.Items)), what,
+		thousands(float64(d.MaxBacklog)), secs(d.AfterLastCallSeconds))
+}
+
+func dist(d distribution) string {
+	if d.Count == 0 {
+		return "no samples"
+	}
+	return fmt.Sprintf("p50 %s  p95 %s  p99 %s  max %s ms", num(d.P50MS), num(d.P95MS), num(d.P99MS), num(d.MaxMS))
+}
+
+// num prints a millisecond figure with sensible precision.
+func num(v float64) string {
+	switch {
+	case v < 10:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	case v < 100:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	}
+	return strconv.FormatFloat(v, 'f', 0, 64)
+}
+
+func secs(s float64) string { return strconv.FormatFloat(s, 'f', 2, 64) + " s" }
+
+// thousands formats v rounded to an integer with thin separators: 39,112.
+func thousands(v float64) string {
+	s := strconv.FormatInt(int64(math.Round(v)), 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+func sumErrors(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func metWord(met bool) string {
+	if met {
+		return "met"
+	}
+	return "MISSED"
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no (the producer does not require one)"
+}

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"debug/buildinfo"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// results is everything one run measured; it is written as JSON for comparison across
+// commits.
+type results struct {
+	RunID           string    `json:"run_id"`
+	Started         time.Time `json:"started"`
+	DurationSeconds float64   `json:"duration_seconds"`
+	Machine         machine   `json:"machine"`
+	Settings        settings  `json:"settings"`
+
+	Broker  *brokerBaseline `json:"raw_broker,omitempty"`
+	FCMEdge *fcmBaseline    `json:"raw_fcm_edge,omitempty"`
+	Publish *publishResult  `json:"publish,omitempty"`
+	Fanout  *fanoutResult   `json:"fanout,omitempty"`
+	Latency *latencyResult  `json:"latency,omitempty"`
+
+	Resources  []resource `json:"resources"`
+	CPUByPhase []phaseCPU `json:"cpu_by_phase"`
+	Targets    []target   `json:"targets"`
+	Failures   []string   `json:"failures"`
+	Warnings   []string   `json:"warnings"`
+	LogDir     string     `json:"log_dir"`
+}
+
+// machine is what the figures depend on besides the code.
+type machine struct {
+	Cores      int    `json:"cores"`
+	CPUModel   string `json:"cpu_model"`
+	MemoryMB   int64  `json:"memory_mb"`
+	Kernel     string `json:"kernel"`
+	GoVersion  string `json:"go_version"` // the services' toolchain, read from the producer binary
+	RabbitMQ   string `json:"rabbitmq"`
+	PostgreSQL string `json:"postgresql"`
+	GitCommit  string `json:"git_commit"`
+	// GitDirty counts files differing from the commit: the binaries were built from them.
+	GitDirty    int    `json:"git_dirty_files"`
+	LoadAverage string `json:"load_average_at_start"`
+}
+
+// settings are the knobs of the run.
+type settings struct {
+	PublishClients         int               `json:"publish_clients"`
+	PublishSeconds         float64           `json:"publish_seconds"`
+	WarmupSeconds          float64           `json:"warmup_seconds"`
+	FanoutDevices          int               `json:"fanout_devices"`
+	LatencyRate            int               `json:"latency_rate"`
+	LatencySeconds         float64           `json:"latency_seconds"`
+	BaselineSeconds        float64           `json:"baseline_seconds"`
+	FCMConcurrentMulticast int               `json:"fcm_concurrent_multicasts"`
+	APIKey                 bool              `json:"api_key"`
+	ServiceEnv             map[string]string `json:"service_env"`
+	Database               string            `json:"database"`
+	Topology               string            `json:"topology"`
+}
+
+// target is one of the goals the figures are held against.
+type target struct {
+	Name  string  `json:"name"`
+	Goal  string  `json:"goal"`
+	Value float64 `json:"value"`
+	Unit  string  `json:"unit"`
+	Met   bool    `json:"met"`
+}
+
+// findings are what went wrong: a failure (lost or failed deliveries, failed calls, a
+// crash) fails the run; a warning is shown and recorded.
+type findings struct {
+	failures, warnings []string
+}
+
+func (f *findings) fail(msg string) { f.failures = append(f.failures, msg) }
+func (f *findings) warn(msg string) { f.warnings = append(f.warnings, msg) }
+
+func machineFacts(ctx context.Context, st *stack) machine {
+	m := machine{Cores: runtime.NumCPU(), GoVersion: runtime.Version() + " (bench)"}
+	if bi, err := buildinfo.ReadFile(filepath.Join(st.cfg.BinDir, "producer")); err == nil {
+		m.GoVersion = bi.GoVersion
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	m.CPUModel = procField("/proc/cpuinfo", "model name")
+	if f := strings.Fields(procField("/proc/meminfo", "MemTotal")); len(f) == 2 {
+		if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+			m.MemoryMB = kb / 1024
+		}
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		m.LoadAverage = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	if v, err := st.mgmt.version(ctx); err == nil {
+		m.RabbitMQ = v
+	} else {
+		m.RabbitMQ = "unknown: " + err.Error()
+	}
+	if err := st.pool.QueryRow(ctx, "SHOW server_version").Scan(&m.PostgreSQL); err != nil {
+		m.PostgreSQL = "unknown: " + err.Error()
+	}
+	if out, err := exec.CommandContext(ctx, "git", "rev-parse", "HEAD").Output(); err == nil {
+		m.GitCommit = strings.TrimSpace(string(out))
+	}
+	if out, err := exec.CommandContext(ctx, "git", "status", "--porcelain").Output(); err == nil {
+		if lines := strings.TrimRight(string(out), "\n"); lines != "" {
+			m.GitDirty = strings.Count(lines, "\n") + 1 // one line per file
+		}
+	}
+	return m
+}
+
+// procField returns the value of the first "name: value" line of a /proc file.
+func procField(path, name string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == name {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// evaluate holds the figures against the targets.
+func (r *results) evaluate() {
+	add := func(name, goal, unit string, value float64, met bool) {
+		r.Targets = append(r.Targets, target{Name: name, Goal: goal, Value: value, Unit: unit, Met: met})
+	}
+	if r.Fanout != nil && r.FCMEdge != nil {
+		v := ratio(r.Fanout.PerSecond, r.FCMEdge.PerSecond)
+		add("fan-out token deliveries vs raw FCM edge", "≥ 0.7×", "×", v, v >= 0.7)
+	}
+	if p := r.Publish; p != nil {
+		add("Publish accepted", "≥ 5,000/s", "/s", p.PerSecond, p.PerSecond >= 5000)
+		add("Publish p99", "< 25 ms", "ms", p.Latency.P99MS, p.Latency.Count > 0 && p.Latency.P99MS < 25)
+	}
+	if l := r.Latency; l != nil {
+		add(fmt.Sprintf("Publish → FCM p50 at %d/s", l.TargetRate), "< 50 ms at 1,000/s", "ms", l.EndToEnd.P50MS,
+			l.EndToEnd.Count > 0 && l.EndToEnd.P50MS < 50)
+	}
+	for _, s := range r.Resources {
+		add(s.Service+" RSS at rest", "≤ 64 MB", "MB", s.RestRSSMB, s.RestRSSMB > 0 && s.RestRSSMB <= 64)
+	}
+}
+
+// write stores the results as <dir>/<run id>.json and returns the path.
+func (r *results) write(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, r.RunID+".json")
+	return path, os.WriteFile(path, append(b, '\n'), 0o644)
+}

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+)
+
+// noisyShare is the share of the machine's CPU going elsewhere above which a phase is
+// flagged as disturbed by other work.
+const noisyShare = 0.15
+
+// restSettle is how long the services idle after start-up before their RSS at rest is read.
+const restSettle = 3 * time.Second
+
+// run starts the stack, runs the phases, prints the table and writes the JSON. It returns
+// an error when the bench could not run, or ran and found failures.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := loadConfig(args, getenv, os.Environ(), stderr)
+	if err != nil {
+		return err
+	}
+	started := time.Now()
+	runID := started.UTC().Format("20060102t150405")
+	if cfg.LogDir == "" {
+		cfg.LogDir = filepath.Join("tmp", "bench", runID)
+	}
+	if abs, err := filepath.Abs(cfg.LogDir); err == nil {
+		cfg.LogDir = abs
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	prog := newProgress(stderr)
+	progCtx, stopProgress := context.WithCancel(ctx)
+	progDone := make(chan struct{})
+	go func() { prog.run(progCtx); close(progDone) }()
+	stopProg := func() { stopProgress(); <-progDone }
+	defer stopProg()
+
+	st, err := newStack(ctx, cfg, log, runID)
+	if err != nil {
+		return err
+	}
+	defer st.close()
+	prog.logf("database %s, topology %s, service logs in %s", st.dbName, st.topology, cfg.LogDir)
+
+	res := &results{
+		RunID:   runID,
+		Started: started.UTC(),
+		LogDir:  cfg.LogDir,
+		Settings: settings{
+			PublishClients: cfg.PublishClients, PublishSeconds: cfg.PublishDuration.Seconds(), WarmupSeconds: cfg.Warmup.Seconds(),
+			FanoutDevices: cfg.FanoutDevices, LatencyRate: cfg.LatencyRate, LatencySeconds: cfg.LatencyDuration.Seconds(),
+			BaselineSeconds: cfg.BaselineDuration.Seconds(), FCMConcurrentMulticast: cfg.FCMConcurrency,
+			ServiceEnv: cfg.ServiceEnv, Database: st.dbName, Topology: st.topology,
+		},
+	}
+	f := &findings{}
+	res.Machine = machineFacts(ctx, st)
+
+	prog.set("starting services", nil)
+	if err := st.start(ctx); err != nil {
+		return err
+	}
+	if res.Settings.APIKey, err = authenticate(ctx, st); err != nil {
+		return err
+	}
+	emu := newEmulator(st.emulatorURL)
+	cpu := newCPUTracker(st.services, st.backends)
+
+	prog.set("idle: settling for RSS at rest", nil)
+	if !sleep(ctx, restSettle) {
+		return ctx.Err()
+	}
+	rest := map[string]procStat{}
+	for _, s := range st.services {
+		if ps, err := readProc(s.pid()); err == nil {
+			rest[s.name] = ps
+		}
+	}
+	cpu.mark("idle after start-up")
+
+	if err := runPhases(ctx, st, emu, prog, cpu, res, f); err != nil {
+		f.fail(err.Error())
+	}
+
+	for _, s := range st.services {
+		ps, err := readProc(s.pid())
+		if err != nil {
+			continue // exited: reported as a crash
+		}
+		res.Resources = append(res.Resources, resource{
+			Service: s.name, PID: s.pid(), RestRSSMB: mb(rest[s.name].RSS), PeakRSSMB: mb(ps.HWM), EndRSSMB: mb(ps.RSS),
+			CPUSeconds: round(ps.CPU.Seconds(), 2), RestReadAt: restSettle.Seconds(),
+		})
+	}
+	res.CPUByPhase = cpu.phases
+	for _, p := range cpu.phases {
+		capacity := p.Seconds * float64(runtime.NumCPU())
+		if p.Seconds >= 1 && p.CPU[groupOther] > noisyShare*capacity {
+			f.warn(fmt.Sprintf("%s: %.0f%% of the machine's CPU time (%.1f s) went to processes outside the bench, its stack, the broker and its database: other work competed, so these figures understate notify",
+				p.Phase, 100*p.CPU[groupOther]/capacity, p.CPU[groupOther]))
+		}
+	}
+	prog.set("stopping services", nil)
+	for _, p := range st.stop() {
+		f.fail(p)
+	}
+	stopProg()
+
+	res.DurationSeconds = round(time.Since(started).Seconds(), 1)
+	res.Failures, res.Warnings = f.failures, f.warnings
+	res.evaluate()
+	path, err := res.write(cfg.OutDir)
+	if err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	res.report(stdout, path)
+	if len(res.Failures) > 0 {
+		return fmt.Errorf("%d failures (listed above)", len(res.Failures))
+	}
+	return nil
+}
+
+// runPhases runs the selected phases in order and stops at the first one that cannot go on
+// (an error, as opposed to findings, which are recorded and do not stop the run).
+func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cpu *cpuTracker, res *results, f *findings) error {
+	cfg := st.cfg
+	check := func(phase string) error {
+		if crashed := st.crashed(); len(crashed) > 0 {
+			return fmt.Errorf("%s: %w: %v", phase, errServicesDown, crashed)
+		}
+		return ctx.Err()
+	}
+
+	if cfg.Phases[phaseBaselines] {
+		b, err := rawBroker(ctx, st, prog)
+		if err != nil {
+			return fmt.Errorf("raw broker baseline: %w", err)
+		}
+		res.Broker = &b
+		prog.logf("raw broker: %s msg/s", thousands(b.PerSecond))
+		cpu.mark("baseline: raw broker")
+
+		e, err := rawFCM(ctx, st, emu, prog)
+		if err != nil {
+			return fmt.Errorf("raw FCM-edge baseline: %w", err)
+		}
+		res.FCMEdge = &e
+		prog.logf("raw FCM edge: %s tokens/s", thousands(e.PerSecond))
+		if e.Failed > 0 || e.EmulatorDelivered != e.Tokens {
+			f.fail(fmt.Sprintf("raw FCM edge: %d tokens failed; the client counted %d delivered, the emulator %d",
+				e.Failed, e.Tokens, e.EmulatorDelivered))
+		}
+		cpu.mark("baseline: raw FCM edge")
+		if err := check("baselines"); err != nil {
+			return err
+		}
+	}
+
+	if cfg.Phases[phasePublish] {
+		p, err := publishPhase(ctx, st, prog)
+		res.Publish = p
+		if p != nil {
+			prog.logf("publish: %s accepted/s, %s", thousands(p.PerSecond), dist(p.Latency))
+			if n := sumErrors(p.Errors); n > 0 {
+				f.fail(fmt.Sprintf("publish: %d Publish calls failed: %v", n, p.Errors))
+			}
+		}
+		cpu.mark("publish + drain")
+		if err != nil {
+			return fmt.Errorf("publish phase: %w", err)
+		}
+		if err := check("publish"); err != nil {
+			return err
+		}
+	}
+
+	if cfg.Phases[phaseFanout] {
+		fo, err := fanoutPhase(ctx, st, emu, prog, cpu.mark, f)
+		if err != nil {
+			return fmt.Errorf("fan-out phase: %w", err)
+		}
+		res.Fanout = fo
+		prog.logf("fan-out: %s devices registered/s; %s tokens/s end to end", thousands(fo.Registration.PerSecond), thousands(fo.PerSecond))
+		if err := check("fan-out"); err != nil {
+			return err
+		}
+	}
+
+	if cfg.Phases[phaseLatency] {
+		l, err := latencyPhase(ctx, st, emu, prog, cpu.mark, f)
+		if err != nil {
+			return fmt.Errorf("latency phase: %w", err)
+		}
+		res.Latency = l
+		prog.logf("latency: Publish → FCM %s", dist(l.EndToEnd))
+		cpu.mark("latency: drain")
+		if err := check("latency"); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return errors.New("interrupted")
+	}
+	return nil
+}
+
+// sleep waits for d or until ctx ends, and reports whether the full time passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
