@@ -84,6 +84,7 @@ type stack struct {
 
 	emulatorURL string
 	grpcAddr    string
+	adminKey    string // secret of the admin API key "e2e-admin"
 
 	mu    sync.Mutex
 	procs []*proc
@@ -107,8 +108,32 @@ func newStack(t *testing.T) *stack {
 		"SHUTDOWN_TIMEOUT": "10s",
 	}
 	t.Cleanup(s.cleanup)
+	// Every call needs an API key: make an admin key the way an operator bootstraps one.
+	keys := exec.Command(filepath.Join(s.bin, "producer"), "keys", "create", "e2e-admin", "--role", "admin")
+	keys.Env = append(os.Environ(), "DATABASE_URL="+s.db.URL)
+	out, err := keys.Output()
+	if err != nil {
+		t.Fatalf("producer keys create: %v %s", err, stderrOf(err))
+	}
+	s.adminKey = strings.TrimSpace(string(out))
 	return s
 }
+
+func stderrOf(err error) string {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(ee.Stderr)
+	}
+	return ""
+}
+
+// bearerKey sends an API key with every call.
+type bearerKey string
+
+func (k bearerKey) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(k)}, nil
+}
+
+func (bearerKey) RequireTransportSecurity() bool { return false }
 
 // proc is one running service.
 type proc struct {
@@ -299,10 +324,11 @@ func (s *stack) mgmt(method, path string, out any) error {
 	return nil
 }
 
-// clients returns gRPC clients of the stack's producer.
+// clients returns gRPC clients of the stack's producer, authenticated with the admin key.
 func (s *stack) clients() (notifyv1.NotificationServiceClient, notifyv1.DeviceServiceClient, notifyv1.AdminServiceClient) {
 	s.t.Helper()
-	conn, err := grpc.NewClient(s.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(s.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(bearerKey(s.adminKey)))
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"notify/pkg/logging"
@@ -25,6 +26,20 @@ type config struct {
 	OutboxBatchSize    int           // rows claimed and published per relay round
 	OutboxPollInterval time.Duration // relay polling fallback when no NOTIFY arrives
 	OutboxRetention    time.Duration // published outbox rows are deleted after this
+
+	// APIKeyCacheTTL (API_KEY_CACHE_TTL) is how long a verified (or unknown) API key is
+	// remembered: the time a revocation takes to reach the other replicas. 0 disables it.
+	APIKeyCacheTTL time.Duration
+
+	TokenStaleAfter    time.Duration // TOKEN_STALE_AFTER: devices not registered or seen for this long are deactivated
+	TokenSweepInterval time.Duration // TOKEN_SWEEP_INTERVAL: how often the stale-token sweep runs
+	TokenSweepBatch    int           // TOKEN_SWEEP_BATCH_SIZE: devices deactivated per statement
+
+	RedriveAfter    time.Duration // REDRIVE_AFTER: a PENDING notification unchanged this long is re-driven
+	RedriveInterval time.Duration // REDRIVE_INTERVAL: how often the re-drive looks for stuck notifications
+	// RetryMaxDelay (RETRY_MAX_DELAY, the sender's and retrier's setting) is the longest
+	// retry wait: RETRYING notifications are re-driven only after REDRIVE_AFTER plus this.
+	RetryMaxDelay time.Duration
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -40,27 +55,53 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if c.LogLevel, err = logging.ParseLevel(getenv("LOG_LEVEL")); err != nil {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL: %w", err))
 	}
-	duration := func(name, def string, min time.Duration) time.Duration {
-		d, err := time.ParseDuration(cmp.Or(getenv(name), def))
+	bounded := func(name, def string, min, max time.Duration) time.Duration {
+		d, err := parseDuration(cmp.Or(getenv(name), def))
 		switch {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 		case d < min:
 			errs = append(errs, fmt.Errorf("%s: %s is below the minimum %s", name, d, min))
+		case max > 0 && d > max:
+			errs = append(errs, fmt.Errorf("%s: %s is above the maximum %s", name, d, max))
 		}
 		return d
+	}
+	duration := func(name, def string, min time.Duration) time.Duration { return bounded(name, def, min, 0) }
+	integer := func(name, def string, lo, hi int) int {
+		n, err := strconv.Atoi(cmp.Or(getenv(name), def))
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		case n < lo || n > hi:
+			errs = append(errs, fmt.Errorf("%s: %d is outside %d..%d", name, n, lo, hi))
+		}
+		return n
 	}
 	c.ShutdownTimeout = duration("SHUTDOWN_TIMEOUT", "30s", 0)
 	c.OutboxPollInterval = duration("OUTBOX_POLL_INTERVAL", "1s", 10*time.Millisecond)
 	c.OutboxRetention = duration("OUTBOX_RETENTION", "24h", time.Minute)
+	c.OutboxBatchSize = integer("OUTBOX_BATCH_SIZE", "500", 1, 10000)
 
-	n, err := strconv.Atoi(cmp.Or(getenv("OUTBOX_BATCH_SIZE"), "500"))
-	switch {
-	case err != nil:
-		errs = append(errs, fmt.Errorf("OUTBOX_BATCH_SIZE: %w", err))
-	case n < 1 || n > 10000:
-		errs = append(errs, fmt.Errorf("OUTBOX_BATCH_SIZE: %d is outside 1..10000", n))
-	}
-	c.OutboxBatchSize = n
+	c.APIKeyCacheTTL = bounded("API_KEY_CACHE_TTL", "15s", 0, 5*time.Minute)
+	c.TokenStaleAfter = duration("TOKEN_STALE_AFTER", "270d", 24*time.Hour)
+	c.TokenSweepInterval = duration("TOKEN_SWEEP_INTERVAL", "1h", time.Second)
+	c.TokenSweepBatch = integer("TOKEN_SWEEP_BATCH_SIZE", "1000", 1, 100_000)
+	c.RedriveAfter = duration("REDRIVE_AFTER", "15m", time.Second)
+	c.RedriveInterval = duration("REDRIVE_INTERVAL", "1m", 100*time.Millisecond)
+	c.RetryMaxDelay = duration("RETRY_MAX_DELAY", "320s", time.Millisecond)
 	return c, errors.Join(errs...)
+}
+
+// parseDuration is time.ParseDuration that also takes whole days ("270d"), the natural
+// unit of token staleness.
+func parseDuration(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > 100*365 {
+			return 0, fmt.Errorf("invalid duration %q", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
 }

@@ -1,5 +1,8 @@
 // Command producer serves notify's gRPC API (NotificationService, DeviceService,
-// AdminService), owns the database schema and runs the outbox relay.
+// AdminService), owns the database schema, runs the outbox relay and the periodic jobs.
+//
+// `producer keys create|list|revoke` manages API keys directly in DATABASE_URL: it is how
+// the first admin key is made (see keysUsage).
 package main
 
 import (
@@ -12,9 +15,13 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Getenv); err != nil {
+	code := 0
+	if len(os.Args) > 1 && os.Args[1] == "keys" {
+		code = runKeys(ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
+	} else if err := run(ctx, os.Getenv); err != nil {
 		slog.Error("producer stopped", "err", err)
-		os.Exit(1)
+		code = 1
 	}
+	stop()
+	os.Exit(code)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"time"
@@ -20,6 +21,8 @@ import (
 	"notify/pkg/rabbit"
 	"notify/pkg/schema"
 	notifyv1 "notify/proto/gen/notify/v1"
+	"notify/services/producer/internal/apikey"
+	"notify/services/producer/internal/jobs"
 	"notify/services/producer/internal/outbox"
 	"notify/services/producer/internal/server"
 )
@@ -57,11 +60,20 @@ func run(ctx context.Context, getenv func(string) string) error {
 		Retention:    cfg.OutboxRetention,
 	})
 
-	grpcServer := grpc.NewServer()
+	keys := apikey.NewVerifier(apikey.NewStore(pool), cfg.APIKeyCacheTTL, log)
+	warnWithoutAdminKey(ctx, pool, log)
+	auth := server.NewAuth(keys, log, reg)
+	runner := jobs.NewRunner(pool, log, reg,
+		jobs.StaleTokens(cfg.TokenStaleAfter, cfg.TokenSweepBatch, cfg.TokenSweepInterval, log, reg),
+		jobs.Redrive(jobs.RedriveOptions{After: cfg.RedriveAfter, MaxRetryDelay: cfg.RetryMaxDelay, Batch: 100},
+			cfg.RedriveInterval, log, reg),
+	)
+
+	grpcServer := grpc.NewServer(grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))
 	healthServer := health.NewServer()
 	notifyv1.RegisterNotificationServiceServer(grpcServer, server.NewNotifications(pool, log, reg))
 	notifyv1.RegisterDeviceServiceServer(grpcServer, server.NewDevices(pool, log, reg))
-	notifyv1.RegisterAdminServiceServer(grpcServer, server.NewAdmin(pool, log))
+	notifyv1.RegisterAdminServiceServer(grpcServer, server.NewAdmin(pool, log, keys))
 	healthpb.RegisterHealthServer(grpcServer, healthServer)
 	reflection.Register(grpcServer)
 
@@ -77,6 +89,8 @@ func run(ctx context.Context, getenv func(string) string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return relay.Run(gctx) })
+	g.Go(func() error { return keys.Run(gctx) })
+	g.Go(func() error { return runner.Run(gctx) })
 	g.Go(func() error {
 		return metrics.NewServer(cfg.MetricsAddr, reg, func(ctx context.Context) error { return pool.Ping(ctx) }, log).Run(gctx)
 	})
@@ -124,5 +138,15 @@ func waitForDatabase(ctx context.Context, pool *pgxpool.Pool) error {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// warnWithoutAdminKey tells the operator how to make the first admin key: without one,
+// nobody can use AdminService.
+func warnWithoutAdminKey(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) {
+	var exists bool
+	err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL)").Scan(&exists)
+	if err == nil && !exists {
+		log.Warn("no active admin API key; create one with: producer keys create NAME --role admin (uses DATABASE_URL)")
 	}
 }

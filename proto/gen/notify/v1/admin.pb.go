@@ -1292,8 +1292,16 @@ type ReplayRequest struct {
 	Selector isReplayRequest_Selector `protobuf_oneof:"selector"`
 	// Report what would happen without changing anything.
 	DryRun bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
-	// Replay notifications that are still pending or retrying too.
-	Force         bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	// Replay notifications that are still pending or retrying too. Tokens waiting for a
+	// retry are left to the retrier; a notification the sender is working on may see some
+	// tokens sent twice.
+	Force bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	// With a dead_letters selector: notifications per call, 0 means 1,000, at most 1,000.
+	// Ignored with notification_ids.
+	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// With a dead_letters selector: from a previous response's next_page_token, to go on
+	// where it stopped. Ignored with notification_ids.
+	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1367,6 +1375,20 @@ func (x *ReplayRequest) GetForce() bool {
 	return false
 }
 
+func (x *ReplayRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ReplayRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type isReplayRequest_Selector interface {
 	isReplayRequest_Selector()
 }
@@ -1377,7 +1399,8 @@ type ReplayRequest_NotificationIds struct {
 }
 
 type ReplayRequest_DeadLetters struct {
-	// The notifications of the dead letters this filter selects (at most 1,000 per call).
+	// The notifications of the dead letters this filter selects (at most 1,000 per call,
+	// newest notification first; see page_token).
 	DeadLetters *DeadLetterFilter `protobuf:"bytes,2,opt,name=dead_letters,json=deadLetters,proto3,oneof"`
 }
 
@@ -1455,7 +1478,10 @@ type ReplayResponse struct {
 	// In request order (for ids) or newest first (for a filter).
 	Results []*ReplayResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
 	// Whether this was a dry run.
-	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// With a dead_letters selector: set when more notifications match; pass it as
+	// page_token to go on. Empty on the last page and with notification_ids.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1502,6 +1528,13 @@ func (x *ReplayResponse) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *ReplayResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // APIKey describes an API key (never its secret).
@@ -1980,22 +2013,26 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\fdead_letters\x18\x01 \x03(\v2\x15.notify.v1.DeadLetterR\vdeadLetters\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"#\n" +
 	"\x0fNotificationIDs\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\tR\x03ids\"\xd5\x01\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\"\x91\x02\n" +
 	"\rReplayRequest\x12G\n" +
 	"\x10notification_ids\x18\x01 \x01(\v2\x1a.notify.v1.NotificationIDsH\x00R\x0fnotificationIds\x12@\n" +
 	"\fdead_letters\x18\x02 \x01(\v2\x1b.notify.v1.DeadLetterFilterH\x00R\vdeadLetters\x12\x17\n" +
 	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x12\x14\n" +
-	"\x05force\x18\x04 \x01(\bR\x05forceB\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\x12\x1b\n" +
+	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x06 \x01(\tR\tpageTokenB\n" +
 	"\n" +
 	"\bselector\"\x8c\x01\n" +
 	"\fReplayResult\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x122\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x18.notify.v1.ReplayOutcomeR\aoutcome\x12\x1f\n" +
 	"\vtoken_count\x18\x03 \x01(\x03R\n" +
-	"tokenCount\"\\\n" +
+	"tokenCount\"\x84\x01\n" +
 	"\x0eReplayResponse\x121\n" +
 	"\aresults\x18\x01 \x03(\v2\x17.notify.v1.ReplayResultR\aresults\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xfd\x01\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xfd\x01\n" +
 	"\x06APIKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x0f.notify.v1.RoleR\x04role\x12;\n" +

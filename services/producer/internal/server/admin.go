@@ -16,18 +16,27 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	notifyv1 "notify/proto/gen/notify/v1"
+	"notify/services/producer/internal/apikey"
 )
 
 // Admin implements AdminService.
 type Admin struct {
 	notifyv1.UnimplementedAdminServiceServer
-	pool *pgxpool.Pool
-	log  *slog.Logger
+	pool  *pgxpool.Pool
+	log   *slog.Logger
+	keys  *apikey.Store
+	cache keyCache
 }
 
-// NewAdmin returns the AdminService.
-func NewAdmin(pool *pgxpool.Pool, log *slog.Logger) *Admin {
-	return &Admin{pool: pool, log: log}
+// keyCache is told about revocations so this process refuses a revoked key at once;
+// *apikey.Verifier satisfies it.
+type keyCache interface {
+	Forget(name string)
+}
+
+// NewAdmin returns the AdminService. cache may be nil.
+func NewAdmin(pool *pgxpool.Pool, log *slog.Logger, cache keyCache) *Admin {
+	return &Admin{pool: pool, log: log, keys: apikey.NewStore(pool), cache: cache}
 }
 
 var (

@@ -1,0 +1,204 @@
+// Package apikey creates, stores, revokes and verifies notify's API keys.
+//
+// A key is a name (recorded as the caller of everything published with it), a role and a
+// secret. The secret is 32 bytes from crypto/rand, shown once at creation and never
+// stored: the database keeps its SHA-256. A fast, unsalted hash is the right tool here,
+// unlike for passwords: a 256-bit random secret cannot be guessed or looked up in a
+// dictionary however fast the hash is, so a slow or salted hash would buy nothing while
+// costing every request CPU time. An unsalted hash is also deterministic, which lets a key
+// be found by its hash through a unique index in one query, and lets the verifier cache by
+// hash without keeping secrets in memory. Someone who reads the table learns nothing that
+// lets them call notify.
+package apikey
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Role is what a key may do.
+type Role string
+
+// Roles as the api_keys table stores them.
+const (
+	// RolePublisher may call NotificationService and DeviceService.
+	RolePublisher Role = "publisher"
+	// RoleAdmin may call everything.
+	RoleAdmin Role = "admin"
+)
+
+// ParseRole returns the role named s.
+func ParseRole(s string) (Role, error) {
+	switch r := Role(s); r {
+	case RolePublisher, RoleAdmin:
+		return r, nil
+	}
+	return "", fmt.Errorf("role %q: %w", s, ErrInvalidRole)
+}
+
+// Allows reports whether a key with role r may call what needs role need.
+func (r Role) Allows(need Role) bool { return r == RoleAdmin || r == need }
+
+// Key describes an API key; never its secret.
+type Key struct {
+	Name       string
+	Role       Role
+	CreatedAt  time.Time
+	RevokedAt  *time.Time
+	LastUsedAt *time.Time
+}
+
+var (
+	// ErrUnknown means no active key has the secret presented: it is unknown, malformed or
+	// revoked. Callers must not tell these apart to clients.
+	ErrUnknown = errors.New("unknown or revoked API key")
+	// ErrNameTaken means a key (active or revoked) already has the name.
+	ErrNameTaken = errors.New("an API key with this name exists")
+	// ErrInvalidName means the name breaks the naming rule (see CheckName).
+	ErrInvalidName = errors.New("invalid API key name")
+	// ErrInvalidRole means the role is neither publisher nor admin.
+	ErrInvalidRole = errors.New("invalid role: want publisher or admin")
+)
+
+// MaxNameLen is the longest key name.
+const MaxNameLen = 64
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
+// CheckName returns ErrInvalidName (wrapped with the rule) unless name is 1 to 64
+// characters of [A-Za-z0-9._-].
+func CheckName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: the name is required", ErrInvalidName)
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("%w: at most %d characters", ErrInvalidName, MaxNameLen)
+	case !namePattern.MatchString(name):
+		return fmt.Errorf("%w: only letters, digits, '.', '_' and '-'", ErrInvalidName)
+	}
+	return nil
+}
+
+// secretPrefix marks notify secrets, so that secret scanners and humans recognise a
+// leaked one, and so that anything else is refused without a database lookup.
+const secretPrefix = "nfy_"
+
+// secretLen is the length of a secret: the prefix and 32 bytes in unpadded base64url.
+var secretLen = len(secretPrefix) + base64.RawURLEncoding.EncodedLen(32)
+
+// NewSecret returns a new random secret.
+func NewSecret() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("read random bytes: %w", err)
+	}
+	return secretPrefix + base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// Hash is what the database stores of a secret.
+func Hash(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
+
+// wellFormed reports whether s looks like a secret NewSecret made.
+func wellFormed(s string) bool { return len(s) == secretLen && strings.HasPrefix(s, secretPrefix) }
+
+// Store keeps API keys in PostgreSQL.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// NewStore returns a store on pool.
+func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// Create stores a new key and returns it with its secret, which exists nowhere else.
+func (s *Store) Create(ctx context.Context, name string, role Role) (Key, string, error) {
+	if err := CheckName(name); err != nil {
+		return Key{}, "", err
+	}
+	if _, err := ParseRole(string(role)); err != nil {
+		return Key{}, "", err
+	}
+	secret, err := NewSecret()
+	if err != nil {
+		return Key{}, "", err
+	}
+	h := Hash(secret)
+	k := Key{Name: name, Role: role}
+	err = s.pool.QueryRow(ctx, `INSERT INTO api_keys (name, role, secret_hash) VALUES ($1, $2, $3) RETURNING created_at`,
+		name, string(role), h[:]).Scan(&k.CreatedAt)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "api_keys_pkey" {
+		return Key{}, "", fmt.Errorf("create key %s: %w", name, ErrNameTaken)
+	}
+	if err != nil {
+		return Key{}, "", fmt.Errorf("create key %s: %w", name, err)
+	}
+	return k, secret, nil
+}
+
+// List returns the keys ordered by name, revoked ones too when includeRevoked is set.
+func (s *Store) List(ctx context.Context, includeRevoked bool) ([]Key, error) {
+	rows, err := s.pool.Query(ctx, `SELECT name, role, created_at, revoked_at, last_used_at FROM api_keys
+		WHERE $1 OR revoked_at IS NULL ORDER BY name`, includeRevoked)
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Key, error) {
+		var k Key
+		var role string
+		err := r.Scan(&k.Name, &role, &k.CreatedAt, &k.RevokedAt, &k.LastUsedAt)
+		k.Role = Role(role)
+		return k, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	return keys, nil
+}
+
+// Revoke revokes the active key named name and reports whether there was one. Verifiers
+// in other processes keep accepting it until their cache entry expires.
+func (s *Store) Revoke(ctx context.Context, name string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL`, name)
+	if err != nil {
+		return false, fmt.Errorf("revoke key %s: %w", name, err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
+// lookup returns the active key whose secret hashes to h, or ErrUnknown.
+func (s *Store) lookup(ctx context.Context, h [32]byte) (Key, error) {
+	var k Key
+	var role string
+	err := s.pool.QueryRow(ctx, `SELECT name, role, created_at, last_used_at FROM api_keys
+		WHERE secret_hash = $1 AND revoked_at IS NULL`, h[:]).Scan(&k.Name, &role, &k.CreatedAt, &k.LastUsedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Key{}, ErrUnknown
+	}
+	if err != nil {
+		return Key{}, fmt.Errorf("look up key: %w", err)
+	}
+	k.Role = Role(role)
+	return k, nil
+}
+
+// touch records that the key was used, unless that was recorded less than a minute ago
+// (by any replica).
+func (s *Store) touch(ctx context.Context, name string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = now()
+		WHERE name = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')`, name)
+	if err != nil {
+		return fmt.Errorf("record use of key %s: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"notify/pkg/pgtest"
+	"notify/pkg/rabbit"
+	"notify/pkg/rabbit/rabbittest"
+	"notify/pkg/testenv"
+)
+
+// noopPublisher confirms everything at once: the relay's database work alone.
+type noopPublisher struct{}
+
+func (noopPublisher) Publish(context.Context, ...rabbit.Message) error { return nil }
+
+// BenchmarkRelayOnce relays an outbox filled beforehand, one RelayOnce round after another
+// (claim with SKIP LOCKED, publish, mark), with a publisher that confirms at once (the
+// database side alone) and with a real RabbitMQ publisher (window 256, the producer's).
+// Every iteration is one row; the figure to read is rows/s. Run with e.g. -benchtime 20000x.
+func BenchmarkRelayOnce(b *testing.B) {
+	for _, tc := range []struct {
+		publisher string
+		batch     int
+	}{
+		{"noop", 100},
+		{"noop", 500},
+		{"rabbitmq", 100},
+		{"rabbitmq", 500},
+	} {
+		b.Run(fmt.Sprintf("publisher=%s/batch=%d", tc.publisher, tc.batch), func(b *testing.B) {
+			var pub publisher = noopPublisher{}
+			if tc.publisher == "rabbitmq" {
+				amqpURL := testenv.AMQPURL(b)
+				topo := rabbittest.Topology(b, amqpURL, "outbox-bench", rabbit.NewTopology("", nil))
+				conn := rabbittest.StartConn(b, amqpURL, rabbit.ConnOptions{Name: topo.Name, Topology: &topo})
+				pub = rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
+			}
+			db := pgtest.New(b)
+			ctx := context.Background()
+			// Rows as Publish writes them: a SendTask of about 60 bytes.
+			if _, err := db.Pool.Exec(ctx, `INSERT INTO outbox (notification_id, routing_key, message_type, body)
+				SELECT gen_random_uuid(), 'send', 'notify.bus.v1.SendTask', decode(repeat('ab', 60), 'hex')
+				FROM generate_series(1, $1)`, b.N); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := db.Pool.Exec(ctx, "ANALYZE outbox"); err != nil {
+				b.Fatal(err)
+			}
+			r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{BatchSize: tc.batch})
+
+			b.ResetTimer()
+			relayed := 0
+			for relayed < b.N {
+				n, err := r.RelayOnce(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n == 0 {
+					b.Fatalf("RelayOnce claimed nothing with %d of %d rows relayed", relayed, b.N)
+				}
+				relayed += n
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+			var left int
+			if err := db.Pool.QueryRow(ctx, "SELECT count(*) FROM outbox WHERE published_at IS NULL").Scan(&left); err != nil || left != 0 {
+				b.Fatalf("%d rows left unpublished (%v)", left, err)
+			}
+		})
+	}
+}

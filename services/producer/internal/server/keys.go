@@ -1,0 +1,86 @@
+package server
+
+import (
+	"context"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+	"notify/services/producer/internal/apikey"
+)
+
+var roles = map[notifyv1.Role]apikey.Role{
+	notifyv1.Role_ROLE_PUBLISHER: apikey.RolePublisher,
+	notifyv1.Role_ROLE_ADMIN:     apikey.RoleAdmin,
+}
+
+func keyProto(k apikey.Key) *notifyv1.APIKey {
+	p := &notifyv1.APIKey{Name: k.Name, CreateTime: timestamppb.New(k.CreatedAt)}
+	for r, name := range roles {
+		if name == k.Role {
+			p.Role = r
+		}
+	}
+	if k.RevokedAt != nil {
+		p.RevokeTime = timestamppb.New(*k.RevokedAt)
+	}
+	if k.LastUsedAt != nil {
+		p.LastUsedTime = timestamppb.New(*k.LastUsedAt)
+	}
+	return p
+}
+
+// CreateAPIKey creates a key and returns its secret, which is stored only as a hash.
+func (a *Admin) CreateAPIKey(ctx context.Context, req *notifyv1.CreateAPIKeyRequest) (*notifyv1.CreateAPIKeyResponse, error) {
+	var v violations
+	if err := apikey.CheckName(req.GetName()); err != nil {
+		v.add("name", "must be 1 to %d characters of letters, digits, '.', '_' and '-'", apikey.MaxNameLen)
+	}
+	role, ok := roles[req.GetRole()]
+	if !ok {
+		v.add("role", "must be ROLE_PUBLISHER or ROLE_ADMIN")
+	}
+	if len(v) > 0 {
+		return nil, invalidArgument(v)
+	}
+	k, secret, err := a.keys.Create(ctx, req.GetName(), role)
+	if err != nil {
+		return nil, toStatus(ctx, a.log, "create API key", err, "key", req.GetName())
+	}
+	a.log.InfoContext(ctx, "API key created", "key", k.Name, "role", k.Role, "by", Caller(ctx))
+	return &notifyv1.CreateAPIKeyResponse{Key: keyProto(k), Secret: secret}, nil
+}
+
+// ListAPIKeys lists keys by name, never their secrets or hashes.
+func (a *Admin) ListAPIKeys(ctx context.Context, req *notifyv1.ListAPIKeysRequest) (*notifyv1.ListAPIKeysResponse, error) {
+	keys, err := a.keys.List(ctx, req.GetIncludeRevoked())
+	if err != nil {
+		return nil, toStatus(ctx, a.log, "list API keys", err)
+	}
+	resp := &notifyv1.ListAPIKeysResponse{Keys: make([]*notifyv1.APIKey, len(keys))}
+	for i, k := range keys {
+		resp.Keys[i] = keyProto(k)
+	}
+	return resp, nil
+}
+
+// RevokeAPIKey revokes a key. This process refuses it at once; other replicas within
+// their key cache's TTL.
+func (a *Admin) RevokeAPIKey(ctx context.Context, req *notifyv1.RevokeAPIKeyRequest) (*notifyv1.RevokeAPIKeyResponse, error) {
+	if req.GetName() == "" {
+		var v violations
+		v.add("name", "is required")
+		return nil, invalidArgument(v)
+	}
+	revoked, err := a.keys.Revoke(ctx, req.GetName())
+	if err != nil {
+		return nil, toStatus(ctx, a.log, "revoke API key", err, "key", req.GetName())
+	}
+	if a.cache != nil {
+		a.cache.Forget(req.GetName())
+	}
+	if revoked {
+		a.log.InfoContext(ctx, "API key revoked", "key", req.GetName(), "by", Caller(ctx))
+	}
+	return &notifyv1.RevokeAPIKeyResponse{Revoked: revoked}, nil
+}

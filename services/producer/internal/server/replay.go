@@ -1,0 +1,228 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+	"notify/services/producer/internal/outbox"
+)
+
+// MaxReplayIDs is the most notifications one Replay call handles.
+const MaxReplayIDs = 1000
+
+// Replay sends notifications again, by id or by the dead letters a filter selects.
+//
+// Each notification is replayed in its own transaction, holding its row lock: the status
+// goes back to pending, replay_count goes up, an outbox row carries a SendTask{cause:
+// "replay"} to the sender (so a replay accepted during a broker outage is sent when the
+// broker is back), the replay is recorded in the replays table and the notification's dead
+// letters are marked replayed. A concurrent replay of the same notification waits for the
+// lock and then finds it in flight. The sender sends only the tokens that have not
+// settled (see unsettledTokens), so nothing delivered is sent twice.
+//
+// An error part-way leaves the notifications before it replayed; calling again is safe
+// (they are in flight, hence skipped).
+func (a *Admin) Replay(ctx context.Context, req *notifyv1.ReplayRequest) (*notifyv1.ReplayResponse, error) {
+	var v violations
+	var ids []uuid.UUID
+	var filter *conditions
+	var after *uuid.UUID
+	limit := pageSize(req.GetPageSize(), MaxReplayIDs, MaxReplayIDs)
+	switch sel := req.GetSelector().(type) {
+	case nil:
+		v.add("selector", "one of notification_ids or dead_letters is required")
+	case *notifyv1.ReplayRequest_NotificationIds:
+		raw := sel.NotificationIds.GetIds()
+		switch {
+		case len(raw) == 0:
+			v.add("notification_ids.ids", "must not be empty")
+		case len(raw) > MaxReplayIDs:
+			v.add("notification_ids.ids", "has %d entries; at most %d per call", len(raw), MaxReplayIDs)
+		}
+		seen := make(map[uuid.UUID]int, len(raw))
+		for i, s := range raw {
+			id, err := uuid.Parse(s)
+			field := fmt.Sprintf("notification_ids.ids[%d]", i)
+			if err != nil {
+				v.add(field, "must be a notification id (UUID)")
+				continue
+			}
+			if j, dup := seen[id]; dup {
+				v.add(field, "repeats notification_ids.ids[%d]", j)
+			}
+			seen[id] = i
+			ids = append(ids, id)
+		}
+	case *notifyv1.ReplayRequest_DeadLetters:
+		filter = &conditions{}
+		validateDeadLetterFilter(&v, filter, "dead_letters.", sel.DeadLetters)
+		if tok := req.GetPageToken(); tok != "" {
+			id, err := uuid.Parse(tok)
+			if err != nil {
+				v.add("page_token", "is not a token from a previous response")
+			}
+			after = &id
+		}
+	}
+	if len(v) > 0 {
+		return nil, invalidArgument(v)
+	}
+
+	resp := &notifyv1.ReplayResponse{DryRun: req.GetDryRun()}
+	if filter != nil {
+		var err error
+		ids, err = a.deadLetterNotifications(ctx, filter, after, limit+1)
+		if err != nil {
+			return nil, toStatus(ctx, a.log, "select dead letters", err)
+		}
+		if len(ids) > limit {
+			ids = ids[:limit]
+			resp.NextPageToken = ids[limit-1].String()
+		}
+	}
+	by := Caller(ctx)
+	replayed := 0
+	for _, id := range ids {
+		r, err := a.replayOne(ctx, id, by, req.GetDryRun(), req.GetForce())
+		if err != nil {
+			return nil, toStatus(ctx, a.log, "replay", err, "notification_id", id, "replayed_before_error", replayed)
+		}
+		if r.GetOutcome() == notifyv1.ReplayOutcome_REPLAY_OUTCOME_REPLAYED {
+			replayed++
+		}
+		resp.Results = append(resp.Results, r)
+	}
+	a.log.InfoContext(ctx, "replay", "by", by, "dry_run", req.GetDryRun(), "force", req.GetForce(),
+		"notifications", len(ids), "replayed", replayed)
+	return resp, nil
+}
+
+// deadLetterNotifications returns up to limit ids of notifications that have dead letters
+// matching where, newest notification first (ids are UUIDv7, ordered by creation), after
+// the id `after` when set.
+func (a *Admin) deadLetterNotifications(ctx context.Context, where *conditions, after *uuid.UUID, limit int) ([]uuid.UUID, error) {
+	where.add("notification_id IS NOT NULL")
+	if after != nil {
+		where.add("notification_id < ?", *after)
+	}
+	rows, err := a.pool.Query(ctx, `SELECT DISTINCT notification_id FROM dead_letters`+where.where()+`
+		ORDER BY notification_id DESC LIMIT `+where.next(limit), where.args...)
+	if err != nil {
+		return nil, fmt.Errorf("select notifications of dead letters: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("select notifications of dead letters: %w", err)
+	}
+	return ids, nil
+}
+
+// replayOne replays one notification (or, with dryRun, says what a replay would do).
+func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, force bool) (*notifyv1.ReplayResult, error) {
+	res := &notifyv1.ReplayResult{NotificationId: id.String()}
+	// A dry run reads without locking: it must not wait for, or hold up, the sender.
+	lock := " FOR UPDATE"
+	if dryRun {
+		lock = ""
+	}
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		var status string
+		var expired bool
+		var request []byte
+		err := tx.QueryRow(ctx, `SELECT status, expires_at <= now(), request FROM notifications WHERE id = $1`+lock, id).
+			Scan(&status, &expired, &request)
+		if errors.Is(err, pgx.ErrNoRows) {
+			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_NOT_FOUND
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read notification: %w", err)
+		}
+		inFlight := status == "pending" || status == "retrying"
+		switch {
+		case expired || status == "expired":
+			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_EXPIRED
+			return nil
+		case status == "delivered":
+			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_DELIVERED
+			return nil
+		case inFlight && !force:
+			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_IN_FLIGHT
+			return nil
+		}
+		n, err := unsettledTokens(ctx, tx, id, request)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_DELIVERED
+			return nil
+		}
+		res.Outcome, res.TokenCount = notifyv1.ReplayOutcome_REPLAY_OUTCOME_REPLAYED, n
+		if dryRun {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE notifications SET status = 'pending', replay_count = replay_count + 1,
+			updated_at = now() WHERE id = $1`, id); err != nil {
+			return fmt.Errorf("set pending: %w", err)
+		}
+		if err := outbox.EnqueueSend(ctx, tx, id.String(), outbox.CauseReplay); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO replays (notification_id, replayed_by, token_count, forced)
+			VALUES ($1, $2, $3, $4)`, id, by, n, inFlight); err != nil {
+			return fmt.Errorf("record replay: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE dead_letters SET replayed_at = now(), replayed_by = $2
+			WHERE notification_id = $1 AND replayed_at IS NULL`, id, by); err != nil {
+			return fmt.Errorf("mark dead letters replayed: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("replay %s: %w", id, err)
+	}
+	return res, nil
+}
+
+// settledOutcomes are the delivery outcomes after which the sender does not send a token
+// again for a notification. It must match pkg/delivery (Store.Audience), which the sender
+// uses; the e2e replay test checks the two agree on what is sent.
+const settledOutcomes = `('delivered', 'invalid', 'retrying', 'expired')`
+
+// unsettledTokens counts the tokens the sender will send when it gets the notification
+// again: for users and broadcasts, the active devices (of those users) whose token has no
+// settled delivery; for raw tokens, the distinct tokens with no settled delivery (the
+// sender does not require raw tokens to be registered). Failed tokens, and devices
+// registered since the first send, are among them.
+func unsettledTokens(ctx context.Context, tx pgx.Tx, id uuid.UUID, request []byte) (int64, error) {
+	var req notifyv1.PublishRequest
+	if err := protojson.Unmarshal(request, &req); err != nil {
+		return 0, fmt.Errorf("decode stored request: %w", err)
+	}
+	const unsettled = `NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = %s
+		AND x.outcome IN ` + settledOutcomes + `)`
+	var n int64
+	var err error
+	switch t := req.GetRecipients().GetTarget().(type) {
+	case *notifyv1.Recipients_UserIds:
+		err = tx.QueryRow(ctx, `SELECT count(*) FROM devices d WHERE d.active AND d.user_id = ANY($2) AND `+
+			fmt.Sprintf(unsettled, "d.token"), id, t.UserIds.GetUserIds()).Scan(&n)
+	case *notifyv1.Recipients_Tokens:
+		err = tx.QueryRow(ctx, `SELECT count(*) FROM (SELECT DISTINCT token FROM unnest($2::text[]) AS token) t WHERE `+
+			fmt.Sprintf(unsettled, "t.token"), id, t.Tokens.GetTokens()).Scan(&n)
+	default:
+		err = tx.QueryRow(ctx, `SELECT count(*) FROM devices d WHERE d.active AND `+
+			fmt.Sprintf(unsettled, "d.token"), id).Scan(&n)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("count unsettled tokens: %w", err)
+	}
+	return n, nil
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"notify/pkg/schema"
+	"notify/services/producer/internal/apikey"
+)
+
+const keysUsage = `producer keys manages API keys directly in the database (DATABASE_URL).
+
+It is the bootstrap path: the first admin key cannot be made over the API, which needs an
+admin key. Whoever can reach the database can do anything notify can, so this grants no
+more than they already have. Once an admin key exists, prefer notifyctl keys.
+
+Usage:
+  producer keys create NAME --role admin|publisher   prints the secret (only) on stdout
+  producer keys list [--all]                         --all: revoked keys too
+  producer keys revoke NAME
+
+Exit codes: 0 ok, 1 failure, 2 usage error, 3 no such key (revoke).
+`
+
+// runKeys runs `producer keys …` and returns the exit code.
+func runKeys(ctx context.Context, args []string, getenv func(string) string, out, errOut io.Writer) int {
+	err := keysCommand(ctx, args, getenv, out, errOut)
+	var ue keysUsageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(errOut, "producer keys: %s\n\n%s", ue.msg, keysUsage)
+		return 2
+	case errors.Is(err, errNoSuchKey):
+		fmt.Fprintf(errOut, "producer keys: %v\n", err)
+		return 3
+	}
+	fmt.Fprintf(errOut, "producer keys: %v\n", err)
+	return 1
+}
+
+type keysUsageError struct{ msg string }
+
+func (e keysUsageError) Error() string { return e.msg }
+
+var errNoSuchKey = errors.New("no active key with that name")
+
+func keysCommand(ctx context.Context, args []string, getenv func(string) string, out, errOut io.Writer) error {
+	if len(args) == 0 {
+		return keysUsageError{"give a subcommand: create, list or revoke"}
+	}
+	fs := flag.NewFlagSet("producer keys "+args[0], flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	role := fs.String("role", "", "")
+	all := fs.Bool("all", false, "")
+	pos, err := parseInterleaved(fs, args[1:])
+	if err != nil {
+		return keysUsageError{err.Error()}
+	}
+	switch {
+	case args[0] == "create" && (len(pos) != 1 || *role == ""):
+		return keysUsageError{"create needs a NAME and --role admin|publisher"}
+	case args[0] == "revoke" && len(pos) != 1:
+		return keysUsageError{"revoke needs a NAME"}
+	case args[0] == "list" && len(pos) != 0:
+		return keysUsageError{"list takes no arguments"}
+	case args[0] != "create" && args[0] != "revoke" && args[0] != "list":
+		return keysUsageError{fmt.Sprintf("unknown subcommand %q", args[0])}
+	}
+	var r apikey.Role
+	if args[0] == "create" {
+		if r, err = apikey.ParseRole(*role); err != nil {
+			return keysUsageError{err.Error()}
+		}
+		if err := apikey.CheckName(pos[0]); err != nil {
+			return keysUsageError{err.Error()}
+		}
+	}
+
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	defer pool.Close()
+	// The keys may be made before the producer ever ran against this database.
+	if _, err := schema.Migrate(ctx, pool, slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+		return fmt.Errorf("migrate database: %w", err)
+	}
+	store := apikey.NewStore(pool)
+
+	switch args[0] {
+	case "create":
+		k, secret, err := store.Create(ctx, pos[0], r)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, secret)
+		fmt.Fprintf(errOut, "created %s key %q; its secret (above) is shown only this once: notify stores only its SHA-256\n", k.Role, k.Name)
+	case "revoke":
+		revoked, err := store.Revoke(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		if !revoked {
+			return fmt.Errorf("%q: %w", pos[0], errNoSuchKey)
+		}
+		fmt.Fprintf(errOut, "revoked key %q; replicas refuse it within API_KEY_CACHE_TTL\n", pos[0])
+	case "list":
+		keys, err := store.List(ctx, *all)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tROLE\tCREATED\tLAST USED\tREVOKED")
+		for _, k := range keys {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.Name, k.Role, k.CreatedAt.UTC().Format(time.RFC3339), timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt))
+		}
+		return tw.Flush()
+	}
+	return nil
+}
+
+func timeOrDash(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// parseInterleaved parses flags wherever they appear among the positional arguments
+// ("create NAME --role admin" as well as "create --role admin NAME").
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"strings"
+	"testing"
+
+	"notify/pkg/pgtest"
+)
+
+func TestKeysCommand(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	getenv := env(map[string]string{"DATABASE_URL": db.URL})
+	keys := func(args ...string) (code int, stdout, stderr string) {
+		var out, errOut bytes.Buffer
+		code = runKeys(context.Background(), args, getenv, &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+
+	code, secret, stderr := keys("create", "ops", "--role", "admin")
+	secret = strings.TrimSpace(secret)
+	if code != 0 || !strings.HasPrefix(secret, "nfy_") || strings.Contains(secret, "\n") {
+		t.Fatalf("create = %d, stdout %q, stderr %q; want 0 and only the secret on stdout", code, secret, stderr)
+	}
+	var hash []byte
+	if err := db.Pool.QueryRow(context.Background(), "SELECT secret_hash FROM api_keys WHERE name = 'ops' AND role = 'admin'").Scan(&hash); err != nil {
+		t.Fatal(err)
+	}
+	if want := sha256.Sum256([]byte(secret)); !bytes.Equal(hash, want[:]) {
+		t.Error("stored hash is not the secret's SHA-256")
+	}
+
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantOut  string
+	}{
+		{"flags first", []string{"create", "--role", "publisher", "orders"}, 0, "nfy_"},
+		{"taken name", []string{"create", "ops", "--role", "admin"}, 1, ""},
+		{"no role", []string{"create", "x"}, 2, ""},
+		{"bad role", []string{"create", "x", "--role", "root"}, 2, ""},
+		{"bad name", []string{"create", "a b", "--role", "admin"}, 2, ""},
+		{"unknown subcommand", []string{"rotate"}, 2, ""},
+		{"nothing", nil, 2, ""},
+		{"revoke unknown", []string{"revoke", "nobody"}, 3, ""},
+	}
+	for _, tt := range tests {
+		code, out, stderr := keys(tt.args...)
+		if code != tt.wantCode || !strings.HasPrefix(out, tt.wantOut) {
+			t.Errorf("%s: keys %q = %d, %q (stderr %q); want %d, %q…", tt.name, tt.args, code, out, stderr, tt.wantCode, tt.wantOut)
+		}
+	}
+
+	if code, _, stderr := keys("revoke", "orders"); code != 0 {
+		t.Fatalf("revoke = %d: %s", code, stderr)
+	}
+	_, listed, _ := keys("list")
+	_, all, _ := keys("list", "--all")
+	if !strings.Contains(listed, "ops") || strings.Contains(listed, "orders") || !strings.Contains(all, "orders") {
+		t.Errorf("list:\n%s\nlist --all:\n%s", listed, all)
+	}
+	if strings.Contains(all, secret) {
+		t.Error("list shows a secret")
+	}
+}
