@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	notifyctlOnce sync.Once
+	notifyctlErr  error
+)
+
+// notifyctl builds the notifyctl binary once per test process, next to the services.
+func notifyctl(t *testing.T, bin string) string {
+	t.Helper()
+	path := filepath.Join(bin, "notifyctl")
+	notifyctlOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		cmd := exec.Command("go", "build", "-o", path, ".")
+		cmd.Dir = filepath.Join(filepath.Dir(file), "..", "services", "notifyctl")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			notifyctlErr = fmt.Errorf("build notifyctl: %v\n%s", err, out)
+		}
+	})
+	if notifyctlErr != nil {
+		t.Fatal(notifyctlErr)
+	}
+	return path
+}
+
+// ctlResult is one notifyctl run.
+type ctlResult struct {
+	code           int
+	stdout, stderr string
+}
+
+// ctl runs notifyctl against the stack's producer with key as NOTIFY_API_KEY.
+func (s *stack) ctl(key string, args ...string) ctlResult {
+	s.t.Helper()
+	cmd := exec.Command(notifyctl(s.t, s.bin), args...)
+	cmd.Env = append(os.Environ(), "NOTIFY_ADDR="+s.grpcAddr, "NOTIFY_API_KEY="+key)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	r := ctlResult{stdout: out.String(), stderr: errOut.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		s.t.Fatalf("notifyctl %q: %v", args, err)
+	}
+	return r
+}
+
+// mustCtl runs notifyctl and fails the test unless it exits with want.
+func (s *stack) mustCtl(want int, key string, args ...string) ctlResult {
+	s.t.Helper()
+	r := s.ctl(key, args...)
+	if r.code != want {
+		s.t.Fatalf("notifyctl %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, want, r.stdout, r.stderr)
+	}
+	return r
+}
+
+// jsonOf decodes notifyctl's --json output into a generic map.
+func jsonOf(t *testing.T, r ctlResult) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &m); err != nil {
+		t.Fatalf("notifyctl --json printed no JSON object: %v\n%s", err, r.stdout)
+	}
+	return m
+}
+
+// hasRow reports whether a table has a row of exactly these cells.
+func hasRow(table string, cells ...string) bool {
+	for _, line := range strings.Split(table, "\n") {
+		if strings.Join(strings.Fields(line), " ") == strings.Join(cells, " ") {
+			return true
+		}
+	}
+	return false
+}
+
+func TestNotifyctl(t *testing.T) {
+	s := newStack(t)
+	s.start("fcm-emulator", nil)
+	s.start("producer", nil)
+	s.start("sender", map[string]string{"RETRY_MAX_ATTEMPTS": "1"})
+	s.start("deadletter", nil)
+	admin := s.adminKey
+
+	// Keys: a publisher key for the domain-service side of the demo.
+	pub := strings.TrimSpace(s.mustCtl(0, admin, "keys", "create", "cli-publisher", "--role", "publisher").stdout)
+	if !strings.HasPrefix(pub, "nfy_") || strings.Contains(pub, " ") {
+		t.Fatalf("keys create printed %q, want only the secret", pub)
+	}
+	keys := s.mustCtl(0, admin, "keys", "list").stdout
+	if !strings.Contains(keys, "cli-publisher") || !strings.Contains(keys, "e2e-admin") || strings.Contains(keys, pub) {
+		t.Errorf("keys list:\n%s", keys)
+	}
+	listed := jsonOf(t, s.mustCtl(0, admin, "--json", "keys", "list"))
+	if n := len(listed["keys"].([]any)); n != 2 {
+		t.Errorf("keys list --json: %d keys, want 2", n)
+	}
+
+	// Devices and publish with the publisher key; the third token fails once.
+	for i, tok := range []string{"ctl-ok-1", "ctl-ok-2", "flaky1-ctl-3"} {
+		s.mustCtl(0, pub, "devices", "register", "--user", "zoe", "--device", fmt.Sprintf("zoe-%d", i), "--token", tok)
+	}
+	if out := s.mustCtl(0, pub, "devices", "check", "--user", "zoe", "--device", "zoe-0").stdout; !strings.Contains(out, "is registered") {
+		t.Errorf("devices check: %s", out)
+	}
+	id := strings.TrimSpace(s.mustCtl(0, pub, "publish", "--user", "zoe", "--type", "e2e.ctl", "--title", "Hi",
+		"--idempotency-key", "ctl-1").stdout)
+	if again := s.mustCtl(0, pub, "publish", "--user", "zoe", "--type", "e2e.ctl", "--title", "Hi",
+		"--idempotency-key", "ctl-1").stdout; !strings.Contains(again, id) || !strings.Contains(again, "duplicate") {
+		t.Errorf("publish with a used idempotency key: %q, want %s (duplicate)", again, id)
+	}
+
+	// get waits for the send; the publisher key may not read the admin API.
+	got := s.mustCtl(0, admin, "get", id, "--wait", "30s").stdout
+	if !strings.Contains(got, "status failed") || !strings.Contains(got, "flaky1-ctl-3") || !strings.Contains(got, "caller cli-publisher") {
+		t.Errorf("get:\n%s", got)
+	}
+	notification := jsonOf(t, s.mustCtl(0, admin, "--json", "get", id))["notification"].(map[string]any)
+	if notification["status"] != "NOTIFICATION_STATUS_FAILED" {
+		t.Errorf("get --json status = %v", notification["status"])
+	}
+	s.mustCtl(4, pub, "get", id)
+	s.mustCtl(4, "", "list")
+	s.mustCtl(4, "nfy_not-a-real-key", "list")
+	s.mustCtl(3, admin, "get", "01890a5d-ac96-774b-bcce-b302099a8057")
+	s.mustCtl(2, admin, "list", "--status", "lost")
+	s.mustCtl(2, admin, "replay")
+	s.mustCtl(2, admin, "replay", id, "--dead")
+	if help := s.mustCtl(0, "", "help").stdout; !strings.Contains(help, "Exit codes") || !strings.Contains(help, "replay --dead") {
+		t.Errorf("help does not document exit codes and replay:\n%s", help)
+	}
+
+	// list and dead list.
+	if out := s.mustCtl(0, admin, "list", "--status", "failed", "--since", "1h").stdout; !strings.Contains(out, id) {
+		t.Errorf("list --status failed --since 1h does not show %s:\n%s", id, out)
+	}
+	if out := s.mustCtl(0, admin, "--json", "list", "--status", "delivered").stdout; strings.Contains(out, id) {
+		t.Errorf("list --status delivered shows the failed notification:\n%s", out)
+	}
+	if out := s.mustCtl(0, admin, "list", "--until", "1h").stdout; strings.Contains(out, id) {
+		t.Errorf("list --until 1h (ago) shows a new notification:\n%s", out)
+	}
+	waitFor(t, 30*time.Second, "the dead letter", func() bool {
+		return strings.Contains(s.mustCtl(0, admin, "dead", "list", "--reason", "retries_exhausted", "--since", "1h").stdout, id)
+	})
+	deadJSON := jsonOf(t, s.mustCtl(0, admin, "--json", "dead", "list", "--unreplayed"))
+	if n := len(deadJSON["deadLetters"].([]any)); n != 1 {
+		t.Errorf("dead list --unreplayed --json: %d dead letters, want 1", n)
+	}
+
+	// A dry run changes nothing; with unknown ids it reports them, shows progress per
+	// batch and exits 3.
+	unknown1, unknown2 := "01890a5d-ac96-774b-bcce-000000000001", "01890a5d-ac96-774b-bcce-000000000002"
+	dry := s.mustCtl(3, admin, "replay", id, unknown1, unknown2, "--dry-run", "--batch", "1")
+	if !hasRow(dry.stdout, id, "replayed", "1") || !hasRow(dry.stdout, unknown2, "not_found", "0") || !strings.Contains(dry.stdout, "dry run") {
+		t.Errorf("replay --dry-run:\n%s", dry.stdout)
+	}
+	if !strings.Contains(dry.stderr, "replay: 1/3 notifications") || !strings.Contains(dry.stderr, "replay: 3/3 notifications") {
+		t.Errorf("replay progress on stderr:\n%s", dry.stderr)
+	}
+	after := jsonOf(t, s.mustCtl(0, admin, "--json", "get", id))["notification"].(map[string]any)
+	if after["status"] != "NOTIFICATION_STATUS_FAILED" || after["replayCount"] != nil {
+		t.Errorf("after the dry run: status %v, replay count %v; want FAILED, never replayed", after["status"], after["replayCount"])
+	}
+
+	// Replay by dead-letter filter: the flaky token is delivered now, the others not again.
+	res := jsonOf(t, s.mustCtl(0, admin, "--json", "replay", "--dead", "--reason", "retries_exhausted", "--since", "1h"))
+	results := res["results"].([]any)
+	if len(results) != 1 || results[0].(map[string]any)["notificationId"] != id ||
+		results[0].(map[string]any)["outcome"] != "REPLAY_OUTCOME_REPLAYED" || results[0].(map[string]any)["tokenCount"] != "1" {
+		t.Fatalf("replay --dead --json: %v", res)
+	}
+	if out := s.mustCtl(0, admin, "get", id, "--wait", "30s").stdout; !strings.Contains(out, "status delivered") {
+		t.Errorf("get after the replay:\n%s", out)
+	}
+	st := s.emulatorStats(true)
+	for tok, want := range map[string]int64{"ctl-ok-1": 1, "ctl-ok-2": 1, "flaky1-ctl-3": 2} {
+		if got := st.Tokens[tok].Received; got != want {
+			t.Errorf("emulator received %s %d times, want %d", tok, got, want)
+		}
+	}
+	if out := s.mustCtl(0, admin, "replay", id).stdout; !strings.Contains(out, "skipped_delivered") {
+		t.Errorf("second replay:\n%s", out)
+	}
+	if out := s.mustCtl(0, admin, "replay", "--dead", "--reason", "retries_exhausted").stdout; !strings.Contains(out, "0 notifications") {
+		t.Errorf("replay --dead after everything was replayed:\n%s", out)
+	}
+	replayedDead := s.mustCtl(0, admin, "dead", "list", "--replayed").stdout
+	if !strings.Contains(replayedDead, id) || !strings.Contains(replayedDead, "e2e-admin") {
+		t.Errorf("dead list --replayed:\n%s", replayedDead)
+	}
+
+	// Revocation.
+	s.mustCtl(0, admin, "keys", "revoke", "cli-publisher")
+	s.mustCtl(3, admin, "keys", "revoke", "cli-publisher")
+	s.mustCtl(4, pub, "publish", "--user", "zoe", "--title", "refused")
+	if out := s.mustCtl(0, admin, "keys", "list", "--all").stdout; !strings.Contains(out, "cli-publisher") {
+		t.Errorf("keys list --all does not show the revoked key:\n%s", out)
+	}
+}
