@@ -12,8 +12,15 @@ mkdir -p "$logs"
 export FCM_ENDPOINT=${FCM_ENDPOINT:-http://127.0.0.1:9099/v1}
 export NOTIFY_ADDR=${NOTIFY_ADDR:-127.0.0.1:50051}
 
+run_id=$(date +%s)
+dev_keys=()
 pids=()
 stop_all() {
+	# This run's development keys end with it.
+	for key in "${dev_keys[@]}"; do
+		"$bin/producer" keys revoke "$key" >/dev/null 2>&1 || true
+	done
+	dev_keys=()
 	((${#pids[@]})) || return 0
 	echo "stopping notify…"
 	kill -TERM "${pids[@]}" 2>/dev/null || true
@@ -51,20 +58,38 @@ start sender && wait_http http://127.0.0.1:9102/healthz sender
 start retrier && wait_http http://127.0.0.1:9103/healthz retrier
 start deadletter && wait_http http://127.0.0.1:9104/healthz deadletter
 
+# Every RPC needs an API key. The first admin key is made directly in the database (the
+# bootstrap path); this run's keys are revoked when it stops.
+admin_key=$("$bin/producer" keys create "dev-admin-$run_id" --role admin 2>/dev/null)
+dev_keys+=("dev-admin-$run_id")
+export NOTIFY_API_KEY=$admin_key
+(umask 077 && printf '%s\n' "$admin_key" >"$root/tmp/dev-admin-key")
+publisher_key=$("$bin/notifyctl" keys create "demo-shop-$run_id" --role publisher 2>/dev/null)
+dev_keys+=("demo-shop-$run_id")
+
 echo "notify is running: gRPC on $NOTIFY_ADDR, FCM emulator on 127.0.0.1:9099, logs in tmp/logs/"
+echo "development admin key dev-admin-$run_id (also in tmp/dev-admin-key; revoked when this stops):"
+echo "  export NOTIFY_API_KEY=$admin_key"
 echo
 ctl() { echo "\$ notifyctl $*"; "$bin/notifyctl" "$@"; }
-run_id=$(date +%s)
-echo "== demonstration: two users, three devices, one of them with a token FCM no longer knows"
-ctl devices register --user "ana-$run_id" --device "ana-phone-$run_id" --token "demo-ana-phone-$run_id"
-ctl devices register --user "ana-$run_id" --device "ana-tablet-$run_id" --token "demo-ana-tablet-$run_id" --platform ios
-ctl devices register --user "bob-$run_id" --device "bob-phone-$run_id" --token "unregistered-bob-$run_id"
-echo "\$ notifyctl publish --user ana-$run_id --user bob-$run_id --title 'Your order shipped' --body 'Parcel 42 is on its way'"
-id=$("$bin/notifyctl" publish --user "ana-$run_id" --user "bob-$run_id" --type order.shipped --title 'Your order shipped' \
-	--body 'Parcel 42 is on its way' --idempotency-key "demo-$run_id")
+shop() { echo "\$ notifyctl --api-key \$PUBLISHER_KEY $*"; "$bin/notifyctl" --api-key "$publisher_key" "$@"; }
+echo "== demonstration: a shop (publisher key demo-shop-$run_id) notifies two users with three devices,"
+echo "   one of them with a token FCM no longer knows and one that fails once"
+shop devices register --user "ana-$run_id" --device "ana-phone-$run_id" --token "demo-ana-phone-$run_id"
+shop devices register --user "ana-$run_id" --device "ana-tablet-$run_id" --token "flaky1-ana-tablet-$run_id" --platform ios
+shop devices register --user "bob-$run_id" --device "bob-phone-$run_id" --token "unregistered-bob-$run_id"
+echo "\$ notifyctl --api-key \$PUBLISHER_KEY publish --user ana-$run_id --user bob-$run_id --title 'Your order shipped' --body 'Parcel 42 is on its way'"
+id=$("$bin/notifyctl" --api-key "$publisher_key" publish --user "ana-$run_id" --user "bob-$run_id" --type order.shipped \
+	--title 'Your order shipped' --body 'Parcel 42 is on its way' --idempotency-key "demo-$run_id")
 echo "$id"
+echo "== the operator (admin key) looks at it: the tablet's send failed once and waits for a retry"
 ctl get --wait 15s "$id"
-ctl devices check --user "bob-$run_id" --device "bob-phone-$run_id"
+shop devices check --user "bob-$run_id" --device "bob-phone-$run_id"
+echo "== the operator's tools"
+ctl list --since 1h --limit 5
+ctl dead list --since 1h --limit 5
+ctl replay --dry-run "$id"
+ctl keys list
 echo
 echo "metrics: curl -s 127.0.0.1:9102/metrics | grep notify_   emulator: curl -s 127.0.0.1:9099/emulator/stats"
 
