@@ -39,7 +39,7 @@ type phaseCPU struct {
 // cpuTracker takes CPU readings at phase boundaries.
 type cpuTracker struct {
 	services []*service
-	backends func() []int // pids of the PostgreSQL backends serving the bench's database
+	backends func() []int                     // pids of the PostgreSQL backends serving the bench's database
 	prev     map[string]map[int]time.Duration // group → pid → cumulative CPU
 	prevBusy time.Duration
 	prevAt   time.Time

@@ -5,7 +5,6 @@ import (
 	"context"
 	"debug/buildinfo"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,11 +23,16 @@ type results struct {
 	Machine         machine   `json:"machine"`
 	Settings        settings  `json:"settings"`
 
-	Broker  *brokerBaseline `json:"raw_broker,omitempty"`
-	FCMEdge *fcmBaseline    `json:"raw_fcm_edge,omitempty"`
-	Publish *publishResult  `json:"publish,omitempty"`
-	Fanout  *fanoutResult   `json:"fanout,omitempty"`
-	Latency *latencyResult  `json:"latency,omitempty"`
+	// The baselines run at the start and again at the end, because the machine may be
+	// shared; the figures are held against the mean of the runs.
+	Broker      []brokerBaseline `json:"raw_broker,omitempty"`
+	FCMEdge     []fcmBaseline    `json:"raw_fcm_edge,omitempty"`
+	BrokerRate  float64          `json:"raw_broker_msgs_per_s"`
+	FCMEdgeRate float64          `json:"raw_fcm_edge_tokens_per_s"`
+
+	Publish *publishResult `json:"publish,omitempty"`
+	Fanout  *fanoutResult  `json:"fanout,omitempty"`
+	Latency *latencyResult `json:"latency,omitempty"`
 
 	Resources  []resource `json:"resources"`
 	CPUByPhase []phaseCPU `json:"cpu_by_phase"`
@@ -140,22 +144,27 @@ func procField(path, name string) string {
 	return ""
 }
 
+const (
+	latencyTargetRate = 1000
+	latencyTargetName = "Publish → FCM p50 at 1,000/s"
+)
+
 // evaluate holds the figures against the targets.
 func (r *results) evaluate() {
 	add := func(name, goal, unit string, value float64, met bool) {
 		r.Targets = append(r.Targets, target{Name: name, Goal: goal, Value: value, Unit: unit, Met: met})
 	}
-	if r.Fanout != nil && r.FCMEdge != nil {
-		v := ratio(r.Fanout.PerSecond, r.FCMEdge.PerSecond)
+	if r.Fanout != nil && r.FCMEdgeRate > 0 {
+		v := ratio(r.Fanout.PerSecond, r.FCMEdgeRate)
 		add("fan-out token deliveries vs raw FCM edge", "≥ 0.7×", "×", v, v >= 0.7)
 	}
 	if p := r.Publish; p != nil {
 		add("Publish accepted", "≥ 5,000/s", "/s", p.PerSecond, p.PerSecond >= 5000)
 		add("Publish p99", "< 25 ms", "ms", p.Latency.P99MS, p.Latency.Count > 0 && p.Latency.P99MS < 25)
 	}
-	if l := r.Latency; l != nil {
-		add(fmt.Sprintf("Publish → FCM p50 at %d/s", l.TargetRate), "< 50 ms at 1,000/s", "ms", l.EndToEnd.P50MS,
-			l.EndToEnd.Count > 0 && l.EndToEnd.P50MS < 50)
+	// The latency target is stated at 1,000/s; at another rate there is nothing to hold.
+	if l := r.Latency; l != nil && l.TargetRate == latencyTargetRate {
+		add(latencyTargetName, "< 50 ms at 1,000/s", "ms", l.EndToEnd.P50MS, l.EndToEnd.Count > 0 && l.EndToEnd.P50MS < 50)
 	}
 	for _, s := range r.Resources {
 		add(s.Service+" RSS at rest", "≤ 64 MB", "MB", s.RestRSSMB, s.RestRSSMB > 0 && s.RestRSSMB <= 64)

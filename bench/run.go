@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"time"
 )
 
@@ -140,25 +141,9 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 	}
 
 	if cfg.Phases[phaseBaselines] {
-		b, err := rawBroker(ctx, st, prog)
-		if err != nil {
-			return fmt.Errorf("raw broker baseline: %w", err)
+		if err := runBaselines(ctx, st, emu, prog, cpu, res, f, "start"); err != nil {
+			return err
 		}
-		res.Broker = &b
-		prog.logf("raw broker: %s msg/s", thousands(b.PerSecond))
-		cpu.mark("baseline: raw broker")
-
-		e, err := rawFCM(ctx, st, emu, prog)
-		if err != nil {
-			return fmt.Errorf("raw FCM-edge baseline: %w", err)
-		}
-		res.FCMEdge = &e
-		prog.logf("raw FCM edge: %s tokens/s", thousands(e.PerSecond))
-		if e.Failed > 0 || e.EmulatorDelivered != e.Tokens {
-			f.fail(fmt.Sprintf("raw FCM edge: %d tokens failed; the client counted %d delivered, the emulator %d",
-				e.Failed, e.Tokens, e.EmulatorDelivered))
-		}
-		cpu.mark("baseline: raw FCM edge")
 		if err := check("baselines"); err != nil {
 			return err
 		}
@@ -206,10 +191,76 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 			return err
 		}
 	}
+	if cfg.Phases[phaseBaselines] && (cfg.Phases[phasePublish] || cfg.Phases[phaseFanout] || cfg.Phases[phaseLatency]) {
+		if err := runBaselines(ctx, st, emu, prog, cpu, res, f, "end"); err != nil {
+			return err
+		}
+	}
 	if ctx.Err() != nil {
 		return errors.New("interrupted")
 	}
 	return nil
+}
+
+// baselineDrift is how far apart a baseline's start and end runs may be before the run is
+// flagged: more means the machine's conditions changed while it ran.
+const baselineDrift = 0.25
+
+// runBaselines measures the raw broker and the raw FCM edge (again, at the end) and updates
+// the rates the figures are held against.
+func runBaselines(ctx context.Context, st *stack, emu *emulator, prog *progress, cpu *cpuTracker, res *results, f *findings, when string) error {
+	b, err := rawBroker(ctx, st, prog)
+	if err != nil {
+		return fmt.Errorf("raw broker baseline (%s): %w", when, err)
+	}
+	res.Broker = append(res.Broker, b)
+	prog.logf("raw broker (%s): %s msg/s", when, thousands(b.PerSecond))
+	cpu.mark("baseline: raw broker (" + when + ")")
+
+	e, err := rawFCM(ctx, st, emu, prog)
+	if err != nil {
+		return fmt.Errorf("raw FCM-edge baseline (%s): %w", when, err)
+	}
+	res.FCMEdge = append(res.FCMEdge, e)
+	prog.logf("raw FCM edge (%s): %s tokens/s", when, thousands(e.PerSecond))
+	if e.Failed > 0 || e.EmulatorDelivered != e.Tokens {
+		f.fail(fmt.Sprintf("raw FCM edge (%s): %d tokens failed; the client counted %d delivered, the emulator %d",
+			when, e.Failed, e.Tokens, e.EmulatorDelivered))
+	}
+	cpu.mark("baseline: raw FCM edge (" + when + ")")
+
+	var brokerRates, fcmRates []float64
+	for _, b := range res.Broker {
+		brokerRates = append(brokerRates, b.PerSecond)
+	}
+	for _, e := range res.FCMEdge {
+		fcmRates = append(fcmRates, e.PerSecond)
+	}
+	res.BrokerRate, res.FCMEdgeRate = mean(brokerRates), mean(fcmRates)
+	if len(brokerRates) > 1 {
+		for _, bl := range []struct {
+			name  string
+			rates []float64
+		}{{"raw broker", brokerRates}, {"raw FCM edge", fcmRates}} {
+			name, rates := bl.name, bl.rates
+			if spread := (slices.Max(rates) - slices.Min(rates)) / mean(rates); spread > baselineDrift {
+				f.warn(fmt.Sprintf("%s: the start and end runs differ by %.0f%% (%s vs %s/s): the machine's conditions changed during the run",
+					name, spread*100, thousands(rates[0]), thousands(rates[len(rates)-1])))
+			}
+		}
+	}
+	return nil
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	var sum float64
+	for _, x := range xs {
+		sum += x
+	}
+	return round(sum/float64(len(xs)), 1)
 }
 
 // sleep waits for d or until ctx ends, and reports whether the full time passed.
