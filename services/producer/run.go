@@ -58,6 +58,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		BatchSize:    cfg.OutboxBatchSize,
 		PollInterval: cfg.OutboxPollInterval,
 		Retention:    cfg.OutboxRetention,
+		Ready:        conn.Ready,
 	})
 
 	keys := apikey.NewVerifier(apikey.NewStore(pool), cfg.APIKeyCacheTTL, log)
