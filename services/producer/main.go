@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -16,11 +17,17 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := 0
-	if len(os.Args) > 1 && os.Args[1] == "keys" {
+	switch {
+	case len(os.Args) > 1 && os.Args[1] == "keys":
 		code = runKeys(ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
-	} else if err := run(ctx, os.Getenv); err != nil {
-		slog.Error("producer stopped", "err", err)
-		code = 1
+	case len(os.Args) > 1:
+		fmt.Fprintf(os.Stderr, "producer: unknown command %q\n\nUsage:\n  producer              serve (configured by environment variables, see README.md)\n  producer keys ...     manage API keys in DATABASE_URL (run it alone for its usage)\n", os.Args[1])
+		code = 2
+	default:
+		if err := run(ctx, os.Getenv); err != nil {
+			slog.Error("producer stopped", "err", err)
+			code = 1
+		}
 	}
 	stop()
 	os.Exit(code)
