@@ -57,17 +57,20 @@ func (r *results) report(w io.Writer, jsonPath string) {
 	}
 	if f := r.Fanout; f != nil {
 		g := f.Registration
-		fmt.Fprintf(tw, "RegisterDevices, %s × %d calls at once\t%s devices/s\t\t%s devices in %s\n",
-			thousands(float64(g.Batch)), g.Clients, thousands(g.PerSecond), thousands(float64(g.Devices)), secs(g.Seconds))
+		fmt.Fprintf(tw, "RegisterDevices, %s × %d calls at once\t%s devices/s\t\t%s devices in %s (+%s from earlier phases)\n",
+			thousands(float64(g.Batch)), g.Clients, thousands(g.PerSecond), thousands(float64(g.Devices)), secs(g.Seconds),
+			thousands(float64(f.EarlierDevices)))
 		if f.Seconds > 0 {
 			fmt.Fprintf(tw, "fan-out: broadcast to %s tokens, Publish → last outcome in Postgres\t%s tokens/s\t%s\t%s\n",
-				thousands(float64(g.Devices)), thousands(f.PerSecond), vs(f.PerSecond, r.FCMEdgeRate, "raw FCM edge"),
+				thousands(float64(r.Settings.FanoutDevices)), thousands(f.PerSecond), vs(f.PerSecond, r.FCMEdgeRate, "raw FCM edge"),
 				met["fan-out token deliveries vs raw FCM edge"])
 			fmt.Fprintf(tw, "  took\t%s\t\tfirst outcome recorded after %s; status %s; FCM received %s (%d errors)\n",
 				secs(f.Seconds), secs(f.FirstRecordSeconds), f.Status, thousands(float64(f.EmulatorDelivered)), f.EmulatorFailed)
+			fmt.Fprintf(tw, "  planned against\t%s deliveries\t\tof %s earlier notifications, analyzed\n",
+				thousands(float64(f.HistoryDeliveries)), thousands(float64(f.HistoryNotifications)))
 		} else {
 			fmt.Fprintf(tw, "fan-out: broadcast to %s tokens, Publish → last outcome in Postgres\tDID NOT FINISH\t\t%s of them settled in time; FCM received %s; status %s\n",
-				thousands(float64(g.Devices)), thousands(float64(f.Counts.settled())), thousands(float64(f.EmulatorDelivered)), f.Status)
+				thousands(float64(r.Settings.FanoutDevices)), thousands(float64(f.Counts.settled())), thousands(float64(f.EmulatorDelivered)), f.Status)
 		}
 	}
 	if l := r.Latency; l != nil {

@@ -167,18 +167,6 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 		}
 	}
 
-	if cfg.Phases[phaseFanout] {
-		fo, err := fanoutPhase(ctx, st, emu, prog, cpu.mark, f)
-		if err != nil {
-			return fmt.Errorf("fan-out phase: %w", err)
-		}
-		res.Fanout = fo
-		prog.logf("fan-out: %s devices registered/s; %s tokens/s end to end", thousands(fo.Registration.PerSecond), thousands(fo.PerSecond))
-		if err := check("fan-out"); err != nil {
-			return err
-		}
-	}
-
 	if cfg.Phases[phaseLatency] {
 		l, err := latencyPhase(ctx, st, emu, prog, cpu.mark, f)
 		if err != nil {
@@ -191,6 +179,18 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 			return err
 		}
 	}
+	if cfg.Phases[phaseFanout] {
+		fo, err := fanoutPhase(ctx, st, emu, prog, cpu.mark, f)
+		if err != nil {
+			return fmt.Errorf("fan-out phase: %w", err)
+		}
+		res.Fanout = fo
+		prog.logf("fan-out: %s devices registered/s; %s tokens/s end to end", thousands(fo.Registration.PerSecond), thousands(fo.PerSecond))
+		if err := check("fan-out"); err != nil {
+			return err
+		}
+	}
+
 	if cfg.Phases[phaseBaselines] && (cfg.Phases[phasePublish] || cfg.Phases[phaseFanout] || cfg.Phases[phaseLatency]) {
 		if err := runBaselines(ctx, st, emu, prog, cpu, res, f, "end"); err != nil {
 			return err
