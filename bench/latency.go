@@ -47,7 +47,10 @@ type latencyResult struct {
 	Received int          `json:"received"`
 	// Unmatched were received (per the emulator's counters) but left its message log before
 	// the bench read their time: not lost, but not in EndToEnd.
-	Unmatched  int   `json:"unmatched"`
+	Unmatched int `json:"unmatched"`
+	// DeliveredPerSecond is what the pipeline sustained: receipts from the first call to
+	// the last receipt. Below the target rate, a backlog grew and latency with it.
+	DeliveredPerSecond float64 `json:"delivered_per_s"`
 	Missing    int   `json:"missing"`
 	Duplicates int64 `json:"duplicates"`
 }
@@ -187,6 +190,7 @@ func latencyPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 
 	var e2e []time.Duration
 	var unreceived []string
+	var lastReceipt time.Time
 	for tok, i := range tokenIndex {
 		t0 := started[i].Load()
 		if t0 == 0 {
@@ -198,9 +202,15 @@ func latencyPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 			continue
 		}
 		e2e = append(e2e, at.Sub(time.Unix(0, t0)))
+		if at.After(lastReceipt) {
+			lastReceipt = at
+		}
 	}
 	res.EndToEnd = summarize(e2e)
 	res.Received = len(e2e)
+	if !lastReceipt.IsZero() {
+		res.DeliveredPerSecond = perSecond(int64(res.Received), lastReceipt.Sub(start))
+	}
 
 	// A token missing from the log may still have been received: ask the emulator.
 	stats, err := emu.tokenStats(ctx, unreceived)

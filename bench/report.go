@@ -82,8 +82,9 @@ func (r *results) report(w io.Writer, jsonPath string) {
 			thousands(float64(l.TargetRate)), secs(l.Seconds), dist(l.EndToEnd), note)
 		fmt.Fprintf(tw, "  Publish latency at that rate\t%s\t\tachieved %s/s, max schedule lag %.0f ms\n",
 			dist(l.PublishLatency), thousands(l.AchievedRate), l.MaxLagMS)
-		fmt.Fprintf(tw, "  received by FCM\t%s of %s\t\tmissing %d, not timed %d, duplicates %d\n",
-			thousands(float64(l.Received+l.Unmatched)), thousands(float64(l.Notifications-sumErrors(l.Errors))), l.Missing, l.Unmatched, l.Duplicates)
+		fmt.Fprintf(tw, "  received by FCM\t%s of %s\t\tmissing %d, not timed %d, duplicates %d; sustained %s/s to the last receipt\n",
+			thousands(float64(l.Received+l.Unmatched)), thousands(float64(l.Notifications-sumErrors(l.Errors))), l.Missing, l.Unmatched,
+			l.Duplicates, thousands(l.DeliveredPerSecond))
 	}
 	tw.Flush()
 
