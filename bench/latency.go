@@ -51,8 +51,8 @@ type latencyResult struct {
 	// DeliveredPerSecond is what the pipeline sustained: receipts from the first call to
 	// the last receipt. Below the target rate, a backlog grew and latency with it.
 	DeliveredPerSecond float64 `json:"delivered_per_s"`
-	Missing    int   `json:"missing"`
-	Duplicates int64 `json:"duplicates"`
+	Missing            int     `json:"missing"`
+	Duplicates         int64   `json:"duplicates"`
 }
 
 func latencyPhase(ctx context.Context, st *stack, emu *emulator, prog *progress, mark func(string), f *findings) (*latencyResult, error) {
