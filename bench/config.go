@@ -23,8 +23,8 @@ const (
 	phaseLatency   = "latency"
 )
 
-// The latency phase runs before the fan-out so that the broadcast is planned against a
-// database with a history of small notifications, as in production.
+// The latency phase runs before the fan-out: the broadcast then also reaches the latency
+// phase's devices, and is planned with its notifications in the history.
 var allPhases = []string{phaseBaselines, phasePublish, phaseLatency, phaseFanout}
 
 // config is everything the bench reads from its flags and the environment.
@@ -46,10 +46,13 @@ type config struct {
 	PublishDuration  time.Duration
 	DrainTimeout     time.Duration
 	FanoutDevices    int
-	RegisterBatch    int
-	RegisterClients  int
-	LatencyRate      int
-	LatencyDuration  time.Duration
+	// History is how many past notifications (two delivered tokens each) the database
+	// holds before any phase: a production database's statistics, not an empty one's.
+	History         int
+	RegisterBatch   int
+	RegisterClients int
+	LatencyRate     int
+	LatencyDuration time.Duration
 
 	// FCMConcurrency is the sender's FCM_MAX_CONCURRENT_SENDS as it will read it; the raw
 	// FCM-edge baseline sends with the same number of multicasts in flight.
@@ -77,6 +80,7 @@ func loadConfig(args []string, getenv func(string) string, environ []string, std
 	fs.DurationVar(&c.PublishDuration, "publish-duration", 10*time.Second, "how long Publish is measured")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 3*time.Minute, "longest wait for the pipeline to finish a phase's work")
 	fs.IntVar(&c.FanoutDevices, "fanout-devices", 100_000, "devices registered for the broadcast (e.g. 1000000)")
+	fs.IntVar(&c.History, "history", 20_000, "past notifications (2 deliveries each) written to the database before the phases, for production-like query plans; 0 for none")
 	fs.IntVar(&c.RegisterBatch, "register-batch", 5_000, "devices per RegisterDevices call (at most 10,000)")
 	fs.IntVar(&c.RegisterClients, "register-clients", 4, "concurrent RegisterDevices calls")
 	fs.IntVar(&c.LatencyRate, "latency-rate", 1_000, "notifications per second in the latency phase, each to its own user and token")
@@ -118,6 +122,9 @@ func loadConfig(args []string, getenv func(string) string, environ []string, std
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("-%s: must be positive, got %s", name, d))
 		}
+	}
+	if c.History < 0 {
+		errs = append(errs, fmt.Errorf("-history: must not be negative, got %d", c.History))
 	}
 	if c.Warmup < 0 {
 		errs = append(errs, fmt.Errorf("-warmup: must not be negative, got %s", c.Warmup))

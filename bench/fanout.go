@@ -66,13 +66,10 @@ func fanoutPhase(ctx context.Context, st *stack, emu *emulator, prog *progress, 
 	if res.Registration, err = registerDevices(ctx, st, "fanout", max(0, n-int(active)), prog); err != nil {
 		return nil, err
 	}
-	// Plan the broadcast's queries on fresh statistics, as a production database has them
-	// (autovacuum analyzes a table after a bulk insert like the registrations), and on the
-	// history the earlier phases left (the latency phase's notifications and deliveries),
-	// as a production database has one: without either, the plans, and so the figure,
-	// would depend on whether autovacuum happened to run first.
-	if _, err := st.pool.Exec(ctx, "ANALYZE"); err != nil {
-		return nil, fmt.Errorf("analyze the bench database: %w", err)
+	// The broadcast is planned on fresh statistics, as autovacuum leaves them after a bulk
+	// insert like the registrations, and on the database's history (see seedHistory).
+	if err := st.analyze(ctx); err != nil {
+		return nil, err
 	}
 	if err := st.pool.QueryRow(ctx, "SELECT count(*), count(DISTINCT notification_id) FROM deliveries").
 		Scan(&res.HistoryDeliveries, &res.HistoryNotifications); err != nil {

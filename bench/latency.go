@@ -63,6 +63,9 @@ func latencyPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 	if res.Registration, err = registerDevices(ctx, st, "latency", n, prog); err != nil {
 		return nil, err
 	}
+	if err := st.analyze(ctx); err != nil {
+		return nil, err
+	}
 	mark("latency: register")
 	if err := emu.reset(ctx); err != nil {
 		return nil, err

@@ -63,6 +63,7 @@ type settings struct {
 	PublishSeconds         float64           `json:"publish_seconds"`
 	WarmupSeconds          float64           `json:"warmup_seconds"`
 	FanoutDevices          int               `json:"fanout_devices"`
+	History                int               `json:"history_notifications"`
 	LatencyRate            int               `json:"latency_rate"`
 	LatencySeconds         float64           `json:"latency_seconds"`
 	BaselineSeconds        float64           `json:"baseline_seconds"`

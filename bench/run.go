@@ -57,7 +57,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		LogDir:  cfg.LogDir,
 		Settings: settings{
 			PublishClients: cfg.PublishClients, PublishSeconds: cfg.PublishDuration.Seconds(), WarmupSeconds: cfg.Warmup.Seconds(),
-			FanoutDevices: cfg.FanoutDevices, LatencyRate: cfg.LatencyRate, LatencySeconds: cfg.LatencyDuration.Seconds(),
+			FanoutDevices: cfg.FanoutDevices, History: cfg.History, LatencyRate: cfg.LatencyRate, LatencySeconds: cfg.LatencyDuration.Seconds(),
 			BaselineSeconds: cfg.BaselineDuration.Seconds(), FCMConcurrentMulticast: cfg.FCMConcurrency,
 			ServiceEnv: cfg.ServiceEnv, Database: st.dbName, Topology: st.topology,
 		},
@@ -65,6 +65,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	f := &findings{}
 	res.Machine = machineFacts(ctx, st)
 
+	prog.set("writing history", nil)
+	if err := st.seedHistory(ctx, cfg.History); err != nil {
+		return err
+	}
 	prog.set("starting services", nil)
 	if err := st.start(ctx); err != nil {
 		return err
