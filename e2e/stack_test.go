@@ -42,7 +42,7 @@ var (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if binDir != "" {
-		os.RemoveAll(binDir)
+		_ = os.RemoveAll(binDir)
 	}
 	os.Exit(code)
 }
@@ -219,27 +219,6 @@ func (s *stack) start(name string, env map[string]string) *proc {
 			s.t.Fatalf("%s not healthy after 30s:\n%s", name, p.tail(40))
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop sends SIGTERM and waits for a clean exit.
-func (p *proc) stop(t *testing.T) {
-	t.Helper()
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		if p.err != nil {
-			t.Errorf("%s exited with %v after SIGTERM:\n%s", p.name, p.err, p.tail(20))
-		}
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		t.Errorf("%s did not stop within 30s of SIGTERM:\n%s", p.name, p.tail(20))
 	}
 }
 

@@ -183,7 +183,7 @@ func (c *Conn) drain(closed <-chan *amqp.Error) {
 	defer t.Stop()
 	select {
 	case <-idle:
-	case <-closed:
+	case <-closed: //nolint:errcheck // the connection is gone: nothing left to drain
 	case <-t.C:
 		c.log.Warn("rabbitmq closing with consumers still running", "drain_timeout", c.opts.DrainTimeout)
 	}
