@@ -76,7 +76,12 @@ func rawBroker(ctx context.Context, st *stack, prog *progress) (brokerBaseline, 
 	consCtx, stopConsumer := context.WithCancel(connCtx)
 	consDone := make(chan error, 1)
 	go func() { consDone <- consumer.Run(consCtx) }()
-	defer func() { stopConsumer(); <-consDone }()
+	defer func() {
+		stopConsumer()
+		if err := <-consDone; err != nil {
+			st.log.Warn("raw broker consumer", "err", err)
+		}
+	}()
 
 	pub := rabbit.NewPublisher(pubConn, topo.Exchange(), rabbit.PublisherOptions{Window: rawWindow})
 	body := make([]byte, rawBodyBytes)
