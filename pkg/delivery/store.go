@@ -128,6 +128,11 @@ const settledOutcomes = `('delivered', 'invalid', 'retrying', 'expired')`
 // Audience returns up to limit targets of n that have no settled delivery yet, after the
 // key `after` (a keyset cursor: device id, or token for raw tokens), and the cursor for the
 // next page ("" when this was the last one).
+//
+// The "already settled?" probe is a NOT EXISTS with OFFSET 0: the fence keeps PostgreSQL
+// from flattening it into a join planned from statistics that know nothing of a broadcast
+// minutes old (that plan re-read every settled row of the notification per device and made
+// a broadcast quadratic); as a per-row primary-key probe it costs the same at any progress.
 func (s *Store) Audience(ctx context.Context, n *Notification, after string, limit int) ([]Target, string, error) {
 	var rows pgx.Rows
 	var err error
@@ -137,14 +142,14 @@ func (s *Store) Audience(ctx context.Context, n *Notification, after string, lim
 			SELECT d.device_id, d.device_id, d.user_id, d.token FROM devices d
 			WHERE d.active AND d.user_id = ANY($2) AND d.device_id > $3
 			  AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = d.token
-			                  AND x.outcome IN `+settledOutcomes+`)
+			                  AND x.outcome IN `+settledOutcomes+` OFFSET 0)
 			ORDER BY d.device_id LIMIT $4`, n.ID, n.Targets, after, limit)
 	case KindAll:
 		rows, err = s.pool.Query(ctx, `
 			SELECT d.device_id, d.device_id, d.user_id, d.token FROM devices d
 			WHERE d.active AND d.device_id > $2
 			  AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = d.token
-			                  AND x.outcome IN `+settledOutcomes+`)
+			                  AND x.outcome IN `+settledOutcomes+` OFFSET 0)
 			ORDER BY d.device_id LIMIT $3`, n.ID, after, limit)
 	case KindTokens:
 		rows, err = s.pool.Query(ctx, `
@@ -152,7 +157,7 @@ func (s *Store) Audience(ctx context.Context, n *Notification, after string, lim
 			FROM (SELECT DISTINCT token FROM unnest($2::text[]) AS token WHERE token > $3) t
 			LEFT JOIN devices d ON d.token = t.token AND d.active
 			WHERE NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = t.token
-			                  AND x.outcome IN `+settledOutcomes+`)
+			                  AND x.outcome IN `+settledOutcomes+` OFFSET 0)
 			ORDER BY t.token LIMIT $4`, n.ID, n.Targets, after, limit)
 	default:
 		return nil, "", fmt.Errorf("notification %s: unknown audience kind %q", n.ID, n.Kind)
@@ -210,7 +215,9 @@ WITH input AS (
 	SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[])
 		AS t(token, device_id, user_id, outcome, attempts, error_code, error_message)
 ), old AS (
-	SELECT d.outcome FROM deliveries d JOIN input i ON d.token = i.token WHERE d.notification_id = $1
+	-- One primary-key probe per token (OFFSET 0: not a join planned from stale statistics).
+	SELECT x.outcome FROM input i CROSS JOIN LATERAL (
+		SELECT d.outcome FROM deliveries d WHERE d.notification_id = $1 AND d.token = i.token OFFSET 0) x
 ), up AS (
 	INSERT INTO deliveries AS d (notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
 	SELECT $1, token, nullif(device_id, ''), nullif(user_id, ''), outcome, attempts,
