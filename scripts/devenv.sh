@@ -12,6 +12,7 @@ set -euo pipefail
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
 DATABASE_URL=${DATABASE_URL:-postgres://notify:notify@127.0.0.1:5432/notify?sslmode=disable}
 root=$(cd "$(dirname "$0")/.." && pwd)
+cd /  # su postgres/rabbitmq below must not start in a directory they cannot read
 
 say() { echo "devenv: $*" >&2; }
 die() { echo "devenv: ERROR: $*" >&2; exit 1; }

@@ -1,0 +1,25 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestLoadConfig(t *testing.T) {
+	t.Parallel()
+	c, err := loadConfig(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Name != "retrier" || c.MetricsAddr != "127.0.0.1:9103" || c.Workers != 4 || c.Settings.MaxAttempts != 8 {
+		t.Errorf("defaults %+v", c)
+	}
+	_, err = loadConfig(func(k string) string {
+		return map[string]string{"RETRY_WORKERS": "0", "RETRY_MAX_DELAY": "1ms", "RETRY_BASE_DELAY": "1s"}[k]
+	})
+	for _, name := range []string{"RETRY_WORKERS", "RETRY_MAX_DELAY"} {
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("error %v does not name %s", err, name)
+		}
+	}
+}
