@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -89,23 +90,28 @@ func NewDeliverer(store *Store, fcmClient pusher, pub publisher, topo rabbit.Top
 // Summary counts what one chunk came to.
 type Summary struct {
 	Delivered, Invalid, Retrying, Failed, Expired int
+	// Status is the notification's status after a final chunk (see SendChunk); "" otherwise.
+	Status string
 }
 
 // Add returns the sum of two summaries.
 func (s Summary) Add(o Summary) Summary {
-	return Summary{s.Delivered + o.Delivered, s.Invalid + o.Invalid, s.Retrying + o.Retrying, s.Failed + o.Failed, s.Expired + o.Expired}
+	return Summary{s.Delivered + o.Delivered, s.Invalid + o.Invalid, s.Retrying + o.Retrying, s.Failed + o.Failed,
+		s.Expired + o.Expired, cmp.Or(o.Status, s.Status)}
 }
 
 // SendChunk sends n to up to fcm.MaxMulticast targets as their attempt-th attempt and
-// settles every one of them. An error means nothing of the chunk was recorded: the caller
-// hands its message back to the broker and the chunk is sent again.
-func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Target, attempt int) (Summary, error) {
+// settles every one of them. With final set (the sender's last chunk of the notification),
+// the notification's final status is set with the outcomes and returned in the summary. An
+// error means nothing of the chunk was recorded: the caller hands its message back to the
+// broker and the chunk is sent again.
+func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Target, attempt int, final bool) (Summary, error) {
 	if len(targets) == 0 {
 		return Summary{}, nil
 	}
 	remaining := time.Until(n.ExpiresAt)
 	if remaining <= 0 {
-		return d.expire(ctx, n, targets, attempt-1)
+		return d.expire(ctx, n, targets, attempt-1, final)
 	}
 	msg := n.Message
 	msg.TTL = remaining
@@ -198,25 +204,35 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 			d.dead.WithLabelValues(deadReason).Inc()
 		}
 	}
-	if err := d.store.Record(ctx, n.ID, outcomes); err != nil {
+	status, err := d.record(ctx, n.ID, outcomes, final)
+	if err != nil {
 		return Summary{}, err
 	}
+	sum.Status = status
 	return sum, nil
+}
+
+func (d *Deliverer) record(ctx context.Context, id uuid.UUID, outcomes []Outcome, final bool) (string, error) {
+	if final {
+		return d.store.RecordFinal(ctx, id, outcomes)
+	}
+	return "", d.store.Record(ctx, id, outcomes)
 }
 
 // expire records targets whose notification's TTL passed as expired: counted, never
 // alerted.
-func (d *Deliverer) expire(ctx context.Context, n *Notification, targets []Target, attempts int) (Summary, error) {
+func (d *Deliverer) expire(ctx context.Context, n *Notification, targets []Target, attempts int, final bool) (Summary, error) {
 	outcomes := make([]Outcome, len(targets))
 	for i, t := range targets {
 		outcomes[i] = Outcome{Target: t, Outcome: OutcomeExpired, Attempts: attempts, ErrorCode: "EXPIRED",
 			ErrorMessage: "the notification's TTL passed before delivery"}
 	}
-	if err := d.store.Record(ctx, n.ID, outcomes); err != nil {
+	status, err := d.record(ctx, n.ID, outcomes, final)
+	if err != nil {
 		return Summary{}, err
 	}
 	d.sends.WithLabelValues(OutcomeExpired, "EXPIRED").Add(float64(len(targets)))
-	return Summary{Expired: len(targets)}, nil
+	return Summary{Expired: len(targets), Status: status}, nil
 }
 
 // retryMessage builds the retry task for a chunk's transient failures, routed to the wait

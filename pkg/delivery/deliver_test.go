@@ -96,7 +96,7 @@ func TestSendChunkSettlesEveryToken(t *testing.T) {
 	if err != nil || next != "" || len(targets) != 6 {
 		t.Fatalf("Audience = %d targets, next %q, %v; want 6, last page", len(targets), next, err)
 	}
-	sum, err := d.SendChunk(ctx, n, targets, 1)
+	sum, err := d.SendChunk(ctx, n, targets, 1, false)
 	if err != nil {
 		t.Fatalf("SendChunk: %v", err)
 	}
@@ -147,7 +147,7 @@ func TestSendChunkSettlesEveryToken(t *testing.T) {
 		t.Fatalf("Unsettled = %v, %v; want the two retrying tokens", left, err)
 	}
 	pub.msgs = nil
-	sum, err = d.SendChunk(ctx, n, left, 3)
+	sum, err = d.SendChunk(ctx, n, left, 3, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestSendChunkAfterTTLRecordsExpired(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.ExpiresAt = time.Now().Add(-time.Second)
-	sum, err := d.SendChunk(ctx, n, targets, 2)
+	sum, err := d.SendChunk(ctx, n, targets, 2, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,5 +185,28 @@ func TestSendChunkAfterTTLRecordsExpired(t *testing.T) {
 	var status string
 	if err := db.Pool.QueryRow(ctx, "SELECT status FROM notifications WHERE id = $1", n.ID).Scan(&status); err != nil || status != "expired" {
 		t.Errorf("status %q (%v), want expired", status, err)
+	}
+}
+
+func TestRecordIsAtomic(t *testing.T) {
+	t.Parallel()
+	db, store, _, _, n := setup(t, 3)
+	ctx := context.Background()
+	// The second outcome breaks the outcome check: nothing of the chunk may remain.
+	err := store.Record(ctx, n.ID, []Outcome{
+		{Target: Target{Token: "gone-1"}, Outcome: OutcomeInvalid, Attempts: 1, ErrorCode: "UNREGISTERED"},
+		{Target: Target{Token: "ok-1"}, Outcome: "bogus", Attempts: 1},
+	})
+	if err == nil {
+		t.Fatal("Record with an invalid outcome succeeded")
+	}
+	var rows, total int
+	var active bool
+	if err := db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM deliveries), (SELECT total FROM notifications WHERE id = $1),
+		(SELECT active FROM devices WHERE token = 'gone-1')`, n.ID).Scan(&rows, &total, &active); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 0 || total != 0 || !active {
+		t.Errorf("after a failed Record: %d deliveries, total %d, dead token active=%v; want nothing changed", rows, total, active)
 	}
 }

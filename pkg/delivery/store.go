@@ -255,10 +255,23 @@ WHERE d.token = i.token AND d.active`
 const statusSQL = `CASE WHEN retrying > 0 THEN 'retrying' WHEN failed > 0 THEN 'failed'
 	WHEN expired > 0 THEN 'expired' ELSE 'delivered' END`
 
-// Record writes a chunk's outcomes in one transaction and one round trip: the deliveries,
-// the notification's counts, the deactivation of dead tokens and, unless the sender is
-// still working through the notification (status pending), its status.
+// Record writes a chunk's outcomes atomically in one round trip (a pipelined batch is one
+// implicit transaction): the deliveries, the notification's counts, the deactivation of
+// dead tokens and, unless the sender is still working through the notification (status
+// pending), its status.
 func (s *Store) Record(ctx context.Context, id uuid.UUID, outcomes []Outcome) error {
+	_, err := s.record(ctx, id, outcomes, false)
+	return err
+}
+
+// RecordFinal is Record for the last chunk the sender sends of a notification: it also
+// sets the final status from the counts, in the same transaction, and returns it. It saves
+// small notifications a second commit.
+func (s *Store) RecordFinal(ctx context.Context, id uuid.UUID, outcomes []Outcome) (string, error) {
+	return s.record(ctx, id, outcomes, true)
+}
+
+func (s *Store) record(ctx context.Context, id uuid.UUID, outcomes []Outcome, final bool) (string, error) {
 	n := len(outcomes)
 	tokens, devices, users, results := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	attempts := make([]int32, n)
@@ -272,18 +285,22 @@ func (s *Store) Record(ctx context.Context, id uuid.UUID, outcomes []Outcome) er
 			deadReasons = append(deadReasons, o.ErrorCode)
 		}
 	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
-		b.Queue(recordSQL, id, tokens, devices, users, results, attempts, codes, messages)
-		if len(deadTokens) > 0 {
-			b.Queue(deactivateSQL, deadTokens, deadReasons)
-		}
+	b := &pgx.Batch{}
+	b.Queue(recordSQL, id, tokens, devices, users, results, attempts, codes, messages)
+	if len(deadTokens) > 0 {
+		b.Queue(deactivateSQL, deadTokens, deadReasons)
+	}
+	var status string
+	if final {
+		b.Queue(`UPDATE notifications SET status = `+statusSQL+`, updated_at = now() WHERE id = $1 RETURNING status`, id).
+			QueryRow(func(row pgx.Row) error { return row.Scan(&status) })
+	} else {
 		b.Queue(`UPDATE notifications SET status = `+statusSQL+` WHERE id = $1 AND status <> 'pending'`, id)
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("record %d outcomes of %s: %w", n, id, err)
-		}
-		return nil
-	})
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return "", fmt.Errorf("record %d outcomes of %s: %w", n, id, err)
+	}
+	return status, nil
 }
 
 // Finish sets a notification's status from its counts once the sender has sent to its

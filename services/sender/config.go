@@ -13,6 +13,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 	c := config{ServiceConfig: delivery.LoadServiceConfig(env, delivery.ServiceEnv{
 		Name: "sender", MetricsAddr: "127.0.0.1:9102", WorkersVar: "SEND_WORKERS", PrefetchVar: "SEND_PREFETCH",
 	})}
-	c.ChunkConcurrency = env.Int("SEND_CHUNK_CONCURRENCY", 4, 1, 64)
+	c.ChunkConcurrency = env.Int("SEND_CHUNK_CONCURRENCY", 8, 1, 64)
 	return c, env.Err()
 }

@@ -11,7 +11,7 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Name != "sender" || c.ChunkConcurrency != 4 || c.Workers != 4 {
+	if c.Name != "sender" || c.ChunkConcurrency != 8 || c.Workers != 4 {
 		t.Errorf("defaults %+v", c)
 	}
 	_, err = loadConfig(func(k string) string {

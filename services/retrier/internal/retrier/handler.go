@@ -77,7 +77,7 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 	}
 	// Our header wins; the body's copy covers messages whose headers were lost.
 	attempt := max(d.Attempt(), int(task.GetAttempt()), 2)
-	sum, err := h.deliverer.SendChunk(ctx, n, targets, attempt)
+	sum, err := h.deliverer.SendChunk(ctx, n, targets, attempt, false)
 	if err != nil {
 		return delivery.ResultRequeued, err
 	}

@@ -101,9 +101,11 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 	if err != nil {
 		return delivery.ResultRequeued, err
 	}
-	status, err := h.store.Finish(ctx, n.ID)
-	if err != nil {
-		return delivery.ResultRequeued, err
+	status := sum.Status
+	if status == "" {
+		if status, err = h.store.Finish(ctx, n.ID); err != nil {
+			return delivery.ResultRequeued, err
+		}
 	}
 	log.Info("notification sent", "status", status, "delivered", sum.Delivered, "invalid", sum.Invalid,
 		"retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired, "duration", time.Since(start))
@@ -134,8 +136,10 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 			break
 		}
 		if len(targets) > 0 {
+			// The only page of a small audience settles the status with its outcomes.
+			final := after == "" && next == ""
 			g.Go(func() error {
-				s, err := h.deliverer.SendChunk(gctx, n, targets, 1)
+				s, err := h.deliverer.SendChunk(gctx, n, targets, 1, final)
 				if err != nil {
 					return err
 				}

@@ -90,6 +90,17 @@ func TestSendAllChunksAudienceInto500s(t *testing.T) {
 			t.Errorf("%d devices: delivered %d to %d distinct tokens", tc.devices, sum.Delivered, len(fake.tokens))
 		}
 
+		// A single-page audience gets its final status with its outcomes; a larger one is
+		// finished by the handler after the last chunk.
+		wantStatus := "delivered"
+		if tc.devices >= fcm.MaxMulticast { // a full first page cannot know it is the last
+			wantStatus = "pending"
+		}
+		var status string
+		if err := db.Pool.QueryRow(ctx, "SELECT status FROM notifications WHERE id = $1", id).Scan(&status); err != nil || status != wantStatus {
+			t.Errorf("%d devices: status %q after sendAll (%v), want %q", tc.devices, status, err, wantStatus)
+		}
+
 		// A redelivered task finds every token settled and sends nothing.
 		fake.sizes = nil
 		if _, err := h.sendAll(ctx, n); err != nil {
