@@ -4,10 +4,13 @@ package rabbittest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +18,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"notify/pkg/rabbit"
+	"notify/pkg/testenv"
 )
 
 // Topology returns topo renamed to a name no other test uses (prefix, the test's name and
@@ -76,4 +80,72 @@ func StartConn(t testing.TB, amqpURL string, opts rabbit.ConnOptions) *rabbit.Co
 		t.Fatalf("rabbittest: Conn.Ready: %v", err)
 	}
 	return c
+}
+
+// BrokerName returns the management API's name of the connection whose client-given name
+// (rabbit.ConnOptions.Name) is name. The API lists a connection only once its statistics
+// are emitted (every 5 s by default), so it waits up to 15 s: look the name up before the
+// moment the test wants to close the connection.
+func BrokerName(t testing.TB, name string) string {
+	t.Helper()
+	base := testenv.ManagementURL(t)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if found := findConnection(t, base, name); found != "" {
+			return found
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rabbittest: connection %s not listed by the management API", name)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// CloseConnection force-closes a connection by its broker name (see BrokerName) through
+// the management API, as a crash or a network failure would: nothing in flight on it gets
+// settled.
+func CloseConnection(t testing.TB, brokerName string) {
+	t.Helper()
+	base := testenv.ManagementURL(t)
+	req, err := http.NewRequest(http.MethodDelete, base+"/api/connections/"+url.PathEscape(brokerName), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Reason", "rabbittest: forced close")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("rabbittest: close connection %s: %v", brokerName, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("rabbittest: close connection %s: %s", brokerName, resp.Status)
+	}
+}
+
+// findConnection returns the broker's name of the connection a client named name, or "".
+func findConnection(t testing.TB, base, name string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/api/connections?columns=name,client_properties")
+	if err != nil {
+		t.Fatalf("rabbittest: list connections: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("rabbittest: list connections: %s", resp.Status)
+	}
+	var conns []struct {
+		Name             string `json:"name"`
+		ClientProperties struct {
+			ConnectionName string `json:"connection_name"`
+		} `json:"client_properties"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&conns); err != nil {
+		t.Fatalf("rabbittest: decode connections: %v", err)
+	}
+	for _, c := range conns {
+		if c.ClientProperties.ConnectionName == name {
+			return c.Name
+		}
+	}
+	return ""
 }

@@ -306,10 +306,10 @@ func TestStopMidBurst(t *testing.T) {
 
 	firstName := e.topo.Name + ".first"
 	first := rabbittest.StartConn(t, e.amqpURL, rabbit.ConnOptions{Name: firstName, Topology: &e.topo})
-	brokerName := brokerConnection(t, firstName)
+	brokerName := rabbittest.BrokerName(t, firstName)
 	_, stopFirst := startConsumer(t, e, first, 4)
 	waitFor(t, 20*time.Second, "a quarter stored", func() bool { return count(t, e.db.Pool, `SELECT count(*) FROM dead_letters`) >= n/4 })
-	closeConnection(t, brokerName)
+	rabbittest.CloseConnection(t, brokerName)
 	stopFirst()
 	t.Logf("%d of %d stored when the first consumer was killed", count(t, e.db.Pool, `SELECT count(*) FROM dead_letters`), n)
 

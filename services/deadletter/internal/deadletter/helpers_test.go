@@ -198,58 +198,6 @@ func queueDepth(t *testing.T, e *env, queue string) int {
 	return q.Messages
 }
 
-// brokerConnection returns the management API's name of the connection a client named
-// name; the API lists a new connection after a short delay, so it polls.
-func brokerConnection(t *testing.T, name string) string {
-	t.Helper()
-	base := testenv.ManagementURL(t)
-	var found string
-	waitFor(t, 15*time.Second, "connection "+name+" listed by the management API", func() bool {
-		resp, err := http.Get(base + "/api/connections?columns=name,client_properties")
-		if err != nil {
-			t.Fatalf("list connections: %v", err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("list connections: %s", resp.Status)
-		}
-		var conns []struct {
-			Name             string `json:"name"`
-			ClientProperties struct {
-				ConnectionName string `json:"connection_name"`
-			} `json:"client_properties"`
-		}
-		if err := json.NewDecoder(resp.Body).Decode(&conns); err != nil {
-			t.Fatalf("decode connections: %v", err)
-		}
-		for _, c := range conns {
-			if c.ClientProperties.ConnectionName == name {
-				found = c.Name
-			}
-		}
-		return found != ""
-	})
-	return found
-}
-
-// closeConnection closes a broker connection (by its management API name) as a crash or a
-// network failure would: nothing in flight gets settled.
-func closeConnection(t *testing.T, brokerName string) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodDelete, testenv.ManagementURL(t)+"/api/connections/"+url.PathEscape(brokerName), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("close connection %s: %v", brokerName, err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		t.Fatalf("close connection %s: %s", brokerName, resp.Status)
-	}
-}
-
 // fakeSlack stands in for both Slack APIs the service uses: an incoming webhook (any path,
 // JSON body) and chat.postMessage (form body). It answers with the status the test sets.
 type fakeSlack struct {
