@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -176,15 +177,34 @@ const (
 	ResultRejected = "rejected" // could not even be dead-lettered explicitly: the broker's dead-letter route
 )
 
-// Settle acks, requeues or rejects a delivery according to the handler's result, and logs
-// what it did with anything that went wrong. A delivery whose channel died cannot be
-// settled; the broker redelivers it and the handlers skip what was already settled.
-func Settle(log *slog.Logger, d *rabbit.Delivery, result string, err error) {
+// Settler settles deliveries according to the handler's result, and paces requeues while
+// something the handler depends on (PostgreSQL, the broker) keeps failing: without the
+// pause a requeued message comes straight back, the handler spins, and the queue's
+// x-delivery-limit dead-letters healthy notifications during a short database outage.
+type Settler struct {
+	mu       sync.Mutex
+	failures int
+	// MaxPause caps the pause before a requeue (default 30s); it doubles from 250ms with
+	// each consecutive failure and resets on the first success.
+	MaxPause time.Duration
+}
+
+// Settle acks, requeues or rejects d according to result, and logs what it did with
+// anything that went wrong. A delivery whose channel died cannot be settled; the broker
+// redelivers it and the handlers skip what was already settled.
+func (s *Settler) Settle(ctx context.Context, log *slog.Logger, d *rabbit.Delivery, result string, err error) {
 	var settleErr error
 	switch result {
 	case ResultRequeued:
 		if err != nil {
-			log.Warn("task failed; handing it back to the queue", "err", err)
+			pause := s.failed()
+			log.Warn("task failed; handing it back to the queue", "err", err, "pause", pause)
+			t := time.NewTimer(pause)
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
 		} else {
 			log.Info("handing task back to the queue")
 		}
@@ -193,9 +213,24 @@ func Settle(log *slog.Logger, d *rabbit.Delivery, result string, err error) {
 		log.Error("task could not be dead-lettered explicitly; rejecting it to the broker's dead-letter route", "err", err)
 		settleErr = d.Reject()
 	default:
+		s.succeeded()
 		settleErr = d.Ack()
 	}
 	if settleErr != nil {
 		log.Warn("could not settle task; it will be redelivered", "result", result, "err", settleErr)
 	}
+}
+
+func (s *Settler) failed() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pause := min(250*time.Millisecond<<min(s.failures, 16), cmp.Or(s.MaxPause, 30*time.Second))
+	s.failures++
+	return pause
+}
+
+func (s *Settler) succeeded() {
+	s.mu.Lock()
+	s.failures = 0
+	s.mu.Unlock()
 }

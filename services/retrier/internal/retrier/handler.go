@@ -23,6 +23,7 @@ type Handler struct {
 	store     *delivery.Store
 	deliverer *delivery.Deliverer
 	log       *slog.Logger
+	settler   delivery.Settler
 
 	tasks *prometheus.CounterVec
 }
@@ -46,7 +47,7 @@ func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) {
 	log := h.log.With("message_id", d.MessageID)
 	result, err := h.handle(ctx, d, log)
 	h.tasks.WithLabelValues(result).Inc()
-	delivery.Settle(log, d, result, err)
+	h.settler.Settle(ctx, log, d, result, err)
 }
 
 func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logger) (string, error) {

@@ -30,6 +30,7 @@ type Handler struct {
 	store     *delivery.Store
 	deliverer *delivery.Deliverer
 	log       *slog.Logger
+	settler   delivery.Settler
 	// chunks is how many chunks of one notification are in flight at once.
 	chunks int
 	// shutdown closes when the service stops: no new chunks are started, the ones in
@@ -64,7 +65,7 @@ func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) {
 	if errors.Is(err, errShuttingDown) {
 		err = nil // not a failure: the next sender carries on where this one stopped
 	}
-	delivery.Settle(log, d, result, err)
+	h.settler.Settle(ctx, log, d, result, err)
 }
 
 func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logger) (string, error) {
