@@ -72,9 +72,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 
 	grpcServer := grpc.NewServer(grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))
 	healthServer := health.NewServer()
-	notifyv1.RegisterNotificationServiceServer(grpcServer, server.NewNotifications(pool, log, reg))
+	notifyv1.RegisterNotificationServiceServer(grpcServer, server.NewNotifications(pool, log, reg, relay.Wake))
 	notifyv1.RegisterDeviceServiceServer(grpcServer, server.NewDevices(pool, log, reg))
-	notifyv1.RegisterAdminServiceServer(grpcServer, server.NewAdmin(pool, log, keys))
+	notifyv1.RegisterAdminServiceServer(grpcServer, server.NewAdmin(pool, log, keys, relay.Wake))
 	healthpb.RegisterHealthServer(grpcServer, healthServer)
 	reflection.Register(grpcServer)
 

@@ -24,7 +24,7 @@ type publisher interface {
 // Options tune the relay; zero values take the defaults.
 type Options struct {
 	BatchSize    int           // rows claimed per round (default 500)
-	PollInterval time.Duration // wake-up when no NOTIFY arrives (default 1s)
+	PollInterval time.Duration // a round at least this often, for rows no Wake announced (default 1s)
 	Retention    time.Duration // published rows are deleted after this (default 24h)
 	// Ready, when set, blocks until the broker connection is up (rabbit.Conn.Ready), so
 	// that no round claims rows while the broker is unreachable and shutdown never waits
@@ -42,13 +42,16 @@ type Options struct {
 // the same transaction. Delivery is at-least-once: a crash between the broker's confirm and
 // the commit republishes the batch, so consumers dedupe on MessageId ("outbox-<id>").
 //
-// The relay wakes on the outbox's NOTIFY, polls as a fallback, and keeps going while rows
-// remain. It deletes published rows after the retention period.
+// The relay runs a round when Wake is called (the producer calls it after every commit
+// that wrote outbox rows), at least every PollInterval (rows another replica committed and
+// could not relay), and keeps going while rows remain. It deletes published rows after the
+// retention period.
 type Relay struct {
 	pool *pgxpool.Pool
 	pub  publisher
 	log  *slog.Logger
 	opts Options
+	wake chan struct{}
 
 	published prometheus.Counter
 	failures  prometheus.Counter
@@ -71,7 +74,7 @@ func NewRelay(pool *pgxpool.Pool, pub publisher, log *slog.Logger, reg prometheu
 		opts.RoundTimeout = 30 * time.Second
 	}
 	r := &Relay{
-		pool: pool, pub: pub, log: log, opts: opts,
+		pool: pool, pub: pub, log: log, opts: opts, wake: make(chan struct{}, 1),
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "notify_outbox_published_total", Help: "Outbox rows published to RabbitMQ and confirmed.",
 		}),
@@ -91,11 +94,17 @@ func NewRelay(pool *pgxpool.Pool, pub publisher, log *slog.Logger, reg prometheu
 	return r
 }
 
+// Wake asks for a round soon; it never blocks, and wake-ups that arrive while a round is
+// due anyway are merged.
+func (r *Relay) Wake() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
 // Run relays until ctx ends; the round in progress is finished first.
 func (r *Relay) Run(ctx context.Context) error {
-	wake := make(chan struct{}, 1)
-	go r.listen(ctx, wake)
-
 	poll := time.NewTicker(r.opts.PollInterval)
 	defer poll.Stop()
 	housekeeping := time.NewTicker(time.Minute)
@@ -134,7 +143,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-pause:
-		case <-wake:
+		case <-r.wake:
 		case <-poll.C:
 			r.sampleBacklog(ctx)
 		case <-housekeeping.C:
@@ -217,43 +226,6 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 		return nil
 	})
 	return claimed, err
-}
-
-// listen turns the outbox trigger's NOTIFYs into wake-ups, reconnecting as needed.
-func (r *Relay) listen(ctx context.Context, wake chan<- struct{}) {
-	for ctx.Err() == nil {
-		err := r.listenOnce(ctx, wake)
-		if ctx.Err() != nil {
-			return
-		}
-		r.log.Warn("outbox listener lost; polling until it is back", "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func (r *Relay) listenOnce(ctx context.Context, wake chan<- struct{}) error {
-	pooled, err := r.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	// A LISTENing connection must not go back to the pool: take it out for good.
-	conn := pooled.Hijack()
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN notify_outbox"); err != nil {
-		return err
-	}
-	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
-			return err
-		}
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	}
 }
 
 func (r *Relay) sampleBacklog(ctx context.Context) {

@@ -171,3 +171,32 @@ func TestRelaysShareTheOutbox(t *testing.T) {
 		t.Errorf("%d rows still unpublished", left)
 	}
 }
+
+// TestWakeStartsARoundAtOnce: with polling an hour away, only Wake can explain a prompt
+// round.
+func TestWakeStartsARoundAtOnce(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	pub := &flakyPublisher{}
+	r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{PollInterval: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	time.Sleep(100 * time.Millisecond) // the first round (at start) has found nothing
+	insertRows(t, db, 2)               // index 0 and 1 of the round: the flaky publisher confirms both
+	r.Wake()
+	deadline := time.Now().Add(5 * time.Second)
+	for unpublished(t, db) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("rows still unpublished 5s after Wake")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -26,6 +26,7 @@ type Admin struct {
 	log   *slog.Logger
 	keys  *apikey.Store
 	cache keyCache
+	wake  func() // tells the outbox relay replays were committed; may be nil
 }
 
 // keyCache is told about revocations so this process refuses a revoked key at once;
@@ -34,9 +35,10 @@ type keyCache interface {
 	Forget(name string)
 }
 
-// NewAdmin returns the AdminService. cache may be nil.
-func NewAdmin(pool *pgxpool.Pool, log *slog.Logger, cache keyCache) *Admin {
-	return &Admin{pool: pool, log: log, keys: apikey.NewStore(pool), cache: cache}
+// NewAdmin returns the AdminService. cache and wake (outbox.Relay.Wake, called after
+// replays were committed) may be nil.
+func NewAdmin(pool *pgxpool.Pool, log *slog.Logger, cache keyCache, wake func()) *Admin {
+	return &Admin{pool: pool, log: log, keys: apikey.NewStore(pool), cache: cache, wake: wake}
 }
 
 var (

@@ -33,9 +33,9 @@ func newFixture(t *testing.T) *fixture {
 	db := pgtest.New(t)
 	return &fixture{
 		db:    db,
-		pub:   NewNotifications(db.Pool, discard, prometheus.NewRegistry()),
+		pub:   NewNotifications(db.Pool, discard, prometheus.NewRegistry(), nil),
 		dev:   NewDevices(db.Pool, discard, prometheus.NewRegistry()),
-		admin: NewAdmin(db.Pool, discard, nil),
+		admin: NewAdmin(db.Pool, discard, nil, nil),
 	}
 }
 
@@ -583,7 +583,7 @@ func TestAPIKeyRPCs(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	cache := &forgetful{}
-	f.admin = NewAdmin(f.db.Pool, discard, cache)
+	f.admin = NewAdmin(f.db.Pool, discard, cache, nil)
 
 	created, err := f.admin.CreateAPIKey(ctxOps, &notifyv1.CreateAPIKeyRequest{Name: "orders", Role: notifyv1.Role_ROLE_PUBLISHER})
 	if err != nil {

@@ -27,17 +27,20 @@ type Notifications struct {
 	notifyv1.UnimplementedNotificationServiceServer
 	pool *pgxpool.Pool
 	log  *slog.Logger
+	wake func() // tells the outbox relay a row was committed; may be nil
 
 	accepted   prometheus.Counter
 	duplicates prometheus.Counter
 	rejected   prometheus.Counter
 }
 
-// NewNotifications returns the NotificationService and registers its metrics.
-func NewNotifications(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer) *Notifications {
+// NewNotifications returns the NotificationService and registers its metrics. wake, when
+// set, is called after each accepted notification's commit (outbox.Relay.Wake).
+func NewNotifications(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer, wake func()) *Notifications {
 	n := &Notifications{
 		pool: pool,
 		log:  log,
+		wake: wake,
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "notify_publish_accepted_total", Help: "Notifications accepted by Publish (duplicates excluded).",
 		}),
@@ -102,6 +105,9 @@ func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishReques
 	switch {
 	case err == nil:
 		s.accepted.Inc()
+		if s.wake != nil {
+			s.wake()
+		}
 		return &notifyv1.PublishResponse{NotificationId: got.String()}, nil
 	case err != pgx.ErrNoRows:
 		return nil, internal(ctx, s.log, "store notification", err, "caller", caller)

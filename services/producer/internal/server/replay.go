@@ -98,6 +98,9 @@ func (a *Admin) Replay(ctx context.Context, req *notifyv1.ReplayRequest) (*notif
 		}
 		resp.Results = append(resp.Results, r)
 	}
+	if replayed > 0 && !req.GetDryRun() && a.wake != nil {
+		a.wake()
+	}
 	a.log.InfoContext(ctx, "replay", "by", by, "dry_run", req.GetDryRun(), "force", req.GetForce(),
 		"notifications", len(ids), "replayed", replayed)
 	return resp, nil
