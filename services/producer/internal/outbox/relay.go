@@ -42,10 +42,11 @@ type Options struct {
 // the same transaction. Delivery is at-least-once: a crash between the broker's confirm and
 // the commit republishes the batch, so consumers dedupe on MessageId ("outbox-<id>").
 //
-// The relay runs a round when Wake is called (the producer calls it after every commit
-// that wrote outbox rows), at least every PollInterval (rows another replica committed and
-// could not relay), and keeps going while rows remain. It deletes published rows after the
-// retention period.
+// The relay runs a round when it is woken — in process by Wake, which the producer calls
+// after each Publish commit, and through LISTEN/NOTIFY on NotifyChannel by replays and
+// re-drives committed in any replica — at least every PollInterval as a fallback (rows a
+// replica committed and could not relay before it crashed), and keeps going while rows
+// remain. It deletes published rows after the retention period.
 type Relay struct {
 	pool *pgxpool.Pool
 	pub  publisher
@@ -105,6 +106,7 @@ func (r *Relay) Wake() {
 
 // Run relays until ctx ends; the round in progress is finished first.
 func (r *Relay) Run(ctx context.Context) error {
+	go r.listen(ctx)
 	poll := time.NewTicker(r.opts.PollInterval)
 	defer poll.Stop()
 	housekeeping := time.NewTicker(time.Minute)
@@ -226,6 +228,41 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 		return nil
 	})
 	return claimed, err
+}
+
+// listen turns NOTIFYs on the outbox channel (sent by the rare writers other than Publish:
+// replays and re-drives, see EnqueueSend) into wake-ups, reconnecting as needed.
+func (r *Relay) listen(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := r.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Warn("outbox listener lost; polling until it is back", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (r *Relay) listenOnce(ctx context.Context) error {
+	pooled, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	// A LISTENing connection must not go back to the pool: take it out for good.
+	conn := pooled.Hijack()
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "LISTEN "+NotifyChannel); err != nil {
+		return err
+	}
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		r.Wake()
+	}
 }
 
 func (r *Relay) sampleBacklog(ctx context.Context) {

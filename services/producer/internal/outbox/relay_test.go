@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"notify/pkg/pgtest"
@@ -196,6 +197,37 @@ func TestWakeStartsARoundAtOnce(t *testing.T) {
 	for unpublished(t, db) > 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("rows still unpublished 5s after Wake")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestEnqueueSendWakesRelaysThroughNotify: a replay or re-drive committed by any replica
+// (here: straight into the database) wakes the relay through LISTEN/NOTIFY.
+func TestEnqueueSendWakesRelaysThroughNotify(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	r := NewRelay(db.Pool, &flakyPublisher{}, discard, prometheus.NewRegistry(), Options{PollInterval: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	time.Sleep(300 * time.Millisecond) // the listener is up and the first round found nothing
+	if err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		return EnqueueSend(ctx, tx, "0196f1a2-0000-7000-8000-000000000001", CauseReplay)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for unpublished(t, db) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the enqueued row is still unpublished 5s after its commit")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
