@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"notify/pkg/fcm"
+	"notify/pkg/schema"
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
@@ -121,10 +122,6 @@ func (s *Store) Load(ctx context.Context, id string) (*Notification, error) {
 	return n, nil
 }
 
-// settled lists the outcomes after which a token is not sent again for a notification
-// (failed ones are sent again only by a replay, which goes through the sender).
-const settledOutcomes = `('delivered', 'invalid', 'retrying', 'expired')`
-
 // Audience returns up to limit targets of n that have no settled delivery yet, after the
 // key `after` (a keyset cursor: device id, or token for raw tokens), and the cursor for the
 // next page ("" when this was the last one).
@@ -142,14 +139,14 @@ func (s *Store) Audience(ctx context.Context, n *Notification, after string, lim
 			SELECT d.device_id, d.device_id, d.user_id, d.token FROM devices d
 			WHERE d.active AND d.user_id = ANY($2) AND d.device_id > $3
 			  AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = d.token
-			                  AND x.outcome IN `+settledOutcomes+` OFFSET 0)
+			                  AND x.outcome IN `+schema.SettledOutcomes+` OFFSET 0)
 			ORDER BY d.device_id LIMIT $4`, n.ID, n.Targets, after, limit)
 	case KindAll:
 		rows, err = s.pool.Query(ctx, `
 			SELECT d.device_id, d.device_id, d.user_id, d.token FROM devices d
 			WHERE d.active AND d.device_id > $2
 			  AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = d.token
-			                  AND x.outcome IN `+settledOutcomes+` OFFSET 0)
+			                  AND x.outcome IN `+schema.SettledOutcomes+` OFFSET 0)
 			ORDER BY d.device_id LIMIT $3`, n.ID, after, limit)
 	case KindTokens:
 		rows, err = s.pool.Query(ctx, `
@@ -157,7 +154,7 @@ func (s *Store) Audience(ctx context.Context, n *Notification, after string, lim
 			FROM (SELECT DISTINCT token FROM unnest($2::text[]) AS token WHERE token > $3) t
 			LEFT JOIN devices d ON d.token = t.token AND d.active
 			WHERE NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = t.token
-			                  AND x.outcome IN `+settledOutcomes+` OFFSET 0)
+			                  AND x.outcome IN `+schema.SettledOutcomes+` OFFSET 0)
 			ORDER BY t.token LIMIT $4`, n.ID, n.Targets, after, limit)
 	default:
 		return nil, "", fmt.Errorf("notification %s: unknown audience kind %q", n.ID, n.Kind)

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"notify/pkg/schema"
 	notifyv1 "notify/proto/gen/notify/v1"
 	"notify/services/producer/internal/outbox"
 )
@@ -194,11 +195,6 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 	return res, nil
 }
 
-// settledOutcomes are the delivery outcomes after which the sender does not send a token
-// again for a notification. It must match pkg/delivery (Store.Audience), which the sender
-// uses; the e2e replay test checks the two agree on what is sent.
-const settledOutcomes = `('delivered', 'invalid', 'retrying', 'expired')`
-
 // unsettledTokens counts the tokens the sender will send when it gets the notification
 // again: for users and broadcasts, the active devices (of those users) whose token has no
 // settled delivery; for raw tokens, the distinct tokens with no settled delivery (the
@@ -210,7 +206,7 @@ func unsettledTokens(ctx context.Context, tx pgx.Tx, id uuid.UUID, request []byt
 		return 0, fmt.Errorf("decode stored request: %w", err)
 	}
 	const unsettled = `NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = %s
-		AND x.outcome IN ` + settledOutcomes + `)`
+		AND x.outcome IN ` + schema.SettledOutcomes + ` OFFSET 0)` // a per-token probe, as the sender's (pkg/delivery)
 	var n int64
 	var err error
 	switch t := req.GetRecipients().GetTarget().(type) {
