@@ -180,15 +180,7 @@ func TestWakeStartsARoundAtOnce(t *testing.T) {
 	db := pgtest.New(t)
 	pub := &flakyPublisher{}
 	r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{PollInterval: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runRelay(t, r)
 
 	time.Sleep(100 * time.Millisecond) // the first round (at start) has found nothing
 	insertRows(t, db, 2)               // index 0 and 1 of the round: the flaky publisher confirms both
@@ -208,17 +200,10 @@ func TestEnqueueSendWakesRelaysThroughNotify(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	r := NewRelay(db.Pool, &flakyPublisher{}, discard, prometheus.NewRegistry(), Options{PollInterval: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runRelay(t, r)
 
 	time.Sleep(300 * time.Millisecond) // the listener is up and the first round found nothing
+	ctx := context.Background()
 	if err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 		return EnqueueSend(ctx, tx, "0196f1a2-0000-7000-8000-000000000001", CauseReplay)
 	}); err != nil {
@@ -231,4 +216,18 @@ func TestEnqueueSendWakesRelaysThroughNotify(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// runRelay runs r until the test ends.
+func runRelay(t *testing.T, r *Relay) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
 }
