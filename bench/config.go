@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"notify/pkg/delivery"
+	"notify/pkg/envconfig"
 )
 
 // Phases, in the order they run.
@@ -92,8 +93,8 @@ func loadConfig(args []string, getenv func(string) string, environ []string, std
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 
-	c.DatabaseURL = cmp.Or(getenv("DATABASE_URL"), "postgres://notify:notify@127.0.0.1:5432/notify?sslmode=disable")
-	c.AMQPURL = cmp.Or(getenv("AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/")
+	c.DatabaseURL = cmp.Or(getenv("DATABASE_URL"), envconfig.DefaultDatabaseURL)
+	c.AMQPURL = cmp.Or(getenv("AMQP_URL"), envconfig.DefaultAMQPURL)
 	c.ManagementURL = cmp.Or(getenv("RABBITMQ_MANAGEMENT_URL"), "http://guest:guest@127.0.0.1:15672")
 
 	var errs []error

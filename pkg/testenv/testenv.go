@@ -12,12 +12,14 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"notify/pkg/envconfig"
 )
 
 // Default addresses match scripts/devenv.sh and the services' own defaults.
 const (
-	DefaultAMQPURL       = "amqp://guest:guest@127.0.0.1:5672/"
-	DefaultDatabaseURL   = "postgres://notify:notify@127.0.0.1:5432/notify?sslmode=disable"
+	DefaultAMQPURL       = envconfig.DefaultAMQPURL
+	DefaultDatabaseURL   = envconfig.DefaultDatabaseURL
 	DefaultManagementURL = "http://guest:guest@127.0.0.1:15672"
 )
 

@@ -1,0 +1,231 @@
+// Package envconfig reads a service's configuration from environment variables: every
+// service's config.go uses it, so every service reports bad settings the same way.
+//
+// A Reader collects problems instead of stopping at the first: Err reports all of them at
+// once, one line each, each starting with the variable's name. An empty variable is the same
+// as an unset one and takes the default. Secrets (and URLs that carry credentials) are read
+// with Secret, which also accepts NAME_FILE, the path of a file holding the value (as
+// Kubernetes and Docker mount secrets); error messages never quote a secret's value.
+package envconfig
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"notify/pkg/logging"
+)
+
+// The defaults of the shared connection settings: the local PostgreSQL and RabbitMQ that
+// `make run` and `make test` start.
+const (
+	DefaultDatabaseURL = "postgres://notify:notify@127.0.0.1:5432/notify?sslmode=disable"
+	DefaultAMQPURL     = "amqp://guest:guest@127.0.0.1:5672/"
+)
+
+// Reader reads variables through getenv and collects every problem it finds.
+type Reader struct {
+	getenv func(string) string
+	errs   []error
+}
+
+// New returns a Reader that reads through getenv (os.Getenv in main, a map in tests).
+func New(getenv func(string) string) *Reader { return &Reader{getenv: getenv} }
+
+// Err joins every problem found so far, or is nil.
+func (r *Reader) Err() error { return errors.Join(r.errs...) }
+
+// Errorf records a problem with variable name (for checks that involve several variables
+// or rules of the service's own). The message should not quote a secret.
+func (r *Reader) Errorf(name, format string, args ...any) {
+	r.errs = append(r.errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+}
+
+// Check records err, if not nil, as a problem with variable name.
+func (r *Reader) Check(name string, err error) {
+	if err != nil {
+		r.errs = append(r.errs, fmt.Errorf("%s: %w", name, err))
+	}
+}
+
+// String returns the variable, or def when it is unset or empty.
+func (r *Reader) String(name, def string) string {
+	if v := r.getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// Secret returns the variable, or the contents of the file NAME_FILE names (one trailing
+// newline removed), or def when neither is set. Setting both is a problem, and so is a
+// file that cannot be read or is empty; the problem names the variable and the path, never
+// the contents.
+func (r *Reader) Secret(name, def string) string {
+	fileVar := name + "_FILE"
+	v, path := r.getenv(name), r.getenv(fileVar)
+	switch {
+	case v != "" && path != "":
+		r.Errorf(name, "set either %s or %s, not both", name, fileVar)
+		return ""
+	case v != "":
+		return v
+	case path == "":
+		return def
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		// *fs.PathError names the path and the cause, nothing of the contents.
+		r.Check(fileVar, err)
+		return ""
+	}
+	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if s == "" {
+		r.Errorf(fileVar, "%s is empty", path)
+	}
+	return s
+}
+
+// Int returns the variable as an integer in lo..hi, or def when it is unset.
+func (r *Reader) Int(name string, def, lo, hi int) int {
+	v := r.getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	switch {
+	case err != nil:
+		r.Errorf(name, "%q is not an integer", v)
+	case n < lo || n > hi:
+		r.Errorf(name, "%d is outside %d..%d", n, lo, hi)
+	}
+	return n
+}
+
+// Duration returns the variable as a duration of at least min, or def when it is unset.
+// It takes Go durations ("90s", "1h30m") and whole days ("270d").
+func (r *Reader) Duration(name string, def, min time.Duration) time.Duration {
+	return r.DurationBetween(name, def, min, 0)
+}
+
+// DurationBetween is Duration with an upper bound too; max 0 means none.
+func (r *Reader) DurationBetween(name string, def, min, max time.Duration) time.Duration {
+	v := r.getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := ParseDuration(v)
+	switch {
+	case err != nil:
+		r.Check(name, err)
+	case d < min:
+		r.Errorf(name, "%s is below the minimum %s", v, min)
+	case max > 0 && d > max:
+		r.Errorf(name, "%s is above the maximum %s", v, max)
+	}
+	return d
+}
+
+// ParseDuration is time.ParseDuration that also takes whole days ("270d"), the natural unit
+// of settings such as token staleness and retention.
+func ParseDuration(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > 100*365 {
+			return 0, fmt.Errorf("invalid duration %q (want e.g. 90s, 1h30m or 270d)", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (want e.g. 90s, 1h30m or 270d)", s)
+	}
+	return d, nil
+}
+
+// Addr returns the variable as a listen or dial address host:port (the host may be
+// empty), or def when it is unset.
+func (r *Reader) Addr(name, def string) string {
+	v := r.String(name, def)
+	if _, _, err := net.SplitHostPort(v); err != nil {
+		r.Errorf(name, "%q is not host:port", v)
+	}
+	return v
+}
+
+// LogLevel returns LOG_LEVEL: debug, info (the default), warn or error.
+func (r *Reader) LogLevel() slog.Level {
+	l, err := logging.ParseLevel(r.getenv("LOG_LEVEL"))
+	r.Check("LOG_LEVEL", err)
+	return l
+}
+
+// DatabaseURL returns DATABASE_URL (or the file DATABASE_URL_FILE names), by default the
+// local development database. A URL must be postgres:// or postgresql:// with a host; a
+// keyword/value string ("host=… dbname=…") is left to the driver.
+func (r *Reader) DatabaseURL() string {
+	v := r.Secret("DATABASE_URL", DefaultDatabaseURL)
+	if v != "" && strings.Contains(v, "://") {
+		r.checkURL("DATABASE_URL", v, "postgres", "postgresql")
+	}
+	return v
+}
+
+// AMQPURL returns AMQP_URL (or the file AMQP_URL_FILE names), by default the local
+// development broker. It must be an amqp:// or amqps:// URL with a host.
+func (r *Reader) AMQPURL() string {
+	v := r.Secret("AMQP_URL", DefaultAMQPURL)
+	if v != "" {
+		r.checkURL("AMQP_URL", v, "amqp", "amqps")
+	}
+	return v
+}
+
+// HTTPURL returns the variable (or NAME_FILE's contents: such URLs often carry a secret,
+// as a Slack webhook does) as an http:// or https:// URL with a host, or def when unset.
+func (r *Reader) HTTPURL(name, def string) string {
+	v := r.Secret(name, def)
+	if v != "" {
+		r.checkURL(name, v, "http", "https")
+	}
+	return v
+}
+
+// checkURL records a problem when v is not a URL with one of schemes and a host. The
+// messages never quote v: its user info, path or query may be a secret, and url.Parse's
+// own error quotes the whole value.
+func (r *Reader) checkURL(name, v string, schemes ...string) {
+	u, err := url.Parse(v)
+	if err != nil {
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		// Errors such as "invalid port" quote a fragment of the value; name the kind only.
+		r.Errorf(name, "not a valid URL (%s)", urlProblem(err))
+		return
+	}
+	for _, s := range schemes {
+		if u.Scheme == s {
+			if u.Host == "" {
+				r.Errorf(name, "the URL has no host")
+			}
+			return
+		}
+	}
+	r.Errorf(name, "want a URL starting with %s://", strings.Join(schemes, ":// or "))
+}
+
+// urlProblem describes a url.Parse error without the part of the value it quotes.
+func urlProblem(err error) string {
+	msg := err.Error()
+	if i := strings.IndexAny(msg, "\"'"); i > 0 {
+		msg = strings.TrimSpace(msg[:i])
+	}
+	return msg
+}
