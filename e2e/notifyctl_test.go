@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 var (
@@ -47,8 +50,14 @@ type ctlResult struct {
 // ctl runs notifyctl against the stack's producer with key as NOTIFY_API_KEY.
 func (s *stack) ctl(key string, args ...string) ctlResult {
 	s.t.Helper()
-	cmd := exec.Command(notifyctl(s.t, s.bin), args...)
-	cmd.Env = append(os.Environ(), "NOTIFY_ADDR="+s.grpcAddr, "NOTIFY_API_KEY="+key)
+	return runCtl(s.t, notifyctl(s.t, s.bin), []string{"NOTIFY_ADDR=" + s.grpcAddr, "NOTIFY_API_KEY=" + key}, args...)
+}
+
+// runCtl runs the notifyctl binary with env added to the test's environment.
+func runCtl(t *testing.T, path string, env []string, args ...string) ctlResult {
+	t.Helper()
+	cmd := exec.Command(path, args...)
+	cmd.Env = append(os.Environ(), env...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
@@ -58,7 +67,7 @@ func (s *stack) ctl(key string, args ...string) ctlResult {
 	case errors.As(err, &ee):
 		r.code = ee.ExitCode()
 	case err != nil:
-		s.t.Fatalf("notifyctl %q: %v", args, err)
+		t.Fatalf("notifyctl %q: %v", args, err)
 	}
 	return r
 }
@@ -110,7 +119,10 @@ func TestNotifyctl(t *testing.T) {
 	if !strings.Contains(keys, "cli-publisher") || !strings.Contains(keys, "e2e-admin") || strings.Contains(keys, pub) {
 		t.Errorf("keys list:\n%s", keys)
 	}
-	listed := jsonOf(t, s.mustCtl(0, admin, "--json", "keys", "list"))
+	if bare := s.mustCtl(0, admin, "keys", "list", "--no-headers").stdout; strings.Count(bare, "\n") != 2 || strings.Contains(bare, "NAME") {
+		t.Errorf("keys list --no-headers, want only the two rows:\n%s", bare)
+	}
+	listed := jsonOf(t, s.mustCtl(0, admin, "keys", "list", "--json"))
 	if n := len(listed["keys"].([]any)); n != 2 {
 		t.Errorf("keys list --json: %d keys, want 2", n)
 	}
@@ -135,8 +147,23 @@ func TestNotifyctl(t *testing.T) {
 		t.Errorf("get:\n%s", got)
 	}
 	notification := jsonOf(t, s.mustCtl(0, admin, "--json", "get", id))["notification"].(map[string]any)
-	if notification["status"] != "NOTIFICATION_STATUS_FAILED" {
-		t.Errorf("get --json status = %v", notification["status"])
+	counts := notification["counts"].(map[string]any)
+	if notification["status"] != "NOTIFICATION_STATUS_FAILED" || counts["total"] != 3.0 || counts["delivered"] != 2.0 || counts["failed"] != 1.0 {
+		t.Errorf("get --json: status %v, counts %v; want FAILED, counts as numbers: total 3, delivered 2, failed 1", notification["status"], counts)
+	}
+	var asYAML struct {
+		Notification struct {
+			Status string `yaml:"status"`
+			Counts struct {
+				Total int `yaml:"total"`
+			} `yaml:"counts"`
+			CreateTime time.Time `yaml:"createTime"`
+		} `yaml:"notification"`
+	}
+	if out := s.mustCtl(0, admin, "get", id, "-o", "yaml").stdout; yaml.Unmarshal([]byte(out), &asYAML) != nil ||
+		asYAML.Notification.Status != "NOTIFICATION_STATUS_FAILED" || asYAML.Notification.Counts.Total != 3 ||
+		time.Since(asYAML.Notification.CreateTime) > time.Hour {
+		t.Errorf("get -o yaml:\n%s", out)
 	}
 	s.mustCtl(4, pub, "get", id)
 	s.mustCtl(4, "", "list")
@@ -153,7 +180,7 @@ func TestNotifyctl(t *testing.T) {
 	if out := s.mustCtl(0, admin, "list", "--status", "failed", "--since", "1h").stdout; !strings.Contains(out, id) {
 		t.Errorf("list --status failed --since 1h does not show %s:\n%s", id, out)
 	}
-	if out := s.mustCtl(0, admin, "--json", "list", "--status", "delivered").stdout; strings.Contains(out, id) {
+	if out := s.mustCtl(0, admin, "list", "--status", "delivered", "--json").stdout; strings.Contains(out, id) {
 		t.Errorf("list --status delivered shows the failed notification:\n%s", out)
 	}
 	if out := s.mustCtl(0, admin, "list", "--until", "1h").stdout; strings.Contains(out, id) {
@@ -162,7 +189,7 @@ func TestNotifyctl(t *testing.T) {
 	waitFor(t, 30*time.Second, "the dead letter", func() bool {
 		return strings.Contains(s.mustCtl(0, admin, "dead", "list", "--reason", "retries_exhausted", "--since", "1h").stdout, id)
 	})
-	deadJSON := jsonOf(t, s.mustCtl(0, admin, "--json", "dead", "list", "--unreplayed"))
+	deadJSON := jsonOf(t, s.mustCtl(0, admin, "dead", "list", "--unreplayed", "-o", "json"))
 	if n := len(deadJSON["deadLetters"].([]any)); n != 1 {
 		t.Errorf("dead list --unreplayed --json: %d dead letters, want 1", n)
 	}
@@ -178,7 +205,7 @@ func TestNotifyctl(t *testing.T) {
 		t.Errorf("replay progress on stderr:\n%s", dry.stderr)
 	}
 	after := jsonOf(t, s.mustCtl(0, admin, "--json", "get", id))["notification"].(map[string]any)
-	if after["status"] != "NOTIFICATION_STATUS_FAILED" || after["replayCount"] != nil {
+	if after["status"] != "NOTIFICATION_STATUS_FAILED" || after["replayCount"] != 0.0 {
 		t.Errorf("after the dry run: status %v, replay count %v; want FAILED, never replayed", after["status"], after["replayCount"])
 	}
 
@@ -186,7 +213,7 @@ func TestNotifyctl(t *testing.T) {
 	res := jsonOf(t, s.mustCtl(0, admin, "--json", "replay", "--dead", "--reason", "retries_exhausted", "--since", "1h"))
 	results := res["results"].([]any)
 	if len(results) != 1 || results[0].(map[string]any)["notificationId"] != id ||
-		results[0].(map[string]any)["outcome"] != "REPLAY_OUTCOME_REPLAYED" || results[0].(map[string]any)["tokenCount"] != "1" {
+		results[0].(map[string]any)["outcome"] != "REPLAY_OUTCOME_REPLAYED" || results[0].(map[string]any)["tokenCount"] != 1.0 {
 		t.Fatalf("replay --dead --json: %v", res)
 	}
 	if out := s.mustCtl(0, admin, "get", id, "--wait", "30s").stdout; !strings.Contains(out, "status delivered") {
@@ -215,5 +242,41 @@ func TestNotifyctl(t *testing.T) {
 	s.mustCtl(4, pub, "publish", "--user", "zoe", "--title", "refused")
 	if out := s.mustCtl(0, admin, "keys", "list", "--all").stdout; !strings.Contains(out, "cli-publisher") {
 		t.Errorf("keys list --all does not show the revoked key:\n%s", out)
+	}
+}
+
+// The binary's command line: help, version, completion and an unreachable producer need no stack.
+func TestNotifyctlCommandLine(t *testing.T) {
+	path := notifyctl(t, binaries(t))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := lis.Addr().String()
+	lis.Close()
+	env := []string{"NOTIFY_ADDR=" + deadAddr, "NOTIFY_API_KEY=nfy_x"}
+
+	help := runCtl(t, path, env, "publish", "--help")
+	if help.code != 0 {
+		t.Fatalf("publish --help: exit %d\n%s", help.code, help.stderr)
+	}
+	for _, flag := range []string{"--user", "--token", "--all", "--type", "--title", "--body", "--image", "--data",
+		"--idempotency-key", "--ttl", "--priority", "--collapse-key", "--addr", "--api-key", "--ca-file", "-o, --output", "Exit codes"} {
+		if !strings.Contains(help.stdout, flag) {
+			t.Errorf("publish --help does not list %s:\n%s", flag, help.stdout)
+		}
+	}
+	if r := runCtl(t, path, env, "--version"); r.code != 0 || !strings.HasPrefix(r.stdout, "notifyctl ") || !strings.Contains(r.stdout, runtime.Version()) {
+		t.Errorf("--version: exit %d, %q; want the version with %s", r.code, r.stdout, runtime.Version())
+	}
+	if r := runCtl(t, path, env, "completion", "bash"); r.code != 0 || !strings.Contains(r.stdout, "__start_notifyctl") {
+		t.Errorf("completion bash: exit %d, %d bytes", r.code, len(r.stdout))
+	}
+	if r := runCtl(t, path, env, "lsit"); r.code != 2 || !strings.Contains(r.stderr, "list") {
+		t.Errorf("a typo: exit %d, stderr %q; want 2 and a suggestion", r.code, r.stderr)
+	}
+	r := runCtl(t, path, env, "list", "--json")
+	if want := "cannot reach notify at " + deadAddr; r.code != 1 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "NOTIFY_ADDR or --addr") {
+		t.Errorf("list against a closed port: exit %d, stderr %q; want 1 and %q, naming NOTIFY_ADDR", r.code, r.stderr, want)
 	}
 }

@@ -4,23 +4,21 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 )
 
-// Exit codes scripts can rely on (also in the usage text).
+// Exit codes scripts can rely on (also in every command's help).
 const (
 	exitOK       = 0
 	exitFailure  = 1
@@ -29,62 +27,57 @@ const (
 	exitAuth     = 4
 )
 
-const usage = `notifyctl talks to notify's gRPC API.
-
-Usage: notifyctl [global flags] <command> [flags] [arguments]
-
-Commands:
-  publish                        publish a notification (smoke tests)
-  get ID                         a notification, its counts and per-token outcomes
-  list                           notifications, newest first
-      --status S                   pending, retrying, delivered, failed or expired
-      --type T                     notification type
-      --since W, --until W         W: a duration ago (90m, 1h, 7d) or an RFC 3339 time
-      --limit N                    at most N (default 50; 0: all)
-  dead list                      dead letters, newest first
-      --reason R, --since W, --until W, --limit N
-      --replayed | --unreplayed    only replayed / not yet replayed ones
-  replay ID…                     send failed notifications again (undelivered, active tokens only)
-  replay --dead                  … those with dead letters matching --reason R --since W --until W
-                                   (not yet replayed ones unless --include-replayed)
-      --dry-run                    change nothing; show what would happen
-      --force                      replay pending/retrying ones too (may send twice)
-      --batch N                    notifications per call (default 100); progress on stderr
-  keys create NAME --role R      create an API key (R: publisher or admin); prints only the
-                                   secret on stdout, once: notify keeps only its hash
-  keys list [--all]              API keys (--all: revoked ones too)
-  keys revoke NAME               revoke an API key (other replicas refuse it within their
-                                   key cache TTL, API_KEY_CACHE_TTL, 15s by default)
-  devices register               register a device's FCM token
-      --user U --device D --token T [--platform android|ios|web]
-  devices check --user U --device D
-                                 ask whether a device is registered
-
-Global flags (or environment):
-  --addr ADDR        producer address (NOTIFY_ADDR, default 127.0.0.1:50051)
-  --api-key KEY      API key sent as a bearer token (NOTIFY_API_KEY); publish and devices
-                     need a publisher or admin key, everything else an admin key
-  --timeout D        per-call timeout (default 30s)
-  --json             print JSON (protobuf JSON of the responses) instead of tables
-
-Exit codes:
+const exitCodesHelp = `Exit codes:
   0  success (replay: every id was replayed or skipped for a reason shown in its result)
-  1  failure: the server or the connection said no, or something went wrong
-  2  usage error
+  1  failure: the server said no, notify could not be reached, or something else went wrong
+  2  usage error: unknown command or flag, a bad or missing value
   3  not found (get, keys revoke; replay: at least one id does not exist)
-  4  not allowed: the API key is missing, unknown or revoked, or its role is not enough
-
-The first admin key is made on a machine that can reach the database:
-  producer keys create NAME --role admin      (DATABASE_URL; prints the secret)
+  4  API key refused: missing, unknown or revoked, or its role is not enough
 `
+
+const rootLong = `notifyctl talks to notify's gRPC API (the producer).
+
+Flags go before or after the command and its arguments. Every command that prints
+something takes -o table|json|yaml and --no-headers; JSON and YAML are the API's
+responses with protobuf JSON field names, counts as numbers and times in RFC 3339.
+
+Connection: --addr (NOTIFY_ADDR) names the producer. With no TLS option the connection is
+plaintext, as 'make run' serves it. --ca-file (NOTIFY_CA_FILE) verifies the producer's
+certificate against that CA, --tls against the system's roots; --cert-file and --key-file
+(NOTIFY_CERT_FILE, NOTIFY_KEY_FILE) present a client certificate (mTLS). --insecure forces
+plaintext even when TLS options are set in the environment.
+
+API keys: --api-key (NOTIFY_API_KEY) is sent as a bearer token. publish and devices need
+a publisher or admin key, everything else an admin key. The first admin key is made on a
+machine that can reach the database:
+  producer keys create NAME --role admin      (DATABASE_URL; prints the secret)
+
+` + exitCodesHelp
+
+const defaultAddr = "127.0.0.1:50051"
+
+// Output formats of -o.
+const (
+	formatTable = "table"
+	formatJSON  = "json"
+	formatYAML  = "yaml"
+)
 
 // cli is one invocation's settings and outputs.
 type cli struct {
-	addr, apiKey string
-	timeout      time.Duration
-	json         bool
-	out, errOut  io.Writer
-	conn         *grpc.ClientConn
+	getenv      func(string) string
+	addr        string
+	apiKey      string
+	timeout     time.Duration
+	output      string
+	json        bool
+	noHeaders   bool
+	tls         tlsOptions
+	out, errOut io.Writer
+	conn        *grpc.ClientConn
+	// started is set once a command's own code runs: an error before that is cobra
+	// refusing the command line (unknown command, bad flag, wrong arguments).
+	started bool
 }
 
 // usageError marks a mistake in the command line (exit code 2).
@@ -101,87 +94,108 @@ type notFoundError struct{ msg string }
 func (e notFoundError) Error() string { return e.msg }
 
 func run(ctx context.Context, args []string, getenv func(string) string, out, errOut io.Writer) int {
-	c := &cli{out: out, errOut: errOut}
-	fs := flag.NewFlagSet("notifyctl", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&c.addr, "addr", cmp.Or(getenv("NOTIFY_ADDR"), "127.0.0.1:50051"), "")
-	fs.StringVar(&c.apiKey, "api-key", getenv("NOTIFY_API_KEY"), "")
-	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "")
-	fs.BoolVar(&c.json, "json", false, "")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(out, usage)
-			return exitOK
-		}
-		fmt.Fprintf(errOut, "notifyctl: %v\n\n%s", err, usage)
-		return exitUsage
-	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		fmt.Fprint(errOut, usage)
-		return exitUsage
-	}
-	err := c.dispatch(ctx, rest)
+	c := &cli{getenv: getenv, out: out, errOut: errOut}
+	root := c.rootCommand()
+	root.SetArgs(args)
+	root.SetOut(out)
+	root.SetErr(errOut)
+	cmd, err := root.ExecuteContextC(ctx)
+	code := c.exitCode(cmd, err) // before Close: it asks the connection what happened
 	if c.conn != nil {
 		c.conn.Close()
 	}
-	return c.exitCode(err)
+	return code
 }
 
-func (c *cli) dispatch(ctx context.Context, args []string) error {
-	cmd, rest := args[0], args[1:]
-	switch cmd {
-	case "publish":
-		return c.publish(ctx, rest)
-	case "get":
-		return c.get(ctx, rest)
-	case "list":
-		return c.list(ctx, rest)
-	case "dead":
-		if len(rest) == 0 || rest[0] != "list" {
-			return usagef("dead needs a subcommand: list")
-		}
-		return c.deadList(ctx, rest[1:])
-	case "replay":
-		return c.replay(ctx, rest)
-	case "keys":
-		if len(rest) == 0 {
-			return usagef("keys needs a subcommand: create, list or revoke")
-		}
-		switch rest[0] {
-		case "create":
-			return c.keysCreate(ctx, rest[1:])
-		case "list":
-			return c.keysList(ctx, rest[1:])
-		case "revoke":
-			return c.keysRevoke(ctx, rest[1:])
-		}
-		return usagef("unknown keys subcommand %q (want create, list or revoke)", rest[0])
-	case "devices":
-		if len(rest) == 0 {
-			return usagef("devices needs a subcommand: register or check")
-		}
-		switch rest[0] {
-		case "register":
-			return c.devicesRegister(ctx, rest[1:])
-		case "check":
-			return c.devicesCheck(ctx, rest[1:])
-		}
-		return usagef("unknown devices subcommand %q (want register or check)", rest[0])
-	case "help":
-		fmt.Fprint(c.out, usage)
-		return nil
+func (c *cli) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "notifyctl",
+		Short: "notifyctl talks to notify's gRPC API",
+		Long:  rootLong,
+		Example: `  notifyctl publish --user ana --title 'Your order shipped' --idempotency-key order-42
+  notifyctl get --wait 10s ID
+  notifyctl list --status failed --since 1h -o json
+  notifyctl dead list --reason retries_exhausted --unreplayed
+  notifyctl replay --dead --reason retries_exhausted --since 1h --dry-run
+  notifyctl --ca-file ca.pem --addr notify.example.com:443 keys list`,
+		Version:       buildVersion().String(),
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		// Without a command: the usage on stderr and exit 2, as scripts expect of a mistake.
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fmt.Fprint(c.errOut, cmd.UsageString())
+			return usagef("give a command")
+		},
 	}
-	return usagef("unknown command %q", cmd)
+	root.SetVersionTemplate("notifyctl {{.Version}}\n")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err.Error()} })
+
+	pf := root.PersistentFlags()
+	pf.StringVar(&c.addr, "addr", defaultAddr, "the producer's gRPC `address`, host:port (env NOTIFY_ADDR)")
+	pf.StringVar(&c.apiKey, "api-key", "", "API `key` sent as a bearer token (env NOTIFY_API_KEY)")
+	pf.DurationVar(&c.timeout, "timeout", 30*time.Second, "per-call timeout")
+	pf.StringVarP(&c.output, "output", "o", formatTable, "output `format`: table, json or yaml")
+	pf.BoolVar(&c.json, "json", false, "same as -o json")
+	pf.BoolVar(&c.noHeaders, "no-headers", false, "tables without their header line (and summaries on stderr)")
+	c.tls.addFlags(pf)
+	_ = root.RegisterFlagCompletionFunc("output",
+		cobra.FixedCompletions([]string{formatTable, formatJSON, formatYAML}, cobra.ShellCompDirectiveNoFileComp))
+
+	root.AddCommand(c.publishCommand(), c.getCommand(), c.listCommand(), c.deadCommand(), c.replayCommand(),
+		c.keysCommand(), c.devicesCommand(), c.versionCommand())
+	// Every command's help ends with the exit codes.
+	root.SetUsageTemplate(root.UsageTemplate() + "\n" + exitCodesHelp)
+	return root
 }
 
-func (c *cli) exitCode(err error) int {
+// action wraps a command's code: it marks the command line as accepted and settles the
+// global settings (flags over environment over defaults) before the code runs.
+func (c *cli) action(f func(ctx context.Context, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c.started = true
+		if err := c.settle(cmd.Flags()); err != nil {
+			return err
+		}
+		return f(cmd.Context(), args)
+	}
+}
+
+// settle applies the environment to the global flags not given and checks them.
+func (c *cli) settle(fs *pflag.FlagSet) error {
+	if !fs.Changed("addr") {
+		c.addr = cmp.Or(c.getenv("NOTIFY_ADDR"), defaultAddr)
+	}
+	if !fs.Changed("api-key") {
+		c.apiKey = c.getenv("NOTIFY_API_KEY")
+	}
+	if c.timeout <= 0 {
+		return usagef("--timeout must be more than 0")
+	}
+	switch {
+	case c.json && fs.Changed("output") && c.output != formatJSON:
+		return usagef("--json and -o %s disagree: give one of them", c.output)
+	case c.json:
+		c.output = formatJSON
+	}
+	switch c.output {
+	case formatTable, formatJSON, formatYAML:
+	default:
+		return usagef("-o %q: want table, json or yaml", c.output)
+	}
+	return c.tls.settle(fs, c.getenv)
+}
+
+func (c *cli) exitCode(cmd *cobra.Command, err error) int {
 	if err == nil {
 		return exitOK
 	}
 	var ue usageError
-	if errors.As(err, &ue) {
-		fmt.Fprintf(c.errOut, "notifyctl: %s\nRun 'notifyctl help' for usage.\n", ue.msg)
+	if errors.As(err, &ue) || !c.started {
+		path := "notifyctl"
+		if cmd != nil {
+			path = cmd.CommandPath()
+		}
+		fmt.Fprintf(c.errOut, "notifyctl: %v\nRun '%s --help' for usage.\n", err, path)
 		return exitUsage
 	}
 	var nf notFoundError
@@ -192,6 +206,10 @@ func (c *cli) exitCode(err error) int {
 	st, ok := status.FromError(err)
 	if !ok {
 		fmt.Fprintf(c.errOut, "notifyctl: %v\n", err)
+		return exitFailure
+	}
+	if msg, ok := c.unreachable(st); ok {
+		fmt.Fprintf(c.errOut, "notifyctl: %s\n", msg)
 		return exitFailure
 	}
 	fmt.Fprintf(c.errOut, "notifyctl: %s: %s\n", st.Code(), st.Message())
@@ -214,19 +232,6 @@ func (c *cli) exitCode(err error) int {
 	return exitFailure
 }
 
-// client connects lazily, so usage errors never need a server.
-func (c *cli) client() (*grpc.ClientConn, error) {
-	if c.conn != nil {
-		return c.conn, nil
-	}
-	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", c.addr, err)
-	}
-	c.conn = conn
-	return conn, nil
-}
-
 // callCtx is the context of one RPC: the timeout and the API key.
 func (c *cli) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
@@ -236,41 +241,36 @@ func (c *cli) callCtx(ctx context.Context) (context.Context, context.CancelFunc)
 	return ctx, cancel
 }
 
-// printJSON writes a response as indented protobuf JSON.
-func (c *cli) printJSON(m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: false}.Marshal(m)
-	if err != nil {
-		return err
+// positional checks a command's positional arguments: n of them (-1: any number, at least one),
+// with what they are for the message.
+func positional(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		switch {
+		case n == 0 && len(args) > 0:
+			return usagef("%s takes no arguments (got %q)", cmd.CommandPath(), strings.Join(args, " "))
+		case n > 0 && len(args) != n, n < 0 && len(args) == 0:
+			return usagef("%s: give %s", cmd.CommandPath(), what)
+		}
+		return nil
 	}
-	_, err = fmt.Fprintln(c.out, string(b))
-	return err
 }
 
-// stringList is a repeatable flag.
-type stringList []string
-
-func (s *stringList) String() string { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error {
-	*s = append(*s, v)
-	return nil
+// group is the RunE of a command that only holds subcommands: naming none, or an unknown
+// one, is a usage error that lists them.
+func group(cmd *cobra.Command, args []string) error {
+	var names []string
+	for _, sub := range cmd.Commands() {
+		if sub.IsAvailableCommand() {
+			names = append(names, sub.Name())
+		}
+	}
+	if len(args) == 0 {
+		return usagef("%s needs a subcommand: %s", cmd.CommandPath(), strings.Join(names, ", "))
+	}
+	return usagef("unknown %s subcommand %q (want %s)", cmd.CommandPath(), args[0], strings.Join(names, ", "))
 }
 
-// parseFlags parses a subcommand's flags, turning problems into usage errors. Flags may
-// come before, between or after the positional arguments ("replay ID --dry-run"), which
-// fs.Args() returns in order.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	fs.SetOutput(io.Discard)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return usagef("%s: %v", fs.Name(), err)
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-	// Parse once more with only the positional arguments after "--", so fs.Args() is them.
-	return fs.Parse(append([]string{"--"}, pos...))
+// enumFlag completes a flag's fixed values in the shell.
+func enumFlag(cmd *cobra.Command, name string, values ...string) {
+	_ = cmd.RegisterFlagCompletionFunc(name, cobra.FixedCompletions(values, cobra.ShellCompDirectiveNoFileComp))
 }

@@ -1,14 +1,22 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"flag"
+	"encoding/json"
+	"io"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	notifyv1 "notify/proto/gen/notify/v1"
 )
 
 func TestParseWhen(t *testing.T) {
@@ -45,29 +53,46 @@ func TestParseWhen(t *testing.T) {
 	}
 }
 
-func TestParseFlagsInterleaved(t *testing.T) {
+// Every command answers --help (and "help CMD") on stdout with exit 0, listing every flag
+// it accepts, its own and the global ones, and the exit codes.
+func TestHelpListsEveryFlagAndExitsZero(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		args    []string
-		wantPos []string
-		wantDry bool
-	}{
-		{[]string{"a", "b"}, []string{"a", "b"}, false},
-		{[]string{"--dry-run", "a", "b"}, []string{"a", "b"}, true},
-		{[]string{"a", "--dry-run", "b"}, []string{"a", "b"}, true},
-		{[]string{"a", "b", "--dry-run"}, []string{"a", "b"}, true},
-		{[]string{"--", "-odd"}, []string{"-odd"}, false},
+	root := (&cli{getenv: func(string) string { return "" }, out: io.Discard, errOut: io.Discard}).rootCommand()
+	type helpCase struct {
+		path  []string
+		flags []string
 	}
-	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+	var cases []helpCase
+	var walk func(*cobra.Command)
+	walk = func(cmd *cobra.Command) {
+		hc := helpCase{path: strings.Fields(cmd.CommandPath())[1:]}
+		cmd.LocalFlags().VisitAll(func(f *pflag.Flag) { hc.flags = append(hc.flags, f.Name) })
+		cmd.InheritedFlags().VisitAll(func(f *pflag.Flag) { hc.flags = append(hc.flags, f.Name) })
+		cases = append(cases, hc)
+		for _, sub := range cmd.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	if len(cases) < 12 {
+		t.Fatalf("found %d commands, want every command of notifyctl", len(cases))
+	}
+	for _, hc := range cases {
+		t.Run(strings.Join(append([]string{"notifyctl"}, hc.path...), " "), func(t *testing.T) {
 			t.Parallel()
-			fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-			dry := fs.Bool("dry-run", false, "")
-			if err := parseFlags(fs, tt.args); err != nil {
-				t.Fatal(err)
+			if len(hc.flags) < 10 {
+				t.Fatalf("%d flags, want the global ones at least: %v", len(hc.flags), hc.flags)
 			}
-			if diff := cmp.Diff(tt.wantPos, fs.Args()); diff != "" || *dry != tt.wantDry {
-				t.Errorf("positional (-want +got):\n%s\ndry-run = %v, want %v", diff, *dry, tt.wantDry)
+			for _, args := range [][]string{append(slices.Clone(hc.path), "--help"), append([]string{"help"}, hc.path...)} {
+				r := mustCtl(t, exitOK, nil, args...)
+				for _, name := range hc.flags {
+					if !regexp.MustCompile(`(?m)^\s+(-\w, )?--` + regexp.QuoteMeta(name) + `\s`).MatchString(r.stdout) {
+						t.Errorf("notifyctl %s does not list --%s:\n%s", strings.Join(args, " "), name, r.stdout)
+					}
+				}
+				if !strings.Contains(r.stdout, "Exit codes:") || !strings.Contains(r.stdout, "4  API key refused") {
+					t.Errorf("notifyctl %s does not document the exit codes:\n%s", strings.Join(args, " "), r.stdout)
+				}
 			}
 		})
 	}
@@ -75,32 +100,313 @@ func TestParseFlagsInterleaved(t *testing.T) {
 
 func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 	t.Parallel()
-	tests := [][]string{
-		{},
-		{"frobnicate"},
-		{"replay"},
-		{"replay", "x", "--dead"},
-		{"replay", "--batch", "0", "x"},
-		{"list", "--status", "lost"},
-		{"list", "--since", "soon"},
-		{"dead"},
-		{"dead", "list", "--replayed", "--unreplayed"},
-		{"keys"},
-		{"keys", "create", "name"},
-		{"keys", "create", "name", "--role", "root"},
-		{"keys", "revoke"},
-		{"--no-such-flag", "list"},
+	tests := []struct {
+		args    []string
+		env     map[string]string
+		message string
+	}{
+		{args: nil, message: "give a command"},
+		{args: []string{"frobnicate"}, message: `unknown command "frobnicate"`},
+		{args: []string{"lst"}, message: "Did you mean this?"},
+		{args: []string{"replay"}, message: "give notification ids"},
+		{args: []string{"replay", "x", "--dead"}, message: "not both"},
+		{args: []string{"replay", "--batch", "0", "x"}, message: "--batch"},
+		{args: []string{"list", "--status", "lost"}, message: "--status"},
+		{args: []string{"list", "--since", "soon"}, message: "--since"},
+		{args: []string{"list", "--limit", "many"}, message: "--limit"},
+		{args: []string{"list", "extra"}, message: "takes no arguments"},
+		{args: []string{"dead"}, message: "needs a subcommand: list"},
+		{args: []string{"dead", "list", "--replayed", "--unreplayed"}, message: "at most one"},
+		{args: []string{"keys"}, message: "create, list, revoke"},
+		{args: []string{"keys", "frob"}, message: `unknown notifyctl keys subcommand "frob"`},
+		{args: []string{"keys", "create", "name"}, message: `"role" not set`},
+		{args: []string{"keys", "create", "name", "--role", "root"}, message: "--role"},
+		{args: []string{"keys", "revoke"}, message: "give one key NAME"},
+		{args: []string{"get"}, message: "give one notification ID"},
+		{args: []string{"get", "a", "b"}, message: "give one notification ID"},
+		{args: []string{"devices", "register", "--user", "u"}, message: `"device", "token" not set`},
+		{args: []string{"devices", "register", "--user", "u", "--device", "d", "--token", "t", "--platform", "tv"}, message: "--platform"},
+		{args: []string{"publish", "--title", "x"}, message: "exactly one of --user, --token or --all"},
+		{args: []string{"publish", "--user", "u", "--all"}, message: "exactly one of"},
+		{args: []string{"publish", "--user", "u", "--data", "novalue"}, message: "key=value"},
+		{args: []string{"publish", "--user", "u", "--priority", "urgent"}, message: "--priority"},
+		{args: []string{"publish", "--user", "u", "--ttl", "soon"}, message: "--ttl"},
+		{args: []string{"publish", "--nope"}, message: "unknown flag: --nope"},
+		{args: []string{"--no-such-flag", "list"}, message: "unknown flag"},
+		{args: []string{"list", "-o", "xml"}, message: `-o "xml"`},
+		{args: []string{"list", "--json", "-o", "yaml"}, message: "--json and -o yaml"},
+		{args: []string{"list", "--timeout", "0s"}, message: "--timeout"},
+		{args: []string{"list", "--insecure", "--ca-file", "ca.pem"}, message: "--insecure and --ca-file"},
+		{args: []string{"list", "--cert-file", "c.pem"}, message: "--cert-file and --key-file"},
+		{args: []string{"list"}, env: map[string]string{"NOTIFY_TLS": "maybe"}, message: "NOTIFY_TLS"},
+		{args: []string{"list"}, env: map[string]string{"NOTIFY_KEY_FILE": "k.pem"}, message: "--cert-file and --key-file"},
 	}
-	for _, args := range tests {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			t.Parallel()
-			var out, errOut bytes.Buffer
-			env := func(string) string { return "" }
 			// An address nothing listens on: a usage error must not need the server.
-			code := run(context.Background(), append([]string{"--addr", "127.0.0.1:1"}, args...), env, &out, &errOut)
-			if code != exitUsage {
-				t.Errorf("exit %d, want %d; stderr:\n%s", code, exitUsage, errOut.String())
+			e := map[string]string{"NOTIFY_ADDR": "127.0.0.1:1"}
+			for k, v := range tt.env {
+				e[k] = v
+			}
+			r := mustCtl(t, exitUsage, e, tt.args...)
+			if !strings.Contains(r.stderr, tt.message) || !strings.Contains(r.stderr, "--help' for usage") {
+				t.Errorf("stderr does not say %q and where to find the usage:\n%s", tt.message, r.stderr)
+			}
+			if strings.Contains(r.stderr, "cannot reach") {
+				t.Errorf("a usage error tried the server:\n%s", r.stderr)
 			}
 		})
 	}
+}
+
+// Global flags and output flags work before the command, after it and between its arguments.
+func TestFlagsAnywhere(t *testing.T) {
+	t.Parallel()
+	_, addr := startFake(t)
+	want := mustCtl(t, exitOK, nil, "--addr", addr, "--api-key", "admin", "--json", "list").stdout
+	if !json.Valid([]byte(want)) {
+		t.Fatalf("--json list printed no JSON:\n%s", want)
+	}
+	for _, args := range [][]string{
+		{"list", "--json", "--addr", addr, "--api-key", "admin"},
+		{"list", "-o", "json", "--addr=" + addr, "--api-key=admin"},
+		{"-o", "json", "--api-key", "admin", "list", "--addr", addr},
+		{"--output=json", "list", "--limit", "10", "--addr", addr, "--api-key", "admin"},
+	} {
+		if got := mustCtl(t, exitOK, nil, args...).stdout; got != want {
+			t.Errorf("notifyctl %s printed\n%s\nwant the same as with the flags first:\n%s", strings.Join(args, " "), got, want)
+		}
+	}
+
+	// Flags between positional arguments, and "--" before an argument that looks like a flag.
+	f, addr := startFake(t)
+	mustCtl(t, exitOK, env(addr, "admin"), "replay", "a", "--dry-run", "b", "--batch", "5", "--", "-c")
+	want2 := &notifyv1.ReplayRequest{
+		Selector: &notifyv1.ReplayRequest_NotificationIds{NotificationIds: &notifyv1.NotificationIDs{Ids: []string{"a", "b", "-c"}}},
+		DryRun:   true,
+	}
+	if diff := cmp.Diff([]*notifyv1.ReplayRequest{want2}, f.replays, protocmp.Transform()); diff != "" {
+		t.Errorf("replay request (-want +got):\n%s", diff)
+	}
+}
+
+func TestPublishSendsWhatTheFlagsSay(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	r := mustCtl(t, exitOK, map[string]string{"NOTIFY_ADDR": addr}, "publish", "--user", "ana", "--api-key", "publisher",
+		"--user", "bob", "--title", "Shipped", "--body", "Parcel 42", "--data", "order_id=42", "--data", "note=a,b=c",
+		"--type", "order.shipped", "--ttl", "1h", "--priority", "high", "--collapse-key", "order-42",
+		"--image", "https://example.com/a.png", "--idempotency-key", "order-42-shipped")
+	if strings.TrimSpace(r.stdout) != "01890a5d-0000-7000-8000-000000000001" {
+		t.Errorf("publish printed %q, want only the id", r.stdout)
+	}
+	want := &notifyv1.PublishRequest{
+		IdempotencyKey: "order-42-shipped",
+		Type:           "order.shipped",
+		Recipients:     &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: []string{"ana", "bob"}}}},
+		Content:        &notifyv1.Content{Title: "Shipped", Body: "Parcel 42", ImageUrl: "https://example.com/a.png"},
+		Data:           map[string]string{"order_id": "42", "note": "a,b=c"},
+		Options:        &notifyv1.Options{Priority: notifyv1.Priority_PRIORITY_HIGH, Ttl: durationpb.New(time.Hour), CollapseKey: "order-42"},
+	}
+	if diff := cmp.Diff([]*notifyv1.PublishRequest{want}, f.publishes, protocmp.Transform()); diff != "" {
+		t.Errorf("publish request (-want +got):\n%s", diff)
+	}
+	if out := mustCtl(t, exitOK, env(addr, "publisher"), "publish", "--all", "--idempotency-key", "used").stdout; !strings.Contains(out, "duplicate") {
+		t.Errorf("publish with a used key: %q", out)
+	}
+}
+
+// JSON and YAML: counts are numbers, times RFC 3339; tables show times with their zone
+// and --no-headers leaves only the rows.
+func TestOutputFormats(t *testing.T) {
+	t.Parallel()
+	_, addr := startFake(t)
+	e := env(addr, "admin")
+
+	var listed struct {
+		Notifications []struct {
+			ID          string         `json:"id"`
+			Status      string         `json:"status"`
+			Counts      map[string]any `json:"counts"`
+			CreateTime  string         `json:"createTime"`
+			ReplayCount any            `json:"replayCount"`
+		} `json:"notifications"`
+	}
+	out := mustCtl(t, exitOK, e, "list", "-o", "json").stdout
+	if err := json.Unmarshal([]byte(out), &listed); err != nil || len(listed.Notifications) != 2 {
+		t.Fatalf("list -o json: %v\n%s", err, out)
+	}
+	n := listed.Notifications[0]
+	wantCounts := map[string]any{"total": 3.0, "delivered": 2.0, "failed": 1.0, "pending": 0.0, "invalid": 0.0, "retrying": 0.0, "expired": 0.0}
+	if diff := cmp.Diff(wantCounts, n.Counts); diff != "" {
+		t.Errorf("counts in JSON (-want +got), numbers and zeros too:\n%s", diff)
+	}
+	if n.ReplayCount != 0.0 || n.Status != "NOTIFICATION_STATUS_FAILED" {
+		t.Errorf("replayCount %v (want the number 0), status %q", n.ReplayCount, n.Status)
+	}
+	if ts, err := time.Parse(time.RFC3339, n.CreateTime); err != nil || !ts.Equal(created) {
+		t.Errorf("createTime %q: %v, want %s", n.CreateTime, err, created.Format(time.RFC3339))
+	}
+
+	var dead struct {
+		DeadLetters []map[string]any `json:"deadLetters"`
+	}
+	if err := json.Unmarshal([]byte(mustCtl(t, exitOK, e, "dead", "list", "--json").stdout), &dead); err != nil || len(dead.DeadLetters) != 1 {
+		t.Fatalf("dead list --json: %v %v", dead, err)
+	}
+	if d := dead.DeadLetters[0]; d["id"] != 7.0 || d["tokenCount"] != 2.0 || d["attempts"] != 6.0 {
+		t.Errorf("dead letter in JSON: %v, want numeric id 7, tokenCount 2, attempts 6", d)
+	}
+
+	var y struct {
+		DeadLetters []struct {
+			ID         int64  `yaml:"id"`
+			TokenCount int64  `yaml:"tokenCount"`
+			Reason     string `yaml:"reason"`
+			CreateTime string `yaml:"createTime"`
+		} `yaml:"deadLetters"`
+	}
+	out = mustCtl(t, exitOK, e, "dead", "list", "-o", "yaml").stdout
+	if err := yaml.Unmarshal([]byte(out), &y); err != nil || len(y.DeadLetters) != 1 {
+		t.Fatalf("dead list -o yaml: %v\n%s", err, out)
+	}
+	if d := y.DeadLetters[0]; d.ID != 7 || d.TokenCount != 2 || d.Reason != "retries_exhausted" || d.CreateTime != "2026-05-01T12:30:00Z" {
+		t.Errorf("dead list -o yaml: %+v", d)
+	}
+
+	table := mustCtl(t, exitOK, e, "list").stdout
+	lines := strings.Split(strings.TrimSpace(table), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "ID ") {
+		t.Fatalf("list table:\n%s", table)
+	}
+	if ts, err := time.Parse(time.RFC3339, strings.Fields(lines[1])[1]); err != nil || !ts.Equal(created) {
+		t.Errorf("CREATED %q is not the RFC 3339 time with its zone: %v", strings.Fields(lines[1])[1], err)
+	}
+	for _, args := range [][]string{{"list"}, {"keys", "list"}, {"dead", "list"}, {"get", "x"}} {
+		with := rows(mustCtl(t, exitOK, e, args...).stdout)
+		without := rows(mustCtl(t, exitOK, e, append(args, "--no-headers")...).stdout)
+		if len(without) == 0 || len(without) >= len(with) {
+			t.Fatalf("%s --no-headers: %q, with headers: %q", strings.Join(args, " "), without, with)
+		}
+		if diff := cmp.Diff(with[len(with)-len(without):], without); diff != "" {
+			t.Errorf("%s --no-headers, want the rows of the table (-want +got):\n%s", strings.Join(args, " "), diff)
+		}
+	}
+
+	// Every command that prints something takes -o json and -o yaml.
+	for _, args := range [][]string{
+		{"get", "x"}, {"keys", "list"}, {"keys", "create", "ci", "--role", "publisher"}, {"keys", "revoke", "ops"},
+		{"replay", "a"}, {"publish", "--user", "ana"}, {"devices", "check", "--user", "u", "--device", "known"},
+		{"devices", "register", "--user", "u", "--device", "d", "--token", "t"}, {"version"},
+	} {
+		for _, format := range []string{"json", "yaml"} {
+			out := mustCtl(t, exitOK, e, append(args, "-o", format)...).stdout
+			var v map[string]any
+			var err error
+			if format == "json" {
+				err = json.Unmarshal([]byte(out), &v)
+			} else {
+				err = yaml.Unmarshal([]byte(out), &v)
+			}
+			if err != nil || len(v) == 0 {
+				t.Errorf("%s -o %s printed no %s object: %v\n%s", strings.Join(args, " "), format, format, err, out)
+			}
+		}
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	t.Parallel()
+	_, addr := startFake(t)
+	tests := []struct {
+		key    string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"admin", []string{"get", "x"}, exitOK, ""},
+		{"admin", []string{"get", missingID}, exitNotFound, "NotFound"},
+		{"admin", []string{"replay", "a", missingID}, exitNotFound, "1 of the notifications do not exist"},
+		{"admin", []string{"keys", "revoke", "nobody"}, exitNotFound, `no active key named "nobody"`},
+		{"", []string{"list"}, exitAuth, "no API key given: use --api-key or NOTIFY_API_KEY"},
+		{"nfy_wrong", []string{"list"}, exitAuth, "Unauthenticated"},
+		{"publisher", []string{"list"}, exitAuth, "PermissionDenied"},
+		// The server answering Unavailable is the server's answer, not an unreachable server.
+		{"admin", []string{"get", unavailableID}, exitFailure, "Unavailable: database unavailable"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			t.Parallel()
+			r := mustCtl(t, tt.code, env(addr, tt.key), tt.args...)
+			if !strings.Contains(r.stderr, tt.stderr) || strings.Contains(r.stderr, "cannot reach") {
+				t.Errorf("stderr does not say %q:\n%s", tt.stderr, r.stderr)
+			}
+		})
+	}
+}
+
+func TestReplayBatchesWithProgress(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	r := mustCtl(t, exitOK, env(addr, "admin"), "replay", "a", "b", "c", "a", "--batch", "2", "--force")
+	if len(f.replays) != 2 || !f.replays[0].GetForce() || len(f.replays[1].GetNotificationIds().GetIds()) != 1 {
+		t.Errorf("replay calls: %v, want 2 batches (a b, c) with force", f.replays)
+	}
+	if !strings.Contains(r.stderr, "replay: 2/3 notifications") || !strings.Contains(r.stderr, "replay: 3/3 notifications: 3 replayed (3 tokens)") {
+		t.Errorf("progress on stderr:\n%s", r.stderr)
+	}
+	if !strings.Contains(r.stdout, "3 notifications: 3 replayed (3 tokens)") {
+		t.Errorf("summary on stdout:\n%s", r.stdout)
+	}
+	bare := mustCtl(t, exitOK, env(addr, "admin"), "replay", "a", "--no-headers", "--dry-run")
+	if strings.TrimSpace(bare.stdout) != "a  replayed  1" || !strings.Contains(bare.stderr, "dry run") {
+		t.Errorf("replay --no-headers: stdout %q (want only the row), stderr %q (want the summary)", bare.stdout, bare.stderr)
+	}
+}
+
+func TestVersionAndCompletion(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"--version"}, {"version"}, {"list", "--version"}} {
+		r := ctl(t, nil, args...)
+		if args[0] == "list" {
+			// --version belongs to notifyctl itself; after a command it is an unknown flag.
+			if r.code != exitUsage {
+				t.Errorf("list --version: exit %d, want %d", r.code, exitUsage)
+			}
+			continue
+		}
+		if r.code != exitOK || !strings.HasPrefix(r.stdout, "notifyctl ") || !strings.Contains(r.stdout, "commit ") ||
+			!strings.Contains(r.stdout, "go1.") {
+			t.Errorf("notifyctl %s: exit %d, %q; want version, commit and Go version", args[0], r.code, r.stdout)
+		}
+	}
+	var v map[string]any
+	if err := json.Unmarshal([]byte(mustCtl(t, exitOK, nil, "version", "-o", "json").stdout), &v); err != nil ||
+		!strings.HasPrefix(v["goVersion"].(string), "go1.") || v["commit"] == "" {
+		t.Errorf("version -o json: %v %v", v, err)
+	}
+	for _, shell := range []string{"bash", "zsh", "fish", "powershell"} {
+		if out := mustCtl(t, exitOK, nil, "completion", shell).stdout; !strings.Contains(out, "notifyctl") || len(out) < 1000 {
+			t.Errorf("completion %s printed %d bytes", shell, len(out))
+		}
+	}
+	// The shell asks notifyctl itself for completions: commands and flag values.
+	if out := mustCtl(t, exitOK, nil, "__complete", "list", "--status", "").stdout; !strings.Contains(out, "failed\n") {
+		t.Errorf("completing list --status:\n%s", out)
+	}
+	if out := mustCtl(t, exitOK, nil, "__complete", "ke").stdout; !strings.Contains(out, "keys") {
+		t.Errorf("completing ke:\n%s", out)
+	}
+}
+
+// rows are the non-empty lines of a table, with runs of spaces made one.
+func rows(table string) []string {
+	var rs []string
+	for _, line := range strings.Split(table, "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			rs = append(rs, strings.Join(f, " "))
+		}
+	}
+	return rs
 }

@@ -2,93 +2,110 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
-func (c *cli) publish(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
-	var users, tokens, data stringList
-	fs.Var(&users, "user", "recipient user id (repeatable)")
-	fs.Var(&tokens, "token", "recipient FCM token (repeatable)")
-	all := fs.Bool("all", false, "broadcast to every active device")
-	typ := fs.String("type", "notifyctl.test", "notification type")
-	title := fs.String("title", "", "title")
-	body := fs.String("body", "", "body")
-	image := fs.String("image", "", "https image URL")
-	fs.Var(&data, "data", "data entry key=value (repeatable)")
-	key := fs.String("idempotency-key", "", "idempotency key")
-	ttl := fs.Duration("ttl", 0, "time to live (default 28 days)")
-	priority := fs.String("priority", "normal", "normal or high")
-	collapse := fs.String("collapse-key", "", "collapse key")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	req := &notifyv1.PublishRequest{
-		IdempotencyKey: *key,
-		Type:           *typ,
-		Recipients:     &notifyv1.Recipients{},
-		Content:        &notifyv1.Content{Title: *title, Body: *body, ImageUrl: *image},
-		Options:        &notifyv1.Options{CollapseKey: *collapse},
-	}
-	switch targets := boolCount(len(users) > 0, len(tokens) > 0, *all); {
-	case targets != 1:
-		return usagef("publish: give exactly one of --user, --token or --all")
-	case len(users) > 0:
-		req.Recipients.Target = &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: users}}
-	case len(tokens) > 0:
-		req.Recipients.Target = &notifyv1.Recipients_Tokens{Tokens: &notifyv1.Tokens{Tokens: tokens}}
-	default:
-		req.Recipients.Target = &notifyv1.Recipients_AllDevices{AllDevices: &notifyv1.AllDevices{}}
-	}
-	if len(data) > 0 {
-		req.Data = map[string]string{}
-		for _, kv := range data {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok {
-				return usagef("publish: --data %q is not key=value", kv)
-			}
-			req.Data[k] = v
-		}
-	}
-	if *ttl != 0 {
-		req.Options.Ttl = durationpb.New(*ttl)
-	}
-	switch *priority {
-	case "normal":
-		req.Options.Priority = notifyv1.Priority_PRIORITY_NORMAL
-	case "high":
-		req.Options.Priority = notifyv1.Priority_PRIORITY_HIGH
-	default:
-		return usagef("publish: --priority must be normal or high")
-	}
+func (c *cli) publishCommand() *cobra.Command {
+	var (
+		users, tokens, data                              []string
+		all                                              bool
+		typ, title, body, image, key, priority, collapse string
+		ttl                                              time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "publish (--user ID… | --token T… | --all) [flags]",
+		Short: "Publish a notification (smoke tests, demos)",
+		Long: `Publish a notification through NotificationService.Publish and print its id.
 
-	conn, err := c.client()
-	if err != nil {
-		return err
+Give exactly one kind of recipient: --user (every active device of those users, repeatable),
+--token (raw FCM tokens, repeatable) or --all (a broadcast to every active device). Reusing
+an --idempotency-key prints the first notification's id, says "duplicate" and sends nothing.`,
+		Example: `  notifyctl publish --user ana --user bob --title 'Your order shipped' --body 'Parcel 42 is on its way' \
+    --data order_id=42 --priority high --ttl 1h --idempotency-key order-42-shipped`,
+		Args: positional(0, ""),
 	}
-	callCtx, cancel := c.callCtx(ctx)
-	defer cancel()
-	resp, err := notifyv1.NewNotificationServiceClient(conn).Publish(callCtx, req)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		return c.printJSON(resp)
-	}
-	suffix := ""
-	if resp.GetDuplicate() {
-		suffix = " (duplicate: this idempotency key was used before)"
-	}
-	fmt.Fprintf(c.out, "%s%s\n", resp.GetNotificationId(), suffix)
-	return nil
+	f := cmd.Flags()
+	f.StringArrayVar(&users, "user", nil, "recipient user `id`: every active device of that user (repeatable)")
+	f.StringArrayVar(&tokens, "token", nil, "recipient FCM `token` (repeatable)")
+	f.BoolVar(&all, "all", false, "broadcast to every active device")
+	f.StringVar(&typ, "type", "notifyctl.test", "notification `type`")
+	f.StringVar(&title, "title", "", "notification title")
+	f.StringVar(&body, "body", "", "notification body")
+	f.StringVar(&image, "image", "", "https image `URL`")
+	f.StringArrayVar(&data, "data", nil, "data entry `key=value` (repeatable)")
+	f.StringVar(&key, "idempotency-key", "", "idempotency `key`: the same key returns the first notification")
+	f.DurationVar(&ttl, "ttl", 0, "time to live, at most 672h (default: the server's, 28 days)")
+	f.StringVar(&priority, "priority", "normal", "normal or high")
+	f.StringVar(&collapse, "collapse-key", "", "collapse `key`: FCM keeps only the newest with it")
+	enumFlag(cmd, "priority", "normal", "high")
+
+	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
+		req := &notifyv1.PublishRequest{
+			IdempotencyKey: key,
+			Type:           typ,
+			Recipients:     &notifyv1.Recipients{},
+			Content:        &notifyv1.Content{Title: title, Body: body, ImageUrl: image},
+			Options:        &notifyv1.Options{CollapseKey: collapse},
+		}
+		switch targets := boolCount(len(users) > 0, len(tokens) > 0, all); {
+		case targets != 1:
+			return usagef("publish: give exactly one of --user, --token or --all")
+		case len(users) > 0:
+			req.Recipients.Target = &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: users}}
+		case len(tokens) > 0:
+			req.Recipients.Target = &notifyv1.Recipients_Tokens{Tokens: &notifyv1.Tokens{Tokens: tokens}}
+		default:
+			req.Recipients.Target = &notifyv1.Recipients_AllDevices{AllDevices: &notifyv1.AllDevices{}}
+		}
+		if len(data) > 0 {
+			req.Data = map[string]string{}
+			for _, kv := range data {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return usagef("publish: --data %q is not key=value", kv)
+				}
+				req.Data[k] = v
+			}
+		}
+		if ttl != 0 {
+			req.Options.Ttl = durationpb.New(ttl)
+		}
+		switch priority {
+		case "normal":
+			req.Options.Priority = notifyv1.Priority_PRIORITY_NORMAL
+		case "high":
+			req.Options.Priority = notifyv1.Priority_PRIORITY_HIGH
+		default:
+			return usagef("publish: --priority must be normal or high")
+		}
+
+		conn, err := c.client()
+		if err != nil {
+			return err
+		}
+		callCtx, cancel := c.callCtx(ctx)
+		defer cancel()
+		resp, err := notifyv1.NewNotificationServiceClient(conn).Publish(callCtx, req)
+		if err != nil {
+			return err
+		}
+		return c.emit(resp, func() error {
+			suffix := ""
+			if resp.GetDuplicate() {
+				suffix = " (duplicate: this idempotency key was used before)"
+			}
+			fmt.Fprintf(c.out, "%s%s\n", resp.GetNotificationId(), suffix)
+			return nil
+		})
+	})
+	return cmd
 }
 
 func boolCount(bs ...bool) int {
@@ -101,64 +118,80 @@ func boolCount(bs ...bool) int {
 	return n
 }
 
-func (c *cli) get(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("get", flag.ContinueOnError)
-	wait := fs.Duration("wait", 0, "poll until the notification is no longer pending, for at most this long")
-	limit := fs.Int("limit", 100, "deliveries to show")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func (c *cli) getCommand() *cobra.Command {
+	var (
+		wait  time.Duration
+		limit int
+	)
+	cmd := &cobra.Command{
+		Use:   "get ID",
+		Short: "Show a notification, its counts and per-token outcomes",
+		Long: `Show a notification (AdminService.GetNotification): its status, token counts, and each
+token's outcome with attempts and the last FCM error. With --no-headers only the
+per-token rows are printed.`,
+		Args: positional(1, "one notification ID"),
 	}
-	if fs.NArg() != 1 {
-		return usagef("get: give one notification id")
-	}
-	conn, err := c.client()
-	if err != nil {
-		return err
-	}
-	admin := notifyv1.NewAdminServiceClient(conn)
-	req := &notifyv1.GetNotificationRequest{NotificationId: fs.Arg(0), PageSize: int32(*limit)}
-	deadline := time.Now().Add(*wait)
-	var resp *notifyv1.GetNotificationResponse
-	for {
-		callCtx, cancel := c.callCtx(ctx)
-		resp, err = admin.GetNotification(callCtx, req)
-		cancel()
+	cmd.Flags().DurationVar(&wait, "wait", 0, "poll until the notification is no longer pending, for at most this long")
+	cmd.Flags().IntVar(&limit, "limit", 100, "per-token outcomes to show")
+	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
+		if limit < 1 || limit > maxPageSize {
+			return usagef("get: --limit must be 1 to %d", maxPageSize)
+		}
+		conn, err := c.client()
 		if err != nil {
 			return err
 		}
-		st := resp.GetNotification().GetStatus()
-		if st != notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING || time.Now().After(deadline) {
-			break
+		admin := notifyv1.NewAdminServiceClient(conn)
+		req := &notifyv1.GetNotificationRequest{NotificationId: args[0], PageSize: int32(limit)}
+		deadline := time.Now().Add(wait)
+		var resp *notifyv1.GetNotificationResponse
+		for {
+			callCtx, cancel := c.callCtx(ctx)
+			resp, err = admin.GetNotification(callCtx, req)
+			cancel()
+			if err != nil {
+				return err
+			}
+			st := resp.GetNotification().GetStatus()
+			if st != notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING || time.Now().After(deadline) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	if c.json {
-		return c.printJSON(resp)
-	}
+		return c.emit(resp, func() error { return c.printNotification(resp) })
+	})
+	return cmd
+}
+
+func (c *cli) printNotification(resp *notifyv1.GetNotificationResponse) error {
 	n := resp.GetNotification()
-	cnt := n.GetCounts()
-	fmt.Fprintf(c.out, "notification %s  type %s  caller %s\n", n.GetId(), n.GetType(), n.GetCaller())
-	fmt.Fprintf(c.out, "status %s  tokens %d: delivered %d, invalid %d, retrying %d, failed %d, expired %d, pending %d\n",
-		shortStatus(n.GetStatus()), cnt.GetTotal(), cnt.GetDelivered(), cnt.GetInvalid(), cnt.GetRetrying(),
-		cnt.GetFailed(), cnt.GetExpired(), cnt.GetPending())
-	if len(resp.GetDeliveries()) == 0 {
-		return nil
+	if !c.noHeaders {
+		cnt := n.GetCounts()
+		fmt.Fprintf(c.out, "notification %s  type %s  caller %s  created %s\n", n.GetId(), n.GetType(), n.GetCaller(), stamp(n.GetCreateTime()))
+		fmt.Fprintf(c.out, "status %s  tokens %d: delivered %d, invalid %d, retrying %d, failed %d, expired %d, pending %d\n",
+			shortStatus(n.GetStatus()), cnt.GetTotal(), cnt.GetDelivered(), cnt.GetInvalid(), cnt.GetRetrying(),
+			cnt.GetFailed(), cnt.GetExpired(), cnt.GetPending())
+		if len(resp.GetDeliveries()) == 0 {
+			return nil
+		}
+		fmt.Fprintln(c.out)
 	}
-	fmt.Fprintln(c.out)
-	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TOKEN\tUSER\tDEVICE\tOUTCOME\tATTEMPTS\tERROR")
+	tw := c.table("TOKEN", "USER", "DEVICE", "OUTCOME", "ATTEMPTS", "ERROR")
 	for _, d := range resp.GetDeliveries() {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", d.GetToken(), dash(d.GetUserId()), dash(d.GetDeviceId()),
 			shortOutcome(d.GetOutcome()), d.GetAttempts(), dash(d.GetErrorCode()))
 	}
-	if resp.GetNextPageToken() != "" {
-		fmt.Fprintf(tw, "…\t(more: raise --limit)\t\t\t\t\n")
+	if err := tw.Flush(); err != nil {
+		return err
 	}
-	return tw.Flush()
+	if resp.GetNextPageToken() != "" {
+		fmt.Fprintf(c.errOut, "(showing %d per-token outcomes; raise --limit for more)\n", len(resp.GetDeliveries()))
+	}
+	return nil
 }
 
 func shortStatus(s notifyv1.NotificationStatus) string {
@@ -169,82 +202,100 @@ func shortOutcome(o notifyv1.DeliveryOutcome) string {
 	return strings.ToLower(strings.TrimPrefix(o.String(), "DELIVERY_OUTCOME_"))
 }
 
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
 var platformFlags = map[string]notifyv1.Platform{
 	"android": notifyv1.Platform_PLATFORM_ANDROID,
 	"ios":     notifyv1.Platform_PLATFORM_IOS,
 	"web":     notifyv1.Platform_PLATFORM_WEB,
 }
 
-func (c *cli) devicesRegister(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("devices register", flag.ContinueOnError)
-	user := fs.String("user", "", "user id (required)")
-	device := fs.String("device", "", "device id (required)")
-	token := fs.String("token", "", "FCM token (required)")
-	platform := fs.String("platform", "android", "android, ios or web")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func (c *cli) devicesCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "devices",
+		Short: "Register a device's FCM token, or check whether it is registered",
+		RunE:  group,
 	}
-	p, ok := platformFlags[*platform]
-	if !ok {
-		return usagef("devices register: --platform must be android, ios or web")
-	}
-	conn, err := c.client()
-	if err != nil {
-		return err
-	}
-	callCtx, cancel := c.callCtx(ctx)
-	defer cancel()
-	resp, err := notifyv1.NewDeviceServiceClient(conn).RegisterDevice(callCtx, &notifyv1.RegisterDeviceRequest{
-		UserId: *user, DeviceId: *device, Token: *token, Platform: p,
-	})
-	if err != nil {
-		return err
-	}
-	if c.json {
-		return c.printJSON(resp)
-	}
-	what := "updated"
-	switch {
-	case resp.GetCreated():
-		what = "created"
-	case resp.GetReactivated():
-		what = "reactivated"
-	}
-	fmt.Fprintf(c.out, "device %s of user %s %s\n", *device, *user, what)
-	return nil
+	cmd.AddCommand(c.devicesRegisterCommand(), c.devicesCheckCommand())
+	return cmd
 }
 
-func (c *cli) devicesCheck(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("devices check", flag.ContinueOnError)
-	user := fs.String("user", "", "user id (required)")
-	device := fs.String("device", "", "device id (required)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func (c *cli) devicesRegisterCommand() *cobra.Command {
+	var user, device, token, platform string
+	cmd := &cobra.Command{
+		Use:   "register --user U --device D --token T [--platform android|ios|web]",
+		Short: "Register (or update, or reactivate) a device's FCM token",
+		Args:  positional(0, ""),
 	}
-	conn, err := c.client()
-	if err != nil {
-		return err
+	f := cmd.Flags()
+	f.StringVar(&user, "user", "", "user `id`")
+	f.StringVar(&device, "device", "", "device `id`")
+	f.StringVar(&token, "token", "", "FCM registration `token`")
+	f.StringVar(&platform, "platform", "android", "android, ios or web")
+	for _, name := range []string{"user", "device", "token"} {
+		_ = cmd.MarkFlagRequired(name)
 	}
-	callCtx, cancel := c.callCtx(ctx)
-	defer cancel()
-	resp, err := notifyv1.NewDeviceServiceClient(conn).CheckDevice(callCtx, &notifyv1.CheckDeviceRequest{UserId: *user, DeviceId: *device})
-	if err != nil {
-		return err
+	enumFlag(cmd, "platform", "android", "ios", "web")
+	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
+		p, ok := platformFlags[platform]
+		if !ok {
+			return usagef("devices register: --platform must be android, ios or web")
+		}
+		conn, err := c.client()
+		if err != nil {
+			return err
+		}
+		callCtx, cancel := c.callCtx(ctx)
+		defer cancel()
+		resp, err := notifyv1.NewDeviceServiceClient(conn).RegisterDevice(callCtx, &notifyv1.RegisterDeviceRequest{
+			UserId: user, DeviceId: device, Token: token, Platform: p,
+		})
+		if err != nil {
+			return err
+		}
+		return c.emit(resp, func() error {
+			what := "updated"
+			switch {
+			case resp.GetCreated():
+				what = "created"
+			case resp.GetReactivated():
+				what = "reactivated"
+			}
+			fmt.Fprintf(c.out, "device %s of user %s %s\n", device, user, what)
+			return nil
+		})
+	})
+	return cmd
+}
+
+func (c *cli) devicesCheckCommand() *cobra.Command {
+	var user, device string
+	cmd := &cobra.Command{
+		Use:   "check --user U --device D",
+		Short: "Ask whether a device is registered (if not, the app must register again)",
+		Args:  positional(0, ""),
 	}
-	if c.json {
-		return c.printJSON(resp)
-	}
-	if resp.GetRegistered() {
-		fmt.Fprintf(c.out, "device %s of user %s is registered\n", *device, *user)
-	} else {
-		fmt.Fprintf(c.out, "device %s of user %s is NOT registered: the app must register again\n", *device, *user)
-	}
-	return nil
+	cmd.Flags().StringVar(&user, "user", "", "user `id`")
+	cmd.Flags().StringVar(&device, "device", "", "device `id`")
+	_ = cmd.MarkFlagRequired("user")
+	_ = cmd.MarkFlagRequired("device")
+	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
+		conn, err := c.client()
+		if err != nil {
+			return err
+		}
+		callCtx, cancel := c.callCtx(ctx)
+		defer cancel()
+		resp, err := notifyv1.NewDeviceServiceClient(conn).CheckDevice(callCtx, &notifyv1.CheckDeviceRequest{UserId: user, DeviceId: device})
+		if err != nil {
+			return err
+		}
+		return c.emit(resp, func() error {
+			if resp.GetRegistered() {
+				fmt.Fprintf(c.out, "device %s of user %s is registered\n", device, user)
+			} else {
+				fmt.Fprintf(c.out, "device %s of user %s is NOT registered: the app must register again\n", device, user)
+			}
+			return nil
+		})
+	})
+	return cmd
 }

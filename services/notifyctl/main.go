@@ -1,8 +1,8 @@
 // Command notifyctl is the operator's command line for notify: publish, register and
-// check devices, and see what happened to a notification.
+// check devices, see what happened to a notification, replay failures and manage API keys.
 //
-// Exit codes: 0 success, 1 failure (the server or the connection said no), 2 usage error,
-// 3 not found.
+// Exit codes (also in every command's help): 0 success, 1 failure, 2 usage error,
+// 3 not found, 4 API key refused.
 package main
 
 import (

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+// Ids the fake answers specially.
+const (
+	missingID     = "01890a5d-0000-7000-8000-000000000404" // NotFound / REPLAY_OUTCOME_NOT_FOUND
+	unavailableID = "01890a5d-0000-7000-8000-000000000503" // the server itself answers Unavailable
+)
+
+// created is the creation time of everything the fake lists.
+var created = time.Date(2026, 5, 1, 12, 30, 0, 0, time.UTC)
+
+// fake is a hand-written notify API: fixed answers, API keys "admin" and "publisher", and a
+// record of what it was asked and by whom.
+type fake struct {
+	notifyv1.UnimplementedAdminServiceServer
+	notifyv1.UnimplementedNotificationServiceServer
+	notifyv1.UnimplementedDeviceServiceServer
+
+	mu          sync.Mutex
+	publishes   []*notifyv1.PublishRequest
+	replays     []*notifyv1.ReplayRequest
+	clientNames []string // common names of the client certificates presented (mTLS)
+}
+
+// startFake serves the fake on a free port and returns it with its address.
+func startFake(t *testing.T, opts ...grpc.ServerOption) (*fake, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fake{}
+	srv := grpc.NewServer(opts...)
+	notifyv1.RegisterAdminServiceServer(srv, f)
+	notifyv1.RegisterNotificationServiceServer(srv, f)
+	notifyv1.RegisterDeviceServiceServer(srv, f)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return f, lis.Addr().String()
+}
+
+// authorize checks the bearer key like the producer does and notes a client certificate.
+func (f *fake) authorize(ctx context.Context, needAdmin bool) error {
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.PeerCertificates) > 0 {
+			f.mu.Lock()
+			f.clientNames = append(f.clientNames, info.State.PeerCertificates[0].Subject.CommonName)
+			f.mu.Unlock()
+		}
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	switch key := strings.TrimPrefix(strings.Join(md.Get("authorization"), ""), "Bearer "); {
+	case key == "admin", key == "publisher" && !needAdmin:
+		return nil
+	case key == "publisher":
+		return status.Error(codes.PermissionDenied, "this API key's role (publisher) may not call the admin API")
+	default:
+		return status.Error(codes.Unauthenticated, "missing, unknown or revoked API key")
+	}
+}
+
+func (f *fake) Publish(ctx context.Context, req *notifyv1.PublishRequest) (*notifyv1.PublishResponse, error) {
+	if err := f.authorize(ctx, false); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.publishes = append(f.publishes, req)
+	f.mu.Unlock()
+	return &notifyv1.PublishResponse{NotificationId: "01890a5d-0000-7000-8000-000000000001", Duplicate: req.GetIdempotencyKey() == "used"}, nil
+}
+
+func (f *fake) RegisterDevice(ctx context.Context, req *notifyv1.RegisterDeviceRequest) (*notifyv1.RegisterDeviceResponse, error) {
+	if err := f.authorize(ctx, false); err != nil {
+		return nil, err
+	}
+	return &notifyv1.RegisterDeviceResponse{Created: true}, nil
+}
+
+func (f *fake) CheckDevice(ctx context.Context, req *notifyv1.CheckDeviceRequest) (*notifyv1.CheckDeviceResponse, error) {
+	if err := f.authorize(ctx, false); err != nil {
+		return nil, err
+	}
+	return &notifyv1.CheckDeviceResponse{Registered: req.GetDeviceId() == "known"}, nil
+}
+
+func notification(id string) *notifyv1.Notification {
+	return &notifyv1.Notification{
+		Id: id, Caller: "shop", Type: "order.shipped",
+		Status:     notifyv1.NotificationStatus_NOTIFICATION_STATUS_FAILED,
+		Counts:     &notifyv1.DeliveryCounts{Total: 3, Delivered: 2, Failed: 1},
+		CreateTime: timestamppb.New(created),
+	}
+}
+
+func (f *fake) GetNotification(ctx context.Context, req *notifyv1.GetNotificationRequest) (*notifyv1.GetNotificationResponse, error) {
+	if err := f.authorize(ctx, true); err != nil {
+		return nil, err
+	}
+	switch req.GetNotificationId() {
+	case missingID:
+		return nil, status.Errorf(codes.NotFound, "notification %s not found", missingID)
+	case unavailableID:
+		return nil, status.Error(codes.Unavailable, "database unavailable")
+	}
+	return &notifyv1.GetNotificationResponse{
+		Notification: notification(req.GetNotificationId()),
+		Deliveries: []*notifyv1.Delivery{
+			{Token: "tok-1", UserId: "ana", DeviceId: "ana-phone", Outcome: notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_DELIVERED, Attempts: 1},
+			{Token: "tok-2", UserId: "ana", DeviceId: "ana-tablet", Outcome: notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_FAILED, Attempts: 3, ErrorCode: "UNAVAILABLE"},
+		},
+	}, nil
+}
+
+func (f *fake) ListNotifications(ctx context.Context, req *notifyv1.ListNotificationsRequest) (*notifyv1.ListNotificationsResponse, error) {
+	if err := f.authorize(ctx, true); err != nil {
+		return nil, err
+	}
+	return &notifyv1.ListNotificationsResponse{Notifications: []*notifyv1.Notification{
+		notification("01890a5d-0000-7000-8000-000000000001"), notification("01890a5d-0000-7000-8000-000000000002"),
+	}}, nil
+}
+
+func (f *fake) ListDeadLetters(ctx context.Context, req *notifyv1.ListDeadLettersRequest) (*notifyv1.ListDeadLettersResponse, error) {
+	if err := f.authorize(ctx, true); err != nil {
+		return nil, err
+	}
+	return &notifyv1.ListDeadLettersResponse{DeadLetters: []*notifyv1.DeadLetter{{
+		Id: 7, NotificationId: "01890a5d-0000-7000-8000-000000000001", Reason: "retries_exhausted",
+		TokenCount: 2, Attempts: 6, ErrorCode: "UNAVAILABLE", CreateTime: timestamppb.New(created),
+	}}}, nil
+}
+
+func (f *fake) Replay(ctx context.Context, req *notifyv1.ReplayRequest) (*notifyv1.ReplayResponse, error) {
+	if err := f.authorize(ctx, true); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.replays = append(f.replays, req)
+	f.mu.Unlock()
+	resp := &notifyv1.ReplayResponse{DryRun: req.GetDryRun()}
+	for _, id := range req.GetNotificationIds().GetIds() {
+		r := &notifyv1.ReplayResult{NotificationId: id, Outcome: notifyv1.ReplayOutcome_REPLAY_OUTCOME_REPLAYED, TokenCount: 1}
+		if id == missingID {
+			r.Outcome, r.TokenCount = notifyv1.ReplayOutcome_REPLAY_OUTCOME_NOT_FOUND, 0
+		}
+		resp.Results = append(resp.Results, r)
+	}
+	return resp, nil
+}
+
+func (f *fake) CreateAPIKey(ctx context.Context, req *notifyv1.CreateAPIKeyRequest) (*notifyv1.CreateAPIKeyResponse, error) {
+	if err := f.authorize(ctx, true); err != nil {
+		return nil, err
+	}
+	return &notifyv1.CreateAPIKeyResponse{
+		Key:    &notifyv1.APIKey{Name: req.GetName(), Role: req.GetRole(), CreateTime: timestamppb.New(created)},
+		Secret: "nfy_secret",
+	}, nil
+}
+
+func (f *fake) ListAPIKeys(ctx context.Context, req *notifyv1.ListAPIKeysRequest) (*notifyv1.ListAPIKeysResponse, error) {
+	if err := f.authorize(ctx, true); err != nil {
+		return nil, err
+	}
+	return &notifyv1.ListAPIKeysResponse{Keys: []*notifyv1.APIKey{
+		{Name: "ops", Role: notifyv1.Role_ROLE_ADMIN, CreateTime: timestamppb.New(created)},
+	}}, nil
+}
+
+func (f *fake) RevokeAPIKey(ctx context.Context, req *notifyv1.RevokeAPIKeyRequest) (*notifyv1.RevokeAPIKeyResponse, error) {
+	if err := f.authorize(ctx, true); err != nil {
+		return nil, err
+	}
+	return &notifyv1.RevokeAPIKeyResponse{Revoked: req.GetName() == "ops"}, nil
+}
+
+// result is one in-process notifyctl run.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// ctl runs notifyctl in process with only env as its environment.
+func ctl(t *testing.T, env map[string]string, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, func(k string) string { return env[k] }, &out, &errOut)
+	return result{code: code, stdout: out.String(), stderr: errOut.String()}
+}
+
+// mustCtl runs notifyctl and fails the test unless it exits with want.
+func mustCtl(t *testing.T, want int, env map[string]string, args ...string) result {
+	t.Helper()
+	r := ctl(t, env, args...)
+	if r.code != want {
+		t.Fatalf("notifyctl %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, want, r.stdout, r.stderr)
+	}
+	return r
+}
+
+// env is the environment of a notifyctl pointed at addr with key.
+func env(addr, key string) map[string]string {
+	return map[string]string{"NOTIFY_ADDR": addr, "NOTIFY_API_KEY": key}
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+var roleFlags = map[string]notifyv1.Role{
+	"publisher": notifyv1.Role_ROLE_PUBLISHER,
+	"admin":     notifyv1.Role_ROLE_ADMIN,
+}
+
+func shortRole(r notifyv1.Role) string {
+	return strings.ToLower(strings.TrimPrefix(r.String(), "ROLE_"))
+}
+
+func (c *cli) keysCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "keys", Short: "Create, list and revoke API keys", RunE: group}
+	cmd.AddCommand(c.keysCreateCommand(), c.keysListCommand(), c.keysRevokeCommand())
+	return cmd
+}
+
+func (c *cli) keysCreateCommand() *cobra.Command {
+	var role string
+	cmd := &cobra.Command{
+		Use:   "create NAME --role publisher|admin",
+		Short: "Create an API key; prints only its secret, once",
+		Long: `Create an API key. Only the secret is printed on stdout, once (KEY=$(notifyctl keys create …)
+works): notify keeps only its SHA-256. A publisher key may publish and manage devices; an
+admin key may do everything.`,
+		Args: positional(1, "one key NAME"),
+	}
+	cmd.Flags().StringVar(&role, "role", "", "publisher or admin")
+	_ = cmd.MarkFlagRequired("role")
+	enumFlag(cmd, "role", "publisher", "admin")
+	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
+		r, ok := roleFlags[role]
+		if !ok {
+			return usagef("keys create: --role must be publisher or admin")
+		}
+		conn, err := c.client()
+		if err != nil {
+			return err
+		}
+		callCtx, cancel := c.callCtx(ctx)
+		defer cancel()
+		resp, err := notifyv1.NewAdminServiceClient(conn).CreateAPIKey(callCtx, &notifyv1.CreateAPIKeyRequest{Name: args[0], Role: r})
+		if err != nil {
+			return err
+		}
+		return c.emit(resp, func() error {
+			fmt.Fprintln(c.out, resp.GetSecret())
+			fmt.Fprintf(c.errOut, "created %s key %q; its secret (above) is shown only this once: notify stores only its SHA-256\n",
+				role, resp.GetKey().GetName())
+			return nil
+		})
+	})
+	return cmd
+}
+
+func (c *cli) keysListCommand() *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List API keys (never their secrets)",
+		Args:  positional(0, ""),
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "revoked keys too")
+	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
+		conn, err := c.client()
+		if err != nil {
+			return err
+		}
+		callCtx, cancel := c.callCtx(ctx)
+		defer cancel()
+		resp, err := notifyv1.NewAdminServiceClient(conn).ListAPIKeys(callCtx, &notifyv1.ListAPIKeysRequest{IncludeRevoked: all})
+		if err != nil {
+			return err
+		}
+		return c.emit(resp, func() error {
+			tw := c.table("NAME", "ROLE", "CREATED", "LAST USED", "REVOKED")
+			for _, k := range resp.GetKeys() {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.GetName(), shortRole(k.GetRole()), stamp(k.GetCreateTime()),
+					stamp(k.GetLastUsedTime()), stamp(k.GetRevokeTime()))
+			}
+			return tw.Flush()
+		})
+	})
+	return cmd
+}
+
+func (c *cli) keysRevokeCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "revoke NAME",
+		Short: "Revoke an API key",
+		Long: `Revoke an API key. Other producer replicas refuse it within their key cache TTL
+(API_KEY_CACHE_TTL, 15s by default). Exit code 3 when no active key has that name.`,
+		Args: positional(1, "one key NAME"),
+	}
+	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
+		conn, err := c.client()
+		if err != nil {
+			return err
+		}
+		callCtx, cancel := c.callCtx(ctx)
+		defer cancel()
+		resp, err := notifyv1.NewAdminServiceClient(conn).RevokeAPIKey(callCtx, &notifyv1.RevokeAPIKeyRequest{Name: args[0]})
+		if err != nil {
+			return err
+		}
+		if err := c.emit(resp, func() error {
+			if resp.GetRevoked() {
+				fmt.Fprintf(c.out, "revoked key %q\n", args[0])
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if !resp.GetRevoked() {
+			return notFoundError{fmt.Sprintf("keys revoke: no active key named %q", args[0])}
+		}
+		return nil
+	})
+	return cmd
+}
