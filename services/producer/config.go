@@ -11,17 +11,25 @@ import (
 
 	"notify/pkg/logging"
 	"notify/pkg/rabbit"
+	"notify/services/producer/internal/tlsfiles"
 )
 
 // config is everything the producer reads from the environment.
 type config struct {
-	DatabaseURL     string
-	AMQPURL         string
-	LogLevel        slog.Level
-	MetricsAddr     string
-	GRPCAddr        string
-	Topology        string        // AMQP_TOPOLOGY: exchange name and queue prefix
-	ShutdownTimeout time.Duration // drain of in-flight RPCs and the relay on SIGTERM
+	DatabaseURL string
+	AMQPURL     string
+	LogLevel    slog.Level
+	MetricsAddr string
+	GRPCAddr    string
+	// GRPCTLS names the certificate files (GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE,
+	// GRPC_TLS_CLIENT_CA_FILE); no files means plaintext.
+	GRPCTLS tlsfiles.Files
+	// GRPCMaxConnectionAge (GRPC_MAX_CONNECTION_AGE) closes client connections after this
+	// long (gracefully, ±10%), so clients spread over replicas that started after them. 0
+	// keeps connections forever.
+	GRPCMaxConnectionAge time.Duration
+	Topology             string        // AMQP_TOPOLOGY: exchange name and queue prefix
+	ShutdownTimeout      time.Duration // drain of in-flight RPCs and the relay on SIGTERM
 
 	OutboxBatchSize    int           // rows claimed and published per relay round
 	OutboxPollInterval time.Duration // relay polling fallback when no NOTIFY arrives
@@ -48,7 +56,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 		AMQPURL:     cmp.Or(getenv("AMQP_URL"), "amqp://guest:guest@127.0.0.1:5672/"),
 		MetricsAddr: cmp.Or(getenv("METRICS_ADDR"), "127.0.0.1:9101"),
 		GRPCAddr:    cmp.Or(getenv("GRPC_ADDR"), "127.0.0.1:50051"),
-		Topology:    cmp.Or(getenv("AMQP_TOPOLOGY"), rabbit.DefaultName),
+		GRPCTLS: tlsfiles.Files{
+			CertFile:     getenv("GRPC_TLS_CERT_FILE"),
+			KeyFile:      getenv("GRPC_TLS_KEY_FILE"),
+			ClientCAFile: getenv("GRPC_TLS_CLIENT_CA_FILE"),
+		},
+		Topology: cmp.Or(getenv("AMQP_TOPOLOGY"), rabbit.DefaultName),
 	}
 	var errs []error
 	var err error
@@ -79,6 +92,16 @@ func loadConfig(getenv func(string) string) (config, error) {
 		return n
 	}
 	c.ShutdownTimeout = duration("SHUTDOWN_TIMEOUT", "30s", 0)
+	c.GRPCMaxConnectionAge = duration("GRPC_MAX_CONNECTION_AGE", "5m", 0)
+	if c.GRPCMaxConnectionAge > 0 && c.GRPCMaxConnectionAge < time.Second {
+		errs = append(errs, fmt.Errorf("GRPC_MAX_CONNECTION_AGE: %s; want 0 (never) or at least 1s", c.GRPCMaxConnectionAge))
+	}
+	if (c.GRPCTLS.CertFile == "") != (c.GRPCTLS.KeyFile == "") {
+		errs = append(errs, errors.New("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE: set both for TLS, or neither for plaintext"))
+	}
+	if c.GRPCTLS.ClientCAFile != "" && c.GRPCTLS.CertFile == "" {
+		errs = append(errs, errors.New("GRPC_TLS_CLIENT_CA_FILE: mutual TLS also needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE"))
+	}
 	c.OutboxPollInterval = duration("OUTBOX_POLL_INTERVAL", "1s", 10*time.Millisecond)
 	c.OutboxRetention = duration("OUTBOX_RETENTION", "24h", time.Minute)
 	c.OutboxBatchSize = integer("OUTBOX_BATCH_SIZE", "500", 1, 10000)

@@ -55,3 +55,34 @@ func TestLoadConfigNamesEveryBadVariable(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadConfigGRPCTLS(t *testing.T) {
+	t.Parallel()
+	c, err := loadConfig(env(nil))
+	if err != nil || c.GRPCTLS.CertFile != "" || c.GRPCMaxConnectionAge != 5*time.Minute {
+		t.Errorf("defaults: %+v %v; want plaintext and a 5m connection age", c.GRPCTLS, err)
+	}
+	c, err = loadConfig(env(map[string]string{"GRPC_TLS_CERT_FILE": "c.pem", "GRPC_TLS_KEY_FILE": "k.pem",
+		"GRPC_TLS_CLIENT_CA_FILE": "ca.pem", "GRPC_MAX_CONNECTION_AGE": "0"}))
+	if err != nil || c.GRPCTLS.ClientCAFile != "ca.pem" || c.GRPCMaxConnectionAge != 0 {
+		t.Errorf("mTLS: %+v, age %s, %v", c.GRPCTLS, c.GRPCMaxConnectionAge, err)
+	}
+	tests := []struct {
+		env  map[string]string
+		want []string
+	}{
+		{map[string]string{"GRPC_TLS_CERT_FILE": "c.pem"}, []string{"GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE"}},
+		{map[string]string{"GRPC_TLS_KEY_FILE": "k.pem"}, []string{"GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE"}},
+		{map[string]string{"GRPC_TLS_CLIENT_CA_FILE": "ca.pem"}, []string{"GRPC_TLS_CLIENT_CA_FILE", "GRPC_TLS_CERT_FILE"}},
+		{map[string]string{"GRPC_MAX_CONNECTION_AGE": "10ms"}, []string{"GRPC_MAX_CONNECTION_AGE"}},
+		{map[string]string{"GRPC_MAX_CONNECTION_AGE": "forever"}, []string{"GRPC_MAX_CONNECTION_AGE"}},
+	}
+	for _, tt := range tests {
+		_, err := loadConfig(env(tt.env))
+		for _, name := range tt.want {
+			if err == nil || !strings.Contains(err.Error(), name) {
+				t.Errorf("%v: error %v does not name %s", tt.env, err, name)
+			}
+		}
+	}
+}

@@ -38,6 +38,11 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := logging.New(os.Stderr, "producer", cfg.LogLevel)
+	// TLS files are checked before anything waits for the database, so a bad path fails fast.
+	serverOpts, err := grpcServerOptions(cfg, log)
+	if err != nil {
+		return err
+	}
 
 	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {
@@ -70,7 +75,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 			cfg.RedriveInterval, log, reg),
 	)
 
-	grpcServer := grpc.NewServer(grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))
+	grpcServer := grpc.NewServer(append(serverOpts, grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))...)
 	healthServer := health.NewServer()
 	notifyv1.RegisterNotificationServiceServer(grpcServer, server.NewNotifications(pool, log, reg, relay.Wake))
 	notifyv1.RegisterDeviceServiceServer(grpcServer, server.NewDevices(pool, log, reg))

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"notify/pkg/tlstest"
+)
+
+// countingListener counts the connections it accepts.
+type countingListener struct {
+	net.Listener
+	accepted atomic.Int32
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted.Add(1)
+	}
+	return c, err
+}
+
+// serveWith runs a health-only gRPC server built with the producer's options for env.
+func serveWith(t *testing.T, env map[string]string, log *slog.Logger) *countingListener {
+	t.Helper()
+	cfg, err := loadConfig(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := grpcServerOptions(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := &countingListener{Listener: l}
+	s := grpc.NewServer(opts...)
+	healthpb.RegisterHealthServer(s, health.NewServer())
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(s.Stop)
+	return lis
+}
+
+func check(ctx context.Context, conn *grpc.ClientConn) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	return err
+}
+
+func dial(t *testing.T, addr string, creds credentials.TransportCredentials) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestGRPCTLSFromEnvironment: the GRPC_TLS_* variables give the producer's server TLS and
+// mutual TLS (the reload and refusal cases are tested in internal/tlsfiles).
+func TestGRPCTLSFromEnvironment(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca, clientCA := tlstest.NewCA(t, "server CA"), tlstest.NewCA(t, "client CA")
+	certFile, keyFile := ca.Server(t).Write(t, dir, "server")
+	client := clientCA.Client(t, "ops")
+	clientPair, err := tls.X509KeyPair(client.CertPEM, client.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCA := credentials.NewTLS(&tls.Config{RootCAs: ca.Pool()})
+	withCert := credentials.NewTLS(&tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{clientPair}})
+
+	var logs strings.Builder
+	tlsOnly := serveWith(t, map[string]string{"GRPC_TLS_CERT_FILE": certFile, "GRPC_TLS_KEY_FILE": keyFile},
+		slog.New(slog.NewTextHandler(&logs, nil)))
+	if err := check(t.Context(), dial(t, tlsOnly.Addr().String(), withCA)); err != nil {
+		t.Errorf("TLS: client trusting the CA: %v", err)
+	}
+	if err := check(t.Context(), dial(t, tlsOnly.Addr().String(), insecure.NewCredentials())); err == nil {
+		t.Error("TLS: plaintext client accepted")
+	}
+	if !strings.Contains(logs.String(), "gRPC API over TLS") || strings.Contains(logs.String(), "plaintext") {
+		t.Errorf("TLS start log:\n%s", logs.String())
+	}
+
+	mutual := serveWith(t, map[string]string{"GRPC_TLS_CERT_FILE": certFile, "GRPC_TLS_KEY_FILE": keyFile,
+		"GRPC_TLS_CLIENT_CA_FILE": clientCA.WriteCA(t, dir, "clients.pem")}, discard)
+	if err := check(t.Context(), dial(t, mutual.Addr().String(), withCert)); err != nil {
+		t.Errorf("mTLS: client with a certificate: %v", err)
+	}
+	if err := check(t.Context(), dial(t, mutual.Addr().String(), withCA)); err == nil {
+		t.Error("mTLS: client without a certificate accepted")
+	}
+
+	logs.Reset()
+	plain := serveWith(t, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err := check(t.Context(), dial(t, plain.Addr().String(), insecure.NewCredentials())); err != nil {
+		t.Errorf("plaintext by default: %v", err)
+	}
+	for _, want := range []string{"level=WARN", "plaintext", "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE", "GRPC_TLS_CLIENT_CA_FILE"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("plaintext start log lacks %q:\n%s", want, logs.String())
+		}
+	}
+}
+
+// TestGRPCMaxConnectionAge: a client is moved to a new connection once its connection is
+// older than GRPC_MAX_CONNECTION_AGE, which is what spreads clients over new replicas.
+func TestGRPCMaxConnectionAge(t *testing.T) {
+	t.Parallel()
+	lis := serveWith(t, map[string]string{"GRPC_MAX_CONNECTION_AGE": "1s", "SHUTDOWN_TIMEOUT": "1s"}, discard)
+	conn := dial(t, lis.Addr().String(), insecure.NewCredentials())
+	if err := check(t.Context(), conn); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for lis.accepted.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still %d connection(s) after 20s with GRPC_MAX_CONNECTION_AGE=1s", lis.accepted.Load())
+		}
+		if err := check(t.Context(), conn); err != nil {
+			t.Fatalf("call across the connection change: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
