@@ -5,17 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"notify/pkg/tlstest"
 )
 
 var (
@@ -248,12 +250,7 @@ func TestNotifyctl(t *testing.T) {
 // The binary's command line: help, version, completion and an unreachable producer need no stack.
 func TestNotifyctlCommandLine(t *testing.T) {
 	path := notifyctl(t, binaries(t))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := lis.Addr().String()
-	lis.Close()
+	deadAddr := freeAddr(t) // nothing listens there
 	env := []string{"NOTIFY_ADDR=" + deadAddr, "NOTIFY_API_KEY=nfy_x"}
 
 	help := runCtl(t, path, env, "publish", "--help")
@@ -278,5 +275,55 @@ func TestNotifyctlCommandLine(t *testing.T) {
 	r := runCtl(t, path, env, "list", "--json")
 	if want := "cannot reach notify at " + deadAddr; r.code != 1 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "NOTIFY_ADDR or --addr") {
 		t.Errorf("list against a closed port: exit %d, stderr %q; want 1 and %q, naming NOTIFY_ADDR", r.code, r.stderr, want)
+	}
+}
+
+// notifyctl against the real producer over mutual TLS: the CA and a client certificate
+// from the environment get through; a client without a certificate, one that does not
+// trust the producer's CA, and a plaintext one are refused with what to set.
+func TestNotifyctlOverTLS(t *testing.T) {
+	s := newStack(t)
+	dir := t.TempDir()
+	serverCA, clientCA := tlstest.NewCA(t, "notify"), tlstest.NewCA(t, "operators")
+	certFile, keyFile := serverCA.Server(t).Write(t, dir, "producer")
+	s.start("producer", map[string]string{
+		"GRPC_TLS_CERT_FILE":      certFile,
+		"GRPC_TLS_KEY_FILE":       keyFile,
+		"GRPC_TLS_CLIENT_CA_FILE": clientCA.WriteCA(t, dir, "operators-ca.pem"),
+	})
+	caFile := serverCA.WriteCA(t, dir, "notify-ca.pem")
+	opsCert, opsKey := clientCA.Client(t, "ops").Write(t, dir, "ops")
+	path := notifyctl(t, s.bin)
+	base := []string{"NOTIFY_ADDR=" + s.grpcAddr, "NOTIFY_API_KEY=" + s.adminKey}
+	mtls := append(slices.Clone(base), "NOTIFY_CA_FILE="+caFile, "NOTIFY_CERT_FILE="+opsCert, "NOTIFY_KEY_FILE="+opsKey)
+
+	r := runCtl(t, path, mtls, "publish", "--token", "tls-token", "--title", "over TLS", "--idempotency-key", "tls-1")
+	id := strings.TrimSpace(r.stdout)
+	if r.code != 0 || id == "" {
+		t.Fatalf("publish over mTLS: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := runCtl(t, path, mtls, "get", id, "-o", "json"); r.code != 0 || !strings.Contains(r.stdout, id) {
+		t.Errorf("get over mTLS: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// The same with flags instead of the environment.
+	if r := runCtl(t, path, base, "keys", "list", "--ca-file", caFile, "--cert-file", opsCert, "--key-file", opsKey); r.code != 0 ||
+		!strings.Contains(r.stdout, "e2e-admin") {
+		t.Errorf("keys list over mTLS with flags: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	refused := []struct {
+		name  string
+		args  []string
+		cause string
+	}{
+		{"no client certificate", []string{"--ca-file", caFile}, "certificate required"},
+		{"the wrong CA", []string{"--ca-file", clientCA.WriteCA(t, dir, "wrong-ca.pem"), "--cert-file", opsCert, "--key-file", opsKey}, "certificate signed by unknown authority"},
+		{"plaintext", nil, "if notify serves TLS, give --ca-file (NOTIFY_CA_FILE)"},
+	}
+	for _, tt := range refused {
+		r := runCtl(t, path, base, append([]string{"keys", "list"}, tt.args...)...)
+		if want := "cannot reach notify at " + s.grpcAddr; r.code != 1 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, tt.cause) {
+			t.Errorf("%s: exit %d, stderr %q; want 1, %q and %q", tt.name, r.code, r.stderr, want, tt.cause)
+		}
 	}
 }

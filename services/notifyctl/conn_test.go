@@ -1,24 +1,17 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+
+	"notify/pkg/tlstest"
 )
 
 func TestUnreachableNamesTheAddressAndWhatToSet(t *testing.T) {
@@ -47,101 +40,22 @@ func TestUnreachableNamesTheAddressAndWhatToSet(t *testing.T) {
 	}
 }
 
-// pki is a test certificate authority and the files it issued, in a temporary directory.
-type pki struct {
-	dir    string
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	CAFile string
-}
-
-func newPKI(t *testing.T, name string) *pki {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &pki{dir: t.TempDir(), cert: cert, key: key}
-	p.CAFile = p.write(t, name+"-ca.pem", "CERTIFICATE", der)
-	return p
-}
-
-func (p *pki) write(t *testing.T, name, blockType string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(p.dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: blockType, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// issue makes a certificate for cn (a server certificate for 127.0.0.1 and localhost, or a
-// client certificate) and returns its certificate and key files and the loaded pair.
-func (p *pki) issue(t *testing.T, cn string, server bool) (certFile, keyFile string, pair tls.Certificate) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		tmpl.DNSNames = []string{"localhost", "notify.test"}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = p.write(t, cn+".pem", "CERTIFICATE", der)
-	keyFile = p.write(t, cn+"-key.pem", "PRIVATE KEY", keyDER)
-	pair, err = tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile, pair
-}
-
 func TestTLS(t *testing.T) {
 	t.Parallel()
-	serverCA, otherCA, clientCA := newPKI(t, "server"), newPKI(t, "other"), newPKI(t, "clients")
-	_, _, serverPair := serverCA.issue(t, "producer", true)
-	clientCert, clientKey, _ := clientCA.issue(t, "ops-laptop", false)
-	strangerCert, strangerKey, _ := otherCA.issue(t, "stranger", false)
+	dir := t.TempDir()
+	serverCA, otherCA, clientCA := tlstest.NewCA(t, "server"), tlstest.NewCA(t, "other"), tlstest.NewCA(t, "clients")
+	serverCAFile, otherCAFile := serverCA.WriteCA(t, dir, "server-ca.pem"), otherCA.WriteCA(t, dir, "other-ca.pem")
+	server := serverCA.Server(t, "127.0.0.1", "localhost", "notify.test")
+	serverPair, err := tls.X509KeyPair(server.CertPEM, server.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, clientKey := clientCA.Client(t, "ops-laptop").Write(t, dir, "ops-laptop")
+	strangerCert, strangerKey := otherCA.Client(t, "stranger").Write(t, dir, "stranger")
 
 	_, tlsAddr := startFake(t, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{serverPair}})))
-	clientCAs := x509.NewCertPool()
-	clientCAs.AddCert(clientCA.cert)
 	mtls, mtlsAddr := startFake(t, grpc.Creds(credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{serverPair}, ClientCAs: clientCAs, ClientAuth: tls.RequireAndVerifyClientCert,
+		Certificates: []tls.Certificate{serverPair}, ClientCAs: clientCA.Pool(), ClientAuth: tls.RequireAndVerifyClientCert,
 	})))
 	_, plainAddr := startFake(t)
 
@@ -153,15 +67,15 @@ func TestTLS(t *testing.T) {
 		code   int
 		stderr []string
 	}{
-		{name: "CA file", addr: tlsAddr, args: []string{"--ca-file", serverCA.CAFile}, code: exitOK},
-		{name: "CA file from the environment", addr: tlsAddr, env: map[string]string{"NOTIFY_CA_FILE": serverCA.CAFile}, code: exitOK},
-		{name: "server name other than the address", addr: tlsAddr, args: []string{"--ca-file", serverCA.CAFile, "--tls-server-name", "notify.test"}, code: exitOK},
+		{name: "CA file", addr: tlsAddr, args: []string{"--ca-file", serverCAFile}, code: exitOK},
+		{name: "CA file from the environment", addr: tlsAddr, env: map[string]string{"NOTIFY_CA_FILE": serverCAFile}, code: exitOK},
+		{name: "server name other than the address", addr: tlsAddr, args: []string{"--ca-file", serverCAFile, "--tls-server-name", "notify.test"}, code: exitOK},
 		{
-			name: "wrong CA", addr: tlsAddr, args: []string{"--ca-file", otherCA.CAFile}, code: exitFailure,
+			name: "wrong CA", addr: tlsAddr, args: []string{"--ca-file", otherCAFile}, code: exitFailure,
 			stderr: []string{"cannot reach notify at " + tlsAddr, "certificate signed by unknown authority", "--ca-file"},
 		},
 		{
-			name: "wrong server name", addr: tlsAddr, args: []string{"--ca-file", serverCA.CAFile, "--tls-server-name", "elsewhere.test"}, code: exitFailure,
+			name: "wrong server name", addr: tlsAddr, args: []string{"--ca-file", serverCAFile, "--tls-server-name", "elsewhere.test"}, code: exitFailure,
 			stderr: []string{"cannot reach notify at " + tlsAddr, "elsewhere.test"},
 		},
 		{
@@ -173,25 +87,25 @@ func TestTLS(t *testing.T) {
 			stderr: []string{"cannot reach notify at " + tlsAddr, "if notify serves TLS, give --ca-file (NOTIFY_CA_FILE) or --tls"},
 		},
 		{
-			name: "TLS client, plaintext server", addr: plainAddr, args: []string{"--ca-file", serverCA.CAFile}, code: exitFailure,
+			name: "TLS client, plaintext server", addr: plainAddr, args: []string{"--ca-file", serverCAFile}, code: exitFailure,
 			stderr: []string{"cannot reach notify at " + plainAddr, "--insecure if notify serves plaintext"},
 		},
 		{
 			name: "--insecure beats TLS settings in the environment", addr: plainAddr, args: []string{"--insecure"},
-			env: map[string]string{"NOTIFY_CA_FILE": serverCA.CAFile, "NOTIFY_TLS": "true"}, code: exitOK,
+			env: map[string]string{"NOTIFY_CA_FILE": serverCAFile, "NOTIFY_TLS": "true"}, code: exitOK,
 		},
-		{name: "mTLS", addr: mtlsAddr, args: []string{"--ca-file", serverCA.CAFile, "--cert-file", clientCert, "--key-file", clientKey}, code: exitOK},
+		{name: "mTLS", addr: mtlsAddr, args: []string{"--ca-file", serverCAFile, "--cert-file", clientCert, "--key-file", clientKey}, code: exitOK},
 		{
 			name: "mTLS from the environment", addr: mtlsAddr, code: exitOK,
-			env: map[string]string{"NOTIFY_CA_FILE": serverCA.CAFile, "NOTIFY_CERT_FILE": clientCert, "NOTIFY_KEY_FILE": clientKey},
+			env: map[string]string{"NOTIFY_CA_FILE": serverCAFile, "NOTIFY_CERT_FILE": clientCert, "NOTIFY_KEY_FILE": clientKey},
 		},
 		{
-			name: "mTLS without a client certificate", addr: mtlsAddr, args: []string{"--ca-file", serverCA.CAFile}, code: exitFailure,
+			name: "mTLS without a client certificate", addr: mtlsAddr, args: []string{"--ca-file", serverCAFile}, code: exitFailure,
 			stderr: []string{"cannot reach notify at " + mtlsAddr, "certificate required", "--cert-file"},
 		},
 		{
 			name: "mTLS with a certificate of another CA", addr: mtlsAddr, code: exitFailure,
-			args: []string{"--ca-file", serverCA.CAFile, "--cert-file", strangerCert, "--key-file", strangerKey},
+			args: []string{"--ca-file", serverCAFile, "--cert-file", strangerCert, "--key-file", strangerKey},
 			// The server's alert may arrive before or after the client writes: the cause varies.
 			stderr: []string{"cannot reach notify at " + mtlsAddr, "--cert-file"},
 		},
@@ -204,7 +118,7 @@ func TestTLS(t *testing.T) {
 			stderr: []string{"no PEM certificate in it"},
 		},
 		{
-			name: "key of another certificate", addr: mtlsAddr, args: []string{"--ca-file", serverCA.CAFile, "--cert-file", clientCert, "--key-file", strangerKey},
+			name: "key of another certificate", addr: mtlsAddr, args: []string{"--ca-file", serverCAFile, "--cert-file", clientCert, "--key-file", strangerKey},
 			code: exitFailure, stderr: []string{"--cert-file " + clientCert + ", --key-file " + strangerKey, "private key does not match"},
 		},
 	}
