@@ -3,11 +3,15 @@ package main
 import (
 	"context"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"notify/pkg/envconfig"
 )
 
 func env(vars map[string]string) func(string) string {
@@ -154,5 +158,84 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	err := run(context.Background(), env(map[string]string{"SLACK_BOT_TOKEN": "xoxb-1"}))
 	if err == nil || !strings.Contains(err.Error(), "SLACK_CHANNEL") {
 		t.Errorf("run() = %v, want a config error naming SLACK_CHANNEL", err)
+	}
+}
+
+func TestLoadConfigSecretFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, contents string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(contents), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	hookFile := write("hook", "https://hooks.slack.com/services/T/B/s3cret\n")
+	tokenFile := write("token", "xoxb-s3cret\n")
+	dbFile := write("db", "postgres://notify:s3cret@db.internal/notify\n")
+
+	tests := []struct {
+		name    string
+		vars    map[string]string
+		want    config // only the Slack fields and DatabaseURL are compared
+		wantErr []string
+	}{
+		{
+			name: "webhook from a file",
+			vars: map[string]string{"SLACK_WEBHOOK_URL_FILE": hookFile},
+			want: config{SlackWebhookURL: "https://hooks.slack.com/services/T/B/s3cret", DatabaseURL: envconfig.DefaultDatabaseURL},
+		},
+		{
+			name: "bot token and database URL from files",
+			vars: map[string]string{"SLACK_BOT_TOKEN_FILE": tokenFile, "SLACK_CHANNEL": "C1", "DATABASE_URL_FILE": dbFile},
+			want: config{SlackBotToken: "xoxb-s3cret", SlackChannel: "C1", DatabaseURL: "postgres://notify:s3cret@db.internal/notify"},
+		},
+		{
+			name: "several problems at once",
+			vars: map[string]string{
+				"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_BOT_TOKEN_FILE": tokenFile,
+				"SLACK_WEBHOOK_URL_FILE": filepath.Join(dir, "missing"),
+				"AMQP_URL_FILE":          dbFile, // a postgres URL where an AMQP one belongs
+				"DEADLETTER_WORKERS":     "1000",
+			},
+			wantErr: []string{
+				"AMQP_URL: want a URL starting with amqp:// or amqps://",
+				"SLACK_WEBHOOK_URL_FILE: open " + filepath.Join(dir, "missing"),
+				"SLACK_BOT_TOKEN: set either SLACK_BOT_TOKEN or SLACK_BOT_TOKEN_FILE, not both",
+				"DEADLETTER_WORKERS: 1000 is outside 1..256",
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := loadConfig(env(tt.vars))
+			if tt.wantErr != nil {
+				if err == nil {
+					t.Fatal("loadConfig succeeded, want an error")
+				}
+				lines := strings.Split(err.Error(), "\n")
+				if len(lines) != len(tt.wantErr) {
+					t.Errorf("error has %d lines, want %d:\n%v", len(lines), len(tt.wantErr), err)
+				}
+				for i, want := range tt.wantErr {
+					if i < len(lines) && !strings.HasPrefix(lines[i], want) {
+						t.Errorf("error line %d = %q, want it to start with %q", i, lines[i], want)
+					}
+				}
+				if strings.Contains(err.Error(), "s3cret") {
+					t.Errorf("error reveals a secret:\n%v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("loadConfig: %v", err)
+			}
+			got := config{SlackWebhookURL: c.SlackWebhookURL, SlackBotToken: c.SlackBotToken, SlackChannel: c.SlackChannel, DatabaseURL: c.DatabaseURL}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("loadConfig mismatch (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

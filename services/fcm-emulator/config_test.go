@@ -39,6 +39,7 @@ func TestLoadConfig(t *testing.T) {
 		{
 			name: "every problem at once",
 			env: map[string]string{
+				"FCM_EMULATOR_ADDR":                    "9099",
 				"LOG_LEVEL":                            "loud",
 				"FCM_EMULATOR_QUOTA_PER_MINUTE":        "many",
 				"FCM_EMULATOR_LATENCY":                 "-1s",
@@ -46,7 +47,7 @@ func TestLoadConfig(t *testing.T) {
 				"FCM_EMULATOR_UNAVAILABLE_RETRY_AFTER": "soon",
 			},
 			wantErr: []string{
-				"LOG_LEVEL", "FCM_EMULATOR_QUOTA_PER_MINUTE", "FCM_EMULATOR_LATENCY",
+				"FCM_EMULATOR_ADDR", "LOG_LEVEL", "FCM_EMULATOR_QUOTA_PER_MINUTE", "FCM_EMULATOR_LATENCY",
 				"FCM_EMULATOR_RETRY_AFTER", "FCM_EMULATOR_UNAVAILABLE_RETRY_AFTER",
 			},
 		},

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -50,9 +52,56 @@ func TestLoadConfigNamesEveryBadVariable(t *testing.T) {
 		t.Fatal("bad settings accepted")
 	}
 	for name := range bad {
-		if !strings.Contains(err.Error(), name) {
+		if !strings.Contains(err.Error(), name+": ") {
 			t.Errorf("error %q does not name %s", err, name)
 		}
+	}
+	if n := len(strings.Split(err.Error(), "\n")); n != len(bad) {
+		t.Errorf("error has %d lines, want one per bad variable (%d):\n%v", n, len(bad), err)
+	}
+}
+
+func TestLoadConfigSecretFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, contents string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(contents), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	dbFile := write("db", "postgres://notify:s3cret@db.internal:5432/notify\n")
+	amqpFile := write("amqp", "amqps://notify:s3cret@mq.internal/\n")
+
+	c, err := loadConfig(env(map[string]string{"DATABASE_URL_FILE": dbFile, "AMQP_URL_FILE": amqpFile}))
+	if err != nil {
+		t.Fatalf("loadConfig: %v", err)
+	}
+	if c.DatabaseURL != "postgres://notify:s3cret@db.internal:5432/notify" || c.AMQPURL != "amqps://notify:s3cret@mq.internal/" {
+		t.Errorf("URLs from files = %q, %q", c.DatabaseURL, c.AMQPURL)
+	}
+
+	_, err = loadConfig(env(map[string]string{
+		"DATABASE_URL": "postgres://db/notify", "DATABASE_URL_FILE": dbFile,
+		"AMQP_URL_FILE": filepath.Join(dir, "missing"),
+		"GRPC_ADDR":     "50051",
+	}))
+	if err == nil {
+		t.Fatal("conflicting and missing files accepted")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	for i, want := range []string{
+		"DATABASE_URL: set either DATABASE_URL or DATABASE_URL_FILE, not both",
+		"AMQP_URL_FILE: open " + filepath.Join(dir, "missing"),
+		"GRPC_ADDR: ",
+	} {
+		if i >= len(lines) || !strings.HasPrefix(lines[i], want) {
+			t.Errorf("error line %d does not start with %q:\n%v", i, want, err)
+		}
+	}
+	if len(lines) != 3 || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("want exactly 3 problems and no secret:\n%v", err)
 	}
 }
 
