@@ -16,6 +16,12 @@ GOLANGCI_LINT_VERSION := v2.15.0
 
 TEST_TIMEOUT ?= 9m
 
+# What `<binary> --version` reports (pkg/buildinfo); the toolchain's own VCS stamp is not
+# always there (GOFLAGS=-buildvcs=false, git worktrees), so the build says it explicitly.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X notify/pkg/buildinfo.version=$(VERSION) -X notify/pkg/buildinfo.commit=$(COMMIT)
+
 .PHONY: help run test proto lint tidy check tools build services bench clean
 
 help: ## list the targets
@@ -31,7 +37,7 @@ test: ## bring up RabbitMQ and PostgreSQL if needed, then run every module's tes
 
 build: ## build every service into ./bin
 	@mkdir -p $(BIN)
-	@for s in $(SERVICES); do (cd services/$$s && go build -o $(BIN)/$$s .); done
+	@for s in $(SERVICES); do (cd services/$$s && go build -ldflags "$(LDFLAGS)" -o $(BIN)/$$s .); done
 
 bench: ## measure the whole stack against raw broker/FCM baselines (BENCH_FLAGS="-fanout-devices 1000000"; bench/ -h)
 	@scripts/devenv.sh

@@ -29,6 +29,21 @@ const (
 	DefaultAMQPURL     = "amqp://guest:guest@127.0.0.1:5672/"
 )
 
+// Names returns the variables load reads, in the order it first reads them: the list a
+// binary's --help shows. load runs with every variable unset.
+func Names[C any](load func(getenv func(string) string) (C, error)) []string {
+	var names []string
+	seen := map[string]bool{}
+	_, _ = load(func(name string) string {
+		if !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+		return ""
+	})
+	return names
+}
+
 // Reader reads variables through getenv and collects every problem it finds.
 type Reader struct {
 	getenv func(string) string

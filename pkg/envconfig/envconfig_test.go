@@ -306,3 +306,19 @@ func TestParseDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestNames(t *testing.T) {
+	t.Parallel()
+	type config struct{ URL, Token string }
+	load := func(getenv func(string) string) (config, error) {
+		e := envconfig.New(getenv)
+		c := config{URL: e.DatabaseURL(), Token: e.Secret("TOKEN", "")}
+		e.LogLevel()
+		e.String("TOKEN", "") // read twice, listed once
+		return c, e.Err()
+	}
+	want := []string{"DATABASE_URL", "DATABASE_URL_FILE", "TOKEN", "TOKEN_FILE", "LOG_LEVEL"}
+	if diff := cmp.Diff(want, envconfig.Names(load)); diff != "" {
+		t.Errorf("Names mismatch (-want +got):\n%s", diff)
+	}
+}

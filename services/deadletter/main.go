@@ -4,17 +4,22 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"notify/pkg/cli"
+	"notify/pkg/envconfig"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Getenv); err != nil {
-		slog.Error("deadletter stopped", "err", err)
-		os.Exit(1)
-	}
+	code := cli.Program{
+		Name:    "deadletter",
+		Summary: "stores every dead letter in PostgreSQL, then alerts Slack (or the log), grouped and rate-limited",
+		Serve:   func(ctx context.Context) error { return run(ctx, os.Getenv) },
+		Env:     envconfig.Names(loadConfig),
+	}.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

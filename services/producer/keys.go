@@ -32,6 +32,10 @@ Exit codes: 0 ok, 1 failure, 2 usage error, 3 no such key (revoke).
 
 // runKeys runs `producer keys …` and returns the exit code.
 func runKeys(ctx context.Context, args []string, getenv func(string) string, out, errOut io.Writer) int {
+	if len(args) == 1 && (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+		fmt.Fprint(out, keysUsage)
+		return 0
+	}
 	err := keysCommand(ctx, args, getenv, out, errOut)
 	var ue keysUsageError
 	switch {

@@ -7,28 +7,36 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"notify/pkg/cli"
+	"notify/pkg/envconfig"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := 0
-	switch {
-	case len(os.Args) > 1 && os.Args[1] == "keys":
-		code = runKeys(ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
-	case len(os.Args) > 1:
-		fmt.Fprintf(os.Stderr, "producer: unknown command %q\n\nUsage:\n  producer              serve (configured by environment variables, see README.md)\n  producer keys ...     manage API keys in DATABASE_URL (run it alone for its usage)\n", os.Args[1])
-		code = 2
-	default:
-		if err := run(ctx, os.Getenv); err != nil {
-			slog.Error("producer stopped", "err", err)
-			code = 1
-		}
-	}
+	code := program(os.Getenv).Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
+}
+
+// program is the producer's command line: serving, and the subcommands in its table.
+func program(getenv func(string) string) cli.Program {
+	return cli.Program{
+		Name:    "producer",
+		Summary: "serves notify's gRPC API, runs the outbox relay and the periodic jobs",
+		Serve:   func(ctx context.Context) error { return run(ctx, getenv) },
+		Env:     envconfig.Names(loadConfig),
+		Commands: []cli.Command{
+			{
+				Name: "keys", Args: "create|list|revoke ...", Summary: "manage API keys in DATABASE_URL (producer keys --help)",
+				Run: func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+					return runKeys(ctx, args, getenv, stdout, stderr)
+				},
+			},
+		},
+	}
 }

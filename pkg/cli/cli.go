@@ -1,0 +1,120 @@
+// Package cli is the command line every notify server binary shares: run alone it serves
+// (configured by environment variables only); --version and --help answer and exit; a
+// binary's own subcommands (the producer's `keys`) are a table; anything else is refused
+// with the usage and exit code 2, so a typo never starts a server.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+
+	"notify/pkg/buildinfo"
+)
+
+// Exit codes of Main.
+const (
+	ExitOK      = 0
+	ExitFailure = 1 // the server stopped with an error
+	ExitUsage   = 2 // unknown flag, command or argument
+)
+
+// Command is a subcommand: `NAME args…`.
+type Command struct {
+	Name    string // e.g. "keys"
+	Args    string // how its arguments look in the usage, e.g. "create|list|revoke ..."
+	Summary string // one line
+	// Run runs the command with the arguments after its name and returns the exit code.
+	Run func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+}
+
+// Program describes one binary.
+type Program struct {
+	Name    string // e.g. "sender"
+	Summary string // what it does, one sentence
+	// Serve runs the server until ctx ends; it is what the binary does with no arguments.
+	Serve func(ctx context.Context) error
+	// Env lists the environment variables Serve reads (envconfig.Names), for --help.
+	Env      []string
+	Commands []Command
+}
+
+// Main runs the program with args (os.Args[1:]) and returns its exit code.
+func (p Program) Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet(p.Name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // the usage is printed below, to stdout or stderr as fits
+	fs.Usage = func() {}
+	version := fs.Bool("version", false, "")
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		p.usage(stdout)
+		return ExitOK
+	case err != nil:
+		return p.refuse(stderr, "%v", err)
+	case *version && fs.NArg() > 0:
+		return p.refuse(stderr, "--version takes no arguments")
+	case *version:
+		fmt.Fprintf(stdout, "%s %s\n", p.Name, buildinfo.Read())
+		return ExitOK
+	case fs.NArg() == 0:
+		if err := p.Serve(ctx); err != nil {
+			slog.New(slog.NewJSONHandler(stderr, nil)).Error(p.Name+" stopped", "service", p.Name, "err", err)
+			return ExitFailure
+		}
+		return ExitOK
+	case fs.Arg(0) == "help":
+		p.usage(stdout)
+		return ExitOK
+	}
+	for _, c := range p.Commands {
+		if c.Name == fs.Arg(0) {
+			return c.Run(ctx, fs.Args()[1:], stdout, stderr)
+		}
+	}
+	return p.refuse(stderr, "unknown command %q", fs.Arg(0))
+}
+
+func (p Program) refuse(stderr io.Writer, format string, args ...any) int {
+	fmt.Fprintf(stderr, "%s: %s\n\n", p.Name, fmt.Sprintf(format, args...))
+	p.usage(stderr)
+	return ExitUsage
+}
+
+func (p Program) usage(w io.Writer) {
+	fmt.Fprintf(w, "%s: %s\n\nUsage:\n", p.Name, p.Summary)
+	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+	fmt.Fprintf(tw, "  %s\tserve until SIGTERM or SIGINT, configured by environment variables\n", p.Name)
+	for _, c := range p.Commands {
+		fmt.Fprintf(tw, "  %s\t%s\n", strings.TrimSpace(p.Name+" "+c.Name+" "+c.Args), c.Summary)
+	}
+	fmt.Fprintf(tw, "  %s --version\tprint the version and exit\n", p.Name)
+	fmt.Fprintf(tw, "  %s --help\tprint this help and exit\n", p.Name)
+	_ = tw.Flush()
+	if len(p.Env) > 0 {
+		fmt.Fprintf(w, "\nEnvironment (defaults and meanings: README.md, section Configuration):\n%s\n", wrap(p.Env, 88, "  "))
+	}
+}
+
+// wrap joins words with spaces into lines of at most width characters, each indented.
+func wrap(words []string, width int, indent string) string {
+	var b strings.Builder
+	line := indent
+	for _, w := range words {
+		if len(line) > len(indent) && len(line)+1+len(w) > width {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if len(line) > len(indent) {
+			line += " "
+		}
+		line += w
+	}
+	b.WriteString(line)
+	return b.String()
+}

@@ -1,0 +1,89 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"notify/pkg/cli"
+)
+
+func TestProgramMain(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		args       []string
+		serveErr   error
+		wantCode   int
+		wantServed bool
+		wantKeys   []string // arguments the keys command got; nil: not run
+		wantStdout []string // each must appear
+		wantStderr []string
+	}{
+		{name: "serve", wantCode: 0, wantServed: true},
+		{name: "serve fails", serveErr: errors.New("broker gone"), wantCode: 1, wantServed: true, wantStderr: []string{`"msg":"demo stopped"`, "broker gone"}},
+		{name: "--help", args: []string{"--help"}, wantStdout: []string{"demo: does a demo", "demo keys create|list", "--version", "DATABASE_URL AMQP_URL"}},
+		{name: "-h", args: []string{"-h"}, wantStdout: []string{"Usage:"}},
+		{name: "help", args: []string{"help"}, wantStdout: []string{"Usage:"}},
+		{name: "--version", args: []string{"--version"}, wantStdout: []string{"demo ", runtime.Version()}},
+		{name: "-version", args: []string{"-version"}, wantStdout: []string{runtime.Version()}},
+		{name: "subcommand", args: []string{"keys", "list", "--role", "admin"}, wantKeys: []string{"list", "--role", "admin"}},
+		{name: "subcommand help is its own", args: []string{"keys", "--help"}, wantKeys: []string{"--help"}},
+		{name: "unknown flag", args: []string{"--hepl"}, wantCode: 2, wantStderr: []string{"flag provided but not defined: -hepl", "Usage:"}},
+		{name: "unknown command", args: []string{"serve"}, wantCode: 2, wantStderr: []string{`unknown command "serve"`, "Usage:"}},
+		{name: "version with arguments", args: []string{"--version", "keys"}, wantCode: 2, wantStderr: []string{"--version takes no arguments"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var served bool
+			var keysArgs []string
+			p := cli.Program{
+				Name:    "demo",
+				Summary: "does a demo",
+				Serve: func(context.Context) error {
+					served = true
+					return tt.serveErr
+				},
+				Env: []string{"DATABASE_URL", "AMQP_URL"},
+				Commands: []cli.Command{{
+					Name: "keys", Args: "create|list|revoke ...", Summary: "manage keys",
+					Run: func(_ context.Context, args []string, _, _ io.Writer) int {
+						keysArgs = append([]string{}, args...)
+						return 0
+					},
+				}},
+			}
+			var stdout, stderr bytes.Buffer
+			code := p.Main(context.Background(), tt.args, &stdout, &stderr)
+			if code != tt.wantCode {
+				t.Errorf("exit code = %d, want %d; stderr:\n%s", code, tt.wantCode, stderr.String())
+			}
+			if served != tt.wantServed {
+				t.Errorf("served = %t, want %t", served, tt.wantServed)
+			}
+			if diff := cmp.Diff(tt.wantKeys, keysArgs); diff != "" {
+				t.Errorf("keys arguments (-want +got):\n%s", diff)
+			}
+			for _, s := range tt.wantStdout {
+				if !strings.Contains(stdout.String(), s) {
+					t.Errorf("stdout does not contain %q:\n%s", s, stdout.String())
+				}
+			}
+			for _, s := range tt.wantStderr {
+				if !strings.Contains(stderr.String(), s) {
+					t.Errorf("stderr does not contain %q:\n%s", s, stderr.String())
+				}
+			}
+			if len(tt.wantStderr) == 0 && stderr.Len() > 0 {
+				t.Errorf("unexpected stderr:\n%s", stderr.String())
+			}
+		})
+	}
+}
