@@ -1,15 +1,20 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
 
 	"notify/services/producer/internal/tlsfiles"
 )
@@ -71,4 +76,71 @@ func grpcServerOptions(cfg config, log *slog.Logger) ([]grpc.ServerOption, error
 	log.Info("gRPC API over TLS", "mutual_tls", cfg.GRPCTLS.ClientCAFile != "", "subject", leaf.Subject.String(),
 		"not_after", leaf.NotAfter, "reload_check", tlsfiles.DefaultCheckInterval.String())
 	return append(opts, grpc.Creds(credentials.NewTLS(certs.ServerConfig()))), nil
+}
+
+// grpcServer is the producer's gRPC server: the API services registered on it, health and
+// reflection. It is built with the options grpcServerOptions returns plus the run's
+// interceptors; what the transport needs goes there, not here.
+type grpcServer struct {
+	srv             *grpc.Server
+	health          *health.Server
+	lis             net.Listener
+	shutdownTimeout time.Duration
+	log             *slog.Logger
+}
+
+// newGRPCServer listens on addr (GRPC_ADDR) and builds the server with opts. Listening
+// here, before anything runs, makes a taken port a start-up error.
+func newGRPCServer(addr string, shutdownTimeout time.Duration, log *slog.Logger, opts ...grpc.ServerOption) (*grpcServer, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("GRPC_ADDR: listen on %s: %w", addr, err)
+	}
+	s := &grpcServer{
+		srv:             grpc.NewServer(opts...),
+		health:          health.NewServer(),
+		lis:             lis,
+		shutdownTimeout: shutdownTimeout,
+		log:             log,
+	}
+	healthpb.RegisterHealthServer(s.srv, s.health)
+	reflection.Register(s.srv)
+	return s, nil
+}
+
+// RegisterService makes grpcServer a grpc.ServiceRegistrar, for the generated Register…Server
+// functions.
+func (s *grpcServer) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	s.srv.RegisterService(desc, impl)
+}
+
+// Addr is where the server listens.
+func (s *grpcServer) Addr() net.Addr { return s.lis.Addr() }
+
+// Run serves until ctx ends, then stops: health answers NOT_SERVING first (load balancers
+// stop sending new calls), in-flight calls get up to the shutdown timeout to finish, and
+// whatever is still running then (a stuck call, a Watch stream) is closed. It returns nil
+// after a stop and an error only when serving itself failed.
+func (s *grpcServer) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.lis) }()
+	s.log.Info("grpc listening", "addr", s.lis.Addr().String())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("grpc server: %w", err)
+	case <-ctx.Done():
+	}
+	s.health.Shutdown()
+	stopped := make(chan struct{})
+	go func() { s.srv.GracefulStop(); close(stopped) }()
+	timer := time.NewTimer(s.shutdownTimeout)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		s.log.Warn("in-flight RPCs did not finish in time; closing them", "timeout", s.shutdownTimeout)
+		s.srv.Stop()
+		<-stopped
+	}
+	return nil
 }

@@ -145,3 +145,60 @@ func TestGRPCMaxConnectionAge(t *testing.T) {
 }
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// TestGRPCServerStops checks the stop sequence: health turns NOT_SERVING while calls are
+// still running, a call that never ends (a Watch stream) is closed after the shutdown
+// timeout, and Run returns nil.
+func TestGRPCServerStops(t *testing.T) {
+	t.Parallel()
+	api, err := newGRPCServer("127.0.0.1:0", 200*time.Millisecond, discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- api.Run(ctx) }()
+
+	conn := dial(t, api.Addr().String(), insecure.NewCredentials())
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	watch, err := healthpb.NewHealthClient(conn).Watch(watchCtx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := watch.Recv()
+	if err != nil || first.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first health status = %v, %v; want SERVING", first.GetStatus(), err)
+	}
+
+	cancel()
+	next, err := watch.Recv()
+	if err != nil || next.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health status after the stop began = %v, %v; want NOT_SERVING", next.GetStatus(), err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Run did not return after its shutdown timeout")
+	}
+	if _, err := watch.Recv(); err == nil {
+		t.Error("the Watch stream is still open after Run returned")
+	}
+}
+
+func TestGRPCServerAddrInUse(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = newGRPCServer(l.Addr().String(), time.Second, discard)
+	if err == nil || !strings.HasPrefix(err.Error(), "GRPC_ADDR: ") {
+		t.Errorf("newGRPCServer on a taken port = %v, want an error naming GRPC_ADDR", err)
+	}
+}

@@ -5,16 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	"notify/pkg/logging"
 	"notify/pkg/metrics"
@@ -75,18 +71,14 @@ func run(ctx context.Context, getenv func(string) string) error {
 			cfg.RedriveInterval, log, reg),
 	)
 
-	grpcServer := grpc.NewServer(append(serverOpts, grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))...)
-	healthServer := health.NewServer()
-	notifyv1.RegisterNotificationServiceServer(grpcServer, server.NewNotifications(pool, log, reg, relay.Wake))
-	notifyv1.RegisterDeviceServiceServer(grpcServer, server.NewDevices(pool, log, reg))
-	notifyv1.RegisterAdminServiceServer(grpcServer, server.NewAdmin(pool, log, keys, relay.Wake))
-	healthpb.RegisterHealthServer(grpcServer, healthServer)
-	reflection.Register(grpcServer)
-
-	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	api, err := newGRPCServer(cfg.GRPCAddr, cfg.ShutdownTimeout, log,
+		append(serverOpts, grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))...)
 	if err != nil {
-		return fmt.Errorf("GRPC_ADDR: listen on %s: %w", cfg.GRPCAddr, err)
+		return err
 	}
+	notifyv1.RegisterNotificationServiceServer(api, server.NewNotifications(pool, log, reg, relay.Wake))
+	notifyv1.RegisterDeviceServiceServer(api, server.NewDevices(pool, log, reg))
+	notifyv1.RegisterAdminServiceServer(api, server.NewAdmin(pool, log, keys, relay.Wake))
 
 	connCtx, stopConn := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopConn()
@@ -100,26 +92,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	g.Go(func() error {
 		return metrics.NewServer(cfg.MetricsAddr, reg, func(ctx context.Context) error { return pool.Ping(ctx) }, log).Run(gctx)
 	})
-	g.Go(func() error {
-		errc := make(chan error, 1)
-		go func() { errc <- grpcServer.Serve(lis) }()
-		log.Info("grpc listening", "addr", lis.Addr().String())
-		select {
-		case err := <-errc:
-			return fmt.Errorf("grpc server: %w", err)
-		case <-gctx.Done():
-		}
-		healthServer.Shutdown() // tell load balancers first
-		stopped := make(chan struct{})
-		go func() { grpcServer.GracefulStop(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-time.After(cfg.ShutdownTimeout):
-			log.Warn("in-flight RPCs did not finish in time; closing them", "timeout", cfg.ShutdownTimeout)
-			grpcServer.Stop()
-		}
-		return nil
-	})
+	g.Go(func() error { return api.Run(gctx) })
 	err = g.Wait()
 	stopConn()
 	if connErr := <-connDone; connErr != nil && !errors.Is(connErr, context.Canceled) {
