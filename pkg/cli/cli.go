@@ -64,7 +64,13 @@ func (p Program) Main(ctx context.Context, args []string, stdout, stderr io.Writ
 		return ExitOK
 	case fs.NArg() == 0:
 		if err := p.Serve(ctx); err != nil {
-			slog.New(slog.NewJSONHandler(stderr, nil)).Error(p.Name+" stopped", "service", p.Name, "err", err)
+			// A config error lists every bad variable, one per line: keep them one per
+			// JSON array element rather than \n escapes in one string.
+			var msg any = err.Error()
+			if lines := strings.Split(err.Error(), "\n"); len(lines) > 1 {
+				msg = lines
+			}
+			slog.New(slog.NewJSONHandler(stderr, nil)).Error(p.Name+" stopped", "service", p.Name, "err", msg)
 			return ExitFailure
 		}
 		return ExitOK

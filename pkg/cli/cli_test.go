@@ -27,7 +27,11 @@ func TestProgramMain(t *testing.T) {
 		wantStderr []string
 	}{
 		{name: "serve", wantCode: 0, wantServed: true},
-		{name: "serve fails", serveErr: errors.New("broker gone"), wantCode: 1, wantServed: true, wantStderr: []string{`"msg":"demo stopped"`, "broker gone"}},
+		{name: "serve fails", serveErr: errors.New("broker gone"), wantCode: 1, wantServed: true, wantStderr: []string{`"msg":"demo stopped"`, `"err":"broker gone"`}},
+		{
+			name: "serve fails with several problems", serveErr: errors.Join(errors.New("A: bad"), errors.New("B: worse")),
+			wantCode: 1, wantServed: true, wantStderr: []string{`"err":["A: bad","B: worse"]`},
+		},
 		{name: "--help", args: []string{"--help"}, wantStdout: []string{"demo: does a demo", "demo keys create|list", "--version", "DATABASE_URL AMQP_URL"}},
 		{name: "-h", args: []string{"-h"}, wantStdout: []string{"Usage:"}},
 		{name: "help", args: []string{"help"}, wantStdout: []string{"Usage:"}},
