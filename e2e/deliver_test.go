@@ -304,7 +304,12 @@ func TestPublishWhileBrokerDownIsDeliveredLater(t *testing.T) {
 	}
 	px := newProxy(t, u)
 	px.setDown(true)
-	s.start("producer", map[string]string{"AMQP_URL": replaceHost(s.amqpURL, px.addr())})
+	// Not ready without the broker, but it takes requests.
+	producer := s.startUntil("producer", map[string]string{"AMQP_URL": replaceHost(s.amqpURL, px.addr())}, "/livez")
+	waitFor(t, 30*time.Second, "the producer serving gRPC", func() bool {
+		_, body := producer.get(t, "/readyz")
+		return strings.Contains(body, "grpc: ok")
+	})
 	notifications, devices, admin := s.clients()
 	if _, err := devices.RegisterDevice(ctxT(t), &notifyv1.RegisterDeviceRequest{
 		UserId: "carol", DeviceId: "carol-phone", Token: "carol-token", Platform: notifyv1.Platform_PLATFORM_ANDROID,

@@ -145,9 +145,16 @@ type proc struct {
 	err     error
 }
 
-// start runs a service with the stack's environment plus env and waits until its health
-// endpoint answers.
+// start runs a service with the stack's environment plus env and waits until it is ready
+// (its /readyz answers 200).
 func (s *stack) start(name string, env map[string]string) *proc {
+	s.t.Helper()
+	return s.startUntil(name, env, "/readyz")
+}
+
+// startUntil runs a service with the stack's environment plus env and waits until its
+// health endpoint path (/livez or /readyz) answers 200.
+func (s *stack) startUntil(name string, env map[string]string, path string) *proc {
 	s.t.Helper()
 	p := &proc{name: name, done: make(chan struct{})}
 	vars := map[string]string{}
@@ -160,11 +167,11 @@ func (s *stack) start(name string, env map[string]string) *proc {
 		addr := freeAddr(s.t)
 		vars["FCM_EMULATOR_ADDR"] = addr
 		s.emulatorURL = "http://" + addr
-		health = s.emulatorURL + "/healthz"
+		health = s.emulatorURL + path
 	default:
 		p.metrics = freeAddr(s.t)
 		vars["METRICS_ADDR"] = p.metrics
-		health = "http://" + p.metrics + "/healthz"
+		health = "http://" + p.metrics + path
 		if s.emulatorURL != "" {
 			vars["FCM_ENDPOINT"] = s.emulatorURL + "/v1"
 		}
@@ -216,7 +223,7 @@ func (s *stack) start(name string, env map[string]string) *proc {
 		default:
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("%s not healthy after 30s:\n%s", name, p.tail(40))
+			s.t.Fatalf("%s: %s not 200 after 30s:\n%s", name, path, p.tail(40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

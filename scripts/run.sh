@@ -52,11 +52,11 @@ wait_http() {
 	exit 1
 }
 
-start fcm-emulator && wait_http http://127.0.0.1:9099/healthz fcm-emulator
-start producer && wait_http http://127.0.0.1:9101/healthz producer
-start sender && wait_http http://127.0.0.1:9102/healthz sender
-start retrier && wait_http http://127.0.0.1:9103/healthz retrier
-start deadletter && wait_http http://127.0.0.1:9104/healthz deadletter
+start fcm-emulator && wait_http http://127.0.0.1:9099/readyz fcm-emulator
+start producer && wait_http http://127.0.0.1:9101/readyz producer
+start sender && wait_http http://127.0.0.1:9102/readyz sender
+start retrier && wait_http http://127.0.0.1:9103/readyz retrier
+start deadletter && wait_http http://127.0.0.1:9104/readyz deadletter
 
 # Every RPC needs an API key. The first admin key is made directly in the database (the
 # bootstrap path); this run's keys are revoked when it stops.

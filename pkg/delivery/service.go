@@ -160,7 +160,11 @@ func RunService(ctx context.Context, cfg ServiceConfig, queue func(rabbit.Topolo
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return consumer.Run(gctx) })
 	g.Go(func() error {
-		return metrics.NewServer(cfg.MetricsAddr, reg, func(ctx context.Context) error { return pool.Ping(ctx) }, log).Run(gctx)
+		return metrics.NewServer(cfg.MetricsAddr, reg, log,
+			metrics.Check{Name: "database", Func: pool.Ping},
+			metrics.Check{Name: "rabbitmq", Func: conn.Check},
+			metrics.Check{Name: "consumer", Func: consumer.Check},
+		).Run(gctx)
 	})
 	err = g.Wait()
 	stopConn()

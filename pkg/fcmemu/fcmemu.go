@@ -173,6 +173,9 @@ func New(cfg Config) *Server {
 	s.settings.Store(newLive(st))
 
 	s.mux = http.NewServeMux()
+	// The emulator depends on nothing: it is live and ready whenever it answers.
+	s.mux.HandleFunc("GET /livez", s.handleHealth)
+	s.mux.HandleFunc("GET /readyz", s.handleHealth)
 	s.mux.HandleFunc("GET /healthz", s.handleHealth)
 	s.mux.HandleFunc("GET /emulator/stats", s.handleStats)
 	s.mux.HandleFunc("GET /emulator/messages", s.handleMessages)
@@ -183,7 +186,7 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// ServeHTTP serves the FCM send endpoint, the /emulator/ control endpoints and /healthz.
+// ServeHTTP serves the FCM send endpoint, the /emulator/ control endpoints and /livez, /readyz and /healthz.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The send endpoint bypasses the mux: it is the hot path.
 	if project, ok := sendProject(r.URL.Path); ok {

@@ -725,6 +725,8 @@ func TestControlEndpoints(t *testing.T) {
 		wantBody   []string // substrings
 	}{
 		{"health", "GET", "/healthz", "", 200, []string{"ok"}},
+		{"live", "GET", "/livez", "", 200, []string{"ok"}},
+		{"ready", "GET", "/readyz", "", 200, []string{"ok"}},
 		{"config defaults", "GET", "/emulator/config", "", 200, []string{`"quota_per_minute":0`, `"latency":"0s"`, `"retry_after":"30s"`, `"unavailable_retry_after":"0s"`, `"fail_all":""`}},
 		{"config every problem", "PUT", "/emulator/config", `{"quota_per_minute":-1,"latency":"soon","retry_after":"0s","fail_all":"DOWN"}`, 400, []string{"latency", "quota per minute", "retry after", "DOWN"}},
 		{"config unknown field", "PUT", "/emulator/config", `{"quota":5}`, 400, []string{"quota"}},

@@ -1,4 +1,4 @@
-// Package metrics serves a service's Prometheus metrics and health endpoint.
+// Package metrics serves a service's Prometheus metrics and its health endpoints.
 package metrics
 
 import (
@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,39 +25,98 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
-// HealthFunc reports whether the service can do its work; a non-nil error makes /healthz
-// answer 503 with the error's text.
-type HealthFunc func(ctx context.Context) error
+// Check is one named readiness condition, such as "database" or "rabbitmq". Func returns
+// nil when the condition holds and otherwise an error saying why not; it must return soon
+// after ctx ends.
+type Check struct {
+	Name string
+	Func func(ctx context.Context) error
+}
 
-// Server serves /metrics and /healthz.
+// CheckTimeout bounds one round of readiness checks.
+const CheckTimeout = 2 * time.Second
+
+// Result is the outcome of one Check.
+type Result struct {
+	Name string
+	Err  error
+}
+
+// RunChecks runs every check at once, each bounded by CheckTimeout, and returns their
+// results in the order given.
+func RunChecks(ctx context.Context, checks []Check) []Result {
+	ctx, cancel := context.WithTimeout(ctx, CheckTimeout)
+	defer cancel()
+	results := make([]Result, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Go(func() { results[i] = Result{Name: c.Name, Err: c.Func(ctx)} })
+	}
+	wg.Wait()
+	return results
+}
+
+// Ready runs the checks and returns nil when all pass, otherwise the failures joined, each
+// prefixed with its check's name.
+func Ready(ctx context.Context, checks []Check) error {
+	var errs []error
+	for _, r := range RunChecks(ctx, checks) {
+		if r.Err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.Name, r.Err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Server serves /metrics, /livez and /readyz (with /healthz as an alias of /readyz).
+//
+// /livez answers 200 for as long as the process serves HTTP: an orchestrator restarts a
+// process that fails it, so it must not depend on anything a restart cannot fix (a broker
+// outage). /readyz answers 200 when every readiness check passes and 503 otherwise, with
+// one line per check saying what failed, so that traffic and rollouts wait for it.
 type Server struct {
 	addr   string
 	reg    *prometheus.Registry
-	health HealthFunc
+	checks []Check
 	log    *slog.Logger
 }
 
-// NewServer returns a server for addr (host:port). health may be nil.
-func NewServer(addr string, reg *prometheus.Registry, health HealthFunc, log *slog.Logger) *Server {
-	return &Server{addr: addr, reg: reg, health: health, log: log}
+// NewServer returns a server for addr (host:port) with the given readiness checks.
+func NewServer(addr string, reg *prometheus.Registry, log *slog.Logger, checks ...Check) *Server {
+	return &Server{addr: addr, reg: reg, checks: checks, log: log}
 }
 
 // Handler returns the HTTP handler, for tests.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if s.health != nil {
-			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-			defer cancel()
-			if err := s.health(ctx); err != nil {
-				http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-		}
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("GET /readyz", s.serveReady)
+	mux.HandleFunc("GET /healthz", s.serveReady)
 	return mux
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
+	var body strings.Builder
+	ready := true
+	for _, res := range RunChecks(r.Context(), s.checks) {
+		if res.Err != nil {
+			ready = false
+			fmt.Fprintf(&body, "%s: %v\n", res.Name, res.Err)
+		} else {
+			fmt.Fprintf(&body, "%s: ok\n", res.Name)
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if !ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, body.String(), "not ready\n")
+		return
+	}
+	fmt.Fprint(w, body.String(), "ok\n")
 }
 
 // Run listens on the address until ctx ends.

@@ -45,6 +45,7 @@ type Conn struct {
 	ready   chan struct{}    // closed once cur is set; replaced when cur is lost
 	stopped chan struct{}    // closed when Run returns
 	runErr  error            // why Run returned, if not because ctx ended
+	downErr error            // why the last connection attempt failed or the last connection closed
 	users   int              // Consumers running; Run keeps the connection for them while draining
 	idle    chan struct{}    // closed and replaced whenever users drops to 0
 }
@@ -97,6 +98,7 @@ func (c *Conn) run(ctx context.Context) error {
 			return err
 		}
 		if err != nil {
+			c.down(err)
 			d := b.next()
 			c.log.Warn("rabbitmq connection failed", "err", err, "retry_in", d)
 			if !sleep(ctx, d) {
@@ -123,6 +125,11 @@ func (c *Conn) run(ctx context.Context) error {
 			return nil
 		case aerr := <-closed:
 			c.lost(conn)
+			if aerr != nil {
+				c.down(fmt.Errorf("connection closed: %w", aerr))
+			} else {
+				c.down(errors.New("connection closed"))
+			}
 			if time.Since(up) > c.opts.MaxBackoff {
 				b.reset() // it was up for a while: this is a fresh failure, not a flapping broker
 			}
@@ -193,7 +200,15 @@ func (c *Conn) set(conn *amqp.Connection) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.cur = conn
+	c.downErr = nil
 	close(c.ready)
+}
+
+// down records why there is no connection, for Check.
+func (c *Conn) down(err error) {
+	c.mu.Lock()
+	c.downErr = err
+	c.mu.Unlock()
 }
 
 // lost forgets conn if it is still the current connection. Anyone may call it on noticing
@@ -260,6 +275,28 @@ func (c *Conn) channel(ctx context.Context) (*amqp.Channel, error) {
 func (c *Conn) Ready(ctx context.Context) error {
 	_, err := c.connection(ctx)
 	return err
+}
+
+// Check reports, without waiting, whether the connection is open and the topology
+// declared: nil when it is, otherwise an error saying why not (the last dial or close error
+// while reconnecting, ErrStopped once Run has returned). It is a readiness check.
+func (c *Conn) Check(context.Context) error {
+	c.mu.Lock()
+	cur, downErr := c.cur, c.downErr
+	c.mu.Unlock()
+	select {
+	case <-c.stopped:
+		return ErrStopped
+	default:
+	}
+	switch {
+	case cur != nil && !cur.IsClosed():
+		return nil
+	case downErr != nil:
+		return fmt.Errorf("not connected: %w", downErr)
+	default:
+		return errors.New("not connected yet")
+	}
 }
 
 // Declare declares t on the current connection, waiting for one. It is for topologies beyond

@@ -44,6 +44,9 @@ type Consumer struct {
 	// live is the generation of the channel currently consuming (0: none). A delivery from
 	// any other generation is stale: its channel is gone and the broker will redeliver it.
 	live atomic.Uint64
+
+	mu      sync.Mutex
+	downErr error // why the last subscription failed or ended, for Check
 }
 
 // NewConsumer returns a Consumer of queue on conn; Run starts it.
@@ -155,6 +158,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		})
 	}
 
+	c.down(errors.New("waiting for the broker connection"))
 	b := backoff{min: c.conn.opts.MinBackoff, max: c.conn.opts.MaxBackoff}
 	var sub *subscription
 	var runErr error
@@ -169,6 +173,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				runErr = fmt.Errorf("consume %s: %w", c.queue, err)
 				break
 			}
+			c.down(err)
 			d := b.next()
 			c.log.Warn("rabbitmq subscribe failed", "err", err, "retry_in", d)
 			sleep(ctx, d)
@@ -191,6 +196,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		default:
 		}
 		sub = nil
+		c.down(errors.New(reason))
 		if time.Since(up) > c.conn.opts.MaxBackoff { // it was up for a while: not a flapping queue
 			b.reset()
 		}
@@ -211,6 +217,28 @@ func (c *Consumer) Run(ctx context.Context) error {
 		sub.ch.Close() // the broker requeues whatever was delivered and not acked
 	}
 	return runErr
+}
+
+// Check reports, without waiting, whether the consumer is subscribed to its queue: nil when
+// it is, otherwise an error saying why not. It is a readiness check; a Consumer whose Run has
+// not started (or has returned) is not subscribed.
+func (c *Consumer) Check(context.Context) error {
+	if c.live.Load() != 0 {
+		return nil
+	}
+	c.mu.Lock()
+	err := c.downErr
+	c.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("not consuming %s: %w", c.queue, err)
+	}
+	return fmt.Errorf("not consuming %s", c.queue)
+}
+
+func (c *Consumer) down(err error) {
+	c.mu.Lock()
+	c.downErr = err
+	c.mu.Unlock()
 }
 
 // wait waits for the workers, cancelling the handlers' ctx after ShutdownTimeout.

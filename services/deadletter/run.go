@@ -18,7 +18,7 @@ import (
 
 // run wires the deadletter service together and runs it until ctx ends. It does not
 // migrate: until the producer has created the schema it waits (warning, and answering
-// /healthz with 503) instead of consuming, so that all services can start in any order.
+// /readyz with 503) instead of consuming, so that all services can start in any order.
 // On SIGTERM the consumer stops taking deliveries and lets in-flight ones finish before
 // the broker connection closes; unacked ones go back to the queue.
 func run(ctx context.Context, getenv func(string) string) error {
@@ -77,7 +77,11 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return work.Wait()
 	})
 	g.Go(func() error {
-		return metrics.NewServer(cfg.MetricsAddr, reg, store.Check, log).Run(gctx)
+		return metrics.NewServer(cfg.MetricsAddr, reg, log,
+			metrics.Check{Name: "database", Func: store.Check},
+			metrics.Check{Name: "rabbitmq", Func: conn.Check},
+			metrics.Check{Name: "consumer", Func: consumer.Check},
+		).Run(gctx)
 	})
 	err = g.Wait()
 	stopConn()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -87,6 +88,9 @@ type grpcServer struct {
 	lis             net.Listener
 	shutdownTimeout time.Duration
 	log             *slog.Logger
+
+	services []string    // the API services registered, whose health SetServing reports
+	serving  atomic.Bool // Run is serving
 }
 
 // newGRPCServer listens on addr (GRPC_ADDR) and builds the server with opts. Listening
@@ -105,13 +109,39 @@ func newGRPCServer(addr string, shutdownTimeout time.Duration, log *slog.Logger,
 	}
 	healthpb.RegisterHealthServer(s.srv, s.health)
 	reflection.Register(s.srv)
+	// Not ready until told otherwise (SetServing): the health server's default for the
+	// whole server ("") is SERVING.
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	return s, nil
 }
 
 // RegisterService makes grpcServer a grpc.ServiceRegistrar, for the generated Register…Server
-// functions.
+// functions. The service's health starts NOT_SERVING.
 func (s *grpcServer) RegisterService(desc *grpc.ServiceDesc, impl any) {
 	s.srv.RegisterService(desc, impl)
+	s.services = append(s.services, desc.ServiceName)
+	s.health.SetServingStatus(desc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+}
+
+// SetServing sets the health of the whole server ("") and of every registered API service
+// to SERVING or NOT_SERVING. It has no effect once Run has begun stopping.
+func (s *grpcServer) SetServing(serving bool) {
+	status := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		status = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", status)
+	for _, name := range s.services {
+		s.health.SetServingStatus(name, status)
+	}
+}
+
+// Check is a readiness check: nil while Run serves.
+func (s *grpcServer) Check(context.Context) error {
+	if !s.serving.Load() {
+		return errors.New("not serving yet (waiting for the database and its migrations)")
+	}
+	return nil
 }
 
 // Addr is where the server listens.
@@ -124,12 +154,15 @@ func (s *grpcServer) Addr() net.Addr { return s.lis.Addr() }
 func (s *grpcServer) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.srv.Serve(s.lis) }()
+	s.serving.Store(true)
 	s.log.Info("grpc listening", "addr", s.lis.Addr().String())
 	select {
 	case err := <-errc:
+		s.serving.Store(false)
 		return fmt.Errorf("grpc server: %w", err)
 	case <-ctx.Done():
 	}
+	s.serving.Store(false)
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { s.srv.GracefulStop(); close(stopped) }()

@@ -146,7 +146,8 @@ func TestGRPCMaxConnectionAge(t *testing.T) {
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// TestGRPCServerStops checks the stop sequence: health turns NOT_SERVING while calls are
+// TestGRPCServerStops checks the stop sequence: health (NOT_SERVING until the readiness
+// checks pass, then SERVING) turns NOT_SERVING while calls are
 // still running, a call that never ends (a Watch stream) is closed after the shutdown
 // timeout, and Run returns nil.
 func TestGRPCServerStops(t *testing.T) {
@@ -168,8 +169,13 @@ func TestGRPCServerStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	first, err := watch.Recv()
-	if err != nil || first.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("first health status = %v, %v; want SERVING", first.GetStatus(), err)
+	if err != nil || first.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("first health status = %v, %v; want NOT_SERVING until SetServing", first.GetStatus(), err)
+	}
+	api.SetServing(true)
+	ready, err := watch.Recv()
+	if err != nil || ready.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health status after SetServing(true) = %v, %v; want SERVING", ready.GetStatus(), err)
 	}
 
 	cancel()

@@ -23,7 +23,9 @@ import (
 	"notify/services/producer/internal/server"
 )
 
-// run wires the producer together and runs it until ctx ends.
+// run wires the producer together and runs it until ctx ends. Metrics and health are
+// served at once, so /livez answers while the database is awaited and migrated; everything
+// else starts after the migrations.
 //
 // Shutdown order matters: on ctx's end the gRPC server drains in-flight RPCs and the relay
 // finishes its batch first; only then is the broker connection closed, so nothing the relay
@@ -45,12 +47,6 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	defer pool.Close()
-	if err := waitForDatabase(ctx, pool); err != nil {
-		return err
-	}
-	if _, err := schema.Migrate(ctx, pool, log); err != nil {
-		return fmt.Errorf("migrate database: %w", err)
-	}
 
 	reg := metrics.NewRegistry()
 	topo := rabbit.NewTopology(cfg.Topology, nil)
@@ -63,7 +59,6 @@ func run(ctx context.Context, getenv func(string) string) error {
 	})
 
 	keys := apikey.NewVerifier(apikey.NewStore(pool), cfg.APIKeyCacheTTL, log)
-	warnWithoutAdminKey(ctx, pool, log)
 	auth := server.NewAuth(keys, log, reg)
 	runner := jobs.NewRunner(pool, log, reg,
 		jobs.StaleTokens(cfg.TokenStaleAfter, cfg.TokenSweepBatch, cfg.TokenSweepInterval, log, reg),
@@ -80,25 +75,79 @@ func run(ctx context.Context, getenv func(string) string) error {
 	notifyv1.RegisterDeviceServiceServer(api, server.NewDevices(pool, log, reg))
 	notifyv1.RegisterAdminServiceServer(api, server.NewAdmin(pool, log, keys, relay.Wake))
 
-	connCtx, stopConn := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopConn()
-	connDone := make(chan error, 1)
-	go func() { connDone <- conn.Run(connCtx) }()
-
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return relay.Run(gctx) })
-	g.Go(func() error { return keys.Run(gctx) })
-	g.Go(func() error { return runner.Run(gctx) })
-	g.Go(func() error {
-		return metrics.NewServer(cfg.MetricsAddr, reg, func(ctx context.Context) error { return pool.Ping(ctx) }, log).Run(gctx)
-	})
-	g.Go(func() error { return api.Run(gctx) })
-	err = g.Wait()
-	stopConn()
-	if connErr := <-connDone; connErr != nil && !errors.Is(connErr, context.Canceled) {
-		err = errors.Join(err, fmt.Errorf("rabbitmq connection: %w", connErr))
+	checks := []metrics.Check{
+		{Name: "database", Func: pool.Ping},
+		{Name: "rabbitmq", Func: conn.Check},
+		{Name: "grpc", Func: api.Check},
 	}
-	return err
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return metrics.NewServer(cfg.MetricsAddr, reg, log, checks...).Run(gctx) })
+	g.Go(func() error {
+		if err := waitForDatabase(gctx, pool); err != nil {
+			if gctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if _, err := schema.Migrate(gctx, pool, log); err != nil {
+			if gctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("migrate database: %w", err)
+		}
+		warnWithoutAdminKey(gctx, pool, log)
+
+		connCtx, stopConn := context.WithCancel(context.WithoutCancel(gctx))
+		defer stopConn()
+		connDone := make(chan error, 1)
+		go func() { connDone <- conn.Run(connCtx) }()
+
+		work, wctx := errgroup.WithContext(gctx)
+		work.Go(func() error { return relay.Run(wctx) })
+		work.Go(func() error { return keys.Run(wctx) })
+		work.Go(func() error { return runner.Run(wctx) })
+		work.Go(func() error { watchReadiness(wctx, checks, log, api.SetServing); return nil })
+		work.Go(func() error { return api.Run(wctx) })
+		err := work.Wait()
+		stopConn()
+		if connErr := <-connDone; connErr != nil && !errors.Is(connErr, context.Canceled) {
+			err = errors.Join(err, fmt.Errorf("rabbitmq connection: %w", connErr))
+		}
+		return err
+	})
+	return g.Wait()
+}
+
+// readinessInterval is how often the gRPC health service re-evaluates the readiness checks.
+const readinessInterval = time.Second
+
+// watchReadiness runs the readiness checks every readinessInterval until ctx ends and
+// reports the outcome to setServing, logging each change with its reason: gRPC clients and
+// load balancers that use grpc.health.v1 then see what /readyz says.
+func watchReadiness(ctx context.Context, checks []metrics.Check, log *slog.Logger, setServing func(bool)) {
+	ready := false
+	t := time.NewTicker(readinessInterval)
+	defer t.Stop()
+	for {
+		err := metrics.Ready(ctx, checks)
+		if ctx.Err() != nil {
+			return
+		}
+		if now := err == nil; now != ready {
+			if err != nil {
+				log.Warn("not ready", "err", err)
+			} else {
+				log.Info("ready")
+			}
+			ready = now
+		}
+		setServing(err == nil)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // waitForDatabase gives a database that starts together with the producer a minute to

@@ -1,0 +1,65 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestHealthEndpoints(t *testing.T) {
+	t.Parallel()
+	pass := func(context.Context) error { return nil }
+	fail := func(context.Context) error { return errors.New("dial tcp 127.0.0.1:1: connection refused") }
+	blocked := func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+	tests := []struct {
+		name       string
+		checks     []Check
+		path       string
+		wantStatus int
+		wantBody   []string
+	}{
+		{"live while a check fails", []Check{{"rabbitmq", fail}}, "/livez", 200, []string{"ok"}},
+		{"ready", []Check{{"database", pass}, {"rabbitmq", pass}}, "/readyz", 200, []string{"database: ok", "rabbitmq: ok"}},
+		{"no checks", nil, "/readyz", 200, []string{"ok"}},
+		{"not ready", []Check{{"database", pass}, {"rabbitmq", fail}}, "/readyz", 503,
+			[]string{"database: ok", "rabbitmq: dial tcp 127.0.0.1:1: connection refused", "not ready"}},
+		{"healthz is readyz", []Check{{"rabbitmq", fail}}, "/healthz", 503, []string{"rabbitmq: dial tcp"}},
+		{"a hung check times out", []Check{{"database", blocked}}, "/readyz", 503, []string{"database: context deadline exceeded"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := NewServer("127.0.0.1:0", NewRegistry(), slog.New(slog.DiscardHandler), tt.checks...)
+			rec := httptest.NewRecorder()
+			s.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tt.path, nil))
+			body, _ := io.ReadAll(rec.Body)
+			if rec.Code != tt.wantStatus {
+				t.Errorf("GET %s = %d, want %d; body:\n%s", tt.path, rec.Code, tt.wantStatus, body)
+			}
+			for _, want := range tt.wantBody {
+				if !strings.Contains(string(body), want) {
+					t.Errorf("GET %s body lacks %q:\n%s", tt.path, want, body)
+				}
+			}
+		})
+	}
+}
+
+func TestReady(t *testing.T) {
+	t.Parallel()
+	err := Ready(context.Background(), []Check{
+		{"database", func(context.Context) error { return nil }},
+		{"consumer", func(context.Context) error { return errors.New("not consuming notify.send") }},
+	})
+	if err == nil || err.Error() != "consumer: not consuming notify.send" {
+		t.Errorf("Ready = %v, want the failing check named", err)
+	}
+	if err := Ready(context.Background(), []Check{{"database", func(context.Context) error { return nil }}}); err != nil {
+		t.Errorf("Ready with passing checks = %v", err)
+	}
+}
