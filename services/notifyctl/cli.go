@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"notify/pkg/buildinfo"
 )
 
 // Exit codes scripts can rely on (also in every command's help).
@@ -118,7 +120,7 @@ func (c *cli) rootCommand() *cobra.Command {
   notifyctl dead list --reason retries_exhausted --unreplayed
   notifyctl replay --dead --reason retries_exhausted --since 1h --dry-run
   notifyctl --ca-file ca.pem --addr notify.example.com:443 keys list`,
-		Version:       buildVersion().String(),
+		Version:       buildinfo.Read().String(),
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		// Without a command: the usage on stderr and exit 2, as scripts expect of a mistake.

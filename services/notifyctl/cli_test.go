@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -376,14 +377,14 @@ func TestVersionAndCompletion(t *testing.T) {
 			}
 			continue
 		}
-		if r.code != exitOK || !strings.HasPrefix(r.stdout, "notifyctl ") || !strings.Contains(r.stdout, "commit ") ||
-			!strings.Contains(r.stdout, "go1.") {
-			t.Errorf("notifyctl %s: exit %d, %q; want version, commit and Go version", args[0], r.code, r.stdout)
+		// The commit is there when the build stamped one (make build does; go test does not).
+		if r.code != exitOK || !strings.HasPrefix(r.stdout, "notifyctl ") || !strings.Contains(r.stdout, runtime.Version()) {
+			t.Errorf("notifyctl %s: exit %d, %q; want the version and Go version", args[0], r.code, r.stdout)
 		}
 	}
 	var v map[string]any
 	if err := json.Unmarshal([]byte(mustCtl(t, exitOK, nil, "version", "-o", "json").stdout), &v); err != nil ||
-		!strings.HasPrefix(v["goVersion"].(string), "go1.") || v["commit"] == "" {
+		v["goVersion"] != runtime.Version() || v["commit"] == nil || v["version"] == "" {
 		t.Errorf("version -o json: %v %v", v, err)
 	}
 	for _, shell := range []string{"bash", "zsh", "fish", "powershell"} {
