@@ -132,7 +132,13 @@ func loadConfig(args []string, getenv func(string) string, environ []string, std
 	}
 
 	// The sender's own loader, so the baseline uses exactly the concurrency the sender will.
-	settings, err := delivery.LoadSettings(getenv)
+	// The bench points the services at its own emulator (FCM_ENDPOINT), so the loader gets one too.
+	settings, err := delivery.LoadSettings(func(k string) string {
+		if k == "FCM_ENDPOINT" {
+			return "http://127.0.0.1:9099/v1"
+		}
+		return getenv(k)
+	})
 	if err != nil {
 		errs = append(errs, fmt.Errorf("service settings in the environment: %w", err))
 	}

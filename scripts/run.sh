@@ -9,7 +9,11 @@ bin=$root/bin
 logs=$root/tmp/logs
 mkdir -p "$logs"
 
-export FCM_ENDPOINT=${FCM_ENDPOINT:-http://127.0.0.1:9099/v1}
+# The emulator unless real FCM credentials are given (FCM_ENDPOINT with credentials would send
+# authenticated requests to the emulator).
+if [[ -z ${FCM_CREDENTIALS_FILE:-} ]]; then
+	export FCM_ENDPOINT=${FCM_ENDPOINT:-http://127.0.0.1:9099/v1}
+fi
 export NOTIFY_ADDR=${NOTIFY_ADDR:-127.0.0.1:50051}
 
 run_id=$(date +%s)

@@ -8,10 +8,6 @@ import (
 	"notify/pkg/rabbit"
 )
 
-// EmulatorEndpoint is where FCM requests go when neither FCM_ENDPOINT nor
-// FCM_CREDENTIALS_FILE is set: the local fcm-emulator that `make run` starts.
-const EmulatorEndpoint = "http://127.0.0.1:9099/v1"
-
 // Settings are the environment settings the sender and the retrier share. They must agree
 // on the retry settings: those name the wait queues both of them publish to.
 type Settings struct {
@@ -47,10 +43,13 @@ func LoadSettings(getenv func(string) string) (Settings, error) {
 		MaxAttempts:        e.Int("RETRY_MAX_ATTEMPTS", 8, 1, 100),
 		MaxConcurrentSends: e.Int("FCM_MAX_CONCURRENT_SENDS", 4, 1, 64),
 	}
-	if s.FCM.CredentialsFile == "" && s.FCM.Endpoint == "" {
-		s.FCM.Endpoint = EmulatorEndpoint
-	}
-	if s.FCM.Endpoint != "" && s.FCM.ProjectID == "" {
+	switch {
+	case s.FCM.CredentialsFile == "" && s.FCM.Endpoint == "":
+		// Never a silent default: without this a production deployment that lost its
+		// credentials would "deliver" to an emulator that is not there.
+		e.Errs = append(e.Errs, fcm.ErrNoTarget)
+	case s.FCM.CredentialsFile == "" && s.FCM.ProjectID == "":
+		// An emulator takes any project; with credentials the key file names it.
 		s.FCM.ProjectID = "notify-dev"
 	}
 	if s.RetryMax < s.RetryBase {

@@ -12,23 +12,39 @@ func env(m map[string]string) func(string) string { return func(k string) string
 
 func TestLoadSettingsDefaults(t *testing.T) {
 	t.Parallel()
-	s, err := LoadSettings(env(nil))
+	s, err := LoadSettings(env(map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:9099/v1"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.FCM.Endpoint != EmulatorEndpoint || s.FCM.ProjectID != "notify-dev" {
-		t.Errorf("with no FCM settings: endpoint %q project %q, want the emulator and notify-dev", s.FCM.Endpoint, s.FCM.ProjectID)
+	if s.FCM.ProjectID != "notify-dev" {
+		t.Errorf("with an endpoint: project %q, want notify-dev", s.FCM.ProjectID)
 	}
 	want := []time.Duration{10 * time.Second, 20 * time.Second, 40 * time.Second, 80 * time.Second, 160 * time.Second, 320 * time.Second}
 	topo := s.Topology()
 	if diff := cmp.Diff(want, topo.WaitDelays); diff != "" || topo.Name != "notify" || s.MaxAttempts != 8 {
 		t.Errorf("topology %s attempts %d, wait levels (-want +got):\n%s", topo.Name, s.MaxAttempts, diff)
 	}
+}
 
-	// Credentials mean real FCM: never the emulator by default.
-	s, err = LoadSettings(env(map[string]string{"FCM_CREDENTIALS_FILE": "/etc/notify/sa.json", "FCM_PROJECT_ID": "prod"}))
-	if err != nil || s.FCM.Endpoint != "" {
-		t.Errorf("with credentials: endpoint %q (%v), want none", s.FCM.Endpoint, err)
+func TestLoadSettingsFCMTarget(t *testing.T) {
+	t.Parallel()
+	// No FCM settings at all: refuse, saying what to set, rather than use an emulator.
+	_, err := LoadSettings(env(nil))
+	for _, want := range []string{"FCM_CREDENTIALS_FILE", "FCM_ENDPOINT", "service-account", "http://127.0.0.1:9099/v1"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("no FCM settings: error %v, want one mentioning %q", err, want)
+		}
+	}
+
+	// Credentials mean real FCM, and the project comes from the key file unless set.
+	s, err := LoadSettings(env(map[string]string{"FCM_CREDENTIALS_FILE": "/etc/notify/sa.json"}))
+	if err != nil || s.FCM.Endpoint != "" || s.FCM.ProjectID != "" {
+		t.Errorf("with credentials: endpoint %q project %q (%v), want neither", s.FCM.Endpoint, s.FCM.ProjectID, err)
+	}
+	// Both: the endpoint with the credentials' auth (a stand-in of FCM).
+	s, err = LoadSettings(env(map[string]string{"FCM_CREDENTIALS_FILE": "/etc/notify/sa.json", "FCM_ENDPOINT": "https://fcm.test/v1", "FCM_PROJECT_ID": "p"}))
+	if err != nil || s.FCM.Endpoint != "https://fcm.test/v1" || s.FCM.CredentialsFile == "" || s.FCM.ProjectID != "p" {
+		t.Errorf("with both: %+v (%v)", s.FCM, err)
 	}
 }
 

@@ -29,14 +29,23 @@ func TestNewConfig(t *testing.T) {
 	if err := os.WriteFile(userCreds, []byte(`{"type":"authorized_user","client_id":"c","client_secret":"s","refresh_token":"r"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	brokenKey := filepath.Join(dir, "broken.json")
+	if err := os.WriteFile(brokenKey, []byte(`{"type":"service_account","project_id":"demo","client_email":"a@demo.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		cfg  Config
 		want []string // substrings of the error; none means success
 	}{
-		{"empty", Config{}, []string{"FCM_PROJECT_ID", "FCM_CREDENTIALS_FILE"}},
+		{"empty", Config{}, []string{"FCM_CREDENTIALS_FILE", "FCM_ENDPOINT", "fcm-emulator"}},
 		{"emulator", Config{ProjectID: "demo", Endpoint: "http://127.0.0.1:9099/v1"}, nil},
-		{"endpoint wins over credentials", Config{ProjectID: "demo", Endpoint: "http://127.0.0.1:9099/v1", CredentialsFile: filepath.Join(dir, "missing.json")}, nil},
+		{"endpoint without project", Config{Endpoint: "http://127.0.0.1:9099/v1"}, []string{"FCM_PROJECT_ID"}},
+		{"credentials", Config{CredentialsFile: writeServiceAccount(t, "https://oauth2.example/token", "demo")}, nil},
+		{"credentials without project_id", Config{CredentialsFile: writeServiceAccount(t, "https://oauth2.example/token", "")}, []string{"FCM_PROJECT_ID", "project_id"}},
+		{"credentials with a broken key", Config{CredentialsFile: brokenKey}, []string{"FCM_CREDENTIALS_FILE", "private_key"}},
+		{"endpoint with credentials", Config{Endpoint: "http://127.0.0.1:9099/v1", CredentialsFile: writeServiceAccount(t, "https://oauth2.example/token", "demo")}, nil},
+		{"endpoint with missing credentials", Config{ProjectID: "demo", Endpoint: "http://127.0.0.1:9099/v1", CredentialsFile: filepath.Join(dir, "missing.json")}, []string{"FCM_CREDENTIALS_FILE"}},
 		{"endpoint without scheme", Config{ProjectID: "demo", Endpoint: "127.0.0.1:9099"}, []string{"FCM_ENDPOINT"}},
 		{"endpoint not http", Config{ProjectID: "demo", Endpoint: "ftp://example.com/v1"}, []string{"FCM_ENDPOINT"}},
 		{"credentials file missing", Config{ProjectID: "demo", CredentialsFile: filepath.Join(dir, "missing.json")}, []string{"FCM_CREDENTIALS_FILE"}},
@@ -116,7 +125,7 @@ func TestCredentialsAuth(t *testing.T) {
 	}))
 	t.Cleanup(fcmSrv.Close)
 
-	cfg := Config{ProjectID: "demo", CredentialsFile: writeServiceAccount(t, tokenSrv.URL)}
+	cfg := Config{CredentialsFile: writeServiceAccount(t, tokenSrv.URL, "demo")}
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +135,7 @@ func TestCredentialsAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := cfg.transport()
-	hc, err := cfg.httpClient(roundTripFunc(func(r *http.Request) (*http.Response, error) {
+	hc, project, err := cfg.httpClient(t.Context(), roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		if r.URL.Host != "fcm.googleapis.com" {
 			t.Errorf("request to %s, want fcm.googleapis.com", r.URL.Host)
 		}
@@ -137,7 +146,10 @@ func TestCredentialsAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := newClient(t.Context(), cfg.ProjectID, cfg.Endpoint, hc)
+	if project != "demo" {
+		t.Errorf("project %q, want the service account's demo", project)
+	}
+	c, err := newClient(t.Context(), project, cfg.Endpoint, hc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,8 +177,36 @@ func TestCredentialsAuth(t *testing.T) {
 	}
 }
 
+// TestCredentialsWithEndpoint: FCM_ENDPOINT together with FCM_CREDENTIALS_FILE sends to
+// the endpoint with the service account's token, as it would to FCM.
+func TestCredentialsWithEndpoint(t *testing.T) {
+	t.Parallel()
+	tokenSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"ya29.endpoint","token_type":"Bearer","expires_in":3600}`))
+	}))
+	t.Cleanup(tokenSrv.Close)
+	var got atomic.Value
+	fcmSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.URL.Path + " " + r.Header.Get("Authorization"))
+		_, _ = w.Write([]byte(`{"name":"projects/from-key/messages/1"}`))
+	}))
+	t.Cleanup(fcmSrv.Close)
+
+	c, err := New(t.Context(), Config{Endpoint: fcmSrv.URL + "/v1", CredentialsFile: writeServiceAccount(t, tokenSrv.URL, "from-key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SendMulticast(t.Context(), Message{Title: "t"}, []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "/v1/projects/from-key/messages:send Bearer ya29.endpoint"; got.Load() != want {
+		t.Errorf("endpoint received %q, want %q", got.Load(), want)
+	}
+}
+
 // writeServiceAccount writes a service account key file whose token_uri is tokenURL.
-func writeServiceAccount(t *testing.T, tokenURL string) string {
+func writeServiceAccount(t *testing.T, tokenURL, projectID string) string {
 	t.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -178,7 +218,7 @@ func writeServiceAccount(t *testing.T, tokenURL string) string {
 	}
 	sa, err := json.Marshal(map[string]string{
 		"type":           "service_account",
-		"project_id":     "demo",
+		"project_id":     projectID,
 		"private_key_id": "k1",
 		"private_key":    string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
 		"client_email":   "notify@demo.iam.gserviceaccount.com",

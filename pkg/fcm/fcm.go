@@ -7,6 +7,10 @@ package fcm
 
 import (
 	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -34,14 +38,17 @@ const messagingScope = "https://www.googleapis.com/auth/firebase.messaging"
 
 // Config says where FCM is and how to talk to it.
 type Config struct {
-	// ProjectID is the Firebase project (FCM_PROJECT_ID). Required.
+	// ProjectID is the Firebase project (FCM_PROJECT_ID). With a CredentialsFile it
+	// defaults to the service account's project_id; with only an Endpoint it is required.
 	ProjectID string
-	// CredentialsFile is a service account key file (FCM_CREDENTIALS_FILE). Required unless
-	// Endpoint is set.
+	// CredentialsFile is a service account key file (FCM_CREDENTIALS_FILE): requests carry
+	// an OAuth2 access token for it, fetched from its token_uri and refreshed before expiry.
+	// Required unless Endpoint is set.
 	CredentialsFile string
-	// Endpoint, when set, replaces FCM's URL, e.g. "http://127.0.0.1:9099/v1" for the
-	// emulator (FCM_ENDPOINT), and requests are sent without authentication
-	// (CredentialsFile is then ignored).
+	// Endpoint, when set, replaces FCM's URL (FCM_ENDPOINT), e.g. "http://127.0.0.1:9099/v1"
+	// for the emulator. Alone, it means no authentication; with a CredentialsFile, requests
+	// are authenticated exactly as they would be to FCM, which is how the credentials path
+	// is tested against a stand-in.
 	Endpoint string
 	// MaxConnsPerHost bounds the connections to FCM and sizes the idle pool to match, so
 	// connections survive from one chunk to the next instead of being closed and dialled
@@ -52,6 +59,13 @@ type Config struct {
 	// bound a whole call with its context. 0 means DefaultTimeout.
 	Timeout time.Duration
 }
+
+// ErrNoTarget is returned for a Config with neither CredentialsFile nor Endpoint: notify
+// never falls back to an emulator on its own, so a production deployment that lost its
+// credentials setting fails at start instead of "delivering" to nowhere.
+var ErrNoTarget = errors.New("FCM_CREDENTIALS_FILE or FCM_ENDPOINT: neither is set; set FCM_CREDENTIALS_FILE to a Firebase " +
+	"service-account key file to send through FCM, or FCM_ENDPOINT to an FCM-compatible endpoint such as the local " +
+	"fcm-emulator (http://127.0.0.1:9099/v1, as make run does)")
 
 // Client sends multicasts through the Firebase Admin SDK. It is safe for concurrent use.
 type Client struct {
@@ -72,29 +86,35 @@ type Result struct {
 //
 // Authentication: the SDK is always given our own *http.Client (option.WithHTTPClient), and
 // google.golang.org/api then uses that client exactly as it is, ignoring every credential
-// option (transport/http.NewClient returns settings.HTTPClient before looking at them). With
-// an Endpoint that is what we want: no auth. With a CredentialsFile the client's transport
-// must therefore carry the auth itself: New loads the file with
+// option (transport/http.NewClient returns settings.HTTPClient before looking at them).
+// With only an Endpoint that is what we want: no auth. With a CredentialsFile the client's
+// transport must therefore carry the auth itself: New loads the file with
 // credentials.NewCredentialsFromFile, which insists on a service account (the deprecated
 // option.WithCredentialsFile accepts any credential type, including external-account files
 // that run commands or fetch URLs), and wraps our tuned transport with
-// httptransport.NewClient, which adds a cached, refreshed OAuth2 access token
-// (firebase.messaging scope) to every request.
+// httptransport.NewClient, which adds a cached OAuth2 access token (firebase.messaging
+// scope) to every request. The token comes from the key file's token_uri (a JWT-bearer
+// grant signed with its private key); cloud.google.com/go/auth refreshes it in the
+// background during its last 3m45s and fetches a new one before a request when it has
+// expired. Both the token fetch and FCM use the system's CA roots (SSL_CERT_FILE and
+// SSL_CERT_DIR are honoured).
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	hc, err := cfg.httpClient(cfg.transport())
+	hc, projectID, err := cfg.httpClient(ctx, cfg.transport())
 	if err != nil {
 		return nil, err
 	}
-	return newClient(ctx, cfg.ProjectID, cfg.Endpoint, hc)
+	return newClient(ctx, projectID, cfg.Endpoint, hc)
 }
 
 func (cfg Config) validate() error {
 	var errs []error
-	if cfg.ProjectID == "" {
-		errs = append(errs, errors.New("FCM_PROJECT_ID: required"))
+	if cfg.Endpoint == "" && cfg.CredentialsFile == "" {
+		errs = append(errs, ErrNoTarget)
+	} else if cfg.ProjectID == "" && cfg.CredentialsFile == "" {
+		errs = append(errs, errors.New("FCM_PROJECT_ID: required with FCM_ENDPOINT and no FCM_CREDENTIALS_FILE"))
 	}
 	if cfg.Endpoint != "" {
 		u, err := url.Parse(cfg.Endpoint)
@@ -104,8 +124,6 @@ func (cfg Config) validate() error {
 		case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
 			errs = append(errs, fmt.Errorf("FCM_ENDPOINT %q: want an http(s) URL such as http://127.0.0.1:9099/v1", cfg.Endpoint))
 		}
-	} else if cfg.CredentialsFile == "" {
-		errs = append(errs, errors.New("FCM_CREDENTIALS_FILE: required when FCM_ENDPOINT is not set"))
 	}
 	if cfg.MaxConnsPerHost < 0 {
 		errs = append(errs, fmt.Errorf("max conns per host %d: must not be negative", cfg.MaxConnsPerHost))
@@ -139,20 +157,31 @@ func (cfg Config) transport() *http.Transport {
 	}
 }
 
-// httpClient returns the client the SDK sends with: base as is for an Endpoint, base
-// wrapped with service-account auth otherwise (see New).
-func (cfg Config) httpClient(base http.RoundTripper) (*http.Client, error) {
+// httpClient returns the client the SDK sends with, and the project to send to: base as
+// is without a CredentialsFile, base wrapped with service-account auth otherwise (see New).
+func (cfg Config) httpClient(ctx context.Context, base http.RoundTripper) (*http.Client, string, error) {
 	timeout := cfg.Timeout
 	if timeout == 0 {
 		timeout = DefaultTimeout
 	}
-	if cfg.Endpoint != "" {
-		return &http.Client{Transport: base, Timeout: timeout}, nil
+	if cfg.CredentialsFile == "" {
+		return &http.Client{Transport: base, Timeout: timeout}, cfg.ProjectID, nil
 	}
 	creds, err := credentials.NewCredentialsFromFile(credentials.ServiceAccount, cfg.CredentialsFile,
 		&credentials.DetectOptions{Scopes: []string{messagingScope}})
 	if err != nil {
-		return nil, fmt.Errorf("FCM_CREDENTIALS_FILE %s: %w", cfg.CredentialsFile, err)
+		return nil, "", fmt.Errorf("FCM_CREDENTIALS_FILE %s: %w", cfg.CredentialsFile, err)
+	}
+	projectID := cfg.ProjectID
+	if projectID == "" {
+		// A service account key names its project; no request is made for it.
+		if projectID, err = creds.ProjectID(ctx); err != nil || projectID == "" {
+			return nil, "", errors.Join(fmt.Errorf("FCM_PROJECT_ID: not set, and FCM_CREDENTIALS_FILE %s names no project_id", cfg.CredentialsFile), err)
+		}
+	}
+	// The key is only used at the first token fetch; a broken one should stop the start.
+	if err := checkPrivateKey(creds.JSON()); err != nil {
+		return nil, "", fmt.Errorf("FCM_CREDENTIALS_FILE %s: %w", cfg.CredentialsFile, err)
 	}
 	hc, err := httptransport.NewClient(&httptransport.Options{
 		Credentials:      creds,
@@ -162,10 +191,36 @@ func (cfg Config) httpClient(base http.RoundTripper) (*http.Client, error) {
 		DisableTelemetry: true,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("FCM_CREDENTIALS_FILE %s: %w", cfg.CredentialsFile, err)
+		return nil, "", fmt.Errorf("FCM_CREDENTIALS_FILE %s: %w", cfg.CredentialsFile, err)
 	}
 	hc.Timeout = timeout
-	return hc, nil
+	return hc, projectID, nil
+}
+
+// checkPrivateKey checks that a service account key file's private_key is an RSA key in
+// PEM, as the token fetch will need it.
+func checkPrivateKey(keyFile []byte) error {
+	var f struct {
+		PrivateKey string `json:"private_key"`
+	}
+	if err := json.Unmarshal(keyFile, &f); err != nil {
+		return err
+	}
+	block, _ := pem.Decode([]byte(f.PrivateKey))
+	if block == nil {
+		return errors.New("private_key: no PEM block")
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		if _, err1 := x509.ParsePKCS1PrivateKey(block.Bytes); err1 == nil {
+			return nil
+		}
+		return fmt.Errorf("private_key: %w", err)
+	}
+	if _, ok := key.(*rsa.PrivateKey); !ok {
+		return fmt.Errorf("private_key: a %T, want an RSA key", key)
+	}
+	return nil
 }
 
 // newClient builds the SDK's messaging client. hc nil leaves the SDK to build its own HTTP
@@ -173,10 +228,14 @@ func (cfg Config) httpClient(base http.RoundTripper) (*http.Client, error) {
 func newClient(ctx context.Context, projectID, endpoint string, hc *http.Client) (*Client, error) {
 	var opts []option.ClientOption
 	if endpoint != "" {
-		opts = append(opts, option.WithEndpoint(strings.TrimSuffix(endpoint, "/")), option.WithoutAuthentication())
+		opts = append(opts, option.WithEndpoint(strings.TrimSuffix(endpoint, "/")))
 	}
-	if hc != nil {
+	switch {
+	case hc != nil:
+		// hc carries its own auth, or none (see New).
 		opts = append(opts, option.WithHTTPClient(hc))
+	case endpoint != "":
+		opts = append(opts, option.WithoutAuthentication())
 	}
 	app, err := firebase.NewApp(ctx, &firebase.Config{ProjectID: projectID}, opts...)
 	if err != nil {

@@ -7,7 +7,8 @@ import (
 
 func TestLoadConfig(t *testing.T) {
 	t.Parallel()
-	c, err := loadConfig(func(string) string { return "" })
+	// FCM_ENDPOINT or FCM_CREDENTIALS_FILE is the one setting without a default.
+	c, err := loadConfig(func(k string) string { return map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:9099/v1"}[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
