@@ -153,6 +153,11 @@ func (c *cli) unreachable(st *status.Status) (string, bool) {
 	hint := "set NOTIFY_ADDR or --addr"
 	dialFailed := strings.HasPrefix(cause, "dial ") || strings.Contains(cause, "lookup ") || strings.Contains(cause, "name resolver")
 	switch {
+	case c.tls.enabled() && !dialFailed && c.tls.certFile == "":
+		// With TLS 1.3 a server that requires a client certificate refuses it only after the
+		// client's side of the handshake is done, so the cause the client sees varies
+		// ("certificate required", a broken pipe, EOF): name the likely fix whatever it is.
+		hint += "; if notify requires a client certificate (mTLS), give --cert-file and --key-file (NOTIFY_CERT_FILE, NOTIFY_KEY_FILE); check --ca-file (NOTIFY_CA_FILE), or --insecure if notify serves plaintext"
 	case c.tls.enabled() && !dialFailed:
 		hint += "; check --ca-file, --cert-file, --key-file (NOTIFY_CA_FILE, NOTIFY_CERT_FILE, NOTIFY_KEY_FILE), or --insecure if notify serves plaintext"
 	case !dialFailed:
