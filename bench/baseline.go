@@ -42,9 +42,9 @@ func rawBroker(ctx context.Context, st *stack, prog *progress) (brokerBaseline, 
 	connCtx, stopConns := context.WithCancel(context.WithoutCancel(ctx))
 	var conns sync.WaitGroup
 	defer func() { stopConns(); conns.Wait() }()
-	open := func(role string) (*rabbit.Conn, error) {
+	open := func(role string, hooks rabbit.Hooks) (*rabbit.Conn, error) {
 		// Separate connections, as in the services: TCP pushback on publishing must not slow acks.
-		c := rabbit.NewConn(st.cfg.AMQPURL, st.log, rabbit.ConnOptions{Name: topo.Name + "." + role, Topology: &topo})
+		c := rabbit.NewConn(st.cfg.AMQPURL, st.log, rabbit.ConnOptions{Name: topo.Name + "." + role, Topology: &topo, Hooks: hooks})
 		conns.Go(func() {
 			if err := c.Run(connCtx); err != nil {
 				st.log.Warn("raw broker connection", "err", err)
@@ -57,22 +57,23 @@ func rawBroker(ctx context.Context, st *stack, prog *progress) (brokerBaseline, 
 		}
 		return c, nil
 	}
-	pubConn, err := open("pub")
+	pubConn, err := open("pub", rabbit.Hooks{})
 	if err != nil {
 		return res, err
 	}
-	subConn, err := open("sub")
+	var consumed, lastAck atomic.Int64
+	subConn, err := open("sub", rabbit.Hooks{Settled: func(_ *rabbit.Delivery, _ rabbit.Settlement, err error) {
+		if err == nil { // the ack was sent
+			consumed.Add(1)
+			lastAck.Store(time.Now().UnixNano())
+		}
+	}})
 	if err != nil {
 		return res, err
 	}
 
-	var consumed, lastAck atomic.Int64
-	consumer := rabbit.NewConsumer(subConn, topo.SendQueue(), func(_ context.Context, d *rabbit.Delivery) {
-		if d.Ack() == nil {
-			consumed.Add(1)
-			lastAck.Store(time.Now().UnixNano())
-		}
-	}, rabbit.ConsumerOptions{Concurrency: rawConsumers, Prefetch: rawPrefetch})
+	consumer := rabbit.NewConsumer(subConn, topo.SendQueue(), func(context.Context, *rabbit.Delivery) error { return nil },
+		rabbit.ConsumerOptions{Concurrency: rawConsumers, Prefetch: rawPrefetch})
 	consCtx, stopConsumer := context.WithCancel(connCtx)
 	consDone := make(chan error, 1)
 	go func() { consDone <- consumer.Run(consCtx) }()

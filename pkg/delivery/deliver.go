@@ -284,9 +284,16 @@ func deadMessage(notificationID, reason string, failed []Outcome, attempts int) 
 }
 
 // DeadLetter publishes a dead-letter task about a message the service cannot handle (with
-// the message itself attached) and returns once the broker confirmed it. When it fails the
-// caller rejects the message instead, and the queue's own dead-letter route takes it.
+// the message itself attached) and returns nil once the broker confirmed it: the handler
+// returns that, and the message is acked. When the publish fails it returns a rabbit.Reject
+// error instead, so the consumer rejects the message and the queue's own dead-letter route
+// takes it to the same place.
 func (d *Deliverer) DeadLetter(ctx context.Context, rd *rabbit.Delivery, reason, notificationID string, cause error) error {
+	log := d.log.With("message_id", rd.MessageID, "queue", rd.Queue, "reason", reason)
+	if notificationID != "" {
+		log = log.With("notification_id", notificationID)
+	}
+	log.Warn("dead-lettering message", "err", cause)
 	m, err := deadletter.Message(&busv1.DeadLetterTask{
 		NotificationId: notificationID,
 		Reason:         reason,
@@ -296,10 +303,10 @@ func (d *Deliverer) DeadLetter(ctx context.Context, rd *rabbit.Delivery, reason,
 		OriginalType:   rd.Type,
 	})
 	if err != nil {
-		return err
+		return rabbit.Reject(err)
 	}
 	if err := d.pub.Publish(ctx, m); err != nil {
-		return fmt.Errorf("publish dead letter (%s): %w", reason, err)
+		return rabbit.Reject(fmt.Errorf("publish dead letter (%s): %w", reason, err))
 	}
 	d.dead.WithLabelValues(reason).Inc()
 	return nil

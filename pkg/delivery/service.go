@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -112,10 +111,8 @@ func LoadServiceConfig(e *Env, s ServiceEnv) ServiceConfig {
 	return c
 }
 
-// HandlerFunc builds a service's queue handler from the shared parts. shutdown is closed
-// when the service starts to stop: long tasks stop starting new work and hand the rest
-// back to the queue.
-type HandlerFunc func(store *Store, d *Deliverer, log *slog.Logger, reg prometheus.Registerer, shutdown <-chan struct{}) rabbit.Handler
+// HandlerFunc builds a service's queue handler from the shared parts.
+type HandlerFunc func(store *Store, d *Deliverer, log *slog.Logger, reg prometheus.Registerer) rabbit.Handler
 
 // RunService runs a delivery consumer until ctx ends: it connects to PostgreSQL, FCM and
 // RabbitMQ (declaring the topology with the configured wait levels), consumes the queue that
@@ -139,23 +136,23 @@ func RunService(ctx context.Context, cfg ServiceConfig, queue func(rabbit.Topolo
 
 	reg := metrics.NewRegistry()
 	topo := cfg.Settings.Topology()
-	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{Name: cfg.Name, Topology: &topo, DrainTimeout: cfg.ShutdownTimeout + 5*time.Second})
+	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{
+		Name: cfg.Name, Topology: &topo, DrainTimeout: cfg.ShutdownTimeout + 5*time.Second, Hooks: rabbit.NewMetrics(reg),
+	})
 	pub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
 	store := NewStore(pool)
 	deliverer := NewDeliverer(store, fcmClient, pub, topo, log, reg, Options{
 		MaxAttempts:        cfg.Settings.MaxAttempts,
 		MaxConcurrentSends: cfg.Settings.MaxConcurrentSends,
 	})
-	consumer := rabbit.NewConsumer(conn, queue(topo), newHandler(store, deliverer, log, reg, ctx.Done()), rabbit.ConsumerOptions{
+	consumer := rabbit.NewConsumer(conn, queue(topo), newHandler(store, deliverer, log, reg), rabbit.ConsumerOptions{
 		Concurrency:     cfg.Workers,
 		Prefetch:        cfg.Prefetch,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 	})
 
-	connCtx, stopConn := context.WithCancel(context.WithoutCancel(ctx))
+	stopConn := conn.Start(ctx)
 	defer stopConn()
-	connDone := make(chan error, 1)
-	go func() { connDone <- conn.Run(connCtx) }()
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return consumer.Run(gctx) })
@@ -166,75 +163,5 @@ func RunService(ctx context.Context, cfg ServiceConfig, queue func(rabbit.Topolo
 			metrics.Check{Name: "consumer", Func: consumer.Check},
 		).Run(gctx)
 	})
-	err = g.Wait()
-	stopConn()
-	if connErr := <-connDone; connErr != nil && !errors.Is(connErr, context.Canceled) {
-		err = errors.Join(err, fmt.Errorf("rabbitmq connection: %w", connErr))
-	}
-	return err
-}
-
-// Consumer results shared by the sender and the retrier: they decide how a delivery is
-// settled.
-const (
-	ResultRequeued = "requeued" // something failed on the way (database, broker): back to the queue
-	ResultRejected = "rejected" // could not even be dead-lettered explicitly: the broker's dead-letter route
-)
-
-// Settler settles deliveries according to the handler's result, and paces requeues while
-// something the handler depends on (PostgreSQL, the broker) keeps failing: without the
-// pause a requeued message comes straight back, the handler spins, and the queue's
-// x-delivery-limit dead-letters healthy notifications during a short database outage.
-type Settler struct {
-	mu       sync.Mutex
-	failures int
-	// MaxPause caps the pause before a requeue (default 30s); it doubles from 250ms with
-	// each consecutive failure and resets on the first success.
-	MaxPause time.Duration
-}
-
-// Settle acks, requeues or rejects d according to result, and logs what it did with
-// anything that went wrong. A delivery whose channel died cannot be settled; the broker
-// redelivers it and the handlers skip what was already settled.
-func (s *Settler) Settle(ctx context.Context, log *slog.Logger, d *rabbit.Delivery, result string, err error) {
-	var settleErr error
-	switch result {
-	case ResultRequeued:
-		if err != nil {
-			pause := s.failed()
-			log.Warn("task failed; handing it back to the queue", "err", err, "pause", pause)
-			t := time.NewTimer(pause)
-			select {
-			case <-ctx.Done():
-			case <-t.C:
-			}
-			t.Stop()
-		} else {
-			log.Info("handing task back to the queue")
-		}
-		settleErr = d.Nack(true)
-	case ResultRejected:
-		log.Error("task could not be dead-lettered explicitly; rejecting it to the broker's dead-letter route", "err", err)
-		settleErr = d.Reject()
-	default:
-		s.succeeded()
-		settleErr = d.Ack()
-	}
-	if settleErr != nil {
-		log.Warn("could not settle task; it will be redelivered", "result", result, "err", settleErr)
-	}
-}
-
-func (s *Settler) failed() time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	pause := min(250*time.Millisecond<<min(s.failures, 16), cmp.Or(s.MaxPause, 30*time.Second))
-	s.failures++
-	return pause
-}
-
-func (s *Settler) succeeded() {
-	s.mu.Lock()
-	s.failures = 0
-	s.mu.Unlock()
+	return errors.Join(g.Wait(), stopConn())
 }

@@ -33,7 +33,7 @@ func BenchmarkConsume(b *testing.B) {
 			got := newSeen()
 
 			b.ResetTimer()
-			startConsumer(b, subConn, topo.SendQueue(), ackAll(b, got), opts)
+			startConsumer(b, subConn, topo.SendQueue(), ackAll(got), opts)
 			waitFor(b, 5*time.Minute, "every message consumed", func() bool { return got.unique() >= b.N })
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msg/s")

@@ -55,7 +55,7 @@ func TestCheckLiveBroker(t *testing.T) {
 		t.Fatalf("Conn.Check once ready: %v", err)
 	}
 
-	consumer := NewConsumer(conn, topo.SendQueue(), func(ctx context.Context, d *Delivery) { _ = d.Ack() }, ConsumerOptions{})
+	consumer := NewConsumer(conn, topo.SendQueue(), func(context.Context, *Delivery) error { return nil }, ConsumerOptions{})
 	if err := consumer.Check(context.Background()); err == nil || !strings.Contains(err.Error(), topo.SendQueue()) {
 		t.Errorf("Consumer.Check before Run = %v, want an error naming the queue", err)
 	}

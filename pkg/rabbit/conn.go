@@ -79,6 +79,25 @@ func (c *Conn) Run(ctx context.Context) error {
 	return err
 }
 
+// Start runs the connection in the background and returns stop, which closes it and
+// returns Run's error, if any. A service starts its connection before its consumers and
+// publishers and calls stop only after they have returned: the connection outlives the
+// service's ctx so that in-flight deliveries can still be acked and hand-offs confirmed
+// while the service drains. ctx's values are kept; its cancellation is not. stop may be
+// called more than once (a deferred call after an explicit one does nothing).
+func (c *Conn) Start(ctx context.Context) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	return sync.OnceValue(func() error {
+		cancel()
+		if err := <-done; err != nil {
+			return fmt.Errorf("rabbitmq connection: %w", err)
+		}
+		return nil
+	})
+}
+
 func (c *Conn) run(ctx context.Context) error {
 	if t := c.opts.Topology; t != nil {
 		if err := t.validate(); err != nil {

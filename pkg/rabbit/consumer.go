@@ -13,11 +13,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// Handler processes one delivery and settles it with Ack, Nack or Reject before returning; a
-// delivery left unsettled is requeued (and logged as a bug). ctx ends at HandlerTimeout, or
-// when shutdown stops waiting for in-flight handlers.
-type Handler func(ctx context.Context, d *Delivery)
-
 // ConsumerOptions tunes a Consumer. The zero value is usable.
 type ConsumerOptions struct {
 	// Concurrency is the number of handler goroutines; default 1.
@@ -30,6 +25,10 @@ type ConsumerOptions struct {
 	// ShutdownTimeout is how long Run lets in-flight handlers finish after its ctx ends
 	// before cancelling their ctx; default 20s (keep it below the Conn's DrainTimeout).
 	ShutdownTimeout time.Duration
+	// MinRequeuePause and MaxRequeuePause bound the pause before a failed delivery is
+	// requeued: it starts at MinRequeuePause, doubles with each consecutive failure up to
+	// MaxRequeuePause and starts over after a success. Defaults 250ms and 30s.
+	MinRequeuePause, MaxRequeuePause time.Duration
 }
 
 // Consumer consumes one queue with manual acks, re-subscribing on a fresh channel after every
@@ -40,6 +39,7 @@ type Consumer struct {
 	handler Handler
 	opts    ConsumerOptions
 	log     *slog.Logger
+	pause   pacer
 
 	// live is the generation of the channel currently consuming (0: none). A delivery from
 	// any other generation is stale: its channel is gone and the broker will redeliver it.
@@ -54,17 +54,20 @@ func NewConsumer(conn *Conn, queue string, h Handler, opts ConsumerOptions) *Con
 	opts.Concurrency = max(opts.Concurrency, 1)
 	opts.Prefetch = cmp.Or(opts.Prefetch, 2*opts.Concurrency)
 	opts.ShutdownTimeout = cmp.Or(opts.ShutdownTimeout, 20*time.Second)
+	opts.MinRequeuePause = cmp.Or(opts.MinRequeuePause, 250*time.Millisecond)
+	opts.MaxRequeuePause = max(cmp.Or(opts.MaxRequeuePause, 30*time.Second), opts.MinRequeuePause)
 	return &Consumer{
 		conn:    conn,
 		queue:   queue,
 		handler: h,
 		opts:    opts,
 		log:     conn.log.With("queue", queue),
+		pause:   pacer{min: opts.MinRequeuePause, max: opts.MaxRequeuePause},
 	}
 }
 
-// Delivery is one message received from a queue. Exactly one of Ack, Nack or Reject must be
-// called on it, from any goroutine.
+// Delivery is one message received from a queue. The Consumer settles it from what its
+// Handler returns; handlers never settle deliveries themselves.
 type Delivery struct {
 	Queue       string
 	RoutingKey  string
@@ -77,28 +80,18 @@ type Delivery struct {
 	// Redelivered is the broker's flag: this message may have been handled before.
 	Redelivered bool
 
-	raw     amqp.Delivery
-	gen     uint64
-	live    *atomic.Uint64
-	settled atomic.Bool
+	raw  amqp.Delivery
+	gen  uint64
+	live *atomic.Uint64
 }
 
-// Ack tells the broker the message is done with. It returns ErrChannelClosed, sending
-// nothing, when the delivery's channel is gone (the broker redelivers the message).
-func (d *Delivery) Ack() error {
-	return d.settle(func() error { return d.raw.Ack(false) })
-}
-
-// Nack gives the message back: requeued when requeue is true, otherwise dead-lettered (or
-// dropped, on a queue without a dead-letter route). It returns ErrChannelClosed like Ack.
-func (d *Delivery) Nack(requeue bool) error {
-	return d.settle(func() error { return d.raw.Nack(false, requeue) })
-}
-
-// Reject dead-letters the message (to the queue's dead-letter route); it is Nack(false).
-func (d *Delivery) Reject() error {
-	return d.settle(func() error { return d.raw.Reject(false) })
-}
+// ack, requeue and reject settle the delivery on the channel it came from. They return
+// ErrChannelClosed, sending nothing, when that channel is gone: the broker has already put
+// the message back and will deliver it again, and an ack on a newer channel would settle
+// a different message with the same tag.
+func (d *Delivery) ack() error     { return d.settle(func() error { return d.raw.Ack(false) }) }
+func (d *Delivery) requeue() error { return d.settle(func() error { return d.raw.Nack(false, true) }) }
+func (d *Delivery) reject() error  { return d.settle(func() error { return d.raw.Reject(false) }) }
 
 // Attempt returns the AttemptHeader value, or 0 when the header is missing or not an integer.
 func (d *Delivery) Attempt() int {
@@ -124,9 +117,6 @@ func (d *Delivery) Attempt() int {
 }
 
 func (d *Delivery) settle(op func() error) error {
-	if !d.settled.CompareAndSwap(false, true) {
-		return ErrAlreadySettled
-	}
 	if d.live.Load() != d.gen {
 		return ErrChannelClosed
 	}
@@ -138,15 +128,15 @@ func (d *Delivery) settle(op func() error) error {
 }
 
 // Run consumes until ctx ends, re-subscribing after every lost channel or connection. When
-// ctx ends it cancels the subscription, lets in-flight handlers finish (ShutdownTimeout, then
-// their ctx is cancelled and Run waits for them), closes the channel so that every delivery
-// not acked goes back to the queue, and returns nil. It returns an error only if the Conn
-// stopped for good.
+// ctx ends it cancels the subscription, tells the handlers (Stopping), lets in-flight
+// handlers finish (ShutdownTimeout, then their ctx is cancelled and Run waits for them),
+// closes the channel so that every delivery not acked goes back to the queue, and returns
+// nil. It returns an error only if the Conn stopped for good.
 func (c *Consumer) Run(ctx context.Context) error {
 	release := c.conn.hold()
 	defer release()
 
-	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	handlerCtx, cancelHandlers := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), stoppingKey{}, ctx.Done()))
 	defer cancelHandlers()
 	jobs := make(chan *Delivery)
 	var workers sync.WaitGroup
@@ -314,9 +304,6 @@ func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- *
 				gen:         sub.gen,
 				live:        &c.live,
 			}
-			if h := c.conn.opts.Hooks.Delivered; h != nil {
-				h(c.queue)
-			}
 			select {
 			case jobs <- d:
 			case <-ctx.Done():
@@ -326,18 +313,13 @@ func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- *
 	}
 }
 
+// handle runs the handler on d and settles d from its error.
 func (c *Consumer) handle(ctx context.Context, d *Delivery) {
+	hctx := ctx
 	if c.opts.HandlerTimeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.opts.HandlerTimeout)
+		hctx, cancel = context.WithTimeout(ctx, c.opts.HandlerTimeout)
 		defer cancel()
 	}
-	c.handler(ctx, d)
-	if d.settled.Load() {
-		return
-	}
-	c.log.Error("handler returned without settling the delivery; requeueing it", "message_id", d.MessageID)
-	if err := d.Nack(true); err != nil && !errors.Is(err, ErrChannelClosed) {
-		c.log.Error("requeue unsettled delivery", "message_id", d.MessageID, "err", err)
-	}
+	c.settle(ctx, d, c.handler(hctx, d))
 }

@@ -25,29 +25,27 @@ func TestForcedClose(t *testing.T) {
 	testenv.ManagementURL(t)
 	topo := newTopology(t, amqpURL)
 
-	var connects atomic.Int32
-	hooks := Hooks{Connected: func() { connects.Add(1) }}
-	pubConn := startConn(t, amqpURL, ConnOptions{Name: topo.Name + ".pub", Topology: &topo, Hooks: hooks})
-	subConn := startConn(t, amqpURL, ConnOptions{Name: topo.Name + ".sub", Topology: &topo, Hooks: hooks})
-	pub := NewPublisher(pubConn, topo.Exchange(), PublisherOptions{Window: 256})
-
-	// The first delivery is held unacked until its channel has been killed and replaced.
+	// The first delivery is held unacked until its channel has been killed and replaced; the
+	// consumer's ack of it must then fail with ErrChannelClosed. Every other delivery counts
+	// as consumed once its ack was sent.
 	got := newSeen()
 	var ackErrs atomic.Int64
 	held := make(chan *Delivery, 1)
+	var heldDelivery atomic.Pointer[Delivery]
 	release := make(chan struct{})
 	heldErr := make(chan error, 1)
 	var holdOnce sync.Once
-	startConsumer(t, subConn, topo.SendQueue(), func(ctx context.Context, d *Delivery) {
-		first := false
-		holdOnce.Do(func() { first = true })
-		if first {
-			held <- d
-			<-release
-			heldErr <- d.Ack()
+	var connects atomic.Int32
+	connected := func() { connects.Add(1) }
+	settled := func(d *Delivery, s Settlement, err error) {
+		if s != Acked {
+			t.Errorf("delivery %s settled with %s, want %s", d.MessageID, s, Acked)
+		}
+		if d == heldDelivery.Load() {
+			heldErr <- err
 			return
 		}
-		if err := d.Ack(); err != nil {
+		if err != nil {
 			if !errors.Is(err, ErrChannelClosed) {
 				t.Errorf("ack %s: %v, want nil or ErrChannelClosed", d.MessageID, err)
 			}
@@ -55,6 +53,20 @@ func TestForcedClose(t *testing.T) {
 			return
 		}
 		got.add(d.MessageID)
+	}
+	pubConn := startConn(t, amqpURL, ConnOptions{Name: topo.Name + ".pub", Topology: &topo, Hooks: Hooks{Connected: connected}})
+	subConn := startConn(t, amqpURL, ConnOptions{Name: topo.Name + ".sub", Topology: &topo, Hooks: Hooks{Connected: connected, Settled: settled}})
+	pub := NewPublisher(pubConn, topo.Exchange(), PublisherOptions{Window: 256})
+
+	startConsumer(t, subConn, topo.SendQueue(), func(ctx context.Context, d *Delivery) error {
+		first := false
+		holdOnce.Do(func() { first = true })
+		if first {
+			heldDelivery.Store(d)
+			held <- d
+			<-release
+		}
+		return nil
 	}, ConsumerOptions{Concurrency: 4, Prefetch: 200})
 	releaseHeld := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(releaseHeld) // runs before the consumer stops, should the test fail early
@@ -169,13 +181,11 @@ func TestWaitQueues(t *testing.T) {
 	}
 	var mu sync.Mutex
 	arrived := map[string]arrival{}
-	startConsumer(t, conn, topo.RetryQueue(), func(ctx context.Context, d *Delivery) {
+	startConsumer(t, conn, topo.RetryQueue(), func(ctx context.Context, d *Delivery) error {
 		mu.Lock()
 		arrived[d.MessageID] = arrival{at: time.Now(), attempt: d.Attempt(), body: string(d.Body)}
 		mu.Unlock()
-		if err := d.Ack(); err != nil {
-			t.Errorf("ack: %v", err)
-		}
+		return nil
 	}, ConsumerOptions{})
 
 	for level, ttl := range topo.WaitDelays {
@@ -267,77 +277,147 @@ func TestDeclare(t *testing.T) {
 	}
 }
 
-// TestDeadLettering checks the send queue's dead-letter route: a rejected delivery, and one
-// redelivered past the delivery limit, land on the dead queue.
+// TestDeadLettering checks how the consumer settles from the handler's error, and the send
+// queue's dead-letter route: a rejected delivery, and one requeued past the delivery limit
+// (with Requeue or with a plain error), land on the dead queue; an acked one does not.
 func TestDeadLettering(t *testing.T) {
 	t.Parallel()
 	amqpURL := testenv.AMQPURL(t)
 	topo := newTopology(t, amqpURL)
 	topo.DeliveryLimit = 2
-	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo})
+	var mu sync.Mutex
+	settlements := map[string][]Settlement{}
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: Hooks{
+		Settled: func(d *Delivery, s Settlement, err error) {
+			if err != nil {
+				t.Errorf("settle %s: %v", d.MessageID, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			settlements[d.Queue+" "+d.MessageID] = append(settlements[d.Queue+" "+d.MessageID], s)
+		},
+	}})
 	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
 
-	var mu sync.Mutex
-	deliveries := map[string]int{}
-	startConsumer(t, conn, topo.SendQueue(), func(ctx context.Context, d *Delivery) {
-		mu.Lock()
-		deliveries[d.MessageID]++
-		mu.Unlock()
-		var err error
+	startConsumer(t, conn, topo.SendQueue(), func(ctx context.Context, d *Delivery) error {
 		switch {
 		case strings.HasPrefix(d.MessageID, "reject"):
-			err = d.Reject()
-		case strings.HasPrefix(d.MessageID, "nack"):
-			err = d.Nack(false)
+			return fmt.Errorf("poison: %w", Reject(errors.New("cannot decode")))
 		case strings.HasPrefix(d.MessageID, "requeue"):
-			err = d.Nack(true) // a crash loop: only the delivery limit ends it
+			return Requeue(errors.New("database down")) // a crash loop: only the delivery limit ends it
+		case strings.HasPrefix(d.MessageID, "plain"):
+			return errors.New("unclassified failure") // requeued like Requeue
 		}
-		if err != nil {
-			t.Errorf("settle %s: %v", d.MessageID, err)
-		}
-		if err := d.Ack(); !errors.Is(err, ErrAlreadySettled) {
-			t.Errorf("second settle of %s = %v, want ErrAlreadySettled", d.MessageID, err)
-		}
-	}, ConsumerOptions{})
+		return nil
+	}, ConsumerOptions{MinRequeuePause: time.Millisecond, MaxRequeuePause: 10 * time.Millisecond})
 	dead := newSeen()
-	startConsumer(t, conn, topo.DeadQueue(), ackAll(t, dead), ConsumerOptions{})
+	startConsumer(t, conn, topo.DeadQueue(), ackAll(dead), ConsumerOptions{})
 
-	ids := []string{"reject", "nack", "requeue"}
+	ids := []string{"reject", "requeue", "plain", "ack"}
 	for _, id := range ids {
 		if err := pub.Publish(context.Background(), Message{RoutingKey: SendKey, MessageID: id}); err != nil {
 			t.Fatalf("Publish %s: %v", id, err)
 		}
 	}
-	waitFor(t, 10*time.Second, "all messages on the dead queue", func() bool { return dead.unique() == len(ids) })
+	waitFor(t, 10*time.Second, "all but the acked message on the dead queue", func() bool { return dead.unique() == len(ids)-1 })
+	time.Sleep(100 * time.Millisecond) // let a wrongly dead-lettered ack land
 
 	mu.Lock()
 	defer mu.Unlock()
-	want := map[string]int{"reject": 1, "nack": 1, "requeue": topo.DeliveryLimit + 1}
-	if diff := cmp.Diff(want, deliveries); diff != "" {
-		t.Errorf("deliveries on the send queue mismatch (-want +got):\n%s", diff)
+	send, deadQ := topo.SendQueue()+" ", topo.DeadQueue()+" "
+	want := map[string][]Settlement{
+		send + "reject":   {Rejected},
+		send + "requeue":  {Requeued, Requeued, Requeued},
+		send + "plain":    {Requeued, Requeued, Requeued},
+		send + "ack":      {Acked},
+		deadQ + "reject":  {Acked},
+		deadQ + "requeue": {Acked},
+		deadQ + "plain":   {Acked},
+	}
+	if topo.DeliveryLimit+1 != len(want[send+"requeue"]) {
+		t.Fatalf("want table assumes a delivery limit of 2, have %d", topo.DeliveryLimit)
+	}
+	if diff := cmp.Diff(want, settlements); diff != "" {
+		t.Errorf("settlements by queue and message (-want +got):\n%s", diff)
 	}
 }
 
-// TestConsumerShutdown cancels a consumer while a handler is busy: the handler finishes and its
-// ack still counts, and the deliveries it never started go back to the queue.
+func TestSettlementOf(t *testing.T) {
+	t.Parallel()
+	cause := errors.New("cause")
+	for _, tt := range []struct {
+		err  error
+		want Settlement
+	}{
+		{nil, Acked},
+		{cause, Requeued},
+		{Requeue(cause), Requeued},
+		{Requeue(nil), Requeued},
+		{fmt.Errorf("load: %w", Requeue(cause)), Requeued},
+		{Reject(cause), Rejected},
+		{fmt.Errorf("decode: %w", Reject(cause)), Rejected},
+	} {
+		if got := SettlementOf(tt.err); got != tt.want {
+			t.Errorf("SettlementOf(%v) = %s, want %s", tt.err, got, tt.want)
+		}
+	}
+	if err := Requeue(cause); !errors.Is(err, cause) || err.Error() != "cause" {
+		t.Errorf("Requeue(cause) = %q, does not wrap its cause", err)
+	}
+}
+
+func TestPacerPacesConsecutiveFailures(t *testing.T) {
+	t.Parallel()
+	p := &pacer{min: 250 * time.Millisecond, max: 2 * time.Second}
+	var got []time.Duration
+	for range 6 {
+		got = append(got, p.failed())
+	}
+	want := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 2 * time.Second, 2 * time.Second}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("pauses (-want +got):\n%s", diff)
+	}
+	p.succeeded()
+	if d := p.failed(); d != 250*time.Millisecond {
+		t.Errorf("pause after a success = %s, want the first pause again", d)
+	}
+}
+
+// TestConsumerShutdown cancels a consumer while a handler is busy: the handler learns that the
+// consumer is stopping, finishes, and its ack still counts, and the deliveries it never
+// started go back to the queue.
 func TestConsumerShutdown(t *testing.T) {
+	const n = 5
 	t.Parallel()
 	amqpURL := testenv.AMQPURL(t)
 	topo := newTopology(t, amqpURL)
-	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo})
+	ackErr := make(chan error, 2*n)
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: Hooks{
+		Settled: func(d *Delivery, s Settlement, err error) {
+			if s != Acked {
+				t.Errorf("delivery %s settled with %s, want %s", d.MessageID, s, Acked)
+			}
+			ackErr <- err
+		},
+	}})
 	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
-	const n = 5
 	if err := pub.Publish(context.Background(), messages("m", n, SendKey, nil)...); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
 
 	started := make(chan string, n)
 	finish := make(chan struct{})
-	ackErr := make(chan error, n)
-	consumer := NewConsumer(conn, topo.SendQueue(), func(ctx context.Context, d *Delivery) {
+	stopping := make(chan bool, n)
+	consumer := NewConsumer(conn, topo.SendQueue(), func(ctx context.Context, d *Delivery) error {
 		started <- d.MessageID
 		<-finish
-		ackErr <- d.Ack()
+		select {
+		case <-Stopping(ctx):
+			stopping <- true
+		default:
+			stopping <- false
+		}
+		return nil
 	}, ConsumerOptions{Concurrency: 1, Prefetch: n})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -357,13 +437,16 @@ func TestConsumerShutdown(t *testing.T) {
 	if err := <-ackErr; err != nil {
 		t.Errorf("ack during shutdown: %v", err)
 	}
+	if !<-stopping {
+		t.Error("Stopping(ctx) was not closed for the handler running when the consumer stopped")
+	}
 	if len(started) != 0 {
 		t.Errorf("%d more handlers started after cancel, want 0", len(started))
 	}
 
 	// Everything but the acked message is still there.
 	rest := newSeen()
-	startConsumer(t, conn, topo.SendQueue(), ackAll(t, rest), ConsumerOptions{})
+	startConsumer(t, conn, topo.SendQueue(), ackAll(rest), ConsumerOptions{})
 	waitFor(t, 10*time.Second, "the unhandled messages redelivered", func() bool { return rest.unique() == n-1 })
 	time.Sleep(100 * time.Millisecond)
 	rest.mu.Lock()

@@ -22,7 +22,7 @@ func TestPublishConfirms(t *testing.T) {
 	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{Window: 256})
 
 	got := newSeen()
-	startConsumer(t, conn, topo.SendQueue(), ackAll(t, got), ConsumerOptions{Concurrency: 4, Prefetch: 256})
+	startConsumer(t, conn, topo.SendQueue(), ackAll(got), ConsumerOptions{Concurrency: 4, Prefetch: 256})
 
 	const n, producers, batch = 10_000, 4, 500
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -54,7 +54,7 @@ func TestPublishUnroutable(t *testing.T) {
 	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{Window: 4})
 
 	got := newSeen()
-	startConsumer(t, conn, topo.SendQueue(), ackAll(t, got), ConsumerOptions{})
+	startConsumer(t, conn, topo.SendQueue(), ackAll(got), ConsumerOptions{})
 
 	tests := []struct {
 		name       string
@@ -112,7 +112,7 @@ func TestPublishUnroutableConcurrent(t *testing.T) {
 	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo})
 	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{Window: 64})
 	got := newSeen()
-	startConsumer(t, conn, topo.SendQueue(), ackAll(t, got), ConsumerOptions{Concurrency: 2, Prefetch: 256})
+	startConsumer(t, conn, topo.SendQueue(), ackAll(got), ConsumerOptions{Concurrency: 2, Prefetch: 256})
 
 	const producers, batches, size = 4, 5, 300
 	var g errgroup.Group
@@ -262,7 +262,7 @@ func BenchmarkPublishConfirmed(b *testing.B) {
 			subConn := startConn(b, amqpURL, ConnOptions{Name: topo.Name + ".sub"})
 			pub := NewPublisher(pubConn, topo.Exchange(), PublisherOptions{Window: window})
 			got := newSeen()
-			startConsumer(b, subConn, topo.SendQueue(), ackAll(b, got), ConsumerOptions{Concurrency: 2, Prefetch: 512})
+			startConsumer(b, subConn, topo.SendQueue(), ackAll(got), ConsumerOptions{Concurrency: 2, Prefetch: 512})
 			body := make([]byte, 100)
 			msgs := messages(b.Name(), b.N, SendKey, body)
 			ctx := context.Background()

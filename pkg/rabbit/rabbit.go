@@ -45,10 +45,6 @@ var (
 	// example because the queue is full and rejects publishes.
 	ErrNacked = errors.New("rabbit: message nacked by broker")
 
-	// ErrAlreadySettled means Ack, Nack or Reject was called twice on one delivery. Nothing is
-	// sent: a second ack for the same tag would make the broker close the channel.
-	ErrAlreadySettled = errors.New("rabbit: delivery already settled")
-
 	// ErrTopologyMismatch means a queue or exchange exists with different arguments
 	// (PRECONDITION_FAILED). Retrying cannot fix it: the definitions must be reconciled.
 	ErrTopologyMismatch = errors.New("rabbit: topology does not match the broker's")
@@ -57,15 +53,16 @@ var (
 	ErrStopped = errors.New("rabbit: connection stopped")
 )
 
-// Hooks lets a service count what the package does, for example with Prometheus counters.
-// Nil fields are skipped. Hooks run on hot paths: they must be cheap and safe for concurrent use.
+// Hooks lets a service count what the package does; NewMetrics returns Hooks that feed
+// Prometheus counters. Nil fields are skipped. Hooks run on hot paths: they must be cheap and safe for concurrent use.
 type Hooks struct {
 	// Connected is called after every successful (re)connection and topology declaration.
 	Connected func()
 	// Published is called once per published message with its outcome (nil: confirmed).
 	Published func(routingKey string, err error)
-	// Delivered is called once per delivery handed to a handler.
-	Delivered func(queue string)
+	// Settled is called once per delivery after the Consumer settled it, with the broker's
+	// answer (ErrChannelClosed: the channel had died and the broker redelivers the message).
+	Settled func(d *Delivery, s Settlement, err error)
 }
 
 // backoff is a jittered exponential delay: each failure doubles it up to max.

@@ -47,24 +47,28 @@ func run(ctx context.Context, getenv func(string) string) error {
 
 	reg := metrics.NewRegistry()
 	topo := rabbit.NewTopology(cfg.Topology, nil)
-	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{Name: "deadletter", Topology: &topo, DrainTimeout: cfg.ShutdownTimeout + 5*time.Second})
+	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{
+		Name: "deadletter", Topology: &topo, DrainTimeout: cfg.ShutdownTimeout + 5*time.Second, Hooks: rabbit.NewMetrics(reg),
+	})
 	store := deadletter.NewStore(pool)
-	handler := deadletter.NewHandler(store, log, reg, deadletter.HandlerOptions{})
+	handler := deadletter.NewHandler(store, log, reg)
 	consumer := rabbit.NewConsumer(conn, topo.DeadQueue(), handler.Handle, rabbit.ConsumerOptions{
 		Concurrency:     cfg.Workers,
 		Prefetch:        4 * cfg.Workers,
 		HandlerTimeout:  time.Minute, // a stuck database call ends and the message is requeued
 		ShutdownTimeout: cfg.ShutdownTimeout,
+		// A dead letter that cannot be stored waits longer than a send task: nothing is
+		// waiting for it but an alert.
+		MinRequeuePause: 500 * time.Millisecond,
+		MaxRequeuePause: 15 * time.Second,
 	})
 	alerter := deadletter.NewAlerter(pool, sink, log, reg, deadletter.AlerterOptions{
 		Interval:    cfg.AlertInterval,
 		MinInterval: cfg.AlertMinInterval,
 	})
 
-	connCtx, stopConn := context.WithCancel(context.WithoutCancel(ctx))
+	stopConn := conn.Start(ctx)
 	defer stopConn()
-	connDone := make(chan error, 1)
-	go func() { connDone <- conn.Run(connCtx) }()
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -83,10 +87,5 @@ func run(ctx context.Context, getenv func(string) string) error {
 			metrics.Check{Name: "consumer", Func: consumer.Check},
 		).Run(gctx)
 	})
-	err = g.Wait()
-	stopConn()
-	if connErr := <-connDone; connErr != nil && !errors.Is(connErr, context.Canceled) {
-		err = errors.Join(err, fmt.Errorf("rabbitmq connection: %w", connErr))
-	}
-	return err
+	return errors.Join(g.Wait(), stopConn())
 }

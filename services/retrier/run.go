@@ -19,7 +19,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	return delivery.RunService(ctx, cfg.ServiceConfig, rabbit.Topology.RetryQueue,
-		func(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, reg prometheus.Registerer, _ <-chan struct{}) rabbit.Handler {
+		func(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, reg prometheus.Registerer) rabbit.Handler {
 			return retrier.NewHandler(store, d, log, reg).Handle
 		})
 }

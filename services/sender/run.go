@@ -19,7 +19,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	return delivery.RunService(ctx, cfg.ServiceConfig, rabbit.Topology.SendQueue,
-		func(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, reg prometheus.Registerer, shutdown <-chan struct{}) rabbit.Handler {
-			return sender.NewHandler(store, d, log, reg, cfg.ChunkConcurrency, shutdown).Handle
+		func(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, reg prometheus.Registerer) rabbit.Handler {
+			return sender.NewHandler(store, d, log, reg, cfg.ChunkConcurrency).Handle
 		})
 }

@@ -3,6 +3,7 @@ package deadletter
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -123,8 +124,8 @@ func TestBrokerDeadLettered(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name       string
-		key        string                       // where the task is published
-		settle     func(*rabbit.Delivery) error // what the work queue's consumer does
+		key        string // where the task is published
+		settle     error  // what the work queue's handler returns
 		body       func(id string) []byte
 		typ        string
 		status     string // the notification's status before
@@ -133,7 +134,7 @@ func TestBrokerDeadLettered(t *testing.T) {
 	}{
 		{
 			name: "send task rejected fails its pending notification", key: rabbit.SendKey,
-			settle: (*rabbit.Delivery).Reject, typ: typeSend,
+			settle: rabbit.Reject(errors.New("poison")), typ: typeSend,
 			body:   func(id string) []byte { return marshal(t, &busv1.SendTask{NotificationId: id, Cause: "publish"}) },
 			status: "pending", wantStatus: "failed",
 			want: func(id string) storedRow {
@@ -143,7 +144,7 @@ func TestBrokerDeadLettered(t *testing.T) {
 		},
 		{
 			name: "send task rejected leaves a delivered notification alone", key: rabbit.SendKey,
-			settle: (*rabbit.Delivery).Reject, typ: typeSend,
+			settle: rabbit.Reject(errors.New("poison")), typ: typeSend,
 			body:   func(id string) []byte { return marshal(t, &busv1.SendTask{NotificationId: id, Cause: "replay"}) },
 			status: "delivered", wantStatus: "delivered",
 			want: func(id string) storedRow {
@@ -153,7 +154,7 @@ func TestBrokerDeadLettered(t *testing.T) {
 		},
 		{
 			name: "retry task over the delivery limit", key: rabbit.RetryKey,
-			settle: func(d *rabbit.Delivery) error { return d.Nack(true) }, typ: typeRetry,
+			settle: rabbit.Requeue(errors.New("crash loop")), typ: typeRetry,
 			body: func(id string) []byte {
 				return marshal(t, &busv1.RetryTask{NotificationId: id, Tokens: []string{"t1"}, Attempt: 2, LastErrorCode: "INTERNAL"})
 			},
@@ -165,7 +166,7 @@ func TestBrokerDeadLettered(t *testing.T) {
 		},
 		{
 			name: "undecodable send task rejected", key: rabbit.SendKey,
-			settle: (*rabbit.Delivery).Reject, typ: typeSend,
+			settle: rabbit.Reject(errors.New("poison")), typ: typeSend,
 			body:   func(string) []byte { return []byte("definitely not protobuf") },
 			status: "pending", wantStatus: "pending",
 			want: func(string) storedRow {
@@ -183,11 +184,9 @@ func TestBrokerDeadLettered(t *testing.T) {
 			publish(t, e, rabbit.Message{RoutingKey: tt.key, MessageID: "outbox-1", Type: tt.typ, Body: body})
 
 			workQueue := e.topo.Name + "." + tt.key
-			runUntilStopped(t, "work consumer", rabbit.NewConsumer(e.conn, workQueue, func(ctx context.Context, d *rabbit.Delivery) {
-				if err := tt.settle(d); err != nil {
-					t.Logf("settle: %v", err)
-				}
-			}, rabbit.ConsumerOptions{}).Run)
+			runUntilStopped(t, "work consumer", rabbit.NewConsumer(e.conn, workQueue, func(ctx context.Context, d *rabbit.Delivery) error {
+				return tt.settle
+			}, rabbit.ConsumerOptions{MinRequeuePause: time.Millisecond}).Run)
 			h, _ := startConsumer(t, e, e.conn, 1)
 			waitFor(t, 10*time.Second, "a stored dead letter", func() bool { return count(t, e.db.Pool, `SELECT count(*) FROM dead_letters`) > 0 })
 

@@ -79,9 +79,10 @@ func runUntilStopped(t *testing.T, what string, f func(ctx context.Context) erro
 // startConsumer consumes the topology's dead queue on conn with a fresh Handler.
 func startConsumer(t *testing.T, e *env, conn *rabbit.Conn, workers int) (*Handler, func()) {
 	t.Helper()
-	h := NewHandler(NewStore(e.db.Pool), testLogger(t), prometheus.NewRegistry(), HandlerOptions{MinPause: 50 * time.Millisecond, MaxPause: 200 * time.Millisecond})
+	h := NewHandler(NewStore(e.db.Pool), testLogger(t), prometheus.NewRegistry())
 	c := rabbit.NewConsumer(conn, e.topo.DeadQueue(), h.Handle, rabbit.ConsumerOptions{
 		Concurrency: workers, Prefetch: 4 * workers, ShutdownTimeout: 2 * time.Second,
+		MinRequeuePause: 50 * time.Millisecond, MaxRequeuePause: 200 * time.Millisecond,
 	})
 	return h, runUntilStopped(t, "Consumer.Run", c.Run)
 }

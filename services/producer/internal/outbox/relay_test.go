@@ -140,7 +140,7 @@ func TestRelaysShareTheOutbox(t *testing.T) {
 	seen := map[string]int{}
 	var mu sync.Mutex
 	got := make(chan struct{})
-	consumer := rabbit.NewConsumer(conn, topo.SendQueue(), func(_ context.Context, d *rabbit.Delivery) {
+	consumer := rabbit.NewConsumer(conn, topo.SendQueue(), func(_ context.Context, d *rabbit.Delivery) error {
 		mu.Lock()
 		seen[d.MessageID]++
 		if len(seen) == rows {
@@ -151,7 +151,7 @@ func TestRelaysShareTheOutbox(t *testing.T) {
 			}
 		}
 		mu.Unlock()
-		_ = d.Ack()
+		return nil
 	}, rabbit.ConsumerOptions{Concurrency: 4, Prefetch: 256})
 	go func() { _ = consumer.Run(ctx) }()
 

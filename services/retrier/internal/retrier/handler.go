@@ -23,7 +23,6 @@ type Handler struct {
 	store     *delivery.Store
 	deliverer *delivery.Deliverer
 	log       *slog.Logger
-	settler   delivery.Settler
 
 	tasks *prometheus.CounterVec
 }
@@ -40,16 +39,20 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 	return h
 }
 
-// Handle processes one RetryTask and settles its delivery: ack once every token is
-// settled (or there was nothing left to send: a repeated task), dead-letter what is not a
-// RetryTask for a known notification, and requeue on database or broker failures.
-func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) {
-	log := h.log.With("message_id", d.MessageID)
-	result, err := h.handle(ctx, d, log)
+// Handle processes one RetryTask; the consumer settles the delivery from its error: nil
+// (ack) once every token is settled, or there was nothing left to send (a repeated task), or
+// what is not a RetryTask for a known notification was dead-lettered; Requeue on database or
+// broker failures; Reject when even the dead-lettering failed.
+func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) error {
+	result, err := h.handle(ctx, d, h.log.With("message_id", d.MessageID))
+	if err != nil {
+		result = string(rabbit.SettlementOf(err))
+	}
 	h.tasks.WithLabelValues(result).Inc()
-	h.settler.Settle(ctx, log, d, result, err)
+	return err
 }
 
+// handle returns what became of the task, for the metrics.
 func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logger) (string, error) {
 	var task busv1.RetryTask
 	err := proto.Unmarshal(d.Body, &task)
@@ -57,20 +60,20 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 		err = errors.New("no notification id or no tokens")
 	}
 	if err != nil {
-		return h.deadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode RetryTask: %w", err), log)
+		return "dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode RetryTask: %w", err))
 	}
 	id := task.GetNotificationId()
 	log = log.With("notification_id", id)
 	n, err := h.store.Load(ctx, id)
 	if errors.Is(err, delivery.ErrNotFound) {
-		return h.deadLetter(ctx, d, deadletter.ReasonUnknownNotification, id, err, log)
+		return "dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUnknownNotification, id, err)
 	}
 	if err != nil {
-		return delivery.ResultRequeued, err
+		return "", rabbit.Requeue(err)
 	}
 	targets, err := h.store.Unsettled(ctx, n, task.GetTokens())
 	if err != nil {
-		return delivery.ResultRequeued, err
+		return "", rabbit.Requeue(err)
 	}
 	if len(targets) == 0 {
 		log.Debug("every token of the retry task is already settled")
@@ -80,17 +83,9 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 	attempt := max(d.Attempt(), int(task.GetAttempt()), 2)
 	sum, err := h.deliverer.SendChunk(ctx, n, targets, attempt, false)
 	if err != nil {
-		return delivery.ResultRequeued, err
+		return "", rabbit.Requeue(err)
 	}
 	log.Info("retry sent", "attempt", attempt, "tokens", len(targets), "delivered", sum.Delivered,
 		"invalid", sum.Invalid, "retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired)
 	return "sent", nil
-}
-
-func (h *Handler) deadLetter(ctx context.Context, d *rabbit.Delivery, reason, notificationID string, cause error, log *slog.Logger) (string, error) {
-	log.Warn("dead-lettering retry task", "reason", reason, "err", cause)
-	if err := h.deliverer.DeadLetter(ctx, d, reason, notificationID, cause); err != nil {
-		return delivery.ResultRejected, err
-	}
-	return "dead_lettered", nil
 }

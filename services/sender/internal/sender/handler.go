@@ -21,29 +21,25 @@ import (
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
-// errShuttingDown hands a half-sent notification back to the queue when the sender stops;
-// the chunks already committed are skipped when the next sender picks it up.
-var errShuttingDown = errors.New("sender is shutting down")
+// errStopping hands a half-sent notification back to the queue when the sender stops; the
+// chunks already committed are skipped when the next sender picks it up.
+var errStopping = errors.New("sender is stopping")
 
 // Handler handles deliveries from the send queue.
 type Handler struct {
 	store     *delivery.Store
 	deliverer *delivery.Deliverer
 	log       *slog.Logger
-	settler   delivery.Settler
 	// chunks is how many chunks of one notification are in flight at once.
 	chunks int
-	// shutdown closes when the service stops: no new chunks are started, the ones in
-	// flight finish, and the task goes back to the queue for the next sender.
-	shutdown <-chan struct{}
 
 	tasks *prometheus.CounterVec
 }
 
 // NewHandler returns a send-queue handler and registers its metrics.
-func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, reg prometheus.Registerer, chunkConcurrency int, shutdown <-chan struct{}) *Handler {
+func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, reg prometheus.Registerer, chunkConcurrency int) *Handler {
 	h := &Handler{
-		store: store, deliverer: d, log: log, chunks: max(chunkConcurrency, 1), shutdown: shutdown,
+		store: store, deliverer: d, log: log, chunks: max(chunkConcurrency, 1),
 		tasks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notify_send_tasks_total", Help: "Send tasks handled, by result.",
 		}, []string{"result"}),
@@ -52,38 +48,39 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 	return h
 }
 
-// Handle processes one SendTask and settles its delivery:
-//   - done (ack): every token of the audience was settled, or the notification was
-//     already final (a redelivery);
-//   - dead-lettered: the body is not a SendTask or names no notification;
-//   - requeued (nack): something failed on the way (database, broker); whatever chunks
-//     were committed are skipped when it comes back.
-func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) {
-	log := h.log.With("message_id", d.MessageID)
-	result, err := h.handle(ctx, d, log)
-	h.tasks.WithLabelValues(result).Inc()
-	if errors.Is(err, errShuttingDown) {
-		err = nil // not a failure: the next sender carries on where this one stopped
+// Handle processes one SendTask; the consumer settles the delivery from its error:
+//   - nil (ack): every token of the audience was settled, or the notification was already
+//     final (a redelivery) or expired; also once a body that is not a SendTask or names no
+//     notification has been dead-lettered;
+//   - Requeue: something failed on the way (database, broker), or the sender is stopping;
+//     whatever chunks were committed are skipped when the task comes back;
+//   - Reject: the task could not even be dead-lettered explicitly.
+func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) error {
+	result, err := h.handle(ctx, d, h.log.With("message_id", d.MessageID))
+	if err != nil {
+		result = string(rabbit.SettlementOf(err))
 	}
-	h.settler.Settle(ctx, log, d, result, err)
+	h.tasks.WithLabelValues(result).Inc()
+	return err
 }
 
+// handle returns what became of the task, for the metrics.
 func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logger) (string, error) {
 	var task busv1.SendTask
 	if err := proto.Unmarshal(d.Body, &task); err != nil || task.GetNotificationId() == "" {
 		if err == nil {
 			err = errors.New("no notification id")
 		}
-		return h.deadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode SendTask: %w", err), log)
+		return "dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode SendTask: %w", err))
 	}
 	id := task.GetNotificationId()
 	log = log.With("notification_id", id)
 	n, err := h.store.Load(ctx, id)
 	if errors.Is(err, delivery.ErrNotFound) {
-		return h.deadLetter(ctx, d, deadletter.ReasonUnknownNotification, id, err, log)
+		return "dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUnknownNotification, id, err)
 	}
 	if err != nil {
-		return delivery.ResultRequeued, err
+		return "", rabbit.Requeue(err)
 	}
 	if n.Final() {
 		log.Debug("notification already final; acknowledging redelivered task", "status", n.Status)
@@ -92,7 +89,7 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 	if time.Now().After(n.ExpiresAt) {
 		log.Info("notification expired before it was sent")
 		if err := h.store.Expire(ctx, n.ID); err != nil {
-			return delivery.ResultRequeued, err
+			return "", rabbit.Requeue(err)
 		}
 		return "expired", nil
 	}
@@ -100,12 +97,12 @@ func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logg
 	start := time.Now()
 	sum, err := h.sendAll(ctx, n)
 	if err != nil {
-		return delivery.ResultRequeued, err
+		return "", rabbit.Requeue(err)
 	}
 	status := sum.Status
 	if status == "" {
 		if status, err = h.store.Finish(ctx, n.ID); err != nil {
-			return delivery.ResultRequeued, err
+			return "", rabbit.Requeue(err)
 		}
 	}
 	log.Info("notification sent", "status", status, "delivered", sum.Delivered, "invalid", sum.Invalid,
@@ -152,8 +149,10 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 			break
 		}
 		select {
-		case <-h.shutdown:
-			pageErr = errShuttingDown
+		case <-rabbit.Stopping(ctx):
+			// No new chunks; the ones in flight finish and the task goes back to the queue
+			// for the next sender.
+			pageErr = errStopping
 		default:
 		}
 		if pageErr != nil {
@@ -165,15 +164,4 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 	close(sums)
 	<-collected
 	return total, errors.Join(pageErr, err)
-}
-
-// deadLetter sends a message the sender cannot handle to the dead-letter queue with its
-// reason; the caller then acks it. When even that fails, the message is rejected to the
-// queue's own dead-letter route (the broker moves it to the dead queue).
-func (h *Handler) deadLetter(ctx context.Context, d *rabbit.Delivery, reason, notificationID string, cause error, log *slog.Logger) (string, error) {
-	log.Warn("dead-lettering send task", "reason", reason, "err", cause)
-	if err := h.deliverer.DeadLetter(ctx, d, reason, notificationID, cause); err != nil {
-		return delivery.ResultRejected, err
-	}
-	return "dead_lettered", nil
 }

@@ -73,7 +73,7 @@ func TestSendAllChunksAudienceInto500s(t *testing.T) {
 		store := delivery.NewStore(db.Pool)
 		d := delivery.NewDeliverer(store, fake, noPublish{}, rabbit.NewTopology("test", []time.Duration{time.Second}), log,
 			prometheus.NewRegistry(), delivery.Options{MaxAttempts: 3, MaxConcurrentSends: 4})
-		h := NewHandler(store, d, log, prometheus.NewRegistry(), 3, nil)
+		h := NewHandler(store, d, log, prometheus.NewRegistry(), 3)
 		n, err := store.Load(ctx, id.String())
 		if err != nil {
 			t.Fatal(err)
