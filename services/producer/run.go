@@ -50,7 +50,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 
 	reg := metrics.NewRegistry()
 	topo := rabbit.NewTopology(cfg.Topology, nil)
-	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{Name: "producer", Topology: &topo, DrainTimeout: cfg.ShutdownTimeout})
+	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{
+		Name: "producer", Topology: &topo, DrainTimeout: cfg.ShutdownTimeout, Hooks: rabbit.NewMetrics(reg),
+	})
 	relay := outbox.NewRelay(pool, rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{}), log, reg, outbox.Options{
 		BatchSize:    cfg.OutboxBatchSize,
 		PollInterval: cfg.OutboxPollInterval,
@@ -97,10 +99,8 @@ func run(ctx context.Context, getenv func(string) string) error {
 		}
 		warnWithoutAdminKey(gctx, pool, log)
 
-		connCtx, stopConn := context.WithCancel(context.WithoutCancel(gctx))
+		stopConn := conn.Start(gctx)
 		defer stopConn()
-		connDone := make(chan error, 1)
-		go func() { connDone <- conn.Run(connCtx) }()
 
 		work, wctx := errgroup.WithContext(gctx)
 		work.Go(func() error { return relay.Run(wctx) })
@@ -108,12 +108,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		work.Go(func() error { return runner.Run(wctx) })
 		work.Go(func() error { watchReadiness(wctx, checks, log, api.SetServing); return nil })
 		work.Go(func() error { return api.Run(wctx) })
-		err := work.Wait()
-		stopConn()
-		if connErr := <-connDone; connErr != nil && !errors.Is(connErr, context.Canceled) {
-			err = errors.Join(err, fmt.Errorf("rabbitmq connection: %w", connErr))
-		}
-		return err
+		return errors.Join(work.Wait(), stopConn())
 	})
 	return g.Wait()
 }
