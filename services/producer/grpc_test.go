@@ -11,11 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"notify/pkg/tlstest"
 )
@@ -152,7 +155,7 @@ var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 // timeout, and Run returns nil.
 func TestGRPCServerStops(t *testing.T) {
 	t.Parallel()
-	api, err := newGRPCServer("127.0.0.1:0", 200*time.Millisecond, discard)
+	api, err := newGRPCServer("127.0.0.1:0", 200*time.Millisecond, discard, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,8 +206,121 @@ func TestGRPCServerAddrInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	_, err = newGRPCServer(l.Addr().String(), time.Second, discard)
+	_, err = newGRPCServer(l.Addr().String(), time.Second, discard, prometheus.NewRegistry())
 	if err == nil || !strings.HasPrefix(err.Error(), "GRPC_ADDR: ") {
 		t.Errorf("newGRPCServer on a taken port = %v, want an error naming GRPC_ADDR", err)
 	}
+}
+
+// TestGRPCServerMetrics: every method's grpc_server_handled_total series exists at zero
+// before any call, and a call refused by an interceptor of the run (as auth refuses) is
+// counted with its code, as is one that succeeds.
+func TestGRPCServerMetrics(t *testing.T) {
+	t.Parallel()
+	refuse := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+		if r, ok := req.(*healthpb.HealthCheckRequest); ok && r.GetService() == "refuse me" {
+			return nil, status.Error(codes.Unauthenticated, "no API key")
+		}
+		return next(ctx, req)
+	}
+	reg := prometheus.NewRegistry()
+	api, err := newGRPCServer("127.0.0.1:0", time.Second, discard, reg, grpc.ChainUnaryInterceptor(refuse))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- api.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	api.SetServing(true)
+
+	handled := func(method, code string) float64 {
+		t.Helper()
+		return counterValue(t, reg, "grpc_server_handled_total", map[string]string{
+			"grpc_service": "grpc.health.v1.Health", "grpc_method": method, "grpc_code": code, "grpc_type": "unary"})
+	}
+	health := healthpb.NewHealthClient(dial(t, api.Addr().String(), insecure.NewCredentials()))
+	waitFor := func(cond func() bool) bool {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if cond() {
+				return true
+			}
+		}
+		return false
+	}
+	if !waitFor(func() bool { return counterValue(t, reg, "grpc_server_handled_total", nil) >= 0 }) {
+		t.Fatal("no grpc_server_handled_total series after Run began")
+	}
+	if got := handled("Check", "Unauthenticated"); got != 0 {
+		t.Errorf("before any call: Check Unauthenticated = %v, want 0 (initialised)", got)
+	}
+	if _, err := health.Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := health.Check(t.Context(), &healthpb.HealthCheckRequest{Service: "refuse me"}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("refused call = %v, want Unauthenticated", err)
+	}
+	if got := handled("Check", "OK"); got != 1 {
+		t.Errorf("Check OK = %v, want 1", got)
+	}
+	if got := handled("Check", "Unauthenticated"); got != 1 {
+		t.Errorf("Check Unauthenticated = %v, want 1", got)
+	}
+	if got := handled("List", "Internal"); got != 0 {
+		t.Errorf("List Internal = %v, want 0 (initialised, never called)", got)
+	}
+	if n := histogramCount(t, reg, "grpc_server_handling_seconds", "Check"); n != 2 {
+		t.Errorf("grpc_server_handling_seconds count for Check = %d, want 2", n)
+	}
+}
+
+// counterValue returns the value of the counter name whose labels include want, or -1 when
+// there is no such series.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue metrics
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return -1
+}
+
+// histogramCount returns the sample count of the histogram name for the health method.
+func histogramCount(t *testing.T, reg *prometheus.Registry, name, method string) uint64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "grpc_method" && l.GetValue() == method {
+					return m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return 0
 }

@@ -68,7 +68,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 			cfg.RedriveInterval, log, reg),
 	)
 
-	api, err := newGRPCServer(cfg.GRPCAddr, cfg.ShutdownTimeout, log,
+	api, err := newGRPCServer(cfg.GRPCAddr, cfg.ShutdownTimeout, log, reg,
 		append(serverOpts, grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))...)
 	if err != nil {
 		return err

@@ -1,0 +1,60 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+// TestProducerGRPCMetrics: the producer's /metrics counts every RPC by method and code,
+// calls refused for want of an API key included, times them, and shows every method at
+// zero before its first call.
+func TestProducerGRPCMetrics(t *testing.T) {
+	s := newStack(t)
+	producer := s.start("producer", nil)
+
+	_, body := producer.get(t, "/metrics")
+	for _, want := range []string{
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="Publish",grpc_service="notify.v1.NotificationService",grpc_type="unary"} 0`,
+		`grpc_server_handled_total{grpc_code="Unavailable",grpc_method="Replay",grpc_service="notify.v1.AdminService",grpc_type="unary"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics before any call lacks\n%s", want)
+		}
+	}
+
+	notifications, _, _ := s.clients()
+	req := &notifyv1.PublishRequest{
+		Type:       "e2e.metrics",
+		Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: []string{"ana"}}}},
+		Content:    &notifyv1.Content{Title: "Counted"},
+	}
+	if _, err := notifications.Publish(ctxT(t), req); err != nil {
+		t.Fatal(err)
+	}
+	anonymous, _, _, _ := dial(t, s.grpcAddr, "")
+	if _, err := anonymous.Publish(ctxT(t), req); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Publish without a key = %v, want Unauthenticated", err)
+	}
+
+	want := []string{
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="Publish",grpc_service="notify.v1.NotificationService",grpc_type="unary"} 1`,
+		`grpc_server_handled_total{grpc_code="Unauthenticated",grpc_method="Publish",grpc_service="notify.v1.NotificationService",grpc_type="unary"} 1`,
+		`grpc_server_started_total{grpc_method="Publish",grpc_service="notify.v1.NotificationService",grpc_type="unary"} 2`,
+		`grpc_server_handling_seconds_count{grpc_method="Publish",grpc_service="notify.v1.NotificationService",grpc_type="unary"} 2`,
+	}
+	waitFor(t, 10*time.Second, "Publish counted by code in /metrics", func() bool {
+		_, body = producer.get(t, "/metrics")
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				return false
+			}
+		}
+		return true
+	})
+}
