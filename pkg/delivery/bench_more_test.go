@@ -11,6 +11,7 @@ import (
 
 	"notify/pkg/fcm"
 	"notify/pkg/pgtest"
+	"notify/pkg/schema"
 )
 
 // Benchmarks of the database side of delivery against a real PostgreSQL: what the sender
@@ -71,7 +72,7 @@ func benchHistory(b *testing.B, pool *pgxpool.Pool, notifications int) {
 func delivered(targets []Target) []Outcome {
 	out := make([]Outcome, len(targets))
 	for i, t := range targets {
-		out[i] = Outcome{Target: t, Outcome: OutcomeDelivered, Attempts: 1}
+		out[i] = Outcome{Target: t, Outcome: schema.OutcomeDelivered, Attempts: 1}
 	}
 	return out
 }
@@ -131,7 +132,7 @@ func BenchmarkRecord(b *testing.B) {
 		for i := range b.N {
 			outcomes := delivered(targets[i*chunk : (i+1)*chunk])
 			for j := 0; j < len(outcomes); j += 10 {
-				outcomes[j].Outcome, outcomes[j].ErrorCode, outcomes[j].ErrorMessage = OutcomeInvalid, "UNREGISTERED", "Requested entity was not found."
+				outcomes[j].Outcome, outcomes[j].ErrorCode, outcomes[j].ErrorMessage = schema.OutcomeInvalid, "UNREGISTERED", "Requested entity was not found."
 			}
 			if err := store.Record(ctx, ids[i], outcomes); err != nil {
 				b.Fatal(err)
@@ -145,7 +146,7 @@ func BenchmarkRecord(b *testing.B) {
 		id := benchNotification(b, db.Pool, "{}")
 		outcomes := delivered(benchTargets("again", chunk))
 		for i := range outcomes {
-			outcomes[i].Outcome, outcomes[i].ErrorCode = OutcomeRetrying, "UNAVAILABLE"
+			outcomes[i].Outcome, outcomes[i].ErrorCode = schema.OutcomeRetrying, "UNAVAILABLE"
 		}
 		if err := store.Record(ctx, id, outcomes); err != nil {
 			b.Fatal(err)
@@ -212,7 +213,7 @@ func BenchmarkBroadcastPages(b *testing.B) {
 			var slowest time.Duration
 			b.ResetTimer()
 			for range b.N {
-				n := &Notification{ID: benchNotification(b, db.Pool, `{"recipients":{"allDevices":{}}}`), Kind: KindAll}
+				n := &Notification{ID: benchNotification(b, db.Pool, `{"recipients":{"allDevices":{}}}`), Audience: schema.Audience{Kind: schema.AudienceAll}}
 				sent, after := 0, ""
 				for {
 					start := time.Now()

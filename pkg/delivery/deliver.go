@@ -15,6 +15,7 @@ import (
 	"notify/pkg/deadletter"
 	"notify/pkg/fcm"
 	"notify/pkg/rabbit"
+	"notify/pkg/schema"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
@@ -154,14 +155,14 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 		code := fcm.Code(r.Err)
 		switch {
 		case r.Err == nil:
-			o.Outcome = OutcomeDelivered
+			o.Outcome = schema.OutcomeDelivered
 			sum.Delivered++
 		case errors.Is(r.Err, fcm.ErrTokenGone):
-			o.Outcome, o.ErrorCode, o.ErrorMessage = OutcomeInvalid, code, r.Err.Error()
+			o.Outcome, o.ErrorCode, o.ErrorMessage = schema.OutcomeInvalid, code, r.Err.Error()
 			sum.Invalid++
 			d.deactivated.WithLabelValues(code).Inc()
 		case errors.Is(r.Err, fcm.ErrTransient) && attempt < d.opts.MaxAttempts:
-			o.Outcome, o.ErrorCode, o.ErrorMessage = OutcomeRetrying, code, r.Err.Error()
+			o.Outcome, o.ErrorCode, o.ErrorMessage = schema.OutcomeRetrying, code, r.Err.Error()
 			sum.Retrying++
 			retry = append(retry, o)
 			var se *fcm.SendError
@@ -169,7 +170,7 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 				retryAfter = max(retryAfter, se.RetryAfter)
 			}
 		default: // permanent, or transient with no attempts left
-			o.Outcome, o.ErrorCode, o.ErrorMessage = OutcomeFailed, code, r.Err.Error()
+			o.Outcome, o.ErrorCode, o.ErrorMessage = schema.OutcomeFailed, code, r.Err.Error()
 			if !errors.Is(r.Err, fcm.ErrTransient) {
 				deadReason = deadletter.ReasonPermanentError
 			}
@@ -224,14 +225,14 @@ func (d *Deliverer) record(ctx context.Context, id uuid.UUID, outcomes []Outcome
 func (d *Deliverer) expire(ctx context.Context, n *Notification, targets []Target, attempts int, final bool) (Summary, error) {
 	outcomes := make([]Outcome, len(targets))
 	for i, t := range targets {
-		outcomes[i] = Outcome{Target: t, Outcome: OutcomeExpired, Attempts: attempts, ErrorCode: "EXPIRED",
+		outcomes[i] = Outcome{Target: t, Outcome: schema.OutcomeExpired, Attempts: attempts, ErrorCode: schema.CodeExpired,
 			ErrorMessage: "the notification's TTL passed before delivery"}
 	}
 	status, err := d.record(ctx, n.ID, outcomes, final)
 	if err != nil {
 		return Summary{}, err
 	}
-	d.sends.WithLabelValues(OutcomeExpired, "EXPIRED").Add(float64(len(targets)))
+	d.sends.WithLabelValues(schema.OutcomeExpired, schema.CodeExpired).Add(float64(len(targets)))
 	return Summary{Expired: len(targets), Status: status}, nil
 }
 

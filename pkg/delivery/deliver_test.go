@@ -19,6 +19,7 @@ import (
 	"notify/pkg/fcm"
 	"notify/pkg/pgtest"
 	"notify/pkg/rabbit"
+	"notify/pkg/schema"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
@@ -194,7 +195,7 @@ func TestRecordIsAtomic(t *testing.T) {
 	ctx := context.Background()
 	// The second outcome breaks the outcome check: nothing of the chunk may remain.
 	err := store.Record(ctx, n.ID, []Outcome{
-		{Target: Target{Token: "gone-1"}, Outcome: OutcomeInvalid, Attempts: 1, ErrorCode: "UNREGISTERED"},
+		{Target: Target{Token: "gone-1"}, Outcome: schema.OutcomeInvalid, Attempts: 1, ErrorCode: "UNREGISTERED"},
 		{Target: Target{Token: "ok-1"}, Outcome: "bogus", Attempts: 1},
 	})
 	if err == nil {

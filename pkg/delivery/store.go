@@ -13,7 +13,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"notify/pkg/fcm"
 	"notify/pkg/schema"
@@ -24,35 +23,18 @@ import (
 // dead-lettered, never retried.
 var ErrNotFound = errors.New("notification not found")
 
-// Delivery outcomes as the deliveries table stores them.
-const (
-	OutcomeDelivered = "delivered"
-	OutcomeInvalid   = "invalid"
-	OutcomeRetrying  = "retrying"
-	OutcomeFailed    = "failed"
-	OutcomeExpired   = "expired"
-)
-
-// Audience kinds.
-const (
-	KindUsers  = "users"
-	KindAll    = "all"
-	KindTokens = "tokens"
-)
-
 // Notification is what delivery needs of a stored notification.
 type Notification struct {
 	ID        uuid.UUID
 	Status    string
 	ExpiresAt time.Time
-	Kind      string   // KindUsers, KindAll or KindTokens
-	Targets   []string // user ids or raw tokens; empty for KindAll
+	Audience  schema.Audience
 	Message   fcm.Message
 }
 
 // Final reports whether the notification's status is final (nothing is in flight).
 func (n *Notification) Final() bool {
-	return n.Status == "delivered" || n.Status == "failed" || n.Status == "expired"
+	return n.Status == schema.StatusDelivered || n.Status == schema.StatusFailed || n.Status == schema.StatusExpired
 }
 
 // Target is one token to send to, with the device it belongs to (empty for raw tokens
@@ -66,7 +48,7 @@ type Target struct {
 // Outcome is what happened to one target in one attempt.
 type Outcome struct {
 	Target
-	Outcome      string // one of the Outcome constants
+	Outcome      string // one of the schema.Outcome constants
 	Attempts     int
 	ErrorCode    string
 	ErrorMessage string
@@ -96,18 +78,11 @@ func (s *Store) Load(ctx context.Context, id string) (*Notification, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load notification %s: %w", nid, err)
 	}
-	var req notifyv1.PublishRequest
-	if err := protojson.Unmarshal(request, &req); err != nil {
-		return nil, fmt.Errorf("decode notification %s: %w", nid, err)
+	req, err := schema.DecodeRequest(request)
+	if err != nil {
+		return nil, fmt.Errorf("notification %s: %w", nid, err)
 	}
-	switch t := req.GetRecipients().GetTarget().(type) {
-	case *notifyv1.Recipients_UserIds:
-		n.Kind, n.Targets = KindUsers, t.UserIds.GetUserIds()
-	case *notifyv1.Recipients_Tokens:
-		n.Kind, n.Targets = KindTokens, t.Tokens.GetTokens()
-	default:
-		n.Kind = KindAll
-	}
+	n.Audience = schema.AudienceOf(req)
 	c, o := req.GetContent(), req.GetOptions()
 	n.Message = fcm.Message{
 		Title:       c.GetTitle(),
@@ -124,41 +99,13 @@ func (s *Store) Load(ctx context.Context, id string) (*Notification, error) {
 
 // Audience returns up to limit targets of n that have no settled delivery yet, after the
 // key `after` (a keyset cursor: device id, or token for raw tokens), and the cursor for the
-// next page ("" when this was the last one).
-//
-// The "already settled?" probe is a NOT EXISTS with OFFSET 0: the fence keeps PostgreSQL
-// from flattening it into a join planned from statistics that know nothing of a broadcast
-// minutes old (that plan re-read every settled row of the notification per device and made
-// a broadcast quadratic); as a per-row primary-key probe it costs the same at any progress.
+// next page ("" when this was the last one). schema.Audience defines the query.
 func (s *Store) Audience(ctx context.Context, n *Notification, after string, limit int) ([]Target, string, error) {
-	var rows pgx.Rows
-	var err error
-	switch n.Kind {
-	case KindUsers:
-		rows, err = s.pool.Query(ctx, `
-			SELECT d.device_id, d.device_id, d.user_id, d.token FROM devices d
-			WHERE d.active AND d.user_id = ANY($2) AND d.device_id > $3
-			  AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = d.token
-			                  AND x.outcome IN `+schema.SettledOutcomes+` OFFSET 0)
-			ORDER BY d.device_id LIMIT $4`, n.ID, n.Targets, after, limit)
-	case KindAll:
-		rows, err = s.pool.Query(ctx, `
-			SELECT d.device_id, d.device_id, d.user_id, d.token FROM devices d
-			WHERE d.active AND d.device_id > $2
-			  AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = d.token
-			                  AND x.outcome IN `+schema.SettledOutcomes+` OFFSET 0)
-			ORDER BY d.device_id LIMIT $3`, n.ID, after, limit)
-	case KindTokens:
-		rows, err = s.pool.Query(ctx, `
-			SELECT t.token, coalesce(d.device_id, ''), coalesce(d.user_id, ''), t.token
-			FROM (SELECT DISTINCT token FROM unnest($2::text[]) AS token WHERE token > $3) t
-			LEFT JOIN devices d ON d.token = t.token AND d.active
-			WHERE NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = t.token
-			                  AND x.outcome IN `+schema.SettledOutcomes+` OFFSET 0)
-			ORDER BY t.token LIMIT $4`, n.ID, n.Targets, after, limit)
-	default:
-		return nil, "", fmt.Errorf("notification %s: unknown audience kind %q", n.ID, n.Kind)
+	query, args, err := n.Audience.UnsettledPage(n.ID, after, limit)
+	if err != nil {
+		return nil, "", fmt.Errorf("notification %s: %w", n.ID, err)
 	}
+	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("resolve audience of %s: %w", n.ID, err)
 	}
@@ -187,7 +134,7 @@ func (s *Store) Unsettled(ctx context.Context, n *Notification, tokens []string)
 		FROM (SELECT DISTINCT token FROM unnest($2::text[]) AS token) t
 		LEFT JOIN deliveries x ON x.notification_id = $1 AND x.token = t.token
 		LEFT JOIN devices d ON d.token = t.token AND d.active
-		WHERE x.outcome IS NULL OR x.outcome NOT IN ('delivered', 'invalid', 'expired')
+		WHERE x.outcome IS NULL OR x.outcome NOT IN `+schema.FinalOutcomes+`
 		ORDER BY t.token`, n.ID, tokens)
 	if err != nil {
 		return nil, fmt.Errorf("read deliveries of %s: %w", n.ID, err)
@@ -234,11 +181,11 @@ WITH input AS (
 )
 UPDATE notifications SET
 	total     = total + (SELECT count(*) FROM input) - (SELECT count(*) FROM old),
-	delivered = delivered + coalesce((SELECT n FROM delta WHERE outcome = 'delivered'), 0),
-	invalid   = invalid   + coalesce((SELECT n FROM delta WHERE outcome = 'invalid'), 0),
-	retrying  = retrying  + coalesce((SELECT n FROM delta WHERE outcome = 'retrying'), 0),
-	failed    = failed    + coalesce((SELECT n FROM delta WHERE outcome = 'failed'), 0),
-	expired   = expired   + coalesce((SELECT n FROM delta WHERE outcome = 'expired'), 0),
+	delivered = delivered + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeDelivered + `'), 0),
+	invalid   = invalid   + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeInvalid + `'), 0),
+	retrying  = retrying  + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeRetrying + `'), 0),
+	failed    = failed    + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeFailed + `'), 0),
+	expired   = expired   + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeExpired + `'), 0),
 	updated_at = now()
 WHERE id = $1`
 
@@ -249,8 +196,8 @@ FROM unnest($1::text[], $2::text[]) AS i(token, reason)
 WHERE d.token = i.token AND d.active`
 
 // statusSQL is the notification's status derived from its counts.
-const statusSQL = `CASE WHEN retrying > 0 THEN 'retrying' WHEN failed > 0 THEN 'failed'
-	WHEN expired > 0 THEN 'expired' ELSE 'delivered' END`
+const statusSQL = `CASE WHEN retrying > 0 THEN '` + schema.StatusRetrying + `' WHEN failed > 0 THEN '` + schema.StatusFailed + `'
+	WHEN expired > 0 THEN '` + schema.StatusExpired + `' ELSE '` + schema.StatusDelivered + `' END`
 
 // Record writes a chunk's outcomes atomically in one round trip (a pipelined batch is one
 // implicit transaction): the deliveries, the notification's counts, the deactivation of
@@ -277,7 +224,7 @@ func (s *Store) record(ctx context.Context, id uuid.UUID, outcomes []Outcome, fi
 	for i, o := range outcomes {
 		tokens[i], devices[i], users[i], results[i] = o.Token, o.DeviceID, o.UserID, o.Outcome
 		attempts[i], codes[i], messages[i] = int32(o.Attempts), o.ErrorCode, o.ErrorMessage
-		if o.Outcome == OutcomeInvalid {
+		if o.Outcome == schema.OutcomeInvalid {
 			deadTokens = append(deadTokens, o.Token)
 			deadReasons = append(deadReasons, o.ErrorCode)
 		}
@@ -292,7 +239,7 @@ func (s *Store) record(ctx context.Context, id uuid.UUID, outcomes []Outcome, fi
 		b.Queue(`UPDATE notifications SET status = `+statusSQL+`, updated_at = now() WHERE id = $1 RETURNING status`, id).
 			QueryRow(func(row pgx.Row) error { return row.Scan(&status) })
 	} else {
-		b.Queue(`UPDATE notifications SET status = `+statusSQL+` WHERE id = $1 AND status <> 'pending'`, id)
+		b.Queue(`UPDATE notifications SET status = `+statusSQL+` WHERE id = $1 AND status <> '`+schema.StatusPending+`'`, id)
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return "", fmt.Errorf("record %d outcomes of %s: %w", n, id, err)
@@ -314,8 +261,8 @@ func (s *Store) Finish(ctx context.Context, id uuid.UUID) (string, error) {
 
 // Expire marks a notification whose TTL passed before the sender reached it.
 func (s *Store) Expire(ctx context.Context, id uuid.UUID) error {
-	if _, err := s.pool.Exec(ctx, `UPDATE notifications SET status = 'expired', updated_at = now()
-		WHERE id = $1 AND status IN ('pending', 'retrying')`, id); err != nil {
+	if _, err := s.pool.Exec(ctx, `UPDATE notifications SET status = '`+schema.StatusExpired+`', updated_at = now()
+		WHERE id = $1 AND status IN `+schema.InFlightStatuses, id); err != nil {
 		return fmt.Errorf("expire notification %s: %w", id, err)
 	}
 	return nil

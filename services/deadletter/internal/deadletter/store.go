@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"notify/pkg/schema"
 )
 
 // ErrNoSchema means the tables this service writes do not exist. The producer owns the
@@ -46,8 +48,8 @@ ON CONFLICT (message_id) DO NOTHING`
 // markFailedSQL fails a notification whose send task was dead-lettered by the broker. Only
 // a pending one: retrying means some tokens were sent, and a final status stays final.
 const markFailedSQL = `
-UPDATE notifications SET status = 'failed', updated_at = now()
-WHERE id = $1 AND status = 'pending'`
+UPDATE notifications SET status = '` + schema.StatusFailed + `', updated_at = now()
+WHERE id = $1 AND status = '` + schema.StatusPending + `'`
 
 // Save stores l once per key, and for a never-sent SendTask fails its notification, in one
 // transaction: a redelivered message changes nothing. When the database refuses the

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"notify/pkg/schema"
 	"notify/services/producer/internal/outbox"
 )
 
@@ -32,8 +33,8 @@ type RedriveOptions struct {
 // concurrent replay are skipped; the replay changes them anyway.
 const stuckSQL = `
 SELECT id, expires_at <= now() FROM notifications n
-WHERE status IN ('pending', 'retrying')
-  AND updated_at < now() - make_interval(secs => CASE WHEN status = 'pending' THEN $1::float8 ELSE $2::float8 END)
+WHERE status IN ` + schema.InFlightStatuses + `
+  AND updated_at < now() - make_interval(secs => CASE WHEN status = '` + schema.StatusPending + `' THEN $1::float8 ELSE $2::float8 END)
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.notification_id = n.id AND o.published_at IS NULL)
 ORDER BY updated_at
 LIMIT $3
@@ -48,19 +49,19 @@ WITH input AS (
 	SELECT * FROM unnest($1::uuid[], $2::bool[]) AS t(id, expired)
 ), moved AS (
 	UPDATE deliveries d SET
-		outcome = CASE WHEN i.expired THEN 'expired' ELSE 'failed' END,
-		error_code = CASE WHEN i.expired THEN 'EXPIRED' ELSE d.error_code END,
+		outcome = CASE WHEN i.expired THEN '` + schema.OutcomeExpired + `' ELSE '` + schema.OutcomeFailed + `' END,
+		error_code = CASE WHEN i.expired THEN '` + schema.CodeExpired + `' ELSE d.error_code END,
 		error_message = CASE WHEN i.expired THEN 'the notification''s TTL passed before delivery'
 			ELSE 'no retry arrived within REDRIVE_AFTER + RETRY_MAX_DELAY; re-driven' END,
 		updated_at = now()
 	FROM input i
-	WHERE d.notification_id = i.id AND d.outcome = 'retrying'
+	WHERE d.notification_id = i.id AND d.outcome = '` + schema.OutcomeRetrying + `'
 	  AND (i.expired OR d.updated_at < now() - make_interval(secs => $3))
 	RETURNING d.notification_id, d.outcome
 ), delta AS (
 	SELECT notification_id,
-		count(*) FILTER (WHERE outcome = 'failed') AS failed,
-		count(*) FILTER (WHERE outcome = 'expired') AS expired
+		count(*) FILTER (WHERE outcome = '` + schema.OutcomeFailed + `') AS failed,
+		count(*) FILTER (WHERE outcome = '` + schema.OutcomeExpired + `') AS expired
 	FROM moved GROUP BY notification_id
 )
 UPDATE notifications n SET
@@ -139,7 +140,7 @@ func redriveBatch(ctx context.Context, conn *pgx.Conn, opts RedriveOptions) (sen
 			return fmt.Errorf("settle stale retries: %w", err)
 		}
 		if _, err := tx.Exec(ctx, `UPDATE notifications n SET updated_at = now(),
-				status = CASE WHEN i.expired THEN 'expired' ELSE 'pending' END
+				status = CASE WHEN i.expired THEN '`+schema.StatusExpired+`' ELSE '`+schema.StatusPending+`' END
 			FROM unnest($1::uuid[], $2::bool[]) AS i(id, expired) WHERE n.id = i.id`, ids, past); err != nil {
 			return fmt.Errorf("set status: %w", err)
 		}
@@ -148,7 +149,7 @@ func redriveBatch(ctx context.Context, conn *pgx.Conn, opts RedriveOptions) (sen
 				expired++
 				continue
 			}
-			if err := outbox.EnqueueSend(ctx, tx, id.String(), outbox.CauseRedrive); err != nil {
+			if err := outbox.EnqueueSend(ctx, tx, id, outbox.CauseRedrive); err != nil {
 				return err
 			}
 			sent++

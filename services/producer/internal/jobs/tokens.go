@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"notify/pkg/schema"
 )
 
 // sweepSQL deactivates one batch of stale devices. The outer WHERE repeats the staleness
@@ -21,7 +23,7 @@ WITH stale AS (
 	LIMIT $2
 	FOR UPDATE SKIP LOCKED
 )
-UPDATE devices d SET active = false, deactivated_at = now(), deactivation_reason = 'stale'
+UPDATE devices d SET active = false, deactivated_at = now(), deactivation_reason = '` + schema.DeactivatedStale + `'
 FROM stale
 WHERE d.device_id = stale.device_id AND d.active
   AND greatest(d.registered_at, d.last_seen_at) < now() - make_interval(secs => $1)`

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -205,7 +206,7 @@ func TestEnqueueSendWakesRelaysThroughNotify(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // the listener is up and the first round found nothing
 	ctx := context.Background()
 	if err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		return EnqueueSend(ctx, tx, "0196f1a2-0000-7000-8000-000000000001", CauseReplay)
+		return EnqueueSend(ctx, tx, uuid.New(), CauseReplay)
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -3,21 +3,22 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"notify/pkg/rabbit"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
-// SendRoutingKey is where SendTasks go: the sender's queue.
-const SendRoutingKey = "send"
-
-// Causes of a SendTask.
+// Causes of a SendTask: why the sender is asked to deliver a notification.
 const (
-	CauseReplay  = "replay"
-	CauseRedrive = "redrive"
+	CausePublish = "publish" // accepted by Publish
+	CauseReplay  = "replay"  // AdminService.Replay
+	CauseRedrive = "redrive" // the stuck-notification re-drive job
 )
 
 // NotifyChannel is the PostgreSQL notification channel that wakes every replica's relay.
@@ -25,27 +26,52 @@ const (
 // PostgreSQL's notification lock, so Publish wakes its own process's relay instead.
 const NotifyChannel = "notify_outbox"
 
+// Row is an outbox row before it is written: the relay publishes Body, of protobuf type
+// MessageType, with RoutingKey.
+type Row struct {
+	NotificationID uuid.UUID
+	RoutingKey     string
+	MessageType    string
+	Body           []byte
+}
+
+// SendTask returns the outbox row asking the sender to deliver notification id: a
+// notify.bus.v1.SendTask on the send queue's routing key. Publish, replays and re-drives
+// all build it here.
+func SendTask(id uuid.UUID, cause string, at time.Time) (Row, error) {
+	task := &busv1.SendTask{NotificationId: id.String(), Cause: cause, EnqueueTime: timestamppb.New(at)}
+	body, err := proto.Marshal(task)
+	if err != nil {
+		return Row{}, fmt.Errorf("encode send task for %s: %w", id, err)
+	}
+	return Row{
+		NotificationID: id,
+		RoutingKey:     rabbit.SendKey,
+		MessageType:    string(task.ProtoReflect().Descriptor().FullName()),
+		Body:           body,
+	}, nil
+}
+
 // execer is what EnqueueSend needs: a transaction, a connection or a pool.
 type execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-// EnqueueSend writes an outbox row asking the sender to deliver the notification again,
-// and a NOTIFY on NotifyChannel that wakes the relays when the transaction commits. Call it
-// in the transaction that sets the notification back to pending: the sender ignores a task
-// for a notification whose status is final.
-func EnqueueSend(ctx context.Context, db execer, notificationID, cause string) error {
-	task := &busv1.SendTask{NotificationId: notificationID, Cause: cause, EnqueueTime: timestamppb.Now()}
-	body, err := proto.Marshal(task)
+// EnqueueSend writes the SendTask row for notification id, and a NOTIFY on NotifyChannel
+// that wakes the relays when the transaction commits. Call it in the transaction that sets
+// the notification back to pending: the sender ignores a task for a notification whose
+// status is final.
+func EnqueueSend(ctx context.Context, db execer, id uuid.UUID, cause string) error {
+	row, err := SendTask(id, cause, time.Now())
 	if err != nil {
-		return fmt.Errorf("encode send task: %w", err)
+		return err
 	}
 	_, err = db.Exec(ctx, `WITH o AS (
 			INSERT INTO outbox (notification_id, routing_key, message_type, body) VALUES ($1, $2, $3, $4)
 		) SELECT pg_notify($5, '')`,
-		notificationID, SendRoutingKey, string(task.ProtoReflect().Descriptor().FullName()), body, NotifyChannel)
+		row.NotificationID, row.RoutingKey, row.MessageType, row.Body, NotifyChannel)
 	if err != nil {
-		return fmt.Errorf("enqueue send task for %s: %w", notificationID, err)
+		return fmt.Errorf("enqueue send task for %s: %w", id, err)
 	}
 	return nil
 }

@@ -12,9 +12,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"notify/pkg/schema"
 	notifyv1 "notify/proto/gen/notify/v1"
 	"notify/services/producer/internal/apikey"
 )
@@ -43,19 +43,19 @@ func NewAdmin(pool *pgxpool.Pool, log *slog.Logger, cache keyCache, wake func())
 
 var (
 	statusNames = map[string]notifyv1.NotificationStatus{
-		"pending":   notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING,
-		"retrying":  notifyv1.NotificationStatus_NOTIFICATION_STATUS_RETRYING,
-		"delivered": notifyv1.NotificationStatus_NOTIFICATION_STATUS_DELIVERED,
-		"failed":    notifyv1.NotificationStatus_NOTIFICATION_STATUS_FAILED,
-		"expired":   notifyv1.NotificationStatus_NOTIFICATION_STATUS_EXPIRED,
+		schema.StatusPending:   notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING,
+		schema.StatusRetrying:  notifyv1.NotificationStatus_NOTIFICATION_STATUS_RETRYING,
+		schema.StatusDelivered: notifyv1.NotificationStatus_NOTIFICATION_STATUS_DELIVERED,
+		schema.StatusFailed:    notifyv1.NotificationStatus_NOTIFICATION_STATUS_FAILED,
+		schema.StatusExpired:   notifyv1.NotificationStatus_NOTIFICATION_STATUS_EXPIRED,
 	}
 	outcomeNames = map[string]notifyv1.DeliveryOutcome{
-		"pending":   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_PENDING,
-		"delivered": notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_DELIVERED,
-		"invalid":   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_INVALID,
-		"retrying":  notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_RETRYING,
-		"failed":    notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_FAILED,
-		"expired":   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_EXPIRED,
+		schema.OutcomePending:   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_PENDING,
+		schema.OutcomeDelivered: notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_DELIVERED,
+		schema.OutcomeInvalid:   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_INVALID,
+		schema.OutcomeRetrying:  notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_RETRYING,
+		schema.OutcomeFailed:    notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_FAILED,
+		schema.OutcomeExpired:   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_EXPIRED,
 	}
 )
 
@@ -127,8 +127,7 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	}
 	c.Pending = max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired)
 	n.CreateTime, n.UpdateTime, n.ExpireTime = timestamppb.New(created), timestamppb.New(updated), timestamppb.New(ex)
-	n.Request = &notifyv1.PublishRequest{}
-	if err := protojson.Unmarshal(request, n.Request); err != nil {
+	if n.Request, err = schema.DecodeRequest(request); err != nil {
 		return nil, internal(ctx, a.log, "decode stored request", err, "notification_id", id)
 	}
 

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"notify/pkg/pgtest"
+	"notify/pkg/rabbit"
 	busv1 "notify/proto/gen/notify/bus/v1"
 	notifyv1 "notify/proto/gen/notify/v1"
 )
@@ -292,8 +293,8 @@ func TestReplayWritesTheSendTask(t *testing.T) {
 	if err := proto.Unmarshal(body, &task); err != nil {
 		t.Fatal(err)
 	}
-	if key != SendRoutingKey || typ != "notify.bus.v1.SendTask" || task.GetNotificationId() != id || task.GetCause() != "replay" {
-		t.Errorf("outbox row: %s %s %v; want a SendTask for %s with cause replay on %q", key, typ, &task, id, SendRoutingKey)
+	if key != rabbit.SendKey || typ != "notify.bus.v1.SendTask" || task.GetNotificationId() != id || task.GetCause() != "replay" {
+		t.Errorf("outbox row: %s %s %v; want a SendTask for %s with cause replay on %q", key, typ, &task, id, rabbit.SendKey)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"notify/pkg/schema"
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
@@ -39,7 +40,7 @@ func NewDevices(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer)
 // moveTokenSQL deactivates other devices holding the token: a token belongs to the device
 // that registered it last (an app reinstalled under a new device id, a phone handed on).
 const moveTokenSQL = `
-UPDATE devices SET active = false, deactivated_at = now(), deactivation_reason = 'token_moved'
+UPDATE devices SET active = false, deactivated_at = now(), deactivation_reason = '` + schema.DeactivatedMoved + `'
 WHERE token = ANY($1) AND active AND NOT (device_id = ANY($2))`
 
 // upsertDevicesSQL registers devices with PUT semantics and reports, per device, whether it
@@ -172,7 +173,7 @@ func (s *Devices) UnregisterDevice(ctx context.Context, req *notifyv1.Unregister
 	tag, err := s.pool.Exec(ctx, `
 		UPDATE devices SET active = false,
 			deactivated_at = coalesce(deactivated_at, now()),
-			deactivation_reason = coalesce(deactivation_reason, 'unregistered')
+			deactivation_reason = coalesce(deactivation_reason, '`+schema.DeactivatedUnregistered+`')
 		WHERE device_id = $1`, req.GetDeviceId())
 	if err != nil {
 		return nil, internal(ctx, s.log, "unregister device", err, "device_id", req.GetDeviceId())

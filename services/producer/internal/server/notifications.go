@@ -11,16 +11,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
-	busv1 "notify/proto/gen/notify/bus/v1"
+	"notify/pkg/schema"
 	notifyv1 "notify/proto/gen/notify/v1"
+	"notify/services/producer/internal/outbox"
 )
-
-// SendRoutingKey is where the relay publishes SendTasks (the sender's queue).
-const SendRoutingKey = "send"
 
 // Notifications implements NotificationService.
 type Notifications struct {
@@ -85,12 +80,11 @@ func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishReques
 	if t := req.GetOptions().GetTtl(); t != nil {
 		ttl = t.AsDuration()
 	}
-	request, err := protojson.Marshal(req)
+	request, err := schema.EncodeRequest(req)
 	if err != nil {
 		return nil, internal(ctx, s.log, "encode request", err)
 	}
-	task := &busv1.SendTask{NotificationId: id.String(), Cause: "publish", EnqueueTime: timestamppb.New(now)}
-	body, err := proto.Marshal(task)
+	task, err := outbox.SendTask(id, outbox.CausePublish, now)
 	if err != nil {
 		return nil, internal(ctx, s.log, "encode send task", err)
 	}
@@ -101,7 +95,7 @@ func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishReques
 
 	var got uuid.UUID
 	err = s.pool.QueryRow(ctx, publishSQL, id, caller, key, req.GetType(), request, now.Add(ttl),
-		SendRoutingKey, string(task.ProtoReflect().Descriptor().FullName()), body).Scan(&got)
+		task.RoutingKey, task.MessageType, task.Body).Scan(&got)
 	switch {
 	case err == nil:
 		s.accepted.Inc()

@@ -7,7 +7,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"notify/pkg/schema"
 	notifyv1 "notify/proto/gen/notify/v1"
@@ -148,12 +147,12 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 		if err != nil {
 			return fmt.Errorf("read notification: %w", err)
 		}
-		inFlight := status == "pending" || status == "retrying"
+		inFlight := schema.InFlight(status)
 		switch {
-		case expired || status == "expired":
+		case expired || status == schema.StatusExpired:
 			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_EXPIRED
 			return nil
-		case status == "delivered":
+		case status == schema.StatusDelivered:
 			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_DELIVERED
 			return nil
 		case inFlight && !force:
@@ -172,11 +171,11 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 		if dryRun {
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `UPDATE notifications SET status = 'pending', replay_count = replay_count + 1,
-			updated_at = now() WHERE id = $1`, id); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE notifications SET status = $2, replay_count = replay_count + 1,
+			updated_at = now() WHERE id = $1`, id, schema.StatusPending); err != nil {
 			return fmt.Errorf("set pending: %w", err)
 		}
-		if err := outbox.EnqueueSend(ctx, tx, id.String(), outbox.CauseReplay); err != nil {
+		if err := outbox.EnqueueSend(ctx, tx, id, outbox.CauseReplay); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO replays (notification_id, replayed_by, token_count, forced)
@@ -196,31 +195,21 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 }
 
 // unsettledTokens counts the tokens the sender will send when it gets the notification
-// again: for users and broadcasts, the active devices (of those users) whose token has no
-// settled delivery; for raw tokens, the distinct tokens with no settled delivery (the
-// sender does not require raw tokens to be registered). Failed tokens, and devices
-// registered since the first send, are among them.
+// again (schema.Audience.CountUnsettled): for users and broadcasts, the active devices (of
+// those users) whose token has no settled delivery; for raw tokens, the distinct tokens
+// with no settled delivery (the sender does not require raw tokens to be registered).
+// Failed tokens, and devices registered since the first send, are among them.
 func unsettledTokens(ctx context.Context, tx pgx.Tx, id uuid.UUID, request []byte) (int64, error) {
-	var req notifyv1.PublishRequest
-	if err := protojson.Unmarshal(request, &req); err != nil {
-		return 0, fmt.Errorf("decode stored request: %w", err)
-	}
-	const unsettled = `NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = %s
-		AND x.outcome IN ` + schema.SettledOutcomes + ` OFFSET 0)` // a per-token probe, as the sender's (pkg/delivery)
-	var n int64
-	var err error
-	switch t := req.GetRecipients().GetTarget().(type) {
-	case *notifyv1.Recipients_UserIds:
-		err = tx.QueryRow(ctx, `SELECT count(*) FROM devices d WHERE d.active AND d.user_id = ANY($2) AND `+
-			fmt.Sprintf(unsettled, "d.token"), id, t.UserIds.GetUserIds()).Scan(&n)
-	case *notifyv1.Recipients_Tokens:
-		err = tx.QueryRow(ctx, `SELECT count(*) FROM (SELECT DISTINCT token FROM unnest($2::text[]) AS token) t WHERE `+
-			fmt.Sprintf(unsettled, "t.token"), id, t.Tokens.GetTokens()).Scan(&n)
-	default:
-		err = tx.QueryRow(ctx, `SELECT count(*) FROM devices d WHERE d.active AND `+
-			fmt.Sprintf(unsettled, "d.token"), id).Scan(&n)
-	}
+	req, err := schema.DecodeRequest(request)
 	if err != nil {
+		return 0, err
+	}
+	query, args, err := schema.AudienceOf(req).CountUnsettled(id)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	if err := tx.QueryRow(ctx, query, args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count unsettled tokens: %w", err)
 	}
 	return n, nil

@@ -1,0 +1,162 @@
+package schema
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+// EncodeRequest is how a notification's PublishRequest is stored (notifications.request,
+// jsonb): protobuf JSON, readable by operators in SQL.
+func EncodeRequest(req *notifyv1.PublishRequest) ([]byte, error) {
+	b, err := protojson.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	return b, nil
+}
+
+// DecodeRequest reads a stored PublishRequest (notifications.request).
+func DecodeRequest(b []byte) (*notifyv1.PublishRequest, error) {
+	var req notifyv1.PublishRequest
+	if err := protojson.Unmarshal(b, &req); err != nil {
+		return nil, fmt.Errorf("decode stored request: %w", err)
+	}
+	return &req, nil
+}
+
+// AudienceKind says who a notification is for.
+type AudienceKind int
+
+// Audience kinds, one per PublishRequest recipients choice. The zero value is none of them,
+// so an Audience nobody decoded selects nothing (and never every device).
+const (
+	AudienceUsers  AudienceKind = iota + 1 // the active devices of some users
+	AudienceAll                            // every active device
+	AudienceTokens                         // raw FCM tokens, registered or not
+)
+
+func (k AudienceKind) String() string {
+	switch k {
+	case AudienceUsers:
+		return "users"
+	case AudienceAll:
+		return "all"
+	case AudienceTokens:
+		return "tokens"
+	}
+	return "AudienceKind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Audience is who a notification is for, as its stored request (notifications.request)
+// says. The sender pages through it (UnsettledPage) and a replay counts what the sender
+// will send (CountUnsettled): both read it from here, so they cannot disagree.
+type Audience struct {
+	Kind    AudienceKind
+	Targets []string // user ids (AudienceUsers) or tokens (AudienceTokens); nil for AudienceAll
+}
+
+// AudienceOf returns the audience a PublishRequest names. A request without recipients
+// (Publish refuses those) is a broadcast, as it always was.
+func AudienceOf(req *notifyv1.PublishRequest) Audience {
+	switch t := req.GetRecipients().GetTarget().(type) {
+	case *notifyv1.Recipients_UserIds:
+		return Audience{Kind: AudienceUsers, Targets: t.UserIds.GetUserIds()}
+	case *notifyv1.Recipients_Tokens:
+		return Audience{Kind: AudienceTokens, Targets: t.Tokens.GetTokens()}
+	}
+	return Audience{Kind: AudienceAll}
+}
+
+// audienceSQL is how one kind of audience is selected: one row per target, with $1 the
+// notification id and $2 the targets when the kind has any.
+type audienceSQL struct {
+	from  string // the targets
+	where string // the audience predicate over from; "" for none
+	key   string // unique per target, the sender's keyset order: the device id, or the raw token
+	token string // the target's token
+	// devices joins the target's active device, if any, when from has none; deviceID and
+	// userID are then "" for an unregistered token.
+	devices, deviceID, userID string
+}
+
+func (a Audience) sql() (audienceSQL, error) {
+	switch a.Kind {
+	case AudienceUsers:
+		return audienceSQL{from: "devices d", where: "d.active AND d.user_id = ANY($2)", key: "d.device_id",
+			token: "d.token", deviceID: "d.device_id", userID: "d.user_id"}, nil
+	case AudienceAll:
+		return audienceSQL{from: "devices d", where: "d.active", key: "d.device_id",
+			token: "d.token", deviceID: "d.device_id", userID: "d.user_id"}, nil
+	case AudienceTokens:
+		return audienceSQL{from: "(SELECT DISTINCT token FROM unnest($2::text[]) AS token) t", key: "t.token",
+			token: "t.token", devices: " LEFT JOIN devices d ON d.token = t.token AND d.active",
+			deviceID: "coalesce(d.device_id, '')", userID: "coalesce(d.user_id, '')"}, nil
+	}
+	return audienceSQL{}, fmt.Errorf("unknown audience kind %v", a.Kind)
+}
+
+// args returns $1 and, when the kind has targets, $2.
+func (a Audience) args(id uuid.UUID) []any {
+	if a.Kind == AudienceAll {
+		return []any{id}
+	}
+	return []any{id, a.Targets}
+}
+
+// unsettled is the predicate "token has no settled delivery of notification $1". It is a
+// NOT EXISTS with OFFSET 0: the fence keeps PostgreSQL from flattening it into a join
+// planned from statistics that know nothing of a broadcast minutes old (that plan re-read
+// every settled row of the notification per device and made a broadcast quadratic); as a
+// per-row primary-key probe it costs the same at any progress.
+func unsettled(token string) string {
+	return "NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = " + token +
+		" AND x.outcome IN " + SettledOutcomes + " OFFSET 0)"
+}
+
+// UnsettledPage returns the query for a page of the audience of notification id that has
+// no settled delivery yet, and its arguments: at most limit rows (key, device_id, user_id,
+// token) with key after `after`, in key order. The key is unique per target (the device
+// id, or the token for raw tokens) and is the cursor of the next page; device_id and
+// user_id are "" for a raw token no active device has.
+func (a Audience) UnsettledPage(id uuid.UUID, after string, limit int) (string, []any, error) {
+	q, err := a.sql()
+	if err != nil {
+		return "", nil, err
+	}
+	args := append(a.args(id), after, limit)
+	cursor, lim := "$"+strconv.Itoa(len(args)-1), "$"+strconv.Itoa(len(args))
+	return "SELECT " + q.key + ", " + q.deviceID + ", " + q.userID + ", " + q.token +
+		" FROM " + q.from + q.devices +
+		" WHERE " + and(q.where, q.key+" > "+cursor, unsettled(q.token)) +
+		" ORDER BY " + q.key + " LIMIT " + lim, args, nil
+}
+
+// CountUnsettled returns the query that counts the targets of notification id with no
+// settled delivery, and its arguments: what the sender sends when it gets the notification
+// again.
+func (a Audience) CountUnsettled(id uuid.UUID) (string, []any, error) {
+	q, err := a.sql()
+	if err != nil {
+		return "", nil, err
+	}
+	return "SELECT count(*) FROM " + q.from + " WHERE " + and(q.where, unsettled(q.token)), a.args(id), nil
+}
+
+func and(preds ...string) string {
+	out := ""
+	for _, p := range preds {
+		switch {
+		case p == "":
+		case out == "":
+			out = p
+		default:
+			out += " AND " + p
+		}
+	}
+	return out
+}

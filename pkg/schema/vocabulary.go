@@ -1,0 +1,56 @@
+package schema
+
+// The words the tables store. Every query and every comparison in Go uses these constants
+// (queries build their literals from them, so the SQL text and its plans stay what they
+// were); the CHECK constraints in migrations/ hold the same lists, and TestVocabulary
+// proves the two agree.
+
+// Notification statuses (notifications.status).
+const (
+	StatusPending   = "pending"   // accepted, or replayed/re-driven: the sender has work to do
+	StatusRetrying  = "retrying"  // some tokens wait in a retry queue
+	StatusDelivered = "delivered" // every token delivered or found invalid
+	StatusFailed    = "failed"    // some tokens were dead-lettered; replayable
+	StatusExpired   = "expired"   // the TTL passed before every token was delivered
+)
+
+// InFlightStatuses is the SQL list of the statuses of a notification that is not final:
+// something is still to be sent. The partial index notifications_unfinished has this
+// predicate, so queries that want it must spell the list exactly so.
+const InFlightStatuses = `('` + StatusPending + `', '` + StatusRetrying + `')`
+
+// InFlight reports whether a notification with this status is still being worked on.
+func InFlight(status string) bool { return status == StatusPending || status == StatusRetrying }
+
+// Delivery outcomes (deliveries.outcome), one per token of a notification. The
+// notifications table counts tokens by outcome in columns of the same names.
+const (
+	OutcomePending   = "pending"
+	OutcomeDelivered = "delivered"
+	OutcomeInvalid   = "invalid"  // FCM said the token is dead; the device was deactivated
+	OutcomeRetrying  = "retrying" // handed to a retry wait queue: the retrier owns it
+	OutcomeFailed    = "failed"   // dead-lettered; a replay sends it again
+	OutcomeExpired   = "expired"
+)
+
+// FinalOutcomes is the SQL list of the outcomes no later attempt changes: delivered, found
+// invalid, or expired. The retrier sends a token only when its outcome is not one of them.
+const FinalOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeExpired + `')`
+
+// SettledOutcomes is the SQL list of delivery outcomes after which the sender does not send
+// a token of a notification again: the final ones, and handed to a retry (the retrier owns
+// it). Failed tokens are not in it: a replay sends them again. The sender's audience query
+// and the producer's replay count agree on it through Audience.
+const SettledOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeRetrying + `', '` + OutcomeExpired + `')`
+
+// Why a device was deactivated (devices.deactivation_reason) when FCM did not say: FCM's
+// own error codes (UNREGISTERED, …) are stored as they are.
+const (
+	DeactivatedMoved        = "token_moved"  // its token was registered for another device
+	DeactivatedUnregistered = "unregistered" // the app unregistered it
+	DeactivatedStale        = "stale"        // unused longer than the stale-token sweep allows
+)
+
+// CodeExpired is the error_code of a delivery whose notification's TTL passed before the
+// token was delivered (the other codes are FCM's).
+const CodeExpired = "EXPIRED"
