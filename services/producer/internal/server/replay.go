@@ -29,61 +29,22 @@ const MaxReplayIDs = 1000
 // An error part-way leaves the notifications before it replayed; calling again is safe
 // (they are in flight, hence skipped).
 func (a *Admin) Replay(ctx context.Context, req *notifyv1.ReplayRequest) (*notifyv1.ReplayResponse, error) {
-	var v violations
-	var ids []uuid.UUID
-	var filter *conditions
-	var after *uuid.UUID
-	limit := pageSize(req.GetPageSize(), MaxReplayIDs, MaxReplayIDs)
-	switch sel := req.GetSelector().(type) {
-	case nil:
-		v.add("selector", "one of notification_ids or dead_letters is required")
-	case *notifyv1.ReplayRequest_NotificationIds:
-		raw := sel.NotificationIds.GetIds()
-		switch {
-		case len(raw) == 0:
-			v.add("notification_ids.ids", "must not be empty")
-		case len(raw) > MaxReplayIDs:
-			v.add("notification_ids.ids", "has %d entries; at most %d per call", len(raw), MaxReplayIDs)
-		}
-		seen := make(map[uuid.UUID]int, len(raw))
-		for i, s := range raw {
-			id, err := uuid.Parse(s)
-			field := fmt.Sprintf("notification_ids.ids[%d]", i)
-			if err != nil {
-				v.add(field, "must be a notification id (UUID)")
-				continue
-			}
-			if j, dup := seen[id]; dup {
-				v.add(field, "repeats notification_ids.ids[%d]", j)
-			}
-			seen[id] = i
-			ids = append(ids, id)
-		}
-	case *notifyv1.ReplayRequest_DeadLetters:
-		filter = &conditions{}
-		validateDeadLetterFilter(&v, filter, "dead_letters.", sel.DeadLetters)
-		if tok := req.GetPageToken(); tok != "" {
-			id, err := uuid.Parse(tok)
-			if err != nil {
-				v.add("page_token", "is not a token from a previous response")
-			}
-			after = &id
-		}
-	}
+	sel, v := validateReplay(req)
 	if len(v) > 0 {
 		return nil, invalidArgument(v)
 	}
 
 	resp := &notifyv1.ReplayResponse{DryRun: req.GetDryRun()}
-	if filter != nil {
+	ids := sel.ids
+	if sel.deadLetters != nil {
 		var err error
-		ids, err = a.deadLetterNotifications(ctx, filter, after, limit+1)
+		ids, err = a.deadLetterNotifications(ctx, sel.deadLetters, sel.after, sel.limit+1)
 		if err != nil {
 			return nil, toStatus(ctx, a.log, "select dead letters", err)
 		}
-		if len(ids) > limit {
-			ids = ids[:limit]
-			resp.NextPageToken = ids[limit-1].String()
+		if len(ids) > sel.limit {
+			ids = ids[:sel.limit]
+			resp.NextPageToken = ids[sel.limit-1].String()
 		}
 	}
 	by := Caller(ctx)
@@ -104,6 +65,59 @@ func (a *Admin) Replay(ctx context.Context, req *notifyv1.ReplayRequest) (*notif
 	a.log.InfoContext(ctx, "replay", "by", by, "dry_run", req.GetDryRun(), "force", req.GetForce(),
 		"notifications", len(ids), "replayed", replayed)
 	return resp, nil
+}
+
+// replaySelection is what a valid ReplayRequest selects: notification ids, or a page of
+// the notifications whose dead letters match a filter.
+type replaySelection struct {
+	ids         []uuid.UUID
+	deadLetters *conditions // nil when ids are given
+	after       *uuid.UUID  // the page token of a dead-letter selection
+	limit       int         // the most notifications a dead-letter page selects
+}
+
+// validateReplay checks a ReplayRequest before anything is read or written, as
+// validatePublish does for Publish, and says what it selects.
+func validateReplay(req *notifyv1.ReplayRequest) (replaySelection, violations) {
+	var v violations
+	sel := replaySelection{limit: pageSize(req.GetPageSize(), MaxReplayIDs, MaxReplayIDs)}
+	switch s := req.GetSelector().(type) {
+	case nil:
+		v.add("selector", "one of notification_ids or dead_letters is required")
+	case *notifyv1.ReplayRequest_NotificationIds:
+		raw := s.NotificationIds.GetIds()
+		switch {
+		case len(raw) == 0:
+			v.add("notification_ids.ids", "must not be empty")
+		case len(raw) > MaxReplayIDs:
+			v.add("notification_ids.ids", "has %d entries; at most %d per call", len(raw), MaxReplayIDs)
+		}
+		seen := make(map[uuid.UUID]int, len(raw))
+		for i, r := range raw {
+			id, err := uuid.Parse(r)
+			field := fmt.Sprintf("notification_ids.ids[%d]", i)
+			if err != nil {
+				v.add(field, "must be a notification id (UUID)")
+				continue
+			}
+			if j, dup := seen[id]; dup {
+				v.add(field, "repeats notification_ids.ids[%d]", j)
+			}
+			seen[id] = i
+			sel.ids = append(sel.ids, id)
+		}
+	case *notifyv1.ReplayRequest_DeadLetters:
+		sel.deadLetters = &conditions{}
+		validateDeadLetterFilter(&v, sel.deadLetters, "dead_letters.", s.DeadLetters)
+		if tok := req.GetPageToken(); tok != "" {
+			id, err := uuid.Parse(tok)
+			if err != nil {
+				v.add("page_token", "is not a token from a previous response")
+			}
+			sel.after = &id
+		}
+	}
+	return sel, v
 }
 
 // deadLetterNotifications returns up to limit ids of notifications that have dead letters
