@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -57,4 +58,21 @@ func TestProducerGRPCMetrics(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestEveryServiceMetrics: every service's /metrics names its build.
+func TestEveryServiceMetrics(t *testing.T) {
+	s := newStack(t)
+	buildInfo := regexp.MustCompile(`(?m)^notify_build_info\{commit="[0-9a-f]*",go_version="go[^"]+",version="[^"]+"\} 1$`)
+	for _, name := range []string{"producer", "sender", "retrier", "deadletter"} {
+		p := s.startUntil(name, map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:1/v1"}, "/livez")
+		status, body := p.get(t, "/metrics")
+		if status != 200 {
+			t.Errorf("%s: /metrics = %d", name, status)
+			continue
+		}
+		if !buildInfo.MatchString(body) {
+			t.Errorf("%s: /metrics lacks notify_build_info{commit,go_version,version} 1", name)
+		}
+	}
 }

@@ -15,14 +15,34 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"notify/pkg/buildinfo"
 )
 
 // NewRegistry returns a registry with the Go runtime and process collectors, so every
-// service reports memory, goroutines and CPU the same way.
+// service reports memory, goroutines and CPU the same way, and notify_build_info for the
+// running binary.
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		BuildInfo(buildinfo.Read()))
 	return reg
+}
+
+// BuildInfo returns the gauge notify_build_info{version,commit,go_version}, always 1: joined
+// on its labels it tells which build each scraped process runs, e.g. during a rollout.
+func BuildInfo(info buildinfo.Info) prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "notify_build_info",
+		Help: "Always 1; the labels name the running build (commit is empty when unknown).",
+		ConstLabels: prometheus.Labels{
+			"version":    info.Version,
+			"commit":     info.Commit,
+			"go_version": info.GoVersion,
+		},
+	})
+	g.Set(1)
+	return g
 }
 
 // Check is one named readiness condition, such as "database" or "rabbitmq". Func returns

@@ -7,8 +7,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"notify/pkg/buildinfo"
 )
 
 func TestHealthEndpoints(t *testing.T) {
@@ -61,5 +67,55 @@ func TestReady(t *testing.T) {
 	}
 	if err := Ready(context.Background(), []Check{{"database", func(context.Context) error { return nil }}}); err != nil {
 		t.Errorf("Ready with passing checks = %v", err)
+	}
+}
+
+// TestBuildInfo: notify_build_info is 1 with the build's version, commit and Go version as
+// labels, and every registry from NewRegistry has it for the running binary.
+func TestBuildInfo(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		reg  func() *prometheus.Registry
+		want map[string]string
+	}{
+		{"given build", func() *prometheus.Registry {
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(BuildInfo(buildinfo.Info{Version: "v1.2.3", Commit: "0123abcd", GoVersion: "go1.26.0", Platform: "linux/amd64"}))
+			return reg
+		}, map[string]string{"version": "v1.2.3", "commit": "0123abcd", "go_version": "go1.26.0"}},
+		{"NewRegistry", NewRegistry, map[string]string{
+			"version": buildinfo.Read().Version, "commit": buildinfo.Read().Commit, "go_version": runtime.Version()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			families, err := tt.reg().Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var found int
+			for _, f := range families {
+				if f.GetName() != "notify_build_info" {
+					continue
+				}
+				for _, m := range f.GetMetric() {
+					found++
+					labels := map[string]string{}
+					for _, l := range m.GetLabel() {
+						labels[l.GetName()] = l.GetValue()
+					}
+					if diff := cmp.Diff(tt.want, labels); diff != "" {
+						t.Errorf("notify_build_info labels (-want +got):\n%s", diff)
+					}
+					if v := m.GetGauge().GetValue(); v != 1 {
+						t.Errorf("notify_build_info = %v, want 1", v)
+					}
+				}
+			}
+			if found != 1 {
+				t.Errorf("%d notify_build_info series, want 1", found)
+			}
+		})
 	}
 }
