@@ -137,9 +137,9 @@ func checkComposeService(t *testing.T, s types.ServiceConfig, images []string) {
 			t.Errorf("%s: %s=%s, want 0.0.0.0:<a published port>", s.Name, envName, addr)
 		}
 	}
-	for _, fileVar := range []string{"FCM_CREDENTIALS_FILE", "GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE", "GRPC_TLS_CLIENT_CA_FILE"} {
+	for fileVar := range s.Environment {
 		file := env(s, fileVar)
-		if file == "" {
+		if !strings.HasSuffix(fileVar, "_FILE") || file == "" {
 			continue
 		}
 		mounted := false
