@@ -121,7 +121,7 @@ func checkComposeService(t *testing.T, s types.ServiceConfig, images []string) {
 	known := envNames(t, s.Name)
 	for name := range s.Environment {
 		if !known[name] {
-			t.Errorf("%s: sets %s, which %s does not read", s.Name, name, s.Name)
+			t.Errorf("%s: sets %s, which no code of %s or pkg/ names", s.Name, name, s.Name)
 		}
 	}
 	for envName, required := range map[string]bool{"METRICS_ADDR": true, "GRPC_ADDR": s.Name == "producer"} {

@@ -164,6 +164,9 @@ func kustomize(t *testing.T, dir string) render {
 	return r
 }
 
+// migrateSelector is what README's first apply selects: the migration Job and its Secrets and ConfigMap.
+const migrateSelector = "app.kubernetes.io/component in (config,migrate)"
+
 // services names the notify services that run on Kubernetes, each as a Deployment, container
 // and image of that name (the FCM emulator and notifyctl do not).
 var services = []string{"producer", "sender", "retrier", "deadletter"}
@@ -248,6 +251,30 @@ func checkWorkloads(t *testing.T, r render) {
 	if c := job.Spec.Template.Spec.Containers[0]; c.Image != r.imageOf("producer") || !slices.Equal(c.Args, []string{"migrate", "up"}) {
 		t.Errorf("Job %s: runs %s %v, want the producer's image with args [migrate up]", job.Name, c.Image, c.Args)
 	}
+	// README applies the Job first with this selector: it must take the Job and what it reads.
+	first, err := labels.Parse(migrateSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !first.Matches(labels.Set(job.Labels)) {
+		t.Errorf("Job %s: not selected by %s", job.Name, migrateSelector)
+	}
+	for _, c := range job.Spec.Template.Spec.Containers {
+		for _, e := range c.Env {
+			if ref := e.ValueFrom; ref != nil && ref.SecretKeyRef != nil {
+				if s := r.secrets[ref.SecretKeyRef.Name]; s != nil && !first.Matches(labels.Set(s.Labels)) {
+					t.Errorf("Secret %s: the Job reads it but %s does not select it", s.Name, migrateSelector)
+				}
+			}
+		}
+		for _, from := range c.EnvFrom {
+			if ref := from.ConfigMapRef; ref != nil {
+				if cm := r.configMaps[ref.Name]; cm != nil && !first.Matches(labels.Set(cm.Labels)) {
+					t.Errorf("ConfigMap %s: the Job reads it but %s does not select it", cm.Name, migrateSelector)
+				}
+			}
+		}
+	}
 	for _, d := range r.deployments {
 		if d.Name == "producer" && envValue(d.Spec.Template.Spec.Containers[0], "MIGRATE_ON_START") != "false" {
 			t.Errorf("Deployment producer: MIGRATE_ON_START must be false (the Job migrates)")
@@ -283,11 +310,9 @@ func checkPod(t *testing.T, what string, tmpl *corev1.PodTemplateSpec, images []
 	}
 	for _, c := range spec.Containers {
 		what := what + " container " + c.Name
-		sc := c.SecurityContext
-		switch {
-		case sc == nil:
+		if sc := c.SecurityContext; sc == nil {
 			t.Errorf("%s: no securityContext", what)
-		default:
+		} else {
 			if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 				t.Errorf("%s: root filesystem must be read-only", what)
 			}
@@ -390,7 +415,7 @@ func checkEnv(t *testing.T, what, service string, c corev1.Container) {
 	known := envNames(t, service)
 	for _, e := range c.Env {
 		if !known[e.Name] {
-			t.Errorf("%s: sets %s, which %s does not read", what, e.Name, service)
+			t.Errorf("%s: sets %s, which no code of %s or pkg/ names", what, e.Name, service)
 		}
 	}
 	for env, portName := range map[string]string{"METRICS_ADDR": "metrics", "GRPC_ADDR": "grpc"} {
