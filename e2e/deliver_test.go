@@ -347,7 +347,23 @@ func TestPublishWhileBrokerDownIsDeliveredLater(t *testing.T) {
 func TestBadPublishIsRefusedWithFieldDetails(t *testing.T) {
 	s := newStack(t)
 	s.start("producer", nil)
-	notifications, _, _ := s.clients()
+	notifications, devices, _ := s.clients()
+	badFields := func(call string, err error) map[string]bool {
+		t.Helper()
+		st := status.Convert(err)
+		if st.Code() != codes.InvalidArgument {
+			t.Fatalf("%s = %v, want INVALID_ARGUMENT", call, err)
+		}
+		fields := map[string]bool{}
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok {
+				for _, v := range br.GetFieldViolations() {
+					fields[v.GetField()] = true
+				}
+			}
+		}
+		return fields
+	}
 
 	_, err := notifications.Publish(ctxT(t), &notifyv1.PublishRequest{
 		Type:       "e2e.bad",
@@ -355,23 +371,25 @@ func TestBadPublishIsRefusedWithFieldDetails(t *testing.T) {
 		Content:    &notifyv1.Content{Title: "x"},
 		Data:       map[string]string{"gcm.notification.title": "reserved"},
 	})
-	st := status.Convert(err)
-	if st.Code() != codes.InvalidArgument {
-		t.Fatalf("Publish = %v, want INVALID_ARGUMENT", err)
-	}
-	fields := map[string]bool{}
-	for _, d := range st.Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok {
-			for _, v := range br.GetFieldViolations() {
-				fields[v.GetField()] = true
-			}
-		}
-	}
-	if !fields["recipients"] || !fields["data[gcm.notification.title]"] {
+	if fields := badFields("Publish", err); !fields["recipients"] || !fields["data[gcm.notification.title]"] {
 		t.Errorf("field violations %v, want recipients and data[gcm.notification.title]", fields)
 	}
+	// U+0000, which PostgreSQL cannot store, is refused naming the field (not INTERNAL).
+	_, err = notifications.Publish(ctxT(t), &notifyv1.PublishRequest{
+		Type:       "e2e.bad",
+		Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: []string{"ana"}}}},
+		Content:    &notifyv1.Content{Title: "a\x00b"},
+	})
+	if fields := badFields("Publish with NUL", err); !fields["content.title"] {
+		t.Errorf("field violations %v, want content.title", fields)
+	}
+	_, err = devices.RegisterDevice(ctxT(t), &notifyv1.RegisterDeviceRequest{UserId: "ana", DeviceId: "d1", Token: "t\x00",
+		Platform: notifyv1.Platform_PLATFORM_ANDROID})
+	if fields := badFields("RegisterDevice with NUL", err); !fields["token"] {
+		t.Errorf("field violations %v, want token", fields)
+	}
 	var rows int
-	if err := s.db.Pool.QueryRow(ctxT(t), "SELECT (SELECT count(*) FROM notifications) + (SELECT count(*) FROM outbox)").Scan(&rows); err != nil {
+	if err := s.db.Pool.QueryRow(ctxT(t), "SELECT (SELECT count(*) FROM notifications) + (SELECT count(*) FROM outbox) + (SELECT count(*) FROM devices)").Scan(&rows); err != nil {
 		t.Fatal(err)
 	}
 	if rows != 0 {

@@ -68,8 +68,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 			cfg.RedriveInterval, log, reg),
 	)
 
-	api, err := newGRPCServer(cfg.GRPCAddr, cfg.ShutdownTimeout, log, reg,
-		append(serverOpts, grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))...)
+	// Authentication first, then the text check every request passes before a handler runs.
+	serverOpts = append(serverOpts, grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))
+	api, err := newGRPCServer(cfg.GRPCAddr, cfg.ShutdownTimeout, log, reg, append(serverOpts, server.TextOptions()...)...)
 	if err != nil {
 		return err
 	}

@@ -119,7 +119,7 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 		return nil, status.Errorf(codes.NotFound, "notification %s not found", id)
 	}
 	if err != nil {
-		return nil, internal(ctx, a.log, "read notification", err, "notification_id", id)
+		return nil, toStatus(ctx, a.log, "read notification", err, "notification_id", id)
 	}
 	n.Id, n.Caller, n.Type, n.Status = id.String(), caller, typ, statusNames[st]
 	if key != nil {
@@ -128,7 +128,7 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	c.Pending = max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired)
 	n.CreateTime, n.UpdateTime, n.ExpireTime = timestamppb.New(created), timestamppb.New(updated), timestamppb.New(ex)
 	if n.Request, err = schema.DecodeRequest(request); err != nil {
-		return nil, internal(ctx, a.log, "decode stored request", err, "notification_id", id)
+		return nil, toStatus(ctx, a.log, "decode stored request", err, "notification_id", id)
 	}
 
 	limit := pageSize(req.GetPageSize(), 100, 1000)
@@ -139,7 +139,7 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 		WHERE notification_id = $1 AND token > $2 AND ($3 = '' OR outcome = $3)
 		ORDER BY token LIMIT $4`, id, string(after), outcome, limit+1)
 	if err != nil {
-		return nil, internal(ctx, a.log, "read deliveries", err, "notification_id", id)
+		return nil, toStatus(ctx, a.log, "read deliveries", err, "notification_id", id)
 	}
 	var deliveries []*notifyv1.Delivery
 	var d notifyv1.Delivery
@@ -153,7 +153,7 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 		return nil
 	})
 	if err != nil {
-		return nil, internal(ctx, a.log, "read deliveries", err, "notification_id", id)
+		return nil, toStatus(ctx, a.log, "read deliveries", err, "notification_id", id)
 	}
 	resp := &notifyv1.GetNotificationResponse{Notification: n}
 	if len(deliveries) > limit {

@@ -114,7 +114,7 @@ func (s *Devices) RegisterDevice(ctx context.Context, req *notifyv1.RegisterDevi
 	r, err := s.register(ctx, []string{req.GetDeviceId()}, []string{req.GetUserId()}, []string{req.GetToken()},
 		[]string{platforms[req.GetPlatform()]})
 	if err != nil {
-		return nil, internal(ctx, s.log, "register device", err, "device_id", req.GetDeviceId())
+		return nil, toStatus(ctx, s.log, "register device", err, "device_id", req.GetDeviceId())
 	}
 	s.count(r)
 	return &notifyv1.RegisterDeviceResponse{Created: r.created == 1, Reactivated: r.reactivated == 1}, nil
@@ -151,7 +151,7 @@ func (s *Devices) RegisterDevices(ctx context.Context, req *notifyv1.RegisterDev
 	}
 	r, err := s.register(ctx, deviceIDs, userIDs, tokens, names)
 	if err != nil {
-		return nil, internal(ctx, s.log, "register devices", err, "count", n)
+		return nil, toStatus(ctx, s.log, "register devices", err, "count", n)
 	}
 	s.count(r)
 	return &notifyv1.RegisterDevicesResponse{Created: int32(r.created), Updated: int32(r.updated)}, nil
@@ -176,7 +176,7 @@ func (s *Devices) UnregisterDevice(ctx context.Context, req *notifyv1.Unregister
 			deactivation_reason = coalesce(deactivation_reason, '`+schema.DeactivatedUnregistered+`')
 		WHERE device_id = $1`, req.GetDeviceId())
 	if err != nil {
-		return nil, internal(ctx, s.log, "unregister device", err, "device_id", req.GetDeviceId())
+		return nil, toStatus(ctx, s.log, "unregister device", err, "device_id", req.GetDeviceId())
 	}
 	return &notifyv1.UnregisterDeviceResponse{Found: tag.RowsAffected() > 0}, nil
 }
@@ -206,7 +206,7 @@ func (s *Devices) CheckDevice(ctx context.Context, req *notifyv1.CheckDeviceRequ
 	}
 	var registered bool
 	if err := s.pool.QueryRow(ctx, checkDeviceSQL, req.GetDeviceId(), req.GetUserId()).Scan(&registered); err != nil {
-		return nil, internal(ctx, s.log, "check device", err, "device_id", req.GetDeviceId())
+		return nil, toStatus(ctx, s.log, "check device", err, "device_id", req.GetDeviceId())
 	}
 	return &notifyv1.CheckDeviceResponse{Registered: registered}, nil
 }

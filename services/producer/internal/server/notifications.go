@@ -73,7 +73,7 @@ func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishReques
 	caller := Caller(ctx)
 	id, err := uuid.NewV7() // time-ordered: index-friendly and sortable
 	if err != nil {
-		return nil, internal(ctx, s.log, "generate notification id", err)
+		return nil, toStatus(ctx, s.log, "generate notification id", err)
 	}
 	now := time.Now()
 	ttl := MaxTTL
@@ -82,11 +82,11 @@ func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishReques
 	}
 	request, err := schema.EncodeRequest(req)
 	if err != nil {
-		return nil, internal(ctx, s.log, "encode request", err)
+		return nil, toStatus(ctx, s.log, "encode request", err)
 	}
 	task, err := outbox.SendTask(id, outbox.CausePublish, now)
 	if err != nil {
-		return nil, internal(ctx, s.log, "encode send task", err)
+		return nil, toStatus(ctx, s.log, "encode send task", err)
 	}
 	var key *string
 	if k := req.GetIdempotencyKey(); k != "" {
@@ -104,13 +104,13 @@ func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishReques
 		}
 		return &notifyv1.PublishResponse{NotificationId: got.String()}, nil
 	case err != pgx.ErrNoRows:
-		return nil, internal(ctx, s.log, "store notification", err, "caller", caller)
+		return nil, toStatus(ctx, s.log, "store notification", err, "caller", caller)
 	}
 	// Nothing inserted: the idempotency key was used before. The conflicting row is
 	// committed (ON CONFLICT waited for it), so this read finds it.
 	err = s.pool.QueryRow(ctx, "SELECT id FROM notifications WHERE caller = $1 AND idempotency_key = $2", caller, key).Scan(&got)
 	if err != nil {
-		return nil, internal(ctx, s.log, "look up duplicate", fmt.Errorf("idempotency key %q: %w", *key, err), "caller", caller)
+		return nil, toStatus(ctx, s.log, "look up duplicate", fmt.Errorf("idempotency key %q: %w", *key, err), "caller", caller)
 	}
 	s.duplicates.Inc()
 	return &notifyv1.PublishResponse{NotificationId: got.String(), Duplicate: true}, nil

@@ -1,0 +1,167 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// Text PostgreSQL cannot store is refused, never stored in some altered form: a text or
+// jsonb value cannot hold U+0000, and a client that sent bytes that are not UTF-8 meant
+// something we cannot know. Every string field of every request is checked, by the
+// server itself, before any handler runs, so a new field or RPC is covered without
+// anyone remembering to.
+const textRule = "must be UTF-8 text without U+0000 (NUL)"
+
+// TextOptions are the gRPC server options that refuse such text with INVALID_ARGUMENT
+// naming every field concerned: a codec that lets requests with invalid UTF-8 reach the
+// check (grpc-go would answer INTERNAL before any handler ran), and the check itself.
+func TextOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(textCodec{encoding.GetCodecV2("proto")}),
+		grpc.ChainUnaryInterceptor(checkText),
+		grpc.ChainStreamInterceptor(checkTextStream),
+	}
+}
+
+func checkText(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if m, ok := req.(proto.Message); ok {
+		var v violations
+		badText(&v, "", m.ProtoReflect())
+		if len(v) > 0 {
+			return nil, invalidArgument(v)
+		}
+	}
+	return handler(ctx, req)
+}
+
+// checkTextStream checks every message a stream receives (health Watch, reflection).
+func checkTextStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, textStream{ss})
+}
+
+type textStream struct{ grpc.ServerStream }
+
+func (s textStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if pm, ok := m.(proto.Message); ok {
+		var v violations
+		badText(&v, "", pm.ProtoReflect())
+		if len(v) > 0 {
+			return invalidArgument(v)
+		}
+	}
+	return nil
+}
+
+// badText adds a violation for every string in m, at any depth, that breaks textRule.
+// Fields are named as the other validations name them: proto names joined by dots, list
+// items [i], map values [key].
+func badText(v *violations, prefix string, m protoreflect.Message) {
+	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
+		name := prefix + string(fd.Name())
+		switch {
+		case fd.IsMap():
+			val.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+				key := k.String()
+				if fd.MapKey().Kind() == protoreflect.StringKind && !goodText(key) {
+					v.add(name, "key %s %s", strconv.QuoteToASCII(key), textRule)
+					return true
+				}
+				badValue(v, name+"["+key+"]", fd.MapValue(), mv)
+				return true
+			})
+		case fd.IsList():
+			l := val.List()
+			for i := range l.Len() {
+				badValue(v, name+"["+strconv.Itoa(i)+"]", fd, l.Get(i))
+			}
+		default:
+			badValue(v, name, fd, val)
+		}
+		return true
+	})
+}
+
+func badValue(v *violations, name string, fd protoreflect.FieldDescriptor, val protoreflect.Value) {
+	switch fd.Kind() {
+	case protoreflect.StringKind:
+		if !goodText(val.String()) {
+			v.add(name, textRule)
+		}
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		badText(v, name+".", val.Message())
+	}
+}
+
+func goodText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+
+// textCodec is grpc-go's protobuf codec, except for a request whose string fields are
+// not valid UTF-8: protobuf refuses to decode it and grpc-go answers INTERNAL before any
+// handler runs. textCodec decodes such a request again with every invalid byte sequence
+// replaced by U+0000, which checkText then refuses as INVALID_ARGUMENT naming the field.
+// Valid requests take the ordinary path, untouched.
+type textCodec struct{ encoding.CodecV2 }
+
+func (c textCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	err := c.CodecV2.Unmarshal(data, v)
+	m, ok := v.(proto.Message)
+	if err == nil || !ok {
+		return err
+	}
+	marked, changed := markInvalidUTF8(data.Materialize(), m.ProtoReflect().Descriptor())
+	if !changed {
+		return err
+	}
+	return proto.Unmarshal(marked, m)
+}
+
+// markInvalidUTF8 returns the wire-format message b with the invalid UTF-8 in its string
+// fields, at any depth, replaced by U+0000, and whether it replaced anything. Malformed
+// input is left alone: protobuf's own error describes it.
+func markInvalidUTF8(b []byte, md protoreflect.MessageDescriptor) ([]byte, bool) {
+	out := make([]byte, 0, len(b))
+	changed := false
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, false
+		}
+		if typ != protowire.BytesType {
+			m := protowire.ConsumeFieldValue(num, typ, b[n:])
+			if m < 0 {
+				return nil, false
+			}
+			out, b = append(out, b[:n+m]...), b[n+m:]
+			continue
+		}
+		val, m := protowire.ConsumeBytes(b[n:])
+		if m < 0 {
+			return nil, false
+		}
+		b = b[n+m:]
+		switch fd := md.Fields().ByNumber(num); {
+		case fd == nil:
+		case fd.Kind() == protoreflect.StringKind && !utf8.Valid(val):
+			val, changed = bytes.ToValidUTF8(val, []byte{0}), true
+		case fd.Kind() == protoreflect.MessageKind:
+			if inner, ok := markInvalidUTF8(val, fd.Message()); ok {
+				val, changed = inner, true
+			}
+		}
+		out = protowire.AppendTag(out, num, typ)
+		out = protowire.AppendBytes(out, val)
+	}
+	return out, changed
+}
