@@ -60,7 +60,8 @@ func TestProducerGRPCMetrics(t *testing.T) {
 	})
 }
 
-// TestEveryServiceMetrics: every service's /metrics names its build.
+// TestEveryServiceMetrics: every service's /metrics names its build and shows its
+// PostgreSQL pool.
 func TestEveryServiceMetrics(t *testing.T) {
 	s := newStack(t)
 	buildInfo := regexp.MustCompile(`(?m)^notify_build_info\{commit="[0-9a-f]*",go_version="go[^"]+",version="[^"]+"\} 1$`)
@@ -73,6 +74,11 @@ func TestEveryServiceMetrics(t *testing.T) {
 		}
 		if !buildInfo.MatchString(body) {
 			t.Errorf("%s: /metrics lacks notify_build_info{commit,go_version,version} 1", name)
+		}
+		for _, want := range []string{"\nnotify_db_pool_max_conns ", "\nnotify_db_pool_acquired_conns ", "\nnotify_db_pool_acquire_waits_total "} {
+			if !strings.Contains(body, want) {
+				t.Errorf("%s: /metrics lacks %s", name, strings.TrimSpace(want))
+			}
 		}
 	}
 }

@@ -135,6 +135,7 @@ func RunService(ctx context.Context, cfg ServiceConfig, queue func(rabbit.Topolo
 	}
 
 	reg := metrics.NewRegistry()
+	reg.MustRegister(metrics.NewPoolCollector(pool))
 	topo := cfg.Settings.Topology()
 	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{
 		Name: cfg.Name, Topology: &topo, DrainTimeout: cfg.ShutdownTimeout + 5*time.Second, Hooks: rabbit.NewMetrics(reg),

@@ -46,6 +46,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 
 	reg := metrics.NewRegistry()
+	reg.MustRegister(metrics.NewPoolCollector(pool))
 	topo := rabbit.NewTopology(cfg.Topology, nil)
 	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{
 		Name: "deadletter", Topology: &topo, DrainTimeout: cfg.ShutdownTimeout + 5*time.Second, Hooks: rabbit.NewMetrics(reg),

@@ -49,6 +49,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	defer pool.Close()
 
 	reg := metrics.NewRegistry()
+	reg.MustRegister(metrics.NewPoolCollector(pool))
 	topo := rabbit.NewTopology(cfg.Topology, nil)
 	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{
 		Name: "producer", Topology: &topo, DrainTimeout: cfg.ShutdownTimeout, Hooks: rabbit.NewMetrics(reg),
