@@ -7,6 +7,8 @@ BIN := $(CURDIR)/bin
 # Every module of the workspace (go.work), as paths relative to here.
 MODULES := $(shell go list -m -f '{{.Dir}}' | sed 's|^$(CURDIR)/||')
 SERVICES := producer sender retrier deadletter fcm-emulator notifyctl
+# The images `make images` builds, each named notify/<name>: one per service binary.
+IMAGES := producer sender retrier deadletter fcm-emulator notifyctl
 
 # Pinned tool versions, installed into ./bin by `make tools`.
 BUF_VERSION := v1.75.0
@@ -21,8 +23,12 @@ TEST_TIMEOUT ?= 9m
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X notify/pkg/buildinfo.version=$(VERSION) -X notify/pkg/buildinfo.commit=$(COMMIT)
+# Image labels: where the source lives (the origin remote, if any) and the commit's time as
+# the creation time, so that building one commit twice gives the same image digests.
+IMAGE_SOURCE ?= $(shell git remote get-url origin 2>/dev/null)
+IMAGE_CREATED ?= $(shell git log -1 --format=%cI 2>/dev/null)
 
-.PHONY: help run test proto lint tidy check tools build services bench clean
+.PHONY: help run test proto lint tidy check tools build images services bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -38,6 +44,10 @@ test: ## bring up RabbitMQ and PostgreSQL if needed, then run every module's tes
 build: ## build every service into ./bin
 	@mkdir -p $(BIN)
 	@for s in $(SERVICES); do (cd services/$$s && go build -ldflags "$(LDFLAGS)" -o $(BIN)/$$s .); done
+
+images: ## build the notify/<service>:VERSION images into tmp/images (OCI layouts + docker-loadable tarballs; no container engine needed)
+	go run ./deployments/images -out tmp/images -version "$(VERSION)" -commit "$(COMMIT)" \
+		-source "$(IMAGE_SOURCE)" -created "$(IMAGE_CREATED)" $(IMAGES)
 
 bench: ## measure the whole stack against raw broker/FCM baselines (BENCH_FLAGS="-fanout-devices 1000000"; bench/ -h)
 	@scripts/devenv.sh
