@@ -51,19 +51,31 @@ func New(t testing.TB) *DB {
 	baseURL := testenv.DatabaseURL(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-
 	templateOnce.Do(func() { templateName, templateErr = ensureTemplate(ctx, baseURL) })
 	if templateErr != nil {
 		t.Fatalf("pgtest: template database: %v", templateErr)
 	}
+	return newDatabase(t, baseURL, templateName)
+}
 
+// NewEmpty creates a database with no schema at all for this test (for tests of the
+// migrations themselves) and drops it when the test ends.
+func NewEmpty(t testing.TB) *DB {
+	t.Helper()
+	return newDatabase(t, testenv.DatabaseURL(t), "template0")
+}
+
+func newDatabase(t testing.TB, baseURL, template string) *DB {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 	name := "notify_test_" + randomSuffix()
 	admin, err := pgx.Connect(ctx, baseURL)
 	if err != nil {
 		t.Fatalf("pgtest: connect %s: %v", redact(baseURL), err)
 	}
 	defer admin.Close(ctx)
-	if err := createFromTemplate(ctx, admin, name, templateName); err != nil {
+	if err := createFromTemplate(ctx, admin, name, template); err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
 

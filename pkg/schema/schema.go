@@ -1,58 +1,142 @@
-// Package schema holds notify's PostgreSQL schema as embedded SQL migrations and applies
-// them.
+// Package schema holds notify's PostgreSQL schema as embedded SQL migrations, applies them,
+// and tells a service whether the database is at the version it was built for.
 //
-// The producer applies them at start; tests apply them to a template database (pgtest).
-// Migrations are plain SQL files named NNNN_description.sql, applied in name order, each in
-// its own transaction, and recorded in schema_migrations. A session-level advisory lock
-// serialises replicas that start together, so exactly one of them applies a migration and
-// the others find it done. A small runner instead of a migration library: notify only ever
-// migrates forward, from one embedded directory, with pgx it already uses.
+// Migrations are plain SQL files named NNNN_description.sql, applied in name order and
+// recorded in schema_migrations (version = file name without .sql). Each runs in its own
+// transaction, unless its first line is "-- notify:no-transaction" (see Migration). A
+// session-level advisory lock serialises replicas (and a migration Job) that migrate at
+// once, so exactly one of them applies a migration and the others find it done.
+//
+// A binary knows the migrations embedded in it. Migrate and Check refuse a database that
+// has a migration newer than the newest one the binary knows: an older release must not
+// write to a schema it was not built for. Services that do not migrate (sender, retrier,
+// deadletter, a producer with MIGRATE_ON_START=false) Wait until every migration they know
+// is applied.
+//
+// Why our own runner and not pressly/goose or jackc/tern: both were weighed (goose v3.30's
+// Provider with an embed.FS and its "NO TRANSACTION" annotation; tern v2's disable-tx).
+// Neither keeps our bookkeeping: goose records int64 versions in goose_db_version, tern one
+// integer in its own table, so every existing database would need a bridge from
+// schema_migrations (a custom goose database.Store, or seeding their table) that is itself
+// more code than what they would replace; goose also needs database/sql beside our pgx pool.
+// Neither waits for a schema, nor drops the INVALID index an interrupted CREATE INDEX
+// CONCURRENTLY leaves behind, so those would be ours anyway. What they would have given us —
+// a non-transactional mode and a status listing — is a few dozen lines here.
 package schema
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"regexp"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 //go:embed migrations/*.sql
-var migrations embed.FS
+var migrationFiles embed.FS
 
 // migrateLockKey is the advisory lock taken while migrating ("notify" in ASCII).
 const migrateLockKey int64 = 0x6e6f74696679
+
+// noTransactionMarker, as a migration's first line, makes it a no-transaction migration.
+const noTransactionMarker = "-- notify:no-transaction"
 
 // Migration is one embedded SQL file.
 type Migration struct {
 	Version string // file name without .sql, e.g. "0001_init"
 	SQL     string
+
+	// NoTransaction migrations (first line "-- notify:no-transaction") are for statements
+	// PostgreSQL refuses in a transaction, such as CREATE INDEX CONCURRENTLY, which builds
+	// an index on a large table without blocking its writers. Their statements run one by
+	// one, each ending with a line that ends in ";" (no dollar-quoted bodies), and the
+	// migration is recorded only after the last one: an interrupted run is run again from
+	// the top, so every statement must be idempotent (IF NOT EXISTS, which Migrations
+	// requires of CREATE INDEX CONCURRENTLY). An interrupted CREATE INDEX CONCURRENTLY
+	// leaves an INVALID index that IF NOT EXISTS would keep for ever (never used by
+	// queries, yet maintained on every write), so before each such statement an INVALID
+	// index of that name is dropped, concurrently.
+	NoTransaction bool
 }
 
+// Statements returns the statements of a no-transaction migration, comments left out.
+func (m Migration) Statements() []string {
+	var out []string
+	var cur strings.Builder
+	for line := range strings.SplitSeq(m.SQL, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "" || strings.HasPrefix(trimmed, "--") {
+			continue
+		}
+		cur.WriteString(line)
+		cur.WriteString("\n")
+		if strings.HasSuffix(trimmed, ";") {
+			out = append(out, strings.TrimSpace(cur.String()))
+			cur.Reset()
+		}
+	}
+	if s := strings.TrimSpace(cur.String()); s != "" {
+		out = append(out, s)
+	}
+	return out
+}
+
+var (
+	concurrentIndex   = regexp.MustCompile(`(?i)^CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s`)
+	concurrentIndexIf = regexp.MustCompile(`(?i)^CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+("?)(\w+)("?)\s`)
+)
+
 // Migrations returns the embedded migrations in the order they are applied.
-func Migrations() ([]Migration, error) {
-	names, err := fs.Glob(migrations, "migrations/*.sql")
+func Migrations() ([]Migration, error) { return loadMigrations() }
+
+var loadMigrations = sync.OnceValues(func() ([]Migration, error) {
+	names, err := fs.Glob(migrationFiles, "migrations/*.sql")
 	if err != nil {
 		return nil, fmt.Errorf("list migrations: %w", err)
 	}
 	slices.Sort(names)
 	out := make([]Migration, 0, len(names))
 	for _, name := range names {
-		b, err := migrations.ReadFile(name)
+		b, err := migrationFiles.ReadFile(name)
 		if err != nil {
 			return nil, fmt.Errorf("read migration %s: %w", name, err)
 		}
-		v := strings.TrimSuffix(strings.TrimPrefix(name, "migrations/"), ".sql")
-		out = append(out, Migration{Version: v, SQL: string(b)})
+		m := Migration{Version: strings.TrimSuffix(strings.TrimPrefix(name, "migrations/"), ".sql"), SQL: string(b)}
+		m.NoTransaction = strings.HasPrefix(m.SQL, noTransactionMarker+"\n")
+		if m.NoTransaction {
+			for _, s := range m.Statements() {
+				if concurrentIndex.MatchString(s) && !concurrentIndexIf.MatchString(s) {
+					return nil, fmt.Errorf("migration %s: CREATE INDEX CONCURRENTLY without IF NOT EXISTS cannot be run again after an interruption", m.Version)
+				}
+			}
+		}
+		out = append(out, m)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no migrations embedded")
 	}
 	return out, nil
+})
+
+// Latest is the version of the newest migration this binary knows.
+func Latest() string {
+	ms, err := Migrations()
+	if err != nil {
+		return ""
+	}
+	return ms[len(ms)-1].Version
 }
 
 // Fingerprint is a short hash of every migration's name and content: two databases
@@ -70,13 +154,140 @@ func Fingerprint() (string, error) {
 	return hex.EncodeToString(h.Sum(nil))[:12], nil
 }
 
-// Migrate applies every migration the database does not have yet and returns how many it
-// applied.
-func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, error) {
+// NewerError means the database has a migration newer than the newest this binary knows.
+type NewerError struct {
+	Database string // the newest version applied to the database
+	Binary   string // the newest version this binary knows
+}
+
+func (e *NewerError) Error() string {
+	return fmt.Sprintf("database schema is at version %s, newer than %s, the newest this binary knows: "+
+		"run a release that knows %s (this one must not write to a schema it was not built for)",
+		e.Database, e.Binary, e.Database)
+}
+
+// ErrPending means migrations this binary knows are not applied yet.
+var ErrPending = errors.New("database schema is not migrated yet")
+
+// Applied is one row of schema_migrations.
+type Applied struct {
+	Version   string
+	AppliedAt time.Time
+}
+
+// Status compares a database's migrations with this binary's.
+type Status struct {
+	Applied []Applied   // every applied migration, in version order (some may be unknown to this binary)
+	Pending []Migration // migrations this binary knows and the database does not have
+	Latest  string      // the newest migration this binary knows
+}
+
+// Current is the newest applied version, or "" for a database never migrated.
+func (s Status) Current() string {
+	if len(s.Applied) == 0 {
+		return ""
+	}
+	return s.Applied[len(s.Applied)-1].Version
+}
+
+// Err is nil when the database has exactly the migrations this binary knows, a
+// *NewerError when it has a newer one, and an error wrapping ErrPending when some are
+// missing.
+func (s Status) Err() error {
+	if cur := s.Current(); cur > s.Latest {
+		return &NewerError{Database: cur, Binary: s.Latest}
+	}
+	if len(s.Pending) > 0 {
+		return fmt.Errorf("%w: at version %s, this binary needs %s (%d pending; run `producer migrate up`, or a producer with MIGRATE_ON_START=true)",
+			ErrPending, cmp.Or(s.Current(), "(none)"), s.Latest, len(s.Pending))
+	}
+	return nil
+}
+
+// querier is what reading the status needs: a pool or the connection holding the lock.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// ReadStatus reads which migrations the database has.
+func ReadStatus(ctx context.Context, q querier) (Status, error) {
 	ms, err := Migrations()
 	if err != nil {
-		return 0, err
+		return Status{}, err
 	}
+	st := Status{Latest: ms[len(ms)-1].Version}
+	var exists bool
+	if err := q.QueryRow(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL").Scan(&exists); err != nil {
+		return Status{}, fmt.Errorf("read schema_migrations: %w", err)
+	}
+	if exists {
+		rows, err := q.Query(ctx, "SELECT version, applied_at FROM schema_migrations ORDER BY version")
+		if err != nil {
+			return Status{}, fmt.Errorf("read schema_migrations: %w", err)
+		}
+		if st.Applied, err = pgx.CollectRows(rows, pgx.RowToStructByPos[Applied]); err != nil {
+			return Status{}, fmt.Errorf("read schema_migrations: %w", err)
+		}
+	}
+	for _, m := range ms {
+		if !slices.ContainsFunc(st.Applied, func(a Applied) bool { return a.Version == m.Version }) {
+			st.Pending = append(st.Pending, m)
+		}
+	}
+	return st, nil
+}
+
+// Check returns nil when the database is at exactly the version this binary knows, and
+// otherwise the error Status.Err describes (or why the status could not be read).
+func Check(ctx context.Context, pool *pgxpool.Pool) error {
+	st, err := ReadStatus(ctx, pool)
+	if err != nil {
+		return err
+	}
+	return st.Err()
+}
+
+// Wait returns nil once every migration this binary knows is applied, polling every
+// interval and logging now and then while it waits (for the database to answer, or for a
+// producer or `producer migrate up` to migrate it). It returns a *NewerError at once if
+// the database is newer than this binary, and ctx's error if ctx ends first. Waiting,
+// rather than failing, lets every service start at once, in any order.
+func Wait(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, interval time.Duration) error {
+	var lastLog time.Time
+	waited := false
+	for {
+		err := Check(ctx, pool)
+		var newer *NewerError
+		switch {
+		case err == nil:
+			if waited {
+				log.Info("database schema is ready", "version", Latest())
+			}
+			return nil
+		case errors.As(err, &newer):
+			return err
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		waited = true
+		if time.Since(lastLog) >= 30*time.Second {
+			log.Warn("waiting for the database schema", "want", Latest(), "err", err)
+			lastLog = time.Now()
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Migrate applies every migration the database does not have yet and returns how many it
+// applied. It applies nothing to a database newer than this binary (a *NewerError).
+func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, error) {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("acquire connection for migrations: %w", err)
@@ -92,37 +303,70 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, er
 		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", migrateLockKey)
 	}()
 
+	// The table as the first runner made it: databases it migrated carry on unchanged.
 	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 		version    text PRIMARY KEY,
 		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return 0, fmt.Errorf("create schema_migrations: %w", err)
 	}
-	rows, err := conn.Query(ctx, "SELECT version FROM schema_migrations")
+	st, err := ReadStatus(ctx, conn)
 	if err != nil {
-		return 0, fmt.Errorf("read schema_migrations: %w", err)
+		return 0, err
 	}
-	applied, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return 0, fmt.Errorf("read schema_migrations: %w", err)
+	if err := st.Err(); !errors.Is(err, ErrPending) {
+		return 0, err // nil (nothing to do) or newer
 	}
 
-	n := 0
-	for _, m := range ms {
-		if slices.Contains(applied, m.Version) {
-			continue
+	for i, m := range st.Pending {
+		start := time.Now()
+		if m.NoTransaction {
+			err = applyWithoutTransaction(ctx, conn.Conn(), m, log)
+		} else {
+			err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, m.SQL); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version) VALUES ($1)", m.Version)
+				return err
+			})
 		}
-		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, m.SQL); err != nil {
+		if err != nil {
+			return i, fmt.Errorf("apply migration %s: %w", m.Version, err)
+		}
+		log.Info("applied migration", "version", m.Version, "duration", time.Since(start).Round(time.Millisecond))
+	}
+	return len(st.Pending), nil
+}
+
+func applyWithoutTransaction(ctx context.Context, conn *pgx.Conn, m Migration, log *slog.Logger) error {
+	for _, stmt := range m.Statements() {
+		if sub := concurrentIndexIf.FindStringSubmatch(stmt); sub != nil {
+			if err := dropInvalidIndex(ctx, conn, sub[2], log); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version) VALUES ($1)", m.Version)
-			return err
-		})
-		if err != nil {
-			return n, fmt.Errorf("apply migration %s: %w", m.Version, err)
 		}
-		log.Info("applied migration", "version", m.Version)
-		n++
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return err
+		}
 	}
-	return n, nil
+	_, err := conn.Exec(ctx, "INSERT INTO schema_migrations (version) VALUES ($1)", m.Version)
+	return err
+}
+
+// dropInvalidIndex drops the index name if an interrupted CREATE INDEX CONCURRENTLY left it
+// INVALID.
+func dropInvalidIndex(ctx context.Context, conn *pgx.Conn, name string, log *slog.Logger) error {
+	var invalid bool
+	err := conn.QueryRow(ctx, `SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)`, name).Scan(&invalid)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !invalid) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look for an invalid index %s: %w", name, err)
+	}
+	log.Warn("dropping the INVALID index an interrupted migration left, to build it again", "index", name)
+	if _, err := conn.Exec(ctx, "DROP INDEX CONCURRENTLY IF EXISTS "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("drop invalid index %s: %w", name, err)
+	}
+	return nil
 }

@@ -19,6 +19,12 @@ const (
 // predicate, so queries that want it must spell the list exactly so.
 const InFlightStatuses = `('` + StatusPending + `', '` + StatusRetrying + `')`
 
+// FinalStatuses is the SQL list of the statuses of a notification nothing changes any more,
+// except an operator's replay of a FAILED one while its TTL lasts. The retention job deletes
+// only notifications in these, and the partial index notifications_retention (migration
+// 0005) has this predicate, so the job's query must spell the list exactly so.
+const FinalStatuses = `('` + StatusDelivered + `', '` + StatusFailed + `', '` + StatusExpired + `')`
+
 // InFlight reports whether a notification with this status is still being worked on.
 func InFlight(status string) bool { return status == StatusPending || status == StatusRetrying }
 

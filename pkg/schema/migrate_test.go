@@ -1,0 +1,295 @@
+package schema_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+
+	"notify/pkg/pgtest"
+	"notify/pkg/schema"
+)
+
+// logBuffer is a goroutine-safe log destination a test can read.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func versions(t *testing.T, db *pgtest.DB) []string {
+	t.Helper()
+	rows, _ := db.Pool.Query(context.Background(), "SELECT version FROM schema_migrations ORDER BY version")
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func knownVersions(t *testing.T) []string {
+	t.Helper()
+	ms, err := schema.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.Version)
+	}
+	return out
+}
+
+func indexValid(t *testing.T, db *pgtest.DB, name string) (exists, valid bool) {
+	t.Helper()
+	err := db.Pool.QueryRow(context.Background(),
+		"SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", name).Scan(&valid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return true, valid
+}
+
+// TestUpgradeFromTheFirstRunner migrates a database the way the first runner did (0001 to
+// 0004, each in a transaction, recorded in its schema_migrations), then runs today's
+// Migrate on it: only the newer migrations are applied, and the database ends exactly like
+// a fresh one.
+func TestUpgradeFromTheFirstRunner(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewEmpty(t)
+	ctx := context.Background()
+	ms, err := schema.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	firstRunner := []string{"0001_init", "0002_admin_jobs", "0003_deliveries_undelivered_index", "0004_outbox_wake_in_process"}
+	if _, err := db.Pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    text PRIMARY KEY,
+		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range firstRunner {
+		if ms[i].Version != v {
+			t.Fatalf("migration %d is %s, want %s: the embedded history was rewritten", i, ms[i].Version, v)
+		}
+		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, ms[i].SQL); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version) VALUES ($1)", v)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("apply %s as the first runner did: %v", v, err)
+		}
+	}
+
+	n, err := schema.Migrate(ctx, db.Pool, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("Migrate on a database of the first runner: %v", err)
+	}
+	if want := len(ms) - len(firstRunner); n != want {
+		t.Errorf("Migrate applied %d migrations, want %d", n, want)
+	}
+	if diff := cmp.Diff(knownVersions(t), versions(t, db)); diff != "" {
+		t.Errorf("schema_migrations (-want +got):\n%s", diff)
+	}
+	if exists, valid := indexValid(t, db, "notifications_retention"); !exists || !valid {
+		t.Errorf("notifications_retention exists=%v valid=%v, want a valid index", exists, valid)
+	}
+	if err := schema.Check(ctx, db.Pool); err != nil {
+		t.Errorf("Check after the upgrade: %v", err)
+	}
+}
+
+// TestMigrateRebuildsAnIndexLeftInvalid interrupts the CREATE INDEX CONCURRENTLY of the
+// retention index the way a crash or a timeout does, which leaves an INVALID index, and
+// checks that the next Migrate replaces it with a valid one.
+func TestMigrateRebuildsAnIndexLeftInvalid(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	const version, index = "0005_notifications_retention_index", "notifications_retention"
+	if _, err := db.Pool.Exec(ctx, "DROP INDEX "+index); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, "DELETE FROM schema_migrations WHERE version = $1", version); err != nil {
+		t.Fatal(err)
+	}
+
+	// A writer's open transaction makes CREATE INDEX CONCURRENTLY wait after it has
+	// committed the (still invalid) index to the catalog; its statement timeout then ends
+	// it there.
+	writer, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.Exec(ctx, `INSERT INTO notifications (id, caller, type, request, expires_at)
+		VALUES (gen_random_uuid(), 'c', 't', '{}', now())`); err != nil {
+		t.Fatal(err)
+	}
+	builder, err := db.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = builder.Exec(ctx, "SET statement_timeout = '300ms'")
+	if err == nil {
+		_, err = builder.Exec(ctx, `CREATE INDEX CONCURRENTLY `+index+` ON notifications (created_at, id)
+			INCLUDE (expires_at) WHERE status IN ('delivered', 'failed', 'expired')`)
+	}
+	if err == nil {
+		t.Fatal("CREATE INDEX CONCURRENTLY finished despite the open writer; the test cannot interrupt it")
+	}
+	_, _ = builder.Exec(ctx, "RESET statement_timeout")
+	builder.Release()
+	if err := writer.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if exists, valid := indexValid(t, db, index); !exists || valid {
+		t.Fatalf("after the interrupted build: exists=%v valid=%v, want an INVALID index", exists, valid)
+	}
+
+	var logs logBuffer
+	n, err := schema.Migrate(ctx, db.Pool, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil || n != 1 {
+		t.Fatalf("Migrate = %d, %v; want 1, nil", n, err)
+	}
+	if exists, valid := indexValid(t, db, index); !exists || !valid {
+		t.Errorf("after Migrate: exists=%v valid=%v, want a valid index", exists, valid)
+	}
+	if !strings.Contains(logs.String(), "INVALID") {
+		t.Errorf("Migrate did not log that it dropped the invalid index; logs:\n%s", logs.String())
+	}
+	if diff := cmp.Diff(knownVersions(t), versions(t, db)); diff != "" {
+		t.Errorf("schema_migrations (-want +got):\n%s", diff)
+	}
+}
+
+func TestNewerSchemaIsRefused(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	const future = "9000_from_a_newer_release"
+	if _, err := db.Pool.Exec(ctx, "INSERT INTO schema_migrations (version) VALUES ($1)", future); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, err error) {
+		t.Helper()
+		var newer *schema.NewerError
+		if !errors.As(err, &newer) {
+			t.Fatalf("%s = %v, want a *schema.NewerError", what, err)
+		}
+		if newer.Database != future || newer.Binary != schema.Latest() {
+			t.Errorf("%s: %+v, want database %s and binary %s", what, newer, future, schema.Latest())
+		}
+		for _, v := range []string{future, schema.Latest()} {
+			if !strings.Contains(err.Error(), v) {
+				t.Errorf("%s: %q does not name version %s", what, err, v)
+			}
+		}
+	}
+	_, err := schema.Migrate(ctx, db.Pool, slog.New(slog.DiscardHandler))
+	check("Migrate", err)
+	check("Check", schema.Check(ctx, db.Pool))
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	check("Wait", schema.Wait(waitCtx, db.Pool, slog.New(slog.DiscardHandler), 10*time.Millisecond))
+}
+
+func TestStatusAndWaitOnAnEmptyDatabase(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewEmpty(t)
+	ctx := context.Background()
+
+	st, err := schema.ReadStatus(ctx, db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Applied) != 0 || len(st.Pending) != len(knownVersions(t)) || st.Current() != "" {
+		t.Errorf("status of an empty database: %d applied, %d pending, current %q; want 0, %d, \"\"",
+			len(st.Applied), len(st.Pending), st.Current(), len(knownVersions(t)))
+	}
+	if err := st.Err(); !errors.Is(err, schema.ErrPending) {
+		t.Errorf("Err() = %v, want ErrPending", err)
+	}
+
+	var logs logBuffer
+	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	waited := make(chan error, 1)
+	go func() {
+		waited <- schema.Wait(waitCtx, db.Pool, slog.New(slog.NewTextHandler(&logs, nil)), 10*time.Millisecond)
+	}()
+	for !strings.Contains(logs.String(), "waiting for the database schema") {
+		select {
+		case err := <-waited:
+			t.Fatalf("Wait returned %v on an empty database, want it to wait", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if _, err := schema.Migrate(ctx, db.Pool, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("Wait after Migrate: %v", err)
+	}
+
+	st, err = schema.ReadStatus(ctx, db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Pending) != 0 || st.Current() != schema.Latest() || st.Err() != nil {
+		t.Errorf("status after Migrate: %d pending, current %q, err %v; want 0, %q, nil",
+			len(st.Pending), st.Current(), st.Err(), schema.Latest())
+	}
+}
+
+func TestStatementsOfANoTransactionMigration(t *testing.T) {
+	t.Parallel()
+	m := schema.Migration{SQL: `-- notify:no-transaction
+-- a comment; with a semicolon
+CREATE INDEX CONCURRENTLY IF NOT EXISTS a
+    ON t (x);
+
+CREATE INDEX CONCURRENTLY IF NOT EXISTS b ON t (y)
+    WHERE y > 0;
+`}
+	want := []string{"CREATE INDEX CONCURRENTLY IF NOT EXISTS a\n    ON t (x);", "CREATE INDEX CONCURRENTLY IF NOT EXISTS b ON t (y)\n    WHERE y > 0;"}
+	if diff := cmp.Diff(want, m.Statements()); diff != "" {
+		t.Errorf("Statements (-want +got):\n%s", diff)
+	}
+	ms, err := schema.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var noTx []string
+	for _, m := range ms {
+		if m.NoTransaction {
+			noTx = append(noTx, m.Version)
+		}
+	}
+	if diff := cmp.Diff([]string{"0005_notifications_retention_index"}, noTx); diff != "" {
+		t.Errorf("no-transaction migrations (-want +got):\n%s", diff)
+	}
+}
