@@ -18,6 +18,7 @@ import (
 	"notify/pkg/logging"
 	"notify/pkg/metrics"
 	"notify/pkg/rabbit"
+	"notify/pkg/schema"
 )
 
 // ServiceEnv names one delivery consumer service's own variables and defaults.
@@ -156,7 +157,17 @@ func RunService(ctx context.Context, cfg ServiceConfig, queue func(rabbit.Topolo
 	defer stopConn()
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return consumer.Run(gctx) })
+	g.Go(func() error {
+		// The producer (or `producer migrate up`) owns the schema: wait for it, and refuse
+		// one newer than this binary.
+		if err := schema.Wait(gctx, pool, log, 2*time.Second); err != nil {
+			if gctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("database schema: %w", err)
+		}
+		return consumer.Run(gctx)
+	})
 	g.Go(func() error {
 		return metrics.NewServer(cfg.MetricsAddr, reg, log,
 			metrics.Check{Name: "database", Func: pool.Ping},

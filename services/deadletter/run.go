@@ -13,12 +13,14 @@ import (
 	"notify/pkg/logging"
 	"notify/pkg/metrics"
 	"notify/pkg/rabbit"
+	"notify/pkg/schema"
 	"notify/services/deadletter/internal/deadletter"
 )
 
 // run wires the deadletter service together and runs it until ctx ends. It does not
-// migrate: until the producer has created the schema it waits (warning, and answering
-// /readyz with 503) instead of consuming, so that all services can start in any order.
+// migrate: until the producer has migrated the schema to the version this binary knows it
+// waits (warning, and answering /readyz with 503) instead of consuming, so that all
+// services can start in any order; it refuses a schema newer than it knows.
 // On SIGTERM the consumer stops taking deliveries and lets in-flight ones finish before
 // the broker connection closes; unacked ones go back to the queue.
 func run(ctx context.Context, getenv func(string) string) error {
@@ -73,8 +75,11 @@ func run(ctx context.Context, getenv func(string) string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := store.WaitForSchema(gctx, log, 2*time.Second); err != nil {
-			return nil // ctx ended while waiting
+		if err := schema.Wait(gctx, pool, log, 2*time.Second); err != nil {
+			if gctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("database schema: %w", err)
 		}
 		work, wctx := errgroup.WithContext(gctx)
 		work.Go(func() error { return consumer.Run(wctx) })

@@ -2,6 +2,7 @@ package main
 
 import (
 	"log/slog"
+	"strconv"
 	"time"
 
 	"notify/pkg/envconfig"
@@ -43,6 +44,18 @@ type config struct {
 	// RetryMaxDelay (RETRY_MAX_DELAY, the sender's and retrier's setting) is the longest
 	// retry wait: RETRYING notifications are re-driven only after REDRIVE_AFTER plus this.
 	RetryMaxDelay time.Duration
+
+	// MigrateOnStart (MIGRATE_ON_START, default true) applies pending migrations at start.
+	// false leaves them to `producer migrate up` (a Kubernetes Job); the producer then
+	// waits for the schema like the other services.
+	MigrateOnStart bool
+
+	// NotificationRetention (NOTIFICATION_RETENTION, default 30d) is how long finished
+	// notifications, their deliveries, replays and dead letters are kept; 0 keeps them for
+	// ever.
+	NotificationRetention         time.Duration
+	NotificationRetentionBatch    int           // NOTIFICATION_RETENTION_BATCH: rows deleted per statement
+	NotificationRetentionInterval time.Duration // NOTIFICATION_RETENTION_INTERVAL: how often the retention job runs
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -73,6 +86,18 @@ func loadConfig(getenv func(string) string) (config, error) {
 		RedriveAfter:       e.Duration("REDRIVE_AFTER", 15*time.Minute, time.Second),
 		RedriveInterval:    e.Duration("REDRIVE_INTERVAL", time.Minute, 100*time.Millisecond),
 		RetryMaxDelay:      e.Duration("RETRY_MAX_DELAY", 320*time.Second, time.Millisecond),
+
+		NotificationRetention:         e.Duration("NOTIFICATION_RETENTION", 30*24*time.Hour, 0),
+		NotificationRetentionBatch:    e.Int("NOTIFICATION_RETENTION_BATCH", 1000, 1, 100_000),
+		NotificationRetentionInterval: e.Duration("NOTIFICATION_RETENTION_INTERVAL", time.Hour, time.Second),
+	}
+	migrateOnStart := e.String("MIGRATE_ON_START", "true")
+	var err error
+	if c.MigrateOnStart, err = strconv.ParseBool(migrateOnStart); err != nil {
+		e.Errorf("MIGRATE_ON_START", "%q is not true or false", migrateOnStart)
+	}
+	if c.NotificationRetention > 0 && c.NotificationRetention < time.Hour {
+		e.Errorf("NOTIFICATION_RETENTION", "%s is below the minimum 1h (0 keeps everything)", c.NotificationRetention)
 	}
 	if c.GRPCMaxConnectionAge > 0 && c.GRPCMaxConnectionAge < time.Second {
 		e.Errorf("GRPC_MAX_CONNECTION_AGE", "%s; want 0 (never) or at least 1s", c.GRPCMaxConnectionAge)

@@ -23,12 +23,17 @@ func TestLoadConfig(t *testing.T) {
 		c.RetryMaxDelay != 320*time.Second || c.TokenSweepBatch != 1000 {
 		t.Errorf("job and key defaults = %+v", c)
 	}
+	if !c.MigrateOnStart || c.NotificationRetention != 30*24*time.Hour || c.NotificationRetentionBatch != 1000 {
+		t.Errorf("migration and retention defaults = %+v", c)
+	}
 
-	c, err = loadConfig(env(map[string]string{"TOKEN_STALE_AFTER": "30d", "API_KEY_CACHE_TTL": "0s", "REDRIVE_AFTER": "1h"}))
+	c, err = loadConfig(env(map[string]string{"TOKEN_STALE_AFTER": "30d", "API_KEY_CACHE_TTL": "0s", "REDRIVE_AFTER": "1h",
+		"MIGRATE_ON_START": "false", "NOTIFICATION_RETENTION": "0"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.TokenStaleAfter != 30*24*time.Hour || c.APIKeyCacheTTL != 0 || c.RedriveAfter != time.Hour {
+	if c.TokenStaleAfter != 30*24*time.Hour || c.APIKeyCacheTTL != 0 || c.RedriveAfter != time.Hour ||
+		c.MigrateOnStart || c.NotificationRetention != 0 {
 		t.Errorf("settings not taken: %+v", c)
 	}
 }
@@ -36,16 +41,19 @@ func TestLoadConfig(t *testing.T) {
 func TestLoadConfigNamesEveryBadVariable(t *testing.T) {
 	t.Parallel()
 	bad := map[string]string{
-		"LOG_LEVEL":              "loud",
-		"OUTBOX_BATCH_SIZE":      "0",
-		"OUTBOX_POLL_INTERVAL":   "soon",
-		"API_KEY_CACHE_TTL":      "1h",
-		"TOKEN_STALE_AFTER":      "12h",
-		"TOKEN_SWEEP_INTERVAL":   "often",
-		"TOKEN_SWEEP_BATCH_SIZE": "-1",
-		"REDRIVE_AFTER":          "1ms",
-		"REDRIVE_INTERVAL":       "x",
-		"RETRY_MAX_DELAY":        "3 days",
+		"LOG_LEVEL":                    "loud",
+		"OUTBOX_BATCH_SIZE":            "0",
+		"OUTBOX_POLL_INTERVAL":         "soon",
+		"API_KEY_CACHE_TTL":            "1h",
+		"TOKEN_STALE_AFTER":            "12h",
+		"TOKEN_SWEEP_INTERVAL":         "often",
+		"TOKEN_SWEEP_BATCH_SIZE":       "-1",
+		"REDRIVE_AFTER":                "1ms",
+		"REDRIVE_INTERVAL":             "x",
+		"RETRY_MAX_DELAY":              "3 days",
+		"MIGRATE_ON_START":             "sometimes",
+		"NOTIFICATION_RETENTION":       "10m",
+		"NOTIFICATION_RETENTION_BATCH": "0",
 	}
 	_, err := loadConfig(env(bad))
 	if err == nil {

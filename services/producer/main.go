@@ -2,7 +2,8 @@
 // AdminService), owns the database schema, runs the outbox relay and the periodic jobs.
 //
 // `producer keys create|list|revoke` manages API keys directly in DATABASE_URL: it is how
-// the first admin key is made (see keysUsage).
+// the first admin key is made (see keysUsage). `producer migrate up|status` applies or lists
+// the database migrations (see migrateUsage).
 package main
 
 import (
@@ -35,6 +36,12 @@ func program(getenv func(string) string) cli.Program {
 				Name: "keys", Args: "create|list|revoke ...", Summary: "manage API keys in DATABASE_URL (producer keys --help)",
 				Run: func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					return runKeys(ctx, args, getenv, stdout, stderr)
+				},
+			},
+			{
+				Name: "migrate", Args: "up|status", Summary: "apply or list the database migrations in DATABASE_URL (producer migrate --help)",
+				Run: func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+					return runMigrate(ctx, args, getenv, stdout, stderr)
 				},
 			},
 		},

@@ -63,11 +63,19 @@ func run(ctx context.Context, getenv func(string) string) error {
 
 	keys := apikey.NewVerifier(apikey.NewStore(pool), cfg.APIKeyCacheTTL, log)
 	auth := server.NewAuth(keys, log, reg)
-	runner := jobs.NewRunner(pool, log, reg,
+	periodic := []jobs.Job{
 		jobs.StaleTokens(cfg.TokenStaleAfter, cfg.TokenSweepBatch, cfg.TokenSweepInterval, log, reg),
 		jobs.Redrive(jobs.RedriveOptions{After: cfg.RedriveAfter, MaxRetryDelay: cfg.RetryMaxDelay, Batch: 100},
 			cfg.RedriveInterval, log, reg),
-	)
+	}
+	if cfg.NotificationRetention > 0 {
+		periodic = append(periodic, jobs.Retention(jobs.RetentionOptions{
+			After: cfg.NotificationRetention, Batch: cfg.NotificationRetentionBatch,
+		}, cfg.NotificationRetentionInterval, log, reg))
+	} else {
+		log.Info("NOTIFICATION_RETENTION=0: notifications are kept for ever")
+	}
+	runner := jobs.NewRunner(pool, log, reg, periodic...)
 
 	// Authentication first, then the text check every request passes before a handler runs.
 	serverOpts = append(serverOpts, grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))
@@ -93,11 +101,18 @@ func run(ctx context.Context, getenv func(string) string) error {
 			}
 			return err
 		}
-		if _, err := schema.Migrate(gctx, pool, log); err != nil {
+		if cfg.MigrateOnStart {
+			if _, err := schema.Migrate(gctx, pool, log); err != nil {
+				if gctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("migrate database: %w", err)
+			}
+		} else if err := schema.Wait(gctx, pool, log, 2*time.Second); err != nil {
 			if gctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("migrate database: %w", err)
+			return fmt.Errorf("database schema (MIGRATE_ON_START=false): %w", err)
 		}
 		warnWithoutAdminKey(gctx, pool, log)
 

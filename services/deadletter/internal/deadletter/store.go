@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -14,10 +12,6 @@ import (
 
 	"notify/pkg/schema"
 )
-
-// ErrNoSchema means the tables this service writes do not exist. The producer owns the
-// schema and applies its migrations at start; this service never migrates.
-var ErrNoSchema = errors.New("notify schema missing (tables dead_letters and notifications): the producer applies the migrations, start it first")
 
 // Store writes dead_letters rows.
 type Store struct {
@@ -113,44 +107,6 @@ func (s *Store) save(ctx context.Context, l Letter) (Saved, error) {
 	return saved, nil
 }
 
-// Check returns nil when the database answers and holds the tables this service writes,
-// and an error wrapping ErrNoSchema when the tables are missing.
-func (s *Store) Check(ctx context.Context) error {
-	var ready bool
-	err := s.pool.QueryRow(ctx,
-		`SELECT to_regclass('dead_letters') IS NOT NULL AND to_regclass('notifications') IS NOT NULL`).Scan(&ready)
-	if err != nil {
-		return fmt.Errorf("check schema: %w", err)
-	}
-	if !ready {
-		return ErrNoSchema
-	}
-	return nil
-}
-
-// WaitForSchema returns nil once Check passes, polling every interval and warning now and
-// then while it does not; it returns ctx's error if ctx ends first. Waiting (rather than
-// failing) lets every service start at once, in any order, while the producer migrates.
-func (s *Store) WaitForSchema(ctx context.Context, log *slog.Logger, interval time.Duration) error {
-	var lastWarn time.Time
-	for {
-		err := s.Check(ctx)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if time.Since(lastWarn) >= 30*time.Second {
-			log.Warn("waiting for the database schema before consuming dead letters", "err", err)
-			lastWarn = time.Now()
-		}
-		t := time.NewTimer(interval)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-}
+// Check returns nil when the database answers and is at the schema version this binary
+// knows (see schema.Check): the producer owns the schema; this service never migrates.
+func (s *Store) Check(ctx context.Context) error { return schema.Check(ctx, s.pool) }

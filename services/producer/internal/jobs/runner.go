@@ -1,5 +1,6 @@
-// Package jobs runs the producer's periodic maintenance (the stale-token sweep and the
-// stuck-notification re-drive) in exactly one replica at a time.
+// Package jobs runs the producer's periodic maintenance (the stale-token sweep, the
+// stuck-notification re-drive and the retention of old notifications) in exactly one
+// replica at a time.
 package jobs
 
 import (
@@ -34,6 +35,7 @@ type Job struct {
 const (
 	StaleTokensLockKey int64 = 0x6e6f746966790001
 	RedriveLockKey     int64 = 0x6e6f746966790002
+	RetentionLockKey   int64 = 0x6e6f746966790003
 )
 
 // Runner runs jobs. Any number of replicas run a Runner with the same jobs: each attempt
