@@ -28,7 +28,7 @@ LDFLAGS := -X notify/pkg/buildinfo.version=$(VERSION) -X notify/pkg/buildinfo.co
 IMAGE_SOURCE ?= $(shell git remote get-url origin 2>/dev/null)
 IMAGE_CREATED ?= $(shell git log -1 --format=%cI 2>/dev/null)
 
-.PHONY: help run test proto lint tidy check tools build images services bench clean
+.PHONY: help run test fuzz proto lint tidy check tools build images services bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,6 +40,25 @@ run: build ## start RabbitMQ, PostgreSQL, every service and the FCM emulator, an
 test: ## bring up RabbitMQ and PostgreSQL if needed, then run every module's tests with -race
 	@scripts/devenv.sh
 	go test -race -count=1 -timeout $(TEST_TIMEOUT) work
+
+# Every fuzz target, as <package directory>:<target>. Their seeds run in `make test` too.
+FUZZ_TARGETS := \
+	services/producer/internal/server:FuzzValidatePublish \
+	services/producer/internal/server:FuzzValidateRegisterDevices \
+	services/producer/internal/server:FuzzPageToken \
+	services/producer/internal/server:FuzzListFilters \
+	services/producer/internal/server:FuzzValidateReplay \
+	services/producer/internal/server:FuzzDecodeRequest \
+	pkg/fcmemu:FuzzSend \
+	pkg/fcmemu:FuzzPutConfig \
+	services/deadletter/internal/deadletter:FuzzClassify
+FUZZTIME ?= 10s
+
+fuzz: ## run every fuzz target for FUZZTIME each (default 10s; FUZZTIME=10m for a long run)
+	@for t in $(FUZZ_TARGETS); do dir=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name ($$dir, $(FUZZTIME))"; \
+		(cd $$dir && go test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) .) || exit 1; \
+	done
 
 build: ## build every service into ./bin
 	@mkdir -p $(BIN)

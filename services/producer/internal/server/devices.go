@@ -122,6 +122,26 @@ func (s *Devices) RegisterDevice(ctx context.Context, req *notifyv1.RegisterDevi
 
 // RegisterDevices stores many devices' tokens in one transaction.
 func (s *Devices) RegisterDevices(ctx context.Context, req *notifyv1.RegisterDevicesRequest) (*notifyv1.RegisterDevicesResponse, error) {
+	b, v := validateRegisterDevices(req)
+	if len(v) > 0 {
+		return nil, invalidArgument(v)
+	}
+	r, err := s.register(ctx, b.deviceIDs, b.userIDs, b.tokens, b.platforms)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, "register devices", err, "count", len(b.deviceIDs))
+	}
+	s.count(r)
+	return &notifyv1.RegisterDevicesResponse{Created: int32(r.created), Updated: int32(r.updated)}, nil
+}
+
+// deviceBatch is a RegisterDevicesRequest as the columns register writes.
+type deviceBatch struct {
+	deviceIDs, userIDs, tokens, platforms []string
+}
+
+// validateRegisterDevices checks a RegisterDevicesRequest before anything is written, as
+// validatePublish does for Publish, and returns the batch as columns.
+func validateRegisterDevices(req *notifyv1.RegisterDevicesRequest) (deviceBatch, violations) {
 	var v violations
 	devices := req.GetDevices()
 	switch {
@@ -133,7 +153,7 @@ func (s *Devices) RegisterDevices(ctx context.Context, req *notifyv1.RegisterDev
 	seenDevice := make(map[string]int, len(devices))
 	seenToken := make(map[string]int, len(devices))
 	n := len(devices)
-	deviceIDs, userIDs, tokens, names := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	b := deviceBatch{make([]string, n), make([]string, n), make([]string, n), make([]string, n)}
 	for i, d := range devices {
 		prefix := fmt.Sprintf("devices[%d].", i)
 		validateDevice(&v, prefix, d.GetUserId(), d.GetDeviceId(), d.GetToken(), d.GetPlatform())
@@ -144,17 +164,9 @@ func (s *Devices) RegisterDevices(ctx context.Context, req *notifyv1.RegisterDev
 			v.add(prefix+"token", "repeats devices[%d].token", j)
 		}
 		seenDevice[d.GetDeviceId()], seenToken[d.GetToken()] = i, i
-		deviceIDs[i], userIDs[i], tokens[i], names[i] = d.GetDeviceId(), d.GetUserId(), d.GetToken(), platforms[d.GetPlatform()]
+		b.deviceIDs[i], b.userIDs[i], b.tokens[i], b.platforms[i] = d.GetDeviceId(), d.GetUserId(), d.GetToken(), platforms[d.GetPlatform()]
 	}
-	if len(v) > 0 {
-		return nil, invalidArgument(v)
-	}
-	r, err := s.register(ctx, deviceIDs, userIDs, tokens, names)
-	if err != nil {
-		return nil, toStatus(ctx, s.log, "register devices", err, "count", n)
-	}
-	s.count(r)
-	return &notifyv1.RegisterDevicesResponse{Created: int32(r.created), Updated: int32(r.updated)}, nil
+	return b, v
 }
 
 func (s *Devices) count(r registration) {

@@ -42,12 +42,19 @@ func parseCursor(token string) (c cursor, ok bool, err error) {
 	if err != nil {
 		return cursor{}, false, err
 	}
-	at, id, found := strings.Cut(string(b), "/")
-	micros, err := strconv.ParseInt(at, 10, 64)
+	digits, id, found := strings.Cut(string(b), "/")
+	micros, err := strconv.ParseInt(digits, 10, 64)
 	if !found || err != nil || id == "" {
 		return cursor{}, false, fmt.Errorf("malformed page token")
 	}
-	return cursor{at: time.UnixMicro(micros), id: id}, true, nil
+	// A token we issued holds a row's created_at. Any int64 of microseconds decodes, but one
+	// outside the years 1 to 9999 would reach PostgreSQL as "timestamp out of range" and
+	// answer a garbage token with INTERNAL.
+	at := time.UnixMicro(micros)
+	if err := timestamppb.New(at).CheckValid(); err != nil {
+		return cursor{}, false, fmt.Errorf("malformed page token: %w", err)
+	}
+	return cursor{at: at, id: id}, true, nil
 }
 
 // conditions builds a WHERE clause from the filters a request sets, numbering the
