@@ -133,13 +133,14 @@ func loadConfig(args []string, getenv func(string) string, environ []string, std
 
 	// The sender's own loader, so the baseline uses exactly the concurrency the sender will.
 	// The bench points the services at its own emulator (FCM_ENDPOINT), so the loader gets one too.
-	settings, err := delivery.LoadSettings(func(k string) string {
+	env := envconfig.New(func(k string) string {
 		if k == "FCM_ENDPOINT" {
 			return "http://127.0.0.1:9099/v1"
 		}
 		return getenv(k)
 	})
-	if err != nil {
+	settings := delivery.LoadSettings(env)
+	if err := env.Err(); err != nil {
 		errs = append(errs, fmt.Errorf("service settings in the environment: %w", err))
 	}
 	c.FCMConcurrency = settings.MaxConcurrentSends

@@ -1,9 +1,10 @@
 package delivery
 
 import (
-	"fmt"
+	"strings"
 	"time"
 
+	"notify/pkg/envconfig"
 	"notify/pkg/fcm"
 	"notify/pkg/rabbit"
 )
@@ -26,34 +27,41 @@ func (s Settings) Topology() rabbit.Topology {
 	return rabbit.NewTopology(s.TopologyName, rabbit.WaitDelays(s.RetryBase, s.RetryMax))
 }
 
-// LoadSettings reads the shared settings through getenv, reporting every problem at once,
-// each naming its variable.
-func LoadSettings(getenv func(string) string) (Settings, error) {
-	e := NewEnv(getenv)
+// Options are the Deliverer options these settings imply.
+func (s Settings) Options() Options {
+	return Options{MaxAttempts: s.MaxAttempts, MaxConcurrentSends: s.MaxConcurrentSends}
+}
+
+// LoadSettings reads the shared settings through r, which collects every problem, each
+// naming its variable. The sender and the retrier both read them here, so they cannot
+// disagree on a default.
+func LoadSettings(r *envconfig.Reader) Settings {
 	s := Settings{
-		TopologyName: e.String("AMQP_TOPOLOGY", rabbit.DefaultName),
+		TopologyName: r.String("AMQP_TOPOLOGY", rabbit.DefaultName),
 		FCM: fcm.Config{
-			ProjectID:       getenv("FCM_PROJECT_ID"),
-			CredentialsFile: getenv("FCM_CREDENTIALS_FILE"),
-			Endpoint:        getenv("FCM_ENDPOINT"),
-			Timeout:         e.Duration("FCM_TIMEOUT", 10*time.Second, time.Millisecond),
+			ProjectID:       r.String("FCM_PROJECT_ID", ""),
+			CredentialsFile: r.String("FCM_CREDENTIALS_FILE", ""),
+			Endpoint:        r.String("FCM_ENDPOINT", ""),
+			Timeout:         r.Duration("FCM_TIMEOUT", 10*time.Second, time.Millisecond),
 		},
-		RetryBase:          e.Duration("RETRY_BASE_DELAY", 10*time.Second, time.Millisecond),
-		RetryMax:           e.Duration("RETRY_MAX_DELAY", 320*time.Second, time.Millisecond),
-		MaxAttempts:        e.Int("RETRY_MAX_ATTEMPTS", 8, 1, 100),
-		MaxConcurrentSends: e.Int("FCM_MAX_CONCURRENT_SENDS", 4, 1, 64),
+		RetryBase:          r.Duration("RETRY_BASE_DELAY", 10*time.Second, time.Millisecond),
+		RetryMax:           r.Duration("RETRY_MAX_DELAY", 320*time.Second, time.Millisecond),
+		MaxAttempts:        r.Int("RETRY_MAX_ATTEMPTS", 8, 1, 100),
+		MaxConcurrentSends: r.Int("FCM_MAX_CONCURRENT_SENDS", 4, 1, 64),
 	}
 	switch {
 	case s.FCM.CredentialsFile == "" && s.FCM.Endpoint == "":
 		// Never a silent default: without this a production deployment that lost its
 		// credentials would "deliver" to an emulator that is not there.
-		e.Errs = append(e.Errs, fcm.ErrNoTarget)
+		// fcm.ErrNoTarget's text names both variables and says what to set.
+		r.Errorf("FCM_CREDENTIALS_FILE or FCM_ENDPOINT", "%s",
+			strings.TrimPrefix(fcm.ErrNoTarget.Error(), "FCM_CREDENTIALS_FILE or FCM_ENDPOINT: "))
 	case s.FCM.CredentialsFile == "" && s.FCM.ProjectID == "":
 		// An emulator takes any project; with credentials the key file names it.
 		s.FCM.ProjectID = "notify-dev"
 	}
 	if s.RetryMax < s.RetryBase {
-		e.Errs = append(e.Errs, fmt.Errorf("RETRY_MAX_DELAY: %s is below RETRY_BASE_DELAY %s", s.RetryMax, s.RetryBase))
+		r.Errorf("RETRY_MAX_DELAY", "%s is below RETRY_BASE_DELAY %s", s.RetryMax, s.RetryBase)
 	}
-	return s, e.Err()
+	return s
 }

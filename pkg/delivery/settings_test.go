@@ -6,13 +6,20 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"notify/pkg/envconfig"
 )
 
-func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+// load reads the settings from m.
+func load(m map[string]string) (Settings, error) {
+	r := envconfig.New(func(k string) string { return m[k] })
+	s := LoadSettings(r)
+	return s, r.Err()
+}
 
 func TestLoadSettingsDefaults(t *testing.T) {
 	t.Parallel()
-	s, err := LoadSettings(env(map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:9099/v1"}))
+	s, err := load(map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:9099/v1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +36,7 @@ func TestLoadSettingsDefaults(t *testing.T) {
 func TestLoadSettingsFCMTarget(t *testing.T) {
 	t.Parallel()
 	// No FCM settings at all: refuse, saying what to set, rather than use an emulator.
-	_, err := LoadSettings(env(nil))
+	_, err := load(nil)
 	for _, want := range []string{"FCM_CREDENTIALS_FILE", "FCM_ENDPOINT", "service-account", "http://127.0.0.1:9099/v1"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("no FCM settings: error %v, want one mentioning %q", err, want)
@@ -37,12 +44,12 @@ func TestLoadSettingsFCMTarget(t *testing.T) {
 	}
 
 	// Credentials mean real FCM, and the project comes from the key file unless set.
-	s, err := LoadSettings(env(map[string]string{"FCM_CREDENTIALS_FILE": "/etc/notify/sa.json"}))
+	s, err := load(map[string]string{"FCM_CREDENTIALS_FILE": "/etc/notify/sa.json"})
 	if err != nil || s.FCM.Endpoint != "" || s.FCM.ProjectID != "" {
 		t.Errorf("with credentials: endpoint %q project %q (%v), want neither", s.FCM.Endpoint, s.FCM.ProjectID, err)
 	}
 	// Both: the endpoint with the credentials' auth (a stand-in of FCM).
-	s, err = LoadSettings(env(map[string]string{"FCM_CREDENTIALS_FILE": "/etc/notify/sa.json", "FCM_ENDPOINT": "https://fcm.test/v1", "FCM_PROJECT_ID": "p"}))
+	s, err = load(map[string]string{"FCM_CREDENTIALS_FILE": "/etc/notify/sa.json", "FCM_ENDPOINT": "https://fcm.test/v1", "FCM_PROJECT_ID": "p"})
 	if err != nil || s.FCM.Endpoint != "https://fcm.test/v1" || s.FCM.CredentialsFile == "" || s.FCM.ProjectID != "p" {
 		t.Errorf("with both: %+v (%v)", s.FCM, err)
 	}
@@ -50,12 +57,12 @@ func TestLoadSettingsFCMTarget(t *testing.T) {
 
 func TestLoadSettingsNamesEveryBadVariable(t *testing.T) {
 	t.Parallel()
-	_, err := LoadSettings(env(map[string]string{
+	_, err := load(map[string]string{
 		"FCM_TIMEOUT":              "soon",
 		"RETRY_BASE_DELAY":         "0s",
 		"RETRY_MAX_ATTEMPTS":       "0",
 		"FCM_MAX_CONCURRENT_SENDS": "many",
-	}))
+	})
 	if err == nil {
 		t.Fatal("bad settings accepted")
 	}
@@ -64,23 +71,8 @@ func TestLoadSettingsNamesEveryBadVariable(t *testing.T) {
 			t.Errorf("error %q does not name %s", err, name)
 		}
 	}
-	_, err = LoadSettings(env(map[string]string{"RETRY_BASE_DELAY": "1m", "RETRY_MAX_DELAY": "10s"}))
+	_, err = load(map[string]string{"RETRY_BASE_DELAY": "1m", "RETRY_MAX_DELAY": "10s"})
 	if err == nil || !strings.Contains(err.Error(), "RETRY_MAX_DELAY") {
 		t.Errorf("max below base: %v, want an error naming RETRY_MAX_DELAY", err)
-	}
-}
-
-func TestLoadServiceConfig(t *testing.T) {
-	t.Parallel()
-	e := NewEnv(env(map[string]string{"SEND_WORKERS": "8", "LOG_LEVEL": "chatty", "SHUTDOWN_TIMEOUT": "x"}))
-	c := LoadServiceConfig(e, ServiceEnv{Name: "sender", MetricsAddr: "127.0.0.1:9102", WorkersVar: "SEND_WORKERS", PrefetchVar: "SEND_PREFETCH"})
-	if c.Workers != 8 || c.Prefetch != 16 || c.MetricsAddr != "127.0.0.1:9102" {
-		t.Errorf("config %+v, want 8 workers, prefetch 16, the default metrics address", c)
-	}
-	err := e.Err()
-	for _, name := range []string{"LOG_LEVEL", "SHUTDOWN_TIMEOUT"} {
-		if err == nil || !strings.Contains(err.Error(), name) {
-			t.Errorf("error %v does not name %s", err, name)
-		}
 	}
 }

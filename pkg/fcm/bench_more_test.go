@@ -1,27 +1,10 @@
 package fcm
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 )
-
-// BenchmarkChunk splits a broadcast's tokens into multicasts. Chunking shares the token
-// slice, so the cost must stay a few allocations per call whatever the audience size.
-func BenchmarkChunk(b *testing.B) {
-	for _, n := range []int{1_000, 100_000, 1_000_000} {
-		b.Run(fmt.Sprintf("tokens=%d", n), func(b *testing.B) {
-			toks := tokens("device-", n)
-			b.ReportAllocs()
-			for b.Loop() {
-				if got := Chunk(toks, MaxMulticast); len(got) != (n+MaxMulticast-1)/MaxMulticast {
-					b.Fatalf("%d chunks", len(got))
-				}
-			}
-		})
-	}
-}
 
 // BenchmarkMulticastBuild builds the SDK request for a 500-token chunk, once per chunk as
 // the sender does, for a plain message and for one using every option (image, TTL, a

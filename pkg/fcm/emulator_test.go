@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,7 +183,7 @@ func TestEmulatorAudience(t *testing.T) {
 	emu, c := newEmulator(t, fcmemu.Config{})
 	audience := tokens("device-", 1201)
 
-	chunks := Chunk(audience, MaxMulticast)
+	chunks := slices.Collect(slices.Chunk(audience, MaxMulticast))
 	var calls atomic.Int32
 	results := make([][]Result, len(chunks))
 	errs := make([]error, len(chunks))
@@ -317,4 +318,13 @@ func TestEmulatorPayloadErrorIsNotTokenGone(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tokens returns n distinct tokens starting with prefix.
+func tokens(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s%04d", prefix, i)
+	}
+	return out
 }

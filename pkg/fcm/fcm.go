@@ -60,6 +60,9 @@ type Config struct {
 	Timeout time.Duration
 }
 
+// MaxMulticast is the most tokens FCM takes in one multicast; the SDK refuses more.
+const MaxMulticast = 500
+
 // ErrNoTarget is returned for a Config with neither CredentialsFile nor Endpoint: notify
 // never falls back to an emulator on its own, so a production deployment that lost its
 // credentials setting fails at start instead of "delivering" to nowhere.

@@ -1,16 +1,37 @@
 package main
 
-import "notify/pkg/delivery"
+import (
+	"log/slog"
+	"time"
+
+	"notify/pkg/delivery"
+	"notify/pkg/envconfig"
+)
 
 // config is everything the retrier reads from the environment.
 type config struct {
-	delivery.ServiceConfig
+	DatabaseURL string
+	AMQPURL     string
+	LogLevel    slog.Level
+	MetricsAddr string
+	// Delivery holds the FCM and retry settings the retrier shares with the sender.
+	Delivery        delivery.Settings
+	Workers         int           // RETRY_WORKERS: retry tasks handled at once
+	Prefetch        int           // RETRY_PREFETCH: deliveries the broker sends ahead
+	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT: how long in-flight tasks may finish on SIGTERM
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
-	env := delivery.NewEnv(getenv)
-	c := config{ServiceConfig: delivery.LoadServiceConfig(env, delivery.ServiceEnv{
-		Name: "retrier", MetricsAddr: "127.0.0.1:9103", WorkersVar: "RETRY_WORKERS", PrefetchVar: "RETRY_PREFETCH",
-	})}
-	return c, env.Err()
+	e := envconfig.New(getenv)
+	c := config{
+		DatabaseURL:     e.DatabaseURL(),
+		AMQPURL:         e.AMQPURL(),
+		LogLevel:        e.LogLevel(),
+		MetricsAddr:     e.Addr("METRICS_ADDR", "127.0.0.1:9103"),
+		Delivery:        delivery.LoadSettings(e),
+		Workers:         e.Int("RETRY_WORKERS", 4, 1, 256),
+		ShutdownTimeout: e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0),
+	}
+	c.Prefetch = e.Int("RETRY_PREFETCH", 2*c.Workers, 1, 10000)
+	return c, e.Err()
 }

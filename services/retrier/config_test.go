@@ -12,7 +12,7 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Name != "retrier" || c.MetricsAddr != "127.0.0.1:9103" || c.Workers != 4 || c.Settings.MaxAttempts != 8 {
+	if c.MetricsAddr != "127.0.0.1:9103" || c.Workers != 4 || c.Delivery.MaxAttempts != 8 {
 		t.Errorf("defaults %+v", c)
 	}
 	_, err = loadConfig(func(k string) string {

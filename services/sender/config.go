@@ -1,18 +1,39 @@
 package main
 
-import "notify/pkg/delivery"
+import (
+	"log/slog"
+	"time"
+
+	"notify/pkg/delivery"
+	"notify/pkg/envconfig"
+)
 
 // config is everything the sender reads from the environment.
 type config struct {
-	delivery.ServiceConfig
-	ChunkConcurrency int // SEND_CHUNK_CONCURRENCY: chunks of one notification in flight
+	DatabaseURL string
+	AMQPURL     string
+	LogLevel    slog.Level
+	MetricsAddr string
+	// Delivery holds the FCM and retry settings the sender shares with the retrier.
+	Delivery         delivery.Settings
+	Workers          int           // SEND_WORKERS: send tasks handled at once
+	Prefetch         int           // SEND_PREFETCH: deliveries the broker sends ahead
+	ChunkConcurrency int           // SEND_CHUNK_CONCURRENCY: chunks of one notification in flight
+	ShutdownTimeout  time.Duration // SHUTDOWN_TIMEOUT: how long in-flight tasks may finish on SIGTERM
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
-	env := delivery.NewEnv(getenv)
-	c := config{ServiceConfig: delivery.LoadServiceConfig(env, delivery.ServiceEnv{
-		Name: "sender", MetricsAddr: "127.0.0.1:9102", WorkersVar: "SEND_WORKERS", PrefetchVar: "SEND_PREFETCH",
-	})}
-	c.ChunkConcurrency = env.Int("SEND_CHUNK_CONCURRENCY", 8, 1, 64)
-	return c, env.Err()
+	e := envconfig.New(getenv)
+	c := config{
+		DatabaseURL:      e.DatabaseURL(),
+		AMQPURL:          e.AMQPURL(),
+		LogLevel:         e.LogLevel(),
+		MetricsAddr:      e.Addr("METRICS_ADDR", "127.0.0.1:9102"),
+		Delivery:         delivery.LoadSettings(e),
+		Workers:          e.Int("SEND_WORKERS", 4, 1, 256),
+		ChunkConcurrency: e.Int("SEND_CHUNK_CONCURRENCY", 8, 1, 64),
+		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0),
+	}
+	c.Prefetch = e.Int("SEND_PREFETCH", 2*c.Workers, 1, 10000)
+	return c, e.Err()
 }

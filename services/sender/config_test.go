@@ -12,13 +12,19 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Name != "sender" || c.ChunkConcurrency != 8 || c.Workers != 4 {
+	if c.MetricsAddr != "127.0.0.1:9102" || c.ChunkConcurrency != 8 || c.Workers != 4 || c.Prefetch != 8 || c.Delivery.MaxAttempts != 8 {
 		t.Errorf("defaults %+v", c)
 	}
-	_, err = loadConfig(func(k string) string {
-		return map[string]string{"SEND_CHUNK_CONCURRENCY": "0", "SEND_PREFETCH": "x"}[k]
+	c, err = loadConfig(func(k string) string {
+		return map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:9099/v1", "SEND_WORKERS": "8"}[k]
 	})
-	for _, name := range []string{"SEND_CHUNK_CONCURRENCY", "SEND_PREFETCH"} {
+	if err != nil || c.Workers != 8 || c.Prefetch != 16 {
+		t.Errorf("SEND_WORKERS=8: %d workers, prefetch %d (%v), want 8 and 16", c.Workers, c.Prefetch, err)
+	}
+	_, err = loadConfig(func(k string) string {
+		return map[string]string{"SEND_CHUNK_CONCURRENCY": "0", "SEND_PREFETCH": "x", "LOG_LEVEL": "chatty", "SHUTDOWN_TIMEOUT": "x"}[k]
+	})
+	for _, name := range []string{"SEND_CHUNK_CONCURRENCY", "SEND_PREFETCH", "LOG_LEVEL", "SHUTDOWN_TIMEOUT", "FCM_ENDPOINT"} {
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("error %v does not name %s", err, name)
 		}

@@ -2,24 +2,84 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"log/slog"
+	"os"
+	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"notify/pkg/delivery"
+	"notify/pkg/fcm"
+	"notify/pkg/logging"
+	"notify/pkg/metrics"
 	"notify/pkg/rabbit"
+	"notify/pkg/schema"
 	"notify/services/sender/internal/sender"
 )
 
-// run consumes the send queue until ctx ends.
+// run wires the sender together and consumes the send queue until ctx ends. It connects to
+// PostgreSQL, FCM and RabbitMQ (declaring the topology with the configured wait levels, so
+// that its hand-offs to the retry wait queues are routable). On SIGTERM the consumer stops
+// taking deliveries and lets in-flight ones finish (or hands them back) before the broker
+// connection closes.
 func run(ctx context.Context, getenv func(string) string) error {
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	return delivery.RunService(ctx, cfg.ServiceConfig, rabbit.Topology.SendQueue,
-		func(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, reg prometheus.Registerer) rabbit.Handler {
-			return sender.NewHandler(store, d, log, reg, cfg.ChunkConcurrency).Handle
-		})
+	log := logging.New(os.Stderr, "sender", cfg.LogLevel)
+	if cfg.Delivery.FCM.CredentialsFile == "" {
+		log.Warn("sending to an FCM emulator, not to Firebase", "endpoint", cfg.Delivery.FCM.Endpoint)
+	}
+	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	defer pool.Close()
+	fcmClient, err := fcm.New(ctx, cfg.Delivery.FCM)
+	if err != nil {
+		return fmt.Errorf("fcm: %w", err)
+	}
+
+	reg := metrics.NewRegistry()
+	reg.MustRegister(metrics.NewPoolCollector(pool))
+	topo := cfg.Delivery.Topology()
+	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{
+		Name: "sender", Topology: &topo, DrainTimeout: cfg.ShutdownTimeout + 5*time.Second, Hooks: rabbit.NewMetrics(reg),
+	})
+	store := delivery.NewStore(pool)
+	pub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
+	deliverer := delivery.NewDeliverer(store, fcmClient, pub, topo, log, reg, cfg.Delivery.Options())
+	handler := sender.NewHandler(store, deliverer, log, reg, cfg.ChunkConcurrency)
+	consumer := rabbit.NewConsumer(conn, topo.SendQueue(), handler.Handle, rabbit.ConsumerOptions{
+		Concurrency:     cfg.Workers,
+		Prefetch:        cfg.Prefetch,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+	})
+
+	stopConn := conn.Start(ctx)
+	defer stopConn()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		// The producer (or `producer migrate up`) owns the schema: wait for it, and refuse
+		// one newer than this binary.
+		if err := schema.Wait(gctx, pool, log, 2*time.Second); err != nil {
+			if gctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("database schema: %w", err)
+		}
+		return consumer.Run(gctx)
+	})
+	g.Go(func() error {
+		return metrics.NewServer(cfg.MetricsAddr, reg, log,
+			metrics.Check{Name: "database", Func: pool.Ping},
+			metrics.Check{Name: "rabbitmq", Func: conn.Check},
+			metrics.Check{Name: "consumer", Func: consumer.Check},
+		).Run(gctx)
+	})
+	return errors.Join(g.Wait(), stopConn())
 }
