@@ -102,10 +102,11 @@ func (s Summary) Add(o Summary) Summary {
 }
 
 // SendChunk sends n to up to fcm.MaxMulticast targets as their attempt-th attempt and
-// settles every one of them. With final set (the sender's last chunk of the notification),
-// the notification's final status is set with the outcomes and returned in the summary. An
-// error means nothing of the chunk was recorded: the caller hands its message back to the
-// broker and the chunk is sent again.
+// settles every one of them: send, classify each token's result, hand the failures off
+// (retry wait queue, dead-letter queue) and record the outcomes. With final set (the
+// sender's last chunk of the notification), the notification's final status is set with
+// the outcomes and returned in the summary. An error means nothing of the chunk was
+// recorded: the caller hands its message back to the broker and the chunk is sent again.
 func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Target, attempt int, final bool) (Summary, error) {
 	if len(targets) == 0 {
 		return Summary{}, nil
@@ -114,9 +115,29 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 	if remaining <= 0 {
 		return d.expire(ctx, n, targets, attempt-1, final)
 	}
-	msg := n.Message
-	msg.TTL = remaining
+	results, err := d.send(ctx, n, targets, remaining)
+	if err != nil {
+		return Summary{}, err
+	}
+	c := d.classify(targets, results, attempt)
+	if err := d.handOff(ctx, n.ID, c, attempt); err != nil {
+		return Summary{}, err
+	}
+	status, err := d.record(ctx, n.ID, c.outcomes, final)
+	if err != nil {
+		return Summary{}, err
+	}
+	c.sum.Status = status
+	return c.sum, nil
+}
 
+// send makes one multicast of n to targets, with the TTL that remains, within the
+// process-wide bound on multicasts in flight. It returns one result per target; an error
+// only when nothing was sent for a reason retrying the task may fix (not a transient FCM
+// failure: those are per-token results).
+func (d *Deliverer) send(ctx context.Context, n *Notification, targets []Target, ttl time.Duration) ([]fcm.Result, error) {
+	msg := n.Message
+	msg.TTL = ttl
 	tokens := make([]string, len(targets))
 	for i, t := range targets {
 		tokens[i] = t.Token
@@ -124,93 +145,106 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 	select {
 	case d.slots <- struct{}{}:
 	case <-ctx.Done():
-		return Summary{}, ctx.Err()
+		return nil, ctx.Err()
 	}
 	start := time.Now()
 	results, err := d.fcm.SendMulticast(ctx, msg, tokens)
 	d.sendLatency.Observe(time.Since(start).Seconds())
 	<-d.slots
-	if err != nil {
-		if !errors.Is(err, fcm.ErrTransient) {
-			return Summary{}, fmt.Errorf("send %d tokens of %s: %w", len(tokens), n.ID, err)
-		}
-		if len(results) != len(tokens) {
-			// The whole call failed transiently with no per-token answers (FCM unreachable):
-			// every token failed alike. With answers (ctx ended mid-call), the tokens that
-			// were delivered keep their outcome.
-			results = make([]fcm.Result, len(tokens))
-			for i, tok := range tokens {
-				results[i] = fcm.Result{Token: tok, Err: err}
-			}
+	if err == nil {
+		return results, nil
+	}
+	if !errors.Is(err, fcm.ErrTransient) {
+		return nil, fmt.Errorf("send %d tokens of %s: %w", len(tokens), n.ID, err)
+	}
+	if len(results) != len(tokens) {
+		// The whole call failed transiently with no per-token answers (FCM unreachable):
+		// every token failed alike. With answers (ctx ended mid-call), the tokens that were
+		// delivered keep their outcome.
+		results = make([]fcm.Result, len(tokens))
+		for i, tok := range tokens {
+			results[i] = fcm.Result{Token: tok, Err: err}
 		}
 	}
+	return results, nil
+}
 
-	var sum Summary
-	outcomes := make([]Outcome, len(targets))
-	var retry, dead []Outcome
-	var retryAfter time.Duration
-	deadReason := deadletter.ReasonRetriesExhausted
+// classified is what a chunk's results come to.
+type classified struct {
+	outcomes    []Outcome // one per target, in order
+	retry, dead []Outcome // the transient failures with attempts left; the rest of the failures
+	retryAfter  time.Duration
+	deadReason  string
+	sum         Summary
+}
+
+// classify turns each target's result into its outcome: delivered; invalid (the token is
+// gone: deactivated, never retried); retrying (transient, with attempts left); or failed
+// (permanent, or transient with no attempts left: dead-lettered).
+func (d *Deliverer) classify(targets []Target, results []fcm.Result, attempt int) classified {
+	c := classified{outcomes: make([]Outcome, len(targets)), deadReason: deadletter.ReasonRetriesExhausted}
 	for i, r := range results {
 		o := Outcome{Target: targets[i], Attempts: attempt}
 		code := fcm.Code(r.Err)
 		switch {
 		case r.Err == nil:
 			o.Outcome = schema.OutcomeDelivered
-			sum.Delivered++
+			c.sum.Delivered++
 		case errors.Is(r.Err, fcm.ErrTokenGone):
 			o.Outcome, o.ErrorCode, o.ErrorMessage = schema.OutcomeInvalid, code, r.Err.Error()
-			sum.Invalid++
+			c.sum.Invalid++
 			d.deactivated.WithLabelValues(code).Inc()
 		case errors.Is(r.Err, fcm.ErrTransient) && attempt < d.opts.MaxAttempts:
 			o.Outcome, o.ErrorCode, o.ErrorMessage = schema.OutcomeRetrying, code, r.Err.Error()
-			sum.Retrying++
-			retry = append(retry, o)
-			var se *fcm.SendError
-			if errors.As(r.Err, &se) {
-				retryAfter = max(retryAfter, se.RetryAfter)
+			c.sum.Retrying++
+			c.retry = append(c.retry, o)
+			if se, ok := errors.AsType[*fcm.SendError](r.Err); ok {
+				c.retryAfter = max(c.retryAfter, se.RetryAfter)
 			}
-		default: // permanent, or transient with no attempts left
+		default:
 			o.Outcome, o.ErrorCode, o.ErrorMessage = schema.OutcomeFailed, code, r.Err.Error()
 			if !errors.Is(r.Err, fcm.ErrTransient) {
-				deadReason = deadletter.ReasonPermanentError
+				c.deadReason = deadletter.ReasonPermanentError
 			}
-			sum.Failed++
-			dead = append(dead, o)
+			c.sum.Failed++
+			c.dead = append(c.dead, o)
 		}
 		d.sends.WithLabelValues(o.Outcome, code).Inc()
-		outcomes[i] = o
+		c.outcomes[i] = o
 	}
+	return c
+}
 
-	var handoff []rabbit.Message
-	if len(retry) > 0 {
-		m, err := d.retryMessage(n.ID, retry, attempt+1, retryAfter)
+// handOff publishes one retry task for the chunk's transient failures (to the wait level of
+// their next attempt) and one dead-letter task for the rest, and returns once the broker
+// confirmed both: only then may the outcomes be recorded.
+func (d *Deliverer) handOff(ctx context.Context, id uuid.UUID, c classified, attempt int) error {
+	var msgs []rabbit.Message
+	if len(c.retry) > 0 {
+		m, err := d.retryMessage(id, c.retry, attempt+1, c.retryAfter)
 		if err != nil {
-			return Summary{}, err
+			return err
 		}
-		handoff = append(handoff, m)
+		msgs = append(msgs, m)
 	}
-	if len(dead) > 0 {
-		m, err := deadMessage(n.ID.String(), deadReason, dead, attempt)
+	if len(c.dead) > 0 {
+		m, err := deadMessage(id.String(), c.deadReason, c.dead, attempt)
 		if err != nil {
-			return Summary{}, err
+			return err
 		}
-		handoff = append(handoff, m)
+		msgs = append(msgs, m)
 	}
-	if len(handoff) > 0 {
-		if err := d.pub.Publish(ctx, handoff...); err != nil {
-			return Summary{}, fmt.Errorf("hand off failures of %s: %w", n.ID, err)
-		}
-		d.retries.Add(float64(len(retry)))
-		if len(dead) > 0 {
-			d.dead.WithLabelValues(deadReason).Inc()
-		}
+	if len(msgs) == 0 {
+		return nil
 	}
-	status, err := d.record(ctx, n.ID, outcomes, final)
-	if err != nil {
-		return Summary{}, err
+	if err := d.pub.Publish(ctx, msgs...); err != nil {
+		return fmt.Errorf("hand off failures of %s: %w", id, err)
 	}
-	sum.Status = status
-	return sum, nil
+	d.retries.Add(float64(len(c.retry)))
+	if len(c.dead) > 0 {
+		d.dead.WithLabelValues(c.deadReason).Inc()
+	}
+	return nil
 }
 
 func (d *Deliverer) record(ctx context.Context, id uuid.UUID, outcomes []Outcome, final bool) (string, error) {
