@@ -71,7 +71,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	})
 
 	stopConn := conn.Start(ctx)
-	defer stopConn()
+	defer func() { _ = stopConn() }() // early returns; the explicit call below reports the error
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

@@ -117,7 +117,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		warnWithoutAdminKey(gctx, pool, log)
 
 		stopConn := conn.Start(gctx)
-		defer stopConn()
+		defer func() { _ = stopConn() }() // early returns; the explicit call below reports the error
 
 		work, wctx := errgroup.WithContext(gctx)
 		work.Go(func() error { return relay.Run(wctx) })
