@@ -188,7 +188,7 @@ func runProducer(t *testing.T, rootfs string, uid, gid uint32, cfg v1.Config) {
 	defer func() {
 		if !stopped {
 			_ = cmd.Process.Kill()
-			<-exited
+			t.Logf("producer killed: %v", <-exited)
 		}
 		if t.Failed() {
 			t.Logf("producer's log:\n%s", logs.String())
@@ -437,7 +437,7 @@ func checkBinary(t *testing.T, root, bin string) {
 			t.Errorf("%s has an ELF interpreter: not a static binary", bin)
 		}
 	}
-	f.Close()
+	_ = f.Close() // read only
 	bi, err := buildinfo.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)

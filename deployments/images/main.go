@@ -99,7 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(binDir)
+	defer func() { _ = os.RemoveAll(binDir) }() // a temporary directory: nothing to do if it stays
 
 	for _, s := range services {
 		bin := filepath.Join(binDir, s)

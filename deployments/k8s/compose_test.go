@@ -113,6 +113,13 @@ func checkComposeService(t *testing.T, s types.ServiceConfig, images []string) {
 	if s.User != "65532:65532" || !s.ReadOnly || !slices.Equal(s.CapDrop, []string{"ALL"}) {
 		t.Errorf("%s: want user 65532:65532, read_only and cap_drop [ALL]", s.Name)
 	}
+	// The image's binary is its own probe (pkg/cli's healthcheck command asks /readyz).
+	if s.Name != "fcm-emulator" {
+		want := []string{"CMD", "/usr/local/bin/" + s.Name, "healthcheck"}
+		if s.HealthCheck == nil || !slices.Equal(s.HealthCheck.Test, want) {
+			t.Errorf("%s: healthcheck %v, want %v", s.Name, s.HealthCheck, want)
+		}
+	}
 	for _, dep := range []string{"rabbitmq", "postgres"} {
 		if s.DependsOn[dep].Condition != types.ServiceConditionHealthy {
 			t.Errorf("%s: does not wait for a healthy %s", s.Name, dep)

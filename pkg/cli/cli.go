@@ -11,8 +11,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"notify/pkg/buildinfo"
 )
@@ -83,7 +87,53 @@ func (p Program) Main(ctx context.Context, args []string, stdout, stderr io.Writ
 			return c.Run(ctx, fs.Args()[1:], stdout, stderr)
 		}
 	}
+	if fs.Arg(0) == "healthcheck" {
+		return p.healthcheck(ctx, fs.Args()[1:], stdout, stderr)
+	}
 	return p.refuse(stderr, "unknown command %q", fs.Arg(0))
+}
+
+// healthcheck asks a running instance of the service whether it is ready (GET /readyz on
+// its METRICS_ADDR) and exits 0 when it answers 200, 1 otherwise. The images hold nothing
+// but the binary, so this is how a container runtime (compose's healthcheck) probes them.
+func (p Program) healthcheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 1 {
+		return p.refuse(stderr, "healthcheck takes at most one argument, HOST:PORT")
+	}
+	addr, from := os.Getenv("METRICS_ADDR"), "METRICS_ADDR"
+	if len(args) == 1 {
+		addr, from = args[0], "the argument"
+	}
+	if addr == "" {
+		return p.refuse(stderr, "healthcheck: METRICS_ADDR is not set; give the address: %s healthcheck HOST:PORT", p.Name)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return p.refuse(stderr, "healthcheck: %s %q: %v", from, addr, err)
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1" // listening on every interface: ask over loopback
+	}
+	url := "http://" + net.JoinHostPort(host, port) + "/readyz"
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return p.refuse(stderr, "healthcheck: %v", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: not ready: %v\n", p.Name, err)
+		return ExitFailure
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "%s: not ready (%s from %s):\n%s", p.Name, resp.Status, url, body)
+		return ExitFailure
+	}
+	fmt.Fprintf(stdout, "%s: ready\n", p.Name)
+	return ExitOK
 }
 
 func (p Program) refuse(stderr io.Writer, format string, args ...any) int {
@@ -99,6 +149,7 @@ func (p Program) usage(w io.Writer) {
 	for _, c := range p.Commands {
 		fmt.Fprintf(tw, "  %s\t%s\n", strings.TrimSpace(p.Name+" "+c.Name+" "+c.Args), c.Summary)
 	}
+	fmt.Fprintf(tw, "  %s healthcheck [HOST:PORT]\texit 0 if the service running at METRICS_ADDR (or HOST:PORT) answers /readyz with 200\n", p.Name)
 	fmt.Fprintf(tw, "  %s --version\tprint the version and exit\n", p.Name)
 	fmt.Fprintf(tw, "  %s --help\tprint this help and exit\n", p.Name)
 	_ = tw.Flush()

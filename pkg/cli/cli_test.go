@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"testing"
@@ -87,6 +90,56 @@ func TestProgramMain(t *testing.T) {
 			}
 			if len(tt.wantStderr) == 0 && stderr.Len() > 0 {
 				t.Errorf("unexpected stderr:\n%s", stderr.String())
+			}
+		})
+	}
+}
+
+func TestHealthcheck(t *testing.T) {
+	t.Parallel()
+	ready := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = io.WriteString(w, "database: ok\n")
+	}))
+	t.Cleanup(ready.Close)
+	notReady := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "rabbitmq: not connected: connection refused", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(notReady.Close)
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closedAddr := closed.Listener.Addr().String()
+	closed.Close()
+	// A service listening on every interface is asked over loopback.
+	_, readyPort, _ := net.SplitHostPort(ready.Listener.Addr().String())
+
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{"ready", []string{"healthcheck", ready.Listener.Addr().String()}, 0, "demo: ready", ""},
+		{"every interface", []string{"healthcheck", "0.0.0.0:" + readyPort}, 0, "demo: ready", ""},
+		{"not ready", []string{"healthcheck", notReady.Listener.Addr().String()}, 1, "", "rabbitmq: not connected"},
+		{"nothing listening", []string{"healthcheck", closedAddr}, 1, "", "demo: not ready"},
+		{"not an address", []string{"healthcheck", "9101"}, 2, "", `healthcheck: the argument "9101"`},
+		{"too many arguments", []string{"healthcheck", "a:1", "b:2"}, 2, "", "at most one argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr bytes.Buffer
+			p := cli.Program{Name: "demo", Summary: "does a demo", Serve: func(context.Context) error {
+				t.Error("healthcheck started the server")
+				return nil
+			}}
+			code := p.Main(t.Context(), tt.args, &stdout, &stderr)
+			if code != tt.wantCode || !strings.Contains(stdout.String(), tt.wantStdout) || !strings.Contains(stderr.String(), tt.wantStderr) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want %d, %q, %q", code, stdout.String(), stderr.String(), tt.wantCode, tt.wantStdout, tt.wantStderr)
 			}
 		})
 	}
