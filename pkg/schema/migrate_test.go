@@ -13,6 +13,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"notify/pkg/pgtest"
 	"notify/pkg/schema"
 )
@@ -291,5 +293,29 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS b ON t (y)
 	}
 	if diff := cmp.Diff([]string{"0005_notifications_retention_index"}, noTx); diff != "" {
 		t.Errorf("no-transaction migrations (-want +got):\n%s", diff)
+	}
+}
+
+func TestWaitThen(t *testing.T) {
+	t.Parallel()
+	discard := slog.New(slog.DiscardHandler)
+	ranWith := func(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
+		ran := false
+		err := schema.WaitThen(ctx, pool, discard, func(context.Context) error { ran = true; return errors.New("ran") })
+		return ran, err
+	}
+
+	// An empty database: WaitThen waits, and a ctx that ends meanwhile is a normal stop.
+	empty := pgtest.NewEmpty(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if ran, err := ranWith(ctx, empty.Pool); ran || err != nil {
+		t.Errorf("empty database, ctx ended: ran %v, err %v; want not run, nil", ran, err)
+	}
+
+	// A migrated database: run runs and its error is returned.
+	migrated := pgtest.New(t)
+	if ran, err := ranWith(t.Context(), migrated.Pool); !ran || err == nil || err.Error() != "ran" {
+		t.Errorf("migrated database: ran %v, err %v; want run, its error", ran, err)
 	}
 }

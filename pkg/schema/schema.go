@@ -285,6 +285,19 @@ func Wait(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, interval ti
 	}
 }
 
+// WaitThen runs run once the schema is ready (Wait), and returns what it returns. A ctx that
+// ends while waiting is a normal stop (nil); a schema newer than this binary is an error. It is
+// how the services that do not migrate start their consumers: after the schema, never before.
+func WaitThen(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, run func(context.Context) error) error {
+	if err := Wait(ctx, pool, log, 2*time.Second); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("database schema: %w", err)
+	}
+	return run(ctx)
+}
+
 // Migrate applies every migration the database does not have yet and returns how many it
 // applied. It applies nothing to a database newer than this binary (a *NewerError).
 func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, error) {

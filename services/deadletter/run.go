@@ -75,16 +75,12 @@ func run(ctx context.Context, getenv func(string) string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := schema.Wait(gctx, pool, log, 2*time.Second); err != nil {
-			if gctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("database schema: %w", err)
-		}
-		work, wctx := errgroup.WithContext(gctx)
-		work.Go(func() error { return consumer.Run(wctx) })
-		work.Go(func() error { return alerter.Run(wctx) })
-		return work.Wait()
+		return schema.WaitThen(gctx, pool, log, func(ctx context.Context) error {
+			work, wctx := errgroup.WithContext(ctx)
+			work.Go(func() error { return consumer.Run(wctx) })
+			work.Go(func() error { return alerter.Run(wctx) })
+			return work.Wait()
+		})
 	})
 	g.Go(func() error {
 		return metrics.NewServer(cfg.MetricsAddr, reg, log,

@@ -63,17 +63,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 	defer func() { _ = stopConn() }() // early returns; the explicit call below reports the error
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		// The producer (or `producer migrate up`) owns the schema: wait for it, and refuse
-		// one newer than this binary.
-		if err := schema.Wait(gctx, pool, log, 2*time.Second); err != nil {
-			if gctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("database schema: %w", err)
-		}
-		return consumer.Run(gctx)
-	})
+	// The producer (or `producer migrate up`) owns the schema: wait for it, and refuse one
+	// newer than this binary.
+	g.Go(func() error { return schema.WaitThen(gctx, pool, log, consumer.Run) })
 	g.Go(func() error {
 		return metrics.NewServer(cfg.MetricsAddr, reg, log,
 			metrics.Check{Name: "database", Func: pool.Ping},
