@@ -172,6 +172,9 @@ func runProducer(t *testing.T, rootfs string, uid, gid uint32, cfg v1.Config) {
 	amqpURL := testenv.AMQPURL(t)
 	topo := rabbittest.Topology(t, amqpURL, "image", rabbit.NewTopology("image", nil))
 	metricsAddr, grpcAddr := freeAddr(t), freeAddr(t)
+	for grpcAddr == metricsAddr { // the kernel may hand out a just-closed port again
+		grpcAddr = freeAddr(t)
+	}
 	env := slices.Clone(cfg.Env)
 	env = append(env, "DATABASE_URL="+db.URL, "AMQP_URL="+amqpURL, "AMQP_TOPOLOGY="+topo.Name,
 		"METRICS_ADDR="+metricsAddr, "GRPC_ADDR="+grpcAddr, "LOG_LEVEL=debug")
