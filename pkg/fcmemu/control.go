@@ -17,18 +17,22 @@ func (s *Server) Stats() Stats {
 }
 
 func (s *Server) totals() Stats {
-	st := Stats{
-		Requests:  s.counters.requests.Load(),
-		Delivered: s.counters.delivered.Load(),
-		Validated: s.counters.validated.Load(),
-		Failed:    make(map[ErrorCode]int64),
+	t := s.counters.stats()
+	return Stats{
+		Requests:  t.Requests,
+		Delivered: t.Delivered,
+		Validated: t.Validated,
+		Failed:    t.Failed,
+		Projects:  s.projects.all(),
 	}
-	for i, code := range errorCodes {
-		if n := s.counters.failed[i].Load(); n > 0 {
-			st.Failed[code] = n
-		}
+}
+
+// Project returns the counters of one project (zero if it never received a send).
+func (s *Server) Project(project string) ProjectStats {
+	if st, ok := s.projects.all()[project]; ok {
+		return st
 	}
-	return st
+	return ProjectStats{Failed: map[ErrorCode]int64{}}
 }
 
 // Token returns the stats of one target (zero if it was never seen).
@@ -43,13 +47,14 @@ func (s *Server) Messages(limit int) []Received {
 	return s.ring.last(limit, nil)
 }
 
-// Reset clears the counters, the per-token stats (and with them the flaky counters), the
-// received messages and the quota window. Settings are kept.
+// Reset clears the counters (totals and per project), the per-token stats (and with them the
+// flaky counters), the received messages and the quota windows. Settings are kept.
 func (s *Server) Reset() {
 	s.counters.reset()
+	s.projects.reset()
 	s.tokens.reset()
 	s.ring.reset()
-	s.quota.reset()
+	s.quotas.reset()
 	s.log.Info("fcm emulator reset")
 }
 
@@ -81,7 +86,7 @@ func (s *Server) update(change func(*Settings) error) (Settings, error) {
 	}
 	s.settings.Store(newLive(st))
 	s.log.Info("fcm emulator settings changed",
-		"quota_per_minute", st.QuotaPerMinute, "latency", st.Latency.String(),
+		"quota_per_minute", st.QuotaPerMinute, "project_quotas", st.ProjectQuotas, "latency", st.Latency.String(),
 		"retry_after", st.RetryAfter.String(), "unavailable_retry_after", st.UnavailableRetryAfter.String(),
 		"fail_all", st.FailAll)
 	return st, nil
@@ -118,8 +123,8 @@ type receivedView struct {
 	Body    string          `json:"body,omitempty"`
 }
 
-// handleMessages serves GET /emulator/messages?limit=N&token=T: the last N (default 100)
-// received requests, oldest first, optionally only those for target T.
+// handleMessages serves GET /emulator/messages?limit=N&token=T&project=P: the last N (default
+// 100) received requests, oldest first, optionally only those for target T and/or project P.
 func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	limit := 100
@@ -132,9 +137,11 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		limit = n
 	}
 	var keep func(*Received) bool
-	if q.Has("token") {
-		token := q.Get("token")
-		keep = func(rec *Received) bool { return rec.Token == token }
+	if q.Has("token") || q.Has("project") {
+		token, project := q.Get("token"), q.Get("project")
+		keep = func(rec *Received) bool {
+			return (!q.Has("token") || rec.Token == token) && (!q.Has("project") || rec.Project == project)
+		}
 	}
 	recs := s.ring.last(limit, keep)
 	views := make([]receivedView, len(recs))
@@ -156,16 +163,18 @@ func (s *Server) handleReset(w http.ResponseWriter, _ *http.Request) {
 
 // settingsJSON is the wire form of Settings; durations are Go duration strings.
 type settingsJSON struct {
-	QuotaPerMinute        int       `json:"quota_per_minute"`
-	Latency               string    `json:"latency"`
-	RetryAfter            string    `json:"retry_after"`
-	UnavailableRetryAfter string    `json:"unavailable_retry_after"`
-	FailAll               ErrorCode `json:"fail_all"`
+	QuotaPerMinute        int            `json:"quota_per_minute"`
+	ProjectQuotas         map[string]int `json:"project_quotas"`
+	Latency               string         `json:"latency"`
+	RetryAfter            string         `json:"retry_after"`
+	UnavailableRetryAfter string         `json:"unavailable_retry_after"`
+	FailAll               ErrorCode      `json:"fail_all"`
 }
 
 func toJSON(st Settings) settingsJSON {
 	return settingsJSON{
 		QuotaPerMinute:        st.QuotaPerMinute,
+		ProjectQuotas:         orEmpty(st.ProjectQuotas),
 		Latency:               st.Latency.String(),
 		RetryAfter:            st.RetryAfter.String(),
 		UnavailableRetryAfter: st.UnavailableRetryAfter.String(),
@@ -173,13 +182,23 @@ func toJSON(st Settings) settingsJSON {
 	}
 }
 
-// settingsPatch is the body of PUT /emulator/config: absent fields are left as they are.
+// orEmpty returns m, or an empty map for nil so the JSON shows {} rather than null.
+func orEmpty(m map[string]int) map[string]int {
+	if m == nil {
+		return map[string]int{}
+	}
+	return m
+}
+
+// settingsPatch is the body of PUT /emulator/config: absent fields are left as they are;
+// project_quotas, when present, replaces every per-project quota ({} removes them all).
 type settingsPatch struct {
-	QuotaPerMinute        *int       `json:"quota_per_minute"`
-	Latency               *string    `json:"latency"`
-	RetryAfter            *string    `json:"retry_after"`
-	UnavailableRetryAfter *string    `json:"unavailable_retry_after"`
-	FailAll               *ErrorCode `json:"fail_all"`
+	QuotaPerMinute        *int            `json:"quota_per_minute"`
+	ProjectQuotas         *map[string]int `json:"project_quotas"`
+	Latency               *string         `json:"latency"`
+	RetryAfter            *string         `json:"retry_after"`
+	UnavailableRetryAfter *string         `json:"unavailable_retry_after"`
+	FailAll               *ErrorCode      `json:"fail_all"`
 }
 
 // apply changes st by p, reporting every unparsable field at once.
@@ -198,6 +217,12 @@ func (p settingsPatch) apply(st *Settings) error {
 	}
 	if p.QuotaPerMinute != nil {
 		st.QuotaPerMinute = *p.QuotaPerMinute
+	}
+	if p.ProjectQuotas != nil {
+		st.ProjectQuotas = *p.ProjectQuotas
+		if len(st.ProjectQuotas) == 0 {
+			st.ProjectQuotas = nil
+		}
 	}
 	duration("latency", p.Latency, &st.Latency)
 	duration("retry_after", p.RetryAfter, &st.RetryAfter)

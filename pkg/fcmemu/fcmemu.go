@@ -2,9 +2,10 @@
 //
 // It answers POST /v1/projects/{project}/messages:send the way FCM does, down to the error
 // body the Go Admin SDK parses, so messaging.IsUnregistered and the other helpers classify its
-// errors exactly as they classify FCM's. Failures are injected deterministically: by token
-// prefix (see tokenRule), by a per-minute quota, by added latency and by a switch that fails
-// every send. What it received is kept for assertions, through Go methods for in-process tests
+// errors exactly as they classify FCM's. It serves any number of projects, each with its
+// own counters and, as FCM has, its own per-minute quota. Failures are injected
+// deterministically: by token prefix (see tokenRule), by the per-project quota, by added
+// latency and by a switch that fails every send. What it received is kept for assertions, through Go methods for in-process tests
 // and under /emulator/ over HTTP for everything else. services/fcm-emulator/README.md is the
 // user documentation.
 //
@@ -21,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -42,8 +44,11 @@ const maxBody = 1 << 20
 // Config configures a Server; the zero value is a working emulator with no failures injected
 // beyond the token prefixes. Invalid values are logged and replaced by their defaults.
 type Config struct {
-	// QuotaPerMinute limits sends across all tokens in each clock minute; 0 means unlimited.
+	// QuotaPerMinute limits each project's sends in each clock minute, as FCM's per-project
+	// quota does; 0 means unlimited.
 	QuotaPerMinute int
+	// ProjectQuotas overrides QuotaPerMinute for the projects it names (0: unlimited).
+	ProjectQuotas map[string]int
 	// Latency is added to every send before it is answered.
 	Latency time.Duration
 	// RetryAfter is the Retry-After sent with injected QUOTA_EXCEEDED errors (default 30s).
@@ -65,6 +70,7 @@ type Config struct {
 // Settings are the knobs that can be changed while the emulator runs.
 type Settings struct {
 	QuotaPerMinute        int
+	ProjectQuotas         map[string]int // nil when no project has its own quota
 	Latency               time.Duration
 	RetryAfter            time.Duration
 	UnavailableRetryAfter time.Duration
@@ -75,6 +81,14 @@ func (st Settings) validate() error {
 	var errs []error
 	if st.QuotaPerMinute < 0 {
 		errs = append(errs, fmt.Errorf("quota per minute %d: must not be negative", st.QuotaPerMinute))
+	}
+	for p, q := range st.ProjectQuotas {
+		if !validProject(p) {
+			errs = append(errs, fmt.Errorf("project quota for %q: not a project id (letters, digits, -, _, .)", p))
+		}
+		if q < 0 {
+			errs = append(errs, fmt.Errorf("project quota for %q: %d must not be negative", p, q))
+		}
 	}
 	if st.Latency < 0 {
 		errs = append(errs, fmt.Errorf("latency %s: must not be negative", st.Latency))
@@ -100,7 +114,16 @@ type live struct {
 	unavailableRetryAfter []string // for UNAVAILABLE; nil: no header
 }
 
+// quotaOf returns the per-minute quota of project (0: unlimited).
+func (l *live) quotaOf(project string) int {
+	if q, ok := l.ProjectQuotas[project]; ok {
+		return q
+	}
+	return l.QuotaPerMinute
+}
+
 func newLive(st Settings) *live {
+	st.ProjectQuotas = maps.Clone(st.ProjectQuotas) // callers may keep changing theirs
 	l := &live{Settings: st, retryAfter: retryAfterHeader(st.RetryAfter)}
 	if st.UnavailableRetryAfter > 0 {
 		l.unavailableRetryAfter = retryAfterHeader(st.UnavailableRetryAfter)
@@ -124,9 +147,10 @@ type Server struct {
 	settings   atomic.Pointer[live]
 
 	counters counters
+	projects projectMap
 	tokens   *tokenMap
 	ring     *ring
-	quota    quota
+	quotas   quotas
 
 	seq      atomic.Uint64
 	instance string
@@ -158,6 +182,7 @@ func New(cfg Config) *Server {
 
 	st := Settings{
 		QuotaPerMinute:        cfg.QuotaPerMinute,
+		ProjectQuotas:         cfg.ProjectQuotas,
 		Latency:               cfg.Latency,
 		RetryAfter:            cfg.RetryAfter,
 		UnavailableRetryAfter: cfg.UnavailableRetryAfter,
@@ -208,18 +233,25 @@ func sendProject(path string) (string, bool) {
 		return "", false
 	}
 	project, ok := strings.CutSuffix(rest, "/messages:send")
-	if !ok || project == "" {
+	if !ok || !validProject(project) {
 		return "", false
 	}
-	// Project ids are letters, digits and hyphens; allowing no more keeps the id safe to
-	// splice into the JSON answer.
-	for i := 0; i < len(project); i++ {
-		c := project[i]
+	return project, true
+}
+
+// validProject reports whether p is a plausible project id. Project ids are letters, digits
+// and hyphens; allowing no more keeps the id safe to splice into the JSON answer.
+func validProject(p string) bool {
+	if p == "" {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return "", false
+			return false
 		}
 	}
-	return project, true
+	return true
 }
 
 var jsonContentType = []string{"application/json; charset=UTF-8"}
@@ -244,7 +276,9 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, project string) {
 	if cur.Latency > 0 && !sleep(r.Context(), cur.Latency) {
 		return // the client gave up; nothing is recorded
 	}
+	pc := s.projects.get(project)
 	s.counters.requests.Add(1)
+	pc.requests.Add(1)
 	rec := Received{Project: project, ReceivedAt: s.now(), Body: body}
 
 	var req sendRequest
@@ -252,7 +286,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, project string) {
 		err = json.Unmarshal(body, &req)
 	}
 	if err != nil {
-		s.answer(w, &rec, cur, failure{code: InvalidArgument, message: "Invalid JSON payload received. " + err.Error(), field: "message"})
+		s.answer(w, &rec, pc, cur, failure{code: InvalidArgument, message: "Invalid JSON payload received. " + err.Error(), field: "message"})
 		return
 	}
 	rec.ValidateOnly = req.ValidateOnly
@@ -265,8 +299,8 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, project string) {
 	switch {
 	case cur.FailAll != "":
 		f.code = cur.FailAll
-	case cur.QuotaPerMinute > 0:
-		if ok, wait := s.quota.take(rec.ReceivedAt, cur.QuotaPerMinute); !ok {
+	case cur.quotaOf(project) > 0:
+		if ok, wait := s.quotas.take(project, rec.ReceivedAt, cur.quotaOf(project)); !ok {
 			f = failure{code: QuotaExceeded, retryAfter: retryAfterHeader(wait)}
 		}
 	}
@@ -278,11 +312,12 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, project string) {
 	if rec.Token != "" {
 		f.code = s.tokens.record(rec.Token, f.code, req.ValidateOnly)
 	}
-	s.answer(w, &rec, cur, f)
+	s.answer(w, &rec, pc, cur, f)
 }
 
-// answer writes the response for f, counts it and logs rec.
-func (s *Server) answer(w http.ResponseWriter, rec *Received, cur *live, f failure) {
+// answer writes the response for f, counts it in the totals and in pc, the project's
+// counters, and logs rec.
+func (s *Server) answer(w http.ResponseWriter, rec *Received, pc *counters, cur *live, f failure) {
 	h := w.Header()
 	h["Content-Type"] = jsonContentType
 	if f.code == "" {
@@ -290,8 +325,10 @@ func (s *Server) answer(w http.ResponseWriter, rec *Received, cur *live, f failu
 		rec.MessageID = s.newName(rec.Project)
 		if rec.ValidateOnly {
 			s.counters.validated.Add(1)
+			pc.validated.Add(1)
 		} else {
 			s.counters.delivered.Add(1)
+			pc.delivered.Add(1)
 		}
 		out := make([]byte, 0, len(rec.MessageID)+12)
 		out = append(out, `{"name":"`...)
@@ -302,6 +339,7 @@ func (s *Server) answer(w http.ResponseWriter, rec *Received, cur *live, f failu
 	} else {
 		i := f.code.index()
 		s.counters.failed[i].Add(1)
+		pc.failed[i].Add(1)
 		out := s.canned[i]
 		rec.ErrorMessage = wires[i].message
 		if f.message != "" {

@@ -540,6 +540,9 @@ func TestSendEachForMulticastMixed(t *testing.T) {
 
 	var stats fcmemu.Stats
 	getJSON(t, emu.url+"/emulator/stats?tokens=false", &stats)
+	wantStats.Projects = map[string]fcmemu.ProjectStats{"demo": {
+		Requests: wantStats.Requests, Delivered: wantStats.Delivered, Failed: wantStats.Failed,
+	}}
 	if diff := cmp.Diff(wantStats, stats); diff != "" {
 		t.Errorf("GET /emulator/stats (-want +got):\n%s", diff)
 	}
@@ -677,7 +680,7 @@ func TestReset(t *testing.T) {
 	}
 	post(t, emu.url+"/emulator/reset", http.StatusNoContent)
 
-	if diff := cmp.Diff(fcmemu.Stats{Failed: map[fcmemu.ErrorCode]int64{}, Tokens: map[string]fcmemu.TokenStats{}}, emu.Stats()); diff != "" {
+	if diff := cmp.Diff(fcmemu.Stats{Failed: map[fcmemu.ErrorCode]int64{}, Projects: map[string]fcmemu.ProjectStats{}, Tokens: map[string]fcmemu.TokenStats{}}, emu.Stats()); diff != "" {
 		t.Errorf("Stats after reset (-want +got):\n%s", diff)
 	}
 	if got := emu.Messages(0); len(got) != 0 {
@@ -846,5 +849,109 @@ func getJSON(t *testing.T, url string, v any) {
 	}
 	if err := json.Unmarshal([]byte(body), v); err != nil {
 		t.Fatalf("decode GET %s: %v", url, errors.Join(err, fmt.Errorf("body %s", body)))
+	}
+}
+
+// projectClient returns an SDK messaging client for project at e.
+func (e emulator) projectClient(t *testing.T, project string) *messaging.Client {
+	t.Helper()
+	app, err := firebase.NewApp(t.Context(), &firebase.Config{ProjectID: project},
+		option.WithEndpoint(e.url+"/v1"), option.WithoutAuthentication())
+	if err != nil {
+		t.Fatalf("new firebase app: %v", err)
+	}
+	client, err := app.Messaging(t.Context())
+	if err != nil {
+		t.Fatalf("new messaging client: %v", err)
+	}
+	return client
+}
+
+func TestProjectsHaveTheirOwnQuotaAndStats(t *testing.T) {
+	t.Parallel()
+	clk := newClock(at(t, "2026-01-01T12:00:30Z"))
+	emu := start(t, fcmemu.Config{QuotaPerMinute: 2, ProjectQuotas: map[string]int{"big": 3}, Now: clk.Now})
+	clients := map[string]*messaging.Client{"small": emu.projectClient(t, "small"), "big": emu.projectClient(t, "big")}
+	sends := func(project string, n int) []fcmemu.ErrorCode {
+		var got []fcmemu.ErrorCode
+		for range n {
+			_, err := clients[project].Send(t.Context(), &messaging.Message{Token: "device-1"})
+			got = append(got, sendCode(err))
+		}
+		return got
+	}
+	q := fcmemu.QuotaExceeded
+	if diff := cmp.Diff([]fcmemu.ErrorCode{"", "", q}, sends("small", 3)); diff != "" {
+		t.Errorf("project small, quota 2 (-want +got):\n%s", diff)
+	}
+	// small's exhausted window leaves big's untouched.
+	if diff := cmp.Diff([]fcmemu.ErrorCode{"", "", "", q}, sends("big", 4)); diff != "" {
+		t.Errorf("project big, quota 3 (-want +got):\n%s", diff)
+	}
+	_, err := clients["big"].Send(t.Context(), &messaging.Message{Token: "device-1"})
+	if diff := cmp.Diff(response{Status: 429, RetryAfter: "30"}, responseOf(err)); diff != "" {
+		t.Errorf("over quota 30 s before the window ends (-want +got):\n%s", diff)
+	}
+
+	want := map[string]fcmemu.ProjectStats{
+		"small": {Requests: 3, Delivered: 2, Failed: map[fcmemu.ErrorCode]int64{q: 1}},
+		"big":   {Requests: 5, Delivered: 3, Failed: map[fcmemu.ErrorCode]int64{q: 2}},
+	}
+	st := emu.Stats()
+	if diff := cmp.Diff(want, st.Projects); diff != "" {
+		t.Errorf("per-project stats (-want +got):\n%s", diff)
+	}
+	if st.Requests != 8 || st.Delivered != 5 || st.Failed[q] != 3 {
+		t.Errorf("totals: %d requests, %d delivered, %d quota exceeded; want 8, 5, 3", st.Requests, st.Delivered, st.Failed[q])
+	}
+	if diff := cmp.Diff(want["big"], emu.Project("big")); diff != "" {
+		t.Errorf("Project(big) (-want +got):\n%s", diff)
+	}
+	if got := emu.Project("never"); got.Requests != 0 {
+		t.Errorf("Project(never) = %+v, want zeros", got)
+	}
+
+	var overHTTP fcmemu.Stats
+	getJSON(t, emu.url+"/emulator/stats?tokens=false", &overHTTP)
+	if diff := cmp.Diff(want, overHTTP.Projects); diff != "" {
+		t.Errorf("per-project stats over HTTP (-want +got):\n%s", diff)
+	}
+	var msgs struct {
+		Messages []fcmemu.Received `json:"messages"`
+	}
+	getJSON(t, emu.url+"/emulator/messages?project=small", &msgs)
+	if len(msgs.Messages) != 3 {
+		t.Errorf("messages?project=small: %d, want 3", len(msgs.Messages))
+	}
+	for _, m := range msgs.Messages {
+		if m.Project != "small" {
+			t.Errorf("messages?project=small returned one of project %q", m.Project)
+		}
+	}
+
+	emu.Reset()
+	if st := emu.Stats(); len(st.Projects) != 0 {
+		t.Errorf("projects after reset: %v", st.Projects)
+	}
+	if diff := cmp.Diff([]fcmemu.ErrorCode{"", ""}, sends("small", 2)); diff != "" {
+		t.Errorf("project small after reset: the window starts over (-want +got):\n%s", diff)
+	}
+}
+
+func TestPutProjectQuotas(t *testing.T) {
+	t.Parallel()
+	emu := start(t, fcmemu.Config{})
+	put(t, emu.url+"/emulator/config", `{"project_quotas":{"a":10,"b":0}}`, http.StatusOK)
+	if diff := cmp.Diff(map[string]int{"a": 10, "b": 0}, emu.Settings().ProjectQuotas); diff != "" {
+		t.Errorf("project quotas after PUT (-want +got):\n%s", diff)
+	}
+	put(t, emu.url+"/emulator/config", `{"project_quotas":{"a":-1,"b/c":5}}`, http.StatusBadRequest)
+	put(t, emu.url+"/emulator/config", `{"latency":"1ms"}`, http.StatusOK)
+	if diff := cmp.Diff(map[string]int{"a": 10, "b": 0}, emu.Settings().ProjectQuotas); diff != "" {
+		t.Errorf("project quotas after a rejected PUT and one without them (-want +got):\n%s", diff)
+	}
+	put(t, emu.url+"/emulator/config", `{"project_quotas":{}}`, http.StatusOK)
+	if got := emu.Settings().ProjectQuotas; got != nil {
+		t.Errorf("project quotas after PUT {}: %v, want none", got)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"notify/pkg/fcmemu"
 )
 
@@ -85,7 +87,7 @@ func FuzzPutConfig(f *testing.F) {
 		switch rec.Code {
 		case http.StatusOK:
 		case http.StatusBadRequest:
-			if after := emu.Settings(); after != before {
+			if after := emu.Settings(); !cmp.Equal(after, before) {
 				t.Fatalf("refused change applied: %+v → %+v", before, after)
 			}
 		default:

@@ -26,8 +26,20 @@ type Stats struct {
 	Delivered int64               `json:"delivered"`
 	Validated int64               `json:"validated"`
 	Failed    map[ErrorCode]int64 `json:"failed"`
+	// Projects is the same counters per project that received at least one send.
+	Projects map[string]ProjectStats `json:"projects"`
 	// Tokens is per target; Server.Stats fills it completely, the HTTP endpoint as asked.
+	// A target is counted once whichever projects it was sent through.
 	Tokens map[string]TokenStats `json:"tokens,omitempty"`
+}
+
+// ProjectStats are the counters of one project; as for the totals, Requests == Delivered +
+// Validated + sum(Failed) once no request is in flight.
+type ProjectStats struct {
+	Requests  int64               `json:"requests"`
+	Delivered int64               `json:"delivered"`
+	Validated int64               `json:"validated"`
+	Failed    map[ErrorCode]int64 `json:"failed"`
 }
 
 // Received is one send request as the emulator received and answered it.
@@ -52,6 +64,63 @@ type counters struct {
 	delivered atomic.Int64
 	validated atomic.Int64
 	failed    [len(wires)]atomic.Int64
+}
+
+func (c *counters) stats() ProjectStats {
+	st := ProjectStats{
+		Requests:  c.requests.Load(),
+		Delivered: c.delivered.Load(),
+		Validated: c.validated.Load(),
+		Failed:    make(map[ErrorCode]int64),
+	}
+	for i, code := range errorCodes {
+		if n := c.failed[i].Load(); n > 0 {
+			st.Failed[code] = n
+		}
+	}
+	return st
+}
+
+// projectMap holds each project's counters. Projects are few and found on every send, so
+// the map is read under a read lock and written only when a new project appears.
+type projectMap struct {
+	mu sync.RWMutex
+	m  map[string]*counters
+}
+
+func (p *projectMap) get(project string) *counters {
+	p.mu.RLock()
+	c := p.m[project]
+	p.mu.RUnlock()
+	if c != nil {
+		return c
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c = p.m[project]; c == nil {
+		if p.m == nil {
+			p.m = make(map[string]*counters)
+		}
+		c = &counters{}
+		p.m[project] = c
+	}
+	return c
+}
+
+func (p *projectMap) all() map[string]ProjectStats {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := make(map[string]ProjectStats, len(p.m))
+	for name, c := range p.m {
+		out[name] = c.stats()
+	}
+	return out
+}
+
+func (p *projectMap) reset() {
+	p.mu.Lock()
+	p.m = nil
+	p.mu.Unlock()
 }
 
 func (c *counters) reset() {
@@ -223,31 +292,44 @@ func payload(body []byte) json.RawMessage {
 	return env.Message
 }
 
-// quota counts sends in fixed one-minute windows aligned to the clock's minutes.
-type quota struct {
-	mu     sync.Mutex
-	window int64 // Unix minute
+// quotas count each project's sends in fixed one-minute windows aligned to the clock's
+// minutes.
+type quotas struct {
+	mu sync.Mutex
+	m  map[string]*window
+}
+
+type window struct {
+	minute int64 // Unix minute
 	used   int
 }
 
-// take consumes one send from now's window. When the window is full it returns false and
-// the time until the window ends.
-func (q *quota) take(now time.Time, limit int) (bool, time.Duration) {
-	w := now.Unix() / 60
+// take consumes one send from project's window at now. When the window is full it returns
+// false and the time until the window ends.
+func (q *quotas) take(project string, now time.Time, limit int) (bool, time.Duration) {
+	m := now.Unix() / 60
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if w != q.window {
-		q.window, q.used = w, 0
+	w := q.m[project]
+	if w == nil {
+		if q.m == nil {
+			q.m = make(map[string]*window)
+		}
+		w = &window{}
+		q.m[project] = w
 	}
-	if q.used >= limit {
-		return false, time.Unix((w+1)*60, 0).Sub(now)
+	if m != w.minute {
+		w.minute, w.used = m, 0
 	}
-	q.used++
+	if w.used >= limit {
+		return false, time.Unix((m+1)*60, 0).Sub(now)
+	}
+	w.used++
 	return true, 0
 }
 
-func (q *quota) reset() {
+func (q *quotas) reset() {
 	q.mu.Lock()
-	q.window, q.used = 0, 0
+	q.m = nil
 	q.mu.Unlock()
 }

@@ -52,6 +52,19 @@ func TestLoadConfig(t *testing.T) {
 			},
 		},
 		{
+			name: "project quotas",
+			env:  map[string]string{"FCM_EMULATOR_PROJECT_QUOTAS": "app-a=3000, app-b = 0"},
+			want: config{
+				Addr: "127.0.0.1:9099", LogLevel: slog.LevelInfo, RetryAfter: 30 * time.Second,
+				ProjectQuotas: map[string]int{"app-a": 3000, "app-b": 0},
+			},
+		},
+		{
+			name:    "bad project quotas",
+			env:     map[string]string{"FCM_EMULATOR_PROJECT_QUOTAS": "app-a,=5,app-b=-1,app-c=x"},
+			wantErr: []string{`FCM_EMULATOR_PROJECT_QUOTAS: "app-a"`, `"=5"`, `"app-b=-1"`, `"app-c=x"`},
+		},
+		{
 			name:    "negative quota",
 			env:     map[string]string{"FCM_EMULATOR_QUOTA_PER_MINUTE": "-5"},
 			wantErr: []string{"FCM_EMULATOR_QUOTA_PER_MINUTE"},

@@ -26,6 +26,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 
 	emu := fcmemu.New(fcmemu.Config{
 		QuotaPerMinute:        cfg.QuotaPerMinute,
+		ProjectQuotas:         cfg.ProjectQuotas,
 		Latency:               cfg.Latency,
 		RetryAfter:            cfg.RetryAfter,
 		UnavailableRetryAfter: cfg.UnavailableRetryAfter,
@@ -42,7 +43,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
 	log.Info("fcm emulator listening", "addr", ln.Addr().String(),
-		"quota_per_minute", cfg.QuotaPerMinute, "latency", cfg.Latency.String(),
+		"quota_per_minute", cfg.QuotaPerMinute, "project_quotas", cfg.ProjectQuotas, "latency", cfg.Latency.String(),
 		"retry_after", cfg.RetryAfter.String(), "unavailable_retry_after", cfg.UnavailableRetryAfter.String())
 
 	served := make(chan error, 1)
