@@ -18,9 +18,17 @@ type ConsumerOptions struct {
 	// Concurrency is the number of handler goroutines; default 1.
 	Concurrency int
 	// Prefetch is how many unacked deliveries the broker sends ahead (basic.qos); default
-	// 2 × Concurrency.
+	// 2 × Concurrency × BatchSize, so that a batch can fill while the handlers are busy.
 	Prefetch int
-	// HandlerTimeout is each handler's deadline; 0 means none.
+	// BatchSize is the most deliveries a BatchHandler gets at once (NewBatchConsumer;
+	// default 64). A Handler always gets one.
+	BatchSize int
+	// BatchLinger is how long a batch waits for more deliveries after its first one arrived
+	// (NewBatchConsumer; default 5ms): a batch goes to a handler when it is full or its
+	// linger has passed, whichever comes first, and while every handler is busy it keeps
+	// filling up to BatchSize.
+	BatchLinger time.Duration
+	// HandlerTimeout is each handler call's deadline; 0 means none.
 	HandlerTimeout time.Duration
 	// ShutdownTimeout is how long Run lets in-flight handlers finish after its ctx ends
 	// before cancelling their ctx; default 20s (keep it below the Conn's DrainTimeout).
@@ -36,7 +44,7 @@ type ConsumerOptions struct {
 type Consumer struct {
 	conn    *Conn
 	queue   string
-	handler Handler
+	handler BatchHandler
 	opts    ConsumerOptions
 	log     *slog.Logger
 	pause   pacer
@@ -49,10 +57,26 @@ type Consumer struct {
 	downErr error // why the last subscription failed or ended, for Check
 }
 
-// NewConsumer returns a Consumer of queue on conn; Run starts it.
+// NewConsumer returns a Consumer of queue on conn that hands h one delivery at a time; Run
+// starts it.
 func NewConsumer(conn *Conn, queue string, h Handler, opts ConsumerOptions) *Consumer {
+	opts.BatchSize, opts.BatchLinger = 1, 0
+	return newConsumer(conn, queue, func(ctx context.Context, ds []*Delivery) []error {
+		return []error{h(ctx, ds[0])}
+	}, opts)
+}
+
+// NewBatchConsumer returns a Consumer of queue on conn that hands h the deliveries in
+// batches of up to ConsumerOptions.BatchSize; Run starts it.
+func NewBatchConsumer(conn *Conn, queue string, h BatchHandler, opts ConsumerOptions) *Consumer {
+	opts.BatchSize = cmp.Or(max(opts.BatchSize, 0), 64)
+	opts.BatchLinger = cmp.Or(max(opts.BatchLinger, 0), 5*time.Millisecond)
+	return newConsumer(conn, queue, h, opts)
+}
+
+func newConsumer(conn *Conn, queue string, h BatchHandler, opts ConsumerOptions) *Consumer {
 	opts.Concurrency = max(opts.Concurrency, 1)
-	opts.Prefetch = cmp.Or(opts.Prefetch, 2*opts.Concurrency)
+	opts.Prefetch = cmp.Or(opts.Prefetch, 2*opts.Concurrency*opts.BatchSize)
 	opts.ShutdownTimeout = cmp.Or(opts.ShutdownTimeout, 20*time.Second)
 	opts.MinRequeuePause = cmp.Or(opts.MinRequeuePause, 250*time.Millisecond)
 	opts.MaxRequeuePause = max(cmp.Or(opts.MaxRequeuePause, 30*time.Second), opts.MinRequeuePause)
@@ -81,17 +105,9 @@ type Delivery struct {
 	Redelivered bool
 
 	raw  amqp.Delivery
-	gen  uint64
+	sub  *subscription
 	live *atomic.Uint64
 }
-
-// ack, requeue and reject settle the delivery on the channel it came from. They return
-// ErrChannelClosed, sending nothing, when that channel is gone: the broker has already put
-// the message back and will deliver it again, and an ack on a newer channel would settle
-// a different message with the same tag.
-func (d *Delivery) ack() error     { return d.settle(func() error { return d.raw.Ack(false) }) }
-func (d *Delivery) requeue() error { return d.settle(func() error { return d.raw.Nack(false, true) }) }
-func (d *Delivery) reject() error  { return d.settle(func() error { return d.raw.Reject(false) }) }
 
 // Attempt returns the AttemptHeader value, or 0 when the header is missing or not an integer.
 func (d *Delivery) Attempt() int {
@@ -116,17 +132,6 @@ func (d *Delivery) Attempt() int {
 	return 0
 }
 
-func (d *Delivery) settle(op func() error) error {
-	if d.live.Load() != d.gen {
-		return ErrChannelClosed
-	}
-	if err := op(); err != nil {
-		// The channel or its connection failed under us: the broker will redeliver.
-		return fmt.Errorf("%w: %w", ErrChannelClosed, err)
-	}
-	return nil
-}
-
 // Run consumes until ctx ends, re-subscribing after every lost channel or connection. When
 // ctx ends it cancels the subscription, tells the handlers (Stopping), lets in-flight
 // handlers finish (ShutdownTimeout, then their ctx is cancelled and Run waits for them),
@@ -138,12 +143,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 	handlerCtx, cancelHandlers := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), stoppingKey{}, ctx.Done()))
 	defer cancelHandlers()
-	jobs := make(chan *Delivery)
+	jobs := make(chan []*Delivery)
 	var workers sync.WaitGroup
 	for range c.opts.Concurrency {
 		workers.Go(func() {
-			for d := range jobs {
-				c.handle(handlerCtx, d)
+			for batch := range jobs {
+				c.handle(handlerCtx, batch)
 			}
 		})
 	}
@@ -255,6 +260,7 @@ type subscription struct {
 	deliveries <-chan amqp.Delivery
 	tag        string
 	gen        uint64
+	tags       *tags
 }
 
 func (c *Consumer) subscribe(ctx context.Context) (*subscription, error) {
@@ -275,22 +281,42 @@ func (c *Consumer) subscribe(ctx context.Context) (*subscription, error) {
 		return nil, fmt.Errorf("consume %s: %w", c.queue, err)
 	}
 	c.live.Store(gen)
-	return &subscription{ch: ch, closed: closed, deliveries: deliveries, tag: tag, gen: gen}, nil
+	return &subscription{ch: ch, closed: closed, deliveries: deliveries, tag: tag, gen: gen, tags: newTags()}, nil
 }
 
-// deliver hands deliveries to the workers until ctx ends or the subscription ends (channel
-// or connection closed, or the broker cancelled the consumer). A delivery it holds when ctx
-// ends is left unsettled: closing the channel requeues it.
-func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- *Delivery) {
+// deliver hands deliveries to the workers in batches until ctx ends or the subscription
+// ends (channel or connection closed, or the broker cancelled the consumer). A batch is
+// handed over once it is full or BatchLinger after its first delivery (at once with no
+// linger), and keeps filling while every worker is busy. Deliveries it holds when it
+// returns are left unsettled: closing the channel requeues them.
+func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- []*Delivery) {
+	var batch []*Delivery
+	linger := time.NewTimer(0)
+	<-linger.C
+	defer linger.Stop()
+	ready := false // the batch may go: full, lingered long enough, or no linger at all
 	for {
+		in, out := sub.deliveries, jobs
+		if len(batch) >= c.opts.BatchSize {
+			in = nil
+		}
+		if !ready {
+			out = nil
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case raw, ok := <-sub.deliveries:
+		case <-linger.C:
+			ready = true
+		case out <- batch:
+			linger.Stop()
+			batch, ready = nil, false
+		case raw, ok := <-in:
 			if !ok {
 				return
 			}
-			d := &Delivery{
+			sub.tags.delivered(raw.DeliveryTag)
+			batch = append(batch, &Delivery{
 				Queue:       c.queue,
 				RoutingKey:  raw.RoutingKey,
 				MessageID:   raw.MessageId,
@@ -301,25 +327,36 @@ func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- *
 				Timestamp:   raw.Timestamp,
 				Redelivered: raw.Redelivered,
 				raw:         raw,
-				gen:         sub.gen,
+				sub:         sub,
 				live:        &c.live,
-			}
-			select {
-			case jobs <- d:
-			case <-ctx.Done():
-				return
+			})
+			switch {
+			case len(batch) >= c.opts.BatchSize || c.opts.BatchLinger <= 0:
+				ready = true
+			case len(batch) == 1:
+				linger.Reset(c.opts.BatchLinger)
 			}
 		}
 	}
 }
 
-// handle runs the handler on d and settles d from its error.
-func (c *Consumer) handle(ctx context.Context, d *Delivery) {
+// handle runs the handler on a batch and settles each delivery from its error.
+func (c *Consumer) handle(ctx context.Context, batch []*Delivery) {
 	hctx := ctx
 	if c.opts.HandlerTimeout > 0 {
 		var cancel context.CancelFunc
 		hctx, cancel = context.WithTimeout(ctx, c.opts.HandlerTimeout)
 		defer cancel()
 	}
-	c.settle(ctx, d, c.handler(hctx, d))
+	errs := c.handler(hctx, batch)
+	if len(errs) != len(batch) {
+		// A handler bug: which answer belongs to which delivery is unknown, so nothing is
+		// acked; the whole batch goes back to the queue.
+		err := fmt.Errorf("batch handler returned %d errors for %d deliveries", len(errs), len(batch))
+		errs = make([]error, len(batch))
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+	c.settle(ctx, batch, errs)
 }

@@ -3,6 +3,7 @@ package rabbit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -24,6 +25,16 @@ import (
 // ctx ends at ConsumerOptions.HandlerTimeout, or when shutdown stops waiting for in-flight
 // handlers; Stopping(ctx) closes when the consumer starts to stop.
 type Handler func(ctx context.Context, d *Delivery) error
+
+// BatchHandler processes deliveries taken from the queue together (NewBatchConsumer) and
+// returns one error per delivery, in the same order: each delivery is settled from its own
+// error exactly as a Handler's, so one failed message of a batch never requeues the
+// others. The acks of a batch go out first, the rejects with them, and the requeues after
+// one shared pause; consecutive acked deliveries are acked with one multiple-ack when no
+// delivery before them is still unsettled on the channel.
+//
+// ctx is as for a Handler, with HandlerTimeout bounding the whole batch.
+type BatchHandler func(ctx context.Context, ds []*Delivery) []error
 
 // Settlement is what a Consumer did with a delivery.
 type Settlement string
@@ -80,48 +91,171 @@ func Stopping(ctx context.Context) <-chan struct{} {
 	return ch
 }
 
-// settle acks, requeues or rejects d according to the handler's err and logs what went
-// wrong. ctx is the handlers' ctx: the pause before a requeue ends early when it ends or
-// when the consumer starts to stop.
-func (c *Consumer) settle(ctx context.Context, d *Delivery, err error) {
-	s := SettlementOf(err)
-	log := c.log.With("message_id", d.MessageID)
-	var settleErr error
-	switch s {
-	case Acked:
-		c.pause.succeeded()
-		settleErr = d.ack()
-	case Rejected:
-		log.Error("rejecting message to the queue's dead-letter route", "err", err)
-		settleErr = d.reject()
-	default:
-		stopping := Stopping(ctx)
-		select {
-		case <-stopping:
-			log.Info("consumer stopping; handing message back to the queue", "err", err)
+// settle acks, requeues or rejects each delivery of a batch according to its error and
+// logs what went wrong. The acks and rejects go out at once; the requeues after one pause
+// (see Handler). ctx is the handlers' ctx: the pause ends early when it ends or when the
+// consumer starts to stop.
+func (c *Consumer) settle(ctx context.Context, batch []*Delivery, errs []error) {
+	var acks, rejects, requeues []int
+	for i, err := range errs {
+		switch SettlementOf(err) {
+		case Acked:
+			acks = append(acks, i)
+		case Rejected:
+			rejects = append(rejects, i)
+			c.log.Error("rejecting message to the queue's dead-letter route", "message_id", batch[i].MessageID, "err", err)
 		default:
-			pause := c.pause.failed()
-			if _, ok := errors.AsType[*settleError](err); ok {
-				log.Warn("handing message back to the queue", "err", err, "pause", pause)
-			} else {
-				log.Error("handler failed; handing message back to the queue", "err", err, "pause", pause)
-			}
-			t := time.NewTimer(pause)
-			select {
-			case <-t.C:
-			case <-stopping:
-			case <-ctx.Done():
-			}
-			t.Stop()
+			requeues = append(requeues, i)
 		}
-		settleErr = d.requeue()
 	}
-	if h := c.conn.opts.Hooks.Settled; h != nil {
-		h(d, s, settleErr)
+	if len(acks) > 0 {
+		c.pause.succeeded()
 	}
-	if settleErr != nil {
-		log.Warn("could not settle message; the broker will redeliver it", "settlement", s, "err", settleErr)
+	c.settled(batch, acks, Acked, batch[0].sub.tags.ack(batch, acks))
+	c.settled(batch, rejects, Rejected, batch[0].sub.tags.each(batch, rejects, func(d *Delivery) error { return d.raw.Reject(false) }))
+	if len(requeues) == 0 {
+		return
 	}
+	stopping := Stopping(ctx)
+	select {
+	case <-stopping:
+		for _, i := range requeues {
+			c.log.Info("consumer stopping; handing message back to the queue", "message_id", batch[i].MessageID, "err", errs[i])
+		}
+	default:
+		pause := c.pause.failed()
+		for _, i := range requeues {
+			if _, ok := errors.AsType[*settleError](errs[i]); ok {
+				c.log.Warn("handing message back to the queue", "message_id", batch[i].MessageID, "err", errs[i], "pause", pause)
+			} else {
+				c.log.Error("handler failed; handing message back to the queue", "message_id", batch[i].MessageID, "err", errs[i], "pause", pause)
+			}
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-stopping:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	c.settled(batch, requeues, Requeued, batch[0].sub.tags.each(batch, requeues, func(d *Delivery) error { return d.raw.Nack(false, true) }))
+}
+
+// settled reports the settlement of batch[idx] (errs[k] is the broker's answer for
+// batch[idx[k]]) to the hook and logs what could not be settled.
+func (c *Consumer) settled(batch []*Delivery, idx []int, s Settlement, errs []error) {
+	for k, i := range idx {
+		d := batch[i]
+		if h := c.conn.opts.Hooks.Settled; h != nil {
+			h(d, s, errs[k])
+		}
+		if errs[k] != nil {
+			c.log.Warn("could not settle message; the broker will redeliver it", "message_id", d.MessageID, "settlement", s, "err", errs[k])
+		}
+	}
+}
+
+// tags keeps one channel's settlements in step with the broker's view of them, so that an
+// ack with multiple set settles nothing but the deliveries it is meant for: it acks every
+// unsettled delivery up to its tag, including those other handlers still hold. pending
+// holds the tags delivered and not yet settled (at most Prefetch of them). Settlements are
+// sent under mu, so the broker sees them in the order they are recorded here.
+type tags struct {
+	mu      sync.Mutex
+	pending map[uint64]struct{}
+}
+
+func newTags() *tags { return &tags{pending: map[uint64]struct{}{}} }
+
+// delivered records a tag the consumer received.
+func (t *tags) delivered(tag uint64) {
+	t.mu.Lock()
+	t.pending[tag] = struct{}{}
+	t.mu.Unlock()
+}
+
+// pendingBelowLocked reports whether a delivery with a tag below tag is unsettled.
+func (t *tags) pendingBelowLocked(tag uint64) bool {
+	for p := range t.pending {
+		if p < tag {
+			return true
+		}
+	}
+	return false
+}
+
+// live reports whether the deliveries' channel is still the consumer's: a settlement on a
+// newer channel would settle a different message with the same tag, and the broker has
+// already put the message back.
+func live(d *Delivery) bool { return d.live.Load() == d.sub.gen }
+
+// channelErr marks a failed settlement: the channel or its connection failed under us, and
+// the broker will redeliver.
+func channelErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrChannelClosed, err)
+}
+
+// each settles batch[i] for every i in idx with op, one delivery at a time, and returns the
+// broker's answer for each.
+func (t *tags) each(batch []*Delivery, idx []int, op func(*Delivery) error) []error {
+	errs := make([]error, len(idx))
+	if len(idx) == 0 {
+		return errs
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, i := range idx {
+		d := batch[i]
+		if !live(d) {
+			errs[k] = ErrChannelClosed
+			continue
+		}
+		errs[k] = channelErr(op(d))
+		delete(t.pending, d.raw.DeliveryTag)
+	}
+	return errs
+}
+
+// ack acks batch[i] for every i in idx (in increasing tag order, as a batch is taken from
+// the queue). A run of consecutive tags with no unsettled delivery below it is acked with
+// one multiple-ack; any other delivery alone.
+func (t *tags) ack(batch []*Delivery, idx []int) []error {
+	errs := make([]error, len(idx))
+	if len(idx) == 0 {
+		return errs
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k := 0; k < len(idx); {
+		d := batch[idx[k]]
+		if !live(d) {
+			errs[k] = ErrChannelClosed
+			k++
+			continue
+		}
+		// The run of consecutive tags from idx[k]; a multiple-ack covers it only when no
+		// delivery below it is unsettled.
+		end := k + 1
+		for end < len(idx) && batch[idx[end]].raw.DeliveryTag == batch[idx[end-1]].raw.DeliveryTag+1 {
+			end++
+		}
+		if end-k == 1 || t.pendingBelowLocked(d.raw.DeliveryTag) {
+			errs[k] = channelErr(d.raw.Ack(false))
+			delete(t.pending, d.raw.DeliveryTag)
+			k++
+			continue
+		}
+		err := channelErr(batch[idx[end-1]].raw.Ack(true))
+		for ; k < end; k++ {
+			errs[k] = err
+			delete(t.pending, batch[idx[k]].raw.DeliveryTag)
+		}
+	}
+	return errs
 }
 
 // pacer paces requeues while something the handlers depend on keeps failing: without the
