@@ -7,6 +7,7 @@ import (
 
 	"notify/pkg/envconfig"
 	"notify/pkg/rabbit"
+	"notify/services/producer/internal/server"
 	"notify/services/producer/internal/tlsfiles"
 )
 
@@ -26,6 +27,10 @@ type config struct {
 	GRPCMaxConnectionAge time.Duration
 	Topology             string        // AMQP_TOPOLOGY: exchange name and queue prefix
 	ShutdownTimeout      time.Duration // drain of in-flight RPCs and the relay on SIGTERM
+
+	// PublishBatch (PUBLISH_BATCH_SIZE, PUBLISH_BATCH_LINGER, PUBLISH_CONCURRENT_COMMITS)
+	// tunes the group commit of concurrent Publish calls.
+	PublishBatch server.GroupCommit
 
 	OutboxBatchSize    int           // rows claimed and published per relay round
 	OutboxPollInterval time.Duration // relay polling fallback when no NOTIFY arrives
@@ -78,6 +83,11 @@ func loadConfig(getenv func(string) string) (config, error) {
 		OutboxPollInterval: e.Duration("OUTBOX_POLL_INTERVAL", time.Second, 10*time.Millisecond),
 		OutboxRetention:    e.Duration("OUTBOX_RETENTION", 24*time.Hour, time.Minute),
 		OutboxBatchSize:    e.Int("OUTBOX_BATCH_SIZE", 500, 1, 10000),
+		PublishBatch: server.GroupCommit{
+			MaxBatch:   e.Int("PUBLISH_BATCH_SIZE", 100, 1, 1000),
+			Linger:     e.DurationBetween("PUBLISH_BATCH_LINGER", 500*time.Microsecond, time.Microsecond, time.Second),
+			MaxCommits: e.Int("PUBLISH_CONCURRENT_COMMITS", 2, 1, 64),
+		},
 
 		APIKeyCacheTTL:     e.DurationBetween("API_KEY_CACHE_TTL", 15*time.Second, 0, 5*time.Minute),
 		TokenStaleAfter:    e.Duration("TOKEN_STALE_AFTER", 270*24*time.Hour, 24*time.Hour),

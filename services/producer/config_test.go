@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"notify/services/producer/internal/server"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -28,12 +30,14 @@ func TestLoadConfig(t *testing.T) {
 	}
 
 	c, err = loadConfig(env(map[string]string{"TOKEN_STALE_AFTER": "30d", "API_KEY_CACHE_TTL": "0s", "REDRIVE_AFTER": "1h",
-		"MIGRATE_ON_START": "false", "NOTIFICATION_RETENTION": "0"}))
+		"MIGRATE_ON_START": "false", "NOTIFICATION_RETENTION": "0",
+		"PUBLISH_BATCH_SIZE": "32", "PUBLISH_BATCH_LINGER": "200us", "PUBLISH_CONCURRENT_COMMITS": "1"}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.TokenStaleAfter != 30*24*time.Hour || c.APIKeyCacheTTL != 0 || c.RedriveAfter != time.Hour ||
-		c.MigrateOnStart || c.NotificationRetention != 0 {
+		c.MigrateOnStart || c.NotificationRetention != 0 ||
+		c.PublishBatch != (server.GroupCommit{MaxBatch: 32, Linger: 200 * time.Microsecond, MaxCommits: 1}) {
 		t.Errorf("settings not taken: %+v", c)
 	}
 }
@@ -54,6 +58,9 @@ func TestLoadConfigNamesEveryBadVariable(t *testing.T) {
 		"MIGRATE_ON_START":             "sometimes",
 		"NOTIFICATION_RETENTION":       "10m",
 		"NOTIFICATION_RETENTION_BATCH": "0",
+		"PUBLISH_BATCH_SIZE":           "0",
+		"PUBLISH_BATCH_LINGER":         "2s",
+		"PUBLISH_CONCURRENT_COMMITS":   "many",
 	}
 	_, err := loadConfig(env(bad))
 	if err == nil {

@@ -83,7 +83,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
-	notifyv1.RegisterNotificationServiceServer(api, server.NewNotifications(pool, log, reg, relay.Wake))
+	notifyv1.RegisterNotificationServiceServer(api, server.NewNotifications(pool, log, reg, relay.Wake, cfg.PublishBatch))
 	notifyv1.RegisterDeviceServiceServer(api, server.NewDevices(pool, log, reg))
 	notifyv1.RegisterAdminServiceServer(api, server.NewAdmin(pool, log, keys, relay.Wake))
 

@@ -34,7 +34,7 @@ func newFixture(t *testing.T) *fixture {
 	db := pgtest.New(t)
 	return &fixture{
 		db:    db,
-		pub:   NewNotifications(db.Pool, discard, prometheus.NewRegistry(), nil),
+		pub:   NewNotifications(db.Pool, discard, prometheus.NewRegistry(), nil, GroupCommit{}),
 		dev:   NewDevices(db.Pool, discard, prometheus.NewRegistry()),
 		admin: NewAdmin(db.Pool, discard, nil, nil),
 	}

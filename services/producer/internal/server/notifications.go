@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -20,60 +19,72 @@ import (
 // Notifications implements NotificationService.
 type Notifications struct {
 	notifyv1.UnimplementedNotificationServiceServer
-	pool *pgxpool.Pool
-	log  *slog.Logger
-	wake func() // tells the outbox relay a row was committed; may be nil
+	pool   *pgxpool.Pool
+	db     querier // where rows are written: pool, except in tests that break it
+	log    *slog.Logger
+	wake   func() // tells the outbox relay rows were committed; may be nil
+	commit *committer
 
 	accepted   prometheus.Counter
 	duplicates prometheus.Counter
 	rejected   prometheus.Counter
+	batchSize  prometheus.Histogram
 }
 
 // NewNotifications returns the NotificationService and registers its metrics. wake, when
-// set, is called after each accepted notification's commit (outbox.Relay.Wake).
-func NewNotifications(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer, wake func()) *Notifications {
+// set, is called once after each committed batch that wrote a notification
+// (outbox.Relay.Wake). Concurrent Publish calls are written together as gc says.
+func NewNotifications(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer, wake func(), gc GroupCommit) *Notifications {
 	n := &Notifications{
 		pool: pool,
+		db:   pool,
 		log:  log,
 		wake: wake,
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "notify_publish_accepted_total", Help: "Notifications accepted by Publish (duplicates excluded).",
+			Name: "notify_publish_accepted_total", Help: "Notifications accepted by Publish and PublishBatch (duplicates excluded).",
 		}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "notify_publish_duplicates_total", Help: "Publish calls answered with an existing notification (same idempotency key).",
+			Name: "notify_publish_duplicates_total", Help: "Publish requests answered with an existing notification (same idempotency key).",
 		}),
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "notify_publish_rejected_total", Help: "Publish calls refused as invalid.",
+			Name: "notify_publish_rejected_total", Help: "Publish requests refused as invalid.",
+		}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "notify_publish_batch_size",
+			Help:    "Notifications written per transaction (Publish group commits and PublishBatch calls).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 500},
 		}),
 	}
-	reg.MustRegister(n.accepted, n.duplicates, n.rejected)
+	n.commit = newCommitter(gc, func(ctx context.Context, rows []row) []stored {
+		return storeRows(ctx, n.db, rows)
+	}, n.committed)
+	reg.MustRegister(n.accepted, n.duplicates, n.rejected, n.batchSize)
 	return n
 }
 
-// publishSQL writes the notification and its outbox row in one statement, hence one
-// transaction: either both exist or neither. A repeated idempotency key inserts nothing.
-const publishSQL = `
-WITH n AS (
-	INSERT INTO notifications (id, caller, idempotency_key, type, request, expires_at)
-	VALUES ($1, $2, $3, $4, $5, $6)
-	ON CONFLICT (caller, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-	RETURNING id
-), o AS (
-	INSERT INTO outbox (notification_id, routing_key, message_type, body)
-	SELECT id, $7, $8, $9 FROM n
-)
-SELECT id FROM n`
-
-// Publish validates the request, records it with its outbox row and returns its id.
-func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishRequest) (*notifyv1.PublishResponse, error) {
-	if v := validatePublish(req); len(v) > 0 {
-		s.rejected.Inc()
-		return nil, invalidArgument(v)
+// committed counts a written batch and wakes the relay once for it.
+func (s *Notifications) committed(rows []row, results []stored) {
+	s.batchSize.Observe(float64(len(rows)))
+	wrote := false
+	for _, r := range results {
+		switch {
+		case r.inserted:
+			wrote = true
+			s.accepted.Inc()
+		case r.duplicate:
+			s.duplicates.Inc()
+		}
 	}
-	caller := Caller(ctx)
+	if wrote && s.wake != nil {
+		s.wake()
+	}
+}
+
+// newRow builds what storing req for caller writes.
+func newRow(caller string, req *notifyv1.PublishRequest) (row, error) {
 	id, err := uuid.NewV7() // time-ordered: index-friendly and sortable
 	if err != nil {
-		return nil, toStatus(ctx, s.log, "generate notification id", err)
+		return row{}, fmt.Errorf("generate notification id: %w", err)
 	}
 	now := time.Now()
 	ttl := MaxTTL
@@ -82,36 +93,37 @@ func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishReques
 	}
 	request, err := schema.EncodeRequest(req)
 	if err != nil {
-		return nil, toStatus(ctx, s.log, "encode request", err)
+		return row{}, err
 	}
 	task, err := outbox.SendTask(id, outbox.CausePublish, now)
 	if err != nil {
-		return nil, toStatus(ctx, s.log, "encode send task", err)
+		return row{}, err
 	}
-	var key *string
-	if k := req.GetIdempotencyKey(); k != "" {
-		key = &k
-	}
+	return row{
+		id: id, caller: caller, key: req.GetIdempotencyKey(), typ: req.GetType(),
+		request: request, expiresAt: now.Add(ttl), task: task,
+	}, nil
+}
 
-	var got uuid.UUID
-	err = s.pool.QueryRow(ctx, publishSQL, id, caller, key, req.GetType(), request, now.Add(ttl),
-		task.RoutingKey, task.MessageType, task.Body).Scan(&got)
-	switch {
-	case err == nil:
-		s.accepted.Inc()
-		if s.wake != nil {
-			s.wake()
-		}
-		return &notifyv1.PublishResponse{NotificationId: got.String()}, nil
-	case err != pgx.ErrNoRows:
+// Publish validates the request, records it with its outbox row and returns its id once
+// committed. Concurrent calls share transactions (group commit); each is answered for its
+// own row.
+func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishRequest) (*notifyv1.PublishResponse, error) {
+	if v := validatePublish(req); len(v) > 0 {
+		s.rejected.Inc()
+		return nil, invalidArgument(v)
+	}
+	caller := Caller(ctx)
+	r, err := newRow(caller, req)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, "prepare notification", err)
+	}
+	got, err := s.commit.submit(ctx, r)
+	if err == nil {
+		err = got.err
+	}
+	if err != nil {
 		return nil, toStatus(ctx, s.log, "store notification", err, "caller", caller)
 	}
-	// Nothing inserted: the idempotency key was used before. The conflicting row is
-	// committed (ON CONFLICT waited for it), so this read finds it.
-	err = s.pool.QueryRow(ctx, "SELECT id FROM notifications WHERE caller = $1 AND idempotency_key = $2", caller, key).Scan(&got)
-	if err != nil {
-		return nil, toStatus(ctx, s.log, "look up duplicate", fmt.Errorf("idempotency key %q: %w", *key, err), "caller", caller)
-	}
-	s.duplicates.Inc()
-	return &notifyv1.PublishResponse{NotificationId: got.String(), Duplicate: true}, nil
+	return &notifyv1.PublishResponse{NotificationId: got.id.String(), Duplicate: got.duplicate}, nil
 }

@@ -126,7 +126,7 @@ func TestPublishWritesNotificationAndOutboxAtomically(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	ctx := context.Background()
-	s := NewNotifications(db.Pool, discard, prometheus.NewRegistry(), nil)
+	s := NewNotifications(db.Pool, discard, prometheus.NewRegistry(), nil, GroupCommit{})
 
 	req := validRequest()
 	req.IdempotencyKey = "order-42-shipped"
@@ -166,7 +166,7 @@ func TestPublishInvalidWritesNothing(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	ctx := context.Background()
-	s := NewNotifications(db.Pool, discard, prometheus.NewRegistry(), nil)
+	s := NewNotifications(db.Pool, discard, prometheus.NewRegistry(), nil, GroupCommit{})
 
 	req := validRequest()
 	req.Data = map[string]string{"google.sent_time": "1"}

@@ -35,7 +35,7 @@ func serveAPI(t *testing.T, pool *pgxpool.Pool) *api {
 		return h(WithCaller(ctx, "orders"), req)
 	}
 	s := grpc.NewServer(append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(asCaller)}, TextOptions()...)...)
-	notifyv1.RegisterNotificationServiceServer(s, NewNotifications(pool, discard, prometheus.NewRegistry(), nil))
+	notifyv1.RegisterNotificationServiceServer(s, NewNotifications(pool, discard, prometheus.NewRegistry(), nil, GroupCommit{}))
 	notifyv1.RegisterDeviceServiceServer(s, NewDevices(pool, discard, prometheus.NewRegistry()))
 	notifyv1.RegisterAdminServiceServer(s, NewAdmin(pool, discard, nil, nil))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
