@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -90,7 +91,7 @@ func NewDeliverer(store *Store, fcmClient pusher, pub publisher, topo rabbit.Top
 
 // Summary counts what one chunk came to.
 type Summary struct {
-	Delivered, Invalid, Retrying, Failed, Expired int
+	Delivered, Invalid, Retrying, Failed, Expired, Skipped int
 	// Status is the notification's status after a final chunk (see SendChunk); "" otherwise.
 	Status string
 }
@@ -98,7 +99,7 @@ type Summary struct {
 // Add returns the sum of two summaries.
 func (s Summary) Add(o Summary) Summary {
 	return Summary{s.Delivered + o.Delivered, s.Invalid + o.Invalid, s.Retrying + o.Retrying, s.Failed + o.Failed,
-		s.Expired + o.Expired, cmp.Or(o.Status, s.Status)}
+		s.Expired + o.Expired, s.Skipped + o.Skipped, cmp.Or(o.Status, s.Status)}
 }
 
 // SendChunk sends n to up to fcm.MaxMulticast targets as their attempt-th attempt and
@@ -115,13 +116,22 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 	if remaining <= 0 {
 		return d.expire(ctx, n, targets, attempt-1, final)
 	}
-	results, err := d.send(ctx, n, targets, remaining)
-	if err != nil {
-		return Summary{}, err
+	skipped, targets := mutedTargets(targets, attempt-1)
+	var c classified
+	if len(targets) > 0 {
+		results, err := d.send(ctx, n, targets, remaining)
+		if err != nil {
+			return Summary{}, err
+		}
+		c = d.classify(targets, results, attempt)
+		if err := d.handOff(ctx, n.ID, c, attempt); err != nil {
+			return Summary{}, err
+		}
 	}
-	c := d.classify(targets, results, attempt)
-	if err := d.handOff(ctx, n.ID, c, attempt); err != nil {
-		return Summary{}, err
+	if len(skipped) > 0 {
+		c.outcomes = append(c.outcomes, skipped...)
+		c.sum.Skipped = len(skipped)
+		d.sends.WithLabelValues(schema.OutcomeSkippedPreference, "").Add(float64(len(skipped)))
 	}
 	status, err := d.record(ctx, n.ID, c.outcomes, final)
 	if err != nil {
@@ -129,6 +139,22 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 	}
 	c.sum.Status = status
 	return c.sum, nil
+}
+
+// mutedTargets splits the targets whose user muted the notification's type (recorded
+// skipped_preference, never sent) from the ones to send.
+func mutedTargets(targets []Target, attempts int) (skipped []Outcome, send []Target) {
+	if !slices.ContainsFunc(targets, func(t Target) bool { return t.Muted }) {
+		return nil, targets
+	}
+	for _, t := range targets {
+		if t.Muted {
+			skipped = append(skipped, Outcome{Target: t, Outcome: schema.OutcomeSkippedPreference, Attempts: attempts})
+		} else {
+			send = append(send, t)
+		}
+	}
+	return skipped, send
 }
 
 // send makes one multicast of n to targets, with the TTL that remains, within the

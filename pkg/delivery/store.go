@@ -43,6 +43,9 @@ type Target struct {
 	Token    string
 	DeviceID string
 	UserID   string
+	// Muted: the device's user muted the notification's type; the target is recorded
+	// skipped_preference and not sent.
+	Muted bool
 }
 
 // Outcome is what happened to one target in one attempt.
@@ -112,7 +115,7 @@ func (s *Store) Audience(ctx context.Context, n *Notification, after string, lim
 	targets := make([]Target, 0, limit)
 	var key string
 	var t Target
-	_, err = pgx.ForEachRow(rows, []any{&key, &t.DeviceID, &t.UserID, &t.Token}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&key, &t.DeviceID, &t.UserID, &t.Token, &t.Muted}, func() error {
 		targets = append(targets, t)
 		return nil
 	})
@@ -186,6 +189,7 @@ UPDATE notifications SET
 	retrying  = retrying  + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeRetrying + `'), 0),
 	failed    = failed    + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeFailed + `'), 0),
 	expired   = expired   + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeExpired + `'), 0),
+	skipped   = skipped   + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeSkippedPreference + `'), 0),
 	updated_at = now()
 WHERE id = $1`
 

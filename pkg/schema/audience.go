@@ -58,18 +58,29 @@ func (k AudienceKind) String() string {
 type Audience struct {
 	Kind    AudienceKind
 	Targets []string // user ids (AudienceUsers) or tokens (AudienceTokens); nil for AudienceAll
+	// MutedType, when set, is the notification's type, and the devices of users who muted
+	// it (preferences.muted_types) are marked muted in UnsettledPage: the sender records them
+	// skipped_preference and does not send. Empty when preferences do not apply: raw tokens,
+	// or a request with options.ignore_preferences.
+	MutedType string
 }
 
 // AudienceOf returns the audience a PublishRequest names. A request without recipients
-// (Publish refuses those) is a broadcast, as it always was.
+// (Publish refuses those) is a broadcast, as it always was. Users and broadcasts honour
+// the users' preferences unless the request ignores them; raw tokens name devices, not
+// users, and are sent as given.
 func AudienceOf(req *notifyv1.PublishRequest) Audience {
+	muted := req.GetType()
+	if req.GetOptions().GetIgnorePreferences() {
+		muted = ""
+	}
 	switch t := req.GetRecipients().GetTarget().(type) {
 	case *notifyv1.Recipients_UserIds:
-		return Audience{Kind: AudienceUsers, Targets: t.UserIds.GetUserIds()}
+		return Audience{Kind: AudienceUsers, Targets: t.UserIds.GetUserIds(), MutedType: muted}
 	case *notifyv1.Recipients_Tokens:
 		return Audience{Kind: AudienceTokens, Targets: t.Tokens.GetTokens()}
 	}
-	return Audience{Kind: AudienceAll}
+	return Audience{Kind: AudienceAll, MutedType: muted}
 }
 
 // audienceSQL is how one kind of audience is selected: one row per target, with $1 the
@@ -120,17 +131,25 @@ func unsettled(token string) string {
 
 // UnsettledPage returns the query for a page of the audience of notification id that has
 // no settled delivery yet, and its arguments: at most limit rows (key, device_id, user_id,
-// token) with key after `after`, in key order. The key is unique per target (the device
-// id, or the token for raw tokens) and is the cursor of the next page; device_id and
-// user_id are "" for a raw token no active device has.
+// token, muted) with key after `after`, in key order. The key is unique per target (the
+// device id, or the token for raw tokens) and is the cursor of the next page; device_id and
+// user_id are "" for a raw token no active device has; muted is true when the device's
+// user muted a.MutedType (one primary-key probe of preferences per row).
 func (a Audience) UnsettledPage(id uuid.UUID, after string, limit int) (string, []any, error) {
 	q, err := a.sql()
 	if err != nil {
 		return "", nil, err
 	}
-	args := append(a.args(id), after, limit)
+	args := a.args(id)
+	muted := "false"
+	if a.MutedType != "" && a.Kind != AudienceTokens {
+		args = append(args, a.MutedType)
+		muted = "EXISTS (SELECT 1 FROM preferences p WHERE p.user_id = " + q.userID +
+			" AND $" + strconv.Itoa(len(args)) + "::text = ANY (p.muted_types))"
+	}
+	args = append(args, after, limit)
 	cursor, lim := "$"+strconv.Itoa(len(args)-1), "$"+strconv.Itoa(len(args))
-	return "SELECT " + q.key + ", " + q.deviceID + ", " + q.userID + ", " + q.token +
+	return "SELECT " + q.key + ", " + q.deviceID + ", " + q.userID + ", " + q.token + ", " + muted +
 		" FROM " + q.from + q.devices +
 		" WHERE " + and(q.where, q.key+" > "+cursor, unsettled(q.token)) +
 		" ORDER BY " + q.key + " LIMIT " + lim, args, nil

@@ -26,7 +26,7 @@ func TestVocabulary(t *testing.T) {
 		VALUES ($1, 'c', 't', '{}', now())`, id); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{schema.StatusPending, schema.StatusRetrying, schema.StatusDelivered, schema.StatusFailed, schema.StatusExpired} {
+	for _, s := range schema.Statuses {
 		if _, err := db.Pool.Exec(ctx, "UPDATE notifications SET status = $2 WHERE id = $1", id, s); err != nil {
 			t.Errorf("status %q: %v", s, err)
 		}
@@ -34,8 +34,7 @@ func TestVocabulary(t *testing.T) {
 	if _, err := db.Pool.Exec(ctx, "UPDATE notifications SET status = 'sent' WHERE id = $1", id); err == nil {
 		t.Error("status 'sent' accepted, want a check violation")
 	}
-	for i, o := range []string{schema.OutcomePending, schema.OutcomeDelivered, schema.OutcomeInvalid, schema.OutcomeRetrying,
-		schema.OutcomeFailed, schema.OutcomeExpired} {
+	for i, o := range schema.Outcomes {
 		if _, err := db.Pool.Exec(ctx, `INSERT INTO deliveries (notification_id, token, outcome) VALUES ($1, $2, $3)`,
 			id, "tok-"+string(rune('a'+i)), o); err != nil {
 			t.Errorf("outcome %q: %v", o, err)
@@ -59,6 +58,15 @@ func TestAudienceOf(t *testing.T) {
 			Tokens: &notifyv1.Tokens{Tokens: []string{"t1"}}}}}, schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"t1"}}},
 		{"all devices", &notifyv1.PublishRequest{Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_AllDevices{
 			AllDevices: &notifyv1.AllDevices{}}}}, schema.Audience{Kind: schema.AudienceAll}},
+		{"users of a type", &notifyv1.PublishRequest{Type: "promo", Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{
+			UserIds: &notifyv1.UserIDs{UserIds: []string{"ana"}}}}}, schema.Audience{Kind: schema.AudienceUsers, Targets: []string{"ana"}, MutedType: "promo"}},
+		{"broadcast of a type", &notifyv1.PublishRequest{Type: "promo", Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_AllDevices{
+			AllDevices: &notifyv1.AllDevices{}}}}, schema.Audience{Kind: schema.AudienceAll, MutedType: "promo"}},
+		{"ignoring preferences", &notifyv1.PublishRequest{Type: "security", Options: &notifyv1.Options{IgnorePreferences: true},
+			Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_AllDevices{AllDevices: &notifyv1.AllDevices{}}}},
+			schema.Audience{Kind: schema.AudienceAll}},
+		{"tokens of a type", &notifyv1.PublishRequest{Type: "promo", Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_Tokens{
+			Tokens: &notifyv1.Tokens{Tokens: []string{"t1"}}}}}, schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"t1"}}},
 	} {
 		b, err := schema.EncodeRequest(tc.req)
 		if err != nil {
@@ -103,18 +111,28 @@ func TestAudienceQueries(t *testing.T) {
 		($1, 'tok-1', $2), ($1, 'tok-2', $3), ($1, 'tok-3', $4), ($1, 'tok-6', $5), ($1, 'tok-raw', $6)`,
 		id, schema.OutcomeDelivered, schema.OutcomeFailed, schema.OutcomeRetrying, schema.OutcomeInvalid, schema.OutcomeExpired)
 
-	type target struct{ Key, Device, User, Token string }
+	// bob muted type t; cy muted another type.
+	exec(`INSERT INTO preferences (user_id, muted_types) VALUES ('bob', '{x,t}'), ('cy', '{x}')`)
+
+	type target struct {
+		Key, Device, User, Token string
+		Muted                    bool
+	}
 	for _, tc := range []struct {
 		name     string
 		audience schema.Audience
 		want     []target
 	}{
 		{"users", schema.Audience{Kind: schema.AudienceUsers, Targets: []string{"ana", "bob", "nobody"}},
-			[]target{{"d2", "d2", "ana", "tok-2"}, {"d4", "d4", "bob", "tok-4"}}},
+			[]target{{"d2", "d2", "ana", "tok-2", false}, {"d4", "d4", "bob", "tok-4", false}}},
+		{"users honouring preferences", schema.Audience{Kind: schema.AudienceUsers, Targets: []string{"ana", "bob", "nobody"}, MutedType: "t"},
+			[]target{{"d2", "d2", "ana", "tok-2", false}, {"d4", "d4", "bob", "tok-4", true}}},
 		{"all", schema.Audience{Kind: schema.AudienceAll},
-			[]target{{"d2", "d2", "ana", "tok-2"}, {"d4", "d4", "bob", "tok-4"}, {"d7", "d7", "cy", "tok-7"}}},
-		{"tokens", schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"tok-7", "tok-1", "tok-new", "tok-7", "tok-raw", "tok-5"}},
-			[]target{{"tok-5", "", "", "tok-5"}, {"tok-7", "d7", "cy", "tok-7"}, {"tok-new", "", "", "tok-new"}}},
+			[]target{{"d2", "d2", "ana", "tok-2", false}, {"d4", "d4", "bob", "tok-4", false}, {"d7", "d7", "cy", "tok-7", false}}},
+		{"all honouring preferences", schema.Audience{Kind: schema.AudienceAll, MutedType: "t"},
+			[]target{{"d2", "d2", "ana", "tok-2", false}, {"d4", "d4", "bob", "tok-4", true}, {"d7", "d7", "cy", "tok-7", false}}},
+		{"tokens", schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"tok-7", "tok-1", "tok-new", "tok-7", "tok-raw", "tok-5", "tok-4"}, MutedType: "t"},
+			[]target{{"tok-4", "d4", "bob", "tok-4", false}, {"tok-5", "", "", "tok-5", false}, {"tok-7", "d7", "cy", "tok-7", false}, {"tok-new", "", "", "tok-new", false}}},
 	} {
 		var got []target
 		after := ""

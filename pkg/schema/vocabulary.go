@@ -14,6 +14,9 @@ const (
 	StatusExpired   = "expired"   // the TTL passed before every token was delivered
 )
 
+// Statuses lists every notification status.
+var Statuses = []string{StatusPending, StatusRetrying, StatusDelivered, StatusFailed, StatusExpired}
+
 // InFlightStatuses is the SQL list of the statuses of a notification that is not final:
 // something is still to be sent. The partial index notifications_unfinished has this
 // predicate, so queries that want it must spell the list exactly so.
@@ -37,17 +40,26 @@ const (
 	OutcomeRetrying  = "retrying" // handed to a retry wait queue: the retrier owns it
 	OutcomeFailed    = "failed"   // dead-lettered; a replay sends it again
 	OutcomeExpired   = "expired"
+	// OutcomeSkippedPreference: not sent, the device's user muted the notification's type
+	// (preferences.muted_types). Counted in notifications.skipped.
+	OutcomeSkippedPreference = "skipped_preference"
 )
 
+// Outcomes lists every delivery outcome.
+var Outcomes = []string{OutcomePending, OutcomeDelivered, OutcomeInvalid, OutcomeRetrying, OutcomeFailed, OutcomeExpired,
+	OutcomeSkippedPreference}
+
 // FinalOutcomes is the SQL list of the outcomes no later attempt changes: delivered, found
-// invalid, or expired. The retrier sends a token only when its outcome is not one of them.
-const FinalOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeExpired + `')`
+// invalid, expired, or skipped by a preference. The retrier sends a token only when its
+// outcome is not one of them.
+const FinalOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeExpired + `', '` + OutcomeSkippedPreference + `')`
 
 // SettledOutcomes is the SQL list of delivery outcomes after which the sender does not send
 // a token of a notification again: the final ones, and handed to a retry (the retrier owns
 // it). Failed tokens are not in it: a replay sends them again. The sender's audience query
 // and the producer's replay count agree on it through Audience.
-const SettledOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeRetrying + `', '` + OutcomeExpired + `')`
+const SettledOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeRetrying + `', '` + OutcomeExpired +
+	`', '` + OutcomeSkippedPreference + `')`
 
 // Why a device was deactivated (devices.deactivation_reason) when FCM did not say: FCM's
 // own error codes (UNREGISTERED, …) are stored as they are.

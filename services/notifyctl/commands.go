@@ -172,9 +172,9 @@ func (c *cli) printNotification(resp *notifyv1.GetNotificationResponse) error {
 	if !c.noHeaders {
 		cnt := n.GetCounts()
 		fmt.Fprintf(c.out, "notification %s  type %s  caller %s  created %s\n", n.GetId(), n.GetType(), n.GetCaller(), stamp(n.GetCreateTime()))
-		fmt.Fprintf(c.out, "status %s  tokens %d: delivered %d, invalid %d, retrying %d, failed %d, expired %d, pending %d\n",
+		fmt.Fprintf(c.out, "status %s  tokens %d: delivered %d, invalid %d, retrying %d, failed %d, expired %d, skipped %d, pending %d\n",
 			shortStatus(n.GetStatus()), cnt.GetTotal(), cnt.GetDelivered(), cnt.GetInvalid(), cnt.GetRetrying(),
-			cnt.GetFailed(), cnt.GetExpired(), cnt.GetPending())
+			cnt.GetFailed(), cnt.GetExpired(), cnt.GetSkipped(), cnt.GetPending())
 		if len(resp.GetDeliveries()) == 0 {
 			return nil
 		}

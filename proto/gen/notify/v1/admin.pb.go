@@ -108,6 +108,9 @@ const (
 	DeliveryOutcome_DELIVERY_OUTCOME_FAILED DeliveryOutcome = 5
 	// The notification's TTL passed before this token was delivered.
 	DeliveryOutcome_DELIVERY_OUTCOME_EXPIRED DeliveryOutcome = 6
+	// Not sent: the device's user muted the notification's type (DeviceService.SetPreferences)
+	// and the notification did not set options.ignore_preferences.
+	DeliveryOutcome_DELIVERY_OUTCOME_SKIPPED_PREFERENCE DeliveryOutcome = 7
 )
 
 // Enum value maps for DeliveryOutcome.
@@ -120,15 +123,17 @@ var (
 		4: "DELIVERY_OUTCOME_RETRYING",
 		5: "DELIVERY_OUTCOME_FAILED",
 		6: "DELIVERY_OUTCOME_EXPIRED",
+		7: "DELIVERY_OUTCOME_SKIPPED_PREFERENCE",
 	}
 	DeliveryOutcome_value = map[string]int32{
-		"DELIVERY_OUTCOME_UNSPECIFIED": 0,
-		"DELIVERY_OUTCOME_PENDING":     1,
-		"DELIVERY_OUTCOME_DELIVERED":   2,
-		"DELIVERY_OUTCOME_INVALID":     3,
-		"DELIVERY_OUTCOME_RETRYING":    4,
-		"DELIVERY_OUTCOME_FAILED":      5,
-		"DELIVERY_OUTCOME_EXPIRED":     6,
+		"DELIVERY_OUTCOME_UNSPECIFIED":        0,
+		"DELIVERY_OUTCOME_PENDING":            1,
+		"DELIVERY_OUTCOME_DELIVERED":          2,
+		"DELIVERY_OUTCOME_INVALID":            3,
+		"DELIVERY_OUTCOME_RETRYING":           4,
+		"DELIVERY_OUTCOME_FAILED":             5,
+		"DELIVERY_OUTCOME_EXPIRED":            6,
+		"DELIVERY_OUTCOME_SKIPPED_PREFERENCE": 7,
 	}
 )
 
@@ -429,7 +434,10 @@ type DeliveryCounts struct {
 	// Dead-lettered.
 	Failed int64 `protobuf:"varint,6,opt,name=failed,proto3" json:"failed,omitempty"`
 	// Expired.
-	Expired       int64 `protobuf:"varint,7,opt,name=expired,proto3" json:"expired,omitempty"`
+	Expired int64 `protobuf:"varint,7,opt,name=expired,proto3" json:"expired,omitempty"`
+	// Not sent because the device's user muted the notification's type
+	// (DeviceService.SetPreferences).
+	Skipped       int64 `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -509,6 +517,13 @@ func (x *DeliveryCounts) GetFailed() int64 {
 func (x *DeliveryCounts) GetExpired() int64 {
 	if x != nil {
 		return x.Expired
+	}
+	return 0
+}
+
+func (x *DeliveryCounts) GetSkipped() int64 {
+	if x != nil {
+		return x.Skipped
 	}
 	return 0
 }
@@ -1933,7 +1948,7 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\vexpire_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12!\n" +
-	"\freplay_count\x18\v \x01(\x05R\vreplayCount\"\xc6\x01\n" +
+	"\freplay_count\x18\v \x01(\x05R\vreplayCount\"\xe0\x01\n" +
 	"\x0eDeliveryCounts\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\x03R\x05total\x12\x18\n" +
 	"\apending\x18\x02 \x01(\x03R\apending\x12\x1c\n" +
@@ -1941,7 +1956,8 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\ainvalid\x18\x04 \x01(\x03R\ainvalid\x12\x1a\n" +
 	"\bretrying\x18\x05 \x01(\x03R\bretrying\x12\x16\n" +
 	"\x06failed\x18\x06 \x01(\x03R\x06failed\x12\x18\n" +
-	"\aexpired\x18\a \x01(\x03R\aexpired\"\xa9\x02\n" +
+	"\aexpired\x18\a \x01(\x03R\aexpired\x12\x18\n" +
+	"\askipped\x18\b \x01(\x03R\askipped\"\xa9\x02\n" +
 	"\bDelivery\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x17\n" +
@@ -2061,7 +2077,7 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\x1cNOTIFICATION_STATUS_RETRYING\x10\x02\x12!\n" +
 	"\x1dNOTIFICATION_STATUS_DELIVERED\x10\x03\x12\x1e\n" +
 	"\x1aNOTIFICATION_STATUS_FAILED\x10\x04\x12\x1f\n" +
-	"\x1bNOTIFICATION_STATUS_EXPIRED\x10\x05*\xe9\x01\n" +
+	"\x1bNOTIFICATION_STATUS_EXPIRED\x10\x05*\x92\x02\n" +
 	"\x0fDeliveryOutcome\x12 \n" +
 	"\x1cDELIVERY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18DELIVERY_OUTCOME_PENDING\x10\x01\x12\x1e\n" +
@@ -2069,7 +2085,8 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\x18DELIVERY_OUTCOME_INVALID\x10\x03\x12\x1d\n" +
 	"\x19DELIVERY_OUTCOME_RETRYING\x10\x04\x12\x1b\n" +
 	"\x17DELIVERY_OUTCOME_FAILED\x10\x05\x12\x1c\n" +
-	"\x18DELIVERY_OUTCOME_EXPIRED\x10\x06*\xda\x01\n" +
+	"\x18DELIVERY_OUTCOME_EXPIRED\x10\x06\x12'\n" +
+	"#DELIVERY_OUTCOME_SKIPPED_PREFERENCE\x10\a*\xda\x01\n" +
 	"\rReplayOutcome\x12\x1e\n" +
 	"\x1aREPLAY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17REPLAY_OUTCOME_REPLAYED\x10\x01\x12$\n" +

@@ -573,6 +573,201 @@ func (x *CheckDeviceResponse) GetRegistered() bool {
 	return false
 }
 
+// SetPreferencesRequest sets a user's preferences.
+type SetPreferencesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user. Required, up to 128 characters.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The notification types (PublishRequest.type) the user does not want, each as Publish
+	// accepts a type (up to 64 characters of [A-Za-z0-9._-]), matched exactly; at most 100,
+	// duplicates ignored. Empty unmutes everything.
+	MutedTypes    []string `protobuf:"bytes,2,rep,name=muted_types,json=mutedTypes,proto3" json:"muted_types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPreferencesRequest) Reset() {
+	*x = SetPreferencesRequest{}
+	mi := &file_notify_v1_device_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPreferencesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPreferencesRequest) ProtoMessage() {}
+
+func (x *SetPreferencesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_device_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPreferencesRequest.ProtoReflect.Descriptor instead.
+func (*SetPreferencesRequest) Descriptor() ([]byte, []int) {
+	return file_notify_v1_device_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SetPreferencesRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *SetPreferencesRequest) GetMutedTypes() []string {
+	if x != nil {
+		return x.MutedTypes
+	}
+	return nil
+}
+
+// SetPreferencesResponse echoes what is now stored.
+type SetPreferencesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The muted types as stored: sorted, without duplicates.
+	MutedTypes    []string `protobuf:"bytes,1,rep,name=muted_types,json=mutedTypes,proto3" json:"muted_types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPreferencesResponse) Reset() {
+	*x = SetPreferencesResponse{}
+	mi := &file_notify_v1_device_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPreferencesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPreferencesResponse) ProtoMessage() {}
+
+func (x *SetPreferencesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_device_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPreferencesResponse.ProtoReflect.Descriptor instead.
+func (*SetPreferencesResponse) Descriptor() ([]byte, []int) {
+	return file_notify_v1_device_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SetPreferencesResponse) GetMutedTypes() []string {
+	if x != nil {
+		return x.MutedTypes
+	}
+	return nil
+}
+
+// GetPreferencesRequest names the user.
+type GetPreferencesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required, up to 128 characters.
+	UserId        string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPreferencesRequest) Reset() {
+	*x = GetPreferencesRequest{}
+	mi := &file_notify_v1_device_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPreferencesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPreferencesRequest) ProtoMessage() {}
+
+func (x *GetPreferencesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_device_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPreferencesRequest.ProtoReflect.Descriptor instead.
+func (*GetPreferencesRequest) Descriptor() ([]byte, []int) {
+	return file_notify_v1_device_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetPreferencesRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// GetPreferencesResponse is a user's preferences.
+type GetPreferencesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The muted types, sorted; empty when the user muted nothing.
+	MutedTypes    []string `protobuf:"bytes,1,rep,name=muted_types,json=mutedTypes,proto3" json:"muted_types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPreferencesResponse) Reset() {
+	*x = GetPreferencesResponse{}
+	mi := &file_notify_v1_device_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPreferencesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPreferencesResponse) ProtoMessage() {}
+
+func (x *GetPreferencesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_device_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPreferencesResponse.ProtoReflect.Descriptor instead.
+func (*GetPreferencesResponse) Descriptor() ([]byte, []int) {
+	return file_notify_v1_device_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetPreferencesResponse) GetMutedTypes() []string {
+	if x != nil {
+		return x.MutedTypes
+	}
+	return nil
+}
+
 var File_notify_v1_device_proto protoreflect.FileDescriptor
 
 const file_notify_v1_device_proto_rawDesc = "" +
@@ -606,17 +801,31 @@ const file_notify_v1_device_proto_rawDesc = "" +
 	"\x13CheckDeviceResponse\x12\x1e\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\bR\n" +
-	"registered*^\n" +
+	"registered\"Q\n" +
+	"\x15SetPreferencesRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1f\n" +
+	"\vmuted_types\x18\x02 \x03(\tR\n" +
+	"mutedTypes\"9\n" +
+	"\x16SetPreferencesResponse\x12\x1f\n" +
+	"\vmuted_types\x18\x01 \x03(\tR\n" +
+	"mutedTypes\"0\n" +
+	"\x15GetPreferencesRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"9\n" +
+	"\x16GetPreferencesResponse\x12\x1f\n" +
+	"\vmuted_types\x18\x01 \x03(\tR\n" +
+	"mutedTypes*^\n" +
 	"\bPlatform\x12\x18\n" +
 	"\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10PLATFORM_ANDROID\x10\x01\x12\x10\n" +
 	"\fPLATFORM_IOS\x10\x02\x12\x10\n" +
-	"\fPLATFORM_WEB\x10\x032\xeb\x02\n" +
+	"\fPLATFORM_WEB\x10\x032\x99\x04\n" +
 	"\rDeviceService\x12U\n" +
 	"\x0eRegisterDevice\x12 .notify.v1.RegisterDeviceRequest\x1a!.notify.v1.RegisterDeviceResponse\x12X\n" +
 	"\x0fRegisterDevices\x12!.notify.v1.RegisterDevicesRequest\x1a\".notify.v1.RegisterDevicesResponse\x12[\n" +
 	"\x10UnregisterDevice\x12\".notify.v1.UnregisterDeviceRequest\x1a#.notify.v1.UnregisterDeviceResponse\x12L\n" +
-	"\vCheckDevice\x12\x1d.notify.v1.CheckDeviceRequest\x1a\x1e.notify.v1.CheckDeviceResponseB%Z#notify/proto/gen/notify/v1;notifyv1b\x06proto3"
+	"\vCheckDevice\x12\x1d.notify.v1.CheckDeviceRequest\x1a\x1e.notify.v1.CheckDeviceResponse\x12U\n" +
+	"\x0eSetPreferences\x12 .notify.v1.SetPreferencesRequest\x1a!.notify.v1.SetPreferencesResponse\x12U\n" +
+	"\x0eGetPreferences\x12 .notify.v1.GetPreferencesRequest\x1a!.notify.v1.GetPreferencesResponseB%Z#notify/proto/gen/notify/v1;notifyv1b\x06proto3"
 
 var (
 	file_notify_v1_device_proto_rawDescOnce sync.Once
@@ -631,7 +840,7 @@ func file_notify_v1_device_proto_rawDescGZIP() []byte {
 }
 
 var file_notify_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_notify_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_notify_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_notify_v1_device_proto_goTypes = []any{
 	(Platform)(0),                    // 0: notify.v1.Platform
 	(*Device)(nil),                   // 1: notify.v1.Device
@@ -643,24 +852,32 @@ var file_notify_v1_device_proto_goTypes = []any{
 	(*UnregisterDeviceResponse)(nil), // 7: notify.v1.UnregisterDeviceResponse
 	(*CheckDeviceRequest)(nil),       // 8: notify.v1.CheckDeviceRequest
 	(*CheckDeviceResponse)(nil),      // 9: notify.v1.CheckDeviceResponse
+	(*SetPreferencesRequest)(nil),    // 10: notify.v1.SetPreferencesRequest
+	(*SetPreferencesResponse)(nil),   // 11: notify.v1.SetPreferencesResponse
+	(*GetPreferencesRequest)(nil),    // 12: notify.v1.GetPreferencesRequest
+	(*GetPreferencesResponse)(nil),   // 13: notify.v1.GetPreferencesResponse
 }
 var file_notify_v1_device_proto_depIdxs = []int32{
-	0, // 0: notify.v1.Device.platform:type_name -> notify.v1.Platform
-	0, // 1: notify.v1.RegisterDeviceRequest.platform:type_name -> notify.v1.Platform
-	1, // 2: notify.v1.RegisterDevicesRequest.devices:type_name -> notify.v1.Device
-	2, // 3: notify.v1.DeviceService.RegisterDevice:input_type -> notify.v1.RegisterDeviceRequest
-	4, // 4: notify.v1.DeviceService.RegisterDevices:input_type -> notify.v1.RegisterDevicesRequest
-	6, // 5: notify.v1.DeviceService.UnregisterDevice:input_type -> notify.v1.UnregisterDeviceRequest
-	8, // 6: notify.v1.DeviceService.CheckDevice:input_type -> notify.v1.CheckDeviceRequest
-	3, // 7: notify.v1.DeviceService.RegisterDevice:output_type -> notify.v1.RegisterDeviceResponse
-	5, // 8: notify.v1.DeviceService.RegisterDevices:output_type -> notify.v1.RegisterDevicesResponse
-	7, // 9: notify.v1.DeviceService.UnregisterDevice:output_type -> notify.v1.UnregisterDeviceResponse
-	9, // 10: notify.v1.DeviceService.CheckDevice:output_type -> notify.v1.CheckDeviceResponse
-	7, // [7:11] is the sub-list for method output_type
-	3, // [3:7] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	0,  // 0: notify.v1.Device.platform:type_name -> notify.v1.Platform
+	0,  // 1: notify.v1.RegisterDeviceRequest.platform:type_name -> notify.v1.Platform
+	1,  // 2: notify.v1.RegisterDevicesRequest.devices:type_name -> notify.v1.Device
+	2,  // 3: notify.v1.DeviceService.RegisterDevice:input_type -> notify.v1.RegisterDeviceRequest
+	4,  // 4: notify.v1.DeviceService.RegisterDevices:input_type -> notify.v1.RegisterDevicesRequest
+	6,  // 5: notify.v1.DeviceService.UnregisterDevice:input_type -> notify.v1.UnregisterDeviceRequest
+	8,  // 6: notify.v1.DeviceService.CheckDevice:input_type -> notify.v1.CheckDeviceRequest
+	10, // 7: notify.v1.DeviceService.SetPreferences:input_type -> notify.v1.SetPreferencesRequest
+	12, // 8: notify.v1.DeviceService.GetPreferences:input_type -> notify.v1.GetPreferencesRequest
+	3,  // 9: notify.v1.DeviceService.RegisterDevice:output_type -> notify.v1.RegisterDeviceResponse
+	5,  // 10: notify.v1.DeviceService.RegisterDevices:output_type -> notify.v1.RegisterDevicesResponse
+	7,  // 11: notify.v1.DeviceService.UnregisterDevice:output_type -> notify.v1.UnregisterDeviceResponse
+	9,  // 12: notify.v1.DeviceService.CheckDevice:output_type -> notify.v1.CheckDeviceResponse
+	11, // 13: notify.v1.DeviceService.SetPreferences:output_type -> notify.v1.SetPreferencesResponse
+	13, // 14: notify.v1.DeviceService.GetPreferences:output_type -> notify.v1.GetPreferencesResponse
+	9,  // [9:15] is the sub-list for method output_type
+	3,  // [3:9] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_notify_v1_device_proto_init() }
@@ -674,7 +891,7 @@ func file_notify_v1_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_notify_v1_device_proto_rawDesc), len(file_notify_v1_device_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,8 @@ const (
 	DeviceService_RegisterDevices_FullMethodName  = "/notify.v1.DeviceService/RegisterDevices"
 	DeviceService_UnregisterDevice_FullMethodName = "/notify.v1.DeviceService/UnregisterDevice"
 	DeviceService_CheckDevice_FullMethodName      = "/notify.v1.DeviceService/CheckDevice"
+	DeviceService_SetPreferences_FullMethodName   = "/notify.v1.DeviceService/SetPreferences"
+	DeviceService_GetPreferences_FullMethodName   = "/notify.v1.DeviceService/GetPreferences"
 )
 
 // DeviceServiceClient is the client API for DeviceService service.
@@ -47,6 +49,16 @@ type DeviceServiceClient interface {
 	// means the app must call RegisterDevice at once (its token was lost, expired or found
 	// dead by FCM).
 	CheckDevice(ctx context.Context, in *CheckDeviceRequest, opts ...grpc.CallOption) (*CheckDeviceResponse, error)
+	// SetPreferences replaces the notification types a user muted (PUT semantics: the list
+	// given is the whole list; an empty one unmutes everything). Publish by user_ids and
+	// broadcasts skip every device of a user who muted the notification's type: those tokens
+	// end with outcome SKIPPED_PREFERENCE, counted and never sent, unless the notification
+	// sets options.ignore_preferences. Publish by raw tokens is not affected. Takes effect for
+	// every chunk sent after it commits, including notifications already being sent.
+	SetPreferences(ctx context.Context, in *SetPreferencesRequest, opts ...grpc.CallOption) (*SetPreferencesResponse, error)
+	// GetPreferences returns the notification types a user muted (none for a user notify
+	// knows nothing about).
+	GetPreferences(ctx context.Context, in *GetPreferencesRequest, opts ...grpc.CallOption) (*GetPreferencesResponse, error)
 }
 
 type deviceServiceClient struct {
@@ -97,6 +109,26 @@ func (c *deviceServiceClient) CheckDevice(ctx context.Context, in *CheckDeviceRe
 	return out, nil
 }
 
+func (c *deviceServiceClient) SetPreferences(ctx context.Context, in *SetPreferencesRequest, opts ...grpc.CallOption) (*SetPreferencesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetPreferencesResponse)
+	err := c.cc.Invoke(ctx, DeviceService_SetPreferences_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deviceServiceClient) GetPreferences(ctx context.Context, in *GetPreferencesRequest, opts ...grpc.CallOption) (*GetPreferencesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPreferencesResponse)
+	err := c.cc.Invoke(ctx, DeviceService_GetPreferences_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DeviceServiceServer is the server API for DeviceService service.
 // All implementations must embed UnimplementedDeviceServiceServer
 // for forward compatibility.
@@ -119,6 +151,16 @@ type DeviceServiceServer interface {
 	// means the app must call RegisterDevice at once (its token was lost, expired or found
 	// dead by FCM).
 	CheckDevice(context.Context, *CheckDeviceRequest) (*CheckDeviceResponse, error)
+	// SetPreferences replaces the notification types a user muted (PUT semantics: the list
+	// given is the whole list; an empty one unmutes everything). Publish by user_ids and
+	// broadcasts skip every device of a user who muted the notification's type: those tokens
+	// end with outcome SKIPPED_PREFERENCE, counted and never sent, unless the notification
+	// sets options.ignore_preferences. Publish by raw tokens is not affected. Takes effect for
+	// every chunk sent after it commits, including notifications already being sent.
+	SetPreferences(context.Context, *SetPreferencesRequest) (*SetPreferencesResponse, error)
+	// GetPreferences returns the notification types a user muted (none for a user notify
+	// knows nothing about).
+	GetPreferences(context.Context, *GetPreferencesRequest) (*GetPreferencesResponse, error)
 	mustEmbedUnimplementedDeviceServiceServer()
 }
 
@@ -140,6 +182,12 @@ func (UnimplementedDeviceServiceServer) UnregisterDevice(context.Context, *Unreg
 }
 func (UnimplementedDeviceServiceServer) CheckDevice(context.Context, *CheckDeviceRequest) (*CheckDeviceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckDevice not implemented")
+}
+func (UnimplementedDeviceServiceServer) SetPreferences(context.Context, *SetPreferencesRequest) (*SetPreferencesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetPreferences not implemented")
+}
+func (UnimplementedDeviceServiceServer) GetPreferences(context.Context, *GetPreferencesRequest) (*GetPreferencesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPreferences not implemented")
 }
 func (UnimplementedDeviceServiceServer) mustEmbedUnimplementedDeviceServiceServer() {}
 func (UnimplementedDeviceServiceServer) testEmbeddedByValue()                       {}
@@ -234,6 +282,42 @@ func _DeviceService_CheckDevice_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeviceService_SetPreferences_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetPreferencesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeviceServiceServer).SetPreferences(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DeviceService_SetPreferences_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeviceServiceServer).SetPreferences(ctx, req.(*SetPreferencesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DeviceService_GetPreferences_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPreferencesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeviceServiceServer).GetPreferences(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DeviceService_GetPreferences_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeviceServiceServer).GetPreferences(ctx, req.(*GetPreferencesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DeviceService_ServiceDesc is the grpc.ServiceDesc for DeviceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -256,6 +340,14 @@ var DeviceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckDevice",
 			Handler:    _DeviceService_CheckDevice_Handler,
+		},
+		{
+			MethodName: "SetPreferences",
+			Handler:    _DeviceService_SetPreferences_Handler,
+		},
+		{
+			MethodName: "GetPreferences",
+			Handler:    _DeviceService_GetPreferences_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -480,9 +480,14 @@ type Options struct {
 	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// Collapse key: a newer notification with the same key replaces an undelivered older one
 	// on the device. Up to 64 characters.
-	CollapseKey   string `protobuf:"bytes,3,opt,name=collapse_key,json=collapseKey,proto3" json:"collapse_key,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CollapseKey string `protobuf:"bytes,3,opt,name=collapse_key,json=collapseKey,proto3" json:"collapse_key,omitempty"`
+	// Send to every device of the audience, even those of users who muted this notification's
+	// type (DeviceService.SetPreferences): for security messages (a new sign-in, a password
+	// change). Only an admin key may set it; from any other key Publish answers
+	// PERMISSION_DENIED and writes nothing.
+	IgnorePreferences bool `protobuf:"varint,8,opt,name=ignore_preferences,json=ignorePreferences,proto3" json:"ignore_preferences,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Options) Reset() {
@@ -534,6 +539,13 @@ func (x *Options) GetCollapseKey() string {
 		return x.CollapseKey
 	}
 	return ""
+}
+
+func (x *Options) GetIgnorePreferences() bool {
+	if x != nil {
+		return x.IgnorePreferences
+	}
+	return false
 }
 
 // PublishResponse identifies the accepted notification.
@@ -625,11 +637,12 @@ const file_notify_v1_notification_proto_rawDesc = "" +
 	"\aContent\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\tR\x04body\x12\x1b\n" +
-	"\timage_url\x18\x03 \x01(\tR\bimageUrl\"\x8a\x01\n" +
+	"\timage_url\x18\x03 \x01(\tR\bimageUrl\"\xb9\x01\n" +
 	"\aOptions\x12/\n" +
 	"\bpriority\x18\x01 \x01(\x0e2\x13.notify.v1.PriorityR\bpriority\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12!\n" +
-	"\fcollapse_key\x18\x03 \x01(\tR\vcollapseKey\"X\n" +
+	"\fcollapse_key\x18\x03 \x01(\tR\vcollapseKey\x12-\n" +
+	"\x12ignore_preferences\x18\b \x01(\bR\x11ignorePreferences\"X\n" +
 	"\x0fPublishResponse\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate*L\n" +

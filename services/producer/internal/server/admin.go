@@ -50,12 +50,13 @@ var (
 		schema.StatusExpired:   notifyv1.NotificationStatus_NOTIFICATION_STATUS_EXPIRED,
 	}
 	outcomeNames = map[string]notifyv1.DeliveryOutcome{
-		schema.OutcomePending:   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_PENDING,
-		schema.OutcomeDelivered: notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_DELIVERED,
-		schema.OutcomeInvalid:   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_INVALID,
-		schema.OutcomeRetrying:  notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_RETRYING,
-		schema.OutcomeFailed:    notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_FAILED,
-		schema.OutcomeExpired:   notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_EXPIRED,
+		schema.OutcomePending:           notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_PENDING,
+		schema.OutcomeDelivered:         notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_DELIVERED,
+		schema.OutcomeInvalid:           notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_INVALID,
+		schema.OutcomeRetrying:          notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_RETRYING,
+		schema.OutcomeFailed:            notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_FAILED,
+		schema.OutcomeExpired:           notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_EXPIRED,
+		schema.OutcomeSkippedPreference: notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_SKIPPED_PREFERENCE,
 	}
 )
 
@@ -112,9 +113,9 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	)
 	err = a.pool.QueryRow(ctx, `
 		SELECT caller, idempotency_key, type, status, request, created_at, updated_at, expires_at,
-			total, delivered, invalid, retrying, failed, expired, replay_count
+			total, delivered, invalid, retrying, failed, expired, skipped, replay_count
 		FROM notifications WHERE id = $1`, id).Scan(&caller, &key, &typ, &st, &request, &created, &updated, &ex,
-		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &n.ReplayCount)
+		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &n.ReplayCount)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, status.Errorf(codes.NotFound, "notification %s not found", id)
 	}
@@ -125,7 +126,7 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	if key != nil {
 		n.IdempotencyKey = *key
 	}
-	c.Pending = max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired)
+	c.Pending = max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired-c.Skipped)
 	n.CreateTime, n.UpdateTime, n.ExpireTime = timestamppb.New(created), timestamppb.New(updated), timestamppb.New(ex)
 	if n.Request, err = schema.DecodeRequest(request); err != nil {
 		return nil, toStatus(ctx, a.log, "decode stored request", err, "notification_id", id)

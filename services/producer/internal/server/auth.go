@@ -26,7 +26,7 @@ type verifier interface {
 // service not named here needs admin: new services are closed until someone opens them.
 //
 // The key's name becomes the call's caller (WithCaller): it is recorded on notifications
-// and scopes idempotency keys.
+// and scopes idempotency keys. Its role travels with the call too (WithRole, IsAdmin).
 type Auth struct {
 	keys verifier
 	log  *slog.Logger
@@ -125,7 +125,7 @@ func (a *Auth) authorize(ctx context.Context, fullMethod string) (context.Contex
 		a.log.InfoContext(ctx, "call refused: role", "key", key.Name, "role", key.Role, "method", fullMethod)
 		return nil, toStatus(ctx, a.log, "authorize", errPermissionDenied)
 	}
-	return WithCaller(ctx, key.Name), nil
+	return WithRole(WithCaller(ctx, key.Name), key.Role), nil
 }
 
 // bearer returns the secret of the call's `authorization: Bearer <secret>` header. More

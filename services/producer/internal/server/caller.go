@@ -1,8 +1,15 @@
 package server
 
-import "context"
+import (
+	"context"
 
-type callerKey struct{}
+	"notify/services/producer/internal/apikey"
+)
+
+type (
+	callerKey struct{}
+	roleKey   struct{}
+)
 
 // WithCaller returns a context that carries the name of the API key making the call.
 func WithCaller(ctx context.Context, name string) context.Context {
@@ -19,4 +26,17 @@ func Caller(ctx context.Context) string {
 		return name
 	}
 	return DefaultCaller
+}
+
+// WithRole returns a context that carries the role of the API key making the call.
+func WithRole(ctx context.Context, role apikey.Role) context.Context {
+	return context.WithValue(ctx, roleKey{}, role)
+}
+
+// IsAdmin reports whether the call is made with an admin key: some options of the
+// publisher's RPCs (Publish's ignore_preferences, cancelling another caller's
+// notification) are the admin's alone.
+func IsAdmin(ctx context.Context) bool {
+	role, _ := ctx.Value(roleKey{}).(apikey.Role)
+	return role == apikey.RoleAdmin
 }

@@ -168,7 +168,7 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 	limit := pageSize(req.GetPageSize(), 50, MaxListPageSize)
 	rows, err := a.pool.Query(ctx, `
 		SELECT id, caller, coalesce(idempotency_key, ''), type, status, created_at, updated_at, expires_at,
-			total, delivered, invalid, retrying, failed, expired, replay_count
+			total, delivered, invalid, retrying, failed, expired, skipped, replay_count
 		FROM notifications`+where.where()+`
 		ORDER BY created_at DESC, id DESC LIMIT `+where.next(limit+1), where.args...)
 	if err != nil {
@@ -183,12 +183,13 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 		created, updated, ex time.Time
 	)
 	_, err = pgx.ForEachRow(rows, []any{&id, &n.Caller, &n.IdempotencyKey, &n.Type, &st, &created, &updated, &ex,
-		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &n.ReplayCount}, func() error {
+		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &n.ReplayCount}, func() error {
 		list = append(list, &notifyv1.Notification{
 			Id: id.String(), Caller: n.Caller, IdempotencyKey: n.IdempotencyKey, Type: n.Type, Status: statusNames[st],
 			Counts: &notifyv1.DeliveryCounts{
 				Total: c.Total, Delivered: c.Delivered, Invalid: c.Invalid, Retrying: c.Retrying, Failed: c.Failed,
-				Expired: c.Expired, Pending: max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired),
+				Expired: c.Expired, Skipped: c.Skipped,
+				Pending: max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired-c.Skipped),
 			},
 			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), ExpireTime: timestamppb.New(ex),
 			ReplayCount: n.ReplayCount,

@@ -113,6 +113,10 @@ func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishReques
 		s.rejected.Inc()
 		return nil, invalidArgument(v)
 	}
+	if req.GetOptions().GetIgnorePreferences() && !IsAdmin(ctx) {
+		s.rejected.Inc()
+		return nil, toStatus(ctx, s.log, "publish ignoring preferences", errPermissionDenied)
+	}
 	caller := Caller(ctx)
 	r, err := newRow(caller, req)
 	if err != nil {

@@ -42,13 +42,8 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 	if len(req.GetIdempotencyKey()) > MaxIdempotencyKey {
 		v.add("idempotency_key", "must be at most %d characters", MaxIdempotencyKey)
 	}
-	switch t := req.GetType(); {
-	case t == "":
-		v.add("type", "is required")
-	case len(t) > MaxTypeLen:
-		v.add("type", "must be at most %d characters", MaxTypeLen)
-	case !typePattern.MatchString(t):
-		v.add("type", "may contain only letters, digits, '.', '_' and '-'")
+	if problem := typeProblem(req.GetType()); problem != "" {
+		v.add("type", "%s", problem)
 	}
 
 	switch target := req.GetRecipients().GetTarget().(type) {
@@ -98,6 +93,19 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 		v.add("content", "the FCM payload (notification and data) is %d bytes; FCM accepts at most %d", n, MaxFCMPayloadBytes)
 	}
 	return v
+}
+
+// typeProblem says what is wrong with a notification type, "" when nothing is.
+func typeProblem(t string) string {
+	switch {
+	case t == "":
+		return "is required"
+	case len(t) > MaxTypeLen:
+		return fmt.Sprintf("must be at most %d characters", MaxTypeLen)
+	case !typePattern.MatchString(t):
+		return "may contain only letters, digits, '.', '_' and '-'"
+	}
+	return ""
 }
 
 func validateList(v *violations, field string, items []string, maxLen int) {
