@@ -16,7 +16,6 @@ import (
 
 	"notify/pkg/fcm"
 	"notify/pkg/schema"
-	notifyv1 "notify/proto/gen/notify/v1"
 )
 
 // ErrNotFound means no notification has the id a message names: the message is
@@ -86,17 +85,7 @@ func (s *Store) Load(ctx context.Context, id string) (*Notification, error) {
 		return nil, fmt.Errorf("notification %s: %w", nid, err)
 	}
 	n.Audience = schema.AudienceOf(req)
-	c, o := req.GetContent(), req.GetOptions()
-	n.Message = fcm.Message{
-		Title:       c.GetTitle(),
-		Body:        c.GetBody(),
-		ImageURL:    c.GetImageUrl(),
-		Data:        req.GetData(),
-		CollapseKey: o.GetCollapseKey(),
-	}
-	if o.GetPriority() == notifyv1.Priority_PRIORITY_HIGH {
-		n.Message.Priority = fcm.PriorityHigh
-	}
+	n.Message = fcm.FromRequest(req)
 	return n, nil
 }
 

@@ -263,7 +263,10 @@ func TestEmulatorPayload(t *testing.T) {
 			CollapseKey: "order-42", Priority: "high", TTL: "3600s",
 			Notification: &fcmemu.AndroidNotification{Image: "https://img.example/1.png"},
 		},
-		APNS:    &fcmemu.APNSConfig{Headers: map[string]string{"apns-priority": "10", "apns-collapse-id": "order-42"}},
+		APNS: &fcmemu.APNSConfig{
+			Headers:    map[string]string{"apns-priority": "10", "apns-collapse-id": "order-42", "apns-push-type": "alert"},
+			FCMOptions: &fcmemu.APNSFCMOptions{Image: "https://img.example/1.png"},
+		},
 		Webpush: &fcmemu.WebpushConfig{Headers: map[string]string{"Urgency": "high", "TTL": "3600", "Topic": "order-42"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -272,22 +275,71 @@ func TestEmulatorPayload(t *testing.T) {
 	if diff := cmp.Diff(map[string]any{"aps": map[string]any{"mutable-content": float64(1)}}, aps); diff != "" {
 		t.Errorf("apns payload (-want +got):\n%s", diff)
 	}
-	// fcmemu.Message does not model apns.fcm_options; the raw body has it.
-	var raw struct {
-		Message struct {
-			APNS struct {
-				FCMOptions struct {
-					Image string `json:"image"`
-				} `json:"fcm_options"`
-			} `json:"apns"`
-		} `json:"message"`
+}
+
+// TestEmulatorPlatformOptions checks that every platform option, and the background form of
+// a data-only message, reach FCM in their blocks after the SDK serialised them.
+func TestEmulatorPlatformOptions(t *testing.T) {
+	t.Parallel()
+	emu, c := newEmulator(t, fcmemu.Config{})
+	one := 1
+	visible := Message{
+		Title: "Flight", Body: "Boarding", Priority: PriorityHigh,
+		Android: AndroidOptions{ChannelID: "trips", Sound: "chime", Tag: "flight-7", ClickAction: "OPEN_TRIP",
+			NotificationCount: &one, Visibility: "PUBLIC"},
+		APNS: APNSOptions{Sound: "default", Badge: &one, ThreadID: "trip-7", Category: "BOARDING",
+			ContentAvailable: true, InterruptionLevel: "time-sensitive"},
+		Webpush: WebpushOptions{Link: "https://example.com/trips/7"},
 	}
-	if err := json.Unmarshal(recs[0].Body, &raw); err != nil {
-		t.Fatal(err)
+	dataOnly := Message{Data: map[string]string{"sync": "1"}, Priority: PriorityHigh}
+	for tok, m := range map[string]Message{"visible": visible, "data-only": dataOnly} {
+		if res, err := c.SendMulticast(t.Context(), m, []string{tok}); err != nil || res[0].Err != nil {
+			t.Fatalf("SendMulticast %s = %+v, %v", tok, res, err)
+		}
 	}
-	if got := raw.Message.APNS.FCMOptions.Image; got != m.ImageURL {
-		t.Errorf("apns.fcm_options.image = %q, want %q", got, m.ImageURL)
+	byToken := map[string]fcmemu.Message{}
+	for _, r := range emu.Messages(0) {
+		byToken[r.Token] = r.Message
 	}
+
+	got := byToken["visible"]
+	wantAndroid := &fcmemu.AndroidNotification{ChannelID: "trips", Sound: "chime", Tag: "flight-7",
+		ClickAction: "OPEN_TRIP", NotificationCount: &one, Visibility: "PUBLIC"}
+	if diff := cmp.Diff(wantAndroid, got.Android.Notification); diff != "" {
+		t.Errorf("android.notification (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]any{"aps": map[string]any{
+		"sound": "default", "badge": float64(1), "thread-id": "trip-7", "category": "BOARDING",
+		"content-available": float64(1), "interruption-level": "time-sensitive",
+	}}, apsOf(t, got)); diff != "" {
+		t.Errorf("visible apns payload (-want +got):\n%s", diff)
+	}
+	if h := got.APNS.Headers; h["apns-priority"] != "10" || h["apns-push-type"] != "alert" {
+		t.Errorf("visible apns headers %v, want priority 10, push type alert", h)
+	}
+	if got.Webpush.FCMOptions == nil || got.Webpush.FCMOptions.Link != visible.Webpush.Link {
+		t.Errorf("webpush.fcm_options = %+v, want link %s", got.Webpush.FCMOptions, visible.Webpush.Link)
+	}
+
+	got = byToken["data-only"]
+	if got.Notification != nil || got.Android.Notification != nil || got.Android.Priority != "high" {
+		t.Errorf("data-only message: notification %+v, android %+v; want none, high priority", got.Notification, got.Android)
+	}
+	if diff := cmp.Diff(map[string]any{"aps": map[string]any{"content-available": float64(1)}}, apsOf(t, got)); diff != "" {
+		t.Errorf("data-only apns payload (-want +got):\n%s", diff)
+	}
+	if h := got.APNS.Headers; h["apns-priority"] != "5" || h["apns-push-type"] != "background" {
+		t.Errorf("data-only apns headers %v, want priority 5, push type background", h)
+	}
+}
+
+func apsOf(t *testing.T, m fcmemu.Message) map[string]any {
+	t.Helper()
+	var aps map[string]any
+	if err := json.Unmarshal(m.APNS.Payload, &aps); err != nil {
+		t.Errorf("apns payload %s: %v", m.APNS.Payload, err)
+	}
+	return aps
 }
 
 // TestEmulatorPayloadErrorIsNotTokenGone: FCM answers a bad payload with INVALID_ARGUMENT,

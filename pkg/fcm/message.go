@@ -35,7 +35,42 @@ type Message struct {
 	TTL time.Duration
 	// CollapseKey makes a newer message replace an undelivered older one with the same key.
 	CollapseKey string
+
+	Android AndroidOptions
+	APNS    APNSOptions
+	Webpush WebpushOptions
 }
+
+// AndroidOptions are the android.notification fields of a visible notification.
+type AndroidOptions struct {
+	ChannelID, Sound, Tag, ClickAction string
+	// NotificationCount is the launcher badge count; nil leaves it alone.
+	NotificationCount *int
+	// Visibility is "PRIVATE", "PUBLIC", "SECRET" or "" (Android's default).
+	Visibility string
+}
+
+// APNSOptions are fields of the aps dictionary.
+type APNSOptions struct {
+	Sound, ThreadID, Category string
+	// Badge is the app icon's badge; 0 removes it, nil leaves it alone.
+	Badge *int
+	// ContentAvailable wakes the app in the background as well; a data-only message always
+	// has it.
+	ContentAvailable bool
+	// InterruptionLevel is "passive", "active", "time-sensitive", "critical" or "".
+	InterruptionLevel string
+}
+
+// WebpushOptions are the webpush options.
+type WebpushOptions struct {
+	// Link is the https page opened when the user clicks the notification.
+	Link string
+}
+
+// DataOnly reports whether m shows nothing by itself (no title, body or image): the app
+// handles it in the background.
+func (m Message) DataOnly() bool { return m.Title == "" && m.Body == "" && m.ImageURL == "" }
 
 // Platform header limits.
 const (
@@ -45,8 +80,29 @@ const (
 
 // multicast builds the SDK request for m and tokens, once per chunk: the SDK shares every
 // part of it between the per-token requests. now anchors apns-expiration.
-//
-// Each platform is told the same thing in its own terms:
+func (m Message) multicast(tokens []string, now time.Time) *messaging.MulticastMessage {
+	p := m.platforms(now)
+	return &messaging.MulticastMessage{
+		// Tokens is deprecated in favour of Fids, but ours are registration tokens, not
+		// Firebase installation IDs: sent as "fid" they would be refused.
+		Tokens:       tokens, //nolint:staticcheck // SA1019, see above
+		Data:         m.Data,
+		Notification: p.notification,
+		Android:      p.android,
+		APNS:         p.apns,
+		Webpush:      p.webpush,
+	}
+}
+
+// platformParts are the parts of an FCM message every target kind shares.
+type platformParts struct {
+	notification *messaging.Notification
+	android      *messaging.AndroidConfig
+	apns         *messaging.APNSConfig
+	webpush      *messaging.WebpushConfig
+}
+
+// platforms tells each platform the same thing in its own terms:
 //
 //	             Android          APNs                      Webpush
 //	priority     priority         apns-priority 10 / 5      Urgency high / normal
@@ -54,7 +110,13 @@ const (
 //	collapse     collapse_key     apns-collapse-id          Topic
 //	image        notification     fcm_options.image +
 //	             .image           aps mutable-content
-func (m Message) multicast(tokens []string, now time.Time) *messaging.MulticastMessage {
+//	options      notification.*   aps sound, badge, …       fcm_options.link
+//
+// A data-only message (DataOnly) goes to Apple devices as a background notification, as
+// APNs and FCM require: aps content-available 1, apns-push-type background and
+// apns-priority 5 whatever the priority (FCM refuses high-priority data messages to Apple
+// devices). A visible one is apns-push-type alert.
+func (m Message) platforms(now time.Time) platformParts {
 	android := &messaging.AndroidConfig{CollapseKey: m.CollapseKey, Priority: "normal"}
 	apnsHeaders := map[string]string{"apns-priority": "5"}
 	webHeaders := map[string]string{"Urgency": "normal"}
@@ -76,27 +138,87 @@ func (m Message) multicast(tokens []string, now time.Time) *messaging.MulticastM
 		apnsHeaders["apns-collapse-id"] = fitKey(m.CollapseKey, maxAPNSCollapseID, false)
 		webHeaders["Topic"] = fitKey(m.CollapseKey, maxWebpushTopic, true)
 	}
-
-	mm := &messaging.MulticastMessage{
-		// Tokens is deprecated in favour of Fids, but ours are registration tokens, not
-		// Firebase installation IDs: sent as "fid" they would be refused.
-		Tokens:  tokens, //nolint:staticcheck // SA1019, see above
-		Data:    m.Data,
-		Android: android,
-		APNS:    &messaging.APNSConfig{Headers: apnsHeaders},
-		Webpush: &messaging.WebpushConfig{Headers: webHeaders},
+	p := platformParts{
+		android: android,
+		apns:    &messaging.APNSConfig{Headers: apnsHeaders},
+		webpush: &messaging.WebpushConfig{Headers: webHeaders},
 	}
-	if m.Title != "" || m.Body != "" || m.ImageURL != "" {
-		mm.Notification = &messaging.Notification{Title: m.Title, Body: m.Body, ImageURL: m.ImageURL}
+	if m.DataOnly() {
+		apnsHeaders["apns-priority"] = "5"
+		apnsHeaders["apns-push-type"] = "background"
+		p.apns.Payload = &messaging.APNSPayload{Aps: &messaging.Aps{ContentAvailable: true}}
+		return p
+	}
+	p.notification = &messaging.Notification{Title: m.Title, Body: m.Body, ImageURL: m.ImageURL}
+	if an := m.androidNotification(); an != nil {
+		android.Notification = an
+	}
+	apnsHeaders["apns-push-type"] = "alert"
+	if aps := m.aps(); aps != nil {
+		p.apns.Payload = &messaging.APNSPayload{Aps: aps}
 	}
 	if m.ImageURL != "" {
-		android.Notification = &messaging.AndroidNotification{ImageURL: m.ImageURL}
-		mm.APNS.FCMOptions = &messaging.APNSFCMOptions{ImageURL: m.ImageURL}
+		p.apns.FCMOptions = &messaging.APNSFCMOptions{ImageURL: m.ImageURL}
+	}
+	if m.Webpush.Link != "" {
+		p.webpush.FCMOptions = &messaging.WebpushFCMOptions{Link: m.Webpush.Link}
+	}
+	return p
+}
+
+// androidNotification is the android.notification block of a visible message, nil when it
+// would be empty.
+func (m Message) androidNotification() *messaging.AndroidNotification {
+	o := m.Android
+	if m.ImageURL == "" && o == (AndroidOptions{}) {
+		return nil
+	}
+	n := &messaging.AndroidNotification{
+		ImageURL:          m.ImageURL,
+		ChannelID:         o.ChannelID,
+		Sound:             o.Sound,
+		Tag:               o.Tag,
+		ClickAction:       o.ClickAction,
+		NotificationCount: o.NotificationCount,
+	}
+	switch o.Visibility {
+	case "PRIVATE":
+		n.Visibility = messaging.VisibilityPrivate
+	case "PUBLIC":
+		n.Visibility = messaging.VisibilityPublic
+	case "SECRET":
+		n.Visibility = messaging.VisibilitySecret
+	}
+	return n
+}
+
+// aps is the aps dictionary of a visible message, nil when it would be empty.
+func (m Message) aps() *messaging.Aps {
+	o := m.APNS
+	if m.ImageURL == "" && o == (APNSOptions{}) {
+		return nil
+	}
+	aps := &messaging.Aps{
 		// iOS only hands the image to the app's notification service extension when the
 		// notification is mutable.
-		mm.APNS.Payload = &messaging.APNSPayload{Aps: &messaging.Aps{MutableContent: true}}
+		MutableContent:   m.ImageURL != "",
+		ContentAvailable: o.ContentAvailable,
+		Badge:            o.Badge,
+		Sound:            o.Sound,
+		ThreadID:         o.ThreadID,
+		Category:         o.Category,
 	}
-	return mm
+	if o.InterruptionLevel != "" {
+		// The SDK has no field for it; custom aps keys are merged into the dictionary.
+		aps.CustomData = map[string]any{"interruption-level": o.InterruptionLevel}
+	}
+	if o.InterruptionLevel == "critical" && o.Sound != "" {
+		// A critical alert's sound is a dictionary with critical: 1, or it plays as an
+		// ordinary one (muted by the switch).
+		aps.Sound = ""
+		aps.CriticalSound = &messaging.CriticalSound{Critical: true, Name: o.Sound, Volume: 1}
+	}
+	return aps
 }
 
 // fitKey returns key if it fits a header of at most limit bytes (and, for a Web Push Topic,

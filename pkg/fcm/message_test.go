@@ -30,7 +30,72 @@ func TestMulticast(t *testing.T) {
 				Tokens:  toks,
 				Data:    data,
 				Android: &messaging.AndroidConfig{Priority: "normal"},
-				APNS:    &messaging.APNSConfig{Headers: map[string]string{"apns-priority": "5"}},
+				APNS: &messaging.APNSConfig{
+					Headers: map[string]string{"apns-priority": "5", "apns-push-type": "background"},
+					Payload: &messaging.APNSPayload{Aps: &messaging.Aps{ContentAvailable: true}},
+				},
+				Webpush: &messaging.WebpushConfig{Headers: map[string]string{"Urgency": "normal"}},
+			},
+		},
+		{
+			// FCM refuses high-priority data messages to Apple devices: APNs gets 5.
+			name: "data only, high priority, TTL",
+			m:    Message{Data: data, Priority: PriorityHigh, TTL: time.Minute, APNS: APNSOptions{ContentAvailable: true}},
+			want: &messaging.MulticastMessage{
+				Tokens:  toks,
+				Data:    data,
+				Android: &messaging.AndroidConfig{Priority: "high", TTL: ptr(time.Minute)},
+				APNS: &messaging.APNSConfig{
+					Headers: map[string]string{"apns-priority": "5", "apns-push-type": "background", "apns-expiration": "1700000060"},
+					Payload: &messaging.APNSPayload{Aps: &messaging.Aps{ContentAvailable: true}},
+				},
+				Webpush: &messaging.WebpushConfig{Headers: map[string]string{"Urgency": "high", "TTL": "60"}},
+			},
+		},
+		{
+			name: "platform options",
+			m: Message{
+				Title: "Flight", Body: "Boarding", Priority: PriorityHigh,
+				Android: AndroidOptions{ChannelID: "trips", Sound: "chime", Tag: "flight-7", ClickAction: "OPEN_TRIP",
+					NotificationCount: ptr(0), Visibility: "SECRET"},
+				APNS: APNSOptions{Sound: "default", Badge: ptr(3), ThreadID: "trip-7", Category: "BOARDING",
+					ContentAvailable: true, InterruptionLevel: "time-sensitive"},
+				Webpush: WebpushOptions{Link: "https://example.com/trips/7"},
+			},
+			want: &messaging.MulticastMessage{
+				Tokens:       toks,
+				Notification: &messaging.Notification{Title: "Flight", Body: "Boarding"},
+				Android: &messaging.AndroidConfig{Priority: "high", Notification: &messaging.AndroidNotification{
+					ChannelID: "trips", Sound: "chime", Tag: "flight-7", ClickAction: "OPEN_TRIP",
+					NotificationCount: ptr(0), Visibility: messaging.VisibilitySecret,
+				}},
+				APNS: &messaging.APNSConfig{
+					Headers: map[string]string{"apns-priority": "10", "apns-push-type": "alert"},
+					Payload: &messaging.APNSPayload{Aps: &messaging.Aps{
+						Sound: "default", Badge: ptr(3), ThreadID: "trip-7", Category: "BOARDING", ContentAvailable: true,
+						CustomData: map[string]any{"interruption-level": "time-sensitive"},
+					}},
+				},
+				Webpush: &messaging.WebpushConfig{
+					Headers:    map[string]string{"Urgency": "high"},
+					FCMOptions: &messaging.WebpushFCMOptions{Link: "https://example.com/trips/7"},
+				},
+			},
+		},
+		{
+			name: "critical alert plays a critical sound",
+			m:    Message{Body: "Smoke", APNS: APNSOptions{Sound: "alarm.caf", InterruptionLevel: "critical"}},
+			want: &messaging.MulticastMessage{
+				Tokens:       toks,
+				Notification: &messaging.Notification{Body: "Smoke"},
+				Android:      &messaging.AndroidConfig{Priority: "normal"},
+				APNS: &messaging.APNSConfig{
+					Headers: map[string]string{"apns-priority": "5", "apns-push-type": "alert"},
+					Payload: &messaging.APNSPayload{Aps: &messaging.Aps{
+						CriticalSound: &messaging.CriticalSound{Critical: true, Name: "alarm.caf", Volume: 1},
+						CustomData:    map[string]any{"interruption-level": "critical"},
+					}},
+				},
 				Webpush: &messaging.WebpushConfig{Headers: map[string]string{"Urgency": "normal"}},
 			},
 		},
@@ -57,6 +122,7 @@ func TestMulticast(t *testing.T) {
 						"apns-priority":    "10",
 						"apns-expiration":  "1700003600",
 						"apns-collapse-id": "order-42",
+						"apns-push-type":   "alert",
 					},
 					Payload:    &messaging.APNSPayload{Aps: &messaging.Aps{MutableContent: true}},
 					FCMOptions: &messaging.APNSFCMOptions{ImageURL: "https://img.example/1.png"},
@@ -76,7 +142,7 @@ func TestMulticast(t *testing.T) {
 				Notification: &messaging.Notification{Title: "Hi"},
 				Android:      &messaging.AndroidConfig{Priority: "normal", TTL: ptr(1500 * time.Millisecond)},
 				APNS: &messaging.APNSConfig{Headers: map[string]string{
-					"apns-priority": "5", "apns-expiration": "1700000002",
+					"apns-priority": "5", "apns-expiration": "1700000002", "apns-push-type": "alert",
 				}},
 				Webpush: &messaging.WebpushConfig{Headers: map[string]string{"Urgency": "normal", "TTL": "2"}},
 			},
@@ -89,7 +155,7 @@ func TestMulticast(t *testing.T) {
 				Notification: &messaging.Notification{Body: "b"},
 				Android:      &messaging.AndroidConfig{Priority: "normal", CollapseKey: "order 42/status"},
 				APNS: &messaging.APNSConfig{Headers: map[string]string{
-					"apns-priority": "5", "apns-collapse-id": "order 42/status",
+					"apns-priority": "5", "apns-collapse-id": "order 42/status", "apns-push-type": "alert",
 				}},
 				Webpush: &messaging.WebpushConfig{Headers: map[string]string{
 					"Urgency": "normal", "Topic": fitKey("order 42/status", maxWebpushTopic, true),
@@ -104,7 +170,7 @@ func TestMulticast(t *testing.T) {
 				Notification: &messaging.Notification{Body: "b"},
 				Android:      &messaging.AndroidConfig{Priority: "normal", CollapseKey: longKey},
 				APNS: &messaging.APNSConfig{Headers: map[string]string{
-					"apns-priority": "5", "apns-collapse-id": fitKey(longKey, maxAPNSCollapseID, false),
+					"apns-priority": "5", "apns-collapse-id": fitKey(longKey, maxAPNSCollapseID, false), "apns-push-type": "alert",
 				}},
 				Webpush: &messaging.WebpushConfig{Headers: map[string]string{
 					"Urgency": "normal", "Topic": fitKey(longKey, maxWebpushTopic, true),

@@ -3,6 +3,7 @@ package fcmemu
 import (
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 )
@@ -63,18 +64,34 @@ type AndroidNotification struct {
 	ClickAction string `json:"click_action,omitempty"`
 	ChannelID   string `json:"channel_id,omitempty"`
 	Image       string `json:"image,omitempty"`
+	// NotificationCount is the launcher badge count, nil when absent.
+	NotificationCount *int `json:"notification_count,omitempty"`
+	// Visibility is PRIVATE, PUBLIC or SECRET.
+	Visibility string `json:"visibility,omitempty"`
 }
 
 // APNSConfig holds the APNs headers and the raw APNs payload.
 type APNSConfig struct {
-	Headers map[string]string `json:"headers,omitempty"`
-	Payload json.RawMessage   `json:"payload,omitempty"`
+	Headers    map[string]string `json:"headers,omitempty"`
+	Payload    json.RawMessage   `json:"payload,omitempty"`
+	FCMOptions *APNSFCMOptions   `json:"fcm_options,omitempty"`
+}
+
+// APNSFCMOptions holds the FCM options for Apple devices.
+type APNSFCMOptions struct {
+	Image string `json:"image,omitempty"`
 }
 
 // WebpushConfig holds the Web Push headers and data.
 type WebpushConfig struct {
-	Headers map[string]string `json:"headers,omitempty"`
-	Data    map[string]string `json:"data,omitempty"`
+	Headers    map[string]string  `json:"headers,omitempty"`
+	Data       map[string]string  `json:"data,omitempty"`
+	FCMOptions *WebpushFCMOptions `json:"fcm_options,omitempty"`
+}
+
+// WebpushFCMOptions holds the FCM options for web push.
+type WebpushFCMOptions struct {
+	Link string `json:"link,omitempty"`
 }
 
 // FCMOptions holds the platform-independent FCM options.
@@ -144,12 +161,53 @@ func validate(m *Message) *violation {
 			}
 		}
 	}
+	if n := m.Android.notification(); n != nil {
+		if n.NotificationCount != nil && *n.NotificationCount < 0 {
+			return &violation{"message.android.notification.notification_count",
+				fmt.Sprintf("Invalid value at 'message.android.notification.notification_count': %d", *n.NotificationCount)}
+		}
+		switch n.Visibility {
+		case "", "VISIBILITY_UNSPECIFIED", "PRIVATE", "PUBLIC", "SECRET":
+		default:
+			return &violation{"message.android.notification.visibility",
+				fmt.Sprintf("Invalid value at 'message.android.notification.visibility': %q", n.Visibility)}
+		}
+	}
 	if w := m.Webpush; w != nil {
 		if v := checkDataKeys("message.webpush.data", w.Data); v != nil {
 			return v
 		}
+		if w.FCMOptions != nil && w.FCMOptions.Link != "" {
+			if u, err := url.Parse(w.FCMOptions.Link); err != nil || u.Scheme != "https" || u.Host == "" {
+				return &violation{"message.webpush.fcm_options.link", "The link must be an absolute HTTPS URL."}
+			}
+		}
+	}
+	if a := m.APNS; a != nil && a.Headers["apns-priority"] == "10" && m.Notification == nil && !hasAlert(a.Payload) {
+		return &violation{"message.apns.headers", "Data messages to Apple devices must be sent with apns-priority 5."}
 	}
 	return nil
+}
+
+func (a *AndroidConfig) notification() *AndroidNotification {
+	if a == nil {
+		return nil
+	}
+	return a.Notification
+}
+
+// hasAlert reports whether an APNs payload shows an alert (aps.alert is set): without one,
+// and without a message.notification, the message is a data message to Apple devices.
+func hasAlert(payload json.RawMessage) bool {
+	var p struct {
+		Aps struct {
+			Alert json.RawMessage `json:"alert"`
+		} `json:"aps"`
+	}
+	if len(payload) == 0 || json.Unmarshal(payload, &p) != nil {
+		return false
+	}
+	return len(p.Aps.Alert) > 0 && string(p.Aps.Alert) != "null"
 }
 
 // payloadSize is what the emulator holds against MaxPayload: the bytes of every key and value

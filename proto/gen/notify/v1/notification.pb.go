@@ -22,6 +22,125 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AndroidVisibility is Android's lock-screen visibility of a notification.
+type AndroidVisibility int32
+
+const (
+	// Not set: Android's default (private).
+	AndroidVisibility_ANDROID_VISIBILITY_UNSPECIFIED AndroidVisibility = 0
+	// Shown on every lock screen with sensitive content concealed.
+	AndroidVisibility_ANDROID_VISIBILITY_PRIVATE AndroidVisibility = 1
+	// Shown in full on every lock screen.
+	AndroidVisibility_ANDROID_VISIBILITY_PUBLIC AndroidVisibility = 2
+	// Nothing of it is shown on a secure lock screen.
+	AndroidVisibility_ANDROID_VISIBILITY_SECRET AndroidVisibility = 3
+)
+
+// Enum value maps for AndroidVisibility.
+var (
+	AndroidVisibility_name = map[int32]string{
+		0: "ANDROID_VISIBILITY_UNSPECIFIED",
+		1: "ANDROID_VISIBILITY_PRIVATE",
+		2: "ANDROID_VISIBILITY_PUBLIC",
+		3: "ANDROID_VISIBILITY_SECRET",
+	}
+	AndroidVisibility_value = map[string]int32{
+		"ANDROID_VISIBILITY_UNSPECIFIED": 0,
+		"ANDROID_VISIBILITY_PRIVATE":     1,
+		"ANDROID_VISIBILITY_PUBLIC":      2,
+		"ANDROID_VISIBILITY_SECRET":      3,
+	}
+)
+
+func (x AndroidVisibility) Enum() *AndroidVisibility {
+	p := new(AndroidVisibility)
+	*p = x
+	return p
+}
+
+func (x AndroidVisibility) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AndroidVisibility) Descriptor() protoreflect.EnumDescriptor {
+	return file_notify_v1_notification_proto_enumTypes[0].Descriptor()
+}
+
+func (AndroidVisibility) Type() protoreflect.EnumType {
+	return &file_notify_v1_notification_proto_enumTypes[0]
+}
+
+func (x AndroidVisibility) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AndroidVisibility.Descriptor instead.
+func (AndroidVisibility) EnumDescriptor() ([]byte, []int) {
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{0}
+}
+
+// InterruptionLevel is the APNs interruption level of a notification.
+type InterruptionLevel int32
+
+const (
+	// Not set: iOS treats the notification as active.
+	InterruptionLevel_INTERRUPTION_LEVEL_UNSPECIFIED InterruptionLevel = 0
+	// Added to the notification list without lighting the screen or playing a sound.
+	InterruptionLevel_INTERRUPTION_LEVEL_PASSIVE InterruptionLevel = 1
+	// Presented at once, lights up the screen, may play a sound.
+	InterruptionLevel_INTERRUPTION_LEVEL_ACTIVE InterruptionLevel = 2
+	// Presented at once and breaks through Focus modes that allow time-sensitive
+	// notifications.
+	InterruptionLevel_INTERRUPTION_LEVEL_TIME_SENSITIVE InterruptionLevel = 3
+	// Presented at once, breaks through Focus and the mute switch (needs Apple's entitlement).
+	InterruptionLevel_INTERRUPTION_LEVEL_CRITICAL InterruptionLevel = 4
+)
+
+// Enum value maps for InterruptionLevel.
+var (
+	InterruptionLevel_name = map[int32]string{
+		0: "INTERRUPTION_LEVEL_UNSPECIFIED",
+		1: "INTERRUPTION_LEVEL_PASSIVE",
+		2: "INTERRUPTION_LEVEL_ACTIVE",
+		3: "INTERRUPTION_LEVEL_TIME_SENSITIVE",
+		4: "INTERRUPTION_LEVEL_CRITICAL",
+	}
+	InterruptionLevel_value = map[string]int32{
+		"INTERRUPTION_LEVEL_UNSPECIFIED":    0,
+		"INTERRUPTION_LEVEL_PASSIVE":        1,
+		"INTERRUPTION_LEVEL_ACTIVE":         2,
+		"INTERRUPTION_LEVEL_TIME_SENSITIVE": 3,
+		"INTERRUPTION_LEVEL_CRITICAL":       4,
+	}
+)
+
+func (x InterruptionLevel) Enum() *InterruptionLevel {
+	p := new(InterruptionLevel)
+	*p = x
+	return p
+}
+
+func (x InterruptionLevel) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (InterruptionLevel) Descriptor() protoreflect.EnumDescriptor {
+	return file_notify_v1_notification_proto_enumTypes[1].Descriptor()
+}
+
+func (InterruptionLevel) Type() protoreflect.EnumType {
+	return &file_notify_v1_notification_proto_enumTypes[1]
+}
+
+func (x InterruptionLevel) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use InterruptionLevel.Descriptor instead.
+func (InterruptionLevel) EnumDescriptor() ([]byte, []int) {
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{1}
+}
+
 // Priority is FCM's delivery priority.
 type Priority int32
 
@@ -59,11 +178,11 @@ func (x Priority) String() string {
 }
 
 func (Priority) Descriptor() protoreflect.EnumDescriptor {
-	return file_notify_v1_notification_proto_enumTypes[0].Descriptor()
+	return file_notify_v1_notification_proto_enumTypes[2].Descriptor()
 }
 
 func (Priority) Type() protoreflect.EnumType {
-	return &file_notify_v1_notification_proto_enumTypes[0]
+	return &file_notify_v1_notification_proto_enumTypes[2]
 }
 
 func (x Priority) Number() protoreflect.EnumNumber {
@@ -72,7 +191,7 @@ func (x Priority) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Priority.Descriptor instead.
 func (Priority) EnumDescriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{0}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{2}
 }
 
 // PublishRequest describes one notification: who receives it, what it says, how FCM
@@ -89,7 +208,14 @@ type PublishRequest struct {
 	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
 	// Who receives the notification. Required.
 	Recipients *Recipients `protobuf:"bytes,3,opt,name=recipients,proto3" json:"recipients,omitempty"`
-	// What the user sees. A notification needs a title, a body or data.
+	// What the user sees. A notification needs a title, a body or data. One with data and
+	// no title, body or image is a data-only message: the app handles it in the background and
+	// nothing is shown by the system. Data-only messages reach Apple devices as background
+	// notifications (aps content-available: 1, apns-push-type background) with APNs priority
+	// 5 whatever options.priority says (FCM refuses high-priority data messages to Apple
+	// devices); Android and web get the requested priority. The visible-notification
+	// options (options.android, options.webpush and the apns fields marked "needs content")
+	// are refused on a data-only message.
 	Content *Content `protobuf:"bytes,4,opt,name=content,proto3" json:"content,omitempty"`
 	// Key/value data delivered to the app. Keys "from", "message_type" and those starting
 	// with "google." or "gcm." are reserved by FCM and rejected.
@@ -486,8 +612,15 @@ type Options struct {
 	// change). Only an admin key may set it; from any other key Publish answers
 	// PERMISSION_DENIED and writes nothing.
 	IgnorePreferences bool `protobuf:"varint,8,opt,name=ignore_preferences,json=ignorePreferences,proto3" json:"ignore_preferences,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Options for Android devices (FCM's android.notification block). They describe a
+	// visible notification, so they need content (a title, body or image).
+	Android *AndroidOptions `protobuf:"bytes,4,opt,name=android,proto3" json:"android,omitempty"`
+	// Options for Apple devices (FCM's apns block: the aps dictionary and APNs headers).
+	Apns *ApnsOptions `protobuf:"bytes,5,opt,name=apns,proto3" json:"apns,omitempty"`
+	// Options for web push (FCM's webpush block). They need content (a title, body or image).
+	Webpush       *WebpushOptions `protobuf:"bytes,6,opt,name=webpush,proto3" json:"webpush,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Options) Reset() {
@@ -548,6 +681,267 @@ func (x *Options) GetIgnorePreferences() bool {
 	return false
 }
 
+func (x *Options) GetAndroid() *AndroidOptions {
+	if x != nil {
+		return x.Android
+	}
+	return nil
+}
+
+func (x *Options) GetApns() *ApnsOptions {
+	if x != nil {
+		return x.Apns
+	}
+	return nil
+}
+
+func (x *Options) GetWebpush() *WebpushOptions {
+	if x != nil {
+		return x.Webpush
+	}
+	return nil
+}
+
+// AndroidOptions are FCM's android.notification fields. Every string is at most 256
+// characters.
+type AndroidOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The notification channel (Android 8+) the app created; FCM falls back to the
+	// channel named in the app's manifest, or its own default one.
+	ChannelId string `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	// Sound to play: "default", or the name of a sound resource in the app's res/raw.
+	Sound string `protobuf:"bytes,2,opt,name=sound,proto3" json:"sound,omitempty"`
+	// Notifications with the same tag replace each other in the notification drawer.
+	Tag string `protobuf:"bytes,3,opt,name=tag,proto3" json:"tag,omitempty"`
+	// The intent action started when the user taps the notification (an activity with a
+	// matching intent filter).
+	ClickAction string `protobuf:"bytes,4,opt,name=click_action,json=clickAction,proto3" json:"click_action,omitempty"`
+	// The count shown on the app icon's badge (launchers that support it). Must not be
+	// negative; unset leaves it alone.
+	NotificationCount *int32 `protobuf:"varint,5,opt,name=notification_count,json=notificationCount,proto3,oneof" json:"notification_count,omitempty"`
+	// What a secure lock screen shows of the notification. Unspecified leaves it to Android
+	// (private).
+	Visibility    AndroidVisibility `protobuf:"varint,6,opt,name=visibility,proto3,enum=notify.v1.AndroidVisibility" json:"visibility,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AndroidOptions) Reset() {
+	*x = AndroidOptions{}
+	mi := &file_notify_v1_notification_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AndroidOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AndroidOptions) ProtoMessage() {}
+
+func (x *AndroidOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_notification_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AndroidOptions.ProtoReflect.Descriptor instead.
+func (*AndroidOptions) Descriptor() ([]byte, []int) {
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AndroidOptions) GetChannelId() string {
+	if x != nil {
+		return x.ChannelId
+	}
+	return ""
+}
+
+func (x *AndroidOptions) GetSound() string {
+	if x != nil {
+		return x.Sound
+	}
+	return ""
+}
+
+func (x *AndroidOptions) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *AndroidOptions) GetClickAction() string {
+	if x != nil {
+		return x.ClickAction
+	}
+	return ""
+}
+
+func (x *AndroidOptions) GetNotificationCount() int32 {
+	if x != nil && x.NotificationCount != nil {
+		return *x.NotificationCount
+	}
+	return 0
+}
+
+func (x *AndroidOptions) GetVisibility() AndroidVisibility {
+	if x != nil {
+		return x.Visibility
+	}
+	return AndroidVisibility_ANDROID_VISIBILITY_UNSPECIFIED
+}
+
+// ApnsOptions are fields of the APNs aps dictionary that FCM passes to Apple devices. Every
+// string is at most 256 characters.
+type ApnsOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sound to play: "default", or the name of a sound file in the app bundle. Needs content.
+	Sound string `protobuf:"bytes,1,opt,name=sound,proto3" json:"sound,omitempty"`
+	// The number shown on the app icon's badge; 0 removes the badge. Must not be negative;
+	// unset leaves the badge alone. Needs content.
+	Badge *int32 `protobuf:"varint,2,opt,name=badge,proto3,oneof" json:"badge,omitempty"`
+	// Groups notifications with the same thread id together. Needs content.
+	ThreadId string `protobuf:"bytes,3,opt,name=thread_id,json=threadId,proto3" json:"thread_id,omitempty"`
+	// The notification category the app registered (its actions). Needs content.
+	Category string `protobuf:"bytes,4,opt,name=category,proto3" json:"category,omitempty"`
+	// Also wake the app in the background (aps content-available: 1) for a visible
+	// notification. A notification without content (data only) is always sent as a
+	// background notification and has this set whatever the request says.
+	ContentAvailable bool `protobuf:"varint,5,opt,name=content_available,json=contentAvailable,proto3" json:"content_available,omitempty"`
+	// How strongly iOS 15+ interrupts the user (aps interruption-level). Needs content.
+	// CRITICAL needs Apple's critical-alerts entitlement; its sound plays as a critical
+	// sound.
+	InterruptionLevel InterruptionLevel `protobuf:"varint,6,opt,name=interruption_level,json=interruptionLevel,proto3,enum=notify.v1.InterruptionLevel" json:"interruption_level,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ApnsOptions) Reset() {
+	*x = ApnsOptions{}
+	mi := &file_notify_v1_notification_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApnsOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApnsOptions) ProtoMessage() {}
+
+func (x *ApnsOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_notification_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApnsOptions.ProtoReflect.Descriptor instead.
+func (*ApnsOptions) Descriptor() ([]byte, []int) {
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ApnsOptions) GetSound() string {
+	if x != nil {
+		return x.Sound
+	}
+	return ""
+}
+
+func (x *ApnsOptions) GetBadge() int32 {
+	if x != nil && x.Badge != nil {
+		return *x.Badge
+	}
+	return 0
+}
+
+func (x *ApnsOptions) GetThreadId() string {
+	if x != nil {
+		return x.ThreadId
+	}
+	return ""
+}
+
+func (x *ApnsOptions) GetCategory() string {
+	if x != nil {
+		return x.Category
+	}
+	return ""
+}
+
+func (x *ApnsOptions) GetContentAvailable() bool {
+	if x != nil {
+		return x.ContentAvailable
+	}
+	return false
+}
+
+func (x *ApnsOptions) GetInterruptionLevel() InterruptionLevel {
+	if x != nil {
+		return x.InterruptionLevel
+	}
+	return InterruptionLevel_INTERRUPTION_LEVEL_UNSPECIFIED
+}
+
+// WebpushOptions are FCM's webpush options.
+type WebpushOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The page opened when the user clicks the notification (webpush.fcm_options.link). An
+	// absolute https URL (FCM refuses other schemes), at most 1,024 characters.
+	Link          string `protobuf:"bytes,1,opt,name=link,proto3" json:"link,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WebpushOptions) Reset() {
+	*x = WebpushOptions{}
+	mi := &file_notify_v1_notification_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebpushOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebpushOptions) ProtoMessage() {}
+
+func (x *WebpushOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_notification_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebpushOptions.ProtoReflect.Descriptor instead.
+func (*WebpushOptions) Descriptor() ([]byte, []int) {
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *WebpushOptions) GetLink() string {
+	if x != nil {
+		return x.Link
+	}
+	return ""
+}
+
 // PublishResponse identifies the accepted notification.
 type PublishResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -562,7 +956,7 @@ type PublishResponse struct {
 
 func (x *PublishResponse) Reset() {
 	*x = PublishResponse{}
-	mi := &file_notify_v1_notification_proto_msgTypes[7]
+	mi := &file_notify_v1_notification_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +968,7 @@ func (x *PublishResponse) String() string {
 func (*PublishResponse) ProtoMessage() {}
 
 func (x *PublishResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[7]
+	mi := &file_notify_v1_notification_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +981,7 @@ func (x *PublishResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResponse.ProtoReflect.Descriptor instead.
 func (*PublishResponse) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{7}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PublishResponse) GetNotificationId() string {
@@ -637,15 +1031,50 @@ const file_notify_v1_notification_proto_rawDesc = "" +
 	"\aContent\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\tR\x04body\x12\x1b\n" +
-	"\timage_url\x18\x03 \x01(\tR\bimageUrl\"\xb9\x01\n" +
+	"\timage_url\x18\x03 \x01(\tR\bimageUrl\"\xcf\x02\n" +
 	"\aOptions\x12/\n" +
 	"\bpriority\x18\x01 \x01(\x0e2\x13.notify.v1.PriorityR\bpriority\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12!\n" +
 	"\fcollapse_key\x18\x03 \x01(\tR\vcollapseKey\x12-\n" +
-	"\x12ignore_preferences\x18\b \x01(\bR\x11ignorePreferences\"X\n" +
+	"\x12ignore_preferences\x18\b \x01(\bR\x11ignorePreferences\x123\n" +
+	"\aandroid\x18\x04 \x01(\v2\x19.notify.v1.AndroidOptionsR\aandroid\x12*\n" +
+	"\x04apns\x18\x05 \x01(\v2\x16.notify.v1.ApnsOptionsR\x04apns\x123\n" +
+	"\awebpush\x18\x06 \x01(\v2\x19.notify.v1.WebpushOptionsR\awebpush\"\x83\x02\n" +
+	"\x0eAndroidOptions\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x01 \x01(\tR\tchannelId\x12\x14\n" +
+	"\x05sound\x18\x02 \x01(\tR\x05sound\x12\x10\n" +
+	"\x03tag\x18\x03 \x01(\tR\x03tag\x12!\n" +
+	"\fclick_action\x18\x04 \x01(\tR\vclickAction\x122\n" +
+	"\x12notification_count\x18\x05 \x01(\x05H\x00R\x11notificationCount\x88\x01\x01\x12<\n" +
+	"\n" +
+	"visibility\x18\x06 \x01(\x0e2\x1c.notify.v1.AndroidVisibilityR\n" +
+	"visibilityB\x15\n" +
+	"\x13_notification_count\"\xfb\x01\n" +
+	"\vApnsOptions\x12\x14\n" +
+	"\x05sound\x18\x01 \x01(\tR\x05sound\x12\x19\n" +
+	"\x05badge\x18\x02 \x01(\x05H\x00R\x05badge\x88\x01\x01\x12\x1b\n" +
+	"\tthread_id\x18\x03 \x01(\tR\bthreadId\x12\x1a\n" +
+	"\bcategory\x18\x04 \x01(\tR\bcategory\x12+\n" +
+	"\x11content_available\x18\x05 \x01(\bR\x10contentAvailable\x12K\n" +
+	"\x12interruption_level\x18\x06 \x01(\x0e2\x1c.notify.v1.InterruptionLevelR\x11interruptionLevelB\b\n" +
+	"\x06_badge\"$\n" +
+	"\x0eWebpushOptions\x12\x12\n" +
+	"\x04link\x18\x01 \x01(\tR\x04link\"X\n" +
 	"\x0fPublishResponse\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate*L\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate*\x95\x01\n" +
+	"\x11AndroidVisibility\x12\"\n" +
+	"\x1eANDROID_VISIBILITY_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aANDROID_VISIBILITY_PRIVATE\x10\x01\x12\x1d\n" +
+	"\x19ANDROID_VISIBILITY_PUBLIC\x10\x02\x12\x1d\n" +
+	"\x19ANDROID_VISIBILITY_SECRET\x10\x03*\xbe\x01\n" +
+	"\x11InterruptionLevel\x12\"\n" +
+	"\x1eINTERRUPTION_LEVEL_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aINTERRUPTION_LEVEL_PASSIVE\x10\x01\x12\x1d\n" +
+	"\x19INTERRUPTION_LEVEL_ACTIVE\x10\x02\x12%\n" +
+	"!INTERRUPTION_LEVEL_TIME_SENSITIVE\x10\x03\x12\x1f\n" +
+	"\x1bINTERRUPTION_LEVEL_CRITICAL\x10\x04*L\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPRIORITY_NORMAL\x10\x01\x12\x11\n" +
@@ -665,38 +1094,48 @@ func file_notify_v1_notification_proto_rawDescGZIP() []byte {
 	return file_notify_v1_notification_proto_rawDescData
 }
 
-var file_notify_v1_notification_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_notify_v1_notification_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_notify_v1_notification_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_notify_v1_notification_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_notify_v1_notification_proto_goTypes = []any{
-	(Priority)(0),               // 0: notify.v1.Priority
-	(*PublishRequest)(nil),      // 1: notify.v1.PublishRequest
-	(*Recipients)(nil),          // 2: notify.v1.Recipients
-	(*UserIDs)(nil),             // 3: notify.v1.UserIDs
-	(*AllDevices)(nil),          // 4: notify.v1.AllDevices
-	(*Tokens)(nil),              // 5: notify.v1.Tokens
-	(*Content)(nil),             // 6: notify.v1.Content
-	(*Options)(nil),             // 7: notify.v1.Options
-	(*PublishResponse)(nil),     // 8: notify.v1.PublishResponse
-	nil,                         // 9: notify.v1.PublishRequest.DataEntry
-	(*durationpb.Duration)(nil), // 10: google.protobuf.Duration
+	(AndroidVisibility)(0),      // 0: notify.v1.AndroidVisibility
+	(InterruptionLevel)(0),      // 1: notify.v1.InterruptionLevel
+	(Priority)(0),               // 2: notify.v1.Priority
+	(*PublishRequest)(nil),      // 3: notify.v1.PublishRequest
+	(*Recipients)(nil),          // 4: notify.v1.Recipients
+	(*UserIDs)(nil),             // 5: notify.v1.UserIDs
+	(*AllDevices)(nil),          // 6: notify.v1.AllDevices
+	(*Tokens)(nil),              // 7: notify.v1.Tokens
+	(*Content)(nil),             // 8: notify.v1.Content
+	(*Options)(nil),             // 9: notify.v1.Options
+	(*AndroidOptions)(nil),      // 10: notify.v1.AndroidOptions
+	(*ApnsOptions)(nil),         // 11: notify.v1.ApnsOptions
+	(*WebpushOptions)(nil),      // 12: notify.v1.WebpushOptions
+	(*PublishResponse)(nil),     // 13: notify.v1.PublishResponse
+	nil,                         // 14: notify.v1.PublishRequest.DataEntry
+	(*durationpb.Duration)(nil), // 15: google.protobuf.Duration
 }
 var file_notify_v1_notification_proto_depIdxs = []int32{
-	2,  // 0: notify.v1.PublishRequest.recipients:type_name -> notify.v1.Recipients
-	6,  // 1: notify.v1.PublishRequest.content:type_name -> notify.v1.Content
-	9,  // 2: notify.v1.PublishRequest.data:type_name -> notify.v1.PublishRequest.DataEntry
-	7,  // 3: notify.v1.PublishRequest.options:type_name -> notify.v1.Options
-	3,  // 4: notify.v1.Recipients.user_ids:type_name -> notify.v1.UserIDs
-	4,  // 5: notify.v1.Recipients.all_devices:type_name -> notify.v1.AllDevices
-	5,  // 6: notify.v1.Recipients.tokens:type_name -> notify.v1.Tokens
-	0,  // 7: notify.v1.Options.priority:type_name -> notify.v1.Priority
-	10, // 8: notify.v1.Options.ttl:type_name -> google.protobuf.Duration
-	1,  // 9: notify.v1.NotificationService.Publish:input_type -> notify.v1.PublishRequest
-	8,  // 10: notify.v1.NotificationService.Publish:output_type -> notify.v1.PublishResponse
-	10, // [10:11] is the sub-list for method output_type
-	9,  // [9:10] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	4,  // 0: notify.v1.PublishRequest.recipients:type_name -> notify.v1.Recipients
+	8,  // 1: notify.v1.PublishRequest.content:type_name -> notify.v1.Content
+	14, // 2: notify.v1.PublishRequest.data:type_name -> notify.v1.PublishRequest.DataEntry
+	9,  // 3: notify.v1.PublishRequest.options:type_name -> notify.v1.Options
+	5,  // 4: notify.v1.Recipients.user_ids:type_name -> notify.v1.UserIDs
+	6,  // 5: notify.v1.Recipients.all_devices:type_name -> notify.v1.AllDevices
+	7,  // 6: notify.v1.Recipients.tokens:type_name -> notify.v1.Tokens
+	2,  // 7: notify.v1.Options.priority:type_name -> notify.v1.Priority
+	15, // 8: notify.v1.Options.ttl:type_name -> google.protobuf.Duration
+	10, // 9: notify.v1.Options.android:type_name -> notify.v1.AndroidOptions
+	11, // 10: notify.v1.Options.apns:type_name -> notify.v1.ApnsOptions
+	12, // 11: notify.v1.Options.webpush:type_name -> notify.v1.WebpushOptions
+	0,  // 12: notify.v1.AndroidOptions.visibility:type_name -> notify.v1.AndroidVisibility
+	1,  // 13: notify.v1.ApnsOptions.interruption_level:type_name -> notify.v1.InterruptionLevel
+	3,  // 14: notify.v1.NotificationService.Publish:input_type -> notify.v1.PublishRequest
+	13, // 15: notify.v1.NotificationService.Publish:output_type -> notify.v1.PublishResponse
+	15, // [15:16] is the sub-list for method output_type
+	14, // [14:15] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_notify_v1_notification_proto_init() }
@@ -709,13 +1148,15 @@ func file_notify_v1_notification_proto_init() {
 		(*Recipients_AllDevices)(nil),
 		(*Recipients_Tokens)(nil),
 	}
+	file_notify_v1_notification_proto_msgTypes[7].OneofWrappers = []any{}
+	file_notify_v1_notification_proto_msgTypes[8].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_notify_v1_notification_proto_rawDesc), len(file_notify_v1_notification_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   9,
+			NumEnums:      3,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"notify/pkg/pgtest"
@@ -92,6 +93,47 @@ func TestValidatePublish(t *testing.T) {
 		{"long collapse key", func(r *notifyv1.PublishRequest) {
 			r.Options = &notifyv1.Options{CollapseKey: strings.Repeat("c", 65)}
 		}, []string{"options.collapse_key"}},
+		{"every platform option", func(r *notifyv1.PublishRequest) { r.Options = allPlatformOptions() }, nil},
+		{"platform options on an image-only notification", func(r *notifyv1.PublishRequest) {
+			r.Content = &notifyv1.Content{ImageUrl: "https://example.com/i.png"}
+			r.Data = map[string]string{"k": "v"}
+			r.Options = allPlatformOptions()
+		}, nil},
+		{"data only with content_available", func(r *notifyv1.PublishRequest) {
+			r.Content, r.Data = nil, map[string]string{"sync": "1"}
+			r.Options = &notifyv1.Options{Priority: notifyv1.Priority_PRIORITY_HIGH, Apns: &notifyv1.ApnsOptions{ContentAvailable: true}}
+		}, nil},
+		{"visible options on a data-only message", func(r *notifyv1.PublishRequest) {
+			r.Content, r.Data = nil, map[string]string{"sync": "1"}
+			r.Options = allPlatformOptions()
+		}, []string{
+			"options.android.channel_id", "options.android.sound", "options.android.tag", "options.android.click_action",
+			"options.android.notification_count", "options.android.visibility",
+			"options.apns.sound", "options.apns.badge", "options.apns.thread_id", "options.apns.category",
+			"options.apns.interruption_level", "options.webpush.link",
+		}},
+		{"bad platform values", func(r *notifyv1.PublishRequest) {
+			r.Options = &notifyv1.Options{
+				Android: &notifyv1.AndroidOptions{ChannelId: strings.Repeat("c", MaxOptionLen+1),
+					NotificationCount: proto.Int32(-1), Visibility: 9},
+				Apns:    &notifyv1.ApnsOptions{Badge: proto.Int32(-2), InterruptionLevel: 7, Category: strings.Repeat("c", MaxOptionLen+1)},
+				Webpush: &notifyv1.WebpushOptions{Link: "http://example.com/inbox"},
+			}
+		}, []string{
+			"options.android.channel_id", "options.android.notification_count", "options.android.visibility",
+			"options.apns.badge", "options.apns.category", "options.apns.interruption_level", "options.webpush.link",
+		}},
+		{"relative link", func(r *notifyv1.PublishRequest) {
+			r.Options = &notifyv1.Options{Webpush: &notifyv1.WebpushOptions{Link: "/inbox"}}
+		}, []string{"options.webpush.link"}},
+		{"long link", func(r *notifyv1.PublishRequest) {
+			r.Options = &notifyv1.Options{Webpush: &notifyv1.WebpushOptions{Link: "https://example.com/" + strings.Repeat("x", MaxLinkLen)}}
+		}, []string{"options.webpush.link"}},
+		{"options count against the payload", func(r *notifyv1.PublishRequest) {
+			r.Content.Body = strings.Repeat("x", 3900)
+			r.Options = allPlatformOptions()
+			r.Options.Android.ClickAction = strings.Repeat("a", MaxOptionLen)
+		}, []string{"content"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -107,6 +149,17 @@ func TestValidatePublish(t *testing.T) {
 				t.Errorf("violations (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// allPlatformOptions sets every platform option to a valid value.
+func allPlatformOptions() *notifyv1.Options {
+	return &notifyv1.Options{
+		Android: &notifyv1.AndroidOptions{ChannelId: "trips", Sound: "chime", Tag: "t", ClickAction: "OPEN",
+			NotificationCount: proto.Int32(0), Visibility: notifyv1.AndroidVisibility_ANDROID_VISIBILITY_SECRET},
+		Apns: &notifyv1.ApnsOptions{Sound: "default", Badge: proto.Int32(0), ThreadId: "th", Category: "cat",
+			ContentAvailable: true, InterruptionLevel: notifyv1.InterruptionLevel_INTERRUPTION_LEVEL_CRITICAL},
+		Webpush: &notifyv1.WebpushOptions{Link: "https://example.com/inbox"},
 	}
 }
 

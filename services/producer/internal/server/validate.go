@@ -25,6 +25,8 @@ const (
 	MaxFCMPayloadBytes = 4096
 	MaxTTL             = 28 * 24 * time.Hour
 	MaxBatchDevices    = 10_000
+	MaxOptionLen       = 256  // each string of options.android and options.apns
+	MaxLinkLen         = 1024 // options.webpush.link
 )
 
 var typePattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
@@ -89,6 +91,8 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 		v.add("options.collapse_key", "must be at most %d characters", MaxCollapseKeyLen)
 	}
 
+	validatePlatformOptions(&v, o, c.GetTitle() != "" || c.GetBody() != "" || c.GetImageUrl() != "")
+
 	if n := fcmPayloadSize(req); n > MaxFCMPayloadBytes {
 		v.add("content", "the FCM payload (notification and data) is %d bytes; FCM accepts at most %d", n, MaxFCMPayloadBytes)
 	}
@@ -106,6 +110,70 @@ func typeProblem(t string) string {
 		return "may contain only letters, digits, '.', '_' and '-'"
 	}
 	return ""
+}
+
+// validatePlatformOptions checks options.android, .apns and .webpush. visible says whether
+// the notification shows something (a title, body or image): the options that describe
+// how a visible notification looks are refused on a data-only message, which shows nothing.
+func validatePlatformOptions(v *violations, o *notifyv1.Options, visible bool) {
+	const dataOnly = "applies to a visible notification; a data-only message (no title, body or image) shows nothing"
+	text := func(field, value string, needsContent bool) {
+		switch {
+		case value == "":
+		case len(value) > MaxOptionLen:
+			v.add(field, "must be at most %d characters", MaxOptionLen)
+		case needsContent && !visible:
+			v.add(field, dataOnly)
+		}
+	}
+	count := func(field string, set bool, n int32) {
+		switch {
+		case !set:
+		case n < 0:
+			v.add(field, "must not be negative, got %d", n)
+		case !visible:
+			v.add(field, dataOnly)
+		}
+	}
+
+	a := o.GetAndroid()
+	text("options.android.channel_id", a.GetChannelId(), true)
+	text("options.android.sound", a.GetSound(), true)
+	text("options.android.tag", a.GetTag(), true)
+	text("options.android.click_action", a.GetClickAction(), true)
+	count("options.android.notification_count", a != nil && a.NotificationCount != nil, a.GetNotificationCount())
+	if vis := a.GetVisibility(); vis != notifyv1.AndroidVisibility_ANDROID_VISIBILITY_UNSPECIFIED {
+		if _, ok := notifyv1.AndroidVisibility_name[int32(vis)]; !ok {
+			v.add("options.android.visibility", "unknown visibility %d", vis)
+		} else if !visible {
+			v.add("options.android.visibility", dataOnly)
+		}
+	}
+
+	ap := o.GetApns()
+	text("options.apns.sound", ap.GetSound(), true)
+	count("options.apns.badge", ap != nil && ap.Badge != nil, ap.GetBadge())
+	text("options.apns.thread_id", ap.GetThreadId(), true)
+	text("options.apns.category", ap.GetCategory(), true)
+	if lvl := ap.GetInterruptionLevel(); lvl != notifyv1.InterruptionLevel_INTERRUPTION_LEVEL_UNSPECIFIED {
+		if _, ok := notifyv1.InterruptionLevel_name[int32(lvl)]; !ok {
+			v.add("options.apns.interruption_level", "unknown interruption level %d", lvl)
+		} else if !visible {
+			v.add("options.apns.interruption_level", dataOnly)
+		}
+	}
+
+	if link := o.GetWebpush().GetLink(); link != "" {
+		u, err := url.Parse(link)
+		switch {
+		case len(link) > MaxLinkLen:
+			v.add("options.webpush.link", "must be at most %d characters", MaxLinkLen)
+		case err != nil || u.Scheme != "https" || u.Host == "":
+			v.add("options.webpush.link", "must be an absolute https URL (FCM refuses other links)")
+		case !visible:
+			v.add("options.webpush.link", dataOnly)
+		}
+	}
 }
 
 func validateList(v *violations, field string, items []string, maxLen int) {
@@ -143,7 +211,15 @@ func fcmPayloadSize(req *notifyv1.PublishRequest) int {
 	if err != nil {
 		return 0
 	}
-	return len(b)
+	// The platform options travel in the same message (the aps dictionary counts against
+	// APNs' own 4 KB): their text is counted too.
+	a, ap := req.GetOptions().GetAndroid(), req.GetOptions().GetApns()
+	n := len(b)
+	for _, s := range []string{a.GetChannelId(), a.GetSound(), a.GetTag(), a.GetClickAction(),
+		ap.GetSound(), ap.GetThreadId(), ap.GetCategory(), req.GetOptions().GetWebpush().GetLink()} {
+		n += len(s)
+	}
+	return n
 }
 
 // validateDevice checks one device registration; prefix names the field path.
