@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -231,14 +230,16 @@ func TestSenderKilledMidBroadcastDeliversEverything(t *testing.T) {
 	}
 }
 
-// proxy forwards TCP connections to a target and can be cut and restored, so a test can
-// make RabbitMQ unreachable for one service without stopping the shared broker.
+// proxy forwards TCP connections to a target and can be cut (setDown) or stalled
+// (setStalled) and restored, so a test can make RabbitMQ or PostgreSQL unreachable for one
+// service without touching the server itself.
 type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  []net.Conn
+	ln      net.Listener
+	target  string
+	mu      sync.Mutex
+	down    bool
+	stalled chan struct{} // non-nil while stalled; closed when the stall ends
+	conns   []net.Conn
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -249,7 +250,7 @@ func newProxy(t *testing.T, target string) *proxy {
 	}
 	p := &proxy{ln: ln, target: target}
 	go p.serve()
-	t.Cleanup(func() { ln.Close(); p.setDown(true) })
+	t.Cleanup(func() { ln.Close(); p.setStalled(false); p.setDown(true) })
 	return p
 }
 
@@ -275,8 +276,33 @@ func (p *proxy) serve() {
 		}
 		p.conns = append(p.conns, c, up)
 		p.mu.Unlock()
-		go func() { _, _ = io.Copy(up, c); up.Close() }()
-		go func() { _, _ = io.Copy(c, up); c.Close() }()
+		go p.pipe(up, c)
+		go p.pipe(c, up)
+	}
+}
+
+// pipe copies src to dst until either ends, holding every read back while the proxy is
+// stalled (the peers see a connection that stays open and says nothing).
+func (p *proxy) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			stalled := p.stalled
+			p.mu.Unlock()
+			if stalled != nil {
+				<-stalled
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 
@@ -290,6 +316,20 @@ func (p *proxy) setDown(down bool) {
 			c.Close()
 		}
 		p.conns = nil
+	}
+}
+
+// setStalled holds every byte in both directions (stalled) or lets them through again.
+// Connections stay open meanwhile and new ones are accepted but hear nothing.
+func (p *proxy) setStalled(stalled bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case stalled && p.stalled == nil:
+		p.stalled = make(chan struct{})
+	case !stalled && p.stalled != nil:
+		close(p.stalled)
+		p.stalled = nil
 	}
 }
 

@@ -92,12 +92,19 @@ type stack struct {
 
 func newStack(t *testing.T) *stack {
 	t.Helper()
+	return newStackOn(t, pgtest.New(t), testenv.AMQPURL(t), testenv.ManagementURL(t))
+}
+
+// newStackOn builds a stack on the given database and broker. Without a management URL
+// the stack's queues are left in place at the end (the broker is the test's own).
+func newStackOn(t *testing.T, db *pgtest.DB, amqpURL, mgmtURL string) *stack {
+	t.Helper()
 	s := &stack{
 		t:        t,
 		bin:      binaries(t),
-		db:       pgtest.New(t),
-		amqpURL:  testenv.AMQPURL(t),
-		mgmtURL:  testenv.ManagementURL(t),
+		db:       db,
+		amqpURL:  amqpURL,
+		mgmtURL:  mgmtURL,
 		topology: "e2e-" + randomHex(4),
 	}
 	s.env = map[string]string{
@@ -266,7 +273,9 @@ func (s *stack) cleanup() {
 			s.t.Logf("last lines of %s:\n%s", p.name, p.tail(30))
 		}
 	}
-	s.deleteTopology()
+	if s.mgmtURL != "" {
+		s.deleteTopology()
+	}
 }
 
 // deleteTopology removes the test's queues and exchange through the management API.
