@@ -28,7 +28,7 @@ LDFLAGS := -X notify/pkg/buildinfo.version=$(VERSION) -X notify/pkg/buildinfo.co
 IMAGE_SOURCE ?= $(shell git remote get-url origin 2>/dev/null)
 IMAGE_CREATED ?= $(shell git log -1 --format=%cI 2>/dev/null)
 
-.PHONY: help run test fuzz proto lint tidy check tools build images services bench clean
+.PHONY: help run test chaos fuzz proto lint tidy check tools build images services bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,6 +40,15 @@ run: build ## start RabbitMQ, PostgreSQL, every service and the FCM emulator, an
 test: ## bring up RabbitMQ and PostgreSQL if needed, then run every module's tests with -race
 	@scripts/devenv.sh
 	go test -race -count=1 -timeout $(TEST_TIMEOUT) work
+
+# The fault suite (e2e/chaos_test.go): `make chaos` runs its full profile; its short one runs
+# in `make test`. It starts its own RabbitMQ node and PostgreSQL cluster (needs root and the
+# Debian packages), so the shared ones are never touched.
+CHAOS_PROFILE ?= full
+CHAOS_TIMEOUT ?= 40m
+
+chaos: ## fault suite: 2 replicas of everything, kills, broker/DB restarts, partitions, FCM/Slack outages, then an audit (CHAOS_PROFILE=short|full)
+	cd e2e && CHAOS_PROFILE=$(CHAOS_PROFILE) go test -count=1 -run '^TestChaos$$' -timeout $(CHAOS_TIMEOUT) -v .
 
 # Every fuzz target, as <package directory>:<target>. Their seeds run in `make test` too.
 FUZZ_TARGETS := \

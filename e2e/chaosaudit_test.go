@@ -149,7 +149,7 @@ func (r *chaosRun) audit(lastFault time.Time) {
 		}
 	}
 	rows, err := db.Query(ctx, `
-		SELECT e.id::text, e.token, n.status, coalesce(d.outcome, '')
+		SELECT e.id::text, e.token, coalesce(n.status, 'no row'), coalesce(d.outcome, '')
 		FROM unnest($1::uuid[], $2::text[]) AS e (id, token)
 		LEFT JOIN notifications n ON n.id = e.id
 		LEFT JOIN deliveries d ON d.notification_id = e.id AND d.token = e.token
