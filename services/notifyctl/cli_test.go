@@ -2,7 +2,10 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -410,4 +413,57 @@ func rows(table string) []string {
 		}
 	}
 	return rs
+}
+
+func TestPublishFile(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	var lines []string
+	for i := range 1001 {
+		typ := "reminder"
+		if i == 1 || i == 700 {
+			typ = "bad"
+		}
+		lines = append(lines, fmt.Sprintf(`{"idempotencyKey":"k%d","type":%q,"recipients":{"userIds":{"userIds":["ana"]}},"content":{"title":"t"}}`, i, typ))
+		if i == 0 {
+			lines = append(lines, "") // blank lines are skipped, line numbers still count them
+		}
+	}
+	path := filepath.Join(t.TempDir(), "reqs.jsonl")
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := mustCtl(t, exitFailure, env(addr, "publisher"), "publish", "--file", path)
+	if diff := cmp.Diff([]int{500, 500, 1}, f.batches); diff != "" {
+		t.Errorf("PublishBatch sizes (-want +got):\n%s", diff)
+	}
+	if len(f.publishes) != 1001 || f.publishes[0].GetIdempotencyKey() != "k0" || f.publishes[1000].GetIdempotencyKey() != "k1000" {
+		t.Errorf("sent %d requests, want the file's 1001 in order", len(f.publishes))
+	}
+	for _, want := range []string{`(?m)^1\s+id-0$`, `(?m)^3\s+InvalidArgument: invalid request: type$`, `(?m)^\s+type: is bad$`,
+		`(?m)^702\s+InvalidArgument`, `(?m)^1002\s+id-0$`, `999 accepted, 0 duplicates, 2 refused`} {
+		if !regexp.MustCompile(want).MatchString(r.stdout) {
+			t.Errorf("output does not match %s:\n%s", want, r.stdout[:min(len(r.stdout), 400)])
+		}
+	}
+
+	js := mustCtl(t, exitFailure, env(addr, "publisher"), "publish", "--file", path, "-o", "json").stdout
+	for _, want := range []string{`"notificationId": "id-0"`, `"code": 3`, `"field": "type"`} {
+		if !strings.Contains(js, want) {
+			t.Errorf("JSON output lacks %s", want)
+		}
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.jsonl")
+	if err := os.WriteFile(bad, []byte(lines[0]+"\n{\"nope\":1}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = mustCtl(t, exitUsage, env(addr, "publisher"), "publish", "--file", bad)
+	if !strings.Contains(r.stderr, "line 2") {
+		t.Errorf("stderr %q does not name the bad line", r.stderr)
+	}
+	mustCtl(t, exitUsage, env(addr, "publisher"), "publish", "--file", path, "--title", "x")
+	if len(f.batches) != 6 {
+		t.Errorf("refused command lines sent %d more batches", len(f.batches)-6)
+	}
 }

@@ -18,17 +18,27 @@ func (c *cli) publishCommand() *cobra.Command {
 		all                                              bool
 		typ, title, body, image, key, priority, collapse string
 		ttl                                              time.Duration
+		file                                             string
 	)
 	cmd := &cobra.Command{
-		Use:   "publish (--user ID… | --token T… | --all) [flags]",
-		Short: "Publish a notification (smoke tests, demos)",
+		Use:   "publish (--user ID… | --token T… | --all | --file FILE) [flags]",
+		Short: "Publish a notification, or many from a file",
 		Long: `Publish a notification through NotificationService.Publish and print its id.
 
 Give exactly one kind of recipient: --user (every active device of those users, repeatable),
 --token (raw FCM tokens, repeatable) or --all (a broadcast to every active device). Reusing
-an --idempotency-key prints the first notification's id, says "duplicate" and sends nothing.`,
+an --idempotency-key prints the first notification's id, says "duplicate" and sends nothing.
+
+--file FILE (or - for stdin) publishes many notifications instead: one PublishRequest per
+line in protobuf JSON (the field names of notification.proto), sent with PublishBatch 500 at
+a time. One result is printed per request with its line number: the id (and "duplicate"),
+or why it was refused and nothing was written for it. Valid requests are accepted even when
+others in the file are refused; the exit code is 1 when any was refused. A line that is not a
+PublishRequest stops everything before anything is sent.`,
 		Example: `  notifyctl publish --user ana --user bob --title 'Your order shipped' --body 'Parcel 42 is on its way' \
-    --data order_id=42 --priority high --ttl 1h --idempotency-key order-42-shipped`,
+    --data order_id=42 --priority high --ttl 1h --idempotency-key order-42-shipped
+  notifyctl publish --file reminders.jsonl   # lines like:
+    {"idempotencyKey":"r-1","type":"reminder","recipients":{"userIds":{"userIds":["ana"]}},"content":{"title":"Table ready"}}`,
 		Args: positional(0, ""),
 	}
 	f := cmd.Flags()
@@ -44,9 +54,19 @@ an --idempotency-key prints the first notification's id, says "duplicate" and se
 	f.DurationVar(&ttl, "ttl", 0, "time to live, at most 672h (default: the server's, 28 days)")
 	f.StringVar(&priority, "priority", "normal", "normal or high")
 	f.StringVar(&collapse, "collapse-key", "", "collapse `key`: FCM keeps only the newest with it")
+	f.StringVar(&file, "file", "", "publish the PublishRequests in this JSON-lines `file` (- for stdin) with PublishBatch")
 	enumFlag(cmd, "priority", "normal", "high")
 
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
+		if file != "" {
+			for _, name := range []string{"user", "token", "all", "type", "title", "body", "image", "data",
+				"idempotency-key", "ttl", "priority", "collapse-key"} {
+				if f.Changed(name) {
+					return usagef("publish: --file takes the requests from the file; --%s cannot be combined with it", name)
+				}
+			}
+			return c.publishFile(ctx, file, cmd.InOrStdin())
+		}
 		req := &notifyv1.PublishRequest{
 			IdempotencyKey: key,
 			Type:           typ,
@@ -56,7 +76,7 @@ an --idempotency-key prints the first notification's id, says "duplicate" and se
 		}
 		switch targets := boolCount(len(users) > 0, len(tokens) > 0, all); {
 		case targets != 1:
-			return usagef("publish: give exactly one of --user, --token or --all")
+			return usagef("publish: give exactly one of --user, --token or --all (or --file)")
 		case len(users) > 0:
 			req.Recipients.Target = &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: users}}
 		case len(tokens) > 0:

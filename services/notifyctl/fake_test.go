@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -38,6 +40,7 @@ type fake struct {
 
 	mu          sync.Mutex
 	publishes   []*notifyv1.PublishRequest
+	batches     []int // requests per PublishBatch call
 	replays     []*notifyv1.ReplayRequest
 	clientNames []string // common names of the client certificates presented (mTLS)
 }
@@ -87,6 +90,32 @@ func (f *fake) Publish(ctx context.Context, req *notifyv1.PublishRequest) (*noti
 	f.publishes = append(f.publishes, req)
 	f.mu.Unlock()
 	return &notifyv1.PublishResponse{NotificationId: "01890a5d-0000-7000-8000-000000000001", Duplicate: req.GetIdempotencyKey() == "used"}, nil
+}
+
+// PublishBatch accepts every request except those of type "bad", which it refuses with a
+// field violation, and answers "used" keys as duplicates.
+func (f *fake) PublishBatch(ctx context.Context, req *notifyv1.PublishBatchRequest) (*notifyv1.PublishBatchResponse, error) {
+	if err := f.authorize(ctx, false); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.publishes = append(f.publishes, req.GetRequests()...)
+	f.batches = append(f.batches, len(req.GetRequests()))
+	f.mu.Unlock()
+	resp := &notifyv1.PublishBatchResponse{}
+	for i, r := range req.GetRequests() {
+		if r.GetType() == "bad" {
+			st, _ := status.New(codes.InvalidArgument, "invalid request: type").WithDetails(&errdetails.BadRequest{
+				FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "type", Description: "is bad"}},
+			})
+			resp.Results = append(resp.Results, &notifyv1.PublishResult{Outcome: &notifyv1.PublishResult_Error{Error: st.Proto()}})
+			continue
+		}
+		resp.Results = append(resp.Results, &notifyv1.PublishResult{Outcome: &notifyv1.PublishResult_Accepted{
+			Accepted: &notifyv1.PublishResponse{NotificationId: fmt.Sprintf("id-%d", i), Duplicate: r.GetIdempotencyKey() == "used"},
+		}})
+	}
+	return resp, nil
 }
 
 func (f *fake) RegisterDevice(ctx context.Context, req *notifyv1.RegisterDeviceRequest) (*notifyv1.RegisterDeviceResponse, error) {

@@ -7,6 +7,7 @@
 package notifyv1
 
 import (
+	status "google.golang.org/genproto/googleapis/rpc/status"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -194,6 +195,188 @@ func (Priority) EnumDescriptor() ([]byte, []int) {
 	return file_notify_v1_notification_proto_rawDescGZIP(), []int{2}
 }
 
+// PublishBatchRequest carries the notifications of one PublishBatch call.
+type PublishBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The notifications, each exactly as Publish takes it; 1 to 500, at most 4 MiB in all.
+	Requests      []*PublishRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishBatchRequest) Reset() {
+	*x = PublishBatchRequest{}
+	mi := &file_notify_v1_notification_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishBatchRequest) ProtoMessage() {}
+
+func (x *PublishBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_notification_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishBatchRequest.ProtoReflect.Descriptor instead.
+func (*PublishBatchRequest) Descriptor() ([]byte, []int) {
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PublishBatchRequest) GetRequests() []*PublishRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+// PublishBatchResponse answers a PublishBatch call.
+type PublishBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per request, in the order of PublishBatchRequest.requests.
+	Results       []*PublishResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishBatchResponse) Reset() {
+	*x = PublishBatchResponse{}
+	mi := &file_notify_v1_notification_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishBatchResponse) ProtoMessage() {}
+
+func (x *PublishBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_notification_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishBatchResponse.ProtoReflect.Descriptor instead.
+func (*PublishBatchResponse) Descriptor() ([]byte, []int) {
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PublishBatchResponse) GetResults() []*PublishResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// PublishResult is the outcome of one request of a PublishBatch call.
+type PublishResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one is set.
+	//
+	// Types that are valid to be assigned to Outcome:
+	//
+	//	*PublishResult_Accepted
+	//	*PublishResult_Error
+	Outcome       isPublishResult_Outcome `protobuf_oneof:"outcome"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishResult) Reset() {
+	*x = PublishResult{}
+	mi := &file_notify_v1_notification_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishResult) ProtoMessage() {}
+
+func (x *PublishResult) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_notification_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishResult.ProtoReflect.Descriptor instead.
+func (*PublishResult) Descriptor() ([]byte, []int) {
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PublishResult) GetOutcome() isPublishResult_Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return nil
+}
+
+func (x *PublishResult) GetAccepted() *PublishResponse {
+	if x != nil {
+		if x, ok := x.Outcome.(*PublishResult_Accepted); ok {
+			return x.Accepted
+		}
+	}
+	return nil
+}
+
+func (x *PublishResult) GetError() *status.Status {
+	if x != nil {
+		if x, ok := x.Outcome.(*PublishResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isPublishResult_Outcome interface {
+	isPublishResult_Outcome()
+}
+
+type PublishResult_Accepted struct {
+	// The request was accepted: the notification's id, and duplicate=true when its
+	// idempotency key was used before (by an earlier call or earlier in this batch).
+	Accepted *PublishResponse `protobuf:"bytes,1,opt,name=accepted,proto3,oneof"`
+}
+
+type PublishResult_Error struct {
+	// The request was refused and nothing was written for it: the status Publish would
+	// have answered, e.g. INVALID_ARGUMENT with a google.rpc.BadRequest detail whose field
+	// paths are relative to the request (e.g. "content.image_url").
+	Error *status.Status `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*PublishResult_Accepted) isPublishResult_Outcome() {}
+
+func (*PublishResult_Error) isPublishResult_Outcome() {}
+
 // PublishRequest describes one notification: who receives it, what it says, how FCM
 // should treat it.
 type PublishRequest struct {
@@ -228,7 +411,7 @@ type PublishRequest struct {
 
 func (x *PublishRequest) Reset() {
 	*x = PublishRequest{}
-	mi := &file_notify_v1_notification_proto_msgTypes[0]
+	mi := &file_notify_v1_notification_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -240,7 +423,7 @@ func (x *PublishRequest) String() string {
 func (*PublishRequest) ProtoMessage() {}
 
 func (x *PublishRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[0]
+	mi := &file_notify_v1_notification_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -253,7 +436,7 @@ func (x *PublishRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishRequest.ProtoReflect.Descriptor instead.
 func (*PublishRequest) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{0}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PublishRequest) GetIdempotencyKey() string {
@@ -315,7 +498,7 @@ type Recipients struct {
 
 func (x *Recipients) Reset() {
 	*x = Recipients{}
-	mi := &file_notify_v1_notification_proto_msgTypes[1]
+	mi := &file_notify_v1_notification_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -327,7 +510,7 @@ func (x *Recipients) String() string {
 func (*Recipients) ProtoMessage() {}
 
 func (x *Recipients) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[1]
+	mi := &file_notify_v1_notification_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -340,7 +523,7 @@ func (x *Recipients) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Recipients.ProtoReflect.Descriptor instead.
 func (*Recipients) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{1}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Recipients) GetTarget() isRecipients_Target {
@@ -413,7 +596,7 @@ type UserIDs struct {
 
 func (x *UserIDs) Reset() {
 	*x = UserIDs{}
-	mi := &file_notify_v1_notification_proto_msgTypes[2]
+	mi := &file_notify_v1_notification_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +608,7 @@ func (x *UserIDs) String() string {
 func (*UserIDs) ProtoMessage() {}
 
 func (x *UserIDs) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[2]
+	mi := &file_notify_v1_notification_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +621,7 @@ func (x *UserIDs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserIDs.ProtoReflect.Descriptor instead.
 func (*UserIDs) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{2}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *UserIDs) GetUserIds() []string {
@@ -457,7 +640,7 @@ type AllDevices struct {
 
 func (x *AllDevices) Reset() {
 	*x = AllDevices{}
-	mi := &file_notify_v1_notification_proto_msgTypes[3]
+	mi := &file_notify_v1_notification_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +652,7 @@ func (x *AllDevices) String() string {
 func (*AllDevices) ProtoMessage() {}
 
 func (x *AllDevices) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[3]
+	mi := &file_notify_v1_notification_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +665,7 @@ func (x *AllDevices) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllDevices.ProtoReflect.Descriptor instead.
 func (*AllDevices) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{3}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{6}
 }
 
 // Tokens lists raw FCM registration tokens.
@@ -496,7 +679,7 @@ type Tokens struct {
 
 func (x *Tokens) Reset() {
 	*x = Tokens{}
-	mi := &file_notify_v1_notification_proto_msgTypes[4]
+	mi := &file_notify_v1_notification_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +691,7 @@ func (x *Tokens) String() string {
 func (*Tokens) ProtoMessage() {}
 
 func (x *Tokens) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[4]
+	mi := &file_notify_v1_notification_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +704,7 @@ func (x *Tokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tokens.ProtoReflect.Descriptor instead.
 func (*Tokens) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{4}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Tokens) GetTokens() []string {
@@ -546,7 +729,7 @@ type Content struct {
 
 func (x *Content) Reset() {
 	*x = Content{}
-	mi := &file_notify_v1_notification_proto_msgTypes[5]
+	mi := &file_notify_v1_notification_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +741,7 @@ func (x *Content) String() string {
 func (*Content) ProtoMessage() {}
 
 func (x *Content) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[5]
+	mi := &file_notify_v1_notification_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +754,7 @@ func (x *Content) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Content.ProtoReflect.Descriptor instead.
 func (*Content) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{5}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Content) GetTitle() string {
@@ -625,7 +808,7 @@ type Options struct {
 
 func (x *Options) Reset() {
 	*x = Options{}
-	mi := &file_notify_v1_notification_proto_msgTypes[6]
+	mi := &file_notify_v1_notification_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +820,7 @@ func (x *Options) String() string {
 func (*Options) ProtoMessage() {}
 
 func (x *Options) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[6]
+	mi := &file_notify_v1_notification_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +833,7 @@ func (x *Options) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Options.ProtoReflect.Descriptor instead.
 func (*Options) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{6}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Options) GetPriority() Priority {
@@ -728,7 +911,7 @@ type AndroidOptions struct {
 
 func (x *AndroidOptions) Reset() {
 	*x = AndroidOptions{}
-	mi := &file_notify_v1_notification_proto_msgTypes[7]
+	mi := &file_notify_v1_notification_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +923,7 @@ func (x *AndroidOptions) String() string {
 func (*AndroidOptions) ProtoMessage() {}
 
 func (x *AndroidOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[7]
+	mi := &file_notify_v1_notification_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +936,7 @@ func (x *AndroidOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AndroidOptions.ProtoReflect.Descriptor instead.
 func (*AndroidOptions) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{7}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AndroidOptions) GetChannelId() string {
@@ -825,7 +1008,7 @@ type ApnsOptions struct {
 
 func (x *ApnsOptions) Reset() {
 	*x = ApnsOptions{}
-	mi := &file_notify_v1_notification_proto_msgTypes[8]
+	mi := &file_notify_v1_notification_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +1020,7 @@ func (x *ApnsOptions) String() string {
 func (*ApnsOptions) ProtoMessage() {}
 
 func (x *ApnsOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[8]
+	mi := &file_notify_v1_notification_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1033,7 @@ func (x *ApnsOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApnsOptions.ProtoReflect.Descriptor instead.
 func (*ApnsOptions) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{8}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ApnsOptions) GetSound() string {
@@ -907,7 +1090,7 @@ type WebpushOptions struct {
 
 func (x *WebpushOptions) Reset() {
 	*x = WebpushOptions{}
-	mi := &file_notify_v1_notification_proto_msgTypes[9]
+	mi := &file_notify_v1_notification_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +1102,7 @@ func (x *WebpushOptions) String() string {
 func (*WebpushOptions) ProtoMessage() {}
 
 func (x *WebpushOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[9]
+	mi := &file_notify_v1_notification_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1115,7 @@ func (x *WebpushOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebpushOptions.ProtoReflect.Descriptor instead.
 func (*WebpushOptions) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{9}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WebpushOptions) GetLink() string {
@@ -956,7 +1139,7 @@ type PublishResponse struct {
 
 func (x *PublishResponse) Reset() {
 	*x = PublishResponse{}
-	mi := &file_notify_v1_notification_proto_msgTypes[10]
+	mi := &file_notify_v1_notification_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1151,7 @@ func (x *PublishResponse) String() string {
 func (*PublishResponse) ProtoMessage() {}
 
 func (x *PublishResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_v1_notification_proto_msgTypes[10]
+	mi := &file_notify_v1_notification_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1164,7 @@ func (x *PublishResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResponse.ProtoReflect.Descriptor instead.
 func (*PublishResponse) Descriptor() ([]byte, []int) {
-	return file_notify_v1_notification_proto_rawDescGZIP(), []int{10}
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PublishResponse) GetNotificationId() string {
@@ -1002,7 +1185,15 @@ var File_notify_v1_notification_proto protoreflect.FileDescriptor
 
 const file_notify_v1_notification_proto_rawDesc = "" +
 	"\n" +
-	"\x1cnotify/v1/notification.proto\x12\tnotify.v1\x1a\x1egoogle/protobuf/duration.proto\"\xd2\x02\n" +
+	"\x1cnotify/v1/notification.proto\x12\tnotify.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"L\n" +
+	"\x13PublishBatchRequest\x125\n" +
+	"\brequests\x18\x01 \x03(\v2\x19.notify.v1.PublishRequestR\brequests\"J\n" +
+	"\x14PublishBatchResponse\x122\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.notify.v1.PublishResultR\aresults\"\x80\x01\n" +
+	"\rPublishResult\x128\n" +
+	"\baccepted\x18\x01 \x01(\v2\x1a.notify.v1.PublishResponseH\x00R\baccepted\x12*\n" +
+	"\x05error\x18\x02 \x01(\v2\x12.google.rpc.StatusH\x00R\x05errorB\t\n" +
+	"\aoutcome\"\xd2\x02\n" +
 	"\x0ePublishRequest\x12'\n" +
 	"\x0fidempotency_key\x18\x01 \x01(\tR\x0eidempotencyKey\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x125\n" +
@@ -1078,9 +1269,10 @@ const file_notify_v1_notification_proto_rawDesc = "" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPRIORITY_NORMAL\x10\x01\x12\x11\n" +
-	"\rPRIORITY_HIGH\x10\x022W\n" +
+	"\rPRIORITY_HIGH\x10\x022\xa8\x01\n" +
 	"\x13NotificationService\x12@\n" +
-	"\aPublish\x12\x19.notify.v1.PublishRequest\x1a\x1a.notify.v1.PublishResponseB%Z#notify/proto/gen/notify/v1;notifyv1b\x06proto3"
+	"\aPublish\x12\x19.notify.v1.PublishRequest\x1a\x1a.notify.v1.PublishResponse\x12O\n" +
+	"\fPublishBatch\x12\x1e.notify.v1.PublishBatchRequest\x1a\x1f.notify.v1.PublishBatchResponseB%Z#notify/proto/gen/notify/v1;notifyv1b\x06proto3"
 
 var (
 	file_notify_v1_notification_proto_rawDescOnce sync.Once
@@ -1095,47 +1287,57 @@ func file_notify_v1_notification_proto_rawDescGZIP() []byte {
 }
 
 var file_notify_v1_notification_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_notify_v1_notification_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_notify_v1_notification_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_notify_v1_notification_proto_goTypes = []any{
-	(AndroidVisibility)(0),      // 0: notify.v1.AndroidVisibility
-	(InterruptionLevel)(0),      // 1: notify.v1.InterruptionLevel
-	(Priority)(0),               // 2: notify.v1.Priority
-	(*PublishRequest)(nil),      // 3: notify.v1.PublishRequest
-	(*Recipients)(nil),          // 4: notify.v1.Recipients
-	(*UserIDs)(nil),             // 5: notify.v1.UserIDs
-	(*AllDevices)(nil),          // 6: notify.v1.AllDevices
-	(*Tokens)(nil),              // 7: notify.v1.Tokens
-	(*Content)(nil),             // 8: notify.v1.Content
-	(*Options)(nil),             // 9: notify.v1.Options
-	(*AndroidOptions)(nil),      // 10: notify.v1.AndroidOptions
-	(*ApnsOptions)(nil),         // 11: notify.v1.ApnsOptions
-	(*WebpushOptions)(nil),      // 12: notify.v1.WebpushOptions
-	(*PublishResponse)(nil),     // 13: notify.v1.PublishResponse
-	nil,                         // 14: notify.v1.PublishRequest.DataEntry
-	(*durationpb.Duration)(nil), // 15: google.protobuf.Duration
+	(AndroidVisibility)(0),       // 0: notify.v1.AndroidVisibility
+	(InterruptionLevel)(0),       // 1: notify.v1.InterruptionLevel
+	(Priority)(0),                // 2: notify.v1.Priority
+	(*PublishBatchRequest)(nil),  // 3: notify.v1.PublishBatchRequest
+	(*PublishBatchResponse)(nil), // 4: notify.v1.PublishBatchResponse
+	(*PublishResult)(nil),        // 5: notify.v1.PublishResult
+	(*PublishRequest)(nil),       // 6: notify.v1.PublishRequest
+	(*Recipients)(nil),           // 7: notify.v1.Recipients
+	(*UserIDs)(nil),              // 8: notify.v1.UserIDs
+	(*AllDevices)(nil),           // 9: notify.v1.AllDevices
+	(*Tokens)(nil),               // 10: notify.v1.Tokens
+	(*Content)(nil),              // 11: notify.v1.Content
+	(*Options)(nil),              // 12: notify.v1.Options
+	(*AndroidOptions)(nil),       // 13: notify.v1.AndroidOptions
+	(*ApnsOptions)(nil),          // 14: notify.v1.ApnsOptions
+	(*WebpushOptions)(nil),       // 15: notify.v1.WebpushOptions
+	(*PublishResponse)(nil),      // 16: notify.v1.PublishResponse
+	nil,                          // 17: notify.v1.PublishRequest.DataEntry
+	(*status.Status)(nil),        // 18: google.rpc.Status
+	(*durationpb.Duration)(nil),  // 19: google.protobuf.Duration
 }
 var file_notify_v1_notification_proto_depIdxs = []int32{
-	4,  // 0: notify.v1.PublishRequest.recipients:type_name -> notify.v1.Recipients
-	8,  // 1: notify.v1.PublishRequest.content:type_name -> notify.v1.Content
-	14, // 2: notify.v1.PublishRequest.data:type_name -> notify.v1.PublishRequest.DataEntry
-	9,  // 3: notify.v1.PublishRequest.options:type_name -> notify.v1.Options
-	5,  // 4: notify.v1.Recipients.user_ids:type_name -> notify.v1.UserIDs
-	6,  // 5: notify.v1.Recipients.all_devices:type_name -> notify.v1.AllDevices
-	7,  // 6: notify.v1.Recipients.tokens:type_name -> notify.v1.Tokens
-	2,  // 7: notify.v1.Options.priority:type_name -> notify.v1.Priority
-	15, // 8: notify.v1.Options.ttl:type_name -> google.protobuf.Duration
-	10, // 9: notify.v1.Options.android:type_name -> notify.v1.AndroidOptions
-	11, // 10: notify.v1.Options.apns:type_name -> notify.v1.ApnsOptions
-	12, // 11: notify.v1.Options.webpush:type_name -> notify.v1.WebpushOptions
-	0,  // 12: notify.v1.AndroidOptions.visibility:type_name -> notify.v1.AndroidVisibility
-	1,  // 13: notify.v1.ApnsOptions.interruption_level:type_name -> notify.v1.InterruptionLevel
-	3,  // 14: notify.v1.NotificationService.Publish:input_type -> notify.v1.PublishRequest
-	13, // 15: notify.v1.NotificationService.Publish:output_type -> notify.v1.PublishResponse
-	15, // [15:16] is the sub-list for method output_type
-	14, // [14:15] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	6,  // 0: notify.v1.PublishBatchRequest.requests:type_name -> notify.v1.PublishRequest
+	5,  // 1: notify.v1.PublishBatchResponse.results:type_name -> notify.v1.PublishResult
+	16, // 2: notify.v1.PublishResult.accepted:type_name -> notify.v1.PublishResponse
+	18, // 3: notify.v1.PublishResult.error:type_name -> google.rpc.Status
+	7,  // 4: notify.v1.PublishRequest.recipients:type_name -> notify.v1.Recipients
+	11, // 5: notify.v1.PublishRequest.content:type_name -> notify.v1.Content
+	17, // 6: notify.v1.PublishRequest.data:type_name -> notify.v1.PublishRequest.DataEntry
+	12, // 7: notify.v1.PublishRequest.options:type_name -> notify.v1.Options
+	8,  // 8: notify.v1.Recipients.user_ids:type_name -> notify.v1.UserIDs
+	9,  // 9: notify.v1.Recipients.all_devices:type_name -> notify.v1.AllDevices
+	10, // 10: notify.v1.Recipients.tokens:type_name -> notify.v1.Tokens
+	2,  // 11: notify.v1.Options.priority:type_name -> notify.v1.Priority
+	19, // 12: notify.v1.Options.ttl:type_name -> google.protobuf.Duration
+	13, // 13: notify.v1.Options.android:type_name -> notify.v1.AndroidOptions
+	14, // 14: notify.v1.Options.apns:type_name -> notify.v1.ApnsOptions
+	15, // 15: notify.v1.Options.webpush:type_name -> notify.v1.WebpushOptions
+	0,  // 16: notify.v1.AndroidOptions.visibility:type_name -> notify.v1.AndroidVisibility
+	1,  // 17: notify.v1.ApnsOptions.interruption_level:type_name -> notify.v1.InterruptionLevel
+	6,  // 18: notify.v1.NotificationService.Publish:input_type -> notify.v1.PublishRequest
+	3,  // 19: notify.v1.NotificationService.PublishBatch:input_type -> notify.v1.PublishBatchRequest
+	16, // 20: notify.v1.NotificationService.Publish:output_type -> notify.v1.PublishResponse
+	4,  // 21: notify.v1.NotificationService.PublishBatch:output_type -> notify.v1.PublishBatchResponse
+	20, // [20:22] is the sub-list for method output_type
+	18, // [18:20] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_notify_v1_notification_proto_init() }
@@ -1143,20 +1345,24 @@ func file_notify_v1_notification_proto_init() {
 	if File_notify_v1_notification_proto != nil {
 		return
 	}
-	file_notify_v1_notification_proto_msgTypes[1].OneofWrappers = []any{
+	file_notify_v1_notification_proto_msgTypes[2].OneofWrappers = []any{
+		(*PublishResult_Accepted)(nil),
+		(*PublishResult_Error)(nil),
+	}
+	file_notify_v1_notification_proto_msgTypes[4].OneofWrappers = []any{
 		(*Recipients_UserIds)(nil),
 		(*Recipients_AllDevices)(nil),
 		(*Recipients_Tokens)(nil),
 	}
-	file_notify_v1_notification_proto_msgTypes[7].OneofWrappers = []any{}
-	file_notify_v1_notification_proto_msgTypes[8].OneofWrappers = []any{}
+	file_notify_v1_notification_proto_msgTypes[10].OneofWrappers = []any{}
+	file_notify_v1_notification_proto_msgTypes[11].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_notify_v1_notification_proto_rawDesc), len(file_notify_v1_notification_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

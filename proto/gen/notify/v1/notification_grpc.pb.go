@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	NotificationService_Publish_FullMethodName = "/notify.v1.NotificationService/Publish"
+	NotificationService_Publish_FullMethodName      = "/notify.v1.NotificationService/Publish"
+	NotificationService_PublishBatch_FullMethodName = "/notify.v1.NotificationService/PublishBatch"
 )
 
 // NotificationServiceClient is the client API for NotificationService service.
@@ -40,6 +41,19 @@ type NotificationServiceClient interface {
 	// original notification's id with duplicate=true and sends nothing again, however much
 	// later it arrives.
 	Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error)
+	// PublishBatch accepts up to 500 notifications in one call and answers one result per
+	// request, in the order of the requests.
+	//
+	// Each request is validated and deduplicated exactly as Publish would: a valid request is
+	// accepted (or answered as a duplicate of its idempotency key, also when the same key
+	// appears twice in the batch) even when others in the batch are invalid; an invalid one
+	// is answered with its own INVALID_ARGUMENT status and google.rpc.BadRequest detail, and
+	// nothing is written for it. The whole call is INVALID_ARGUMENT only when the batch
+	// itself is malformed: no requests, more than 500, or more than 4 MiB of requests. The
+	// accepted requests are written in one transaction: when the database fails, the call
+	// fails with UNAVAILABLE and nothing of it was written (retry it with the same
+	// idempotency keys).
+	PublishBatch(ctx context.Context, in *PublishBatchRequest, opts ...grpc.CallOption) (*PublishBatchResponse, error)
 }
 
 type notificationServiceClient struct {
@@ -54,6 +68,16 @@ func (c *notificationServiceClient) Publish(ctx context.Context, in *PublishRequ
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PublishResponse)
 	err := c.cc.Invoke(ctx, NotificationService_Publish_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *notificationServiceClient) PublishBatch(ctx context.Context, in *PublishBatchRequest, opts ...grpc.CallOption) (*PublishBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublishBatchResponse)
+	err := c.cc.Invoke(ctx, NotificationService_PublishBatch_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +102,19 @@ type NotificationServiceServer interface {
 	// original notification's id with duplicate=true and sends nothing again, however much
 	// later it arrives.
 	Publish(context.Context, *PublishRequest) (*PublishResponse, error)
+	// PublishBatch accepts up to 500 notifications in one call and answers one result per
+	// request, in the order of the requests.
+	//
+	// Each request is validated and deduplicated exactly as Publish would: a valid request is
+	// accepted (or answered as a duplicate of its idempotency key, also when the same key
+	// appears twice in the batch) even when others in the batch are invalid; an invalid one
+	// is answered with its own INVALID_ARGUMENT status and google.rpc.BadRequest detail, and
+	// nothing is written for it. The whole call is INVALID_ARGUMENT only when the batch
+	// itself is malformed: no requests, more than 500, or more than 4 MiB of requests. The
+	// accepted requests are written in one transaction: when the database fails, the call
+	// fails with UNAVAILABLE and nothing of it was written (retry it with the same
+	// idempotency keys).
+	PublishBatch(context.Context, *PublishBatchRequest) (*PublishBatchResponse, error)
 	mustEmbedUnimplementedNotificationServiceServer()
 }
 
@@ -90,6 +127,9 @@ type UnimplementedNotificationServiceServer struct{}
 
 func (UnimplementedNotificationServiceServer) Publish(context.Context, *PublishRequest) (*PublishResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Publish not implemented")
+}
+func (UnimplementedNotificationServiceServer) PublishBatch(context.Context, *PublishBatchRequest) (*PublishBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PublishBatch not implemented")
 }
 func (UnimplementedNotificationServiceServer) mustEmbedUnimplementedNotificationServiceServer() {}
 func (UnimplementedNotificationServiceServer) testEmbeddedByValue()                             {}
@@ -130,6 +170,24 @@ func _NotificationService_Publish_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NotificationService_PublishBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PublishBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NotificationServiceServer).PublishBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NotificationService_PublishBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NotificationServiceServer).PublishBatch(ctx, req.(*PublishBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NotificationService_ServiceDesc is the grpc.ServiceDesc for NotificationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -140,6 +198,10 @@ var NotificationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Publish",
 			Handler:    _NotificationService_Publish_Handler,
+		},
+		{
+			MethodName: "PublishBatch",
+			Handler:    _NotificationService_PublishBatch_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	notifyv1 "notify/proto/gen/notify/v1"
 )
 
 // Text PostgreSQL cannot store is refused, never stored in some altered form: a text or
@@ -34,6 +36,9 @@ func TextOptions() []grpc.ServerOption {
 }
 
 func checkText(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if _, ok := req.(*notifyv1.PublishBatchRequest); ok {
+		return handler(ctx, req) // PublishBatch checks each request itself: one bad item refuses only itself
+	}
 	if m, ok := req.(proto.Message); ok {
 		var v violations
 		badText(&v, "", m.ProtoReflect())

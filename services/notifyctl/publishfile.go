@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+// publishFileBatch is how many requests one PublishBatch call carries (the server's limit).
+const publishFileBatch = 500
+
+// maxLine bounds one JSON line: a PublishRequest with 10,000 long user ids fits.
+const maxLine = 4 << 20
+
+// fileRequest is one PublishRequest read from a file, with its line number.
+type fileRequest struct {
+	line int
+	req  *notifyv1.PublishRequest
+}
+
+// readRequests reads JSON lines of PublishRequest (protobuf JSON) from path ("-": stdin);
+// blank lines are skipped. A line that is not a PublishRequest stops everything before a
+// request is sent.
+func readRequests(path string, stdin io.Reader) ([]fileRequest, error) {
+	r := stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, usagef("publish: --file: %v", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), maxLine)
+	var reqs []fileRequest
+	for n := 1; sc.Scan(); n++ {
+		b := bytes.TrimSpace(sc.Bytes())
+		if len(b) == 0 {
+			continue
+		}
+		req := &notifyv1.PublishRequest{}
+		if err := protojson.Unmarshal(b, req); err != nil {
+			return nil, usagef("publish: %s line %d is not a PublishRequest in JSON: %v", path, n, err)
+		}
+		reqs = append(reqs, fileRequest{line: n, req: req})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, usagef("publish: reading %s: %v", path, err)
+	}
+	if len(reqs) == 0 {
+		return nil, usagef("publish: %s holds no requests", path)
+	}
+	return reqs, nil
+}
+
+// errSomeRefused: the file was sent, but the server refused some of its requests.
+var errSomeRefused = errors.New("some requests were refused")
+
+// publishFile sends the file's requests with PublishBatch, publishFileBatch at a time, and
+// prints one result per request: the line, then the id (and "duplicate") or the error
+// with each bad field.
+func (c *cli) publishFile(ctx context.Context, path string, stdin io.Reader) error {
+	reqs, err := readRequests(path, stdin)
+	if err != nil {
+		return err
+	}
+	conn, err := c.client()
+	if err != nil {
+		return err
+	}
+	client := notifyv1.NewNotificationServiceClient(conn)
+	all := &notifyv1.PublishBatchResponse{}
+	for start := 0; start < len(reqs); start += publishFileBatch {
+		batch := reqs[start:min(start+publishFileBatch, len(reqs))]
+		req := &notifyv1.PublishBatchRequest{}
+		for _, r := range batch {
+			req.Requests = append(req.Requests, r.req)
+		}
+		callCtx, cancel := c.callCtx(ctx)
+		resp, err := client.PublishBatch(callCtx, req)
+		cancel()
+		if err != nil {
+			if start > 0 {
+				fmt.Fprintf(c.errOut, "notifyctl: the requests before line %d were sent; this batch and the rest were not\n", batch[0].line)
+			}
+			return err
+		}
+		if len(resp.GetResults()) != len(batch) {
+			return fmt.Errorf("publish: the server answered %d results for %d requests", len(resp.GetResults()), len(batch))
+		}
+		all.Results = append(all.Results, resp.GetResults()...)
+	}
+
+	accepted, duplicates, refused := 0, 0, 0
+	for _, r := range all.GetResults() {
+		switch {
+		case r.GetAccepted() == nil:
+			refused++
+		case r.GetAccepted().GetDuplicate():
+			duplicates++
+		default:
+			accepted++
+		}
+	}
+	err = c.emit(all, func() error {
+		tw := c.table("LINE", "RESULT")
+		for i, r := range all.GetResults() {
+			if a := r.GetAccepted(); a != nil {
+				suffix := ""
+				if a.GetDuplicate() {
+					suffix = " (duplicate)"
+				}
+				fmt.Fprintf(tw, "%d\t%s%s\n", reqs[i].line, a.GetNotificationId(), suffix)
+				continue
+			}
+			st := status.FromProto(r.GetError())
+			fmt.Fprintf(tw, "%d\t%s: %s\n", reqs[i].line, st.Code(), st.Message())
+			for _, d := range st.Details() {
+				if br, ok := d.(*errdetails.BadRequest); ok {
+					for _, v := range br.GetFieldViolations() {
+						fmt.Fprintf(tw, "\t  %s: %s\n", v.GetField(), v.GetDescription())
+					}
+				}
+			}
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		c.summary("%d accepted, %d duplicates, %d refused\n", accepted, duplicates, refused)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if refused > 0 {
+		return errSomeRefused
+	}
+	return nil
+}
