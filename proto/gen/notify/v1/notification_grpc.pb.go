@@ -47,8 +47,9 @@ type NotificationServiceClient interface {
 	// Each request is validated and deduplicated exactly as Publish would: a valid request is
 	// accepted (or answered as a duplicate of its idempotency key, also when the same key
 	// appears twice in the batch) even when others in the batch are invalid; an invalid one
-	// is answered with its own INVALID_ARGUMENT status and google.rpc.BadRequest detail, and
-	// nothing is written for it. The whole call is INVALID_ARGUMENT only when the batch
+	// is answered with its own INVALID_ARGUMENT status and google.rpc.BadRequest detail, one
+	// asking for what the key's role does not allow (ignore_preferences without an admin key)
+	// with its own PERMISSION_DENIED, and nothing is written for it. The whole call is INVALID_ARGUMENT only when the batch
 	// itself is malformed: no requests, more than 500, or more than 4 MiB of requests. The
 	// accepted requests are written in one transaction: when the database fails, the call
 	// fails with UNAVAILABLE and nothing of it was written (retry it with the same
@@ -108,8 +109,9 @@ type NotificationServiceServer interface {
 	// Each request is validated and deduplicated exactly as Publish would: a valid request is
 	// accepted (or answered as a duplicate of its idempotency key, also when the same key
 	// appears twice in the batch) even when others in the batch are invalid; an invalid one
-	// is answered with its own INVALID_ARGUMENT status and google.rpc.BadRequest detail, and
-	// nothing is written for it. The whole call is INVALID_ARGUMENT only when the batch
+	// is answered with its own INVALID_ARGUMENT status and google.rpc.BadRequest detail, one
+	// asking for what the key's role does not allow (ignore_preferences without an admin key)
+	// with its own PERMISSION_DENIED, and nothing is written for it. The whole call is INVALID_ARGUMENT only when the batch
 	// itself is malformed: no requests, more than 500, or more than 4 MiB of requests. The
 	// accepted requests are written in one transaction: when the database fails, the call
 	// fails with UNAVAILABLE and nothing of it was written (retry it with the same

@@ -15,7 +15,8 @@ const (
 	MaxBatchBytes    = 4 << 20
 )
 
-// PublishBatch validates each request on its own, writes the valid ones with their outbox
+// PublishBatch checks each request on its own as Publish does (validation, and the admin
+// role for ignore_preferences), writes the valid ones with their outbox
 // rows in one transaction and answers one result per request, in order. Only a malformed
 // batch (empty, too many requests, too large) fails the whole call as INVALID_ARGUMENT; a
 // database failure fails it as UNAVAILABLE.
@@ -43,10 +44,8 @@ func (s *Notifications) PublishBatch(ctx context.Context, req *notifyv1.PublishB
 		// one bad string refuses only its request.
 		var v violations
 		badText(&v, "", item.ProtoReflect())
-		v = append(v, validatePublish(item)...)
-		if len(v) > 0 {
-			s.rejected.Inc()
-			results[i] = errorResult(invalidArgument(v))
+		if err := s.admit(ctx, item, v); err != nil {
+			results[i] = errorResult(err)
 			continue
 		}
 		r, err := newRow(caller, item)

@@ -14,6 +14,7 @@ import (
 
 	"notify/pkg/pgtest"
 	notifyv1 "notify/proto/gen/notify/v1"
+	"notify/services/producer/internal/apikey"
 )
 
 // summary is one PublishBatch result in a comparable form: the id (or "" for an error),
@@ -140,5 +141,35 @@ func TestPublishBatchMalformed(t *testing.T) {
 	}
 	if n, o := countRows(t, db.Pool); n != 0 || o != 0 {
 		t.Errorf("malformed batches wrote %d notifications, %d outbox rows", n, o)
+	}
+}
+
+// PublishBatch applies Publish's role rule per request: ignore_preferences needs an admin
+// key, and refuses only the requests that ask for it.
+func TestPublishBatchIgnorePreferencesNeedsAdmin(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	s := NewNotifications(db.Pool, discard, prometheus.NewRegistry(), nil, GroupCommit{})
+	overriding := validRequest()
+	overriding.Options = &notifyv1.Options{IgnorePreferences: true}
+	req := &notifyv1.PublishBatchRequest{Requests: []*notifyv1.PublishRequest{validRequest(), overriding}}
+
+	publisher := WithRole(WithCaller(context.Background(), "orders"), apikey.RolePublisher)
+	resp, err := s.PublishBatch(publisher, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := []codes.Code{summarize(resp.Results[0]).Code, summarize(resp.Results[1]).Code}; !cmp.Equal(got, []codes.Code{codes.OK, codes.PermissionDenied}) {
+		t.Errorf("publisher's results: codes %v, want OK and PERMISSION_DENIED", got)
+	}
+	admin := WithRole(WithCaller(context.Background(), "security"), apikey.RoleAdmin)
+	if resp, err = s.PublishBatch(admin, req); err != nil {
+		t.Fatal(err)
+	}
+	if r := resp.Results[1].GetAccepted(); r == nil {
+		t.Errorf("admin's overriding request = %v, want accepted", resp.Results[1])
+	}
+	if n, _ := countRows(t, db.Pool); n != 3 {
+		t.Errorf("%d notifications, want 3", n)
 	}
 }

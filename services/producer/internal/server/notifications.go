@@ -105,17 +105,27 @@ func newRow(caller string, req *notifyv1.PublishRequest) (row, error) {
 	}, nil
 }
 
+// admit checks what a request must pass before anything is written, for Publish and for
+// each request of PublishBatch; the error is the answer. v holds violations found before
+// (PublishBatch's per-request text check).
+func (s *Notifications) admit(ctx context.Context, req *notifyv1.PublishRequest, v violations) error {
+	if v = append(v, validatePublish(req)...); len(v) > 0 {
+		s.rejected.Inc()
+		return invalidArgument(v)
+	}
+	if req.GetOptions().GetIgnorePreferences() && !IsAdmin(ctx) {
+		s.rejected.Inc()
+		return toStatus(ctx, s.log, "publish ignoring preferences", errPermissionDenied)
+	}
+	return nil
+}
+
 // Publish validates the request, records it with its outbox row and returns its id once
 // committed. Concurrent calls share transactions (group commit); each is answered for its
 // own row.
 func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishRequest) (*notifyv1.PublishResponse, error) {
-	if v := validatePublish(req); len(v) > 0 {
-		s.rejected.Inc()
-		return nil, invalidArgument(v)
-	}
-	if req.GetOptions().GetIgnorePreferences() && !IsAdmin(ctx) {
-		s.rejected.Inc()
-		return nil, toStatus(ctx, s.log, "publish ignoring preferences", errPermissionDenied)
+	if err := s.admit(ctx, req, nil); err != nil {
+		return nil, err
 	}
 	caller := Caller(ctx)
 	r, err := newRow(caller, req)
