@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/protobuf/proto"
 
 	"notify/pkg/deadletter"
@@ -35,10 +37,16 @@ type Options struct {
 	// MaxAttempts is how many sends a token gets in all (the first one included) before it
 	// is dead-lettered.
 	MaxAttempts int
-	// MaxConcurrentSends bounds the multicasts in flight across every notification this
-	// process handles (each is up to 500 HTTP requests on the SDK's 50 goroutines).
+	// MaxConcurrentSends bounds the FCM requests in flight across every notification this
+	// process handles to as many as this many full multicasts make (the SDK sends a
+	// multicast's up to 500 tokens 50 at a time): a multicast of n tokens takes min(n, 50)
+	// of the MaxConcurrentSends × 50 slots, so small notifications are sent side by side
+	// and large ones one per 50 slots.
 	MaxConcurrentSends int
 }
+
+// requestsPerMulticast is how many requests the SDK has in flight for one multicast.
+const requestsPerMulticast = 50
 
 // Deliverer sends chunks of tokens through FCM and settles every token: delivered and
 // invalid tokens are recorded (invalid ones deactivated), transient failures are handed to
@@ -52,7 +60,8 @@ type Deliverer struct {
 	topo  rabbit.Topology
 	log   *slog.Logger
 	opts  Options
-	slots chan struct{}
+	// slots bounds the FCM requests in flight: MaxConcurrentSends × requestsPerMulticast.
+	slots *semaphore.Weighted
 
 	sends       *prometheus.CounterVec
 	sendLatency prometheus.Histogram
@@ -67,7 +76,7 @@ func NewDeliverer(store *Store, fcmClient pusher, pub publisher, topo rabbit.Top
 	opts.MaxConcurrentSends = max(opts.MaxConcurrentSends, 1)
 	d := &Deliverer{
 		store: store, fcm: fcmClient, pub: pub, topo: topo, log: log, opts: opts,
-		slots: make(chan struct{}, opts.MaxConcurrentSends),
+		slots: semaphore.NewWeighted(int64(opts.MaxConcurrentSends * requestsPerMulticast)),
 		sends: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notify_fcm_sends_total", Help: "Tokens sent to FCM, by outcome and FCM error code.",
 		}, []string{"outcome", "code"}),
@@ -102,43 +111,84 @@ func (s Summary) Add(o Summary) Summary {
 		s.Expired + o.Expired, s.Skipped + o.Skipped, cmp.Or(o.Status, s.Status)}
 }
 
-// SendChunk sends n to up to fcm.MaxMulticast targets as their attempt-th attempt and
-// settles every one of them: send, classify each token's result, hand the failures off
-// (retry wait queue, dead-letter queue) and record the outcomes. With final set (the
-// sender's last chunk of the notification), the notification's final status is set with
-// the outcomes and returned in the summary. An error means nothing of the chunk was
-// recorded: the caller hands its message back to the broker and the chunk is sent again.
+// Chunk is up to fcm.MaxMulticast targets of one notification to send as their Attempt-th
+// attempt. Final marks the sender's last chunk of the notification: its final status is
+// set with the outcomes (and returned in the summary); a Final chunk may have no targets.
+type Chunk struct {
+	Notification *Notification
+	Targets      []Target
+	Attempt      int
+	Final        bool
+}
+
+// SendChunk sends one chunk and settles every one of its targets; see SendChunks.
 func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Target, attempt int, final bool) (Summary, error) {
-	if len(targets) == 0 {
-		return Summary{}, nil
-	}
-	remaining := time.Until(n.ExpiresAt)
-	if remaining <= 0 {
-		return d.expire(ctx, n, targets, attempt-1, final)
-	}
-	skipped, targets := mutedTargets(targets, attempt-1)
-	var c classified
-	if len(targets) > 0 {
-		results, err := d.send(ctx, n, targets, remaining)
-		if err != nil {
-			return Summary{}, err
+	sums, errs := d.SendChunks(ctx, []Chunk{{Notification: n, Targets: targets, Attempt: attempt, Final: final}})
+	return sums[0], errs[0]
+}
+
+// SendChunks sends chunks (of several notifications, or several chunks of one) and settles
+// every target of each: send (the chunks' multicasts concurrently, within the process-wide
+// bound), classify each token's result, hand the failures off (one Publish, confirmed, for
+// the retry and dead-letter tasks of every chunk) and record the outcomes (one transaction
+// for all the chunks). It returns a summary and an error per chunk, in order. An error
+// means nothing of that chunk was recorded: the caller hands its message back to the
+// broker and the chunk is sent again; one chunk's failure never fails another's (when the
+// shared transaction fails, each chunk is recorded on its own).
+func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, []error) {
+	sums, errs := make([]Summary, len(chunks)), make([]error, len(chunks))
+	cs := make([]classified, len(chunks))
+	var wg sync.WaitGroup
+	for i, ch := range chunks {
+		n := ch.Notification
+		switch remaining := time.Until(n.ExpiresAt); {
+		case len(ch.Targets) == 0:
+		case remaining <= 0:
+			cs[i] = expired(ch.Targets, ch.Attempt-1)
+		default:
+			skipped, targets := mutedTargets(ch.Targets, ch.Attempt-1)
+			if len(targets) == 0 {
+				cs[i].skip(skipped)
+				continue
+			}
+			wg.Go(func() {
+				results, err := d.send(ctx, n, targets, remaining)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				cs[i] = d.classify(targets, results, ch.Attempt)
+				cs[i].skip(skipped)
+			})
 		}
-		c = d.classify(targets, results, attempt)
-		if err := d.handOff(ctx, n.ID, c, attempt); err != nil {
-			return Summary{}, err
+	}
+	wg.Wait()
+	d.handOff(ctx, chunks, cs, errs)
+
+	var recs []Record
+	var recorded []int
+	for i, ch := range chunks {
+		if errs[i] != nil || len(cs[i].outcomes) == 0 && !ch.Final {
+			continue
+		}
+		recs = append(recs, Record{ID: ch.Notification.ID, Outcomes: cs[i].outcomes, Final: ch.Final})
+		recorded = append(recorded, i)
+	}
+	statuses, recErrs := d.record(ctx, recs)
+	for k, i := range recorded {
+		if errs[i] = recErrs[k]; errs[i] != nil {
+			continue
+		}
+		sums[i] = cs[i].sum
+		sums[i].Status = statuses[k]
+		if cs[i].sum.Expired > 0 {
+			d.sends.WithLabelValues(schema.OutcomeExpired, schema.CodeExpired).Add(float64(cs[i].sum.Expired))
+		}
+		if cs[i].sum.Skipped > 0 {
+			d.sends.WithLabelValues(schema.OutcomeSkippedPreference, "").Add(float64(cs[i].sum.Skipped))
 		}
 	}
-	if len(skipped) > 0 {
-		c.outcomes = append(c.outcomes, skipped...)
-		c.sum.Skipped = len(skipped)
-		d.sends.WithLabelValues(schema.OutcomeSkippedPreference, "").Add(float64(len(skipped)))
-	}
-	status, err := d.record(ctx, n.ID, c.outcomes, final)
-	if err != nil {
-		return Summary{}, err
-	}
-	c.sum.Status = status
-	return c.sum, nil
+	return sums, errs
 }
 
 // mutedTargets splits the targets whose user muted the notification's type (recorded
@@ -157,8 +207,35 @@ func mutedTargets(targets []Target, attempts int) (skipped []Outcome, send []Tar
 	return skipped, send
 }
 
+// record writes recs in one transaction and returns each one's status and error. When the
+// transaction fails it records each on its own, so that one record the database refuses
+// fails only its own chunk.
+func (d *Deliverer) record(ctx context.Context, recs []Record) ([]string, []error) {
+	errs := make([]error, len(recs))
+	if len(recs) == 0 {
+		return nil, errs
+	}
+	statuses, err := d.store.RecordMany(ctx, recs)
+	if err == nil || len(recs) == 1 {
+		for i := range errs {
+			errs[i] = err
+		}
+		return statuses, errs
+	}
+	d.log.Warn("recording a batch of chunks failed; recording each on its own", "chunks", len(recs), "err", err)
+	statuses = make([]string, len(recs))
+	for i, r := range recs {
+		var st []string
+		st, errs[i] = d.store.RecordMany(ctx, []Record{r})
+		if errs[i] == nil {
+			statuses[i] = st[0]
+		}
+	}
+	return statuses, errs
+}
+
 // send makes one multicast of n to targets, with the TTL that remains, within the
-// process-wide bound on multicasts in flight. It returns one result per target; an error
+// process-wide bound on FCM requests in flight. It returns one result per target; an error
 // only when nothing was sent for a reason retrying the task may fix (not a transient FCM
 // failure: those are per-token results).
 func (d *Deliverer) send(ctx context.Context, n *Notification, targets []Target, ttl time.Duration) ([]fcm.Result, error) {
@@ -168,15 +245,15 @@ func (d *Deliverer) send(ctx context.Context, n *Notification, targets []Target,
 	for i, t := range targets {
 		tokens[i] = t.Token
 	}
-	select {
-	case d.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	// The SDK sends a multicast's tokens requestsPerMulticast at a time.
+	weight := int64(min(len(tokens), requestsPerMulticast))
+	if err := d.slots.Acquire(ctx, weight); err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	results, err := d.fcm.SendMulticast(ctx, msg, tokens)
 	d.sendLatency.Observe(time.Since(start).Seconds())
-	<-d.slots
+	d.slots.Release(weight)
 	if err == nil {
 		return results, nil
 	}
@@ -193,6 +270,12 @@ func (d *Deliverer) send(ctx context.Context, n *Notification, targets []Target,
 		}
 	}
 	return results, nil
+}
+
+// skip adds the outcomes of muted targets, never sent, to what a chunk came to.
+func (c *classified) skip(skipped []Outcome) {
+	c.outcomes = append(c.outcomes, skipped...)
+	c.sum.Skipped += len(skipped)
 }
 
 // classified is what a chunk's results come to.
@@ -241,59 +324,70 @@ func (d *Deliverer) classify(targets []Target, results []fcm.Result, attempt int
 	return c
 }
 
-// handOff publishes one retry task for the chunk's transient failures (to the wait level of
-// their next attempt) and one dead-letter task for the rest, and returns once the broker
-// confirmed both: only then may the outcomes be recorded.
-func (d *Deliverer) handOff(ctx context.Context, id uuid.UUID, c classified, attempt int) error {
+// handOff publishes, for each chunk sent (cs[i] for chunks[i], errs[i] nil), one retry
+// task for its transient failures (to the wait level of their next attempt) and one
+// dead-letter task for the rest, all in one Publish, and returns once the broker confirmed
+// them: only then may the outcomes be recorded. A chunk whose tasks were not confirmed gets
+// its error in errs.
+func (d *Deliverer) handOff(ctx context.Context, chunks []Chunk, cs []classified, errs []error) {
 	var msgs []rabbit.Message
-	if len(c.retry) > 0 {
-		m, err := d.retryMessage(id, c.retry, attempt+1, c.retryAfter)
-		if err != nil {
-			return err
+	var owner []int // owner[k]: the chunk msgs[k] belongs to
+	for i, ch := range chunks {
+		if errs[i] != nil {
+			continue
 		}
-		msgs = append(msgs, m)
-	}
-	if len(c.dead) > 0 {
-		m, err := deadMessage(id.String(), c.deadReason, c.dead, attempt)
-		if err != nil {
-			return err
+		c, id := cs[i], ch.Notification.ID
+		if len(c.retry) > 0 {
+			m, err := d.retryMessage(id, c.retry, ch.Attempt+1, c.retryAfter)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			msgs, owner = append(msgs, m), append(owner, i)
 		}
-		msgs = append(msgs, m)
+		if len(c.dead) > 0 {
+			m, err := deadMessage(id.String(), c.deadReason, c.dead, ch.Attempt)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			msgs, owner = append(msgs, m), append(owner, i)
+		}
 	}
 	if len(msgs) == 0 {
-		return nil
+		return
 	}
 	if err := d.pub.Publish(ctx, msgs...); err != nil {
-		return fmt.Errorf("hand off failures of %s: %w", id, err)
+		pe, ok := errors.AsType[*rabbit.PublishError](err)
+		for k, i := range owner {
+			if !ok || slices.ContainsFunc(pe.Failed, func(f rabbit.FailedMessage) bool { return f.Index == k }) {
+				errs[i] = cmp.Or(errs[i], fmt.Errorf("hand off failures of %s: %w", chunks[i].Notification.ID, err))
+			}
+		}
 	}
-	d.retries.Add(float64(len(c.retry)))
-	if len(c.dead) > 0 {
-		d.dead.WithLabelValues(c.deadReason).Inc()
+	counted := map[int]bool{}
+	for _, i := range owner {
+		if errs[i] != nil || counted[i] {
+			continue
+		}
+		counted[i] = true
+		d.retries.Add(float64(len(cs[i].retry)))
+		if len(cs[i].dead) > 0 {
+			d.dead.WithLabelValues(cs[i].deadReason).Inc()
+		}
 	}
-	return nil
 }
 
-func (d *Deliverer) record(ctx context.Context, id uuid.UUID, outcomes []Outcome, final bool) (string, error) {
-	if final {
-		return d.store.RecordFinal(ctx, id, outcomes)
-	}
-	return "", d.store.Record(ctx, id, outcomes)
-}
-
-// expire records targets whose notification's TTL passed as expired: counted, never
-// alerted.
-func (d *Deliverer) expire(ctx context.Context, n *Notification, targets []Target, attempts int, final bool) (Summary, error) {
-	outcomes := make([]Outcome, len(targets))
+// expired is what a chunk comes to when its notification's TTL passed before delivery:
+// every target recorded expired, counted, never alerted.
+func expired(targets []Target, attempts int) classified {
+	c := classified{outcomes: make([]Outcome, len(targets))}
 	for i, t := range targets {
-		outcomes[i] = Outcome{Target: t, Outcome: schema.OutcomeExpired, Attempts: attempts, ErrorCode: schema.CodeExpired,
+		c.outcomes[i] = Outcome{Target: t, Outcome: schema.OutcomeExpired, Attempts: attempts, ErrorCode: schema.CodeExpired,
 			ErrorMessage: "the notification's TTL passed before delivery"}
 	}
-	status, err := d.record(ctx, n.ID, outcomes, final)
-	if err != nil {
-		return Summary{}, err
-	}
-	d.sends.WithLabelValues(schema.OutcomeExpired, schema.CodeExpired).Add(float64(len(targets)))
-	return Summary{Expired: len(targets), Status: status}, nil
+	c.sum.Expired = len(targets)
+	return c
 }
 
 // retryMessage builds the retry task for a chunk's transient failures, routed to the wait

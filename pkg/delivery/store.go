@@ -5,9 +5,12 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -70,21 +73,67 @@ func (s *Store) Load(ctx context.Context, id string) (*Notification, error) {
 	if err != nil {
 		return nil, fmt.Errorf("notification id %q: %w", id, ErrNotFound)
 	}
-	n := &Notification{ID: nid}
+	var status string
+	var expiresAt time.Time
 	var request []byte
 	err = s.pool.QueryRow(ctx, "SELECT status, expires_at, request FROM notifications WHERE id = $1", nid).
-		Scan(&n.Status, &n.ExpiresAt, &request)
+		Scan(&status, &expiresAt, &request)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("notification %s: %w", nid, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load notification %s: %w", nid, err)
 	}
+	return decodeNotification(nid, status, expiresAt, request)
+}
+
+// LoadMany reads the notifications with the given ids in one round trip and returns them
+// by id as given. An id that is not a notification's (absent, or not a UUID) has no entry;
+// one whose stored request cannot be decoded has a nil entry and its error in the returned
+// map of errors. The error is for the round trip as a whole.
+func (s *Store) LoadMany(ctx context.Context, ids []string) (map[string]*Notification, map[string]error, error) {
+	uuids := make([]uuid.UUID, 0, len(ids))
+	byUUID := make(map[uuid.UUID]string, len(ids))
+	for _, id := range ids {
+		if nid, err := uuid.Parse(id); err == nil {
+			uuids = append(uuids, nid)
+			byUUID[nid] = id
+		}
+	}
+	found := make(map[string]*Notification, len(ids))
+	bad := map[string]error{}
+	if len(uuids) == 0 {
+		return found, bad, nil
+	}
+	rows, err := s.pool.Query(ctx, "SELECT id, status, expires_at, request FROM notifications WHERE id = ANY($1)", uuids)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load %d notifications: %w", len(uuids), err)
+	}
+	var nid uuid.UUID
+	var status string
+	var expiresAt time.Time
+	var request []byte
+	_, err = pgx.ForEachRow(rows, []any{&nid, &status, &expiresAt, &request}, func() error {
+		n, err := decodeNotification(nid, status, expiresAt, request)
+		found[byUUID[nid]] = n
+		if err != nil {
+			bad[byUUID[nid]] = err
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("load %d notifications: %w", len(uuids), err)
+	}
+	return found, bad, nil
+}
+
+// decodeNotification builds a Notification from its stored row.
+func decodeNotification(id uuid.UUID, status string, expiresAt time.Time, request []byte) (*Notification, error) {
 	req, err := schema.DecodeRequest(request)
 	if err != nil {
-		return nil, fmt.Errorf("notification %s: %w", nid, err)
+		return nil, fmt.Errorf("notification %s: %w", id, err)
 	}
-	n.Audience = schema.AudienceOf(req)
+	n := &Notification{ID: id, Status: status, ExpiresAt: expiresAt, Audience: schema.AudienceOf(req)}
 	n.Message = fcm.FromRequest(req)
 	return n, nil
 }
@@ -117,17 +166,62 @@ func (s *Store) Audience(ctx context.Context, n *Notification, after string, lim
 	return targets, key, nil
 }
 
+// Page is one page of a notification's unsettled audience (see Audience).
+type Page struct {
+	Targets []Target
+	Next    string // the cursor of the next page; "" when this was the last one
+	Err     error  // this notification's audience could not be read (an unknown kind)
+}
+
+// FirstPages returns the first page of up to limit unsettled targets of each notification,
+// in order, all in one round trip (a pipelined batch): a notification whose page has no
+// next cursor has its whole unsettled audience in it. The error is for the round trip.
+func (s *Store) FirstPages(ctx context.Context, ns []*Notification, limit int) ([]Page, error) {
+	pages := make([]Page, len(ns))
+	b := &pgx.Batch{}
+	for i, n := range ns {
+		query, args, err := n.Audience.UnsettledPage(n.ID, "", limit)
+		if err != nil {
+			pages[i].Err = fmt.Errorf("notification %s: %w", n.ID, err)
+			continue
+		}
+		pages[i].Targets = make([]Target, 0, 4)
+		b.Queue(query, args...).Query(func(rows pgx.Rows) error {
+			var key string
+			var t Target
+			_, err := pgx.ForEachRow(rows, []any{&key, &t.DeviceID, &t.UserID, &t.Token, &t.Muted}, func() error {
+				pages[i].Targets = append(pages[i].Targets, t)
+				return nil
+			})
+			if len(pages[i].Targets) == limit {
+				pages[i].Next = key
+			}
+			return err
+		})
+	}
+	if b.Len() == 0 {
+		return pages, nil
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("resolve the audiences of %d notifications: %w", b.Len(), err)
+	}
+	return pages, nil
+}
+
+// unsettledSQL selects the targets among tokens $2 still to be sent for notification $1.
+const unsettledSQL = `
+SELECT t.token, coalesce(x.device_id, d.device_id, ''), coalesce(x.user_id, d.user_id, '')
+FROM (SELECT DISTINCT token FROM unnest($2::text[]) AS token) t
+LEFT JOIN deliveries x ON x.notification_id = $1 AND x.token = t.token
+LEFT JOIN devices d ON d.token = t.token AND d.active
+WHERE x.outcome IS NULL OR x.outcome NOT IN ` + schema.FinalOutcomes + `
+ORDER BY t.token`
+
 // Unsettled returns the targets among tokens that are still to be sent for n (not
 // delivered, invalid or expired), with their devices where registered. The retrier uses it
 // so that a repeated retry message sends nothing twice.
 func (s *Store) Unsettled(ctx context.Context, n *Notification, tokens []string) ([]Target, error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT t.token, coalesce(x.device_id, d.device_id, ''), coalesce(x.user_id, d.user_id, '')
-		FROM (SELECT DISTINCT token FROM unnest($2::text[]) AS token) t
-		LEFT JOIN deliveries x ON x.notification_id = $1 AND x.token = t.token
-		LEFT JOIN devices d ON d.token = t.token AND d.active
-		WHERE x.outcome IS NULL OR x.outcome NOT IN `+schema.FinalOutcomes+`
-		ORDER BY t.token`, n.ID, tokens)
+	rows, err := s.pool.Query(ctx, unsettledSQL, n.ID, tokens)
 	if err != nil {
 		return nil, fmt.Errorf("read deliveries of %s: %w", n.ID, err)
 	}
@@ -141,6 +235,30 @@ func (s *Store) Unsettled(ctx context.Context, n *Notification, tokens []string)
 		return nil, fmt.Errorf("read deliveries of %s: %w", n.ID, err)
 	}
 	return targets, nil
+}
+
+// UnsettledMany is Unsettled for several notifications and token lists at once (ns[i]
+// with tokens[i]), in one round trip (a pipelined batch).
+func (s *Store) UnsettledMany(ctx context.Context, ns []*Notification, tokens [][]string) ([][]Target, error) {
+	out := make([][]Target, len(ns))
+	if len(ns) == 0 {
+		return out, nil
+	}
+	b := &pgx.Batch{}
+	for i, n := range ns {
+		b.Queue(unsettledSQL, n.ID, tokens[i]).Query(func(rows pgx.Rows) error {
+			var t Target
+			_, err := pgx.ForEachRow(rows, []any{&t.Token, &t.DeviceID, &t.UserID}, func() error {
+				out[i] = append(out[i], t)
+				return nil
+			})
+			return err
+		})
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("read deliveries of %d notifications: %w", len(ns), err)
+	}
+	return out, nil
 }
 
 // recordSQL upserts a chunk's outcomes and moves the notification's counts by the
@@ -197,7 +315,7 @@ const statusSQL = `CASE WHEN retrying > 0 THEN '` + schema.StatusRetrying + `' W
 // dead tokens and, unless the sender is still working through the notification (status
 // pending), its status.
 func (s *Store) Record(ctx context.Context, id uuid.UUID, outcomes []Outcome) error {
-	_, err := s.record(ctx, id, outcomes, false)
+	_, err := s.RecordMany(ctx, []Record{{ID: id, Outcomes: outcomes}})
 	return err
 }
 
@@ -205,39 +323,99 @@ func (s *Store) Record(ctx context.Context, id uuid.UUID, outcomes []Outcome) er
 // sets the final status from the counts, in the same transaction, and returns it. It saves
 // small notifications a second commit.
 func (s *Store) RecordFinal(ctx context.Context, id uuid.UUID, outcomes []Outcome) (string, error) {
-	return s.record(ctx, id, outcomes, true)
+	statuses, err := s.RecordMany(ctx, []Record{{ID: id, Outcomes: outcomes, Final: true}})
+	if err != nil {
+		return "", err
+	}
+	return statuses[0], nil
 }
 
-func (s *Store) record(ctx context.Context, id uuid.UUID, outcomes []Outcome, final bool) (string, error) {
-	n := len(outcomes)
-	tokens, devices, users, results := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	attempts := make([]int32, n)
-	codes, messages := make([]string, n), make([]string, n)
-	var deadTokens, deadReasons []string
-	for i, o := range outcomes {
-		tokens[i], devices[i], users[i], results[i] = o.Token, o.DeviceID, o.UserID, o.Outcome
-		attempts[i], codes[i], messages[i] = int32(o.Attempts), o.ErrorCode, o.ErrorMessage
-		if o.Outcome == schema.OutcomeInvalid {
-			deadTokens = append(deadTokens, o.Token)
-			deadReasons = append(deadReasons, o.ErrorCode)
-		}
+// Record is one chunk's outcomes, for RecordMany.
+type Record struct {
+	ID       uuid.UUID
+	Outcomes []Outcome
+	// Final is set for the sender's last chunk of the notification (see RecordFinal); it
+	// may have no outcomes (an audience with nobody left to send to).
+	Final bool
+}
+
+// RecordMany records several chunks (of several notifications, or several chunks of one)
+// as Record and RecordFinal do, all in one transaction and one round trip, and returns the
+// status of each Final record ("" for the others). Either every record is written or none.
+// The writes go in notification id order, and the dead tokens in token order, so that two
+// concurrent calls lock rows in the same order.
+func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error) {
+	order := make([]int, len(recs))
+	for i := range order {
+		order[i] = i
 	}
+	slices.SortStableFunc(order, func(a, b int) int { return bytes.Compare(recs[a].ID[:], recs[b].ID[:]) })
+
 	b := &pgx.Batch{}
-	b.Queue(recordSQL, id, tokens, devices, users, results, attempts, codes, messages)
-	if len(deadTokens) > 0 {
-		b.Queue(deactivateSQL, deadTokens, deadReasons)
+	var dead []Outcome
+	var finals, others []uuid.UUID
+	total := 0
+	for _, i := range order {
+		r := recs[i]
+		if r.Final {
+			finals = append(finals, r.ID)
+		} else {
+			others = append(others, r.ID)
+		}
+		n := len(r.Outcomes)
+		if n == 0 {
+			continue
+		}
+		total += n
+		tokens, devices, users, results := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		attempts := make([]int32, n)
+		codes, messages := make([]string, n), make([]string, n)
+		for k, o := range r.Outcomes {
+			tokens[k], devices[k], users[k], results[k] = o.Token, o.DeviceID, o.UserID, o.Outcome
+			attempts[k], codes[k], messages[k] = int32(o.Attempts), o.ErrorCode, o.ErrorMessage
+			if o.Outcome == schema.OutcomeInvalid {
+				dead = append(dead, o)
+			}
+		}
+		b.Queue(recordSQL, r.ID, tokens, devices, users, results, attempts, codes, messages)
 	}
-	var status string
-	if final {
-		b.Queue(`UPDATE notifications SET status = `+statusSQL+`, updated_at = now() WHERE id = $1 RETURNING status`, id).
-			QueryRow(func(row pgx.Row) error { return row.Scan(&status) })
-	} else {
-		b.Queue(`UPDATE notifications SET status = `+statusSQL+` WHERE id = $1 AND status <> '`+schema.StatusPending+`'`, id)
+	if len(dead) > 0 {
+		slices.SortFunc(dead, func(a, b Outcome) int { return strings.Compare(a.Token, b.Token) })
+		tokens, reasons := make([]string, len(dead)), make([]string, len(dead))
+		for k, o := range dead {
+			tokens[k], reasons[k] = o.Token, o.ErrorCode
+		}
+		b.Queue(deactivateSQL, tokens, reasons)
+	}
+	status := make(map[uuid.UUID]string, len(finals))
+	if len(finals) > 0 {
+		b.Queue(`UPDATE notifications SET status = `+statusSQL+`, updated_at = now() WHERE id = ANY($1) RETURNING id, status`, finals).
+			Query(func(rows pgx.Rows) error {
+				var id uuid.UUID
+				var st string
+				_, err := pgx.ForEachRow(rows, []any{&id, &st}, func() error {
+					status[id] = st
+					return nil
+				})
+				return err
+			})
+	}
+	if len(others) > 0 {
+		b.Queue(`UPDATE notifications SET status = `+statusSQL+` WHERE id = ANY($1) AND status <> '`+schema.StatusPending+`'`, others)
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		return "", fmt.Errorf("record %d outcomes of %s: %w", n, id, err)
+		if len(recs) == 1 {
+			return nil, fmt.Errorf("record %d outcomes of %s: %w", total, recs[0].ID, err)
+		}
+		return nil, fmt.Errorf("record %d outcomes of %d chunks: %w", total, len(recs), err)
 	}
-	return status, nil
+	statuses := make([]string, len(recs))
+	for i, r := range recs {
+		if r.Final {
+			statuses[i] = status[r.ID]
+		}
+	}
+	return statuses, nil
 }
 
 // Finish sets a notification's status from its counts once the sender has sent to its
@@ -250,6 +428,15 @@ func (s *Store) Finish(ctx context.Context, id uuid.UUID) (string, error) {
 		return "", fmt.Errorf("finish notification %s: %w", id, err)
 	}
 	return status, nil
+}
+
+// ExpireMany is Expire for several notifications in one statement.
+func (s *Store) ExpireMany(ctx context.Context, ids []uuid.UUID) error {
+	if _, err := s.pool.Exec(ctx, `UPDATE notifications SET status = '`+schema.StatusExpired+`', updated_at = now()
+		WHERE id = ANY($1) AND status IN `+schema.InFlightStatuses, ids); err != nil {
+		return fmt.Errorf("expire %d notifications: %w", len(ids), err)
+	}
+	return nil
 }
 
 // Expire marks a notification whose TTL passed before the sender reached it.

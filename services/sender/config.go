@@ -18,6 +18,8 @@ type config struct {
 	Delivery         delivery.Settings
 	Workers          int           // SEND_WORKERS: send tasks handled at once
 	Prefetch         int           // SEND_PREFETCH: deliveries the broker sends ahead
+	BatchSize        int           // SEND_BATCH_SIZE: send tasks one worker takes at once
+	BatchLinger      time.Duration // SEND_BATCH_LINGER: how long a batch waits to fill
 	ChunkConcurrency int           // SEND_CHUNK_CONCURRENCY: chunks of one notification in flight
 	ShutdownTimeout  time.Duration // SHUTDOWN_TIMEOUT: how long in-flight tasks may finish on SIGTERM
 }
@@ -31,9 +33,11 @@ func loadConfig(getenv func(string) string) (config, error) {
 		MetricsAddr:      e.Addr("METRICS_ADDR", "127.0.0.1:9102"),
 		Delivery:         delivery.LoadSettings(e),
 		Workers:          e.Int("SEND_WORKERS", 4, 1, 256),
+		BatchSize:        e.Int("SEND_BATCH_SIZE", 64, 1, 1000),
+		BatchLinger:      e.Duration("SEND_BATCH_LINGER", 5*time.Millisecond, time.Microsecond),
 		ChunkConcurrency: e.Int("SEND_CHUNK_CONCURRENCY", 8, 1, 64),
 		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0),
 	}
-	c.Prefetch = e.Int("SEND_PREFETCH", 2*c.Workers, 1, 10000)
+	c.Prefetch = e.Int("SEND_PREFETCH", 2*c.Workers*c.BatchSize, 1, 65535)
 	return c, e.Err()
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -12,19 +13,20 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MetricsAddr != "127.0.0.1:9102" || c.ChunkConcurrency != 8 || c.Workers != 4 || c.Prefetch != 8 || c.Delivery.MaxAttempts != 8 {
+	if c.MetricsAddr != "127.0.0.1:9102" || c.ChunkConcurrency != 8 || c.Workers != 4 || c.Prefetch != 512 || c.BatchSize != 64 || c.BatchLinger != 5*time.Millisecond || c.Delivery.MaxAttempts != 8 {
 		t.Errorf("defaults %+v", c)
 	}
 	c, err = loadConfig(func(k string) string {
-		return map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:9099/v1", "SEND_WORKERS": "8"}[k]
+		return map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:9099/v1", "SEND_WORKERS": "8", "SEND_BATCH_SIZE": "1"}[k]
 	})
 	if err != nil || c.Workers != 8 || c.Prefetch != 16 {
-		t.Errorf("SEND_WORKERS=8: %d workers, prefetch %d (%v), want 8 and 16", c.Workers, c.Prefetch, err)
+		t.Errorf("SEND_WORKERS=8 SEND_BATCH_SIZE=1: %d workers, prefetch %d (%v), want 8 and 16", c.Workers, c.Prefetch, err)
 	}
 	_, err = loadConfig(func(k string) string {
-		return map[string]string{"SEND_CHUNK_CONCURRENCY": "0", "SEND_PREFETCH": "x", "LOG_LEVEL": "chatty", "SHUTDOWN_TIMEOUT": "x"}[k]
+		return map[string]string{"SEND_CHUNK_CONCURRENCY": "0", "SEND_PREFETCH": "x", "LOG_LEVEL": "chatty", "SHUTDOWN_TIMEOUT": "x",
+			"SEND_BATCH_SIZE": "0", "SEND_BATCH_LINGER": "soon"}[k]
 	})
-	for _, name := range []string{"SEND_CHUNK_CONCURRENCY", "SEND_PREFETCH", "LOG_LEVEL", "SHUTDOWN_TIMEOUT", "FCM_ENDPOINT"} {
+	for _, name := range []string{"SEND_CHUNK_CONCURRENCY", "SEND_PREFETCH", "SEND_BATCH_SIZE", "SEND_BATCH_LINGER", "LOG_LEVEL", "SHUTDOWN_TIMEOUT", "FCM_ENDPOINT"} {
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("error %v does not name %s", err, name)
 		}

@@ -53,9 +53,11 @@ func run(ctx context.Context, getenv func(string) string) error {
 	pub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
 	deliverer := delivery.NewDeliverer(store, fcmClient, pub, topo, log, reg, cfg.Delivery.Options())
 	handler := sender.NewHandler(store, deliverer, log, reg, cfg.ChunkConcurrency)
-	consumer := rabbit.NewConsumer(conn, topo.SendQueue(), handler.Handle, rabbit.ConsumerOptions{
+	consumer := rabbit.NewBatchConsumer(conn, topo.SendQueue(), handler.HandleBatch, rabbit.ConsumerOptions{
 		Concurrency:     cfg.Workers,
 		Prefetch:        cfg.Prefetch,
+		BatchSize:       cfg.BatchSize,
+		BatchLinger:     cfg.BatchLinger,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 	})
 

@@ -138,6 +138,5 @@ func BenchmarkSmallNotifications(b *testing.B) {
 // newBenchConsumer consumes the queue with h as run.go does (SEND_WORKERS and prefetch at
 // their defaults).
 func newBenchConsumer(conn *rabbit.Conn, queue string, h *Handler) *rabbit.Consumer {
-	return rabbit.NewConsumer(conn, queue, h.Handle, rabbit.ConsumerOptions{Concurrency: 4, Prefetch: 8})
+	return rabbit.NewBatchConsumer(conn, queue, h.HandleBatch, rabbit.ConsumerOptions{Concurrency: 4, BatchSize: 64})
 }
-

@@ -1,6 +1,8 @@
-// Package sender turns SendTasks into FCM multicasts: it resolves a notification's audience
-// page by page, sends the pages concurrently as chunks of at most 500 tokens, and settles
-// the task only after every chunk's outcomes are committed.
+// Package sender turns SendTasks into FCM multicasts. It takes tasks from the queue in
+// batches: the small notifications of a batch (one chunk of at most 500 tokens each) are
+// loaded, sent and recorded together, a few round trips for the whole batch; a large one
+// has its audience resolved page by page and sent as concurrent chunks of at most 500
+// tokens. A task is settled only after all its outcomes are committed.
 package sender
 
 import (
@@ -8,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
@@ -48,52 +52,215 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 	return h
 }
 
-// Handle processes one SendTask; the consumer settles the delivery from its error:
+// HandleBatch processes a batch of SendTasks (a rabbit.BatchHandler) and returns how the
+// consumer settles each delivery:
 //   - nil (ack): every token of the audience was settled, or the notification was already
 //     final (a redelivery) or expired; also once a body that is not a SendTask or names no
 //     notification has been dead-lettered;
 //   - Requeue: something failed on the way (database, broker), or the sender is stopping;
 //     whatever chunks were committed are skipped when the task comes back;
 //   - Reject: the task could not even be dead-lettered explicitly.
-func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) error {
-	result, err := h.handle(ctx, d, h.log.With("message_id", d.MessageID))
-	if err != nil {
-		result = string(rabbit.SettlementOf(err))
+//
+// The batch's notifications are loaded in one round trip and the first page of each
+// audience in another. Small audiences (one page, up to fcm.MaxMulticast tokens) are sent
+// together: their multicasts side by side, their failures handed off in one Publish, their
+// outcomes and final statuses written in one transaction (sendSmall). Larger ones take the
+// paged, chunked path, one notification at a time (sendLarge), alongside. A task naming
+// the same notification as an earlier one of the batch ends as that one does.
+func (h *Handler) HandleBatch(ctx context.Context, ds []*rabbit.Delivery) []error {
+	tasks := h.load(ctx, ds)
+	var small []chunkTask
+	var large []*task
+	if pending := unfinished(tasks); len(pending) > 0 {
+		small, large = h.split(ctx, pending)
 	}
-	h.tasks.WithLabelValues(result).Inc()
-	return err
+	var wg sync.WaitGroup
+	for _, t := range large {
+		wg.Go(func() { t.finish(h.sendLarge(ctx, t.n, t.log)) })
+	}
+	h.sendSmall(ctx, small)
+	wg.Wait()
+
+	errs := make([]error, len(tasks))
+	for i, t := range tasks {
+		if t.same != nil {
+			t.result, t.err = "duplicate", t.same.err
+		}
+		result := t.result
+		if t.err != nil {
+			result = string(rabbit.SettlementOf(t.err))
+		}
+		h.tasks.WithLabelValues(result).Inc()
+		errs[i] = t.err
+	}
+	return errs
 }
 
-// handle returns what became of the task, for the metrics.
-func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logger) (string, error) {
-	var task busv1.SendTask
-	if err := proto.Unmarshal(d.Body, &task); err != nil || task.GetNotificationId() == "" {
-		if err == nil {
-			err = errors.New("no notification id")
-		}
-		return "dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode SendTask: %w", err))
-	}
-	id := task.GetNotificationId()
-	log = log.With("notification_id", id)
-	n, err := h.store.Load(ctx, id)
-	if errors.Is(err, delivery.ErrNotFound) {
-		return "dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUnknownNotification, id, err)
-	}
-	if err != nil {
-		return "", rabbit.Requeue(err)
-	}
-	if n.Final() {
-		log.Debug("notification already final; acknowledging redelivered task", "status", n.Status)
-		return "duplicate", nil
-	}
-	if time.Now().After(n.ExpiresAt) {
-		log.Info("notification expired before it was sent")
-		if err := h.store.Expire(ctx, n.ID); err != nil {
-			return "", rabbit.Requeue(err)
-		}
-		return "expired", nil
-	}
+// Handle processes one SendTask (a rabbit.Handler): a batch of one.
+func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) error {
+	return h.HandleBatch(ctx, []*rabbit.Delivery{d})[0]
+}
 
+// task is one delivery of a batch and what became of it.
+type task struct {
+	d    *rabbit.Delivery
+	log  *slog.Logger
+	id   string                 // the notification id, once decoded
+	n    *delivery.Notification // once loaded
+	same *task                  // an earlier task of the batch for the same notification
+
+	done   bool
+	result string // what became of the task, for the metrics
+	err    error  // how the consumer settles the delivery
+}
+
+func (t *task) finish(result string, err error) { t.done, t.result, t.err = true, result, err }
+
+// unfinished returns the tasks still to be handled.
+func unfinished(tasks []*task) []*task {
+	var out []*task
+	for _, t := range tasks {
+		if !t.done && t.same == nil {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// load decodes the batch's tasks and loads their notifications in one round trip. It
+// finishes the tasks that need no sending: undecodable or naming no notification
+// (dead-lettered), already final (a redelivery), expired; and all of them, requeued, when
+// the notifications cannot be read.
+func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
+	tasks := make([]*task, len(ds))
+	first := map[string]*task{}
+	var ids []string
+	for i, d := range ds {
+		t := &task{d: d, log: h.log.With("message_id", d.MessageID)}
+		tasks[i] = t
+		var body busv1.SendTask
+		if err := proto.Unmarshal(d.Body, &body); err != nil || body.GetNotificationId() == "" {
+			if err == nil {
+				err = errors.New("no notification id")
+			}
+			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode SendTask: %w", err)))
+			continue
+		}
+		t.id = body.GetNotificationId()
+		t.log = t.log.With("notification_id", t.id)
+		if f, ok := first[t.id]; ok {
+			t.same = f
+			continue
+		}
+		first[t.id] = t
+		ids = append(ids, t.id)
+	}
+	if len(ids) == 0 {
+		return tasks
+	}
+	found, bad, err := h.store.LoadMany(ctx, ids)
+	if err != nil {
+		for _, t := range unfinished(tasks) {
+			t.finish("", rabbit.Requeue(err))
+		}
+		return tasks
+	}
+	var expired []*task
+	for _, t := range unfinished(tasks) {
+		n, ok := found[t.id]
+		switch {
+		case !ok:
+			err := fmt.Errorf("notification %s: %w", t.id, delivery.ErrNotFound)
+			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, t.d, deadletter.ReasonUnknownNotification, t.id, err))
+		case bad[t.id] != nil:
+			t.finish("", rabbit.Requeue(bad[t.id]))
+		case n.Final():
+			t.log.Debug("notification already final; acknowledging redelivered task", "status", n.Status)
+			t.finish("duplicate", nil)
+		case time.Now().After(n.ExpiresAt):
+			t.n = n
+			expired = append(expired, t)
+		default:
+			t.n = n
+		}
+	}
+	if len(expired) > 0 {
+		ids := make([]uuid.UUID, len(expired))
+		for i, t := range expired {
+			ids[i] = t.n.ID
+		}
+		err := h.store.ExpireMany(ctx, ids)
+		for _, t := range expired {
+			if err != nil {
+				t.finish("", rabbit.Requeue(err))
+				continue
+			}
+			t.log.Info("notification expired before it was sent")
+			t.finish("expired", nil)
+		}
+	}
+	return tasks
+}
+
+// split reads the first page of each task's audience, in one round trip: a task whose
+// whole audience fits in it is small (its page is its only chunk), the others are large.
+func (h *Handler) split(ctx context.Context, tasks []*task) (small []chunkTask, large []*task) {
+	ns := make([]*delivery.Notification, len(tasks))
+	for i, t := range tasks {
+		ns[i] = t.n
+	}
+	pages, err := h.store.FirstPages(ctx, ns, fcm.MaxMulticast)
+	if err != nil {
+		for _, t := range tasks {
+			t.finish("", rabbit.Requeue(err))
+		}
+		return nil, nil
+	}
+	for i, t := range tasks {
+		switch p := pages[i]; {
+		case p.Err != nil:
+			t.finish("", rabbit.Requeue(p.Err))
+		case p.Next != "":
+			large = append(large, t)
+		default:
+			small = append(small, chunkTask{t, p.Targets})
+		}
+	}
+	return small, large
+}
+
+// chunkTask is a small task with its whole unsettled audience.
+type chunkTask struct {
+	*task
+	targets []delivery.Target
+}
+
+// sendSmall sends small notifications together, each as its one final chunk (see
+// HandleBatch). A failure fails only its own task.
+func (h *Handler) sendSmall(ctx context.Context, small []chunkTask) {
+	if len(small) == 0 {
+		return
+	}
+	chunks := make([]delivery.Chunk, len(small))
+	for i, t := range small {
+		chunks[i] = delivery.Chunk{Notification: t.n, Targets: t.targets, Attempt: 1, Final: true}
+	}
+	sums, errs := h.deliverer.SendChunks(ctx, chunks)
+	for i, t := range small {
+		if errs[i] != nil {
+			t.finish("", rabbit.Requeue(errs[i]))
+			continue
+		}
+		sum := sums[i]
+		t.log.Debug("notification sent", "status", sum.Status, "delivered", sum.Delivered, "invalid", sum.Invalid,
+			"retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired)
+		t.finish("sent", nil)
+	}
+}
+
+// sendLarge sends a notification whose audience takes more than one chunk, page by page
+// (sendAll), then sets its final status. It returns what became of the task.
+func (h *Handler) sendLarge(ctx context.Context, n *delivery.Notification, log *slog.Logger) (string, error) {
 	start := time.Now()
 	sum, err := h.sendAll(ctx, n)
 	if err != nil {
