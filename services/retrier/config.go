@@ -18,6 +18,8 @@ type config struct {
 	Delivery        delivery.Settings
 	Workers         int           // RETRY_WORKERS: retry tasks handled at once
 	Prefetch        int           // RETRY_PREFETCH: deliveries the broker sends ahead
+	BatchSize       int           // RETRY_BATCH_SIZE: retry tasks one worker takes at once
+	BatchLinger     time.Duration // RETRY_BATCH_LINGER: how long a batch waits to fill
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT: how long in-flight tasks may finish on SIGTERM
 }
 
@@ -30,8 +32,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 		MetricsAddr:     e.Addr("METRICS_ADDR", "127.0.0.1:9103"),
 		Delivery:        delivery.LoadSettings(e),
 		Workers:         e.Int("RETRY_WORKERS", 4, 1, 256),
+		BatchSize:       e.Int("RETRY_BATCH_SIZE", 64, 1, 1000),
+		BatchLinger:     e.Duration("RETRY_BATCH_LINGER", 5*time.Millisecond, time.Microsecond),
 		ShutdownTimeout: e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0),
 	}
-	c.Prefetch = e.Int("RETRY_PREFETCH", 2*c.Workers, 1, 10000)
+	c.Prefetch = e.Int("RETRY_PREFETCH", 2*c.Workers*c.BatchSize, 1, 65535)
 	return c, e.Err()
 }

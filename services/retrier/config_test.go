@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -12,13 +13,15 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MetricsAddr != "127.0.0.1:9103" || c.Workers != 4 || c.Delivery.MaxAttempts != 8 {
+	if c.MetricsAddr != "127.0.0.1:9103" || c.Workers != 4 || c.Delivery.MaxAttempts != 8 ||
+		c.BatchSize != 64 || c.BatchLinger != 5*time.Millisecond || c.Prefetch != 512 {
 		t.Errorf("defaults %+v", c)
 	}
 	_, err = loadConfig(func(k string) string {
-		return map[string]string{"RETRY_WORKERS": "0", "RETRY_MAX_DELAY": "1ms", "RETRY_BASE_DELAY": "1s"}[k]
+		return map[string]string{"RETRY_WORKERS": "0", "RETRY_MAX_DELAY": "1ms", "RETRY_BASE_DELAY": "1s",
+			"RETRY_BATCH_SIZE": "0", "RETRY_BATCH_LINGER": "soon"}[k]
 	})
-	for _, name := range []string{"RETRY_WORKERS", "RETRY_MAX_DELAY"} {
+	for _, name := range []string{"RETRY_WORKERS", "RETRY_MAX_DELAY", "RETRY_BATCH_SIZE", "RETRY_BATCH_LINGER"} {
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("error %v does not name %s", err, name)
 		}

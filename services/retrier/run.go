@@ -53,7 +53,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 	pub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
 	deliverer := delivery.NewDeliverer(store, fcmClient, pub, topo, log, reg, cfg.Delivery.Options())
 	handler := retrier.NewHandler(store, deliverer, log, reg)
-	consumer := rabbit.NewConsumer(conn, topo.RetryQueue(), handler.Handle, rabbit.ConsumerOptions{
+	consumer := rabbit.NewBatchConsumer(conn, topo.RetryQueue(), handler.HandleBatch, rabbit.ConsumerOptions{
+		BatchSize:       cfg.BatchSize,
+		BatchLinger:     cfg.BatchLinger,
 		Concurrency:     cfg.Workers,
 		Prefetch:        cfg.Prefetch,
 		ShutdownTimeout: cfg.ShutdownTimeout,

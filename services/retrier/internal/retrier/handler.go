@@ -1,5 +1,5 @@
 // Package retrier sends retry tasks: the tokens of one chunk that failed transiently,
-// again, after their wait. What fails again moves one wait level up; what runs out of
+// again, after their wait, a batch of tasks at a time. What fails again moves one wait level up; what runs out of
 // attempts is dead-lettered; what outlived its notification's TTL is recorded expired.
 package retrier
 
@@ -39,53 +39,141 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 	return h
 }
 
-// Handle processes one RetryTask; the consumer settles the delivery from its error: nil
-// (ack) once every token is settled, or there was nothing left to send (a repeated task), or
-// what is not a RetryTask for a known notification was dead-lettered; Requeue on database or
-// broker failures; Reject when even the dead-lettering failed.
-func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) error {
-	result, err := h.handle(ctx, d, h.log.With("message_id", d.MessageID))
-	if err != nil {
-		result = string(rabbit.SettlementOf(err))
+// HandleBatch processes a batch of RetryTasks (a rabbit.BatchHandler) and returns how the
+// consumer settles each delivery: nil (ack) once every token is settled, or there was
+// nothing left to send (a repeated task), or what is not a RetryTask for a known
+// notification was dead-lettered; Requeue on database or broker failures; Reject when even
+// the dead-lettering failed.
+//
+// The batch's notifications are loaded in one round trip, the tokens still to send of
+// every task read in another, and the tasks sent together through one
+// Deliverer.SendChunks call (multicasts side by side, one hand-off Publish, one
+// transaction for the outcomes). A failure fails only its own task.
+func (h *Handler) HandleBatch(ctx context.Context, ds []*rabbit.Delivery) []error {
+	tasks := h.load(ctx, ds)
+	h.send(ctx, unfinished(tasks))
+	errs := make([]error, len(tasks))
+	for i, t := range tasks {
+		result := t.result
+		if t.err != nil {
+			result = string(rabbit.SettlementOf(t.err))
+		}
+		h.tasks.WithLabelValues(result).Inc()
+		errs[i] = t.err
 	}
-	h.tasks.WithLabelValues(result).Inc()
-	return err
+	return errs
 }
 
-// handle returns what became of the task, for the metrics.
-func (h *Handler) handle(ctx context.Context, d *rabbit.Delivery, log *slog.Logger) (string, error) {
-	var task busv1.RetryTask
-	err := proto.Unmarshal(d.Body, &task)
-	if err == nil && (task.GetNotificationId() == "" || len(task.GetTokens()) == 0) {
-		err = errors.New("no notification id or no tokens")
+// Handle processes one RetryTask (a rabbit.Handler): a batch of one.
+func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) error {
+	return h.HandleBatch(ctx, []*rabbit.Delivery{d})[0]
+}
+
+// retryTask is one delivery of a batch and what became of it.
+type retryTask struct {
+	d       *rabbit.Delivery
+	log     *slog.Logger
+	body    *busv1.RetryTask
+	n       *delivery.Notification // once loaded
+	attempt int
+
+	done   bool
+	result string // what became of the task, for the metrics
+	err    error  // how the consumer settles the delivery
+}
+
+func (t *retryTask) finish(result string, err error) { t.done, t.result, t.err = true, result, err }
+
+func unfinished(tasks []*retryTask) []*retryTask {
+	var out []*retryTask
+	for _, t := range tasks {
+		if !t.done {
+			out = append(out, t)
+		}
 	}
+	return out
+}
+
+// load decodes the batch's tasks and loads their notifications in one round trip,
+// dead-lettering what is not a RetryTask or names no notification, and requeueing every
+// task when the notifications cannot be read.
+func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*retryTask {
+	tasks := make([]*retryTask, len(ds))
+	var ids []string
+	for i, d := range ds {
+		t := &retryTask{d: d, log: h.log.With("message_id", d.MessageID), body: &busv1.RetryTask{}}
+		tasks[i] = t
+		err := proto.Unmarshal(d.Body, t.body)
+		if err == nil && (t.body.GetNotificationId() == "" || len(t.body.GetTokens()) == 0) {
+			err = errors.New("no notification id or no tokens")
+		}
+		if err != nil {
+			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode RetryTask: %w", err)))
+			continue
+		}
+		t.log = t.log.With("notification_id", t.body.GetNotificationId())
+		// Our header wins; the body's copy covers messages whose headers were lost.
+		t.attempt = max(d.Attempt(), int(t.body.GetAttempt()), 2)
+		ids = append(ids, t.body.GetNotificationId())
+	}
+	if len(ids) == 0 {
+		return tasks
+	}
+	found, bad, err := h.store.LoadMany(ctx, ids)
+	for _, t := range unfinished(tasks) {
+		id := t.body.GetNotificationId()
+		switch n, ok := found[id]; {
+		case err != nil:
+			t.finish("", rabbit.Requeue(err))
+		case !ok:
+			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, t.d, deadletter.ReasonUnknownNotification, id,
+				fmt.Errorf("notification %s: %w", id, delivery.ErrNotFound)))
+		case bad[id] != nil:
+			t.finish("", rabbit.Requeue(bad[id]))
+		default:
+			t.n = n
+		}
+	}
+	return tasks
+}
+
+// send reads which tokens of each task are still to send (one round trip) and sends them
+// all together.
+func (h *Handler) send(ctx context.Context, tasks []*retryTask) {
+	if len(tasks) == 0 {
+		return
+	}
+	ns, tokens := make([]*delivery.Notification, len(tasks)), make([][]string, len(tasks))
+	for i, t := range tasks {
+		ns[i], tokens[i] = t.n, t.body.GetTokens()
+	}
+	targets, err := h.store.UnsettledMany(ctx, ns, tokens)
 	if err != nil {
-		return "dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode RetryTask: %w", err))
+		for _, t := range tasks {
+			t.finish("", rabbit.Requeue(err))
+		}
+		return
 	}
-	id := task.GetNotificationId()
-	log = log.With("notification_id", id)
-	n, err := h.store.Load(ctx, id)
-	if errors.Is(err, delivery.ErrNotFound) {
-		return "dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUnknownNotification, id, err)
+	var sending []*retryTask
+	var chunks []delivery.Chunk
+	for i, t := range tasks {
+		if len(targets[i]) == 0 {
+			t.log.Debug("every token of the retry task is already settled")
+			t.finish("duplicate", nil)
+			continue
+		}
+		sending = append(sending, t)
+		chunks = append(chunks, delivery.Chunk{Notification: t.n, Targets: targets[i], Attempt: t.attempt})
 	}
-	if err != nil {
-		return "", rabbit.Requeue(err)
+	sums, errs := h.deliverer.SendChunks(ctx, chunks)
+	for i, t := range sending {
+		if errs[i] != nil {
+			t.finish("", rabbit.Requeue(errs[i]))
+			continue
+		}
+		sum := sums[i]
+		t.log.Info("retry sent", "attempt", t.attempt, "tokens", len(chunks[i].Targets), "delivered", sum.Delivered,
+			"invalid", sum.Invalid, "retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired)
+		t.finish("sent", nil)
 	}
-	targets, err := h.store.Unsettled(ctx, n, task.GetTokens())
-	if err != nil {
-		return "", rabbit.Requeue(err)
-	}
-	if len(targets) == 0 {
-		log.Debug("every token of the retry task is already settled")
-		return "duplicate", nil
-	}
-	// Our header wins; the body's copy covers messages whose headers were lost.
-	attempt := max(d.Attempt(), int(task.GetAttempt()), 2)
-	sum, err := h.deliverer.SendChunk(ctx, n, targets, attempt, false)
-	if err != nil {
-		return "", rabbit.Requeue(err)
-	}
-	log.Info("retry sent", "attempt", attempt, "tokens", len(targets), "delivered", sum.Delivered,
-		"invalid", sum.Invalid, "retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired)
-	return "sent", nil
 }
