@@ -129,6 +129,9 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"get"}, message: "give one notification ID"},
 		{args: []string{"get", "a", "b"}, message: "give one notification ID"},
 		{args: []string{"devices", "register", "--user", "u"}, message: `"device", "token" not set`},
+		{args: []string{"devices", "list"}, message: `"user" not set`},
+		{args: []string{"devices", "list", "--user", "u", "--limit", "-1"}, message: "--limit"},
+		{args: []string{"devices", "unregister"}, message: "give DEVICE_ID"},
 		{args: []string{"devices", "register", "--user", "u", "--device", "d", "--token", "t", "--platform", "tv"}, message: "--platform"},
 		{args: []string{"publish", "--title", "x"}, message: "exactly one of --user, --token or --all"},
 		{args: []string{"publish", "--user", "u", "--all"}, message: "exactly one of"},
@@ -303,6 +306,7 @@ func TestOutputFormats(t *testing.T) {
 		{"get", "x"}, {"keys", "list"}, {"keys", "create", "ci", "--role", "publisher"}, {"keys", "revoke", "ops"},
 		{"replay", "a"}, {"publish", "--user", "ana"}, {"devices", "check", "--user", "u", "--device", "known"},
 		{"devices", "register", "--user", "u", "--device", "d", "--token", "t"}, {"version"},
+		{"devices", "list", "--user", "ana"}, {"devices", "unregister", "phone"},
 	} {
 		for _, format := range []string{"json", "yaml"} {
 			out := mustCtl(t, exitOK, e, append(args, "-o", format)...).stdout
@@ -333,6 +337,9 @@ func TestExitCodes(t *testing.T) {
 		{"admin", []string{"get", missingID}, exitNotFound, "NotFound"},
 		{"admin", []string{"replay", "a", missingID}, exitNotFound, "1 of the notifications do not exist"},
 		{"admin", []string{"keys", "revoke", "nobody"}, exitNotFound, `no active key named "nobody"`},
+		{"publisher", []string{"devices", "unregister", "missing-device"}, exitNotFound, `no device "missing-device"`},
+		{"publisher", []string{"devices", "unregister", "phone"}, exitOK, ""},
+		{"publisher", []string{"devices", "list", "--user", "ana"}, exitOK, ""},
 		{"", []string{"list"}, exitAuth, "no API key given: use --api-key or NOTIFY_API_KEY"},
 		{"nfy_wrong", []string{"list"}, exitAuth, "Unauthenticated"},
 		{"publisher", []string{"list"}, exitAuth, "PermissionDenied"},
@@ -465,5 +472,38 @@ func TestPublishFile(t *testing.T) {
 	mustCtl(t, exitUsage, env(addr, "publisher"), "publish", "--file", path, "--title", "x")
 	if len(f.batches) != 6 {
 		t.Errorf("refused command lines sent %d more batches", len(f.batches)-6)
+	}
+}
+
+func TestDevicesListPagesAndPrints(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	r := mustCtl(t, exitOK, env(addr, "publisher"), "devices", "list", "--user", "ana", "--limit", "2")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "DEVICE ") {
+		t.Fatalf("devices list --limit 2:\n%s", r.stdout)
+	}
+	if got := strings.Fields(lines[2]); got[0] != "tablet" || got[1] != "ios" || got[2] != "false" || got[4] != "UNREGISTERED" {
+		t.Errorf("tablet row %q, want device, platform ios, inactive, reason UNREGISTERED", lines[2])
+	}
+	if !strings.Contains(r.stderr, "showing the newest 2") {
+		t.Errorf("stderr does not say more are there:\n%s", r.stderr)
+	}
+
+	var all struct {
+		Devices []struct {
+			DeviceID string `json:"deviceId"`
+			Active   bool   `json:"active"`
+		} `json:"devices"`
+	}
+	out := mustCtl(t, exitOK, env(addr, "publisher"), "devices", "list", "--user", "ana", "--limit", "0", "--active", "-o", "json").stdout
+	if err := json.Unmarshal([]byte(out), &all); err != nil || len(all.Devices) != 3 {
+		t.Fatalf("devices list --limit 0 -o json: %v\n%s", err, out)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	last := f.deviceLists[len(f.deviceLists)-1]
+	if last.GetUserId() != "ana" || !last.GetActiveOnly() || last.GetPageToken() == "" {
+		t.Errorf("last ListDevices request %v, want user ana, active_only, a page token (all pages fetched)", last)
 	}
 }

@@ -231,10 +231,10 @@ var platformFlags = map[string]notifyv1.Platform{
 func (c *cli) devicesCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "devices",
-		Short: "Register a device's FCM token, or check whether it is registered",
+		Short: "Register, list, check and unregister a user's devices",
 		RunE:  group,
 	}
-	cmd.AddCommand(c.devicesRegisterCommand(), c.devicesCheckCommand())
+	cmd.AddCommand(c.devicesRegisterCommand(), c.devicesCheckCommand(), c.devicesListCommand(), c.devicesUnregisterCommand())
 	return cmd
 }
 
@@ -316,6 +316,107 @@ func (c *cli) devicesCheckCommand() *cobra.Command {
 			}
 			return nil
 		})
+	})
+	return cmd
+}
+
+func (c *cli) devicesListCommand() *cobra.Command {
+	var (
+		user       string
+		activeOnly bool
+		limit      int
+	)
+	cmd := &cobra.Command{
+		Use:   "list --user U",
+		Short: "List a user's devices, newest first, active and deactivated",
+		Long: "List a user's devices (DeviceService.ListDevices), newest first: platform, whether the token is active, " +
+			"why it was deactivated, when it was registered and last seen.",
+		Example: `  notifyctl devices list --user ana
+  notifyctl devices list --user ana --active -o json`,
+		Args: positional(0, ""),
+	}
+	f := cmd.Flags()
+	f.StringVar(&user, "user", "", "user `id`")
+	f.BoolVar(&activeOnly, "active", false, "only active devices")
+	f.IntVar(&limit, "limit", 50, "at most `N` (0: all)")
+	_ = cmd.MarkFlagRequired("user")
+	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
+		if limit < 0 {
+			return usagef("devices list: --limit must be 0 (all) or more")
+		}
+		conn, err := c.client()
+		if err != nil {
+			return err
+		}
+		devices := notifyv1.NewDeviceServiceClient(conn)
+		req := &notifyv1.ListDevicesRequest{UserId: user, ActiveOnly: activeOnly}
+		all := &notifyv1.ListDevicesResponse{}
+		for {
+			req.PageSize = pageFor(limit, len(all.Devices))
+			callCtx, cancel := c.callCtx(ctx)
+			resp, err := devices.ListDevices(callCtx, req)
+			cancel()
+			if err != nil {
+				return err
+			}
+			all.Devices = append(all.Devices, resp.GetDevices()...)
+			all.NextPageToken = resp.GetNextPageToken()
+			if all.NextPageToken == "" || (limit > 0 && len(all.Devices) >= limit) {
+				break
+			}
+			req.PageToken = all.NextPageToken
+		}
+		if err := c.emit(all, func() error {
+			tw := c.table("DEVICE", "PLATFORM", "ACTIVE", "DEACTIVATED", "REASON", "REGISTERED", "LAST SEEN", "TOKEN")
+			for _, d := range all.Devices {
+				fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\t%s\t%s\t%s\n", d.GetDeviceId(),
+					strings.ToLower(strings.TrimPrefix(d.GetPlatform().String(), "PLATFORM_")), d.GetActive(),
+					stamp(d.GetDeactivateTime()), dash(d.GetDeactivationReason()), stamp(d.GetRegisterTime()),
+					stamp(d.GetLastSeenTime()), d.GetToken())
+			}
+			return tw.Flush()
+		}); err != nil {
+			return err
+		}
+		if all.NextPageToken != "" {
+			fmt.Fprintf(c.errOut, "(showing the newest %d; raise --limit, or --limit 0 for all)\n", len(all.Devices))
+		}
+		return nil
+	})
+	return cmd
+}
+
+func (c *cli) devicesUnregisterCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "unregister DEVICE_ID",
+		Short: "Deactivate a device's token (notify stops sending to it)",
+		Long: "Deactivate a device's token (DeviceService.UnregisterDevice), as an app does at logout. " +
+			"Exit code 3 when notify knows no device with that id.",
+		Args: positional(1, "DEVICE_ID"),
+	}
+	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
+		conn, err := c.client()
+		if err != nil {
+			return err
+		}
+		callCtx, cancel := c.callCtx(ctx)
+		defer cancel()
+		resp, err := notifyv1.NewDeviceServiceClient(conn).UnregisterDevice(callCtx, &notifyv1.UnregisterDeviceRequest{DeviceId: args[0]})
+		if err != nil {
+			return err
+		}
+		if err := c.emit(resp, func() error {
+			if resp.GetFound() {
+				fmt.Fprintf(c.out, "device %s unregistered\n", args[0])
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if !resp.GetFound() {
+			return notFoundError{fmt.Sprintf("no device %q", args[0])}
+		}
+		return nil
 	})
 	return cmd
 }

@@ -42,6 +42,7 @@ type fake struct {
 	publishes   []*notifyv1.PublishRequest
 	batches     []int // requests per PublishBatch call
 	replays     []*notifyv1.ReplayRequest
+	deviceLists []*notifyv1.ListDevicesRequest
 	clientNames []string // common names of the client certificates presented (mTLS)
 }
 
@@ -130,6 +131,43 @@ func (f *fake) CheckDevice(ctx context.Context, req *notifyv1.CheckDeviceRequest
 		return nil, err
 	}
 	return &notifyv1.CheckDeviceResponse{Registered: req.GetDeviceId() == "known"}, nil
+}
+
+func (f *fake) UnregisterDevice(ctx context.Context, req *notifyv1.UnregisterDeviceRequest) (*notifyv1.UnregisterDeviceResponse, error) {
+	if err := f.authorize(ctx, false); err != nil {
+		return nil, err
+	}
+	return &notifyv1.UnregisterDeviceResponse{Found: req.GetDeviceId() != "missing-device"}, nil
+}
+
+// ListDevices answers three devices of any user, paged by page_size up to 2 (the page token is the
+// index of the next device).
+func (f *fake) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequest) (*notifyv1.ListDevicesResponse, error) {
+	if err := f.authorize(ctx, false); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.deviceLists = append(f.deviceLists, req)
+	f.mu.Unlock()
+	all := []*notifyv1.Device{
+		{UserId: req.GetUserId(), DeviceId: "phone", Token: "tok-phone", Platform: notifyv1.Platform_PLATFORM_ANDROID, Active: true,
+			CreateTime: timestamppb.New(created), RegisterTime: timestamppb.New(created), LastSeenTime: timestamppb.New(created)},
+		{UserId: req.GetUserId(), DeviceId: "tablet", Token: "tok-tablet", Platform: notifyv1.Platform_PLATFORM_IOS,
+			DeactivationReason: "UNREGISTERED", DeactivateTime: timestamppb.New(created),
+			CreateTime: timestamppb.New(created), RegisterTime: timestamppb.New(created), LastSeenTime: timestamppb.New(created)},
+		{UserId: req.GetUserId(), DeviceId: "browser", Token: "tok-browser", Platform: notifyv1.Platform_PLATFORM_WEB, Active: true,
+			CreateTime: timestamppb.New(created), RegisterTime: timestamppb.New(created), LastSeenTime: timestamppb.New(created)},
+	}
+	start := 0
+	if req.GetPageToken() != "" {
+		start = int(req.GetPageToken()[0] - '0')
+	}
+	end := min(len(all), start+int(min(req.GetPageSize(), 2))) // at most 2 a page, to make clients page
+	resp := &notifyv1.ListDevicesResponse{Devices: all[start:end]}
+	if end < len(all) {
+		resp.NextPageToken = string(rune('0' + end))
+	}
+	return resp, nil
 }
 
 func notification(id string) *notifyv1.Notification {

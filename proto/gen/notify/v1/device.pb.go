@@ -9,6 +9,7 @@ package notifyv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -88,9 +89,25 @@ type Device struct {
 	// The FCM registration token. Required, up to 1,024 characters.
 	Token string `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
 	// The device's platform. Required.
-	Platform      Platform `protobuf:"varint,4,opt,name=platform,proto3,enum=notify.v1.Platform" json:"platform,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Platform Platform `protobuf:"varint,4,opt,name=platform,proto3,enum=notify.v1.Platform" json:"platform,omitempty"`
+	// Whether notify sends to the token.
+	Active bool `protobuf:"varint,6,opt,name=active,proto3" json:"active,omitempty"`
+	// Why the token was deactivated, empty while active: "unregistered" (UnregisterDevice),
+	// "token_moved" (another device registered the same token), "stale" (not registered or
+	// seen for TOKEN_STALE_AFTER), or FCM's error code when FCM reported the token dead
+	// (e.g. "UNREGISTERED", "INVALID_ARGUMENT", "SENDER_ID_MISMATCH").
+	DeactivationReason string `protobuf:"bytes,7,opt,name=deactivation_reason,json=deactivationReason,proto3" json:"deactivation_reason,omitempty"`
+	// When the device was first registered.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When the device last registered (RegisterDevice or RegisterDevices).
+	RegisterTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=register_time,json=registerTime,proto3" json:"register_time,omitempty"`
+	// When the app was last seen: its last registration or CheckDevice (recorded at most
+	// once an hour).
+	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	// When the token was deactivated; unset while active.
+	DeactivateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=deactivate_time,json=deactivateTime,proto3" json:"deactivate_time,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Device) Reset() {
@@ -149,6 +166,48 @@ func (x *Device) GetPlatform() Platform {
 		return x.Platform
 	}
 	return Platform_PLATFORM_UNSPECIFIED
+}
+
+func (x *Device) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *Device) GetDeactivationReason() string {
+	if x != nil {
+		return x.DeactivationReason
+	}
+	return ""
+}
+
+func (x *Device) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Device) GetRegisterTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RegisterTime
+	}
+	return nil
+}
+
+func (x *Device) GetLastSeenTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeenTime
+	}
+	return nil
+}
+
+func (x *Device) GetDeactivateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeactivateTime
+	}
+	return nil
 }
 
 // RegisterDeviceRequest registers one device.
@@ -768,16 +827,152 @@ func (x *GetPreferencesResponse) GetMutedTypes() []string {
 	return nil
 }
 
+// ListDevicesRequest names the user whose devices to list.
+type ListDevicesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required, up to 128 characters.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Only active devices (false: active and deactivated ones).
+	ActiveOnly bool `protobuf:"varint,2,opt,name=active_only,json=activeOnly,proto3" json:"active_only,omitempty"`
+	// Devices per page, 0 means 50, at most 1,000.
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDevicesRequest) Reset() {
+	*x = ListDevicesRequest{}
+	mi := &file_notify_v1_device_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDevicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDevicesRequest) ProtoMessage() {}
+
+func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_device_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
+func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
+	return file_notify_v1_device_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListDevicesRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ListDevicesRequest) GetActiveOnly() bool {
+	if x != nil {
+		return x.ActiveOnly
+	}
+	return false
+}
+
+func (x *ListDevicesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDevicesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListDevicesResponse is one page of a user's devices.
+type ListDevicesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest first (by create_time). Empty when notify knows no device of the user.
+	Devices []*Device `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDevicesResponse) Reset() {
+	*x = ListDevicesResponse{}
+	mi := &file_notify_v1_device_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDevicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDevicesResponse) ProtoMessage() {}
+
+func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_device_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
+func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
+	return file_notify_v1_device_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListDevicesResponse) GetDevices() []*Device {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *ListDevicesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_notify_v1_device_proto protoreflect.FileDescriptor
 
 const file_notify_v1_device_proto_rawDesc = "" +
 	"\n" +
-	"\x16notify/v1/device.proto\x12\tnotify.v1\"\x85\x01\n" +
+	"\x16notify/v1/device.proto\x12\tnotify.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x03\n" +
 	"\x06Device\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\tR\x05token\x12/\n" +
-	"\bplatform\x18\x04 \x01(\x0e2\x13.notify.v1.PlatformR\bplatform\"\x94\x01\n" +
+	"\bplatform\x18\x04 \x01(\x0e2\x13.notify.v1.PlatformR\bplatform\x12\x16\n" +
+	"\x06active\x18\x06 \x01(\bR\x06active\x12/\n" +
+	"\x13deactivation_reason\x18\a \x01(\tR\x12deactivationReason\x12;\n" +
+	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12?\n" +
+	"\rregister_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\fregisterTime\x12@\n" +
+	"\x0elast_seen_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12C\n" +
+	"\x0fdeactivate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x0edeactivateTime\"\x94\x01\n" +
 	"\x15RegisterDeviceRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x14\n" +
@@ -813,19 +1008,30 @@ const file_notify_v1_device_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\"9\n" +
 	"\x16GetPreferencesResponse\x12\x1f\n" +
 	"\vmuted_types\x18\x01 \x03(\tR\n" +
-	"mutedTypes*^\n" +
+	"mutedTypes\"\x8a\x01\n" +
+	"\x12ListDevicesRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1f\n" +
+	"\vactive_only\x18\x02 \x01(\bR\n" +
+	"activeOnly\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"j\n" +
+	"\x13ListDevicesResponse\x12+\n" +
+	"\adevices\x18\x01 \x03(\v2\x11.notify.v1.DeviceR\adevices\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*^\n" +
 	"\bPlatform\x12\x18\n" +
 	"\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10PLATFORM_ANDROID\x10\x01\x12\x10\n" +
 	"\fPLATFORM_IOS\x10\x02\x12\x10\n" +
-	"\fPLATFORM_WEB\x10\x032\x99\x04\n" +
+	"\fPLATFORM_WEB\x10\x032\xe7\x04\n" +
 	"\rDeviceService\x12U\n" +
 	"\x0eRegisterDevice\x12 .notify.v1.RegisterDeviceRequest\x1a!.notify.v1.RegisterDeviceResponse\x12X\n" +
 	"\x0fRegisterDevices\x12!.notify.v1.RegisterDevicesRequest\x1a\".notify.v1.RegisterDevicesResponse\x12[\n" +
 	"\x10UnregisterDevice\x12\".notify.v1.UnregisterDeviceRequest\x1a#.notify.v1.UnregisterDeviceResponse\x12L\n" +
 	"\vCheckDevice\x12\x1d.notify.v1.CheckDeviceRequest\x1a\x1e.notify.v1.CheckDeviceResponse\x12U\n" +
 	"\x0eSetPreferences\x12 .notify.v1.SetPreferencesRequest\x1a!.notify.v1.SetPreferencesResponse\x12U\n" +
-	"\x0eGetPreferences\x12 .notify.v1.GetPreferencesRequest\x1a!.notify.v1.GetPreferencesResponseB%Z#notify/proto/gen/notify/v1;notifyv1b\x06proto3"
+	"\x0eGetPreferences\x12 .notify.v1.GetPreferencesRequest\x1a!.notify.v1.GetPreferencesResponse\x12L\n" +
+	"\vListDevices\x12\x1d.notify.v1.ListDevicesRequest\x1a\x1e.notify.v1.ListDevicesResponseB%Z#notify/proto/gen/notify/v1;notifyv1b\x06proto3"
 
 var (
 	file_notify_v1_device_proto_rawDescOnce sync.Once
@@ -840,7 +1046,7 @@ func file_notify_v1_device_proto_rawDescGZIP() []byte {
 }
 
 var file_notify_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_notify_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_notify_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_notify_v1_device_proto_goTypes = []any{
 	(Platform)(0),                    // 0: notify.v1.Platform
 	(*Device)(nil),                   // 1: notify.v1.Device
@@ -856,28 +1062,38 @@ var file_notify_v1_device_proto_goTypes = []any{
 	(*SetPreferencesResponse)(nil),   // 11: notify.v1.SetPreferencesResponse
 	(*GetPreferencesRequest)(nil),    // 12: notify.v1.GetPreferencesRequest
 	(*GetPreferencesResponse)(nil),   // 13: notify.v1.GetPreferencesResponse
+	(*ListDevicesRequest)(nil),       // 14: notify.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),      // 15: notify.v1.ListDevicesResponse
+	(*timestamppb.Timestamp)(nil),    // 16: google.protobuf.Timestamp
 }
 var file_notify_v1_device_proto_depIdxs = []int32{
 	0,  // 0: notify.v1.Device.platform:type_name -> notify.v1.Platform
-	0,  // 1: notify.v1.RegisterDeviceRequest.platform:type_name -> notify.v1.Platform
-	1,  // 2: notify.v1.RegisterDevicesRequest.devices:type_name -> notify.v1.Device
-	2,  // 3: notify.v1.DeviceService.RegisterDevice:input_type -> notify.v1.RegisterDeviceRequest
-	4,  // 4: notify.v1.DeviceService.RegisterDevices:input_type -> notify.v1.RegisterDevicesRequest
-	6,  // 5: notify.v1.DeviceService.UnregisterDevice:input_type -> notify.v1.UnregisterDeviceRequest
-	8,  // 6: notify.v1.DeviceService.CheckDevice:input_type -> notify.v1.CheckDeviceRequest
-	10, // 7: notify.v1.DeviceService.SetPreferences:input_type -> notify.v1.SetPreferencesRequest
-	12, // 8: notify.v1.DeviceService.GetPreferences:input_type -> notify.v1.GetPreferencesRequest
-	3,  // 9: notify.v1.DeviceService.RegisterDevice:output_type -> notify.v1.RegisterDeviceResponse
-	5,  // 10: notify.v1.DeviceService.RegisterDevices:output_type -> notify.v1.RegisterDevicesResponse
-	7,  // 11: notify.v1.DeviceService.UnregisterDevice:output_type -> notify.v1.UnregisterDeviceResponse
-	9,  // 12: notify.v1.DeviceService.CheckDevice:output_type -> notify.v1.CheckDeviceResponse
-	11, // 13: notify.v1.DeviceService.SetPreferences:output_type -> notify.v1.SetPreferencesResponse
-	13, // 14: notify.v1.DeviceService.GetPreferences:output_type -> notify.v1.GetPreferencesResponse
-	9,  // [9:15] is the sub-list for method output_type
-	3,  // [3:9] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	16, // 1: notify.v1.Device.create_time:type_name -> google.protobuf.Timestamp
+	16, // 2: notify.v1.Device.register_time:type_name -> google.protobuf.Timestamp
+	16, // 3: notify.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
+	16, // 4: notify.v1.Device.deactivate_time:type_name -> google.protobuf.Timestamp
+	0,  // 5: notify.v1.RegisterDeviceRequest.platform:type_name -> notify.v1.Platform
+	1,  // 6: notify.v1.RegisterDevicesRequest.devices:type_name -> notify.v1.Device
+	1,  // 7: notify.v1.ListDevicesResponse.devices:type_name -> notify.v1.Device
+	2,  // 8: notify.v1.DeviceService.RegisterDevice:input_type -> notify.v1.RegisterDeviceRequest
+	4,  // 9: notify.v1.DeviceService.RegisterDevices:input_type -> notify.v1.RegisterDevicesRequest
+	6,  // 10: notify.v1.DeviceService.UnregisterDevice:input_type -> notify.v1.UnregisterDeviceRequest
+	8,  // 11: notify.v1.DeviceService.CheckDevice:input_type -> notify.v1.CheckDeviceRequest
+	10, // 12: notify.v1.DeviceService.SetPreferences:input_type -> notify.v1.SetPreferencesRequest
+	12, // 13: notify.v1.DeviceService.GetPreferences:input_type -> notify.v1.GetPreferencesRequest
+	14, // 14: notify.v1.DeviceService.ListDevices:input_type -> notify.v1.ListDevicesRequest
+	3,  // 15: notify.v1.DeviceService.RegisterDevice:output_type -> notify.v1.RegisterDeviceResponse
+	5,  // 16: notify.v1.DeviceService.RegisterDevices:output_type -> notify.v1.RegisterDevicesResponse
+	7,  // 17: notify.v1.DeviceService.UnregisterDevice:output_type -> notify.v1.UnregisterDeviceResponse
+	9,  // 18: notify.v1.DeviceService.CheckDevice:output_type -> notify.v1.CheckDeviceResponse
+	11, // 19: notify.v1.DeviceService.SetPreferences:output_type -> notify.v1.SetPreferencesResponse
+	13, // 20: notify.v1.DeviceService.GetPreferences:output_type -> notify.v1.GetPreferencesResponse
+	15, // 21: notify.v1.DeviceService.ListDevices:output_type -> notify.v1.ListDevicesResponse
+	15, // [15:22] is the sub-list for method output_type
+	8,  // [8:15] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_notify_v1_device_proto_init() }
@@ -891,7 +1107,7 @@ func file_notify_v1_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_notify_v1_device_proto_rawDesc), len(file_notify_v1_device_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	DeviceService_CheckDevice_FullMethodName      = "/notify.v1.DeviceService/CheckDevice"
 	DeviceService_SetPreferences_FullMethodName   = "/notify.v1.DeviceService/SetPreferences"
 	DeviceService_GetPreferences_FullMethodName   = "/notify.v1.DeviceService/GetPreferences"
+	DeviceService_ListDevices_FullMethodName      = "/notify.v1.DeviceService/ListDevices"
 )
 
 // DeviceServiceClient is the client API for DeviceService service.
@@ -59,6 +60,12 @@ type DeviceServiceClient interface {
 	// GetPreferences returns the notification types a user muted (none for a user notify
 	// knows nothing about).
 	GetPreferences(ctx context.Context, in *GetPreferencesRequest, opts ...grpc.CallOption) (*GetPreferencesResponse, error)
+	// ListDevices lists a user's devices, active and deactivated, newest first (by when the
+	// device was first registered), with their state: active or why it was deactivated, when
+	// it was registered and last seen. Paged like the admin listings. Like the other
+	// DeviceService RPCs it takes any publisher or admin key: keys are per service, not per
+	// user, and a key that may register and unregister any user's devices may see them.
+	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
 }
 
 type deviceServiceClient struct {
@@ -129,6 +136,16 @@ func (c *deviceServiceClient) GetPreferences(ctx context.Context, in *GetPrefere
 	return out, nil
 }
 
+func (c *deviceServiceClient) ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDevicesResponse)
+	err := c.cc.Invoke(ctx, DeviceService_ListDevices_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DeviceServiceServer is the server API for DeviceService service.
 // All implementations must embed UnimplementedDeviceServiceServer
 // for forward compatibility.
@@ -161,6 +178,12 @@ type DeviceServiceServer interface {
 	// GetPreferences returns the notification types a user muted (none for a user notify
 	// knows nothing about).
 	GetPreferences(context.Context, *GetPreferencesRequest) (*GetPreferencesResponse, error)
+	// ListDevices lists a user's devices, active and deactivated, newest first (by when the
+	// device was first registered), with their state: active or why it was deactivated, when
+	// it was registered and last seen. Paged like the admin listings. Like the other
+	// DeviceService RPCs it takes any publisher or admin key: keys are per service, not per
+	// user, and a key that may register and unregister any user's devices may see them.
+	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
 	mustEmbedUnimplementedDeviceServiceServer()
 }
 
@@ -188,6 +211,9 @@ func (UnimplementedDeviceServiceServer) SetPreferences(context.Context, *SetPref
 }
 func (UnimplementedDeviceServiceServer) GetPreferences(context.Context, *GetPreferencesRequest) (*GetPreferencesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPreferences not implemented")
+}
+func (UnimplementedDeviceServiceServer) ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDevices not implemented")
 }
 func (UnimplementedDeviceServiceServer) mustEmbedUnimplementedDeviceServiceServer() {}
 func (UnimplementedDeviceServiceServer) testEmbeddedByValue()                       {}
@@ -318,6 +344,24 @@ func _DeviceService_GetPreferences_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeviceService_ListDevices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDevicesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeviceServiceServer).ListDevices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DeviceService_ListDevices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeviceServiceServer).ListDevices(ctx, req.(*ListDevicesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DeviceService_ServiceDesc is the grpc.ServiceDesc for DeviceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -348,6 +392,10 @@ var DeviceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetPreferences",
 			Handler:    _DeviceService_GetPreferences_Handler,
+		},
+		{
+			MethodName: "ListDevices",
+			Handler:    _DeviceService_ListDevices_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

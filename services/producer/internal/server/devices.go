@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"notify/pkg/schema"
 	notifyv1 "notify/proto/gen/notify/v1"
@@ -221,4 +223,74 @@ func (s *Devices) CheckDevice(ctx context.Context, req *notifyv1.CheckDeviceRequ
 		return nil, toStatus(ctx, s.log, "check device", err, "device_id", req.GetDeviceId())
 	}
 	return &notifyv1.CheckDeviceResponse{Registered: registered}, nil
+}
+
+// ListDevices lists a user's devices newest first (keyset pagination on created_at,
+// device_id, served by the index devices_user_created).
+func (s *Devices) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequest) (*notifyv1.ListDevicesResponse, error) {
+	var v violations
+	switch u := req.GetUserId(); {
+	case u == "":
+		v.add("user_id", "is required")
+	case len(u) > MaxUserIDLen:
+		v.add("user_id", "must be at most %d characters", MaxUserIDLen)
+	}
+	if req.GetPageSize() < 0 {
+		v.add("page_size", "must not be negative")
+	}
+	after, paged, err := parseCursor(req.GetPageToken())
+	if err != nil {
+		v.add("page_token", "is not a token from a previous response")
+	}
+	if len(v) > 0 {
+		return nil, invalidArgument(v)
+	}
+	var where conditions
+	where.add("user_id = ?", req.GetUserId())
+	if req.GetActiveOnly() {
+		where.add("active")
+	}
+	if paged {
+		where.add("(created_at, device_id) < (?, ?)", after.at, after.id)
+	}
+	limit := pageSize(req.GetPageSize(), 50, MaxListPageSize)
+	rows, err := s.pool.Query(ctx, `
+		SELECT device_id, token, platform, active, coalesce(deactivation_reason, ''),
+			created_at, registered_at, last_seen_at, deactivated_at
+		FROM devices`+where.where()+`
+		ORDER BY created_at DESC, device_id DESC LIMIT `+where.next(limit+1), where.args...)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, "list devices", err, "user_id", req.GetUserId())
+	}
+	var list []*notifyv1.Device
+	var (
+		d                         notifyv1.Device
+		platform                  string
+		created, registered, seen time.Time
+		deactivated               *time.Time
+	)
+	_, err = pgx.ForEachRow(rows, []any{&d.DeviceId, &d.Token, &platform, &d.Active, &d.DeactivationReason,
+		&created, &registered, &seen, &deactivated}, func() error {
+		dev := &notifyv1.Device{
+			UserId: req.GetUserId(), DeviceId: d.DeviceId, Token: d.Token, Platform: platformValues[platform],
+			Active: d.Active, DeactivationReason: d.DeactivationReason,
+			CreateTime: timestamppb.New(created), RegisterTime: timestamppb.New(registered), LastSeenTime: timestamppb.New(seen),
+		}
+		if deactivated != nil {
+			dev.DeactivateTime = timestamppb.New(*deactivated)
+		}
+		list = append(list, dev)
+		return nil
+	})
+	if err != nil {
+		return nil, toStatus(ctx, s.log, "list devices", err, "user_id", req.GetUserId())
+	}
+	resp := &notifyv1.ListDevicesResponse{}
+	if len(list) > limit {
+		list = list[:limit]
+		last := list[limit-1]
+		resp.NextPageToken = cursor{at: last.GetCreateTime().AsTime(), id: last.GetDeviceId()}.String()
+	}
+	resp.Devices = list
+	return resp, nil
 }

@@ -246,3 +246,10 @@ var platforms = map[notifyv1.Platform]string{
 	notifyv1.Platform_PLATFORM_IOS:     "ios",
 	notifyv1.Platform_PLATFORM_WEB:     "web",
 }
+
+// platformValues maps the database's platform names back to the API's.
+var platformValues = map[string]notifyv1.Platform{
+	"android": notifyv1.Platform_PLATFORM_ANDROID,
+	"ios":     notifyv1.Platform_PLATFORM_IOS,
+	"web":     notifyv1.Platform_PLATFORM_WEB,
+}

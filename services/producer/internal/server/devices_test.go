@@ -1,0 +1,105 @@
+package server
+
+import (
+	"context"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"notify/pkg/pgtest"
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+func TestListDevices(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	s := NewDevices(db.Pool, discard, prometheus.NewRegistry())
+	register := func(user, device, token string, p notifyv1.Platform) {
+		t.Helper()
+		if _, err := s.RegisterDevice(ctx, &notifyv1.RegisterDeviceRequest{UserId: user, DeviceId: device, Token: token, Platform: p}); err != nil {
+			t.Fatalf("RegisterDevice(%s): %v", device, err)
+		}
+	}
+	register("ana", "ana-phone", "tok-phone", notifyv1.Platform_PLATFORM_ANDROID)
+	register("ana", "ana-tablet", "tok-tablet", notifyv1.Platform_PLATFORM_IOS)
+	register("ana", "ana-browser", "tok-browser", notifyv1.Platform_PLATFORM_WEB)
+	register("ana", "ana-old", "tok-old", notifyv1.Platform_PLATFORM_ANDROID)
+	register("bob", "bob-phone", "tok-bob", notifyv1.Platform_PLATFORM_ANDROID)
+	if _, err := s.UnregisterDevice(ctx, &notifyv1.UnregisterDeviceRequest{DeviceId: "ana-tablet"}); err != nil {
+		t.Fatal(err)
+	}
+	// ana-old's token is registered by a new installation: ana-old is deactivated as moved.
+	register("ana", "ana-new", "tok-old", notifyv1.Platform_PLATFORM_ANDROID)
+
+	type row struct {
+		Device, Token string
+		Platform      notifyv1.Platform
+		Active        bool
+		Reason        string
+		Deactivated   bool
+	}
+	rowsOf := func(devs []*notifyv1.Device) []row {
+		var out []row
+		for _, d := range devs {
+			if d.GetUserId() != "ana" || d.GetCreateTime() == nil || d.GetRegisterTime() == nil || d.GetLastSeenTime() == nil {
+				t.Errorf("device %v: want user ana and its create, register and last seen times", d)
+			}
+			out = append(out, row{d.GetDeviceId(), d.GetToken(), d.GetPlatform(), d.GetActive(), d.GetDeactivationReason(), d.GetDeactivateTime() != nil})
+		}
+		return out
+	}
+	list := func(req *notifyv1.ListDevicesRequest) *notifyv1.ListDevicesResponse {
+		t.Helper()
+		resp, err := s.ListDevices(ctx, req)
+		if err != nil {
+			t.Fatalf("ListDevices(%v): %v", req, err)
+		}
+		return resp
+	}
+
+	// Newest first, over pages of 2.
+	want := []row{
+		{"ana-new", "tok-old", notifyv1.Platform_PLATFORM_ANDROID, true, "", false},
+		{"ana-old", "tok-old", notifyv1.Platform_PLATFORM_ANDROID, false, "token_moved", true},
+		{"ana-browser", "tok-browser", notifyv1.Platform_PLATFORM_WEB, true, "", false},
+		{"ana-tablet", "tok-tablet", notifyv1.Platform_PLATFORM_IOS, false, "unregistered", true},
+		{"ana-phone", "tok-phone", notifyv1.Platform_PLATFORM_ANDROID, true, "", false},
+	}
+	var got []row
+	token, pages := "", 0
+	for {
+		resp := list(&notifyv1.ListDevicesRequest{UserId: "ana", PageSize: 2, PageToken: token})
+		got = append(got, rowsOf(resp.GetDevices())...)
+		pages++
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" || pages != 3 {
+		t.Errorf("ListDevices in %d pages (want 3) (-want +got):\n%s", pages, diff)
+	}
+
+	active := rowsOf(list(&notifyv1.ListDevicesRequest{UserId: "ana", ActiveOnly: true}).GetDevices())
+	if diff := cmp.Diff([]row{want[0], want[2], want[4]}, active); diff != "" {
+		t.Errorf("ListDevices(active_only) (-want +got):\n%s", diff)
+	}
+	if resp := list(&notifyv1.ListDevicesRequest{UserId: "nobody"}); len(resp.GetDevices()) != 0 || resp.GetNextPageToken() != "" {
+		t.Errorf("ListDevices(unknown user) = %v, want empty", resp)
+	}
+
+	for _, tt := range []struct {
+		req  *notifyv1.ListDevicesRequest
+		want []string
+	}{
+		{&notifyv1.ListDevicesRequest{}, []string{"user_id"}},
+		{&notifyv1.ListDevicesRequest{UserId: string(make([]byte, MaxUserIDLen+1))}, []string{"user_id"}},
+		{&notifyv1.ListDevicesRequest{UserId: "ana", PageSize: -1, PageToken: "not a token"}, []string{"page_size", "page_token"}},
+	} {
+		_, err := s.ListDevices(ctx, tt.req)
+		if diff := cmp.Diff(tt.want, badFields(t, err)); diff != "" {
+			t.Errorf("ListDevices(%v) fields (-want +got):\n%s", tt.req, diff)
+		}
+	}
+}
