@@ -7,6 +7,7 @@ import (
 
 	"notify/pkg/envconfig"
 	"notify/pkg/rabbit"
+	"notify/services/producer/internal/apikey"
 	"notify/services/producer/internal/server"
 	"notify/services/producer/internal/tlsfiles"
 )
@@ -25,6 +26,11 @@ type config struct {
 	// long (gracefully, ±10%), so clients spread over replicas that started after them. 0
 	// keeps connections forever.
 	GRPCMaxConnectionAge time.Duration
+	// GRPCLimits are the server's bounds on what one client may ask of it.
+	GRPCLimits grpcLimits
+	// Publish holds the per-API-key publish rate limits (PUBLISH_RATE_PER_KEY,
+	// PUBLISH_RATE_PER_ADMIN_KEY, PUBLISH_BURST_PER_KEY), per replica.
+	Publish              server.Limits
 	Topology             string        // AMQP_TOPOLOGY: exchange name and queue prefix
 	ShutdownTimeout      time.Duration // drain of in-flight RPCs and the relay on SIGTERM
 
@@ -77,6 +83,17 @@ func loadConfig(getenv func(string) string) (config, error) {
 			ClientCAFile: e.String("GRPC_TLS_CLIENT_CA_FILE", ""),
 		},
 		GRPCMaxConnectionAge: e.Duration("GRPC_MAX_CONNECTION_AGE", 5*time.Minute, 0),
+		GRPCLimits: grpcLimits{
+			RPCTimeout:           e.Duration("GRPC_RPC_TIMEOUT", 30*time.Second, 0),
+			MaxRecvMsgSize:       e.Int("GRPC_MAX_RECV_MSG_SIZE", 8<<20, 1<<10, 1<<30),
+			MaxSendMsgSize:       e.Int("GRPC_MAX_SEND_MSG_SIZE", 16<<20, 1<<10, 1<<30),
+			MaxConcurrentStreams: e.Int("GRPC_MAX_CONCURRENT_STREAMS", 256, 1, 1<<20),
+		},
+		Publish: server.Limits{
+			PerKey:      e.Int("PUBLISH_RATE_PER_KEY", 1000, 0, apikey.MaxLimit),
+			PerAdminKey: e.Int("PUBLISH_RATE_PER_ADMIN_KEY", 0, 0, apikey.MaxLimit),
+			Burst:       e.Int("PUBLISH_BURST_PER_KEY", 1000, 1, apikey.MaxLimit),
+		},
 		Topology:             e.String("AMQP_TOPOLOGY", rabbit.DefaultName),
 
 		ShutdownTimeout:    e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0),
@@ -108,6 +125,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.NotificationRetention > 0 && c.NotificationRetention < time.Hour {
 		e.Errorf("NOTIFICATION_RETENTION", "%s is below the minimum 1h (0 keeps everything)", c.NotificationRetention)
+	}
+	if c.GRPCLimits.RPCTimeout > 0 && c.GRPCLimits.RPCTimeout < 100*time.Millisecond {
+		e.Errorf("GRPC_RPC_TIMEOUT", "%s; want 0 (unbounded) or at least 100ms", c.GRPCLimits.RPCTimeout)
 	}
 	if c.GRPCMaxConnectionAge > 0 && c.GRPCMaxConnectionAge < time.Second {
 		e.Errorf("GRPC_MAX_CONNECTION_AGE", "%s; want 0 (never) or at least 1s", c.GRPCMaxConnectionAge)

@@ -31,9 +31,26 @@ const (
 	keepaliveMinClientPing = 10 * time.Second
 )
 
+// grpcLimits bound what one client may ask of the server.
+type grpcLimits struct {
+	// RPCTimeout (GRPC_RPC_TIMEOUT, default 30s) is the longest any unary call may run,
+	// whatever deadline its client set (server.Deadline); 0 leaves calls unbounded.
+	RPCTimeout time.Duration
+	// MaxRecvMsgSize (GRPC_MAX_RECV_MSG_SIZE, default 8 MiB) is the largest request, in
+	// bytes; a larger one is refused with RESOURCE_EXHAUSTED before it is decoded.
+	MaxRecvMsgSize int
+	// MaxSendMsgSize (GRPC_MAX_SEND_MSG_SIZE, default 16 MiB) is the largest response; a
+	// call whose answer would be larger fails with RESOURCE_EXHAUSTED.
+	MaxSendMsgSize int
+	// MaxConcurrentStreams (GRPC_MAX_CONCURRENT_STREAMS, default 256) is how many calls one
+	// client connection may have running at once; further calls wait on the client.
+	MaxConcurrentStreams int
+}
+
 // grpcServerOptions returns the transport options cfg asks for: TLS (mutual when a client
-// CA is set) from files reloaded on rotation, or plaintext with a warning; and keepalive
-// with a maximum connection age.
+// CA is set) from files reloaded on rotation, or plaintext with a warning; keepalive with
+// a maximum connection age; and the limits (message sizes, concurrent streams per
+// connection, the server-side deadline of every unary call).
 //
 // Why the age: gRPC clients keep one HTTP/2 connection and multiplex every call over it,
 // so behind a Kubernetes Service (a TCP load balancer) a client stays on the replica it
@@ -55,6 +72,11 @@ func grpcServerOptions(cfg config, log *slog.Logger) ([]grpc.ServerOption, error
 			MinTime:             keepaliveMinClientPing,
 			PermitWithoutStream: true,
 		}),
+		grpc.MaxRecvMsgSize(cfg.GRPCLimits.MaxRecvMsgSize),
+		grpc.MaxSendMsgSize(cfg.GRPCLimits.MaxSendMsgSize),
+		grpc.MaxConcurrentStreams(uint32(cfg.GRPCLimits.MaxConcurrentStreams)),
+		// First of the interceptors after the metrics, so authentication is bounded too.
+		grpc.ChainUnaryInterceptor(server.Deadline(cfg.GRPCLimits.RPCTimeout)),
 	}
 	if cfg.GRPCTLS.CertFile == "" {
 		log.Warn("gRPC API is plaintext (API keys travel unencrypted): for local development only; "+

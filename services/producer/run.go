@@ -77,8 +77,10 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 	runner := jobs.NewRunner(pool, log, reg, periodic...)
 
-	// Authentication first, then the text check every request passes before a handler runs.
-	serverOpts = append(serverOpts, grpc.ChainUnaryInterceptor(auth.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))
+	// After the deadline (grpcServerOptions): authentication, the rate limit of the key it
+	// names, then the text check every request passes before a handler runs.
+	limits := server.NewRateLimit(cfg.Publish, reg)
+	serverOpts = append(serverOpts, grpc.ChainUnaryInterceptor(auth.Unary(), limits.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))
 	api, err := newGRPCServer(cfg.GRPCAddr, cfg.ShutdownTimeout, log, reg, append(serverOpts, server.TextOptions()...)...)
 	if err != nil {
 		return err

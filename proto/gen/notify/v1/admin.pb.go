@@ -1564,7 +1564,12 @@ type APIKey struct {
 	// When it was revoked; unset while active.
 	RevokeTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
 	// When it was last used (updated at most once a minute).
-	LastUsedTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_used_time,json=lastUsedTime,proto3" json:"last_used_time,omitempty"`
+	LastUsedTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_used_time,json=lastUsedTime,proto3" json:"last_used_time,omitempty"`
+	// The key's own publish rate (notifications per second, per producer replica; 0 is
+	// unlimited); unset when the key has the default of its role.
+	PublishRate *int32 `protobuf:"varint,76,opt,name=publish_rate,json=publishRate,proto3,oneof" json:"publish_rate,omitempty"`
+	// The key's own burst; unset when the key has the default (PUBLISH_BURST_PER_KEY).
+	PublishBurst  *int32 `protobuf:"varint,77,opt,name=publish_burst,json=publishBurst,proto3,oneof" json:"publish_burst,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1634,13 +1639,34 @@ func (x *APIKey) GetLastUsedTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *APIKey) GetPublishRate() int32 {
+	if x != nil && x.PublishRate != nil {
+		return *x.PublishRate
+	}
+	return 0
+}
+
+func (x *APIKey) GetPublishBurst() int32 {
+	if x != nil && x.PublishBurst != nil {
+		return *x.PublishBurst
+	}
+	return 0
+}
+
 // CreateAPIKeyRequest names and scopes a new key.
 type CreateAPIKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required, unique, up to 64 characters of [A-Za-z0-9._-].
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Required.
-	Role          Role `protobuf:"varint,2,opt,name=role,proto3,enum=notify.v1.Role" json:"role,omitempty"`
+	Role Role `protobuf:"varint,2,opt,name=role,proto3,enum=notify.v1.Role" json:"role,omitempty"`
+	// Optional: the key's own publish rate limit, in notifications per second per producer
+	// replica, instead of its role's default (PUBLISH_RATE_PER_KEY for publishers,
+	// PUBLISH_RATE_PER_ADMIN_KEY for admins). 0 is unlimited; at most 1,000,000.
+	PublishRate *int32 `protobuf:"varint,73,opt,name=publish_rate,json=publishRate,proto3,oneof" json:"publish_rate,omitempty"`
+	// Optional: the key's own burst (how many notifications it may publish at once after a
+	// pause) instead of PUBLISH_BURST_PER_KEY; 1 to 1,000,000.
+	PublishBurst  *int32 `protobuf:"varint,74,opt,name=publish_burst,json=publishBurst,proto3,oneof" json:"publish_burst,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1687,6 +1713,20 @@ func (x *CreateAPIKeyRequest) GetRole() Role {
 		return x.Role
 	}
 	return Role_ROLE_UNSPECIFIED
+}
+
+func (x *CreateAPIKeyRequest) GetPublishRate() int32 {
+	if x != nil && x.PublishRate != nil {
+		return *x.PublishRate
+	}
+	return 0
+}
+
+func (x *CreateAPIKeyRequest) GetPublishBurst() int32 {
+	if x != nil && x.PublishBurst != nil {
+		return *x.PublishBurst
+	}
+	return 0
 }
 
 // CreateAPIKeyResponse carries the new key's secret, shown only once.
@@ -2048,7 +2088,7 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\x0eReplayResponse\x121\n" +
 	"\aresults\x18\x01 \x03(\v2\x17.notify.v1.ReplayResultR\aresults\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12&\n" +
-	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xfd\x01\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xf2\x02\n" +
 	"\x06APIKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x0f.notify.v1.RoleR\x04role\x12;\n" +
@@ -2056,10 +2096,18 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vrevoke_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"revokeTime\x12@\n" +
-	"\x0elast_used_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastUsedTime\"N\n" +
+	"\x0elast_used_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastUsedTime\x12&\n" +
+	"\fpublish_rate\x18L \x01(\x05H\x00R\vpublishRate\x88\x01\x01\x12(\n" +
+	"\rpublish_burst\x18M \x01(\x05H\x01R\fpublishBurst\x88\x01\x01B\x0f\n" +
+	"\r_publish_rateB\x10\n" +
+	"\x0e_publish_burst\"\xc3\x01\n" +
 	"\x13CreateAPIKeyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
-	"\x04role\x18\x02 \x01(\x0e2\x0f.notify.v1.RoleR\x04role\"S\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x0f.notify.v1.RoleR\x04role\x12&\n" +
+	"\fpublish_rate\x18I \x01(\x05H\x00R\vpublishRate\x88\x01\x01\x12(\n" +
+	"\rpublish_burst\x18J \x01(\x05H\x01R\fpublishBurst\x88\x01\x01B\x0f\n" +
+	"\r_publish_rateB\x10\n" +
+	"\x0e_publish_burst\"S\n" +
 	"\x14CreateAPIKeyResponse\x12#\n" +
 	"\x03key\x18\x01 \x01(\v2\x11.notify.v1.APIKeyR\x03key\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\"=\n" +
@@ -2218,6 +2266,8 @@ func file_notify_v1_admin_proto_init() {
 		(*ReplayRequest_NotificationIds)(nil),
 		(*ReplayRequest_DeadLetters)(nil),
 	}
+	file_notify_v1_admin_proto_msgTypes[15].OneofWrappers = []any{}
+	file_notify_v1_admin_proto_msgTypes[16].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -57,6 +57,34 @@ type Key struct {
 	CreatedAt  time.Time
 	RevokedAt  *time.Time
 	LastUsedAt *time.Time
+	// Limit overrides the producer's publish rate limit for this key (nil fields: the
+	// defaults of its role).
+	Limit Limit
+}
+
+// Limit is a key's own publish rate limit, per producer replica. A nil field takes the
+// default of the key's role (PUBLISH_RATE_PER_KEY or PUBLISH_RATE_PER_ADMIN_KEY, and
+// PUBLISH_BURST_PER_KEY).
+type Limit struct {
+	// PerSecond is how many notifications per second the key may publish; 0 is unlimited.
+	PerSecond *int
+	// Burst is how many it may publish at once after a pause (at least 1).
+	Burst *int
+}
+
+// MaxLimit bounds a key's own rate and burst.
+const MaxLimit = 1_000_000
+
+// Check returns ErrInvalidLimit (wrapped with the rule) unless PerSecond is 0 to MaxLimit
+// and Burst 1 to MaxLimit.
+func (l Limit) Check() error {
+	if l.PerSecond != nil && (*l.PerSecond < 0 || *l.PerSecond > MaxLimit) {
+		return fmt.Errorf("%w: the rate must be 0 (unlimited) to %d per second", ErrInvalidLimit, MaxLimit)
+	}
+	if l.Burst != nil && (*l.Burst < 1 || *l.Burst > MaxLimit) {
+		return fmt.Errorf("%w: the burst must be 1 to %d", ErrInvalidLimit, MaxLimit)
+	}
+	return nil
 }
 
 var (
@@ -69,6 +97,8 @@ var (
 	ErrInvalidName = errors.New("invalid API key name")
 	// ErrInvalidRole means the role is neither publisher nor admin.
 	ErrInvalidRole = errors.New("invalid role: want publisher or admin")
+	// ErrInvalidLimit means a key's own rate limit is out of bounds (see Limit.Check).
+	ErrInvalidLimit = errors.New("invalid rate limit")
 )
 
 // MaxNameLen is the longest key name.
@@ -122,10 +152,18 @@ func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
 // Create stores a new key and returns it with its secret, which exists nowhere else.
 func (s *Store) Create(ctx context.Context, name string, role Role) (Key, string, error) {
+	return s.CreateLimited(ctx, name, role, Limit{})
+}
+
+// CreateLimited is Create for a key with its own publish rate limit.
+func (s *Store) CreateLimited(ctx context.Context, name string, role Role, limit Limit) (Key, string, error) {
 	if err := CheckName(name); err != nil {
 		return Key{}, "", err
 	}
 	if _, err := ParseRole(string(role)); err != nil {
+		return Key{}, "", err
+	}
+	if err := limit.Check(); err != nil {
 		return Key{}, "", err
 	}
 	secret, err := NewSecret()
@@ -133,9 +171,10 @@ func (s *Store) Create(ctx context.Context, name string, role Role) (Key, string
 		return Key{}, "", err
 	}
 	h := Hash(secret)
-	k := Key{Name: name, Role: role}
-	err = s.pool.QueryRow(ctx, `INSERT INTO api_keys (name, role, secret_hash) VALUES ($1, $2, $3) RETURNING created_at`,
-		name, string(role), h[:]).Scan(&k.CreatedAt)
+	k := Key{Name: name, Role: role, Limit: limit}
+	err = s.pool.QueryRow(ctx, `INSERT INTO api_keys (name, role, secret_hash, publish_rate, publish_burst)
+		VALUES ($1, $2, $3, $4, $5) RETURNING created_at`,
+		name, string(role), h[:], limit.PerSecond, limit.Burst).Scan(&k.CreatedAt)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "api_keys_pkey" {
 		return Key{}, "", fmt.Errorf("create key %s: %w", name, ErrNameTaken)
@@ -148,15 +187,15 @@ func (s *Store) Create(ctx context.Context, name string, role Role) (Key, string
 
 // List returns the keys ordered by name, revoked ones too when includeRevoked is set.
 func (s *Store) List(ctx context.Context, includeRevoked bool) ([]Key, error) {
-	rows, err := s.pool.Query(ctx, `SELECT name, role, created_at, revoked_at, last_used_at FROM api_keys
-		WHERE $1 OR revoked_at IS NULL ORDER BY name`, includeRevoked)
+	rows, err := s.pool.Query(ctx, `SELECT name, role, created_at, revoked_at, last_used_at, publish_rate, publish_burst
+		FROM api_keys WHERE $1 OR revoked_at IS NULL ORDER BY name`, includeRevoked)
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", err)
 	}
 	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Key, error) {
 		var k Key
 		var role string
-		err := r.Scan(&k.Name, &role, &k.CreatedAt, &k.RevokedAt, &k.LastUsedAt)
+		err := r.Scan(&k.Name, &role, &k.CreatedAt, &k.RevokedAt, &k.LastUsedAt, &k.Limit.PerSecond, &k.Limit.Burst)
 		k.Role = Role(role)
 		return k, err
 	})
@@ -180,8 +219,9 @@ func (s *Store) Revoke(ctx context.Context, name string) (bool, error) {
 func (s *Store) lookup(ctx context.Context, h [32]byte) (Key, error) {
 	var k Key
 	var role string
-	err := s.pool.QueryRow(ctx, `SELECT name, role, created_at, last_used_at FROM api_keys
-		WHERE secret_hash = $1 AND revoked_at IS NULL`, h[:]).Scan(&k.Name, &role, &k.CreatedAt, &k.LastUsedAt)
+	err := s.pool.QueryRow(ctx, `SELECT name, role, created_at, last_used_at, publish_rate, publish_burst FROM api_keys
+		WHERE secret_hash = $1 AND revoked_at IS NULL`, h[:]).Scan(&k.Name, &role, &k.CreatedAt, &k.LastUsedAt,
+		&k.Limit.PerSecond, &k.Limit.Burst)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Key{}, ErrUnknown
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	notifyv1 "notify/proto/gen/notify/v1"
@@ -27,6 +28,12 @@ func keyProto(k apikey.Key) *notifyv1.APIKey {
 	if k.LastUsedAt != nil {
 		p.LastUsedTime = timestamppb.New(*k.LastUsedAt)
 	}
+	if k.Limit.PerSecond != nil {
+		p.PublishRate = proto.Int32(int32(*k.Limit.PerSecond))
+	}
+	if k.Limit.Burst != nil {
+		p.PublishBurst = proto.Int32(int32(*k.Limit.Burst))
+	}
 	return p
 }
 
@@ -40,14 +47,28 @@ func (a *Admin) CreateAPIKey(ctx context.Context, req *notifyv1.CreateAPIKeyRequ
 	if !ok {
 		v.add("role", "must be ROLE_PUBLISHER or ROLE_ADMIN")
 	}
+	var limit apikey.Limit
+	if req.PublishRate != nil {
+		limit.PerSecond = ptr(int(req.GetPublishRate()))
+		if r := req.GetPublishRate(); r < 0 || r > apikey.MaxLimit {
+			v.add("publish_rate", "must be 0 (unlimited) to %d notifications per second", apikey.MaxLimit)
+		}
+	}
+	if req.PublishBurst != nil {
+		limit.Burst = ptr(int(req.GetPublishBurst()))
+		if b := req.GetPublishBurst(); b < 1 || b > apikey.MaxLimit {
+			v.add("publish_burst", "must be 1 to %d", apikey.MaxLimit)
+		}
+	}
 	if len(v) > 0 {
 		return nil, invalidArgument(v)
 	}
-	k, secret, err := a.keys.Create(ctx, req.GetName(), role)
+	k, secret, err := a.keys.CreateLimited(ctx, req.GetName(), role, limit)
 	if err != nil {
 		return nil, toStatus(ctx, a.log, "create API key", err, "key", req.GetName())
 	}
-	a.log.InfoContext(ctx, "API key created", "key", k.Name, "role", k.Role, "by", Caller(ctx))
+	a.log.InfoContext(ctx, "API key created", "key", k.Name, "role", k.Role, "by", Caller(ctx),
+		"publish_rate", limit.PerSecond, "publish_burst", limit.Burst)
 	return &notifyv1.CreateAPIKeyResponse{Key: keyProto(k), Secret: secret}, nil
 }
 
@@ -84,3 +105,5 @@ func (a *Admin) RevokeAPIKey(ctx context.Context, req *notifyv1.RevokeAPIKeyRequ
 	}
 	return &notifyv1.RevokeAPIKeyResponse{Revoked: revoked}, nil
 }
+
+func ptr[T any](v T) *T { return &v }
