@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"notify/pkg/buildinfo"
+	"notify/pkg/logging"
 )
 
 // Exit codes of Main.
@@ -74,7 +75,8 @@ func (p Program) Main(ctx context.Context, args []string, stdout, stderr io.Writ
 			if lines := strings.Split(err.Error(), "\n"); len(lines) > 1 {
 				msg = lines
 			}
-			slog.New(slog.NewJSONHandler(stderr, nil)).Error(p.Name+" stopped", "service", p.Name, "err", msg)
+			// The same JSON as every other line the service logged (pkg/logging).
+			logging.New(stderr, p.Name, slog.LevelInfo).Error(p.Name+" stopped", "err", msg)
 			return ExitFailure
 		}
 		return ExitOK

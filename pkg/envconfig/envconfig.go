@@ -44,10 +44,37 @@ func Names[C any](load func(getenv func(string) string) (C, error)) []string {
 	return names
 }
 
-// Reader reads variables through getenv and collects every problem it finds.
+// Reader reads variables through getenv and collects every problem it finds, and every
+// setting's effective value for the service's start log (Settings).
 type Reader struct {
-	getenv func(string) string
-	errs   []error
+	getenv   func(string) string
+	errs     []error
+	settings []slog.Attr
+}
+
+// Settings returns every variable read so far with its effective value (the default when
+// unset), in the order first read, as a log group: the line each service logs at start.
+// Secrets never appear: a secret shows as "[redacted]" (and its NAME_FILE as the path), a
+// database or broker URL with its password masked, an HTTP URL as its scheme and host.
+func (r *Reader) Settings() slog.Value { return slog.GroupValue(r.settings...) }
+
+// record sets name's value in Settings.
+func (r *Reader) record(name string, v slog.Value) {
+	for i, a := range r.settings {
+		if a.Key == name {
+			r.settings[i].Value = v
+			return
+		}
+	}
+	r.settings = append(r.settings, slog.Attr{Key: name, Value: v})
+}
+
+// redacted is how Settings shows a secret: whether it is set, never what it is.
+func redacted(v string) slog.Value {
+	if v == "" {
+		return slog.StringValue("")
+	}
+	return slog.StringValue("[redacted]")
 }
 
 // New returns a Reader that reads through getenv (os.Getenv in main, a map in tests).
@@ -71,10 +98,12 @@ func (r *Reader) Check(name string, err error) {
 
 // String returns the variable, or def when it is unset or empty.
 func (r *Reader) String(name, def string) string {
-	if v := r.getenv(name); v != "" {
-		return v
+	v := r.getenv(name)
+	if v == "" {
+		v = def
 	}
-	return def
+	r.record(name, slog.StringValue(v))
+	return v
 }
 
 // Secret returns the variable, or the contents of the file NAME_FILE names (one trailing
@@ -84,6 +113,15 @@ func (r *Reader) String(name, def string) string {
 func (r *Reader) Secret(name, def string) string {
 	fileVar := name + "_FILE"
 	v, path := r.getenv(name), r.getenv(fileVar)
+	if path != "" {
+		r.record(fileVar, slog.StringValue(path))
+	}
+	s := r.secret(name, fileVar, v, path, def)
+	r.record(name, redacted(s))
+	return s
+}
+
+func (r *Reader) secret(name, fileVar, v, path, def string) string {
 	switch {
 	case v != "" && path != "":
 		r.Errorf(name, "set either %s or %s, not both", name, fileVar)
@@ -110,9 +148,11 @@ func (r *Reader) Secret(name, def string) string {
 func (r *Reader) Int(name string, def, lo, hi int) int {
 	v := r.getenv(name)
 	if v == "" {
+		r.record(name, slog.IntValue(def))
 		return def
 	}
 	n, err := strconv.Atoi(v)
+	r.record(name, slog.IntValue(n))
 	switch {
 	case err != nil:
 		r.Errorf(name, "%q is not an integer", v)
@@ -132,9 +172,11 @@ func (r *Reader) Duration(name string, def, min time.Duration) time.Duration {
 func (r *Reader) DurationBetween(name string, def, min, max time.Duration) time.Duration {
 	v := r.getenv(name)
 	if v == "" {
+		r.record(name, slog.DurationValue(def))
 		return def
 	}
 	d, err := ParseDuration(v)
+	r.record(name, slog.DurationValue(d))
 	switch {
 	case err != nil:
 		r.Check(name, err)
@@ -177,6 +219,7 @@ func (r *Reader) Addr(name, def string) string {
 func (r *Reader) LogLevel() slog.Level {
 	l, err := logging.ParseLevel(r.getenv("LOG_LEVEL"))
 	r.Check("LOG_LEVEL", err)
+	r.record("LOG_LEVEL", slog.StringValue(l.String()))
 	return l
 }
 
@@ -186,7 +229,9 @@ func (r *Reader) LogLevel() slog.Level {
 func (r *Reader) DatabaseURL() string {
 	v := r.Secret("DATABASE_URL", DefaultDatabaseURL)
 	if v != "" && strings.Contains(v, "://") {
-		r.checkURL("DATABASE_URL", v, "postgres", "postgresql")
+		if r.checkURL("DATABASE_URL", v, "postgres", "postgresql") {
+			r.record("DATABASE_URL", maskPassword(v))
+		}
 	}
 	return v
 }
@@ -195,8 +240,8 @@ func (r *Reader) DatabaseURL() string {
 // development broker. It must be an amqp:// or amqps:// URL with a host.
 func (r *Reader) AMQPURL() string {
 	v := r.Secret("AMQP_URL", DefaultAMQPURL)
-	if v != "" {
-		r.checkURL("AMQP_URL", v, "amqp", "amqps")
+	if v != "" && r.checkURL("AMQP_URL", v, "amqp", "amqps") {
+		r.record("AMQP_URL", maskPassword(v))
 	}
 	return v
 }
@@ -205,16 +250,24 @@ func (r *Reader) AMQPURL() string {
 // as a Slack webhook does) as an http:// or https:// URL with a host, or def when unset.
 func (r *Reader) HTTPURL(name, def string) string {
 	v := r.Secret(name, def)
-	if v != "" {
-		r.checkURL(name, v, "http", "https")
+	if v != "" && r.checkURL(name, v, "http", "https") {
+		// The path or query of such a URL may be the secret (a Slack webhook's is).
+		u, _ := url.Parse(v)
+		r.record(name, slog.StringValue(u.Scheme+"://"+u.Host+"/[redacted]"))
 	}
 	return v
 }
 
-// checkURL records a problem when v is not a URL with one of schemes and a host. The
-// messages never quote v: its user info, path or query may be a secret, and url.Parse's
-// own error quotes the whole value.
-func (r *Reader) checkURL(name, v string, schemes ...string) {
+// maskPassword is v (a valid URL) with the password of its user info masked.
+func maskPassword(v string) slog.Value {
+	u, _ := url.Parse(v)
+	return slog.StringValue(u.Redacted())
+}
+
+// checkURL records a problem when v is not a URL with one of schemes and a host, and
+// reports whether it is. The messages never quote v: its user info, path or query may be a
+// secret, and url.Parse's own error quotes the whole value.
+func (r *Reader) checkURL(name, v string, schemes ...string) bool {
 	u, err := url.Parse(v)
 	if err != nil {
 		var uerr *url.Error
@@ -223,17 +276,19 @@ func (r *Reader) checkURL(name, v string, schemes ...string) {
 		}
 		// Errors such as "invalid port" quote a fragment of the value; name the kind only.
 		r.Errorf(name, "not a valid URL (%s)", urlProblem(err))
-		return
+		return false
 	}
 	for _, s := range schemes {
 		if u.Scheme == s {
 			if u.Host == "" {
 				r.Errorf(name, "the URL has no host")
+				return false
 			}
-			return
+			return true
 		}
 	}
 	r.Errorf(name, "want a URL starting with %s://", strings.Join(schemes, ":// or "))
+	return false
 }
 
 // urlProblem describes a url.Parse error without the part of the value it quotes.

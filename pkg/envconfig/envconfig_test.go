@@ -1,6 +1,7 @@
 package envconfig_test
 
 import (
+	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"notify/pkg/envconfig"
+	"notify/pkg/logging"
 )
 
 func getenv(vars map[string]string) func(string) string {
@@ -320,5 +322,65 @@ func TestNames(t *testing.T) {
 	want := []string{"DATABASE_URL", "DATABASE_URL_FILE", "TOKEN", "TOKEN_FILE", "LOG_LEVEL"}
 	if diff := cmp.Diff(want, envconfig.Names(load)); diff != "" {
 		t.Errorf("Names mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// TestSettings: the start log shows every variable's effective value, defaults included,
+// durations in seconds, and none of the secrets: not a password in a URL, not a token, not a
+// webhook's path, not the contents of a *_FILE.
+func TestSettings(t *testing.T) {
+	t.Parallel()
+	webhook := secretFile(t, "https://hooks.slack.com/services/T0/B0/webhook-secret\n")
+	e := envconfig.New(getenv(map[string]string{
+		"DATABASE_URL":           "postgres://notify:db-secret@db.example:5432/notify?sslmode=require",
+		"SLACK_BOT_TOKEN":        "xoxb-token-secret",
+		"SLACK_WEBHOOK_URL_FILE": webhook,
+		"SEND_WORKERS":           "8",
+		"RETRY_BASE_DELAY":       "90s",
+		"LOG_LEVEL":              "debug",
+	}))
+	e.DatabaseURL()
+	e.AMQPURL()
+	e.Secret("SLACK_BOT_TOKEN", "")
+	e.HTTPURL("SLACK_WEBHOOK_URL", "")
+	e.Int("SEND_WORKERS", 4, 1, 256)
+	e.Int("SEND_PREFETCH", 16, 1, 1000)
+	e.Duration("RETRY_BASE_DELAY", 10*time.Second, 0)
+	e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0)
+	e.String("AMQP_TOPOLOGY", "notify")
+	e.String("AMQP_TOPOLOGY", "notify") // read twice, shown once
+	e.LogLevel()
+	if err := e.Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	var out strings.Builder
+	logging.New(&out, "test", slog.LevelInfo).Info("starting", "settings", e.Settings())
+	var line struct {
+		Settings map[string]any `json:"settings"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &line); err != nil {
+		t.Fatalf("%v in %s", err, out.String())
+	}
+	want := map[string]any{
+		"DATABASE_URL":           "postgres://notify:xxxxx@db.example:5432/notify?sslmode=require",
+		"AMQP_URL":               "amqp://guest:xxxxx@127.0.0.1:5672/",
+		"SLACK_BOT_TOKEN":        "[redacted]",
+		"SLACK_WEBHOOK_URL_FILE": webhook,
+		"SLACK_WEBHOOK_URL":      "https://hooks.slack.com/[redacted]",
+		"SEND_WORKERS":           8.0,
+		"SEND_PREFETCH":          16.0,
+		"RETRY_BASE_DELAY":       90.0,
+		"SHUTDOWN_TIMEOUT":       30.0,
+		"AMQP_TOPOLOGY":          "notify",
+		"LOG_LEVEL":              "DEBUG",
+	}
+	if diff := cmp.Diff(want, line.Settings); diff != "" {
+		t.Errorf("settings (-want +got):\n%s", diff)
+	}
+	for _, secret := range []string{"db-secret", "token-secret", "webhook-secret", "services/T0"} {
+		if strings.Contains(out.String(), secret) {
+			t.Errorf("the start log shows a secret (%s): %s", secret, out.String())
+		}
 	}
 }

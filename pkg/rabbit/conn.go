@@ -234,10 +234,14 @@ func (c *Conn) down(err error) {
 // that conn is closed, before Run's NotifyClose arrives.
 func (c *Conn) lost(conn *amqp.Connection) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cur == conn {
+	was := c.cur == conn
+	if was {
 		c.cur = nil
 		c.ready = make(chan struct{})
+	}
+	c.mu.Unlock()
+	if h := c.opts.Hooks.Disconnected; was && h != nil {
+		h()
 	}
 }
 

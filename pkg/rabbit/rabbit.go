@@ -58,6 +58,8 @@ var (
 type Hooks struct {
 	// Connected is called after every successful (re)connection and topology declaration.
 	Connected func()
+	// Disconnected is called once each time the current connection is lost or closed.
+	Disconnected func()
 	// Published is called once per published message with its outcome (nil: confirmed).
 	Published func(routingKey string, err error)
 	// Settled is called once per delivery after the Consumer settled it, with the broker's

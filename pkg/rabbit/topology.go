@@ -106,6 +106,15 @@ func (t Topology) Queues() []string {
 	return qs
 }
 
+// RetryQueues returns the retry queue and every wait queue: the queues the retrier owns.
+func (t Topology) RetryQueues() []string {
+	qs := []string{t.RetryQueue()}
+	for i := range t.WaitDelays {
+		qs = append(qs, t.WaitQueue(i))
+	}
+	return qs
+}
+
 // formatDelay is time.Duration.String without the zero units it appends: 5m20s, 10m, 1h, 200ms.
 func formatDelay(d time.Duration) string {
 	s := d.String()

@@ -124,6 +124,9 @@ func TestTopologyQueues(t *testing.T) {
 	if diff := cmp.Diff([]string{"notify.send", "notify.retry", "notify.dead", "notify.wait.10s", "notify.wait.5m20s"}, topo.Queues()); diff != "" {
 		t.Errorf("Queues() mismatch (-want +got):\n%s", diff)
 	}
+	if diff := cmp.Diff([]string{"notify.retry", "notify.wait.10s", "notify.wait.5m20s"}, topo.RetryQueues()); diff != "" {
+		t.Errorf("RetryQueues() mismatch (-want +got):\n%s", diff)
+	}
 }
 
 func TestTopologyValidate(t *testing.T) {

@@ -10,6 +10,9 @@ import (
 
 // config is everything the deadletter service reads from the environment.
 type config struct {
+	// Settings is every variable's effective value, secrets redacted: the start log.
+	Settings slog.Value
+
 	DatabaseURL string
 	AMQPURL     string
 	Topology    string // AMQP_TOPOLOGY: exchange name and queue prefix
@@ -58,5 +61,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 	case c.SlackChannel != "" && c.SlackBotToken == "":
 		e.Errorf("SLACK_BOT_TOKEN", "required with SLACK_CHANNEL")
 	}
+	c.Settings = e.Settings()
 	return c, e.Err()
 }

@@ -29,6 +29,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := logging.New(os.Stderr, "deadletter", cfg.LogLevel)
+	logging.Starting(log, cfg.Settings)
 
 	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {
@@ -70,10 +71,13 @@ func run(ctx context.Context, getenv func(string) string) error {
 		MinInterval: cfg.AlertMinInterval,
 	})
 
+	depths := rabbit.NewQueueDepths(conn, reg, log, 0, topo.DeadQueue())
+
 	stopConn := conn.Start(ctx)
 	defer func() { _ = stopConn() }() // early returns; the explicit call below reports the error
 
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return depths.Run(gctx) })
 	g.Go(func() error {
 		return schema.WaitThen(gctx, pool, log, func(ctx context.Context) error {
 			work, wctx := errgroup.WithContext(ctx)

@@ -11,6 +11,9 @@ import (
 
 // config is everything the emulator reads from the environment.
 type config struct {
+	// Settings is every variable's effective value, secrets redacted: the start log.
+	Settings slog.Value
+
 	Addr                  string         // FCM_EMULATOR_ADDR
 	LogLevel              slog.Level     // LOG_LEVEL
 	QuotaPerMinute        int            // FCM_EMULATOR_QUOTA_PER_MINUTE, per project, 0 = unlimited
@@ -32,6 +35,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		RetryAfter:            e.Duration("FCM_EMULATOR_RETRY_AFTER", 30*time.Second, time.Second),
 		UnavailableRetryAfter: e.Duration("FCM_EMULATOR_UNAVAILABLE_RETRY_AFTER", 0, 0),
 	}
+	c.Settings = e.Settings()
 	return c, e.Err()
 }
 

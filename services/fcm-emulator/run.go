@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"notify/pkg/fcmemu"
+	"notify/pkg/logging"
 )
 
 // shutdownGrace bounds how long in-flight sends may take to finish once ctx ends.
@@ -22,7 +23,8 @@ func run(ctx context.Context, getenv func(string) string) error {
 	if err != nil {
 		return fmt.Errorf("load config: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	log := logging.New(os.Stderr, "fcm-emulator", cfg.LogLevel)
+	logging.Starting(log, cfg.Settings)
 
 	emu := fcmemu.New(fcmemu.Config{
 		QuotaPerMinute:        cfg.QuotaPerMinute,

@@ -14,6 +14,9 @@ import (
 
 // config is everything the producer reads from the environment.
 type config struct {
+	// Settings is every variable's effective value, secrets redacted: the start log.
+	Settings slog.Value
+
 	DatabaseURL string
 	AMQPURL     string
 	LogLevel    slog.Level
@@ -138,5 +141,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if c.GRPCTLS.ClientCAFile != "" && c.GRPCTLS.CertFile == "" {
 		e.Errorf("GRPC_TLS_CLIENT_CA_FILE", "mutual TLS also needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE")
 	}
+	c.Settings = e.Settings()
 	return c, e.Err()
 }

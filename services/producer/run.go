@@ -36,6 +36,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := logging.New(os.Stderr, "producer", cfg.LogLevel)
+	logging.Starting(log, cfg.Settings)
 	// TLS files are checked before anything waits for the database, so a bad path fails fast.
 	serverOpts, err := grpcServerOptions(cfg, log)
 	if err != nil {

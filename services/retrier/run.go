@@ -30,6 +30,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := logging.New(os.Stderr, "retrier", cfg.LogLevel)
+	logging.Starting(log, cfg.Settings)
 	if cfg.Delivery.FCM.CredentialsFile == "" {
 		log.Warn("sending to an FCM emulator, not to Firebase", "endpoint", cfg.Delivery.FCM.Endpoint)
 	}
@@ -61,10 +62,13 @@ func run(ctx context.Context, getenv func(string) string) error {
 		ShutdownTimeout: cfg.ShutdownTimeout,
 	})
 
+	depths := rabbit.NewQueueDepths(conn, reg, log, 0, topo.RetryQueues()...)
+
 	stopConn := conn.Start(ctx)
 	defer func() { _ = stopConn() }() // early returns; the explicit call below reports the error
 
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return depths.Run(gctx) })
 	// The producer (or `producer migrate up`) owns the schema: wait for it, and refuse one
 	// newer than this binary.
 	g.Go(func() error { return schema.WaitThen(gctx, pool, log, consumer.Run) })

@@ -10,6 +10,9 @@ import (
 
 // config is everything the sender reads from the environment.
 type config struct {
+	// Settings is every variable's effective value, secrets redacted: the start log.
+	Settings slog.Value
+
 	DatabaseURL string
 	AMQPURL     string
 	LogLevel    slog.Level
@@ -39,5 +42,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0),
 	}
 	c.Prefetch = e.Int("SEND_PREFETCH", 2*c.Workers*c.BatchSize, 1, 65535)
+	c.Settings = e.Settings()
 	return c, e.Err()
 }
