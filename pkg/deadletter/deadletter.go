@@ -23,6 +23,9 @@ const (
 	ReasonUndecodable         = "undecodable"          // a message that is not what its queue carries
 )
 
+// Reasons lists every reason above, for metric labels.
+var Reasons = []string{ReasonRetriesExhausted, ReasonPermanentError, ReasonUnknownNotification, ReasonUndecodable}
+
 // ReasonHeader carries a dead-letter message's reason, readable without decoding the body.
 const ReasonHeader = "x-notify-reason"
 

@@ -95,6 +95,20 @@ func NewDeliverer(store *Store, fcmClient pusher, pub publisher, topo rabbit.Top
 		}, []string{"reason"}),
 	}
 	reg.MustRegister(d.sends, d.sendLatency, d.deactivated, d.retries, d.dead)
+	// Every outcome, with its most common code, and every deactivation code and dead-letter
+	// reason at 0 from the start, so that rates and alerts see the first event.
+	for outcome, code := range map[string]string{
+		schema.OutcomeDelivered: "OK", schema.OutcomeInvalid: "UNREGISTERED", schema.OutcomeRetrying: "UNAVAILABLE",
+		schema.OutcomeFailed: "UNAVAILABLE", schema.OutcomeExpired: schema.CodeExpired,
+	} {
+		d.sends.WithLabelValues(outcome, code)
+	}
+	for _, code := range []string{"UNREGISTERED", "SENDER_ID_MISMATCH", "INVALID_ARGUMENT"} {
+		d.deactivated.WithLabelValues(code)
+	}
+	for _, reason := range deadletter.Reasons {
+		d.dead.WithLabelValues(reason)
+	}
 	return d
 }
 

@@ -101,9 +101,37 @@ type Server struct {
 	log    *slog.Logger
 }
 
-// NewServer returns a server for addr (host:port) with the given readiness checks.
+// NewServer returns a server for addr (host:port) with the given readiness checks, and
+// registers on reg what /readyz says as metrics, evaluated at each scrape:
+//
+//   - notify_ready: 1 when every check passes, 0 otherwise;
+//   - notify_ready_check{check}: 1 when that check passes, 0 otherwise.
 func NewServer(addr string, reg *prometheus.Registry, log *slog.Logger, checks ...Check) *Server {
+	reg.MustRegister(readiness{checks: checks,
+		ready: prometheus.NewDesc("notify_ready", "1 when every readiness check passes (/readyz answers 200), 0 otherwise.", nil, nil),
+		check: prometheus.NewDesc("notify_ready_check", "1 when the readiness check passes, 0 otherwise.", []string{"check"}, nil),
+	})
 	return &Server{addr: addr, reg: reg, checks: checks, log: log}
+}
+
+// readiness runs the readiness checks at scrape time.
+type readiness struct {
+	checks       []Check
+	ready, check *prometheus.Desc
+}
+
+func (r readiness) Describe(ch chan<- *prometheus.Desc) { ch <- r.ready; ch <- r.check }
+
+func (r readiness) Collect(ch chan<- prometheus.Metric) {
+	all := 1.0
+	for _, res := range RunChecks(context.Background(), r.checks) {
+		v := 1.0
+		if res.Err != nil {
+			v, all = 0, 0
+		}
+		ch <- prometheus.MustNewConstMetric(r.check, prometheus.GaugeValue, v, res.Name)
+	}
+	ch <- prometheus.MustNewConstMetric(r.ready, prometheus.GaugeValue, all)
 }
 
 // Handler returns the HTTP handler, for tests.

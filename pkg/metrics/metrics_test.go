@@ -119,3 +119,33 @@ func TestBuildInfo(t *testing.T) {
 		})
 	}
 }
+
+// TestReadinessMetrics: notify_ready and notify_ready_check say what /readyz says.
+func TestReadinessMetrics(t *testing.T) {
+	t.Parallel()
+	reg := NewRegistry()
+	NewServer("127.0.0.1:0", reg, slog.New(slog.DiscardHandler),
+		Check{"database", func(context.Context) error { return nil }},
+		Check{"rabbitmq", func(context.Context) error { return errors.New("not connected") }})
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if !strings.HasPrefix(f.GetName(), "notify_ready") {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			name := f.GetName()
+			for _, l := range m.GetLabel() {
+				name += "{" + l.GetName() + "=" + l.GetValue() + "}"
+			}
+			got[name] = m.GetGauge().GetValue()
+		}
+	}
+	want := map[string]float64{"notify_ready": 0, "notify_ready_check{check=database}": 1, "notify_ready_check{check=rabbitmq}": 0}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("readiness metrics (-want +got):\n%s", diff)
+	}
+}

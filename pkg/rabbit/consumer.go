@@ -140,6 +140,9 @@ func (d *Delivery) Attempt() int {
 func (c *Consumer) Run(ctx context.Context) error {
 	release := c.conn.hold()
 	defer release()
+	if h := c.conn.opts.Hooks.Consuming; h != nil {
+		h(c.queue)
+	}
 
 	handlerCtx, cancelHandlers := context.WithCancel(context.WithValue(context.WithoutCancel(ctx), stoppingKey{}, ctx.Done()))
 	defer cancelHandlers()

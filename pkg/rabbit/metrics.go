@@ -41,6 +41,11 @@ func NewMetrics(reg prometheus.Registerer) Hooks {
 			connections.Inc()
 		},
 		Disconnected: func() { connected.Set(0) },
+		Consuming: func(queue string) {
+			for _, s := range []string{string(Acked), string(Requeued), string(Rejected), "channel_closed"} {
+				deliveries.WithLabelValues(queue, s) // at 0 from the start
+			}
+		},
 		Published: func(routingKey string, err error) {
 			result := "confirmed"
 			if err != nil {

@@ -62,6 +62,8 @@ type Hooks struct {
 	Disconnected func()
 	// Published is called once per published message with its outcome (nil: confirmed).
 	Published func(routingKey string, err error)
+	// Consuming is called when a Consumer of queue starts running.
+	Consuming func(queue string)
 	// Settled is called once per delivery after the Consumer settled it, with the broker's
 	// answer (ErrChannelClosed: the channel had died and the broker redelivers the message).
 	Settled func(d *Delivery, s Settlement, err error)

@@ -90,6 +90,9 @@ func NewAlerter(pool *pgxpool.Pool, s Sink, log *slog.Logger, reg prometheus.Reg
 		}),
 	}
 	reg.MustRegister(a.backlog, a.posts, a.alerted)
+	for _, result := range []string{"ok", "error", "rate_limited"} {
+		a.posts.WithLabelValues(s.Name(), result)
+	}
 	return a
 }
 

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	dlq "notify/pkg/deadletter"
 	"notify/pkg/rabbit"
 )
 
@@ -46,6 +48,10 @@ func NewHandler(store saver, log *slog.Logger, reg prometheus.Registerer) *Handl
 		}),
 	}
 	reg.MustRegister(h.stored, h.duplicates, h.saveErrors, h.failed)
+	// Every reason the senders give, ours, and the broker's usual ones, at 0 from the start.
+	for _, reason := range slices.Concat(dlq.Reasons, []string{ReasonUnknownMessage, ReasonUnspecified, "delivery_limit", "rejected"}) {
+		h.stored.WithLabelValues(reason)
+	}
 	return h
 }
 

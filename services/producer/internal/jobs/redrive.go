@@ -88,6 +88,8 @@ func Redrive(opts RedriveOptions, interval time.Duration, log *slog.Logger, reg 
 		Name: "notify_notifications_redriven_total", Help: "Stuck notifications re-driven (sent again) or expired by the re-drive job.",
 	}, []string{"result"})
 	reg.MustRegister(redriven)
+	redriven.WithLabelValues("sent")
+	redriven.WithLabelValues("expired")
 	return Job{
 		Name:     "redrive",
 		LockKey:  RedriveLockKey,

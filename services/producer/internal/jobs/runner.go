@@ -63,6 +63,11 @@ func NewRunner(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer, 
 		}, []string{"job"}),
 	}
 	reg.MustRegister(r.runs, r.lastSuccess)
+	for _, j := range jobs {
+		for _, result := range []string{"ok", "failed", "locked"} {
+			r.runs.WithLabelValues(j.Name, result)
+		}
+	}
 	return r
 }
 

@@ -43,6 +43,9 @@ func NewAuth(keys verifier, log *slog.Logger, reg prometheus.Registerer) *Auth {
 		}, []string{"reason"}),
 	}
 	reg.MustRegister(a.refused)
+	for _, r := range []string{"missing_key", "unknown_key", "role"} {
+		a.refused.WithLabelValues(r)
+	}
 	return a
 }
 

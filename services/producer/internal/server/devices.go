@@ -36,6 +36,9 @@ func NewDevices(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer)
 		}, []string{"result"}),
 	}
 	reg.MustRegister(d.registered)
+	for _, r := range []string{"created", "updated", "reactivated"} {
+		d.registered.WithLabelValues(r)
+	}
 	return d
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -27,7 +28,7 @@ type Notifications struct {
 
 	accepted   prometheus.Counter
 	duplicates prometheus.Counter
-	rejected   prometheus.Counter
+	rejected   *prometheus.CounterVec
 	batchSize  prometheus.Histogram
 }
 
@@ -46,9 +47,10 @@ func NewNotifications(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Regis
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "notify_publish_duplicates_total", Help: "Publish requests answered with an existing notification (same idempotency key).",
 		}),
-		rejected: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "notify_publish_rejected_total", Help: "Publish requests refused as invalid.",
-		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "notify_publish_rejected_total",
+			Help: "Publish requests refused as invalid, by reason: the request field (recipients, content, data, options, ...) of the first problem found, or permission_denied.",
+		}, []string{"reason"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "notify_publish_batch_size",
 			Help:    "Notifications written per transaction (Publish group commits and PublishBatch calls).",
@@ -59,6 +61,11 @@ func NewNotifications(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Regis
 		return storeRows(ctx, n.db, rows)
 	}, n.committed)
 	reg.MustRegister(n.accepted, n.duplicates, n.rejected, n.batchSize)
+	fields := (&notifyv1.PublishRequest{}).ProtoReflect().Descriptor().Fields()
+	for i := range fields.Len() {
+		n.rejected.WithLabelValues(string(fields.Get(i).Name())) // every reason at 0 from the start
+	}
+	n.rejected.WithLabelValues("permission_denied")
 	return n
 }
 
@@ -110,11 +117,11 @@ func newRow(caller string, req *notifyv1.PublishRequest) (row, error) {
 // (PublishBatch's per-request text check).
 func (s *Notifications) admit(ctx context.Context, req *notifyv1.PublishRequest, v violations) error {
 	if v = append(v, validatePublish(req)...); len(v) > 0 {
-		s.rejected.Inc()
+		s.rejected.WithLabelValues(rejectReason(v)).Inc()
 		return invalidArgument(v)
 	}
 	if req.GetOptions().GetIgnorePreferences() && !IsAdmin(ctx) {
-		s.rejected.Inc()
+		s.rejected.WithLabelValues("permission_denied").Inc()
 		return toStatus(ctx, s.log, "publish ignoring preferences", errPermissionDenied)
 	}
 	return nil
@@ -140,4 +147,15 @@ func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishReques
 		return nil, toStatus(ctx, s.log, "store notification", err, "caller", caller)
 	}
 	return &notifyv1.PublishResponse{NotificationId: got.id.String(), Duplicate: got.duplicate}, nil
+}
+
+// rejectReason names why a Publish was refused, for notify_publish_rejected_total: the
+// top-level request field of the first violation ("recipients" for
+// "recipients.user_ids.user_ids[3]").
+func rejectReason(v violations) string {
+	field := v[0].GetField()
+	if i := strings.IndexAny(field, ".["); i >= 0 {
+		field = field[:i]
+	}
+	return field
 }

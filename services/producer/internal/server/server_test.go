@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -220,12 +221,22 @@ func TestPublishInvalidWritesNothing(t *testing.T) {
 	db := pgtest.New(t)
 	ctx := context.Background()
 	s := NewNotifications(db.Pool, discard, prometheus.NewRegistry(), nil, GroupCommit{})
+	rejected := func(reason string) float64 { return testutil.ToFloat64(s.rejected.WithLabelValues(reason)) }
+	if n := testutil.CollectAndCount(s.rejected); n < 6 {
+		t.Errorf("notify_publish_rejected_total has %d series before any call, want one per request field", n)
+	}
 
 	req := validRequest()
 	req.Data = map[string]string{"google.sent_time": "1"}
 	_, err := s.Publish(ctx, req)
 	if diff := cmp.Diff([]string{"data[google.sent_time]"}, badFields(t, err)); diff != "" {
 		t.Errorf("fields (-want +got):\n%s", diff)
+	}
+	if got := rejected("data"); got != 1 {
+		t.Errorf(`notify_publish_rejected_total{reason="data"} = %v, want 1`, got)
+	}
+	if got := rejected("recipients"); got != 0 {
+		t.Errorf(`notify_publish_rejected_total{reason="recipients"} = %v, want 0`, got)
 	}
 	var n int
 	if err := db.Pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM notifications) + (SELECT count(*) FROM outbox)").Scan(&n); err != nil {

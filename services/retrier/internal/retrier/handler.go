@@ -36,6 +36,9 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 		}, []string{"result"}),
 	}
 	reg.MustRegister(h.tasks)
+	for _, r := range []string{"sent", "duplicate", "dead_lettered", string(rabbit.Requeued), string(rabbit.Rejected)} {
+		h.tasks.WithLabelValues(r)
+	}
 	return h
 }
 

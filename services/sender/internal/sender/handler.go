@@ -49,6 +49,9 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 		}, []string{"result"}),
 	}
 	reg.MustRegister(h.tasks)
+	for _, r := range []string{"sent", "duplicate", "expired", "dead_lettered", string(rabbit.Requeued), string(rabbit.Rejected)} {
+		h.tasks.WithLabelValues(r)
+	}
 	return h
 }
 
