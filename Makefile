@@ -37,18 +37,28 @@ run: build ## start RabbitMQ, PostgreSQL, every service and the FCM emulator, an
 	@scripts/devenv.sh
 	@scripts/run.sh
 
-test: ## bring up RabbitMQ and PostgreSQL if needed, then run every module's tests with -race
+test: ## bring up RabbitMQ and PostgreSQL if needed, then run every module's tests with -race and the fault suite's short profile
 	@scripts/devenv.sh
-	go test -race -count=1 -timeout $(TEST_TIMEOUT) work
+	@mkdir -p tmp
+	@echo "chaos: the fault suite's short profile runs alongside (its output: tmp/chaos-short.log)"
+	@($(call chaos_run,short,$(TEST_TIMEOUT))) >tmp/chaos-short.log 2>&1 & chaos=$$!; \
+	rc=0; go test -race -count=1 -timeout $(TEST_TIMEOUT) work || rc=$$?; \
+	crc=0; wait $$chaos || crc=$$?; \
+	if [[ $$crc -eq 0 ]]; then grep -A10 'chaos profile short,' tmp/chaos-short.log || true; echo "chaos: short profile passed"; \
+	else cat tmp/chaos-short.log; echo "chaos: short profile FAILED (exit $$crc)"; fi; \
+	exit $$(( rc != 0 ? rc : crc ))
 
-# The fault suite (e2e/chaos_test.go): `make chaos` runs its full profile; its short one runs
-# in `make test`. It starts its own RabbitMQ node and PostgreSQL cluster (needs root and the
-# Debian packages), so the shared ones are never touched.
+# The fault suite (e2e/chaos*_test.go, build tag chaos, so that it runs in a test process of its
+# own): `make chaos` runs its full profile; `make test` runs the short one alongside the other
+# tests. It starts its own RabbitMQ node and PostgreSQL cluster (needs root and the Debian
+# packages), so the shared ones are never touched.
 CHAOS_PROFILE ?= full
 CHAOS_TIMEOUT ?= 40m
+# $(call chaos_run,PROFILE,TIMEOUT) is the command that runs the suite.
+chaos_run = cd e2e && CHAOS_PROFILE=$(1) go test -tags chaos -count=1 -run '^TestChaos$$' -timeout $(2) -v .
 
 chaos: ## fault suite: 2 replicas of everything, kills, broker/DB restarts, partitions, FCM/Slack outages, then an audit (CHAOS_PROFILE=short|full)
-	cd e2e && CHAOS_PROFILE=$(CHAOS_PROFILE) go test -count=1 -run '^TestChaos$$' -timeout $(CHAOS_TIMEOUT) -v .
+	$(call chaos_run,$(CHAOS_PROFILE),$(CHAOS_TIMEOUT))
 
 # Every fuzz target, as <package directory>:<target>. Their seeds run in `make test` too.
 FUZZ_TARGETS := \
