@@ -2,6 +2,8 @@ package main
 
 import (
 	"os"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,5 +126,39 @@ func TestStageResult(t *testing.T) {
 	n.observe(7, start.Add(11*time.Second))
 	if got := n.result(100, start, lastCall); got.Drained {
 		t.Errorf("backlog left: %+v, want not drained", got)
+	}
+}
+
+// Every target is held against its figure and a missed one says MISSED with the figure.
+func TestTargetsReportMissed(t *testing.T) {
+	t.Parallel()
+	r := &results{
+		Batch:   &batchResult{PerSecond: 15_000, Clients: 4, Notifications: 50_000},
+		Publish: &publishResult{PerSecond: 6000, Latency: distribution{Count: 10, P99MS: 31}},
+		Latency: &latencyResult{TargetRate: 1000, EndToEnd: distribution{Count: 10, P50MS: 20, P99MS: 300}, DeliveredPerSecond: 990},
+		Sustain: &sustainResult{Finished: true, PerSecond: 1500, CPUMSPerNotification: map[string]float64{"producer": 0.25}},
+	}
+	r.evaluate()
+	got := map[string]bool{}
+	for _, tg := range r.Targets {
+		got[tg.Name] = tg.Met
+	}
+	want := map[string]bool{
+		"Publish accepted": true, "Publish p99": false, batchTargetName: false,
+		latencyTargetName: true, latencyP99Name: false, latencyHoldName: true, sustainTargetName: false,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("targets met (-want +got):\n%s", diff)
+	}
+	var out strings.Builder
+	r.report(&out, "x.json")
+	for _, line := range []string{`(?m)^PublishBatch notifications\s+15,000/s\s+≥ 20,000/s\s+MISSED$`, `(?m)^Publish → FCM p99 at 1,000/s\s+300 ms`,
+		`(?m)^\s+ms\s+0\.000\s+0\.250\s`} {
+		if !regexp.MustCompile(line).MatchString(out.String()) {
+			t.Errorf("report does not match %s:\n%s", line, out.String())
+		}
+	}
+	if n := strings.Count(out.String(), "MISSED"); n < 4 {
+		t.Errorf("report says MISSED %d times, want at least once per missed target (4):\n%s", n, out.String())
 	}
 }

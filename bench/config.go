@@ -20,13 +20,15 @@ import (
 const (
 	phaseBaselines = "baselines"
 	phasePublish   = "publish"
+	phaseBatch     = "batch"
 	phaseFanout    = "fanout"
 	phaseLatency   = "latency"
+	phaseSustain   = "sustain"
 )
 
 // The latency phase runs before the fan-out: the broadcast then also reaches the latency
 // phase's devices, and is planned with its notifications in the history.
-var allPhases = []string{phaseBaselines, phasePublish, phaseLatency, phaseFanout}
+var allPhases = []string{phaseBaselines, phasePublish, phaseBatch, phaseLatency, phaseSustain, phaseFanout}
 
 // config is everything the bench reads from its flags and the environment.
 type config struct {
@@ -54,6 +56,12 @@ type config struct {
 	RegisterClients int
 	LatencyRate     int
 	LatencyDuration time.Duration
+	// BatchClients call PublishBatch (500 requests each) until BatchNotifications are sent.
+	BatchClients       int
+	BatchNotifications int
+	// SustainNotifications one-token notifications are published as fast as Publish takes
+	// them (PublishClients clients) and timed to their last outcome.
+	SustainNotifications int
 
 	// FCMConcurrency is the sender's FCM_MAX_CONCURRENT_SENDS as it will read it; the raw
 	// FCM-edge baseline sends with the same number of multicasts in flight.
@@ -64,7 +72,7 @@ type config struct {
 }
 
 // tuningPrefixes name the environment variables that change how the services perform.
-var tuningPrefixes = []string{"SEND_", "RETRY_", "FCM_", "OUTBOX_", "DEADLETTER_", "ALERT_", "LOG_LEVEL",
+var tuningPrefixes = []string{"SEND_", "RETRY_", "FCM_", "OUTBOX_", "PUBLISH_", "DEADLETTER_", "ALERT_", "LOG_LEVEL",
 	"SHUTDOWN_TIMEOUT", "GOMAXPROCS", "GOGC", "GOMEMLIMIT"}
 
 func loadConfig(args []string, getenv func(string) string, environ []string, stderr io.Writer) (config, error) {
@@ -86,6 +94,9 @@ func loadConfig(args []string, getenv func(string) string, environ []string, std
 	fs.IntVar(&c.RegisterClients, "register-clients", 4, "concurrent RegisterDevices calls")
 	fs.IntVar(&c.LatencyRate, "latency-rate", 1_000, "notifications per second in the latency phase, each to its own user and token")
 	fs.DurationVar(&c.LatencyDuration, "latency-duration", 10*time.Second, "how long the latency phase publishes")
+	fs.IntVar(&c.BatchClients, "batch-clients", 4, "concurrent PublishBatch calls (500 notifications each) in the batch phase")
+	fs.IntVar(&c.BatchNotifications, "batch-notifications", 50_000, "notifications the batch phase publishes (rounded up to whole batches of 500)")
+	fs.IntVar(&c.SustainNotifications, "sustain-notifications", 20_000, "one-token notifications the sustain phase publishes as fast as Publish takes them")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -115,6 +126,9 @@ func loadConfig(args []string, getenv func(string) string, environ []string, std
 	positive("fanout-devices", c.FanoutDevices)
 	positive("register-clients", c.RegisterClients)
 	positive("latency-rate", c.LatencyRate)
+	positive("batch-clients", c.BatchClients)
+	positive("batch-notifications", c.BatchNotifications)
+	positive("sustain-notifications", c.SustainNotifications)
 	if c.RegisterBatch < 1 || c.RegisterBatch > 10_000 {
 		errs = append(errs, fmt.Errorf("-register-batch: %d is outside 1..10000", c.RegisterBatch))
 	}

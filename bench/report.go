@@ -55,6 +55,18 @@ func (r *results) report(w io.Writer, jsonPath string) {
 		fmt.Fprintf(tw, "  sender (audiences without devices)\t%s\t\t%s\n", drainRate(p.Sender, "notifications/s"),
 			drainNote(p.Sender, "notifications"))
 	}
+	if b := r.Batch; b != nil {
+		fmt.Fprintf(tw, "PublishBatch, %d clients × 500 requests, %s notifications\t%s accepted/s\t%s\t%s\n", b.Clients,
+			thousands(float64(b.Notifications)), thousands(b.PerSecond), vs(b.PerSecond, r.BrokerRate, "raw broker"), met[batchTargetName])
+		fmt.Fprintf(tw, "  PublishBatch call latency\t%s\t\t%d calls in %s\n", dist(b.CallLatency), b.Calls, secs(b.Seconds))
+		if n := sumErrors(b.Errors); n > 0 {
+			fmt.Fprintf(tw, "  failed\t%d\t\t%v\n", n, b.Errors)
+		}
+		fmt.Fprintf(tw, "  outbox relay\t%s\t%s\t%s\n", drainRate(b.Relay, "rows/s"),
+			vs(b.Relay.PerSecond, r.BrokerRate, "raw broker"), drainNote(b.Relay, "rows"))
+		fmt.Fprintf(tw, "  sender (audiences without devices)\t%s\t\t%s\n", drainRate(b.Sender, "notifications/s"),
+			drainNote(b.Sender, "notifications"))
+	}
 	if f := r.Fanout; f != nil {
 		g := f.Registration
 		fmt.Fprintf(tw, "RegisterDevices, %s × %d calls at once\t%s devices/s\t\t%s devices in %s (+%s from earlier phases)\n",
@@ -63,7 +75,7 @@ func (r *results) report(w io.Writer, jsonPath string) {
 		if f.Seconds > 0 {
 			fmt.Fprintf(tw, "fan-out: broadcast to %s tokens, Publish → last outcome in Postgres\t%s tokens/s\t%s\t%s\n",
 				thousands(float64(r.Settings.FanoutDevices)), thousands(f.PerSecond), vs(f.PerSecond, r.FCMEdgeRate, "raw FCM edge"),
-				met["fan-out token deliveries vs raw FCM edge"])
+				met[fanoutTargetName])
 			fmt.Fprintf(tw, "  took\t%s\t\tfirst outcome recorded after %s; status %s; FCM received %s (%d errors)\n",
 				secs(f.Seconds), secs(f.FirstRecordSeconds), f.Status, thousands(float64(f.EmulatorDelivered)), f.EmulatorFailed)
 			fmt.Fprintf(tw, "  planned against\t%s deliveries\t\tof %s earlier notifications, analyzed\n",
@@ -78,15 +90,43 @@ func (r *results) report(w io.Writer, jsonPath string) {
 		if l.TargetRate != latencyTargetRate {
 			note = "target stated at 1,000/s: not held against this rate"
 		}
-		fmt.Fprintf(tw, "Publish → FCM receipt, %s/s for %s, one token each\t%s\t\t%s\n",
+		fmt.Fprintf(tw, "Publish → FCM receipt, %s/s for %s, one token each\t%s\t\tp50 %s\n",
 			thousands(float64(l.TargetRate)), secs(l.Seconds), dist(l.EndToEnd), note)
+		if l.TargetRate == latencyTargetRate {
+			fmt.Fprintf(tw, "  p99\t%s ms\t\t%s\n", num(l.EndToEnd.P99MS), met[latencyP99Name])
+			fmt.Fprintf(tw, "  delivered rate\t%s/s\t\t%s\n", thousands(l.DeliveredPerSecond), met[latencyHoldName])
+		}
 		fmt.Fprintf(tw, "  Publish latency at that rate\t%s\t\tachieved %s/s, max schedule lag %.0f ms\n",
 			dist(l.PublishLatency), thousands(l.AchievedRate), l.MaxLagMS)
 		fmt.Fprintf(tw, "  received by FCM\t%s of %s\t\tmissing %d, not timed %d, duplicates %d; sustained %s/s to the last receipt\n",
 			thousands(float64(l.Received+l.Unmatched)), thousands(float64(l.Notifications-sumErrors(l.Errors))), l.Missing, l.Unmatched,
 			l.Duplicates, thousands(l.DeliveredPerSecond))
 	}
+	if su := r.Sustain; su != nil {
+		value := thousands(su.PerSecond) + " notifications/s"
+		if !su.Finished {
+			value = "DID NOT FINISH"
+		}
+		fmt.Fprintf(tw, "pipeline, %s one-token notifications, %d clients, Publish → last outcome in Postgres\t%s\t\t%s\n",
+			thousands(float64(su.Notifications)), su.Clients, value, met[sustainTargetName])
+		fmt.Fprintf(tw, "  Publish accepted them at\t%s/s\t\tin %s; all finished after %s; %s DELIVERED, FCM received %s\n",
+			thousands(su.PublishPerSecond), secs(su.PublishSeconds), secs(su.Seconds), thousands(float64(su.Delivered)),
+			thousands(float64(su.EmulatorDelivered)))
+	}
 	tw.Flush()
+
+	if su := r.Sustain; su != nil && len(su.CPUMSPerNotification) > 0 {
+		fmt.Fprintln(w)
+		groups := append(slices.Clone(serviceNames), groupPostgres, groupRabbitMQ, groupBench, groupOther, groupMachine)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintf(tw, "CPU ms PER ONE-TOKEN NOTIFICATION (sustain phase)\t%s\t\n", strings.Join(groups, "\t"))
+		fmt.Fprint(tw, "ms\t")
+		for _, g := range groups {
+			fmt.Fprintf(tw, "%.3f\t", su.CPUMSPerNotification[g])
+		}
+		fmt.Fprintln(tw)
+		tw.Flush()
+	}
 
 	if len(r.Resources) > 0 {
 		fmt.Fprintln(w)
@@ -114,6 +154,16 @@ func (r *results) report(w io.Writer, jsonPath string) {
 		tw.Flush()
 	}
 
+	if len(r.Targets) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "TARGET\tMEASURED\tGOAL\t")
+		for _, t := range r.Targets {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Name, targetValue(t), t.Goal, metWord(t.Met))
+		}
+		tw.Flush()
+	}
+
 	if len(r.Warnings) > 0 {
 		fmt.Fprintf(w, "\nWARNINGS (%d)\n", len(r.Warnings))
 		for _, s := range r.Warnings {
@@ -125,7 +175,7 @@ func (r *results) report(w io.Writer, jsonPath string) {
 		for _, s := range r.Failures {
 			fmt.Fprintf(w, "  ✗ %s\n", s)
 		}
-	} else if r.Publish != nil || r.Fanout != nil || r.Latency != nil {
+	} else if r.Publish != nil || r.Batch != nil || r.Fanout != nil || r.Latency != nil || r.Sustain != nil {
 		fmt.Fprintln(w, "\nno failures: every accepted notification reached FCM and every outcome is in Postgres")
 	}
 }
@@ -211,6 +261,17 @@ func sumErrors(m map[string]int) int {
 		n += v
 	}
 	return n
+}
+
+// targetValue is a target's measured figure in its unit.
+func targetValue(t target) string {
+	switch t.Unit {
+	case "/s":
+		return thousands(t.Value) + "/s"
+	case "×":
+		return strconv.FormatFloat(t.Value, 'f', 2, 64) + "×"
+	}
+	return num(t.Value) + " " + t.Unit
 }
 
 func metWord(met bool) string {

@@ -31,8 +31,10 @@ type results struct {
 	FCMEdgeRate float64          `json:"raw_fcm_edge_tokens_per_s"`
 
 	Publish *publishResult `json:"publish,omitempty"`
+	Batch   *batchResult   `json:"publish_batch,omitempty"`
 	Fanout  *fanoutResult  `json:"fanout,omitempty"`
 	Latency *latencyResult `json:"latency,omitempty"`
+	Sustain *sustainResult `json:"sustain,omitempty"`
 
 	Resources  []resource `json:"resources"`
 	CPUByPhase []phaseCPU `json:"cpu_by_phase"`
@@ -66,6 +68,9 @@ type settings struct {
 	History                int               `json:"history_notifications"`
 	LatencyRate            int               `json:"latency_rate"`
 	LatencySeconds         float64           `json:"latency_seconds"`
+	BatchClients           int               `json:"batch_clients"`
+	BatchNotifications     int               `json:"batch_notifications"`
+	SustainNotifications   int               `json:"sustain_notifications"`
 	BaselineSeconds        float64           `json:"baseline_seconds"`
 	FCMConcurrentMulticast int               `json:"fcm_concurrent_multicasts"`
 	APIKey                 bool              `json:"api_key"`
@@ -148,6 +153,15 @@ func procField(path, name string) string {
 const (
 	latencyTargetRate = 1000
 	latencyTargetName = "Publish → FCM p50 at 1,000/s"
+	latencyP99Name    = "Publish → FCM p99 at 1,000/s"
+	latencyHoldName   = "pipeline holds 1,000/s"
+)
+
+// Target names the report looks up.
+const (
+	fanoutTargetName  = "fan-out token deliveries vs raw FCM edge"
+	batchTargetName   = "PublishBatch notifications"
+	sustainTargetName = "pipeline sustained, one-token notifications"
 )
 
 // evaluate holds the figures against the targets.
@@ -157,15 +171,25 @@ func (r *results) evaluate() {
 	}
 	if r.Fanout != nil && r.FCMEdgeRate > 0 {
 		v := ratio(r.Fanout.PerSecond, r.FCMEdgeRate)
-		add("fan-out token deliveries vs raw FCM edge", "≥ 0.7×", "×", v, v >= 0.7)
+		add(fanoutTargetName, "≥ 0.8×", "×", v, v >= 0.8)
 	}
 	if p := r.Publish; p != nil {
 		add("Publish accepted", "≥ 5,000/s", "/s", p.PerSecond, p.PerSecond >= 5000)
 		add("Publish p99", "< 25 ms", "ms", p.Latency.P99MS, p.Latency.Count > 0 && p.Latency.P99MS < 25)
 	}
-	// The latency target is stated at 1,000/s; at another rate there is nothing to hold.
+	if b := r.Batch; b != nil {
+		add(batchTargetName, "≥ 20,000/s", "/s", b.PerSecond, b.PerSecond >= 20_000)
+	}
+	// The latency targets are stated at 1,000/s; at another rate there is nothing to hold.
 	if l := r.Latency; l != nil && l.TargetRate == latencyTargetRate {
 		add(latencyTargetName, "< 50 ms at 1,000/s", "ms", l.EndToEnd.P50MS, l.EndToEnd.Count > 0 && l.EndToEnd.P50MS < 50)
+		add(latencyP99Name, "< 250 ms at 1,000/s", "ms", l.EndToEnd.P99MS, l.EndToEnd.Count > 0 && l.EndToEnd.P99MS < 250)
+		// Receipts run from the first call to the last receipt, so the tail's latency
+		// lowers the rate a little even when the pipeline keeps up.
+		add(latencyHoldName, "≥ 950/s delivered", "/s", l.DeliveredPerSecond, l.DeliveredPerSecond >= 950)
+	}
+	if s := r.Sustain; s != nil {
+		add(sustainTargetName, "≥ 2,000/s", "/s", s.PerSecond, s.Finished && s.PerSecond >= 2000)
 	}
 	for _, s := range r.Resources {
 		add(s.Service+" RSS at rest", "≤ 64 MB", "MB", s.RestRSSMB, s.RestRSSMB > 0 && s.RestRSSMB <= 64)

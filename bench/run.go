@@ -59,6 +59,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			PublishClients: cfg.PublishClients, PublishSeconds: cfg.PublishDuration.Seconds(), WarmupSeconds: cfg.Warmup.Seconds(),
 			FanoutDevices: cfg.FanoutDevices, History: cfg.History, LatencyRate: cfg.LatencyRate, LatencySeconds: cfg.LatencyDuration.Seconds(),
 			BaselineSeconds: cfg.BaselineDuration.Seconds(), FCMConcurrentMulticast: cfg.FCMConcurrency,
+			BatchClients: cfg.BatchClients, BatchNotifications: cfg.BatchNotifications, SustainNotifications: cfg.SustainNotifications,
 			ServiceEnv: cfg.ServiceEnv, Database: st.dbName, Topology: st.topology,
 		},
 	}
@@ -171,6 +172,24 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 		}
 	}
 
+	if cfg.Phases[phaseBatch] {
+		b, err := batchPhase(ctx, st, prog)
+		res.Batch = b
+		if b != nil {
+			prog.logf("publish batch: %s notifications/s accepted", thousands(b.PerSecond))
+			if n := sumErrors(b.Errors); n > 0 {
+				f.fail(fmt.Sprintf("publish batch: %d calls or requests failed: %v", n, b.Errors))
+			}
+		}
+		cpu.mark("publish batch + drain")
+		if err != nil {
+			return fmt.Errorf("publish batch phase: %w", err)
+		}
+		if err := check("publish batch"); err != nil {
+			return err
+		}
+	}
+
 	if cfg.Phases[phaseLatency] {
 		l, err := latencyPhase(ctx, st, emu, prog, cpu.mark, f)
 		if err != nil {
@@ -180,6 +199,17 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 		prog.logf("latency: Publish → FCM %s", dist(l.EndToEnd))
 		cpu.mark("latency: drain")
 		if err := check("latency"); err != nil {
+			return err
+		}
+	}
+	if cfg.Phases[phaseSustain] {
+		su, err := sustainPhase(ctx, st, emu, prog, cpu, f)
+		if err != nil {
+			return fmt.Errorf("sustain phase: %w", err)
+		}
+		res.Sustain = su
+		prog.logf("sustain: %s one-token notifications/s end to end (Publish accepted %s/s)", thousands(su.PerSecond), thousands(su.PublishPerSecond))
+		if err := check("sustain"); err != nil {
 			return err
 		}
 	}
@@ -195,7 +225,8 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 		}
 	}
 
-	if cfg.Phases[phaseBaselines] && (cfg.Phases[phasePublish] || cfg.Phases[phaseFanout] || cfg.Phases[phaseLatency]) {
+	if cfg.Phases[phaseBaselines] && (cfg.Phases[phasePublish] || cfg.Phases[phaseBatch] || cfg.Phases[phaseFanout] ||
+		cfg.Phases[phaseLatency] || cfg.Phases[phaseSustain]) {
 		if err := runBaselines(ctx, st, emu, prog, cpu, res, f, "end"); err != nil {
 			return err
 		}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+// sustainResult is the maximum sustained rate phase: one-token notifications published as
+// fast as Publish accepts them, timed until the last one's outcome is in PostgreSQL. It is
+// what the whole pipeline can move, and the phase the CPU cost per notification is read
+// from.
+type sustainResult struct {
+	Registration  registration   `json:"registration"`
+	Clients       int            `json:"clients"`
+	Notifications int            `json:"notifications"`
+	Accepted      int64          `json:"accepted"`
+	Errors        map[string]int `json:"errors"`
+	// PublishSeconds is the first call to the last answer; PublishPerSecond the rate
+	// Publish accepted them at.
+	PublishSeconds   float64 `json:"publish_seconds"`
+	PublishPerSecond float64 `json:"publish_per_s"`
+	// Seconds is the first call to the last outcome in PostgreSQL; PerSecond the rate
+	// sustained end to end.
+	Seconds   float64 `json:"seconds"`
+	PerSecond float64 `json:"per_s"`
+	Finished  bool    `json:"finished"`
+	// Delivered is how many of them the database holds DELIVERED; EmulatorDelivered what
+	// FCM (the emulator) received.
+	Delivered         int64 `json:"delivered"`
+	EmulatorDelivered int64 `json:"emulator_delivered"`
+	// CPUMSPerNotification is each component's CPU time over the phase (publishing to the
+	// last outcome) divided by the notifications.
+	CPUMSPerNotification map[string]float64 `json:"cpu_ms_per_notification"`
+}
+
+// sustainPoll is how often the phase reads how many of its notifications are finished.
+const sustainPoll = 50 * time.Millisecond
+
+func sustainPhase(ctx context.Context, st *stack, emu *emulator, prog *progress, cpu *cpuTracker, f *findings) (*sustainResult, error) {
+	cfg := st.cfg
+	n := cfg.SustainNotifications
+	res := &sustainResult{Clients: cfg.PublishClients, Notifications: n, Errors: map[string]int{}}
+	var err error
+	if res.Registration, err = registerDevices(ctx, st, "sustain", n, prog); err != nil {
+		return nil, err
+	}
+	if err := st.analyze(ctx); err != nil {
+		return nil, err
+	}
+	if err := emu.reset(ctx); err != nil {
+		return nil, err
+	}
+	clients := make([]notifyv1.NotificationServiceClient, cfg.PublishClients)
+	for i := range clients {
+		conn, err := st.dial()
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		clients[i] = notifyv1.NewNotificationServiceClient(conn)
+	}
+	cpu.mark("sustain: register")
+
+	var next, accepted, failed, finished atomic.Int64
+	prog.set("sustain", func() string {
+		return fmt.Sprintf("%d of %d accepted (%d failed), %d finished", accepted.Load(), n, failed.Load(), finished.Load())
+	})
+	start := time.Now()
+	errs := make([]map[string]int, len(clients))
+	var wg sync.WaitGroup
+	for c, client := range clients {
+		errs[c] = map[string]int{}
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				_, err := client.Publish(callCtx, &notifyv1.PublishRequest{
+					IdempotencyKey: st.topology + "-sustain-" + strconv.Itoa(i),
+					Type:           "bench.sustain",
+					Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{
+						UserIds: []string{userID("sustain", i)},
+					}}},
+					Content: &notifyv1.Content{Title: benchTitle, Body: benchBody},
+					Data:    map[string]string{"order_id": strconv.Itoa(i)},
+					Options: &notifyv1.Options{Priority: notifyv1.Priority_PRIORITY_HIGH, Ttl: durationpb.New(time.Hour)},
+				})
+				cancel()
+				if err != nil {
+					failed.Add(1)
+					errs[c][status.Code(err).String()]++
+					continue
+				}
+				accepted.Add(1)
+			}
+		})
+	}
+
+	// Count finished notifications while publishing and after, until all are finished.
+	deadline := time.Now().Add(cfg.DrainTimeout)
+	published := make(chan struct{})
+	var lastAnswer time.Time
+	go func() { wg.Wait(); lastAnswer = time.Now(); close(published) }()
+	var done time.Time
+	for {
+		var k int64
+		if err := st.pool.QueryRow(ctx, `SELECT count(*) FROM notifications
+			WHERE type = 'bench.sustain' AND status NOT IN ('pending', 'retrying')`).Scan(&k); err != nil {
+			<-published
+			return nil, fmt.Errorf("count finished notifications: %w", err)
+		}
+		finished.Store(k)
+		select {
+		case <-published:
+			if k >= accepted.Load() {
+				done = time.Now()
+			}
+		default:
+		}
+		if !done.IsZero() || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(sustainPoll)
+	}
+	<-published
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	cpu.mark("sustain: publish → last outcome")
+
+	res.Accepted = accepted.Load()
+	for _, e := range errs {
+		for code, k := range e {
+			res.Errors[code] += k
+		}
+	}
+	res.PublishSeconds = round(lastAnswer.Sub(start).Seconds(), 3)
+	res.PublishPerSecond = perSecond(res.Accepted, lastAnswer.Sub(start))
+	if res.Finished = !done.IsZero(); res.Finished {
+		res.Seconds = round(done.Sub(start).Seconds(), 3)
+		res.PerSecond = perSecond(res.Accepted, done.Sub(start))
+	} else {
+		f.fail(fmt.Sprintf("sustain: %d of %d accepted notifications finished within %s", finished.Load(), res.Accepted, cfg.DrainTimeout))
+	}
+	if res.Accepted > 0 {
+		p := cpu.phases[len(cpu.phases)-1]
+		res.CPUMSPerNotification = map[string]float64{}
+		for g, s := range p.CPU {
+			res.CPUMSPerNotification[g] = round(s*1000/float64(res.Accepted), 3)
+		}
+	}
+
+	if err := st.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'delivered') FROM notifications
+		WHERE type = 'bench.sustain'`).Scan(&res.Delivered); err != nil {
+		return nil, fmt.Errorf("read the sustain phase's notifications: %w", err)
+	}
+	es, err := emu.stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res.EmulatorDelivered = es.Delivered
+	if k := sumErrors(res.Errors); k > 0 {
+		f.fail(fmt.Sprintf("sustain: %d of %d Publish calls failed: %v", k, n, res.Errors))
+	}
+	if res.Finished && res.Delivered != res.Accepted {
+		f.fail(fmt.Sprintf("sustain: the database holds %d of %d notifications DELIVERED", res.Delivered, res.Accepted))
+	}
+	switch {
+	case es.Delivered < res.Delivered:
+		f.fail(fmt.Sprintf("sustain: FCM (the emulator) received %d deliveries for %d notifications DELIVERED: LOST", es.Delivered, res.Delivered))
+	case es.Delivered > res.Accepted:
+		f.warn(fmt.Sprintf("sustain: FCM (the emulator) received %d deliveries for %d notifications: sent twice", es.Delivered, res.Accepted))
+	}
+	if es.failed() > 0 {
+		f.fail(fmt.Sprintf("sustain: the emulator answered %d requests with errors %v", es.failed(), es.Failed))
+	}
+	return res, emu.reset(ctx)
+}
