@@ -59,9 +59,6 @@ type grpcLimits struct {
 // SHUTDOWN_TIMEOUT) makes clients reconnect and spread out again.
 func grpcServerOptions(cfg config, log *slog.Logger) ([]grpc.ServerOption, error) {
 	opts := []grpc.ServerOption{
-		// Room above PublishBatch's own limit, so a batch somewhat over it is answered
-		// INVALID_ARGUMENT naming the limit rather than RESOURCE_EXHAUSTED.
-		grpc.MaxRecvMsgSize(server.MaxBatchBytes + 1<<20),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionAge:      cfg.GRPCMaxConnectionAge,
 			MaxConnectionAgeGrace: max(cfg.ShutdownTimeout, time.Second),
