@@ -42,6 +42,7 @@ type config struct {
 	PublishBatch server.GroupCommit
 
 	OutboxBatchSize    int           // rows claimed and published per relay round
+	OutboxConcurrency  int           // OUTBOX_CONCURRENCY: relay rounds that may overlap under a backlog
 	OutboxPollInterval time.Duration // relay polling fallback when no NOTIFY arrives
 	OutboxRetention    time.Duration // published outbox rows are deleted after this
 
@@ -103,6 +104,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		OutboxPollInterval: e.Duration("OUTBOX_POLL_INTERVAL", time.Second, 10*time.Millisecond),
 		OutboxRetention:    e.Duration("OUTBOX_RETENTION", 24*time.Hour, time.Minute),
 		OutboxBatchSize:    e.Int("OUTBOX_BATCH_SIZE", 500, 1, 10000),
+		OutboxConcurrency:  e.Int("OUTBOX_CONCURRENCY", 2, 1, 16),
 		PublishBatch: server.GroupCommit{
 			MaxBatch:   e.Int("PUBLISH_BATCH_SIZE", 100, 1, 1000),
 			Linger:     e.DurationBetween("PUBLISH_BATCH_LINGER", 500*time.Microsecond, time.Microsecond, time.Second),

@@ -55,8 +55,11 @@ func run(ctx context.Context, getenv func(string) string) error {
 	conn := rabbit.NewConn(cfg.AMQPURL, log, rabbit.ConnOptions{
 		Name: "producer", Topology: &topo, DrainTimeout: cfg.ShutdownTimeout, Hooks: rabbit.NewMetrics(reg),
 	})
-	relay := outbox.NewRelay(pool, rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{}), log, reg, outbox.Options{
+	// The relay's window holds every batch its overlapping rounds have in flight.
+	relayPub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{Window: cfg.OutboxConcurrency * cfg.OutboxBatchSize})
+	relay := outbox.NewRelay(pool, relayPub, log, reg, outbox.Options{
 		BatchSize:    cfg.OutboxBatchSize,
+		Concurrency:  cfg.OutboxConcurrency,
 		PollInterval: cfg.OutboxPollInterval,
 		Retention:    cfg.OutboxRetention,
 		Ready:        conn.Ready,

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"notify/pkg/rabbit"
 )
@@ -32,6 +33,9 @@ type Options struct {
 	Ready func(ctx context.Context) error
 	// RoundTimeout bounds one round (claim, publish, mark); default 30s.
 	RoundTimeout time.Duration
+	// Concurrency is how many rounds may run at once while a backlog lasts (default 2):
+	// one round claims and publishes while another waits for its confirms and marks.
+	Concurrency int
 }
 
 // Relay moves committed outbox rows to RabbitMQ.
@@ -46,7 +50,10 @@ type Options struct {
 // after each Publish commit, and through LISTEN/NOTIFY on NotifyChannel by replays and
 // re-drives committed in any replica — at least every PollInterval as a fallback (rows a
 // replica committed and could not relay before it crashed), and keeps going while rows
-// remain. It deletes published rows after the retention period.
+// remain: a round that claimed a full batch wakes another of the Concurrency round loops,
+// so under a backlog rounds overlap (SKIP LOCKED keeps their rows apart), one waiting for
+// the broker's confirms and its commit while the next claims and publishes. It deletes
+// published rows after the retention period.
 type Relay struct {
 	pool *pgxpool.Pool
 	pub  publisher
@@ -73,6 +80,9 @@ func NewRelay(pool *pgxpool.Pool, pub publisher, log *slog.Logger, reg prometheu
 	}
 	if opts.RoundTimeout <= 0 {
 		opts.RoundTimeout = 30 * time.Second
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 2
 	}
 	r := &Relay{
 		pool: pool, pub: pub, log: log, opts: opts, wake: make(chan struct{}, 1),
@@ -104,14 +114,28 @@ func (r *Relay) Wake() {
 	}
 }
 
-// Run relays until ctx ends; the round in progress is finished first.
+// Run relays until ctx ends; the rounds in progress are finished first.
 func (r *Relay) Run(ctx context.Context) error {
 	go r.listen(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range r.opts.Concurrency {
+		g.Go(func() error { return r.loop(gctx, i == 0) })
+	}
+	return g.Wait()
+}
+
+// loop runs rounds until ctx ends. The first loop also samples the backlog and deletes
+// old published rows.
+func (r *Relay) loop(ctx context.Context, first bool) error {
 	poll := time.NewTicker(r.opts.PollInterval)
 	defer poll.Stop()
-	housekeeping := time.NewTicker(time.Minute)
-	defer housekeeping.Stop()
-	r.sampleBacklog(ctx)
+	var housekeeping <-chan time.Time
+	if first {
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		housekeeping = t.C
+		r.sampleBacklog(ctx)
+	}
 
 	for {
 		if r.opts.Ready != nil {
@@ -135,7 +159,8 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		}
 		if err == nil && n == r.opts.BatchSize {
-			continue // more rows are waiting
+			r.Wake() // more rows are waiting: another loop may take the next batch alongside
+			continue
 		}
 		var pause <-chan time.Time
 		if err != nil {
@@ -147,8 +172,10 @@ func (r *Relay) Run(ctx context.Context) error {
 		case <-pause:
 		case <-r.wake:
 		case <-poll.C:
-			r.sampleBacklog(ctx)
-		case <-housekeeping.C:
+			if first {
+				r.sampleBacklog(ctx)
+			}
+		case <-housekeeping:
 			r.deletePublished(ctx)
 		}
 	}

@@ -114,8 +114,8 @@ func TestRelayKeepsRowsWhenTheBrokerIsDown(t *testing.T) {
 	}
 }
 
-// TestRelaysShareTheOutbox runs two relays (two producer replicas) against one outbox and a
-// real broker: every row reaches the queue, none twice.
+// TestRelaysShareTheOutbox runs two relays (two producer replicas), each with overlapping
+// rounds, against one outbox and a real broker: every row reaches the queue, none twice.
 func TestRelaysShareTheOutbox(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
@@ -131,7 +131,7 @@ func TestRelaysShareTheOutbox(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 2 {
 		r := NewRelay(db.Pool, rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{}), discard,
-			prometheus.NewRegistry(), Options{BatchSize: 200 + 100*i, PollInterval: 20 * time.Millisecond})
+			prometheus.NewRegistry(), Options{BatchSize: 200 + 100*i, PollInterval: 20 * time.Millisecond, Concurrency: 2 + i})
 		relayCtx, stop := context.WithCancel(ctx)
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = r.Run(relayCtx) }()
