@@ -28,7 +28,7 @@ LDFLAGS := -X notify/pkg/buildinfo.version=$(VERSION) -X notify/pkg/buildinfo.co
 IMAGE_SOURCE ?= $(shell git remote get-url origin 2>/dev/null)
 IMAGE_CREATED ?= $(shell git log -1 --format=%cI 2>/dev/null)
 
-.PHONY: help run test chaos fuzz proto lint tidy check tools build images services bench clean
+.PHONY: help run test rules chaos fuzz proto lint tidy check tools build images services bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ run: build ## start RabbitMQ, PostgreSQL, every service and the FCM emulator, an
 	@scripts/devenv.sh
 	@scripts/run.sh
 
-test: ## bring up RabbitMQ and PostgreSQL if needed, then run every module's tests with -race and the fault suite's short profile
+test: rules ## bring up RabbitMQ and PostgreSQL if needed, then run the alert rules' tests (promtool), every module's tests with -race and the fault suite's short profile
 	@scripts/devenv.sh
 	@mkdir -p tmp
 	@echo "chaos: the fault suite's short profile runs alongside (its output: tmp/chaos-short.log)"
@@ -47,6 +47,21 @@ test: ## bring up RabbitMQ and PostgreSQL if needed, then run every module's tes
 	if [[ $$crc -eq 0 ]]; then grep -A10 'chaos profile short,' tmp/chaos-short.log || true; echo "chaos: short profile passed"; \
 	else cat tmp/chaos-short.log; echo "chaos: short profile FAILED (exit $$crc)"; fi; \
 	exit $$(( rc != 0 ? rc : crc ))
+
+# promtool checks the alerting rules and runs their unit tests. It comes from Debian's
+# prometheus package; when it is not on PATH, only the binary is taken from the package
+# (apt-get download, no root, no Prometheus server installed or started).
+PROMTOOL := $(or $(shell command -v promtool 2>/dev/null),$(BIN)/promtool)
+
+rules: $(PROMTOOL) ## check deployments/prometheus/rules.yml and run its unit tests (promtool)
+	$(PROMTOOL) check rules deployments/prometheus/rules.yml
+	$(PROMTOOL) test rules deployments/prometheus/rules_test.yml
+
+$(BIN)/promtool:
+	@mkdir -p $(BIN) tmp/promtool
+	cd tmp/promtool && apt-get download prometheus && dpkg-deb -x prometheus_*.deb root
+	cp tmp/promtool/root/usr/bin/promtool $@
+	rm -rf tmp/promtool
 
 # The fault suite (e2e/chaos*_test.go, build tag chaos, so that it runs in a test process of its
 # own): `make chaos` runs its full profile; `make test` runs the short one alongside the other

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"maps"
+	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,5 +83,66 @@ func TestEveryServiceMetrics(t *testing.T) {
 				t.Errorf("%s: /metrics lacks %s", name, strings.TrimSpace(want))
 			}
 		}
+	}
+}
+
+// TestDashboardAndRulesMetricsExist: every metric the Grafana dashboard and the Prometheus
+// rules name (deployments/grafana/notify.json, deployments/prometheus/rules.yml, the runbook
+// text included) is exported by at least one running service, so neither can silently show
+// nothing or never fire after a metric is renamed. The services are scraped once they export
+// everything (queue depths and job timestamps appear after their first sample or run).
+func TestDashboardAndRulesMetricsExist(t *testing.T) {
+	s := newStack(t)
+	s.start("fcm-emulator", nil)
+	var procs []*proc
+	for _, name := range []string{"producer", "sender", "retrier", "deadletter"} {
+		procs = append(procs, s.startUntil(name, nil, "/livez"))
+	}
+
+	metricName := regexp.MustCompile(`\b(?:notify|grpc_server|process)_[a-z0-9_]+`)
+	want := map[string][]string{} // metric -> the files naming it
+	for _, file := range []string{"../deployments/grafana/notify.json", "../deployments/prometheus/rules.yml"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range metricName.FindAllString(string(b), -1) {
+			if !slices.Contains(want[name], file) {
+				want[name] = append(want[name], file)
+			}
+		}
+	}
+	if len(want) < 20 {
+		t.Fatalf("found only %d metric names in the dashboard and rules: %v", len(want), slices.Sorted(maps.Keys(want)))
+	}
+
+	exported := map[string]bool{}
+	var missing []string
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		for _, p := range procs {
+			_, body := p.get(t, "/metrics")
+			for line := range strings.SplitSeq(body, "\n") {
+				if name, _, ok := strings.Cut(line, "{"); ok && !strings.HasPrefix(line, "#") {
+					exported[name] = true
+				} else if name, _, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
+					exported[name] = true
+				}
+			}
+		}
+		missing = missing[:0]
+		for name := range want {
+			if !exported[name] {
+				missing = append(missing, name)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	slices.Sort(missing)
+	for _, name := range missing {
+		t.Errorf("%s is named by %v but exported by no service", name, want[name])
 	}
 }
