@@ -20,6 +20,8 @@ import (
 	"notify/pkg/delivery"
 	"notify/pkg/pgtest"
 	"notify/pkg/rabbit"
+	"notify/pkg/rabbit/rabbittest"
+	"notify/pkg/testenv"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
@@ -232,4 +234,90 @@ func TestBatchMixed(t *testing.T) {
 			t.Errorf("notification %s: %s with %d delivered, want %s with %d", tc.id, status, delivered, tc.status, tc.delivered)
 		}
 	}
+}
+
+// TestBatchConsumerStopMidBatchLosesNothing runs the sender's batch consumer on a real
+// broker and stops it while batches are in flight, then lets a second one finish the queue:
+// every notification ends delivered with every token recorded, none lost.
+func TestBatchConsumerStopMidBatchLosesNothing(t *testing.T) {
+	t.Parallel()
+	const n = 300
+	e := newBatchEnv(t)
+	ctx := context.Background()
+	amqpURL := testenv.AMQPURL(t)
+	topo := rabbittest.Topology(t, amqpURL, "sender", rabbit.NewTopology("", []time.Duration{time.Second}))
+	conn := rabbittest.StartConn(t, amqpURL, rabbit.ConnOptions{Name: topo.Name, Topology: &topo})
+
+	ids := make([]string, n)
+	msgs := make([]rabbit.Message, n)
+	for i := range ids {
+		ids[i] = e.notification(t, fmt.Sprintf("u%d", i), 1+i%3, time.Hour)
+		d := sendTask(t, ids[i])
+		msgs[i] = rabbit.Message{RoutingKey: rabbit.SendKey, MessageID: d.MessageID, Type: d.Type, Body: d.Body}
+	}
+	pub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
+	if err := pub.Publish(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	opts := rabbit.ConsumerOptions{Concurrency: 2, BatchSize: 16, BatchLinger: 5 * time.Millisecond, MinRequeuePause: time.Millisecond}
+	delivered := func() int {
+		var c int
+		if err := e.pool.QueryRow(ctx, "SELECT count(*) FROM notifications WHERE status = 'delivered'").Scan(&c); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+
+	// The first consumer stops after some notifications are through, with batches in flight.
+	first := rabbit.NewBatchConsumer(conn, topo.SendQueue(), e.h.HandleBatch, opts)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- first.Run(runCtx) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for delivered() < n/5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d notifications delivered", delivered())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("first consumer: %v", err)
+	}
+	stoppedAt := delivered()
+	if stoppedAt == n {
+		t.Log("every notification was through before the stop took effect; the stop proved little")
+	}
+
+	second := rabbit.NewBatchConsumer(conn, topo.SendQueue(), e.h.HandleBatch, opts)
+	runCtx2, stop2 := context.WithCancel(ctx)
+	done2 := make(chan error, 1)
+	go func() { done2 <- second.Run(runCtx2) }()
+	defer func() {
+		stop2()
+		if err := <-done2; err != nil {
+			t.Errorf("second consumer: %v", err)
+		}
+	}()
+	deadline = time.Now().Add(90 * time.Second)
+	for delivered() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d notifications delivered (%d before the stop)", delivered(), n, stoppedAt)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var tokens, recorded int
+	if err := e.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM deliveries WHERE outcome = 'delivered')`).
+		Scan(&tokens, &recorded); err != nil {
+		t.Fatal(err)
+	}
+	if recorded != tokens {
+		t.Errorf("%d deliveries recorded delivered, want one per token (%d)", recorded, tokens)
+	}
+	e.fcm.mu.Lock()
+	defer e.fcm.mu.Unlock()
+	if len(e.fcm.tokens) != tokens {
+		t.Errorf("%d distinct tokens sent, want %d", len(e.fcm.tokens), tokens)
+	}
+	t.Logf("%d of %d delivered when the first consumer stopped", stoppedAt, n)
 }
