@@ -64,12 +64,18 @@ func TestProducerGRPCMetrics(t *testing.T) {
 }
 
 // TestEveryServiceMetrics: every service's /metrics names its build and shows its
-// PostgreSQL pool.
+// PostgreSQL pool; and every metric the Grafana dashboard and the Prometheus rules name
+// (deployments/grafana/notify.json, deployments/prometheus/rules.yml, the runbook text
+// included) is exported by at least one of them, so neither can silently show nothing or never
+// fire after a metric is renamed. The services are scraped until they export everything
+// (queue depths and job timestamps appear after their first sample or run).
 func TestEveryServiceMetrics(t *testing.T) {
 	s := newStack(t)
 	buildInfo := regexp.MustCompile(`(?m)^notify_build_info\{commit="[0-9a-f]*",go_version="go[^"]+",version="[^"]+"\} 1$`)
+	var procs []*proc
 	for _, name := range []string{"producer", "sender", "retrier", "deadletter"} {
 		p := s.startUntil(name, map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:1/v1"}, "/livez")
+		procs = append(procs, p)
 		status, body := p.get(t, "/metrics")
 		if status != 200 {
 			t.Errorf("%s: /metrics = %d", name, status)
@@ -84,21 +90,13 @@ func TestEveryServiceMetrics(t *testing.T) {
 			}
 		}
 	}
+	dashboardAndRulesMetricsExist(t, procs)
 }
 
-// TestDashboardAndRulesMetricsExist: every metric the Grafana dashboard and the Prometheus
-// rules name (deployments/grafana/notify.json, deployments/prometheus/rules.yml, the runbook
-// text included) is exported by at least one running service, so neither can silently show
-// nothing or never fire after a metric is renamed. The services are scraped once they export
-// everything (queue depths and job timestamps appear after their first sample or run).
-func TestDashboardAndRulesMetricsExist(t *testing.T) {
-	s := newStack(t)
-	s.start("fcm-emulator", nil)
-	var procs []*proc
-	for _, name := range []string{"producer", "sender", "retrier", "deadletter"} {
-		procs = append(procs, s.startUntil(name, nil, "/livez"))
-	}
-
+// dashboardAndRulesMetricsExist fails the test for every metric the dashboard or the rules
+// name that none of procs exports within 90 seconds.
+func dashboardAndRulesMetricsExist(t *testing.T, procs []*proc) {
+	t.Helper()
 	metricName := regexp.MustCompile(`\b(?:notify|grpc_server|process)_[a-z0-9_]+`)
 	want := map[string][]string{} // metric -> the files naming it
 	for _, file := range []string{"../deployments/grafana/notify.json", "../deployments/prometheus/rules.yml"} {
