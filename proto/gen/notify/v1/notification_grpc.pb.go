@@ -53,7 +53,9 @@ type NotificationServiceClient interface {
 	// itself is malformed: no requests, more than 500, or more than 4 MiB of requests. The
 	// accepted requests are written in one transaction: when the database fails, the call
 	// fails with UNAVAILABLE and nothing of it was written (retry it with the same
-	// idempotency keys).
+	// idempotency keys). Only when PostgreSQL refuses one request's data are the requests
+	// written one by one, so that only that one fails; a database failure during that is
+	// answered per request (UNAVAILABLE) for the requests not yet written.
 	PublishBatch(ctx context.Context, in *PublishBatchRequest, opts ...grpc.CallOption) (*PublishBatchResponse, error)
 }
 
@@ -115,7 +117,9 @@ type NotificationServiceServer interface {
 	// itself is malformed: no requests, more than 500, or more than 4 MiB of requests. The
 	// accepted requests are written in one transaction: when the database fails, the call
 	// fails with UNAVAILABLE and nothing of it was written (retry it with the same
-	// idempotency keys).
+	// idempotency keys). Only when PostgreSQL refuses one request's data are the requests
+	// written one by one, so that only that one fails; a database failure during that is
+	// answered per request (UNAVAILABLE) for the requests not yet written.
 	PublishBatch(context.Context, *PublishBatchRequest) (*PublishBatchResponse, error)
 	mustEmbedUnimplementedNotificationServiceServer()
 }
