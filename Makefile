@@ -50,7 +50,8 @@ test: rules ## bring up RabbitMQ and PostgreSQL if needed, then run the alert ru
 
 # promtool checks the alerting rules and runs their unit tests. It comes from Debian's
 # prometheus package; when it is not on PATH, only the binary is taken from the package
-# (apt-get download, no root, no Prometheus server installed or started).
+# (apt-get download, no Prometheus server installed or started; apt-get update, which needs
+# root, only when the package lists do not know it yet).
 PROMTOOL := $(or $(shell command -v promtool 2>/dev/null),$(BIN)/promtool)
 
 rules: $(PROMTOOL) ## check deployments/prometheus/rules.yml and run its unit tests (promtool)
@@ -59,7 +60,7 @@ rules: $(PROMTOOL) ## check deployments/prometheus/rules.yml and run its unit te
 
 $(BIN)/promtool:
 	@mkdir -p $(BIN) tmp/promtool
-	cd tmp/promtool && apt-get download prometheus && dpkg-deb -x prometheus_*.deb root
+	cd tmp/promtool && { apt-get download prometheus || { apt-get update -q && apt-get download prometheus; }; } && dpkg-deb -x prometheus_*.deb root
 	cp tmp/promtool/root/usr/bin/promtool $@
 	rm -rf tmp/promtool
 
