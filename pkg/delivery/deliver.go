@@ -117,12 +117,15 @@ type Summary struct {
 	Delivered, Invalid, Retrying, Failed, Expired, Skipped int
 	// Status is the notification's status after a final chunk (see SendChunk); "" otherwise.
 	Status string
+	// Cancelled: the notification was cancelled before the chunk was sent, and nothing of
+	// it was sent or recorded.
+	Cancelled bool
 }
 
 // Add returns the sum of two summaries.
 func (s Summary) Add(o Summary) Summary {
 	return Summary{s.Delivered + o.Delivered, s.Invalid + o.Invalid, s.Retrying + o.Retrying, s.Failed + o.Failed,
-		s.Expired + o.Expired, s.Skipped + o.Skipped, cmp.Or(o.Status, s.Status)}
+		s.Expired + o.Expired, s.Skipped + o.Skipped, cmp.Or(o.Status, s.Status), s.Cancelled || o.Cancelled}
 }
 
 // Chunk is up to fcm.MaxMulticast targets of one notification to send as their Attempt-th
@@ -148,14 +151,29 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 // for all the chunks). It returns a summary and an error per chunk, in order. An error
 // means nothing of that chunk was recorded: the caller hands its message back to the
 // broker and the chunk is sent again; one chunk's failure never fails another's (when the
-// shared transaction fails, each chunk is recorded on its own).
+// shared transaction fails, each chunk is recorded on its own). A chunk of a notification
+// cancelled meanwhile (checked for all the chunks in one round trip before anything is
+// sent) is neither sent nor recorded: its summary says Cancelled.
 func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, []error) {
 	sums, errs := make([]Summary, len(chunks)), make([]error, len(chunks))
+	ids := make([]uuid.UUID, len(chunks))
+	for i, ch := range chunks {
+		ids[i] = ch.Notification.ID
+	}
+	cancelled, err := d.store.Cancelled(ctx, ids)
+	if err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return sums, errs
+	}
 	cs := make([]classified, len(chunks))
 	var wg sync.WaitGroup
 	for i, ch := range chunks {
 		n := ch.Notification
 		switch remaining := time.Until(n.ExpiresAt); {
+		case cancelled[n.ID]:
+			sums[i].Cancelled = true
 		case len(ch.Targets) == 0:
 		case remaining <= 0:
 			cs[i] = expired(ch.Targets, ch.Attempt-1)
@@ -182,7 +200,7 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 	var recs []Record
 	var recorded []int
 	for i, ch := range chunks {
-		if errs[i] != nil || len(cs[i].outcomes) == 0 && !ch.Final {
+		if errs[i] != nil || sums[i].Cancelled || len(cs[i].outcomes) == 0 && !ch.Final {
 			continue
 		}
 		recs = append(recs, Record{ID: ch.Notification.ID, Outcomes: cs[i].outcomes, Final: ch.Final})

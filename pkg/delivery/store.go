@@ -35,9 +35,7 @@ type Notification struct {
 }
 
 // Final reports whether the notification's status is final (nothing is in flight).
-func (n *Notification) Final() bool {
-	return n.Status == schema.StatusDelivered || n.Status == schema.StatusFailed || n.Status == schema.StatusExpired
-}
+func (n *Notification) Final() bool { return schema.Final(n.Status) }
 
 // Target is one token to send to, with the device it belongs to (empty for raw tokens
 // that are not registered).
@@ -306,8 +304,10 @@ UPDATE devices d SET active = false, deactivated_at = now(), deactivation_reason
 FROM unnest($1::text[], $2::text[]) AS i(token, reason)
 WHERE d.token = i.token AND d.active`
 
-// statusSQL is the notification's status derived from its counts.
-const statusSQL = `CASE WHEN retrying > 0 THEN '` + schema.StatusRetrying + `' WHEN failed > 0 THEN '` + schema.StatusFailed + `'
+// statusSQL is the notification's status derived from its counts. A cancelled
+// notification stays cancelled: chunks that were in flight when Cancel committed still
+// record their outcomes, but do not revive it.
+const statusSQL = `CASE WHEN status = '` + schema.StatusCancelled + `' THEN status WHEN retrying > 0 THEN '` + schema.StatusRetrying + `' WHEN failed > 0 THEN '` + schema.StatusFailed + `'
 	WHEN expired > 0 THEN '` + schema.StatusExpired + `' ELSE '` + schema.StatusDelivered + `' END`
 
 // Record writes a chunk's outcomes atomically in one round trip (a pipelined batch is one
@@ -401,7 +401,10 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 			})
 	}
 	if len(others) > 0 {
-		b.Queue(`UPDATE notifications SET status = `+statusSQL+` WHERE id = ANY($1) AND status <> '`+schema.StatusPending+`'`, others)
+		// While the sender works through a notification (pending, or scheduled when its task
+		// arrived before the relay committed the move to pending) the status waits for the end.
+		b.Queue(`UPDATE notifications SET status = `+statusSQL+` WHERE id = ANY($1)
+			AND status NOT IN ('`+schema.StatusPending+`', '`+schema.StatusScheduled+`')`, others)
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		if len(recs) == 1 {
@@ -428,6 +431,25 @@ func (s *Store) Finish(ctx context.Context, id uuid.UUID) (string, error) {
 		return "", fmt.Errorf("finish notification %s: %w", id, err)
 	}
 	return status, nil
+}
+
+// Cancelled returns which of the notifications ids were cancelled
+// (NotificationService.Cancel). The sender and the retrier ask before sending any chunk: one
+// primary-key read per notification, in one round trip per group of chunks.
+func (s *Store) Cancelled(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]bool, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM notifications WHERE id = ANY($1) AND status = '`+schema.StatusCancelled+`'`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read cancellations of %d notifications: %w", len(ids), err)
+	}
+	cancelled, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("read cancellations of %d notifications: %w", len(ids), err)
+	}
+	out := make(map[uuid.UUID]bool, len(cancelled))
+	for _, id := range cancelled {
+		out[id] = true
+	}
+	return out, nil
 }
 
 // ExpireMany is Expire for several notifications in one statement.

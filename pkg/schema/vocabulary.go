@@ -7,15 +7,18 @@ package schema
 
 // Notification statuses (notifications.status).
 const (
+	StatusScheduled = "scheduled" // accepted with a send_at in the future: not sent before then
 	StatusPending   = "pending"   // accepted, or replayed/re-driven: the sender has work to do
 	StatusRetrying  = "retrying"  // some tokens wait in a retry queue
 	StatusDelivered = "delivered" // every token delivered or found invalid
 	StatusFailed    = "failed"    // some tokens were dead-lettered; replayable
 	StatusExpired   = "expired"   // the TTL passed before every token was delivered
+	StatusCancelled = "cancelled" // NotificationService.Cancel stopped it; nothing more is sent
 )
 
 // Statuses lists every notification status.
-var Statuses = []string{StatusPending, StatusRetrying, StatusDelivered, StatusFailed, StatusExpired}
+var Statuses = []string{StatusScheduled, StatusPending, StatusRetrying, StatusDelivered, StatusFailed, StatusExpired,
+	StatusCancelled}
 
 // InFlightStatuses is the SQL list of the statuses of a notification that is not final:
 // something is still to be sent. The partial index notifications_unfinished has this
@@ -25,8 +28,21 @@ const InFlightStatuses = `('` + StatusPending + `', '` + StatusRetrying + `')`
 // FinalStatuses is the SQL list of the statuses of a notification nothing changes any more,
 // except an operator's replay of a FAILED one while its TTL lasts. The retention job deletes
 // only notifications in these, and the partial index notifications_retention (migration
-// 0005) has this predicate, so the job's query must spell the list exactly so.
+// 0005) has this predicate, so the job's query must spell the list exactly so. Cancelled
+// notifications are final but not in this list (the index predicate predates them): the
+// job deletes them in a query of their own, on notifications_status_created.
 const FinalStatuses = `('` + StatusDelivered + `', '` + StatusFailed + `', '` + StatusExpired + `')`
+
+// Final reports whether nothing changes a notification with this status any more (except
+// an operator's replay of a FAILED one). Cancelled is final too, though not in
+// FinalStatuses (see there).
+func Final(status string) bool {
+	switch status {
+	case StatusDelivered, StatusFailed, StatusExpired, StatusCancelled:
+		return true
+	}
+	return false
+}
 
 // InFlight reports whether a notification with this status is still being worked on.
 func InFlight(status string) bool { return status == StatusPending || status == StatusRetrying }

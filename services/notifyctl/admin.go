@@ -47,6 +47,8 @@ var statusFlags = map[string]notifyv1.NotificationStatus{
 	"delivered": notifyv1.NotificationStatus_NOTIFICATION_STATUS_DELIVERED,
 	"failed":    notifyv1.NotificationStatus_NOTIFICATION_STATUS_FAILED,
 	"expired":   notifyv1.NotificationStatus_NOTIFICATION_STATUS_EXPIRED,
+	"scheduled": notifyv1.NotificationStatus_NOTIFICATION_STATUS_SCHEDULED,
+	"cancelled": notifyv1.NotificationStatus_NOTIFICATION_STATUS_CANCELLED,
 }
 
 // pageFor is the page size that fetches what remains of limit (0: no limit).
@@ -71,18 +73,18 @@ func (c *cli) listCommand() *cobra.Command {
 		Args: positional(0, ""),
 	}
 	f := cmd.Flags()
-	f.StringVar(&st, "status", "", "only this `status`: pending, retrying, delivered, failed or expired")
+	f.StringVar(&st, "status", "", "only this `status`: scheduled, pending, retrying, delivered, failed, expired or cancelled")
 	f.StringVar(&typ, "type", "", "only this notification `type`")
 	f.StringVar(&since, "since", "", "created at or after `W`: a duration ago (90m, 1h, 7d) or an RFC 3339 time")
 	f.StringVar(&until, "until", "", "created before `W`: a duration ago or an RFC 3339 time")
 	f.IntVar(&limit, "limit", 50, "at most `N` (0: all)")
-	enumFlag(cmd, "status", "pending", "retrying", "delivered", "failed", "expired")
+	enumFlag(cmd, "status", "scheduled", "pending", "retrying", "delivered", "failed", "expired", "cancelled")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
 		req := &notifyv1.ListNotificationsRequest{Type: typ}
 		if st != "" {
 			s, ok := statusFlags[st]
 			if !ok {
-				return usagef("list: --status must be pending, retrying, delivered, failed or expired")
+				return usagef("list: --status must be scheduled, pending, retrying, delivered, failed, expired or cancelled")
 			}
 			req.Status = s
 		}

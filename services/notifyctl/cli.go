@@ -143,7 +143,7 @@ func (c *cli) rootCommand() *cobra.Command {
 	_ = root.RegisterFlagCompletionFunc("output",
 		cobra.FixedCompletions([]string{formatTable, formatJSON, formatYAML}, cobra.ShellCompDirectiveNoFileComp))
 
-	root.AddCommand(c.publishCommand(), c.getCommand(), c.listCommand(), c.deadCommand(), c.replayCommand(),
+	root.AddCommand(c.publishCommand(), c.cancelCommand(), c.getCommand(), c.listCommand(), c.deadCommand(), c.replayCommand(),
 		c.keysCommand(), c.devicesCommand(), c.versionCommand())
 	// Every command's help ends with the exit codes.
 	root.SetUsageTemplate(root.UsageTemplate() + "\n" + exitCodesHelp)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	notifyv1 "notify/proto/gen/notify/v1"
 )
@@ -17,6 +18,7 @@ func (c *cli) publishCommand() *cobra.Command {
 		users, tokens, data                              []string
 		all                                              bool
 		typ, title, body, image, key, priority, collapse string
+		at                                               string
 		ttl                                              time.Duration
 		file                                             string
 	)
@@ -28,6 +30,8 @@ func (c *cli) publishCommand() *cobra.Command {
 Give exactly one kind of recipient: --user (every active device of those users, repeatable),
 --token (raw FCM tokens, repeatable) or --all (a broadcast to every active device). Reusing
 an --idempotency-key prints the first notification's id, says "duplicate" and sends nothing.
+With --at the notification is scheduled (status scheduled) and sent at that time, at most 30
+days ahead; until then 'notifyctl cancel ID' stops it.
 
 --file FILE (or - for stdin) publishes many notifications instead: one PublishRequest per
 line in protobuf JSON (the field names of notification.proto), sent with PublishBatch 500 at
@@ -37,6 +41,8 @@ others in the file are refused; the exit code is 1 when any was refused. A line 
 PublishRequest stops everything before anything is sent.`,
 		Example: `  notifyctl publish --user ana --user bob --title 'Your order shipped' --body 'Parcel 42 is on its way' \
     --data order_id=42 --priority high --ttl 1h --idempotency-key order-42-shipped
+  notifyctl publish --all --title 'Maintenance tonight' --at 2026-06-01T18:00:00Z
+  notifyctl publish --user ana --title 'Reminder' --at 90m
   notifyctl publish --file reminders.jsonl   # lines like:
     {"idempotencyKey":"r-1","type":"reminder","recipients":{"userIds":{"userIds":["ana"]}},"content":{"title":"Table ready"}}`,
 		Args: positional(0, ""),
@@ -55,12 +61,13 @@ PublishRequest stops everything before anything is sent.`,
 	f.StringVar(&priority, "priority", "normal", "normal or high")
 	f.StringVar(&collapse, "collapse-key", "", "collapse `key`: FCM keeps only the newest with it")
 	f.StringVar(&file, "file", "", "publish the PublishRequests in this JSON-lines `file` (- for stdin) with PublishBatch")
+	f.StringVar(&at, "at", "", "send at `W`: an RFC 3339 time, or a duration from now (90m, 2h); at most 30 days ahead")
 	enumFlag(cmd, "priority", "normal", "high")
 
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
 		if file != "" {
 			for _, name := range []string{"user", "token", "all", "type", "title", "body", "image", "data",
-				"idempotency-key", "ttl", "priority", "collapse-key"} {
+				"idempotency-key", "ttl", "priority", "collapse-key", "at"} {
 				if f.Changed(name) {
 					return usagef("publish: --file takes the requests from the file; --%s cannot be combined with it", name)
 				}
@@ -97,6 +104,13 @@ PublishRequest stops everything before anything is sent.`,
 		if ttl != 0 {
 			req.Options.Ttl = durationpb.New(ttl)
 		}
+		if at != "" {
+			when, err := parseAt(at, time.Now())
+			if err != nil {
+				return err
+			}
+			req.Options.SendAt = when
+		}
 		switch priority {
 		case "normal":
 			req.Options.Priority = notifyv1.Priority_PRIORITY_NORMAL
@@ -122,6 +136,48 @@ PublishRequest stops everything before anything is sent.`,
 				suffix = " (duplicate: this idempotency key was used before)"
 			}
 			fmt.Fprintf(c.out, "%s%s\n", resp.GetNotificationId(), suffix)
+			return nil
+		})
+	})
+	return cmd
+}
+
+// parseAt reads --at: an RFC 3339 time, or a duration from now.
+func parseAt(s string, now time.Time) (*timestamppb.Timestamp, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return timestamppb.New(t), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return nil, usagef("publish: --at %q: want an RFC 3339 time or a duration from now (90m, 2h)", s)
+	}
+	return timestamppb.New(now.Add(d)), nil
+}
+
+func (c *cli) cancelCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cancel ID",
+		Short: "Cancel a scheduled or pending notification",
+		Long: `Cancel a notification (NotificationService.Cancel) that is scheduled or still pending: it
+ends cancelled and no token not yet sent is sent. Prints how many tokens had already been sent
+(they keep their outcomes). A notification that is retrying or final cannot be cancelled (exit
+1); only the key that published it, or an admin key, may cancel it.`,
+		Example: `  notifyctl cancel 0190a1b2-…`,
+		Args:    positional(1, "one notification ID"),
+	}
+	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
+		conn, err := c.client()
+		if err != nil {
+			return err
+		}
+		callCtx, cancel := c.callCtx(ctx)
+		defer cancel()
+		resp, err := notifyv1.NewNotificationServiceClient(conn).Cancel(callCtx, &notifyv1.CancelRequest{NotificationId: args[0]})
+		if err != nil {
+			return err
+		}
+		return c.emit(resp, func() error {
+			fmt.Fprintf(c.out, "cancelled %s (%d tokens had been sent)\n", args[0], resp.GetSent())
 			return nil
 		})
 	})
@@ -173,7 +229,8 @@ per-token rows are printed.`,
 				return err
 			}
 			st := resp.GetNotification().GetStatus()
-			if st != notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING || time.Now().After(deadline) {
+			if (st != notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING &&
+				st != notifyv1.NotificationStatus_NOTIFICATION_STATUS_SCHEDULED) || time.Now().After(deadline) {
 				break
 			}
 			select {

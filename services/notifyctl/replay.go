@@ -28,9 +28,9 @@ func (c *cli) replayCommand() *cobra.Command {
 tokens that were not delivered and are still active. Give notification ids, or --dead with
 a dead-letter filter (not yet replayed dead letters unless --include-replayed).
 
-Each id gets a result: replayed, skipped_in_flight (still pending or retrying: --force
-replays it anyway and may send a token twice), skipped_delivered, skipped_expired or
-not_found (exit code 3). Ids go --batch at a time; progress is written to stderr.`,
+Each id gets a result: replayed, skipped_in_flight (still scheduled, pending or retrying:
+--force replays a pending or retrying one anyway and may send a token twice),
+skipped_delivered, skipped_expired, skipped_cancelled or not_found (exit code 3). Ids go --batch at a time; progress is written to stderr.`,
 		Example: `  notifyctl replay 01a2… 01a3… --dry-run
   notifyctl replay --dead --reason retries_exhausted --since 1h`,
 	}
@@ -189,6 +189,7 @@ func (t replayTally) String() string {
 		notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_IN_FLIGHT,
 		notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_DELIVERED,
 		notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_EXPIRED,
+		notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_CANCELLED,
 		notifyv1.ReplayOutcome_REPLAY_OUTCOME_NOT_FOUND,
 	} {
 		if n := t.counts[o]; n > 0 {

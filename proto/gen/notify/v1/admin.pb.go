@@ -24,7 +24,8 @@ const (
 
 // NotificationStatus is where a notification is in its life.
 //
-// PENDING → (RETRYING) → DELIVERED | FAILED | EXPIRED.
+// (SCHEDULED →) PENDING → (RETRYING) → DELIVERED | FAILED | EXPIRED, or CANCELLED from
+// SCHEDULED or PENDING.
 type NotificationStatus int32
 
 const (
@@ -40,6 +41,10 @@ const (
 	NotificationStatus_NOTIFICATION_STATUS_FAILED NotificationStatus = 4
 	// Its TTL passed before every token was delivered.
 	NotificationStatus_NOTIFICATION_STATUS_EXPIRED NotificationStatus = 5
+	// Accepted with options.send_at in the future; nothing is sent before then.
+	NotificationStatus_NOTIFICATION_STATUS_SCHEDULED NotificationStatus = 6
+	// Stopped by NotificationService.Cancel; nothing more is sent. Final.
+	NotificationStatus_NOTIFICATION_STATUS_CANCELLED NotificationStatus = 7
 )
 
 // Enum value maps for NotificationStatus.
@@ -51,6 +56,8 @@ var (
 		3: "NOTIFICATION_STATUS_DELIVERED",
 		4: "NOTIFICATION_STATUS_FAILED",
 		5: "NOTIFICATION_STATUS_EXPIRED",
+		6: "NOTIFICATION_STATUS_SCHEDULED",
+		7: "NOTIFICATION_STATUS_CANCELLED",
 	}
 	NotificationStatus_value = map[string]int32{
 		"NOTIFICATION_STATUS_UNSPECIFIED": 0,
@@ -59,6 +66,8 @@ var (
 		"NOTIFICATION_STATUS_DELIVERED":   3,
 		"NOTIFICATION_STATUS_FAILED":      4,
 		"NOTIFICATION_STATUS_EXPIRED":     5,
+		"NOTIFICATION_STATUS_SCHEDULED":   6,
+		"NOTIFICATION_STATUS_CANCELLED":   7,
 	}
 )
 
@@ -172,7 +181,8 @@ const (
 	ReplayOutcome_REPLAY_OUTCOME_UNSPECIFIED ReplayOutcome = 0
 	// Its undelivered, active tokens were queued for sending again.
 	ReplayOutcome_REPLAY_OUTCOME_REPLAYED ReplayOutcome = 1
-	// Still pending or retrying; use force to replay anyway.
+	// Still pending or retrying (use force to replay anyway), or scheduled (never replayed
+	// before its time, even forced).
 	ReplayOutcome_REPLAY_OUTCOME_SKIPPED_IN_FLIGHT ReplayOutcome = 2
 	// Nothing left to send: every token is delivered or inactive.
 	ReplayOutcome_REPLAY_OUTCOME_SKIPPED_DELIVERED ReplayOutcome = 3
@@ -180,6 +190,9 @@ const (
 	ReplayOutcome_REPLAY_OUTCOME_SKIPPED_EXPIRED ReplayOutcome = 4
 	// No notification with that id.
 	ReplayOutcome_REPLAY_OUTCOME_NOT_FOUND ReplayOutcome = 5
+	// It was cancelled (NotificationService.Cancel): nothing of it is sent again, even
+	// forced.
+	ReplayOutcome_REPLAY_OUTCOME_SKIPPED_CANCELLED ReplayOutcome = 6
 )
 
 // Enum value maps for ReplayOutcome.
@@ -191,6 +204,7 @@ var (
 		3: "REPLAY_OUTCOME_SKIPPED_DELIVERED",
 		4: "REPLAY_OUTCOME_SKIPPED_EXPIRED",
 		5: "REPLAY_OUTCOME_NOT_FOUND",
+		6: "REPLAY_OUTCOME_SKIPPED_CANCELLED",
 	}
 	ReplayOutcome_value = map[string]int32{
 		"REPLAY_OUTCOME_UNSPECIFIED":       0,
@@ -199,6 +213,7 @@ var (
 		"REPLAY_OUTCOME_SKIPPED_DELIVERED": 3,
 		"REPLAY_OUTCOME_SKIPPED_EXPIRED":   4,
 		"REPLAY_OUTCOME_NOT_FOUND":         5,
+		"REPLAY_OUTCOME_SKIPPED_CANCELLED": 6,
 	}
 )
 
@@ -306,7 +321,14 @@ type Notification struct {
 	// When its TTL passes.
 	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	// How many times it was replayed.
-	ReplayCount   int32 `protobuf:"varint,11,opt,name=replay_count,json=replayCount,proto3" json:"replay_count,omitempty"`
+	ReplayCount int32 `protobuf:"varint,11,opt,name=replay_count,json=replayCount,proto3" json:"replay_count,omitempty"`
+	// When it is (or was) to be sent: options.send_at, set only for a scheduled
+	// notification.
+	SendTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=send_time,json=sendTime,proto3" json:"send_time,omitempty"`
+	// When it was cancelled; unset unless CANCELLED.
+	CancelTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=cancel_time,json=cancelTime,proto3" json:"cancel_time,omitempty"`
+	// Name of the API key that cancelled it; empty unless CANCELLED.
+	CancelledBy   string `protobuf:"bytes,15,opt,name=cancelled_by,json=cancelledBy,proto3" json:"cancelled_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -416,6 +438,27 @@ func (x *Notification) GetReplayCount() int32 {
 		return x.ReplayCount
 	}
 	return 0
+}
+
+func (x *Notification) GetSendTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SendTime
+	}
+	return nil
+}
+
+func (x *Notification) GetCancelTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CancelTime
+	}
+	return nil
+}
+
+func (x *Notification) GetCancelledBy() string {
+	if x != nil {
+		return x.CancelledBy
+	}
+	return ""
 }
 
 // DeliveryCounts counts a notification's tokens by outcome.
@@ -1972,7 +2015,7 @@ var File_notify_v1_admin_proto protoreflect.FileDescriptor
 
 const file_notify_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15notify/v1/admin.proto\x12\tnotify.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cnotify/v1/notification.proto\"\xec\x03\n" +
+	"\x15notify/v1/admin.proto\x12\tnotify.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cnotify/v1/notification.proto\"\x85\x05\n" +
 	"\fNotification\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06caller\x18\x02 \x01(\tR\x06caller\x12'\n" +
@@ -1988,7 +2031,11 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\vexpire_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12!\n" +
-	"\freplay_count\x18\v \x01(\x05R\vreplayCount\"\xe0\x01\n" +
+	"\freplay_count\x18\v \x01(\x05R\vreplayCount\x127\n" +
+	"\tsend_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\bsendTime\x12;\n" +
+	"\vcancel_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"cancelTime\x12!\n" +
+	"\fcancelled_by\x18\x0f \x01(\tR\vcancelledBy\"\xe0\x01\n" +
 	"\x0eDeliveryCounts\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\x03R\x05total\x12\x18\n" +
 	"\apending\x18\x02 \x01(\x03R\apending\x12\x1c\n" +
@@ -2118,14 +2165,16 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\x13RevokeAPIKeyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"0\n" +
 	"\x14RevokeAPIKeyResponse\x12\x18\n" +
-	"\arevoked\x18\x01 \x01(\bR\arevoked*\xe0\x01\n" +
+	"\arevoked\x18\x01 \x01(\bR\arevoked*\xa6\x02\n" +
 	"\x12NotificationStatus\x12#\n" +
 	"\x1fNOTIFICATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bNOTIFICATION_STATUS_PENDING\x10\x01\x12 \n" +
 	"\x1cNOTIFICATION_STATUS_RETRYING\x10\x02\x12!\n" +
 	"\x1dNOTIFICATION_STATUS_DELIVERED\x10\x03\x12\x1e\n" +
 	"\x1aNOTIFICATION_STATUS_FAILED\x10\x04\x12\x1f\n" +
-	"\x1bNOTIFICATION_STATUS_EXPIRED\x10\x05*\x92\x02\n" +
+	"\x1bNOTIFICATION_STATUS_EXPIRED\x10\x05\x12!\n" +
+	"\x1dNOTIFICATION_STATUS_SCHEDULED\x10\x06\x12!\n" +
+	"\x1dNOTIFICATION_STATUS_CANCELLED\x10\a*\x92\x02\n" +
 	"\x0fDeliveryOutcome\x12 \n" +
 	"\x1cDELIVERY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18DELIVERY_OUTCOME_PENDING\x10\x01\x12\x1e\n" +
@@ -2134,14 +2183,15 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\x19DELIVERY_OUTCOME_RETRYING\x10\x04\x12\x1b\n" +
 	"\x17DELIVERY_OUTCOME_FAILED\x10\x05\x12\x1c\n" +
 	"\x18DELIVERY_OUTCOME_EXPIRED\x10\x06\x12'\n" +
-	"#DELIVERY_OUTCOME_SKIPPED_PREFERENCE\x10\a*\xda\x01\n" +
+	"#DELIVERY_OUTCOME_SKIPPED_PREFERENCE\x10\a*\x80\x02\n" +
 	"\rReplayOutcome\x12\x1e\n" +
 	"\x1aREPLAY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17REPLAY_OUTCOME_REPLAYED\x10\x01\x12$\n" +
 	" REPLAY_OUTCOME_SKIPPED_IN_FLIGHT\x10\x02\x12$\n" +
 	" REPLAY_OUTCOME_SKIPPED_DELIVERED\x10\x03\x12\"\n" +
 	"\x1eREPLAY_OUTCOME_SKIPPED_EXPIRED\x10\x04\x12\x1c\n" +
-	"\x18REPLAY_OUTCOME_NOT_FOUND\x10\x05*@\n" +
+	"\x18REPLAY_OUTCOME_NOT_FOUND\x10\x05\x12$\n" +
+	" REPLAY_OUTCOME_SKIPPED_CANCELLED\x10\x06*@\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eROLE_PUBLISHER\x10\x01\x12\x0e\n" +
@@ -2207,52 +2257,54 @@ var file_notify_v1_admin_proto_depIdxs = []int32{
 	27, // 3: notify.v1.Notification.create_time:type_name -> google.protobuf.Timestamp
 	27, // 4: notify.v1.Notification.update_time:type_name -> google.protobuf.Timestamp
 	27, // 5: notify.v1.Notification.expire_time:type_name -> google.protobuf.Timestamp
-	1,  // 6: notify.v1.Delivery.outcome:type_name -> notify.v1.DeliveryOutcome
-	27, // 7: notify.v1.Delivery.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 8: notify.v1.GetNotificationRequest.outcome:type_name -> notify.v1.DeliveryOutcome
-	4,  // 9: notify.v1.GetNotificationResponse.notification:type_name -> notify.v1.Notification
-	6,  // 10: notify.v1.GetNotificationResponse.deliveries:type_name -> notify.v1.Delivery
-	0,  // 11: notify.v1.ListNotificationsRequest.status:type_name -> notify.v1.NotificationStatus
-	27, // 12: notify.v1.ListNotificationsRequest.start_time:type_name -> google.protobuf.Timestamp
-	27, // 13: notify.v1.ListNotificationsRequest.end_time:type_name -> google.protobuf.Timestamp
-	4,  // 14: notify.v1.ListNotificationsResponse.notifications:type_name -> notify.v1.Notification
-	27, // 15: notify.v1.DeadLetterFilter.start_time:type_name -> google.protobuf.Timestamp
-	27, // 16: notify.v1.DeadLetterFilter.end_time:type_name -> google.protobuf.Timestamp
-	27, // 17: notify.v1.DeadLetter.create_time:type_name -> google.protobuf.Timestamp
-	27, // 18: notify.v1.DeadLetter.alert_time:type_name -> google.protobuf.Timestamp
-	27, // 19: notify.v1.DeadLetter.replay_time:type_name -> google.protobuf.Timestamp
-	11, // 20: notify.v1.ListDeadLettersRequest.filter:type_name -> notify.v1.DeadLetterFilter
-	12, // 21: notify.v1.ListDeadLettersResponse.dead_letters:type_name -> notify.v1.DeadLetter
-	15, // 22: notify.v1.ReplayRequest.notification_ids:type_name -> notify.v1.NotificationIDs
-	11, // 23: notify.v1.ReplayRequest.dead_letters:type_name -> notify.v1.DeadLetterFilter
-	2,  // 24: notify.v1.ReplayResult.outcome:type_name -> notify.v1.ReplayOutcome
-	17, // 25: notify.v1.ReplayResponse.results:type_name -> notify.v1.ReplayResult
-	3,  // 26: notify.v1.APIKey.role:type_name -> notify.v1.Role
-	27, // 27: notify.v1.APIKey.create_time:type_name -> google.protobuf.Timestamp
-	27, // 28: notify.v1.APIKey.revoke_time:type_name -> google.protobuf.Timestamp
-	27, // 29: notify.v1.APIKey.last_used_time:type_name -> google.protobuf.Timestamp
-	3,  // 30: notify.v1.CreateAPIKeyRequest.role:type_name -> notify.v1.Role
-	19, // 31: notify.v1.CreateAPIKeyResponse.key:type_name -> notify.v1.APIKey
-	19, // 32: notify.v1.ListAPIKeysResponse.keys:type_name -> notify.v1.APIKey
-	7,  // 33: notify.v1.AdminService.GetNotification:input_type -> notify.v1.GetNotificationRequest
-	9,  // 34: notify.v1.AdminService.ListNotifications:input_type -> notify.v1.ListNotificationsRequest
-	13, // 35: notify.v1.AdminService.ListDeadLetters:input_type -> notify.v1.ListDeadLettersRequest
-	16, // 36: notify.v1.AdminService.Replay:input_type -> notify.v1.ReplayRequest
-	20, // 37: notify.v1.AdminService.CreateAPIKey:input_type -> notify.v1.CreateAPIKeyRequest
-	22, // 38: notify.v1.AdminService.ListAPIKeys:input_type -> notify.v1.ListAPIKeysRequest
-	24, // 39: notify.v1.AdminService.RevokeAPIKey:input_type -> notify.v1.RevokeAPIKeyRequest
-	8,  // 40: notify.v1.AdminService.GetNotification:output_type -> notify.v1.GetNotificationResponse
-	10, // 41: notify.v1.AdminService.ListNotifications:output_type -> notify.v1.ListNotificationsResponse
-	14, // 42: notify.v1.AdminService.ListDeadLetters:output_type -> notify.v1.ListDeadLettersResponse
-	18, // 43: notify.v1.AdminService.Replay:output_type -> notify.v1.ReplayResponse
-	21, // 44: notify.v1.AdminService.CreateAPIKey:output_type -> notify.v1.CreateAPIKeyResponse
-	23, // 45: notify.v1.AdminService.ListAPIKeys:output_type -> notify.v1.ListAPIKeysResponse
-	25, // 46: notify.v1.AdminService.RevokeAPIKey:output_type -> notify.v1.RevokeAPIKeyResponse
-	40, // [40:47] is the sub-list for method output_type
-	33, // [33:40] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	27, // 6: notify.v1.Notification.send_time:type_name -> google.protobuf.Timestamp
+	27, // 7: notify.v1.Notification.cancel_time:type_name -> google.protobuf.Timestamp
+	1,  // 8: notify.v1.Delivery.outcome:type_name -> notify.v1.DeliveryOutcome
+	27, // 9: notify.v1.Delivery.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 10: notify.v1.GetNotificationRequest.outcome:type_name -> notify.v1.DeliveryOutcome
+	4,  // 11: notify.v1.GetNotificationResponse.notification:type_name -> notify.v1.Notification
+	6,  // 12: notify.v1.GetNotificationResponse.deliveries:type_name -> notify.v1.Delivery
+	0,  // 13: notify.v1.ListNotificationsRequest.status:type_name -> notify.v1.NotificationStatus
+	27, // 14: notify.v1.ListNotificationsRequest.start_time:type_name -> google.protobuf.Timestamp
+	27, // 15: notify.v1.ListNotificationsRequest.end_time:type_name -> google.protobuf.Timestamp
+	4,  // 16: notify.v1.ListNotificationsResponse.notifications:type_name -> notify.v1.Notification
+	27, // 17: notify.v1.DeadLetterFilter.start_time:type_name -> google.protobuf.Timestamp
+	27, // 18: notify.v1.DeadLetterFilter.end_time:type_name -> google.protobuf.Timestamp
+	27, // 19: notify.v1.DeadLetter.create_time:type_name -> google.protobuf.Timestamp
+	27, // 20: notify.v1.DeadLetter.alert_time:type_name -> google.protobuf.Timestamp
+	27, // 21: notify.v1.DeadLetter.replay_time:type_name -> google.protobuf.Timestamp
+	11, // 22: notify.v1.ListDeadLettersRequest.filter:type_name -> notify.v1.DeadLetterFilter
+	12, // 23: notify.v1.ListDeadLettersResponse.dead_letters:type_name -> notify.v1.DeadLetter
+	15, // 24: notify.v1.ReplayRequest.notification_ids:type_name -> notify.v1.NotificationIDs
+	11, // 25: notify.v1.ReplayRequest.dead_letters:type_name -> notify.v1.DeadLetterFilter
+	2,  // 26: notify.v1.ReplayResult.outcome:type_name -> notify.v1.ReplayOutcome
+	17, // 27: notify.v1.ReplayResponse.results:type_name -> notify.v1.ReplayResult
+	3,  // 28: notify.v1.APIKey.role:type_name -> notify.v1.Role
+	27, // 29: notify.v1.APIKey.create_time:type_name -> google.protobuf.Timestamp
+	27, // 30: notify.v1.APIKey.revoke_time:type_name -> google.protobuf.Timestamp
+	27, // 31: notify.v1.APIKey.last_used_time:type_name -> google.protobuf.Timestamp
+	3,  // 32: notify.v1.CreateAPIKeyRequest.role:type_name -> notify.v1.Role
+	19, // 33: notify.v1.CreateAPIKeyResponse.key:type_name -> notify.v1.APIKey
+	19, // 34: notify.v1.ListAPIKeysResponse.keys:type_name -> notify.v1.APIKey
+	7,  // 35: notify.v1.AdminService.GetNotification:input_type -> notify.v1.GetNotificationRequest
+	9,  // 36: notify.v1.AdminService.ListNotifications:input_type -> notify.v1.ListNotificationsRequest
+	13, // 37: notify.v1.AdminService.ListDeadLetters:input_type -> notify.v1.ListDeadLettersRequest
+	16, // 38: notify.v1.AdminService.Replay:input_type -> notify.v1.ReplayRequest
+	20, // 39: notify.v1.AdminService.CreateAPIKey:input_type -> notify.v1.CreateAPIKeyRequest
+	22, // 40: notify.v1.AdminService.ListAPIKeys:input_type -> notify.v1.ListAPIKeysRequest
+	24, // 41: notify.v1.AdminService.RevokeAPIKey:input_type -> notify.v1.RevokeAPIKeyRequest
+	8,  // 42: notify.v1.AdminService.GetNotification:output_type -> notify.v1.GetNotificationResponse
+	10, // 43: notify.v1.AdminService.ListNotifications:output_type -> notify.v1.ListNotificationsResponse
+	14, // 44: notify.v1.AdminService.ListDeadLetters:output_type -> notify.v1.ListDeadLettersResponse
+	18, // 45: notify.v1.AdminService.Replay:output_type -> notify.v1.ReplayResponse
+	21, // 46: notify.v1.AdminService.CreateAPIKey:output_type -> notify.v1.CreateAPIKeyResponse
+	23, // 47: notify.v1.AdminService.ListAPIKeys:output_type -> notify.v1.ListAPIKeysResponse
+	25, // 48: notify.v1.AdminService.RevokeAPIKey:output_type -> notify.v1.RevokeAPIKeyResponse
+	42, // [42:49] is the sub-list for method output_type
+	35, // [35:42] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_notify_v1_admin_proto_init() }

@@ -11,6 +11,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -795,6 +796,12 @@ type Options struct {
 	// change). Only an admin key may set it; from any other key Publish answers
 	// PERMISSION_DENIED and writes nothing.
 	IgnorePreferences bool `protobuf:"varint,8,opt,name=ignore_preferences,json=ignorePreferences,proto3" json:"ignore_preferences,omitempty"`
+	// When to send: at most 30 days ahead. Unset, or a time not in the future, means now.
+	// A notification with a later send_at is stored at once (idempotency works as always)
+	// with status SCHEDULED and sent once at that time, by whichever producer replica's
+	// outbox relay finds it due first; until then Cancel stops it. Its TTL counts from
+	// send_at, not from Publish.
+	SendAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=send_at,json=sendAt,proto3" json:"send_at,omitempty"`
 	// Options for Android devices (FCM's android.notification block). They describe a
 	// visible notification, so they need content (a title, body or image).
 	Android *AndroidOptions `protobuf:"bytes,4,opt,name=android,proto3" json:"android,omitempty"`
@@ -862,6 +869,13 @@ func (x *Options) GetIgnorePreferences() bool {
 		return x.IgnorePreferences
 	}
 	return false
+}
+
+func (x *Options) GetSendAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SendAt
+	}
+	return nil
 }
 
 func (x *Options) GetAndroid() *AndroidOptions {
@@ -1181,11 +1195,105 @@ func (x *PublishResponse) GetDuplicate() bool {
 	return false
 }
 
+// CancelRequest names the notification to cancel.
+type CancelRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id Publish returned. Required.
+	NotificationId string `protobuf:"bytes,1,opt,name=notification_id,json=notificationId,proto3" json:"notification_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CancelRequest) Reset() {
+	*x = CancelRequest{}
+	mi := &file_notify_v1_notification_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelRequest) ProtoMessage() {}
+
+func (x *CancelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_notification_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
+func (*CancelRequest) Descriptor() ([]byte, []int) {
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CancelRequest) GetNotificationId() string {
+	if x != nil {
+		return x.NotificationId
+	}
+	return ""
+}
+
+// CancelResponse says what was stopped.
+type CancelResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tokens that had already been sent to FCM when the cancel committed (their outcomes
+	// stand: delivered, invalid, retrying or failed). 0 for a notification that was still
+	// SCHEDULED.
+	Sent          int64 `protobuf:"varint,1,opt,name=sent,proto3" json:"sent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelResponse) Reset() {
+	*x = CancelResponse{}
+	mi := &file_notify_v1_notification_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelResponse) ProtoMessage() {}
+
+func (x *CancelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_v1_notification_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
+func (*CancelResponse) Descriptor() ([]byte, []int) {
+	return file_notify_v1_notification_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CancelResponse) GetSent() int64 {
+	if x != nil {
+		return x.Sent
+	}
+	return 0
+}
+
 var File_notify_v1_notification_proto protoreflect.FileDescriptor
 
 const file_notify_v1_notification_proto_rawDesc = "" +
 	"\n" +
-	"\x1cnotify/v1/notification.proto\x12\tnotify.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"L\n" +
+	"\x1cnotify/v1/notification.proto\x12\tnotify.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"L\n" +
 	"\x13PublishBatchRequest\x125\n" +
 	"\brequests\x18\x01 \x03(\v2\x19.notify.v1.PublishRequestR\brequests\"J\n" +
 	"\x14PublishBatchResponse\x122\n" +
@@ -1222,12 +1330,13 @@ const file_notify_v1_notification_proto_rawDesc = "" +
 	"\aContent\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\tR\x04body\x12\x1b\n" +
-	"\timage_url\x18\x03 \x01(\tR\bimageUrl\"\xcf\x02\n" +
+	"\timage_url\x18\x03 \x01(\tR\bimageUrl\"\x84\x03\n" +
 	"\aOptions\x12/\n" +
 	"\bpriority\x18\x01 \x01(\x0e2\x13.notify.v1.PriorityR\bpriority\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12!\n" +
 	"\fcollapse_key\x18\x03 \x01(\tR\vcollapseKey\x12-\n" +
 	"\x12ignore_preferences\x18\b \x01(\bR\x11ignorePreferences\x123\n" +
+	"\asend_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x06sendAt\x123\n" +
 	"\aandroid\x18\x04 \x01(\v2\x19.notify.v1.AndroidOptionsR\aandroid\x12*\n" +
 	"\x04apns\x18\x05 \x01(\v2\x16.notify.v1.ApnsOptionsR\x04apns\x123\n" +
 	"\awebpush\x18\x06 \x01(\v2\x19.notify.v1.WebpushOptionsR\awebpush\"\x83\x02\n" +
@@ -1254,7 +1363,11 @@ const file_notify_v1_notification_proto_rawDesc = "" +
 	"\x04link\x18\x01 \x01(\tR\x04link\"X\n" +
 	"\x0fPublishResponse\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate*\x95\x01\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"8\n" +
+	"\rCancelRequest\x12'\n" +
+	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\"$\n" +
+	"\x0eCancelResponse\x12\x12\n" +
+	"\x04sent\x18\x01 \x01(\x03R\x04sent*\x95\x01\n" +
 	"\x11AndroidVisibility\x12\"\n" +
 	"\x1eANDROID_VISIBILITY_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aANDROID_VISIBILITY_PRIVATE\x10\x01\x12\x1d\n" +
@@ -1269,9 +1382,10 @@ const file_notify_v1_notification_proto_rawDesc = "" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPRIORITY_NORMAL\x10\x01\x12\x11\n" +
-	"\rPRIORITY_HIGH\x10\x022\xa8\x01\n" +
+	"\rPRIORITY_HIGH\x10\x022\xe7\x01\n" +
 	"\x13NotificationService\x12@\n" +
-	"\aPublish\x12\x19.notify.v1.PublishRequest\x1a\x1a.notify.v1.PublishResponse\x12O\n" +
+	"\aPublish\x12\x19.notify.v1.PublishRequest\x1a\x1a.notify.v1.PublishResponse\x12=\n" +
+	"\x06Cancel\x12\x18.notify.v1.CancelRequest\x1a\x19.notify.v1.CancelResponse\x12O\n" +
 	"\fPublishBatch\x12\x1e.notify.v1.PublishBatchRequest\x1a\x1f.notify.v1.PublishBatchResponseB%Z#notify/proto/gen/notify/v1;notifyv1b\x06proto3"
 
 var (
@@ -1287,57 +1401,63 @@ func file_notify_v1_notification_proto_rawDescGZIP() []byte {
 }
 
 var file_notify_v1_notification_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_notify_v1_notification_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_notify_v1_notification_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_notify_v1_notification_proto_goTypes = []any{
-	(AndroidVisibility)(0),       // 0: notify.v1.AndroidVisibility
-	(InterruptionLevel)(0),       // 1: notify.v1.InterruptionLevel
-	(Priority)(0),                // 2: notify.v1.Priority
-	(*PublishBatchRequest)(nil),  // 3: notify.v1.PublishBatchRequest
-	(*PublishBatchResponse)(nil), // 4: notify.v1.PublishBatchResponse
-	(*PublishResult)(nil),        // 5: notify.v1.PublishResult
-	(*PublishRequest)(nil),       // 6: notify.v1.PublishRequest
-	(*Recipients)(nil),           // 7: notify.v1.Recipients
-	(*UserIDs)(nil),              // 8: notify.v1.UserIDs
-	(*AllDevices)(nil),           // 9: notify.v1.AllDevices
-	(*Tokens)(nil),               // 10: notify.v1.Tokens
-	(*Content)(nil),              // 11: notify.v1.Content
-	(*Options)(nil),              // 12: notify.v1.Options
-	(*AndroidOptions)(nil),       // 13: notify.v1.AndroidOptions
-	(*ApnsOptions)(nil),          // 14: notify.v1.ApnsOptions
-	(*WebpushOptions)(nil),       // 15: notify.v1.WebpushOptions
-	(*PublishResponse)(nil),      // 16: notify.v1.PublishResponse
-	nil,                          // 17: notify.v1.PublishRequest.DataEntry
-	(*status.Status)(nil),        // 18: google.rpc.Status
-	(*durationpb.Duration)(nil),  // 19: google.protobuf.Duration
+	(AndroidVisibility)(0),        // 0: notify.v1.AndroidVisibility
+	(InterruptionLevel)(0),        // 1: notify.v1.InterruptionLevel
+	(Priority)(0),                 // 2: notify.v1.Priority
+	(*PublishBatchRequest)(nil),   // 3: notify.v1.PublishBatchRequest
+	(*PublishBatchResponse)(nil),  // 4: notify.v1.PublishBatchResponse
+	(*PublishResult)(nil),         // 5: notify.v1.PublishResult
+	(*PublishRequest)(nil),        // 6: notify.v1.PublishRequest
+	(*Recipients)(nil),            // 7: notify.v1.Recipients
+	(*UserIDs)(nil),               // 8: notify.v1.UserIDs
+	(*AllDevices)(nil),            // 9: notify.v1.AllDevices
+	(*Tokens)(nil),                // 10: notify.v1.Tokens
+	(*Content)(nil),               // 11: notify.v1.Content
+	(*Options)(nil),               // 12: notify.v1.Options
+	(*AndroidOptions)(nil),        // 13: notify.v1.AndroidOptions
+	(*ApnsOptions)(nil),           // 14: notify.v1.ApnsOptions
+	(*WebpushOptions)(nil),        // 15: notify.v1.WebpushOptions
+	(*PublishResponse)(nil),       // 16: notify.v1.PublishResponse
+	(*CancelRequest)(nil),         // 17: notify.v1.CancelRequest
+	(*CancelResponse)(nil),        // 18: notify.v1.CancelResponse
+	nil,                           // 19: notify.v1.PublishRequest.DataEntry
+	(*status.Status)(nil),         // 20: google.rpc.Status
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_notify_v1_notification_proto_depIdxs = []int32{
 	6,  // 0: notify.v1.PublishBatchRequest.requests:type_name -> notify.v1.PublishRequest
 	5,  // 1: notify.v1.PublishBatchResponse.results:type_name -> notify.v1.PublishResult
 	16, // 2: notify.v1.PublishResult.accepted:type_name -> notify.v1.PublishResponse
-	18, // 3: notify.v1.PublishResult.error:type_name -> google.rpc.Status
+	20, // 3: notify.v1.PublishResult.error:type_name -> google.rpc.Status
 	7,  // 4: notify.v1.PublishRequest.recipients:type_name -> notify.v1.Recipients
 	11, // 5: notify.v1.PublishRequest.content:type_name -> notify.v1.Content
-	17, // 6: notify.v1.PublishRequest.data:type_name -> notify.v1.PublishRequest.DataEntry
+	19, // 6: notify.v1.PublishRequest.data:type_name -> notify.v1.PublishRequest.DataEntry
 	12, // 7: notify.v1.PublishRequest.options:type_name -> notify.v1.Options
 	8,  // 8: notify.v1.Recipients.user_ids:type_name -> notify.v1.UserIDs
 	9,  // 9: notify.v1.Recipients.all_devices:type_name -> notify.v1.AllDevices
 	10, // 10: notify.v1.Recipients.tokens:type_name -> notify.v1.Tokens
 	2,  // 11: notify.v1.Options.priority:type_name -> notify.v1.Priority
-	19, // 12: notify.v1.Options.ttl:type_name -> google.protobuf.Duration
-	13, // 13: notify.v1.Options.android:type_name -> notify.v1.AndroidOptions
-	14, // 14: notify.v1.Options.apns:type_name -> notify.v1.ApnsOptions
-	15, // 15: notify.v1.Options.webpush:type_name -> notify.v1.WebpushOptions
-	0,  // 16: notify.v1.AndroidOptions.visibility:type_name -> notify.v1.AndroidVisibility
-	1,  // 17: notify.v1.ApnsOptions.interruption_level:type_name -> notify.v1.InterruptionLevel
-	6,  // 18: notify.v1.NotificationService.Publish:input_type -> notify.v1.PublishRequest
-	3,  // 19: notify.v1.NotificationService.PublishBatch:input_type -> notify.v1.PublishBatchRequest
-	16, // 20: notify.v1.NotificationService.Publish:output_type -> notify.v1.PublishResponse
-	4,  // 21: notify.v1.NotificationService.PublishBatch:output_type -> notify.v1.PublishBatchResponse
-	20, // [20:22] is the sub-list for method output_type
-	18, // [18:20] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	21, // 12: notify.v1.Options.ttl:type_name -> google.protobuf.Duration
+	22, // 13: notify.v1.Options.send_at:type_name -> google.protobuf.Timestamp
+	13, // 14: notify.v1.Options.android:type_name -> notify.v1.AndroidOptions
+	14, // 15: notify.v1.Options.apns:type_name -> notify.v1.ApnsOptions
+	15, // 16: notify.v1.Options.webpush:type_name -> notify.v1.WebpushOptions
+	0,  // 17: notify.v1.AndroidOptions.visibility:type_name -> notify.v1.AndroidVisibility
+	1,  // 18: notify.v1.ApnsOptions.interruption_level:type_name -> notify.v1.InterruptionLevel
+	6,  // 19: notify.v1.NotificationService.Publish:input_type -> notify.v1.PublishRequest
+	17, // 20: notify.v1.NotificationService.Cancel:input_type -> notify.v1.CancelRequest
+	3,  // 21: notify.v1.NotificationService.PublishBatch:input_type -> notify.v1.PublishBatchRequest
+	16, // 22: notify.v1.NotificationService.Publish:output_type -> notify.v1.PublishResponse
+	18, // 23: notify.v1.NotificationService.Cancel:output_type -> notify.v1.CancelResponse
+	4,  // 24: notify.v1.NotificationService.PublishBatch:output_type -> notify.v1.PublishBatchResponse
+	22, // [22:25] is the sub-list for method output_type
+	19, // [19:22] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_notify_v1_notification_proto_init() }
@@ -1362,7 +1482,7 @@ func file_notify_v1_notification_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_notify_v1_notification_proto_rawDesc), len(file_notify_v1_notification_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	NotificationService_Publish_FullMethodName      = "/notify.v1.NotificationService/Publish"
+	NotificationService_Cancel_FullMethodName       = "/notify.v1.NotificationService/Cancel"
 	NotificationService_PublishBatch_FullMethodName = "/notify.v1.NotificationService/PublishBatch"
 )
 
@@ -41,6 +42,15 @@ type NotificationServiceClient interface {
 	// original notification's id with duplicate=true and sends nothing again, however much
 	// later it arrives.
 	Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error)
+	// Cancel stops a notification that is SCHEDULED or PENDING: its status becomes CANCELLED
+	// (final) and no token that was not sent yet is sent; the sender checks before every
+	// chunk of up to 500 tokens, so a chunk already handed to FCM when Cancel commits still
+	// completes. Tokens already sent keep their outcomes, and the response says how many
+	// there were. Only the API key that published the notification, or an admin key, may
+	// cancel it (PERMISSION_DENIED otherwise); an unknown id is NOT_FOUND; a notification
+	// that is RETRYING or final (DELIVERED, FAILED, EXPIRED, CANCELLED) is
+	// FAILED_PRECONDITION and nothing changes.
+	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
 	// PublishBatch accepts up to 500 notifications in one call and answers one result per
 	// request, in the order of the requests.
 	//
@@ -77,6 +87,16 @@ func (c *notificationServiceClient) Publish(ctx context.Context, in *PublishRequ
 	return out, nil
 }
 
+func (c *notificationServiceClient) Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelResponse)
+	err := c.cc.Invoke(ctx, NotificationService_Cancel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *notificationServiceClient) PublishBatch(ctx context.Context, in *PublishBatchRequest, opts ...grpc.CallOption) (*PublishBatchResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PublishBatchResponse)
@@ -105,6 +125,15 @@ type NotificationServiceServer interface {
 	// original notification's id with duplicate=true and sends nothing again, however much
 	// later it arrives.
 	Publish(context.Context, *PublishRequest) (*PublishResponse, error)
+	// Cancel stops a notification that is SCHEDULED or PENDING: its status becomes CANCELLED
+	// (final) and no token that was not sent yet is sent; the sender checks before every
+	// chunk of up to 500 tokens, so a chunk already handed to FCM when Cancel commits still
+	// completes. Tokens already sent keep their outcomes, and the response says how many
+	// there were. Only the API key that published the notification, or an admin key, may
+	// cancel it (PERMISSION_DENIED otherwise); an unknown id is NOT_FOUND; a notification
+	// that is RETRYING or final (DELIVERED, FAILED, EXPIRED, CANCELLED) is
+	// FAILED_PRECONDITION and nothing changes.
+	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
 	// PublishBatch accepts up to 500 notifications in one call and answers one result per
 	// request, in the order of the requests.
 	//
@@ -133,6 +162,9 @@ type UnimplementedNotificationServiceServer struct{}
 
 func (UnimplementedNotificationServiceServer) Publish(context.Context, *PublishRequest) (*PublishResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Publish not implemented")
+}
+func (UnimplementedNotificationServiceServer) Cancel(context.Context, *CancelRequest) (*CancelResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Cancel not implemented")
 }
 func (UnimplementedNotificationServiceServer) PublishBatch(context.Context, *PublishBatchRequest) (*PublishBatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PublishBatch not implemented")
@@ -176,6 +208,24 @@ func _NotificationService_Publish_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NotificationService_Cancel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NotificationServiceServer).Cancel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NotificationService_Cancel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NotificationServiceServer).Cancel(ctx, req.(*CancelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _NotificationService_PublishBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(PublishBatchRequest)
 	if err := dec(in); err != nil {
@@ -204,6 +254,10 @@ var NotificationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Publish",
 			Handler:    _NotificationService_Publish_Handler,
+		},
+		{
+			MethodName: "Cancel",
+			Handler:    _NotificationService_Cancel_Handler,
 		},
 		{
 			MethodName: "PublishBatch",

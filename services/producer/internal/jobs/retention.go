@@ -71,11 +71,25 @@ type Deleted struct {
 // deliveries. After the TTL nothing changes a final notification any more, so the
 // statements below, each its own short transaction, cannot race with a writer. Served by
 // the notifications_retention index (its predicate is schema.FinalStatuses).
+//
+// Cancelled notifications are final too, but the index predates them: they come from a
+// second scan, on notifications_status_created, merged in the same order.
 const expiredNotificationsSQL = `
-SELECT id, created_at FROM notifications
-WHERE status IN ` + schema.FinalStatuses + `
-  AND created_at < $1 AND expires_at <= now()
-  AND (created_at, id) > ($2, $3)
+SELECT id, created_at FROM (
+	(SELECT id, created_at FROM notifications
+	WHERE status IN ` + schema.FinalStatuses + `
+	  AND created_at < $1 AND expires_at <= now()
+	  AND (created_at, id) > ($2, $3)
+	ORDER BY created_at, id
+	LIMIT $4)
+	UNION ALL
+	(SELECT id, created_at FROM notifications
+	WHERE status = '` + schema.StatusCancelled + `'
+	  AND created_at < $1 AND expires_at <= now()
+	  AND (created_at, id) > ($2, $3)
+	ORDER BY created_at, id
+	LIMIT $4)
+) x
 ORDER BY created_at, id
 LIMIT $4`
 
@@ -90,7 +104,8 @@ DELETE FROM deliveries d USING (
 	deleteReplaysSQL = `
 DELETE FROM replays WHERE id IN (SELECT id FROM replays WHERE notification_id = ANY($1) LIMIT $2)`
 	deleteNotificationsSQL = `
-DELETE FROM notifications WHERE id = ANY($1) AND status IN ` + schema.FinalStatuses + ` AND expires_at <= now()`
+DELETE FROM notifications WHERE id = ANY($1) AND expires_at <= now()
+	AND (status IN ` + schema.FinalStatuses + ` OR status = '` + schema.StatusCancelled + `')`
 )
 
 // deleteDeadLettersSQL deletes the next batch of dead letters created before the cutoff

@@ -59,6 +59,9 @@ func TestRetentionDeletesOnlyWhatIsOldFinalAndUnreplayable(t *testing.T) {
 		"failed-young":         {"failed", 29, 1, false},
 		"delivered-young":      {"delivered", 1, 1, false},
 		"failed-old-ttl-lasts": {"failed", 35, 60, false}, // replayable until its TTL passes
+		"cancelled-old":        {"cancelled", 44, 1, true},
+		"cancelled-young":      {"cancelled", 3, 1, false},
+		"scheduled-old":        {"scheduled", 33, 60, false}, // due later: kept whatever its age
 	} {
 		notification(name, n.status, n.daysAgo, n.ttl, tokens)
 		gone[name] = n.deleted
@@ -126,12 +129,12 @@ func TestRetentionDeletesOnlyWhatIsOldFinalAndUnreplayable(t *testing.T) {
 		t.Errorf("%d deliveries kept, want %d (those of the kept notifications)", keptDeliveries, want)
 	}
 
-	deletedNotifications := 5 // delivered-old, failed-old, expired-old, delivered-oldest, delivered-old-young-dl
+	deletedNotifications := 6 // delivered-old, failed-old, expired-old, delivered-oldest, cancelled-old, delivered-old-young-dl
 	want := map[string]float64{
 		"notifications": float64(deletedNotifications),
 		"deliveries":    float64(deletedNotifications * tokens),
 		"replays":       float64(deletedNotifications),
-		"dead_letters":  6, // the first four notifications', poison-old, unknown-id-old
+		"dead_letters":  7, // the first four notifications', cancelled-old's, poison-old, unknown-id-old
 	}
 	got := retentionCounts(t, reg)
 	if diff := cmp.Diff(want, got); diff != "" {

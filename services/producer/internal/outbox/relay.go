@@ -9,12 +9,14 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"notify/pkg/rabbit"
+	"notify/pkg/schema"
 )
 
 // publisher is all the relay needs from RabbitMQ; *rabbit.Publisher satisfies it.
@@ -98,7 +100,7 @@ func NewRelay(pool *pgxpool.Pool, pub publisher, log *slog.Logger, reg prometheu
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}),
 		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "notify_outbox_backlog", Help: "Outbox rows not yet published (sampled).",
+			Name: "notify_outbox_backlog", Help: "Outbox rows due and not yet published (sampled; scheduled rows count from their time).",
 		}),
 	}
 	reg.MustRegister(r.published, r.failures, r.lag, r.backlog)
@@ -162,14 +164,17 @@ func (r *Relay) loop(ctx context.Context, first bool) error {
 			r.Wake() // more rows are waiting: another loop may take the next batch alongside
 			continue
 		}
-		var pause <-chan time.Time
+		var pause, due <-chan time.Time
 		if err != nil {
 			pause = time.After(r.opts.PollInterval)
+		} else if wait, ok := r.nextDue(ctx); ok {
+			due = time.After(wait)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-pause:
+		case <-due:
 		case <-r.wake:
 		case <-poll.C:
 			if first {
@@ -182,26 +187,47 @@ func (r *Relay) loop(ctx context.Context, first bool) error {
 }
 
 type row struct {
-	id          int64
-	routingKey  string
-	messageType string
-	body        []byte
-	createdAt   time.Time
+	id             int64
+	notificationID *uuid.UUID
+	scheduled      bool // a scheduled send task (due_at set) that has come due
+	routingKey     string
+	messageType    string
+	body           []byte
+	createdAt      time.Time
 }
+
+// claimSQL claims rows that are due, oldest first, in two index scans that never step over
+// scheduled rows not due yet: first the scheduled rows whose due_at has come (outbox_due),
+// then the rows for now (outbox_ready), each in id order.
+const claimSQL = `
+WITH due AS (
+	SELECT id, notification_id, routing_key, message_type, body, created_at, true AS scheduled FROM outbox
+	WHERE published_at IS NULL AND due_at IS NOT NULL AND due_at <= now()
+	ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+), ready AS (
+	SELECT id, notification_id, routing_key, message_type, body, created_at, false AS scheduled FROM outbox
+	WHERE published_at IS NULL AND due_at IS NULL
+	ORDER BY id LIMIT $1 - (SELECT count(*) FROM due) FOR UPDATE SKIP LOCKED
+)
+SELECT * FROM due UNION ALL SELECT * FROM ready`
+
+// startSQL moves the notifications whose scheduled send task was just published from
+// scheduled to pending, in the transaction that marks the rows published. One that was
+// cancelled meanwhile stays cancelled (Cancel holds its row lock, and this waits for it).
+const startSQL = `UPDATE notifications SET status = '` + schema.StatusPending + `', updated_at = now()
+	WHERE id = ANY($1) AND status = '` + schema.StatusScheduled + `'`
 
 // RelayOnce runs one round and returns how many rows it claimed.
 func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 	var claimed int
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `
-			SELECT id, routing_key, message_type, body, created_at FROM outbox
-			WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED`, r.opts.BatchSize)
+		rows, err := tx.Query(ctx, claimSQL, r.opts.BatchSize)
 		if err != nil {
 			return fmt.Errorf("claim outbox rows: %w", err)
 		}
 		batch, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
 			var o row
-			err := r.Scan(&o.id, &o.routingKey, &o.messageType, &o.body, &o.createdAt)
+			err := r.Scan(&o.id, &o.notificationID, &o.routingKey, &o.messageType, &o.body, &o.createdAt, &o.scheduled)
 			return o, err
 		})
 		if err != nil {
@@ -235,16 +261,27 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 			r.failures.Add(float64(len(pe.Failed)))
 		}
 		ids := make([]int64, 0, len(batch))
+		var started []uuid.UUID
 		now := time.Now()
 		for i, o := range batch {
-			if !failed[i] {
-				ids = append(ids, o.id)
+			if failed[i] {
+				continue
+			}
+			ids = append(ids, o.id)
+			if o.scheduled && o.notificationID != nil {
+				started = append(started, *o.notificationID)
+			} else {
 				r.lag.Observe(now.Sub(o.createdAt).Seconds())
 			}
 		}
 		if len(ids) > 0 {
 			if _, err := tx.Exec(ctx, "UPDATE outbox SET published_at = now() WHERE id = ANY($1)", ids); err != nil {
 				return fmt.Errorf("mark %d outbox rows published: %w", len(ids), err)
+			}
+		}
+		if len(started) > 0 {
+			if _, err := tx.Exec(ctx, startSQL, started); err != nil {
+				return fmt.Errorf("start %d scheduled notifications: %w", len(started), err)
 			}
 		}
 		r.published.Add(float64(len(ids)))
@@ -255,6 +292,21 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 		return nil
 	})
 	return claimed, err
+}
+
+// nextDue returns how long until the next scheduled row falls due, if there is one: the
+// relay sleeps until then (or until it is woken or polls), so a scheduled notification
+// leaves within moments of its time, from whichever replica's timer fires first (the
+// others find the row claimed or published). Rows already due are not waited for: they
+// are claimed by the round that follows, or held by another relay.
+func (r *Relay) nextDue(ctx context.Context) (time.Duration, bool) {
+	var seconds *float64
+	err := r.pool.QueryRow(ctx, `SELECT extract(epoch FROM min(due_at) - now())::float8 FROM outbox
+		WHERE published_at IS NULL AND due_at IS NOT NULL AND due_at > now()`).Scan(&seconds)
+	if err != nil || seconds == nil {
+		return 0, false
+	}
+	return max(time.Duration(*seconds*float64(time.Second)), 0), true
 }
 
 // listen turns NOTIFYs on the outbox channel (sent by the rare writers other than Publish:
@@ -294,7 +346,8 @@ func (r *Relay) listenOnce(ctx context.Context) error {
 
 func (r *Relay) sampleBacklog(ctx context.Context) {
 	var n int64
-	if err := r.pool.QueryRow(ctx, "SELECT count(*) FROM outbox WHERE published_at IS NULL").Scan(&n); err == nil {
+	if err := r.pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL
+		AND (due_at IS NULL OR due_at <= now())`).Scan(&n); err == nil {
 		r.backlog.Set(float64(n))
 	}
 }

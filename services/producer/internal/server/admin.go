@@ -43,6 +43,8 @@ func NewAdmin(pool *pgxpool.Pool, log *slog.Logger, cache keyCache, wake func())
 
 var (
 	statusNames = map[string]notifyv1.NotificationStatus{
+		schema.StatusScheduled: notifyv1.NotificationStatus_NOTIFICATION_STATUS_SCHEDULED,
+		schema.StatusCancelled: notifyv1.NotificationStatus_NOTIFICATION_STATUS_CANCELLED,
 		schema.StatusPending:   notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING,
 		schema.StatusRetrying:  notifyv1.NotificationStatus_NOTIFICATION_STATUS_RETRYING,
 		schema.StatusDelivered: notifyv1.NotificationStatus_NOTIFICATION_STATUS_DELIVERED,
@@ -109,13 +111,16 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 		key                  *string
 		request              []byte
 		created, updated, ex time.Time
+		sendAt, cancelledAt  *time.Time
 		c                    = n.Counts
 	)
 	err = a.pool.QueryRow(ctx, `
 		SELECT caller, idempotency_key, type, status, request, created_at, updated_at, expires_at,
-			total, delivered, invalid, retrying, failed, expired, skipped, replay_count
+			total, delivered, invalid, retrying, failed, expired, skipped, replay_count,
+			send_at, cancelled_at, coalesce(cancelled_by, '')
 		FROM notifications WHERE id = $1`, id).Scan(&caller, &key, &typ, &st, &request, &created, &updated, &ex,
-		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &n.ReplayCount)
+		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &n.ReplayCount,
+		&sendAt, &cancelledAt, &n.CancelledBy)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, status.Errorf(codes.NotFound, "notification %s not found", id)
 	}
@@ -128,6 +133,7 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	}
 	c.Pending = max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired-c.Skipped)
 	n.CreateTime, n.UpdateTime, n.ExpireTime = timestamppb.New(created), timestamppb.New(updated), timestamppb.New(ex)
+	n.SendTime, n.CancelTime = optionalTime(sendAt), optionalTime(cancelledAt)
 	if n.Request, err = schema.DecodeRequest(request); err != nil {
 		return nil, toStatus(ctx, a.log, "decode stored request", err, "notification_id", id)
 	}
@@ -163,4 +169,12 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	}
 	resp.Deliveries = deliveries
 	return resp, nil
+}
+
+// optionalTime is t as a Timestamp, nil for a NULL column.
+func optionalTime(t *time.Time) *timestamppb.Timestamp {
+	if t == nil {
+		return nil
+	}
+	return timestamppb.New(*t)
 }

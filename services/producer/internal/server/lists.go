@@ -168,7 +168,8 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 	limit := pageSize(req.GetPageSize(), 50, MaxListPageSize)
 	rows, err := a.pool.Query(ctx, `
 		SELECT id, caller, coalesce(idempotency_key, ''), type, status, created_at, updated_at, expires_at,
-			total, delivered, invalid, retrying, failed, expired, skipped, replay_count
+			total, delivered, invalid, retrying, failed, expired, skipped, replay_count,
+			send_at, cancelled_at, coalesce(cancelled_by, '')
 		FROM notifications`+where.where()+`
 		ORDER BY created_at DESC, id DESC LIMIT `+where.next(limit+1), where.args...)
 	if err != nil {
@@ -181,9 +182,11 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 		c                    notifyv1.DeliveryCounts
 		st                   string
 		created, updated, ex time.Time
+		sendAt, cancelledAt  *time.Time
 	)
 	_, err = pgx.ForEachRow(rows, []any{&id, &n.Caller, &n.IdempotencyKey, &n.Type, &st, &created, &updated, &ex,
-		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &n.ReplayCount}, func() error {
+		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &n.ReplayCount,
+		&sendAt, &cancelledAt, &n.CancelledBy}, func() error {
 		list = append(list, &notifyv1.Notification{
 			Id: id.String(), Caller: n.Caller, IdempotencyKey: n.IdempotencyKey, Type: n.Type, Status: statusNames[st],
 			Counts: &notifyv1.DeliveryCounts{
@@ -192,7 +195,8 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 				Pending: max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired-c.Skipped),
 			},
 			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), ExpireTime: timestamppb.New(ex),
-			ReplayCount: n.ReplayCount,
+			ReplayCount: n.ReplayCount, SendTime: optionalTime(sendAt), CancelTime: optionalTime(cancelledAt),
+			CancelledBy: n.CancelledBy,
 		})
 		return nil
 	})

@@ -98,6 +98,12 @@ func newRow(caller string, req *notifyv1.PublishRequest) (row, error) {
 	if t := req.GetOptions().GetTtl(); t != nil {
 		ttl = t.AsDuration()
 	}
+	// The TTL counts from the time it is to be sent.
+	var sendAt time.Time
+	start := now
+	if at := req.GetOptions().GetSendAt(); at != nil && at.AsTime().After(now) {
+		sendAt, start = at.AsTime(), at.AsTime()
+	}
 	request, err := schema.EncodeRequest(req)
 	if err != nil {
 		return row{}, err
@@ -108,7 +114,7 @@ func newRow(caller string, req *notifyv1.PublishRequest) (row, error) {
 	}
 	return row{
 		id: id, caller: caller, key: req.GetIdempotencyKey(), typ: req.GetType(),
-		request: request, expiresAt: now.Add(ttl), task: task,
+		request: request, expiresAt: start.Add(ttl), sendAt: sendAt, task: task,
 	}, nil
 }
 

@@ -169,6 +169,12 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 		case status == schema.StatusDelivered:
 			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_DELIVERED
 			return nil
+		case status == schema.StatusCancelled:
+			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_CANCELLED
+			return nil
+		case status == schema.StatusScheduled:
+			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_IN_FLIGHT
+			return nil
 		case inFlight && !force:
 			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_IN_FLIGHT
 			return nil

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"notify/pkg/schema"
 	"notify/services/producer/internal/outbox"
 )
 
@@ -23,7 +24,10 @@ type row struct {
 	typ       string
 	request   []byte // the PublishRequest as JSON (schema.EncodeRequest)
 	expiresAt time.Time
-	task      outbox.Row
+	// sendAt is options.send_at when it is in the future: the notification is stored
+	// scheduled and its outbox row is not relayed before then. Zero: pending, sent at once.
+	sendAt time.Time
+	task   outbox.Row
 }
 
 // stored is what became of one row.
@@ -46,17 +50,19 @@ type querier interface {
 const insertSQL = `
 WITH input AS (
 	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-		$7::text[], $8::text[], $9::bytea[])
-		AS t(id, caller, idempotency_key, type, request, expires_at, routing_key, message_type, body)
+		$7::text[], $8::text[], $9::bytea[], $10::timestamptz[])
+		AS t(id, caller, idempotency_key, type, request, expires_at, routing_key, message_type, body, send_at)
 ), n AS (
-	INSERT INTO notifications (id, caller, idempotency_key, type, request, expires_at)
-	SELECT id, caller, idempotency_key, type, request::jsonb, expires_at FROM input
+	INSERT INTO notifications (id, caller, idempotency_key, type, request, expires_at, send_at, status)
+	SELECT id, caller, idempotency_key, type, request::jsonb, expires_at, send_at,
+		CASE WHEN send_at IS NULL THEN '` + schema.StatusPending + `' ELSE '` + schema.StatusScheduled + `' END
+	FROM input
 	ORDER BY caller, idempotency_key
 	ON CONFLICT (caller, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 	RETURNING id
 ), o AS (
-	INSERT INTO outbox (notification_id, routing_key, message_type, body)
-	SELECT input.id, input.routing_key, input.message_type, input.body FROM input JOIN n USING (id)
+	INSERT INTO outbox (notification_id, routing_key, message_type, body, due_at)
+	SELECT input.id, input.routing_key, input.message_type, input.body, input.send_at FROM input JOIN n USING (id)
 	ORDER BY input.id
 )
 SELECT id FROM n`
@@ -132,6 +138,7 @@ func insertRows(ctx context.Context, db querier, rows []row, idx []int, out []st
 			make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		keys      = make([]*string, n)
 		expiresAt = make([]time.Time, n)
+		sendAt    = make([]*time.Time, n)
 		bodies    = make([][]byte, n)
 	)
 	for k, i := range idx {
@@ -141,9 +148,12 @@ func insertRows(ctx context.Context, db querier, rows []row, idx []int, out []st
 			keys[k] = &r.key
 		}
 		expiresAt[k] = r.expiresAt
+		if !r.sendAt.IsZero() {
+			sendAt[k] = &r.sendAt
+		}
 		routingKeys[k], messageTypes[k], bodies[k] = r.task.RoutingKey, r.task.MessageType, r.task.Body
 	}
-	result, err := db.Query(ctx, insertSQL, ids, callers, keys, types, requests, expiresAt, routingKeys, messageTypes, bodies)
+	result, err := db.Query(ctx, insertSQL, ids, callers, keys, types, requests, expiresAt, routingKeys, messageTypes, bodies, sendAt)
 	if err != nil {
 		return fmt.Errorf("insert %d notifications: %w", n, err)
 	}

@@ -24,6 +24,7 @@ const (
 	MaxCollapseKeyLen  = 64
 	MaxFCMPayloadBytes = 4096
 	MaxTTL             = 28 * 24 * time.Hour
+	MaxScheduleAhead   = 30 * 24 * time.Hour // options.send_at
 	MaxBatchDevices    = 10_000
 	MaxOptionLen       = 256  // each string of options.android and options.apns
 	MaxLinkLen         = 1024 // options.webpush.link
@@ -85,6 +86,13 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 			v.add("options.ttl", "is not a valid duration: %v", err)
 		} else if d := ttl.AsDuration(); d <= 0 || d > MaxTTL {
 			v.add("options.ttl", "must be more than 0 and at most 28 days (672h), got %s", d)
+		}
+	}
+	if at := o.GetSendAt(); at != nil {
+		if err := at.CheckValid(); err != nil {
+			v.add("options.send_at", "is not a valid time: %v", err)
+		} else if ahead := time.Until(at.AsTime()); ahead > MaxScheduleAhead {
+			v.add("options.send_at", "must be at most 30 days ahead, got %s ahead", ahead.Round(time.Second))
 		}
 	}
 	if len(o.GetCollapseKey()) > MaxCollapseKeyLen {

@@ -175,6 +175,11 @@ func (h *Handler) send(ctx context.Context, tasks []*retryTask) {
 			continue
 		}
 		sum := sums[i]
+		if sum.Cancelled {
+			t.log.Info("notification cancelled; retry not sent", "tokens", len(chunks[i].Targets))
+			t.finish("cancelled", nil)
+			continue
+		}
 		t.log.Info("retry sent", "attempt", t.attempt, "tokens", len(chunks[i].Targets), "delivered", sum.Delivered,
 			"invalid", sum.Invalid, "retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired)
 		t.finish("sent", nil)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -255,6 +256,11 @@ func (h *Handler) sendSmall(ctx context.Context, small []chunkTask) {
 			continue
 		}
 		sum := sums[i]
+		if sum.Cancelled {
+			t.log.Info("notification cancelled before it was sent")
+			t.finish("cancelled", nil)
+			continue
+		}
 		t.log.Debug("notification sent", "status", sum.Status, "delivered", sum.Delivered, "invalid", sum.Invalid,
 			"retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired)
 		t.finish("sent", nil)
@@ -268,6 +274,11 @@ func (h *Handler) sendLarge(ctx context.Context, n *delivery.Notification, log *
 	sum, err := h.sendAll(ctx, n)
 	if err != nil {
 		return "", rabbit.Requeue(err)
+	}
+	if sum.Cancelled {
+		log.Info("notification cancelled while being sent; the rest is not sent", "delivered", sum.Delivered,
+			"invalid", sum.Invalid, "retrying", sum.Retrying, "failed", sum.Failed, "duration", time.Since(start))
+		return "cancelled", nil
 	}
 	status := sum.Status
 	if status == "" {
@@ -296,6 +307,7 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 	}()
 
 	var pageErr error
+	var cancelled atomic.Bool // a chunk found the notification cancelled: read no more pages
 	after := ""
 	for {
 		targets, next, err := h.store.Audience(gctx, n, after, fcm.MaxMulticast)
@@ -311,11 +323,14 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 				if err != nil {
 					return err
 				}
+				if s.Cancelled {
+					cancelled.Store(true)
+				}
 				sums <- s
 				return nil
 			})
 		}
-		if next == "" || gctx.Err() != nil {
+		if next == "" || gctx.Err() != nil || cancelled.Load() {
 			break
 		}
 		select {

@@ -1,0 +1,98 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+// TestScheduledAndCancelled, with two producer replicas (two outbox relays): a notification
+// scheduled 3 s ahead is not sent before its time and is sent exactly once after it; one
+// cancelled before its time is never sent and ends CANCELLED; cancelling a delivered one is
+// FAILED_PRECONDITION.
+func TestScheduledAndCancelled(t *testing.T) {
+	s := newStack(t)
+	s.start("fcm-emulator", nil)
+	s.start("producer", nil)
+	s.start("producer", map[string]string{"GRPC_ADDR": freeAddr(t)})
+	s.start("sender", nil)
+	notifications, devices, admin := s.clients()
+	registerOne(t, devices, "sched-user", "sched-tok")
+	registerOne(t, devices, "cancel-user", "cancel-tok")
+
+	schedule := func(user string, at time.Time) string {
+		t.Helper()
+		resp, err := notifications.Publish(ctxT(t), &notifyv1.PublishRequest{
+			Type:       "e2e.scheduled",
+			Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: []string{user}}}},
+			Content:    &notifyv1.Content{Title: "later"},
+			Options:    &notifyv1.Options{SendAt: timestamppb.New(at)},
+		})
+		if err != nil {
+			t.Fatalf("Publish at %v: %v", at, err)
+		}
+		return resp.GetNotificationId()
+	}
+	get := func(id string) *notifyv1.Notification {
+		t.Helper()
+		resp, err := admin.GetNotification(ctxT(t), &notifyv1.GetNotificationRequest{NotificationId: id, PageSize: 1})
+		if err != nil {
+			t.Fatalf("GetNotification: %v", err)
+		}
+		return resp.GetNotification()
+	}
+
+	at := time.Now().Add(3 * time.Second)
+	scheduled := schedule("sched-user", at)
+	cancelled := schedule("cancel-user", at)
+	if n := get(scheduled); n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_SCHEDULED {
+		t.Errorf("status right after Publish = %v, want SCHEDULED", n.GetStatus())
+	}
+	resp, err := notifications.Cancel(ctxT(t), &notifyv1.CancelRequest{NotificationId: cancelled})
+	if err != nil || resp.GetSent() != 0 {
+		t.Fatalf("Cancel before its time = %v, %v; want 0 sent", resp, err)
+	}
+
+	// Nothing is sent before the time.
+	for time.Until(at) > 200*time.Millisecond {
+		if got := s.emulatorMessages("sched-tok"); len(got) != 0 {
+			t.Fatalf("sent %v before its time %v", got[0].ReceivedAt, at)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var n *notifyv1.Notification
+	waitFor(t, time.Minute, "the scheduled notification to be sent", func() bool {
+		n = get(scheduled)
+		return n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_SCHEDULED &&
+			n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING
+	})
+	if n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_DELIVERED || n.GetCounts().GetDelivered() != 1 {
+		t.Errorf("scheduled notification = %v %v, want DELIVERED to its one token", n.GetStatus(), n.GetCounts())
+	}
+	// Both relays' timers have fired by now: still exactly one send, at or after the time.
+	time.Sleep(2 * time.Second)
+	got := s.emulatorMessages("sched-tok")
+	if len(got) != 1 {
+		t.Fatalf("emulator received %d messages for the scheduled token, want exactly 1", len(got))
+	}
+	if got[0].ReceivedAt.Before(at) {
+		t.Errorf("received at %v, before its time %v", got[0].ReceivedAt, at)
+	}
+
+	if got := s.emulatorMessages("cancel-tok"); len(got) != 0 {
+		t.Errorf("the cancelled notification was sent: %v", got)
+	}
+	if n := get(cancelled); n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_CANCELLED || n.GetCounts().GetTotal() != 0 {
+		t.Errorf("cancelled notification = %v %v, want CANCELLED with nothing sent", n.GetStatus(), n.GetCounts())
+	}
+
+	_, err = notifications.Cancel(ctxT(t), &notifyv1.CancelRequest{NotificationId: scheduled})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("Cancel of a delivered notification: %v, want FAILED_PRECONDITION", err)
+	}
+}

@@ -1,0 +1,108 @@
+package outbox
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"notify/pkg/pgtest"
+	"notify/pkg/rabbit"
+	"notify/pkg/schema"
+)
+
+// recorder records what it is asked to publish.
+type recorder struct {
+	mu   sync.Mutex
+	sent []rabbit.Message
+}
+
+func (p *recorder) Publish(_ context.Context, msgs ...rabbit.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sent = append(p.sent, msgs...)
+	return nil
+}
+
+func (p *recorder) messages() []rabbit.Message {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]rabbit.Message(nil), p.sent...)
+}
+
+// TestScheduledRowIsRelayedOnceWhenDue: two relays that poll only hourly and are never
+// woken leave a scheduled row alone until its due time, then one of them (its timer)
+// publishes it exactly once and moves its notification from scheduled to pending; a row
+// for now is relayed at once beside it.
+func TestScheduledRowIsRelayedOnceWhenDue(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	id := uuid.New()
+	due := time.Now().Add(2 * time.Second)
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO notifications (id, caller, type, request, expires_at, status, send_at)
+		VALUES ($1, 'c', 't', '{}', now() + interval '1 hour', $2, $3)`, id, schema.StatusScheduled, due); err != nil {
+		t.Fatal(err)
+	}
+	task, err := SendTask(id, CausePublish, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO outbox (notification_id, routing_key, message_type, body, due_at)
+		VALUES ($1, $2, $3, $4, $5)`, id, task.RoutingKey, task.MessageType, task.Body, due); err != nil {
+		t.Fatal(err)
+	}
+	insertRows(t, db, 1) // a row for now
+
+	pub := &recorder{}
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for range 2 {
+		r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{PollInterval: time.Hour})
+		wg.Go(func() { _ = r.Run(runCtx) })
+	}
+	defer func() { stop(); wg.Wait() }()
+
+	status := func() string {
+		var st string
+		if err := db.Pool.QueryRow(ctx, "SELECT status FROM notifications WHERE id = $1", id).Scan(&st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	deadline := time.Now().Add(time.Minute)
+	for len(pub.messages()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a minute %d messages were published, want 2", len(pub.messages()))
+		}
+		if len(pub.messages()) == 1 && time.Now().Before(due) && status() != schema.StatusScheduled {
+			t.Errorf("status %q before the due time, want scheduled", status())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	msgs := pub.messages()
+	if msgs[0].RoutingKey != "send" || string(msgs[0].Body) != "task 1" {
+		t.Errorf("first message = %+v, want the row for now", msgs[0])
+	}
+	if got := time.Now(); got.Before(due) {
+		t.Errorf("scheduled row published at %v, before its due time %v", got, due)
+	}
+	if msgs[1].MessageID == msgs[0].MessageID || string(msgs[1].Body) != string(task.Body) {
+		t.Errorf("second message = %+v, want the scheduled send task", msgs[1])
+	}
+	// The move to pending commits with the row's mark, just after the publish.
+	for st := status(); st != schema.StatusPending; st = status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("status after the task was relayed = %q, want pending", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Exactly once: give the other relay's timer a chance to have fired too.
+	time.Sleep(500 * time.Millisecond)
+	if n := len(pub.messages()); n != 2 {
+		t.Errorf("%d messages published, want 2 (the scheduled one once)", n)
+	}
+}

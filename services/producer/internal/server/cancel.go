@@ -1,0 +1,80 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"notify/pkg/schema"
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+// errNotCancellable and errNotFound are Cancel's refusals that carry their own message.
+var (
+	errNotCancellable = errors.New("not cancellable")
+	errNoNotification = errors.New("no such notification")
+)
+
+// cancelSQL reads the notification to cancel with its row lock: the sender's status
+// writes and the relay's "scheduled → pending" wait for the cancel, and then see it.
+const cancelSQL = `SELECT caller, status, delivered + invalid + retrying + failed FROM notifications WHERE id = $1 FOR UPDATE`
+
+// Cancel stops a scheduled or pending notification (see the proto). In one transaction it
+// sets the status CANCELLED and deletes the scheduled send task if no relay holds it; a
+// task that is relayed anyway finds the notification final and is acknowledged unsent.
+func (s *Notifications) Cancel(ctx context.Context, req *notifyv1.CancelRequest) (*notifyv1.CancelResponse, error) {
+	id, err := uuid.Parse(req.GetNotificationId())
+	if err != nil {
+		var v violations
+		v.add("notification_id", "must be a notification id (UUID)")
+		return nil, invalidArgument(v)
+	}
+	caller := Caller(ctx)
+	var (
+		owner, st string
+		sent      int64
+	)
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, cancelSQL, id).Scan(&owner, &st, &sent)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errNoNotification
+		}
+		if err != nil {
+			return fmt.Errorf("read notification: %w", err)
+		}
+		if owner != caller && !IsAdmin(ctx) {
+			return errPermissionDenied
+		}
+		if st != schema.StatusScheduled && st != schema.StatusPending {
+			return errNotCancellable
+		}
+		if _, err := tx.Exec(ctx, `UPDATE notifications SET status = '`+schema.StatusCancelled+`',
+			cancelled_at = now(), cancelled_by = $2, updated_at = now() WHERE id = $1`, id, caller); err != nil {
+			return fmt.Errorf("cancel: %w", err)
+		}
+		// SKIP LOCKED: a relay that claimed the row is publishing it; waiting for it would
+		// deadlock (it waits for this row lock to set the notification pending).
+		if _, err := tx.Exec(ctx, `DELETE FROM outbox WHERE id IN (
+				SELECT id FROM outbox WHERE notification_id = $1 AND published_at IS NULL AND due_at IS NOT NULL
+				FOR UPDATE SKIP LOCKED)`, id); err != nil {
+			return fmt.Errorf("delete scheduled send task: %w", err)
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, errNoNotification):
+		return nil, status.Errorf(codes.NotFound, "notification %s not found", id)
+	case errors.Is(err, errNotCancellable):
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"notification %s is %s; only a scheduled or pending notification can be cancelled", id, st)
+	case err != nil:
+		return nil, toStatus(ctx, s.log, "cancel notification", err, "notification_id", id, "caller", caller)
+	}
+	s.log.InfoContext(ctx, "notification cancelled", "notification_id", id, "caller", caller, "was", st, "sent", sent)
+	return &notifyv1.CancelResponse{Sent: sent}, nil
+}

@@ -1,0 +1,169 @@
+package server
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"notify/pkg/schema"
+	notifyv1 "notify/proto/gen/notify/v1"
+	"notify/services/producer/internal/apikey"
+)
+
+// TestPublishScheduled: a send_at in the future stores the notification SCHEDULED with a
+// send task due then and its TTL counted from then; one in the past is sent at once; one
+// more than 30 days ahead is refused and nothing is written.
+func TestPublishScheduled(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := WithCaller(context.Background(), "orders")
+	at := time.Now().Add(time.Hour).Truncate(time.Microsecond)
+
+	req := validRequest()
+	req.Options = &notifyv1.Options{SendAt: timestamppb.New(at), Ttl: durationpb.New(10 * time.Minute)}
+	resp, err := f.pub.Publish(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		st              string
+		sendAt, expires time.Time
+		due             *time.Time
+	)
+	if err := f.db.Pool.QueryRow(ctx, `SELECT n.status, n.send_at, n.expires_at, o.due_at FROM notifications n
+		JOIN outbox o ON o.notification_id = n.id WHERE n.id = $1`, resp.GetNotificationId()).Scan(&st, &sendAt, &expires, &due); err != nil {
+		t.Fatal(err)
+	}
+	if st != schema.StatusScheduled || !sendAt.Equal(at) || due == nil || !due.Equal(at) || !expires.Equal(at.Add(10*time.Minute)) {
+		t.Errorf("stored status %s, send_at %v, due %v, expires %v; want scheduled, %v, %v, %v",
+			st, sendAt, due, expires, at, at, at.Add(10*time.Minute))
+	}
+	got, err := f.admin.GetNotification(ctxOps, &notifyv1.GetNotificationRequest{NotificationId: resp.GetNotificationId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := got.GetNotification(); n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_SCHEDULED || !n.GetSendTime().AsTime().Equal(at) {
+		t.Errorf("GetNotification = %v, send time %v; want SCHEDULED at %v", n.GetStatus(), n.GetSendTime().AsTime(), at)
+	}
+
+	req.Options.SendAt = timestamppb.New(time.Now().Add(-time.Minute))
+	resp, err = f.pub.Publish(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.db.Pool.QueryRow(ctx, `SELECT n.status, o.due_at FROM notifications n
+		JOIN outbox o ON o.notification_id = n.id WHERE n.id = $1`, resp.GetNotificationId()).Scan(&st, &due); err != nil {
+		t.Fatal(err)
+	}
+	if st != schema.StatusPending || due != nil {
+		t.Errorf("send_at in the past: status %s, due %v; want pending, due at once", st, due)
+	}
+
+	before := f.count(t)
+	for _, at := range []*timestamppb.Timestamp{
+		timestamppb.New(time.Now().Add(31 * 24 * time.Hour)),
+		{Seconds: 1, Nanos: -1},
+	} {
+		req.Options.SendAt = at
+		_, err := f.pub.Publish(ctx, req)
+		if diff := cmp.Diff([]string{"options.send_at"}, badFields(t, err)); diff != "" {
+			t.Errorf("send_at %v: fields (-want +got):\n%s", at, diff)
+		}
+	}
+	if n := f.count(t); n != before {
+		t.Errorf("refused Publish calls wrote %d rows", n-before)
+	}
+}
+
+// count is the number of notification and outbox rows.
+func (f *fixture) count(t *testing.T) int {
+	t.Helper()
+	var n int
+	if err := f.db.Pool.QueryRow(context.Background(), "SELECT (SELECT count(*) FROM notifications) + (SELECT count(*) FROM outbox)").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestCancel(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	orders := WithRole(WithCaller(context.Background(), "orders"), apikey.RolePublisher)
+	other := WithRole(WithCaller(context.Background(), "billing"), apikey.RolePublisher)
+	admin := WithRole(WithCaller(context.Background(), "ops"), apikey.RoleAdmin)
+
+	publish := func(sendAt time.Time) string {
+		t.Helper()
+		req := validRequest()
+		if !sendAt.IsZero() {
+			req.Options = &notifyv1.Options{SendAt: timestamppb.New(sendAt)}
+		}
+		resp, err := f.pub.Publish(orders, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetNotificationId()
+	}
+	cancel := func(ctx context.Context, id string) (*notifyv1.CancelResponse, error) {
+		return f.pub.Cancel(ctx, &notifyv1.CancelRequest{NotificationId: id})
+	}
+
+	// Scheduled: cancelled, its send task gone, nothing was sent.
+	scheduled := publish(time.Now().Add(time.Hour))
+	if _, err := cancel(other, scheduled); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("Cancel by another publisher: %v, want PERMISSION_DENIED", err)
+	}
+	resp, err := cancel(orders, scheduled)
+	if err != nil || resp.GetSent() != 0 {
+		t.Fatalf("Cancel of a scheduled notification = %v, %v; want 0 sent", resp, err)
+	}
+	if s := f.state(t, scheduled); s.Status != schema.StatusCancelled || s.Outbox != 0 {
+		t.Errorf("after Cancel: status %s, %d outbox rows; want cancelled, the send task deleted", s.Status, s.Outbox)
+	}
+	got, err := f.admin.GetNotification(ctxOps, &notifyv1.GetNotificationRequest{NotificationId: scheduled})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := got.GetNotification(); n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_CANCELLED ||
+		n.GetCancelledBy() != "orders" || n.GetCancelTime() == nil {
+		t.Errorf("GetNotification after Cancel = %v by %q at %v", n.GetStatus(), n.GetCancelledBy(), n.GetCancelTime())
+	}
+	if _, err := cancel(orders, scheduled); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("second Cancel: %v, want FAILED_PRECONDITION", err)
+	}
+	if r, err := f.admin.Replay(ctxOps, replayIDs(false, true, scheduled)); err != nil ||
+		r.GetResults()[0].GetOutcome() != notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_CANCELLED {
+		t.Errorf("forced Replay of a cancelled notification = %v, %v; want SKIPPED_CANCELLED", r, err)
+	}
+
+	// Pending, part sent: an admin may cancel another caller's notification; the response
+	// counts what was sent.
+	pending := publish(time.Time{})
+	f.settle(t, pending, schema.StatusPending, map[string]string{"a": schema.OutcomeDelivered, "b": schema.OutcomeRetrying})
+	resp, err = cancel(admin, pending)
+	if err != nil || resp.GetSent() != 2 {
+		t.Errorf("admin's Cancel of a pending notification = %v, %v; want 2 sent", resp, err)
+	}
+
+	delivered := publish(time.Time{})
+	f.settle(t, delivered, schema.StatusDelivered, map[string]string{"a": schema.OutcomeDelivered})
+	if _, err := cancel(orders, delivered); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("Cancel of a delivered notification: %v, want FAILED_PRECONDITION", err)
+	}
+	if s := f.state(t, delivered); s.Status != schema.StatusDelivered {
+		t.Errorf("refused Cancel changed the status to %s", s.Status)
+	}
+	if _, err := cancel(orders, "01890000-0000-7000-8000-000000000000"); status.Code(err) != codes.NotFound {
+		t.Errorf("Cancel of an unknown id: %v, want NOT_FOUND", err)
+	}
+	_, err = cancel(orders, "nope")
+	if diff := cmp.Diff([]string{"notification_id"}, badFields(t, err)); diff != "" {
+		t.Errorf("Cancel of a malformed id: fields (-want +got):\n%s", diff)
+	}
+}
