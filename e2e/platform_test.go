@@ -136,18 +136,9 @@ func TestPlatformOptionsReachFCM(t *testing.T) {
 			Webpush: &notifyv1.WebpushOptions{Link: "http://example.com/"},
 		},
 	})
-	st := status.Convert(err)
-	fields := map[string]bool{}
-	for _, d := range st.Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok {
-			for _, v := range br.GetFieldViolations() {
-				fields[v.GetField()] = true
-			}
-		}
-	}
 	want := map[string]bool{"options.android.notification_count": true, "options.apns.interruption_level": true, "options.webpush.link": true}
-	if st.Code() != codes.InvalidArgument || !reflect.DeepEqual(want, fields) {
-		t.Errorf("Publish with bad options = %v %v, want INVALID_ARGUMENT on %v", st.Code(), fields, want)
+	if fields := statusFields(err); !reflect.DeepEqual(want, fields) {
+		t.Errorf("Publish with bad options = %v (%v), want INVALID_ARGUMENT on %v", err, fields, want)
 	}
 	var after int
 	if err := s.db.Pool.QueryRow(ctxT(t), "SELECT (SELECT count(*) FROM notifications) + (SELECT count(*) FROM outbox)").Scan(&after); err != nil {
@@ -156,4 +147,22 @@ func TestPlatformOptionsReachFCM(t *testing.T) {
 	if after != before {
 		t.Errorf("a refused Publish wrote %d rows", after-before)
 	}
+}
+
+// statusFields returns the fields an INVALID_ARGUMENT error's BadRequest detail names (nil
+// for any other error).
+func statusFields(err error) map[string]bool {
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument {
+		return nil
+	}
+	fields := map[string]bool{}
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				fields[v.GetField()] = true
+			}
+		}
+	}
+	return fields
 }

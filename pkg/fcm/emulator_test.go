@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"notify/pkg/fcm/topic"
 	"notify/pkg/fcmemu"
 )
 
@@ -379,4 +380,46 @@ func tokens(prefix string, n int) []string {
 		out[i] = fmt.Sprintf("%s%04d", prefix, i)
 	}
 	return out
+}
+
+// TestEmulatorTopicsAndConditions: topic and condition keys among the tokens are sent as
+// single messages to the topic or condition, each with its own result, in order.
+func TestEmulatorTopicsAndConditions(t *testing.T) {
+	t.Parallel()
+	emu, c := newEmulator(t, fcmemu.Config{})
+	cond := "'sports' in topics && !('muted' in topics)"
+	keys := []string{topic.Key("news"), "device-1", topic.ConditionKey(cond), "unregistered-1"}
+	res, err := c.SendMulticast(t.Context(), Message{Title: "Goal", Data: map[string]string{"k": "v"}}, keys)
+	if err != nil {
+		t.Fatalf("SendMulticast: %v", err)
+	}
+	for i, want := range []string{"OK", "OK", "OK", "UNREGISTERED"} {
+		if res[i].Token != keys[i] || outcomeOf(res[i].Err).Code != want {
+			t.Errorf("result %d = %+v, want %s for %s", i, res[i], want, keys[i])
+		}
+	}
+	var topicMsg, condMsg *fcmemu.Message
+	for _, r := range emu.Messages(0) {
+		switch {
+		case r.Message.Topic != "":
+			topicMsg = &r.Message
+		case r.Message.Condition != "":
+			condMsg = &r.Message
+		}
+	}
+	if topicMsg == nil || topicMsg.Topic != "news" || topicMsg.Token != "" || topicMsg.Notification.Title != "Goal" || topicMsg.Data["k"] != "v" {
+		t.Errorf("topic message = %+v, want topic news with the notification and data", topicMsg)
+	}
+	if condMsg == nil || condMsg.Condition != cond || condMsg.Token != "" {
+		t.Errorf("condition message = %+v, want condition %q", condMsg, cond)
+	}
+
+	// A failing topic send is classified like a token's: transient, retried by the caller.
+	if err := emu.SetFailAll(fcmemu.Internal); err != nil {
+		t.Fatal(err)
+	}
+	res, err = c.SendMulticast(t.Context(), Message{Body: "b"}, []string{topic.Key("news")})
+	if err != nil || len(res) != 1 || outcomeOf(res[0].Err) != (outcome{"INTERNAL", "transient", 0}) {
+		t.Errorf("topic send while FCM fails = %+v, %v; want one INTERNAL, transient result", res, err)
+	}
 }

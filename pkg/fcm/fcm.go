@@ -24,6 +24,8 @@ import (
 	firebase "firebase.google.com/go/v4"
 	"firebase.google.com/go/v4/messaging"
 	"google.golang.org/api/option"
+
+	"notify/pkg/fcm/topic"
 )
 
 // Defaults for a zero Config field.
@@ -254,6 +256,10 @@ func newClient(ctx context.Context, projectID, endpoint string, hc *http.Client)
 // SendMulticast sends m to tokens (1 to MaxMulticast of them) and returns one Result per
 // token, in the order of tokens. The request is built once for all of them.
 //
+// A "token" may also be a topic or condition key (topic.Key, topic.ConditionKey): that one
+// is sent as a single FCM message to the topic or condition, not as part of the multicast,
+// and its Result is that send's.
+//
 // A call-level error is a *SendError too:
 //   - 0 or more than MaxMulticast tokens, or a message the SDK refuses (a malformed
 //     image URL, a negative TTL): ErrPermanent, returned before any I/O, results nil;
@@ -271,34 +277,57 @@ func (c *Client) SendMulticast(ctx context.Context, m Message, tokens []string) 
 			Err: fmt.Errorf("multicast to %d tokens: want 1 to %d", len(tokens), MaxMulticast)}
 	}
 	now := c.now()
-	br, err := c.msg.SendEachForMulticast(ctx, m.multicast(tokens, now))
-	if err != nil {
-		// SendEachForMulticast fails as a whole only while checking the request, before
-		// sending anything; per-send failures are in the responses.
-		if ctx.Err() != nil {
-			return nil, classify(ctx.Err(), now)
-		}
-		return nil, &SendError{Code: codeInvalidMessage, Kind: ErrPermanent, Err: err}
-	}
-	if len(br.Responses) != len(tokens) {
-		return nil, &SendError{Code: codeUnknown, Kind: ErrPermanent,
-			Err: fmt.Errorf("sdk answered %d responses for %d tokens", len(br.Responses), len(tokens))}
-	}
-	// The call may have taken a while (the SDK's retries): an HTTP-date Retry-After is
-	// measured from now, not from when the call started.
-	now = c.now()
 	results := make([]Result, len(tokens))
+	var regular []int // indexes of the registration tokens
+	for i, tok := range tokens {
+		results[i].Token = tok
+		if !topic.IsKey(tok) {
+			regular = append(regular, i)
+		}
+	}
+	if len(regular) < len(tokens) {
+		c.sendTopics(ctx, m, results, now)
+	}
+	if len(regular) > 0 {
+		multi := tokens
+		if len(regular) < len(tokens) {
+			multi = make([]string, len(regular))
+			for j, i := range regular {
+				multi[j] = tokens[i]
+			}
+		}
+		br, err := c.msg.SendEachForMulticast(ctx, m.multicast(multi, now))
+		if err != nil {
+			// SendEachForMulticast fails as a whole only while checking the request, before
+			// sending anything; per-send failures are in the responses.
+			if ctx.Err() != nil {
+				return nil, classify(ctx.Err(), now)
+			}
+			return nil, &SendError{Code: codeInvalidMessage, Kind: ErrPermanent, Err: err}
+		}
+		if len(br.Responses) != len(multi) {
+			return nil, &SendError{Code: codeUnknown, Kind: ErrPermanent,
+				Err: fmt.Errorf("sdk answered %d responses for %d tokens", len(br.Responses), len(multi))}
+		}
+		// The call may have taken a while (the SDK's retries): an HTTP-date Retry-After is
+		// measured from now, not from when the call started.
+		now = c.now()
+		for j, r := range br.Responses {
+			i := regular[j]
+			if r.Success {
+				results[i].MessageID = r.MessageID
+				continue
+			}
+			results[i].Err = classify(r.Error, now)
+		}
+	}
 	failed, noAnswer := 0, 0
-	for i, r := range br.Responses {
-		results[i].Token = tokens[i]
-		if r.Success {
-			results[i].MessageID = r.MessageID
+	for _, r := range results {
+		if r.Err == nil {
 			continue
 		}
-		se := classify(r.Error, now)
-		results[i].Err = se
 		failed++
-		if se.noAnswer {
+		if se, ok := r.Err.(*SendError); ok && se.noAnswer {
 			noAnswer++
 		}
 	}
@@ -312,4 +341,25 @@ func (c *Client) SendMulticast(ctx context.Context, m Message, tokens []string) 
 		return results, results[0].Err
 	}
 	return results, nil
+}
+
+// sendTopics sends m to each topic or condition key among results' tokens, one FCM
+// message each, and fills in their results.
+func (c *Client) sendTopics(ctx context.Context, m Message, results []Result, now time.Time) {
+	for i := range results {
+		name, condition, ok := topic.FromKey(results[i].Token)
+		if !ok {
+			continue
+		}
+		msg := m.single(now)
+		msg.Topic, msg.Condition = name, condition
+		// A message the SDK refuses before sending (it checks what SendEachForMulticast
+		// checks) fails this target alone, as a permanent error.
+		id, err := c.msg.Send(ctx, msg)
+		if err != nil {
+			results[i].Err = classify(err, c.now())
+			continue
+		}
+		results[i].MessageID = id
+	}
 }

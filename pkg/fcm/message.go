@@ -94,6 +94,13 @@ func (m Message) multicast(tokens []string, now time.Time) *messaging.MulticastM
 	}
 }
 
+// single builds the SDK message for m without a target; the caller sets its topic or
+// condition.
+func (m Message) single(now time.Time) *messaging.Message {
+	p := m.platforms(now)
+	return &messaging.Message{Data: m.Data, Notification: p.notification, Android: p.android, APNS: p.apns, Webpush: p.webpush}
+}
+
 // platformParts are the parts of an FCM message every target kind shares.
 type platformParts struct {
 	notification *messaging.Notification

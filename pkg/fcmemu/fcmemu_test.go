@@ -484,6 +484,13 @@ func TestValidationWire(t *testing.T) {
 		{"background data message", `{"message":{"token":"a","data":{"k":"v"},"apns":{"headers":{"apns-priority":"5"},"payload":{"aps":{"content-available":1}}}}}`, wireError{HTTPStatus: 200}},
 		{"platform options", `{"message":{"token":"a","notification":{"title":"t"},"android":{"notification":{"notification_count":0,"visibility":"SECRET","channel_id":"c"}},"webpush":{"fcm_options":{"link":"https://example.com/x"}}}}`, wireError{HTTPStatus: 200}},
 		{"valid topic", `{"message":{"topic":"news"}}`, wireError{HTTPStatus: 200}},
+		{"valid /topics/ topic", `{"message":{"topic":"/topics/news-1"}}`, wireError{HTTPStatus: 200}},
+		{"topic names take the token rules", `{"message":{"topic":"unregistered-news"}}`, wireError{404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED"}},
+		{"bad topic", `{"message":{"topic":"news/today"}}`, invalid(`Invalid topic name: "news/today".`)},
+		{"valid condition", `{"message":{"condition":"'a' in topics && ('b' in topics || !('c' in topics))"}}`, wireError{HTTPStatus: 200}},
+		{"condition of six topics", `{"message":{"condition":"'a' in topics || 'b' in topics || 'c' in topics || 'd' in topics || 'e' in topics || 'f' in topics"}}`,
+			invalid(`Invalid condition "'a' in topics || 'b' in topics || 'c' in topics || 'd' in topics || 'e' in topics || 'f' in topics": names 6 topics; FCM accepts at most 5.`)},
+		{"bad condition", `{"message":{"condition":"news"}}`, invalid(`Invalid condition "news": unexpected "news" at offset 0: want 'topic' in topics, '!' or '('.`)},
 		{"valid ttl", `{"message":{"token":"a","android":{"ttl":"2419200s","priority":"HIGH"}}}`, wireError{HTTPStatus: 200}},
 		{"unknown fields are ignored", `{"message":{"token":"a","android":{"notification":{"proxy":"DENY"}}},"extra":1}`, wireError{HTTPStatus: 200}},
 	}

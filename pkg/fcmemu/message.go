@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"notify/pkg/fcm/topic"
 )
 
 // MaxPayload is FCM's payload limit in bytes; see payloadSize for what counts.
@@ -135,6 +137,14 @@ func validate(m *Message) *violation {
 		return &violation{"message", "Recipient of the message is not set."}
 	case n > 1:
 		return &violation{"message", "Exactly one of token, fid, topic or condition must be set."}
+	}
+	if m.Topic != "" && !topic.ValidName(strings.TrimPrefix(m.Topic, "/topics/")) {
+		return &violation{"message.topic", fmt.Sprintf("Invalid topic name: %q.", m.Topic)}
+	}
+	if m.Condition != "" {
+		if _, err := topic.ParseCondition(m.Condition); err != nil {
+			return &violation{"message.condition", fmt.Sprintf("Invalid condition %q: %v.", m.Condition, err)}
+		}
 	}
 	if v := checkDataKeys("message.data", m.Data); v != nil {
 		return v

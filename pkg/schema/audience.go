@@ -3,10 +3,12 @@ package schema
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"notify/pkg/fcm/topic"
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
@@ -79,6 +81,13 @@ func AudienceOf(req *notifyv1.PublishRequest) Audience {
 		return Audience{Kind: AudienceUsers, Targets: t.UserIds.GetUserIds(), MutedType: muted}
 	case *notifyv1.Recipients_Tokens:
 		return Audience{Kind: AudienceTokens, Targets: t.Tokens.GetTokens()}
+	case *notifyv1.Recipients_Topic:
+		// A topic or condition is one target, recorded under its key (see package topic):
+		// paged, settled, retried and replayed exactly like a raw token. No device holds
+		// such a token, and preferences cannot apply to subscribers notify does not know.
+		return Audience{Kind: AudienceTokens, Targets: []string{topic.Key(strings.TrimPrefix(t.Topic, topic.TopicPrefix))}}
+	case *notifyv1.Recipients_Condition:
+		return Audience{Kind: AudienceTokens, Targets: []string{topic.ConditionKey(t.Condition)}}
 	}
 	return Audience{Kind: AudienceAll, MutedType: muted}
 }

@@ -67,6 +67,12 @@ func TestAudienceOf(t *testing.T) {
 			schema.Audience{Kind: schema.AudienceAll}},
 		{"tokens of a type", &notifyv1.PublishRequest{Type: "promo", Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_Tokens{
 			Tokens: &notifyv1.Tokens{Tokens: []string{"t1"}}}}}, schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"t1"}}},
+		{"topic of a type", &notifyv1.PublishRequest{Type: "promo", Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_Topic{
+			Topic: "news"}}}, schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"/topics/news"}}},
+		{"topic named with /topics/", &notifyv1.PublishRequest{Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_Topic{
+			Topic: "/topics/news"}}}, schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"/topics/news"}}},
+		{"condition", &notifyv1.PublishRequest{Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_Condition{
+			Condition: "'a' in topics"}}}, schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"condition:'a' in topics"}}},
 	} {
 		b, err := schema.EncodeRequest(tc.req)
 		if err != nil {

@@ -133,7 +133,8 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"devices", "list", "--user", "u", "--limit", "-1"}, message: "--limit"},
 		{args: []string{"devices", "unregister"}, message: "give DEVICE_ID"},
 		{args: []string{"devices", "register", "--user", "u", "--device", "d", "--token", "t", "--platform", "tv"}, message: "--platform"},
-		{args: []string{"publish", "--title", "x"}, message: "exactly one of --user, --token or --all"},
+		{args: []string{"publish", "--title", "x"}, message: "exactly one of --user, --token, --all, --topic or --condition"},
+		{args: []string{"publish", "--topic", "news", "--condition", "'a' in topics"}, message: "exactly one of"},
 		{args: []string{"publish", "--user", "u", "--all"}, message: "exactly one of"},
 		{args: []string{"publish", "--user", "u", "--data", "novalue"}, message: "key=value"},
 		{args: []string{"publish", "--user", "u", "--priority", "urgent"}, message: "--priority"},
@@ -218,6 +219,12 @@ func TestPublishSendsWhatTheFlagsSay(t *testing.T) {
 	}
 	if diff := cmp.Diff([]*notifyv1.PublishRequest{want}, f.publishes, protocmp.Transform()); diff != "" {
 		t.Errorf("publish request (-want +got):\n%s", diff)
+	}
+	mustCtl(t, exitOK, env(addr, "publisher"), "publish", "--topic", "news", "--title", "t")
+	mustCtl(t, exitOK, env(addr, "publisher"), "publish", "--condition", "'a' in topics", "--title", "t")
+	if n := len(f.publishes); n != 3 || f.publishes[1].GetRecipients().GetTopic() != "news" ||
+		f.publishes[2].GetRecipients().GetCondition() != "'a' in topics" {
+		t.Errorf("publish --topic / --condition sent %v", f.publishes[1:])
 	}
 	if out := mustCtl(t, exitOK, env(addr, "publisher"), "publish", "--all", "--idempotency-key", "used").stdout; !strings.Contains(out, "duplicate") {
 		t.Errorf("publish with a used key: %q", out)

@@ -20,16 +20,17 @@ func (c *cli) publishCommand() *cobra.Command {
 		typ, title, body, image, key, priority, collapse string
 		at                                               string
 		ttl                                              time.Duration
-		file                                             string
+		file, topicName, condition                       string
 	)
 	cmd := &cobra.Command{
-		Use:   "publish (--user ID… | --token T… | --all | --file FILE) [flags]",
+		Use:   "publish (--user ID… | --token T… | --all | --topic T | --condition C | --file FILE) [flags]",
 		Short: "Publish a notification, or many from a file",
 		Long: `Publish a notification through NotificationService.Publish and print its id.
 
 Give exactly one kind of recipient: --user (every active device of those users, repeatable),
---token (raw FCM tokens, repeatable) or --all (a broadcast to every active device). Reusing
-an --idempotency-key prints the first notification's id, says "duplicate" and sends nothing.
+--token (raw FCM tokens, repeatable), --all (a broadcast to every active device), --topic (an
+FCM topic's subscribers) or --condition (an FCM condition such as "'a' in topics && 'b' in
+topics"). Reusing an --idempotency-key prints the first notification's id, says "duplicate" and sends nothing.
 With --at the notification is scheduled (status scheduled) and sent at that time, at most 30
 days ahead; until then 'notifyctl cancel ID' stops it.
 
@@ -51,6 +52,8 @@ PublishRequest stops everything before anything is sent.`,
 	f.StringArrayVar(&users, "user", nil, "recipient user `id`: every active device of that user (repeatable)")
 	f.StringArrayVar(&tokens, "token", nil, "recipient FCM `token` (repeatable)")
 	f.BoolVar(&all, "all", false, "broadcast to every active device")
+	f.StringVar(&topicName, "topic", "", "FCM `topic`: every app instance subscribed to it")
+	f.StringVar(&condition, "condition", "", "FCM `condition` over topics, e.g. \"'a' in topics && 'b' in topics\"")
 	f.StringVar(&typ, "type", "notifyctl.test", "notification `type`")
 	f.StringVar(&title, "title", "", "notification title")
 	f.StringVar(&body, "body", "", "notification body")
@@ -66,7 +69,7 @@ PublishRequest stops everything before anything is sent.`,
 
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
 		if file != "" {
-			for _, name := range []string{"user", "token", "all", "type", "title", "body", "image", "data",
+			for _, name := range []string{"user", "token", "all", "topic", "condition", "type", "title", "body", "image", "data",
 				"idempotency-key", "ttl", "priority", "collapse-key", "at"} {
 				if f.Changed(name) {
 					return usagef("publish: --file takes the requests from the file; --%s cannot be combined with it", name)
@@ -81,9 +84,13 @@ PublishRequest stops everything before anything is sent.`,
 			Content:        &notifyv1.Content{Title: title, Body: body, ImageUrl: image},
 			Options:        &notifyv1.Options{CollapseKey: collapse},
 		}
-		switch targets := boolCount(len(users) > 0, len(tokens) > 0, all); {
+		switch targets := boolCount(len(users) > 0, len(tokens) > 0, all, topicName != "", condition != ""); {
 		case targets != 1:
-			return usagef("publish: give exactly one of --user, --token or --all (or --file)")
+			return usagef("publish: give exactly one of --user, --token, --all, --topic or --condition (or --file)")
+		case topicName != "":
+			req.Recipients.Target = &notifyv1.Recipients_Topic{Topic: topicName}
+		case condition != "":
+			req.Recipients.Target = &notifyv1.Recipients_Condition{Condition: condition}
 		case len(users) > 0:
 			req.Recipients.Target = &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: users}}
 		case len(tokens) > 0:

@@ -574,9 +574,11 @@ func (x *DeliveryCounts) GetSkipped() int64 {
 // Delivery is the state of one token of one notification.
 type Delivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The FCM registration token.
+	// The FCM registration token; for a notification to a topic or a condition, its one
+	// delivery is recorded under "/topics/<name>" or "condition:<expression>".
 	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// The device the token belonged to when it was sent (empty for raw tokens).
+	// The device the token belonged to when it was sent (empty for raw tokens, topics and
+	// conditions).
 	DeviceId string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	// The user the device belonged to (empty for raw tokens).
 	UserId string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`

@@ -492,6 +492,8 @@ type Recipients struct {
 	//	*Recipients_UserIds
 	//	*Recipients_AllDevices
 	//	*Recipients_Tokens
+	//	*Recipients_Topic
+	//	*Recipients_Condition
 	Target        isRecipients_Target `protobuf_oneof:"target"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -561,6 +563,24 @@ func (x *Recipients) GetTokens() *Tokens {
 	return nil
 }
 
+func (x *Recipients) GetTopic() string {
+	if x != nil {
+		if x, ok := x.Target.(*Recipients_Topic); ok {
+			return x.Topic
+		}
+	}
+	return ""
+}
+
+func (x *Recipients) GetCondition() string {
+	if x != nil {
+		if x, ok := x.Target.(*Recipients_Condition); ok {
+			return x.Condition
+		}
+	}
+	return ""
+}
+
 type isRecipients_Target interface {
 	isRecipients_Target()
 }
@@ -580,11 +600,34 @@ type Recipients_Tokens struct {
 	Tokens *Tokens `protobuf:"bytes,3,opt,name=tokens,proto3,oneof"`
 }
 
+type Recipients_Topic struct {
+	// Every app instance subscribed to this FCM topic (apps subscribe through the Firebase
+	// SDK; notify does not manage subscriptions). A name of [a-zA-Z0-9-_.~%]+, at most 900
+	// characters, with or without a leading "/topics/". FCM fans the message out: notify
+	// makes one send and records one outcome for it, under the token "/topics/<name>",
+	// retried and dead-lettered like a token's. Preferences (muted types) do not apply:
+	// notify does not know who is subscribed.
+	Topic string `protobuf:"bytes,4,opt,name=topic,proto3,oneof"`
+}
+
+type Recipients_Condition struct {
+	// Every app instance whose topic subscriptions match this FCM condition, e.g.
+	// "'sports' in topics && ('news' in topics || !('muted' in topics))": topic tests
+	// ('<name>' in topics) joined by &&, || and !, with parentheses, naming at most 5 topics,
+	// at most 1,024 characters. One send and one outcome, recorded under the token
+	// "condition:<expression>", like a topic.
+	Condition string `protobuf:"bytes,5,opt,name=condition,proto3,oneof"`
+}
+
 func (*Recipients_UserIds) isRecipients_Target() {}
 
 func (*Recipients_AllDevices) isRecipients_Target() {}
 
 func (*Recipients_Tokens) isRecipients_Target() {}
+
+func (*Recipients_Topic) isRecipients_Target() {}
+
+func (*Recipients_Condition) isRecipients_Target() {}
 
 // UserIDs lists users by the id the domain services know them by.
 type UserIDs struct {
@@ -672,7 +715,8 @@ func (*AllDevices) Descriptor() ([]byte, []int) {
 // Tokens lists raw FCM registration tokens.
 type Tokens struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// FCM registration tokens, each up to 1,024 characters; duplicates are ignored.
+	// FCM registration tokens, each up to 1,024 characters; duplicates are ignored. A token
+	// must not start with "/topics/" or "condition:" (those name topics and conditions).
 	Tokens        []string `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1313,13 +1357,15 @@ const file_notify_v1_notification_proto_rawDesc = "" +
 	"\aoptions\x18\x06 \x01(\v2\x12.notify.v1.OptionsR\aoptions\x1a7\n" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xae\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe6\x01\n" +
 	"\n" +
 	"Recipients\x12/\n" +
 	"\buser_ids\x18\x01 \x01(\v2\x12.notify.v1.UserIDsH\x00R\auserIds\x128\n" +
 	"\vall_devices\x18\x02 \x01(\v2\x15.notify.v1.AllDevicesH\x00R\n" +
 	"allDevices\x12+\n" +
-	"\x06tokens\x18\x03 \x01(\v2\x11.notify.v1.TokensH\x00R\x06tokensB\b\n" +
+	"\x06tokens\x18\x03 \x01(\v2\x11.notify.v1.TokensH\x00R\x06tokens\x12\x16\n" +
+	"\x05topic\x18\x04 \x01(\tH\x00R\x05topic\x12\x1e\n" +
+	"\tcondition\x18\x05 \x01(\tH\x00R\tconditionB\b\n" +
 	"\x06target\"$\n" +
 	"\aUserIDs\x12\x19\n" +
 	"\buser_ids\x18\x01 \x03(\tR\auserIds\"\f\n" +
@@ -1473,6 +1519,8 @@ func file_notify_v1_notification_proto_init() {
 		(*Recipients_UserIds)(nil),
 		(*Recipients_AllDevices)(nil),
 		(*Recipients_Tokens)(nil),
+		(*Recipients_Topic)(nil),
+		(*Recipients_Condition)(nil),
 	}
 	file_notify_v1_notification_proto_msgTypes[10].OneofWrappers = []any{}
 	file_notify_v1_notification_proto_msgTypes[11].OneofWrappers = []any{}

@@ -89,6 +89,13 @@ func TestListDevices(t *testing.T) {
 		t.Errorf("ListDevices(unknown user) = %v, want empty", resp)
 	}
 
+	// A token that reads as a topic or condition key is refused.
+	_, err := s.RegisterDevice(ctx, &notifyv1.RegisterDeviceRequest{UserId: "ana", DeviceId: "d", Token: "/topics/news",
+		Platform: notifyv1.Platform_PLATFORM_ANDROID})
+	if diff := cmp.Diff([]string{"token"}, badFields(t, err)); diff != "" {
+		t.Errorf("RegisterDevice(/topics/news) fields (-want +got):\n%s", diff)
+	}
+
 	for _, tt := range []struct {
 		req  *notifyv1.ListDevicesRequest
 		want []string

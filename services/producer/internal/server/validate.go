@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
+	"notify/pkg/fcm/topic"
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
@@ -26,11 +27,16 @@ const (
 	MaxTTL             = 28 * 24 * time.Hour
 	MaxScheduleAhead   = 30 * 24 * time.Hour // options.send_at
 	MaxBatchDevices    = 10_000
+	MaxTopicLen        = 900 // FCM's longest topic name
+	MaxConditionLen    = 1024
 	MaxOptionLen       = 256  // each string of options.android and options.apns
 	MaxLinkLen         = 1024 // options.webpush.link
 )
 
 var typePattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
+// notAToken refuses a token that would read as a topic or condition key.
+const notAToken = `must not start with "/topics/" or "condition:": use recipients.topic or recipients.condition`
 
 // violations collects field violations; the request is refused when there is any.
 type violations []*errdetails.BadRequest_FieldViolation
@@ -51,12 +57,32 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 
 	switch target := req.GetRecipients().GetTarget().(type) {
 	case nil:
-		v.add("recipients", "one of user_ids, all_devices or tokens is required")
+		v.add("recipients", "one of user_ids, all_devices, tokens, topic or condition is required")
 	case *notifyv1.Recipients_UserIds:
 		validateList(&v, "recipients.user_ids.user_ids", target.UserIds.GetUserIds(), MaxUserIDLen)
 	case *notifyv1.Recipients_Tokens:
 		validateList(&v, "recipients.tokens.tokens", target.Tokens.GetTokens(), MaxTokenLen)
+		for i, tok := range target.Tokens.GetTokens() {
+			if topic.IsKey(tok) {
+				v.add(fmt.Sprintf("recipients.tokens.tokens[%d]", i), "%s", notAToken)
+			}
+		}
 	case *notifyv1.Recipients_AllDevices:
+	case *notifyv1.Recipients_Topic:
+		switch name := strings.TrimPrefix(target.Topic, topic.TopicPrefix); {
+		case name == "":
+			v.add("recipients.topic", "must not be empty")
+		case len(name) > MaxTopicLen:
+			v.add("recipients.topic", "must be at most %d characters", MaxTopicLen)
+		case !topic.ValidName(name):
+			v.add("recipients.topic", "may contain only letters, digits and '-', '_', '.', '~', '%%' (FCM's topic names)")
+		}
+	case *notifyv1.Recipients_Condition:
+		if len(target.Condition) > MaxConditionLen {
+			v.add("recipients.condition", "must be at most %d characters", MaxConditionLen)
+		} else if _, err := topic.ParseCondition(target.Condition); err != nil {
+			v.add("recipients.condition", "is not an FCM condition: %v", err)
+		}
 	}
 
 	c := req.GetContent()
@@ -243,6 +269,9 @@ func validateDevice(v *violations, prefix, userID, deviceID, token string, platf
 	required("user_id", userID, MaxUserIDLen)
 	required("device_id", deviceID, MaxDeviceIDLen)
 	required("token", token, MaxTokenLen)
+	if topic.IsKey(token) {
+		v.add(prefix+"token", "%s", notAToken)
+	}
 	if _, ok := platforms[platform]; !ok {
 		v.add(prefix+"platform", "must be PLATFORM_ANDROID, PLATFORM_IOS or PLATFORM_WEB")
 	}
