@@ -106,6 +106,8 @@ type result struct {
 // ended makes Publish return a *PublishError naming exactly those messages; the caller
 // republishes them (at-least-once: some may have reached the queue after all). A message
 // without MessageID or with unsupported header values fails the call before anything is sent.
+// A message without a traceparent header carries ctx's trace context, if any
+// (Delivery.TraceContext continues it).
 func (p *Publisher) Publish(ctx context.Context, msgs ...Message) error {
 	for i, m := range msgs {
 		if m.MessageID == "" {
@@ -175,7 +177,7 @@ func (p *Publisher) publish(ctx context.Context, index int, m Message, results c
 		return ctx.Err()
 	}
 	pub := amqp.Publishing{
-		Headers:      amqp.Table(m.Headers),
+		Headers:      amqp.Table(withTrace(ctx, m.Headers)),
 		ContentType:  m.ContentType,
 		DeliveryMode: amqp.Persistent,
 		MessageId:    m.MessageID,
