@@ -137,7 +137,10 @@ func (r *rabbitNode) start() error {
 	r.done = done
 	cmd := r.cmd
 	go func() { _ = cmd.Wait(); log.Close(); close(done) }()
-	deadline := time.Now().Add(2 * time.Minute)
+	// The node boots in seconds on an idle machine and in minutes on one busy compiling
+	// every module with -race (seen: over 2 minutes at a load average of 32).
+	const bootTimeout = 5 * time.Minute
+	deadline := time.Now().Add(bootTimeout)
 	for {
 		if amqpAnswers(r.addr) {
 			return nil
@@ -148,7 +151,7 @@ func (r *rabbitNode) start() error {
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("RabbitMQ node %s not accepting AMQP at %s after 2m:\n%s", r.name, r.addr, tailFile(filepath.Join(r.dir, "node.log"), 30))
+			return fmt.Errorf("RabbitMQ node %s not accepting AMQP at %s after %s:\n%s", r.name, r.addr, bootTimeout, tailFile(filepath.Join(r.dir, "node.log"), 30))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
