@@ -353,9 +353,10 @@ func TestCallLevel(t *testing.T) {
 		srv := httptest.NewServer(stub)
 		t.Cleanup(srv.Close)
 		c := emulatorClient(t, srv.URL, Config{Timeout: 100 * time.Millisecond})
-		// The SDK retries a timed-out request at once, then after 1s: within 600ms a
-		// per-request timeout allows exactly two attempts; a per-call one would allow one.
-		ctx, cancel := context.WithTimeout(t.Context(), 600*time.Millisecond)
+		// The SDK retries a timed-out request at once, then after 1s: within 950ms a
+		// per-request timeout allows exactly two attempts (~200ms, the rest is slack for a
+		// loaded machine); a per-call one would allow one.
+		ctx, cancel := context.WithTimeout(t.Context(), 950*time.Millisecond)
 		defer cancel()
 
 		res, err := c.SendMulticast(ctx, Message{Title: "t"}, []string{"slow"})
