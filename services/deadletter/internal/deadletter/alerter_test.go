@@ -58,11 +58,11 @@ func TestSlackDownDuringBurst(t *testing.T) {
 	a, _ := startAlerter(t, e.db.Pool, NewWebhook(slack.srv.URL+"/services/T0/B0/secret"), withLockKey(fast))
 	publish(t, e, msgs...)
 
-	waitFor(t, 30*time.Second, "2000 dead letters stored", func() bool {
+	waitFor(t, 2*time.Minute, "2000 dead letters stored", func() bool {
 		return count(t, e.db.Pool, `SELECT count(*) FROM dead_letters`) == 2000
 	})
 	failedBefore := len(slack.requests(http.StatusInternalServerError))
-	waitFor(t, 5*time.Second, "a post failing after the burst was stored", func() bool {
+	waitFor(t, 30*time.Second, "a post failing after the burst was stored", func() bool {
 		return len(slack.requests(http.StatusInternalServerError)) > failedBefore
 	})
 	if n := count(t, e.db.Pool, `SELECT count(*) FROM dead_letters WHERE alerted_at IS NOT NULL`); n != 0 {
@@ -73,7 +73,7 @@ func TestSlackDownDuringBurst(t *testing.T) {
 	}
 
 	slack.set(http.StatusOK, "")
-	waitFor(t, 10*time.Second, "every dead letter alerted", func() bool {
+	waitFor(t, time.Minute, "every dead letter alerted", func() bool {
 		return count(t, e.db.Pool, `SELECT count(*) FROM dead_letters WHERE alerted_at IS NULL`) == 0
 	})
 
