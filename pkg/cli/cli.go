@@ -14,12 +14,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"notify/pkg/buildinfo"
 	"notify/pkg/logging"
+	"notify/pkg/tracing"
 )
 
 // Exit codes of Main.
@@ -47,6 +49,10 @@ type Program struct {
 	// Env lists the environment variables Serve reads (envconfig.Names), for --help.
 	Env      []string
 	Commands []Command
+	// Traced: Serve runs with OpenTelemetry tracing set up by the OTEL_* variables
+	// (pkg/tracing, off unless OTEL_TRACES_EXPORTER=otlp) under service.name Name, flushed
+	// when Serve returns; --help lists those variables too.
+	Traced bool
 }
 
 // Main runs the program with args (os.Args[1:]) and returns its exit code.
@@ -68,7 +74,7 @@ func (p Program) Main(ctx context.Context, args []string, stdout, stderr io.Writ
 		fmt.Fprintf(stdout, "%s %s\n", p.Name, buildinfo.Read())
 		return ExitOK
 	case fs.NArg() == 0:
-		if err := p.Serve(ctx); err != nil {
+		if err := p.serve(ctx); err != nil {
 			// A config error lists every bad variable, one per line: keep them one per
 			// JSON array element rather than \n escapes in one string.
 			var msg any = err.Error()
@@ -93,6 +99,25 @@ func (p Program) Main(ctx context.Context, args []string, stdout, stderr io.Writ
 		return p.healthcheck(ctx, fs.Args()[1:], stdout, stderr)
 	}
 	return p.refuse(stderr, "unknown command %q", fs.Arg(0))
+}
+
+// serve runs Serve, inside tracing when the program is traced.
+func (p Program) serve(ctx context.Context) error {
+	if !p.Traced {
+		return p.Serve(ctx)
+	}
+	shutdown, err := tracing.Setup(ctx, p.Name, os.Getenv)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	err = p.Serve(ctx)
+	// ctx has ended by now: give the exporter its own few seconds to send what it buffered.
+	flush, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if ferr := shutdown(flush); ferr != nil && err == nil {
+		logging.New(os.Stderr, p.Name, slog.LevelInfo).Warn("tracing: spans not flushed", "err", ferr.Error())
+	}
+	return err
 }
 
 // healthcheck asks a running instance of the service whether it is ready (GET /readyz on
@@ -155,8 +180,12 @@ func (p Program) usage(w io.Writer) {
 	fmt.Fprintf(tw, "  %s --version\tprint the version and exit\n", p.Name)
 	fmt.Fprintf(tw, "  %s --help\tprint this help and exit\n", p.Name)
 	_ = tw.Flush()
-	if len(p.Env) > 0 {
-		fmt.Fprintf(w, "\nEnvironment (defaults and meanings: README.md, section Configuration):\n%s\n", wrap(p.Env, 88, "  "))
+	env := p.Env
+	if p.Traced {
+		env = append(slices.Clip(env), tracing.Env...)
+	}
+	if len(env) > 0 {
+		fmt.Fprintf(w, "\nEnvironment (defaults and meanings: README.md, section Configuration):\n%s\n", wrap(env, 88, "  "))
 	}
 }
 

@@ -144,3 +144,19 @@ func TestHealthcheck(t *testing.T) {
 		})
 	}
 }
+
+// TestTraced: a traced program lists the OTEL_* variables in --help and refuses to serve
+// with a tracing configuration it cannot honour, naming the variable.
+func TestTraced(t *testing.T) {
+	t.Setenv("OTEL_TRACES_EXPORTER", "zipkin")
+	served := false
+	p := cli.Program{Name: "demo", Summary: "does a demo", Env: []string{"AMQP_URL"}, Traced: true,
+		Serve: func(context.Context) error { served = true; return nil }}
+	var stdout, stderr bytes.Buffer
+	if code := p.Main(t.Context(), []string{"--help"}, &stdout, io.Discard); code != 0 || !strings.Contains(stdout.String(), "AMQP_URL OTEL_TRACES_EXPORTER") {
+		t.Errorf("--help: code %d, stdout:\n%s\nwant the OTEL_* variables after AMQP_URL", code, &stdout)
+	}
+	if code := p.Main(t.Context(), nil, io.Discard, &stderr); code != cli.ExitFailure || served || !strings.Contains(stderr.String(), "OTEL_TRACES_EXPORTER") {
+		t.Errorf("serve: code %d, served %v, stderr %s; want 1, not served, the variable named", code, served, &stderr)
+	}
+}

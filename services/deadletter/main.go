@@ -19,6 +19,7 @@ func main() {
 		Summary: "stores every dead letter in PostgreSQL, then alerts Slack (or the log), grouped and rate-limited",
 		Serve:   func(ctx context.Context) error { return run(ctx, os.Getenv) },
 		Env:     envconfig.Names(loadConfig),
+		Traced:  true,
 	}.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

@@ -31,6 +31,7 @@ func program(getenv func(string) string) cli.Program {
 		Summary: "serves notify's gRPC API, runs the outbox relay and the periodic jobs",
 		Serve:   func(ctx context.Context) error { return run(ctx, getenv) },
 		Env:     envconfig.Names(loadConfig),
+		Traced:  true,
 		Commands: []cli.Command{
 			{
 				Name: "keys", Args: "create|list|revoke ...", Summary: "manage API keys in DATABASE_URL (producer keys --help)",

@@ -19,6 +19,7 @@ func main() {
 		Summary: "consumes notify.send and delivers notifications through FCM in chunks of at most 500 tokens",
 		Serve:   func(ctx context.Context) error { return run(ctx, os.Getenv) },
 		Env:     envconfig.Names(loadConfig),
+		Traced:  true,
 	}.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

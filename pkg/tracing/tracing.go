@@ -1,0 +1,71 @@
+// Package tracing sets up OpenTelemetry tracing for a notify service, configured only by the
+// standard OTEL_* environment variables. Tracing is off unless OTEL_TRACES_EXPORTER=otlp:
+// the global tracer provider then stays OpenTelemetry's no-op one, so a span started in a
+// hot path costs a context lookup and nothing else.
+package tracing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
+)
+
+// Env lists the variables Setup reads itself, for a service's --help. The exporter and the
+// SDK read the rest of the standard ones (OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _TIMEOUT,
+// OTEL_TRACES_SAMPLER, OTEL_BSP_*, OTEL_RESOURCE_ATTRIBUTES...).
+var Env = []string{
+	"OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+	"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME",
+}
+
+// Setup installs the global tracer provider and W3C trace context propagator as the
+// environment asks, naming the service service (unless OTEL_SERVICE_NAME does), and returns
+// the function that flushes the spans still buffered and stops the exporter, to call on
+// stop. With tracing off it installs nothing and the returned function does nothing.
+func Setup(ctx context.Context, service string, getenv func(string) string) (shutdown func(context.Context) error, err error) {
+	nothing := func(context.Context) error { return nil }
+	switch v := getenv("OTEL_TRACES_EXPORTER"); v {
+	case "", "none":
+		return nothing, nil
+	case "otlp":
+	default:
+		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER: %q is not supported (none or otlp)", v)
+	}
+	protocol, from := getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+	if protocol == "" {
+		protocol, from = getenv("OTEL_EXPORTER_OTLP_PROTOCOL"), "OTEL_EXPORTER_OTLP_PROTOCOL"
+	}
+	var exporter sdktrace.SpanExporter
+	switch protocol {
+	case "", "http/protobuf": // the specification's default
+		exporter, err = otlptracehttp.New(ctx)
+	case "grpc":
+		exporter, err = otlptracegrpc.New(ctx)
+	default:
+		return nil, fmt.Errorf("%s: %q is not supported (grpc or http/protobuf)", from, protocol)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_ENDPOINT: %w", err)
+	}
+	// Defaults first: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override them.
+	res, err := resource.New(ctx,
+		resource.WithAttributes(semconv.ServiceName(service)),
+		resource.WithFromEnv(),
+		resource.WithTelemetrySDK(),
+	)
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
+		return nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res))
+	otel.SetTracerProvider(tp)
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	return tp.Shutdown, nil
+}

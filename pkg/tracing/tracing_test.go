@@ -1,0 +1,78 @@
+package tracing_test
+
+import (
+	"encoding/hex"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.opentelemetry.io/otel"
+
+	"notify/pkg/tracing"
+	"notify/pkg/tracing/tracingtest"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+// TestOffByDefault: without OTEL_TRACES_EXPORTER nothing is installed; spans are no-ops.
+func TestOffByDefault(t *testing.T) {
+	for _, v := range []string{"", "none"} {
+		shutdown, err := tracing.Setup(t.Context(), "x", env(map[string]string{"OTEL_TRACES_EXPORTER": v}))
+		if err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+		_, span := otel.Tracer("t").Start(t.Context(), "s")
+		if span.SpanContext().IsValid() || span.IsRecording() {
+			t.Errorf("%q: span %v is recorded, want the no-op provider", v, span.SpanContext())
+		}
+		if err := shutdown(t.Context()); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestRefusals: an unsupported exporter or protocol is refused, naming the variable.
+func TestRefusals(t *testing.T) {
+	for name, m := range map[string]map[string]string{
+		"OTEL_TRACES_EXPORTER":               {"OTEL_TRACES_EXPORTER": "jaeger"},
+		"OTEL_EXPORTER_OTLP_PROTOCOL":        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"},
+	} {
+		_, err := tracing.Setup(t.Context(), "x", env(m))
+		if err == nil || !strings.HasPrefix(err.Error(), name+":") {
+			t.Errorf("%v: err %v, want one naming %s", m, err, name)
+		}
+	}
+}
+
+// TestExportsOverOTLP: with OTEL_TRACES_EXPORTER=otlp over gRPC a span reaches the
+// collector on shutdown, under the service's name.
+func TestExportsOverOTLP(t *testing.T) {
+	c := tracingtest.Start(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", c.Endpoint()) // read by the exporter itself
+	prev := otel.GetTracerProvider()
+	t.Cleanup(func() { otel.SetTracerProvider(prev) })
+	shutdown, err := tracing.Setup(t.Context(), "sender", env(map[string]string{
+		"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := otel.Tracer("t").Start(t.Context(), "work")
+	span.End()
+	if err := shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	spans := c.Spans()
+	if len(spans) != 1 {
+		t.Fatalf("collector got %d spans, want 1", len(spans))
+	}
+	got := spans[0]
+	want := span.SpanContext().TraceID()
+	if got.Service != "sender" || got.Name != "work" || hex.EncodeToString(got.TraceId) != want.String() {
+		t.Errorf("got span %q of %q in trace %x, want work of sender in %s", got.Name, got.Service, got.TraceId, want)
+	}
+	if !slices.Contains(otel.GetTextMapPropagator().Fields(), "traceparent") {
+		t.Error("global propagator does not carry traceparent")
+	}
+}
