@@ -80,16 +80,16 @@ FUZZ_TARGETS := \
 	services/producer/internal/server:FuzzListFilters \
 	services/producer/internal/server:FuzzValidateReplay \
 	services/producer/internal/server:FuzzDecodeRequest \
+	services/producer/internal/server:FuzzPublishBatch \
+	services/sender/internal/sender:FuzzDecodeSendTask \
+	services/retrier/internal/retrier:FuzzDecodeRetryTask \
 	pkg/fcmemu:FuzzSend \
 	pkg/fcmemu:FuzzPutConfig \
 	services/deadletter/internal/deadletter:FuzzClassify
 FUZZTIME ?= 10s
 
-fuzz: ## run every fuzz target for FUZZTIME each (default 10s; FUZZTIME=10m for a long run)
-	@for t in $(FUZZ_TARGETS); do dir=$${t%%:*}; name=$${t##*:}; \
-		echo "fuzz $$name ($$dir, $(FUZZTIME))"; \
-		(cd $$dir && go test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) .) || exit 1; \
-	done
+fuzz: ## run every fuzz target for FUZZTIME each (default 10s; FUZZTIME=10m for a long run; CI runs FUZZTIME=2s)
+	@FUZZTIME=$(FUZZTIME) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 build: ## build every service into ./bin
 	@mkdir -p $(BIN)

@@ -64,6 +64,7 @@ func TestRateLimitPerKey(t *testing.T) {
 		{"unlimited", apikey.RolePublisher, apikey.Limit{PerSecond: ptr(0)}},
 		{"small", apikey.RolePublisher, apikey.Limit{Burst: ptr(2)}},
 		{"devices", apikey.RolePublisher, apikey.Limit{}},
+		{"batch", apikey.RolePublisher, apikey.Limit{}},
 	} {
 		_, secret, err := store.CreateLimited(ctx, k.name, k.role, k.limit)
 		if err != nil {
@@ -178,6 +179,27 @@ func TestRateLimitPerKey(t *testing.T) {
 		}
 	}
 
+	// A PublishBatch costs one per item: a batch of 3 fits the burst of 5, a second does
+	// not and writes none of its items.
+	batchOf := func(from int) *notifyv1.PublishBatchRequest {
+		b := &notifyv1.PublishBatchRequest{}
+		for i := from; i < from+3; i++ {
+			r := validRequest()
+			r.Type, r.IdempotencyKey = "rate.batch", fmt.Sprintf("batch-%d", i)
+			b.Requests = append(b.Requests, r)
+		}
+		return b
+	}
+	if _, err := pub.PublishBatch(as("batch"), batchOf(0)); err != nil {
+		t.Fatalf("batch of 3 within the burst of %d: %v", burst, err)
+	}
+	if _, err := pub.PublishBatch(as("batch"), batchOf(3)); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("second batch of 3 (2 tokens left): %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if n := published("batch"); n != 3 {
+		t.Errorf("%d notifications from the batches, want 3 (the refused batch writes nothing)", n)
+	}
+
 	// DeviceService calls cost 1 each, whatever the number of devices in them.
 	batch := &notifyv1.RegisterDevicesRequest{}
 	for i := range 3 * burst {
@@ -212,12 +234,13 @@ func hasQuotaFailure(err error, subject string) bool {
 func TestRateLimitCost(t *testing.T) {
 	t.Parallel()
 	items := func(n int) proto.Message {
-		r := &notifyv1.RegisterDevicesRequest{}
+		r := &notifyv1.PublishBatchRequest{}
 		for range n {
-			r.Devices = append(r.Devices, &notifyv1.Device{})
+			r.Requests = append(r.Requests, validRequest())
 		}
 		return r
 	}
+	devices := &notifyv1.RegisterDevicesRequest{Devices: []*notifyv1.Device{{}, {}, {}, {}, {}, {}, {}}}
 	tests := []struct {
 		method string
 		req    any
@@ -226,7 +249,7 @@ func TestRateLimitCost(t *testing.T) {
 		{"/notify.v1.NotificationService/Publish", validRequest(), 1},
 		{"/notify.v1.NotificationService/PublishBatch", items(0), 1},
 		{"/notify.v1.NotificationService/PublishBatch", items(7), 7},
-		{"/notify.v1.DeviceService/RegisterDevices", items(7), 1},
+		{"/notify.v1.DeviceService/RegisterDevices", devices, 1},
 		{"/notify.v1.DeviceService/RegisterDevice", &notifyv1.RegisterDeviceRequest{}, 1},
 	}
 	for _, tt := range tests {

@@ -104,14 +104,11 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*retryTask 
 	tasks := make([]*retryTask, len(ds))
 	var ids []string
 	for i, d := range ds {
-		t := &retryTask{d: d, log: h.log.With("message_id", d.MessageID), body: &busv1.RetryTask{}}
+		body, err := decodeRetryTask(d.Body)
+		t := &retryTask{d: d, log: h.log.With("message_id", d.MessageID), body: body}
 		tasks[i] = t
-		err := proto.Unmarshal(d.Body, t.body)
-		if err == nil && (t.body.GetNotificationId() == "" || len(t.body.GetTokens()) == 0) {
-			err = errors.New("no notification id or no tokens")
-		}
 		if err != nil {
-			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode RetryTask: %w", err)))
+			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", err))
 			continue
 		}
 		t.log = t.log.With("notification_id", t.body.GetNotificationId())
@@ -184,4 +181,18 @@ func (h *Handler) send(ctx context.Context, tasks []*retryTask) {
 			"invalid", sum.Invalid, "retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired)
 		t.finish("sent", nil)
 	}
+}
+
+// decodeRetryTask returns the RetryTask a body holds, or why it holds none that can be
+// sent: not a RetryTask, no notification or no tokens (the task is then dead-lettered as
+// undecodable, never retried). The task returned is never nil.
+func decodeRetryTask(body []byte) (*busv1.RetryTask, error) {
+	task := &busv1.RetryTask{}
+	if err := proto.Unmarshal(body, task); err != nil {
+		return task, fmt.Errorf("decode RetryTask: %w", err)
+	}
+	if task.GetNotificationId() == "" || len(task.GetTokens()) == 0 {
+		return task, errors.New("decode RetryTask: no notification id or no tokens")
+	}
+	return task, nil
 }

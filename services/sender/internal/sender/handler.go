@@ -142,15 +142,12 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 	for i, d := range ds {
 		t := &task{d: d, log: h.log.With("message_id", d.MessageID)}
 		tasks[i] = t
-		var body busv1.SendTask
-		if err := proto.Unmarshal(d.Body, &body); err != nil || body.GetNotificationId() == "" {
-			if err == nil {
-				err = errors.New("no notification id")
-			}
-			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", fmt.Errorf("decode SendTask: %w", err)))
+		id, err := decodeSendTask(d.Body)
+		if err != nil {
+			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", err))
 			continue
 		}
-		t.id = body.GetNotificationId()
+		t.id = id
 		t.log = t.log.With("notification_id", t.id)
 		if f, ok := first[t.id]; ok {
 			t.same = f
@@ -349,4 +346,17 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 	close(sums)
 	<-collected
 	return total, errors.Join(pageErr, err)
+}
+
+// decodeSendTask returns the notification a SendTask body names, or why it names none (the
+// task is then dead-lettered as undecodable, never retried).
+func decodeSendTask(body []byte) (string, error) {
+	var task busv1.SendTask
+	if err := proto.Unmarshal(body, &task); err != nil {
+		return "", fmt.Errorf("decode SendTask: %w", err)
+	}
+	if task.GetNotificationId() == "" {
+		return "", errors.New("decode SendTask: no notification id")
+	}
+	return task.GetNotificationId(), nil
 }
