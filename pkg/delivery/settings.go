@@ -12,7 +12,11 @@ import (
 // Settings are the environment settings the sender and the retrier share. They must agree
 // on the retry settings: those name the wait queues both of them publish to.
 type Settings struct {
-	FCM         fcm.Config
+	// FCM is the app "default" as the FCM_* variables define it (zero with FCM_APPS_FILE).
+	FCM fcm.Config
+	// Apps are the Firebase apps to send for: those of FCM_APPS_FILE, or the one app
+	// "default" of the FCM_* variables (with FCM_RATE_PER_MINUTE).
+	Apps        []fcm.App
 	RetryBase   time.Duration // RETRY_BASE_DELAY: the first wait
 	RetryMax    time.Duration // RETRY_MAX_DELAY: the longest wait
 	MaxAttempts int           // RETRY_MAX_ATTEMPTS: sends per token in all, the first included
@@ -42,13 +46,29 @@ func LoadSettings(r *envconfig.Reader) Settings {
 			ProjectID:       r.String("FCM_PROJECT_ID", ""),
 			CredentialsFile: r.String("FCM_CREDENTIALS_FILE", ""),
 			Endpoint:        r.String("FCM_ENDPOINT", ""),
-			Timeout:         r.Duration("FCM_TIMEOUT", 10*time.Second, time.Millisecond),
 		},
 		RetryBase:          r.Duration("RETRY_BASE_DELAY", 10*time.Second, time.Millisecond),
 		RetryMax:           r.Duration("RETRY_MAX_DELAY", 320*time.Second, time.Millisecond),
 		MaxAttempts:        r.Int("RETRY_MAX_ATTEMPTS", 8, 1, 100),
 		MaxConcurrentSends: r.Int("FCM_MAX_CONCURRENT_SENDS", 4, 1, 64),
 	}
+	base := fcm.Config{Timeout: r.Duration("FCM_TIMEOUT", 10*time.Second, time.Millisecond)}
+	rate := r.Int("FCM_RATE_PER_MINUTE", fcm.DefaultRatePerMinute, 1, 1_000_000_000)
+	if file := r.String("FCM_APPS_FILE", ""); file != "" {
+		if s.FCM != (fcm.Config{}) || r.String("FCM_RATE_PER_MINUTE", "") != "" {
+			r.Errorf("FCM_APPS_FILE", "set together with FCM_PROJECT_ID, FCM_CREDENTIALS_FILE, FCM_ENDPOINT or "+
+				"FCM_RATE_PER_MINUTE; with an apps file every app, \"default\" included, is defined in the file")
+		}
+		apps, err := fcm.LoadApps(file, base)
+		if err != nil {
+			// LoadApps names FCM_APPS_FILE, the file, the entry and the field.
+			r.Errorf("FCM_APPS_FILE", "%s", strings.TrimPrefix(err.Error(), "FCM_APPS_FILE "))
+		}
+		s.Apps = apps
+		s.FCM = fcm.Config{}
+		return s.checkRetry(r)
+	}
+	s.FCM.Timeout = base.Timeout
 	switch {
 	case s.FCM.CredentialsFile == "" && s.FCM.Endpoint == "":
 		// Never a silent default: without this a production deployment that lost its
@@ -60,8 +80,23 @@ func LoadSettings(r *envconfig.Reader) Settings {
 		// An emulator takes any project; with credentials the key file names it.
 		s.FCM.ProjectID = "notify-dev"
 	}
+	s.Apps = []fcm.App{{Name: fcm.DefaultApp, FCM: s.FCM, RatePerMinute: rate}}
+	return s.checkRetry(r)
+}
+
+func (s Settings) checkRetry(r *envconfig.Reader) Settings {
 	if s.RetryMax < s.RetryBase {
 		r.Errorf("RETRY_MAX_DELAY", "%s is below RETRY_BASE_DELAY %s", s.RetryMax, s.RetryBase)
 	}
 	return s
+}
+
+// UsesEmulator reports whether some app sends without credentials (to an emulator).
+func (s Settings) UsesEmulator() bool {
+	for _, a := range s.Apps {
+		if a.FCM.CredentialsFile == "" {
+			return true
+		}
+	}
+	return false
 }

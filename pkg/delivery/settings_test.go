@@ -1,6 +1,8 @@
 package delivery
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"notify/pkg/envconfig"
+	"notify/pkg/fcm"
 )
 
 // load reads the settings from m.
@@ -74,5 +77,58 @@ func TestLoadSettingsNamesEveryBadVariable(t *testing.T) {
 	_, err = load(map[string]string{"RETRY_BASE_DELAY": "1m", "RETRY_MAX_DELAY": "10s"})
 	if err == nil || !strings.Contains(err.Error(), "RETRY_MAX_DELAY") {
 		t.Errorf("max below base: %v, want an error naming RETRY_MAX_DELAY", err)
+	}
+}
+
+func TestLoadSettingsApps(t *testing.T) {
+	t.Parallel()
+	// Without FCM_APPS_FILE the FCM_* variables are the one app "default".
+	s, err := load(map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:9099/v1", "FCM_TIMEOUT": "3s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []fcm.App{{Name: "default", RatePerMinute: 600_000, FCM: fcm.Config{
+		ProjectID: "notify-dev", Endpoint: "http://127.0.0.1:9099/v1", Timeout: 3 * time.Second,
+	}}}
+	if diff := cmp.Diff(want, s.Apps); diff != "" {
+		t.Errorf("apps without a file (-want +got):\n%s", diff)
+	}
+	s, err = load(map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:9099/v1", "FCM_RATE_PER_MINUTE": "3000"})
+	if err != nil || len(s.Apps) != 1 || s.Apps[0].RatePerMinute != 3000 {
+		t.Errorf("FCM_RATE_PER_MINUTE=3000: apps %+v (%v)", s.Apps, err)
+	}
+
+	dir := t.TempDir()
+	file := filepath.Join(dir, "apps.yaml")
+	if err := os.WriteFile(file, []byte(`
+- {name: default, project_id: a, endpoint: "http://127.0.0.1:9099/v1"}
+- {name: staff, project_id: b, endpoint: "http://127.0.0.1:9099/v1", rate_per_minute: 3000}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err = load(map[string]string{"FCM_APPS_FILE": file, "FCM_TIMEOUT": "2s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []fcm.App{
+		{Name: "default", RatePerMinute: 600_000, FCM: fcm.Config{ProjectID: "a", Endpoint: "http://127.0.0.1:9099/v1", Timeout: 2 * time.Second}},
+		{Name: "staff", RatePerMinute: 3000, FCM: fcm.Config{ProjectID: "b", Endpoint: "http://127.0.0.1:9099/v1", Timeout: 2 * time.Second}},
+	}
+	if diff := cmp.Diff(want, s.Apps); diff != "" {
+		t.Errorf("apps from %s (-want +got):\n%s", file, diff)
+	}
+
+	// Both ways at once is ambiguous; a broken file is reported with its entry and field.
+	_, err = load(map[string]string{"FCM_APPS_FILE": file, "FCM_ENDPOINT": "http://x/v1"})
+	if err == nil || !strings.Contains(err.Error(), "FCM_APPS_FILE: set together with") {
+		t.Errorf("FCM_APPS_FILE with FCM_ENDPOINT: %v", err)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("- {name: staff, rate_per_minute: -1, endpoint: http://x/v1, project_id: p}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = load(map[string]string{"FCM_APPS_FILE": bad})
+	if err == nil || !strings.Contains(err.Error(), `FCM_APPS_FILE: `+bad+`: app 1 ("staff"): rate_per_minute`) {
+		t.Errorf("bad apps file: %v", err)
 	}
 }

@@ -122,12 +122,8 @@ func (cfg Config) validate() error {
 		errs = append(errs, errors.New("FCM_PROJECT_ID: required with FCM_ENDPOINT and no FCM_CREDENTIALS_FILE"))
 	}
 	if cfg.Endpoint != "" {
-		u, err := url.Parse(cfg.Endpoint)
-		switch {
-		case err != nil:
+		if err := checkEndpoint(cfg.Endpoint); err != nil {
 			errs = append(errs, fmt.Errorf("FCM_ENDPOINT: %w", err))
-		case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
-			errs = append(errs, fmt.Errorf("FCM_ENDPOINT %q: want an http(s) URL such as http://127.0.0.1:9099/v1", cfg.Endpoint))
 		}
 	}
 	if cfg.MaxConnsPerHost < 0 {
@@ -137,6 +133,18 @@ func (cfg Config) validate() error {
 		errs = append(errs, fmt.Errorf("FCM timeout %s: must not be negative", cfg.Timeout))
 	}
 	return errors.Join(errs...)
+}
+
+// checkEndpoint reports what is wrong with an FCM endpoint URL, or nil.
+func checkEndpoint(endpoint string) error {
+	u, err := url.Parse(endpoint)
+	switch {
+	case err != nil:
+		return err
+	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+		return fmt.Errorf("%q: want an http(s) URL such as http://127.0.0.1:9099/v1", endpoint)
+	}
+	return nil
 }
 
 // transport is the base transport for FCM. Go's defaults keep at most 100 idle connections

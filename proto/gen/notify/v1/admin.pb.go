@@ -322,6 +322,8 @@ type Notification struct {
 	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	// How many times it was replayed.
 	ReplayCount int32 `protobuf:"varint,11,opt,name=replay_count,json=replayCount,proto3" json:"replay_count,omitempty"`
+	// The app it was published for ("default" when it named none).
+	App string `protobuf:"bytes,12,opt,name=app,proto3" json:"app,omitempty"`
 	// When it is (or was) to be sent: options.send_at, set only for a scheduled
 	// notification.
 	SendTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=send_time,json=sendTime,proto3" json:"send_time,omitempty"`
@@ -438,6 +440,13 @@ func (x *Notification) GetReplayCount() int32 {
 		return x.ReplayCount
 	}
 	return 0
+}
+
+func (x *Notification) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
 }
 
 func (x *Notification) GetSendTime() *timestamppb.Timestamp {
@@ -591,7 +600,9 @@ type Delivery struct {
 	// The last error message, empty when none.
 	ErrorMessage string `protobuf:"bytes,7,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
 	// When this record last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// The app the token was sent through: the notification's.
+	App           string `protobuf:"bytes,9,opt,name=app,proto3" json:"app,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -680,6 +691,13 @@ func (x *Delivery) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *Delivery) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
 }
 
 // GetNotificationRequest names a notification and a page of its deliveries.
@@ -1063,7 +1081,9 @@ type DeadLetter struct {
 	// When it was replayed; unset while not replayed.
 	ReplayTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=replay_time,json=replayTime,proto3" json:"replay_time,omitempty"`
 	// Name of the API key that replayed it.
-	ReplayedBy    string `protobuf:"bytes,11,opt,name=replayed_by,json=replayedBy,proto3" json:"replayed_by,omitempty"`
+	ReplayedBy string `protobuf:"bytes,11,opt,name=replayed_by,json=replayedBy,proto3" json:"replayed_by,omitempty"`
+	// The app of its notification ("" when the notification is no longer stored).
+	App           string `protobuf:"bytes,12,opt,name=app,proto3" json:"app,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1171,6 +1191,13 @@ func (x *DeadLetter) GetReplayTime() *timestamppb.Timestamp {
 func (x *DeadLetter) GetReplayedBy() string {
 	if x != nil {
 		return x.ReplayedBy
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetApp() string {
+	if x != nil {
+		return x.App
 	}
 	return ""
 }
@@ -1614,7 +1641,9 @@ type APIKey struct {
 	// unlimited); unset when the key has the default of its role.
 	PublishRate *int32 `protobuf:"varint,76,opt,name=publish_rate,json=publishRate,proto3,oneof" json:"publish_rate,omitempty"`
 	// The key's own burst; unset when the key has the default (PUBLISH_BURST_PER_KEY).
-	PublishBurst  *int32 `protobuf:"varint,77,opt,name=publish_burst,json=publishBurst,proto3,oneof" json:"publish_burst,omitempty"`
+	PublishBurst *int32 `protobuf:"varint,77,opt,name=publish_burst,json=publishBurst,proto3,oneof" json:"publish_burst,omitempty"`
+	// The apps the key may publish for and register devices of; empty means every app.
+	Apps          []string `protobuf:"bytes,16,rep,name=apps,proto3" json:"apps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1698,6 +1727,13 @@ func (x *APIKey) GetPublishBurst() int32 {
 	return 0
 }
 
+func (x *APIKey) GetApps() []string {
+	if x != nil {
+		return x.Apps
+	}
+	return nil
+}
+
 // CreateAPIKeyRequest names and scopes a new key.
 type CreateAPIKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1711,7 +1747,10 @@ type CreateAPIKeyRequest struct {
 	PublishRate *int32 `protobuf:"varint,73,opt,name=publish_rate,json=publishRate,proto3,oneof" json:"publish_rate,omitempty"`
 	// Optional: the key's own burst (how many notifications it may publish at once after a
 	// pause) instead of PUBLISH_BURST_PER_KEY; 1 to 1,000,000.
-	PublishBurst  *int32 `protobuf:"varint,74,opt,name=publish_burst,json=publishBurst,proto3,oneof" json:"publish_burst,omitempty"`
+	PublishBurst *int32 `protobuf:"varint,74,opt,name=publish_burst,json=publishBurst,proto3,oneof" json:"publish_burst,omitempty"`
+	// Limits the key to these apps (Publish and RegisterDevice(s) for another app get
+	// PERMISSION_DENIED); empty means every app. Admin keys are never limited.
+	Apps          []string `protobuf:"bytes,13,rep,name=apps,proto3" json:"apps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1772,6 +1811,13 @@ func (x *CreateAPIKeyRequest) GetPublishBurst() int32 {
 		return *x.PublishBurst
 	}
 	return 0
+}
+
+func (x *CreateAPIKeyRequest) GetApps() []string {
+	if x != nil {
+		return x.Apps
+	}
+	return nil
 }
 
 // CreateAPIKeyResponse carries the new key's secret, shown only once.
@@ -2017,7 +2063,7 @@ var File_notify_v1_admin_proto protoreflect.FileDescriptor
 
 const file_notify_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15notify/v1/admin.proto\x12\tnotify.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cnotify/v1/notification.proto\"\x85\x05\n" +
+	"\x15notify/v1/admin.proto\x12\tnotify.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cnotify/v1/notification.proto\"\x97\x05\n" +
 	"\fNotification\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06caller\x18\x02 \x01(\tR\x06caller\x12'\n" +
@@ -2033,7 +2079,8 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\vexpire_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12!\n" +
-	"\freplay_count\x18\v \x01(\x05R\vreplayCount\x127\n" +
+	"\freplay_count\x18\v \x01(\x05R\vreplayCount\x12\x10\n" +
+	"\x03app\x18\f \x01(\tR\x03app\x127\n" +
 	"\tsend_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\bsendTime\x12;\n" +
 	"\vcancel_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"cancelTime\x12!\n" +
@@ -2046,7 +2093,7 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\bretrying\x18\x05 \x01(\x03R\bretrying\x12\x16\n" +
 	"\x06failed\x18\x06 \x01(\x03R\x06failed\x12\x18\n" +
 	"\aexpired\x18\a \x01(\x03R\aexpired\x12\x18\n" +
-	"\askipped\x18\b \x01(\x03R\askipped\"\xa9\x02\n" +
+	"\askipped\x18\b \x01(\x03R\askipped\"\xbb\x02\n" +
 	"\bDelivery\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x17\n" +
@@ -2057,7 +2104,8 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"error_code\x18\x06 \x01(\tR\terrorCode\x12#\n" +
 	"\rerror_message\x18\a \x01(\tR\ferrorMessage\x12;\n" +
 	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xb3\x01\n" +
+	"updateTime\x12\x10\n" +
+	"\x03app\x18\t \x01(\tR\x03app\"\xb3\x01\n" +
 	"\x16GetNotificationRequest\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -2088,7 +2136,7 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1f\n" +
 	"\breplayed\x18\x04 \x01(\bH\x00R\breplayed\x88\x01\x01B\v\n" +
-	"\t_replayed\"\xb4\x03\n" +
+	"\t_replayed\"\xc6\x03\n" +
 	"\n" +
 	"DeadLetter\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12'\n" +
@@ -2108,7 +2156,8 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"replayTime\x12\x1f\n" +
 	"\vreplayed_by\x18\v \x01(\tR\n" +
-	"replayedBy\"\x89\x01\n" +
+	"replayedBy\x12\x10\n" +
+	"\x03app\x18\f \x01(\tR\x03app\"\x89\x01\n" +
 	"\x16ListDeadLettersRequest\x123\n" +
 	"\x06filter\x18\x01 \x01(\v2\x1b.notify.v1.DeadLetterFilterR\x06filter\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -2137,7 +2186,7 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\x0eReplayResponse\x121\n" +
 	"\aresults\x18\x01 \x03(\v2\x17.notify.v1.ReplayResultR\aresults\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12&\n" +
-	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xf2\x02\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\x86\x03\n" +
 	"\x06APIKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x0f.notify.v1.RoleR\x04role\x12;\n" +
@@ -2147,14 +2196,16 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"revokeTime\x12@\n" +
 	"\x0elast_used_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastUsedTime\x12&\n" +
 	"\fpublish_rate\x18L \x01(\x05H\x00R\vpublishRate\x88\x01\x01\x12(\n" +
-	"\rpublish_burst\x18M \x01(\x05H\x01R\fpublishBurst\x88\x01\x01B\x0f\n" +
+	"\rpublish_burst\x18M \x01(\x05H\x01R\fpublishBurst\x88\x01\x01\x12\x12\n" +
+	"\x04apps\x18\x10 \x03(\tR\x04appsB\x0f\n" +
 	"\r_publish_rateB\x10\n" +
-	"\x0e_publish_burst\"\xc3\x01\n" +
+	"\x0e_publish_burst\"\xd7\x01\n" +
 	"\x13CreateAPIKeyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x0f.notify.v1.RoleR\x04role\x12&\n" +
 	"\fpublish_rate\x18I \x01(\x05H\x00R\vpublishRate\x88\x01\x01\x12(\n" +
-	"\rpublish_burst\x18J \x01(\x05H\x01R\fpublishBurst\x88\x01\x01B\x0f\n" +
+	"\rpublish_burst\x18J \x01(\x05H\x01R\fpublishBurst\x88\x01\x01\x12\x12\n" +
+	"\x04apps\x18\r \x03(\tR\x04appsB\x0f\n" +
 	"\r_publish_rateB\x10\n" +
 	"\x0e_publish_burst\"S\n" +
 	"\x14CreateAPIKeyResponse\x12#\n" +

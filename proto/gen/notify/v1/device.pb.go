@@ -90,6 +90,11 @@ type Device struct {
 	Token string `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
 	// The device's platform. Required.
 	Platform Platform `protobuf:"varint,4,opt,name=platform,proto3,enum=notify.v1.Platform" json:"platform,omitempty"`
+	// The Firebase app the device's token belongs to (an app name of the sender's FCM_APPS_FILE;
+	// up to 63 characters of [a-z0-9_-]). Empty means "default", the app of the FCM_* variables.
+	// A token is unique per app; a device_id is unique across apps (registering it under another
+	// app moves it there).
+	App string `protobuf:"bytes,5,opt,name=app,proto3" json:"app,omitempty"`
 	// Whether notify sends to the token.
 	Active bool `protobuf:"varint,6,opt,name=active,proto3" json:"active,omitempty"`
 	// Why the token was deactivated, empty while active: "unregistered" (UnregisterDevice),
@@ -168,6 +173,13 @@ func (x *Device) GetPlatform() Platform {
 	return Platform_PLATFORM_UNSPECIFIED
 }
 
+func (x *Device) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
 func (x *Device) GetActive() bool {
 	if x != nil {
 		return x.Active
@@ -220,7 +232,12 @@ type RegisterDeviceRequest struct {
 	// The FCM registration token. Required, up to 1,024 characters.
 	Token string `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
 	// The device's platform. Required.
-	Platform      Platform `protobuf:"varint,4,opt,name=platform,proto3,enum=notify.v1.Platform" json:"platform,omitempty"`
+	Platform Platform `protobuf:"varint,4,opt,name=platform,proto3,enum=notify.v1.Platform" json:"platform,omitempty"`
+	// The Firebase app the device's token belongs to (an app name of the sender's FCM_APPS_FILE;
+	// up to 63 characters of [a-z0-9_-]). Empty means "default", the app of the FCM_* variables.
+	// A token is unique per app; a device_id is unique across apps (registering it under another
+	// app moves it there).
+	App           string `protobuf:"bytes,5,opt,name=app,proto3" json:"app,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -281,6 +298,13 @@ func (x *RegisterDeviceRequest) GetPlatform() Platform {
 		return x.Platform
 	}
 	return Platform_PLATFORM_UNSPECIFIED
+}
+
+func (x *RegisterDeviceRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
 }
 
 // RegisterDeviceResponse says what the registration changed.
@@ -959,12 +983,13 @@ var File_notify_v1_device_proto protoreflect.FileDescriptor
 
 const file_notify_v1_device_proto_rawDesc = "" +
 	"\n" +
-	"\x16notify/v1/device.proto\x12\tnotify.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x03\n" +
+	"\x16notify/v1/device.proto\x12\tnotify.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x03\n" +
 	"\x06Device\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\tR\x05token\x12/\n" +
-	"\bplatform\x18\x04 \x01(\x0e2\x13.notify.v1.PlatformR\bplatform\x12\x16\n" +
+	"\bplatform\x18\x04 \x01(\x0e2\x13.notify.v1.PlatformR\bplatform\x12\x10\n" +
+	"\x03app\x18\x05 \x01(\tR\x03app\x12\x16\n" +
 	"\x06active\x18\x06 \x01(\bR\x06active\x12/\n" +
 	"\x13deactivation_reason\x18\a \x01(\tR\x12deactivationReason\x12;\n" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -972,12 +997,13 @@ const file_notify_v1_device_proto_rawDesc = "" +
 	"\rregister_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\fregisterTime\x12@\n" +
 	"\x0elast_seen_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12C\n" +
-	"\x0fdeactivate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x0edeactivateTime\"\x94\x01\n" +
+	"\x0fdeactivate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x0edeactivateTime\"\xa6\x01\n" +
 	"\x15RegisterDeviceRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x14\n" +
 	"\x05token\x18\x03 \x01(\tR\x05token\x12/\n" +
-	"\bplatform\x18\x04 \x01(\x0e2\x13.notify.v1.PlatformR\bplatform\"T\n" +
+	"\bplatform\x18\x04 \x01(\x0e2\x13.notify.v1.PlatformR\bplatform\x12\x10\n" +
+	"\x03app\x18\x05 \x01(\tR\x03app\"T\n" +
 	"\x16RegisterDeviceResponse\x12\x18\n" +
 	"\acreated\x18\x01 \x01(\bR\acreated\x12 \n" +
 	"\vreactivated\x18\x02 \x01(\bR\vreactivated\"E\n" +

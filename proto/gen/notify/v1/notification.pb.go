@@ -405,7 +405,13 @@ type PublishRequest struct {
 	// with "google." or "gcm." are reserved by FCM and rejected.
 	Data map[string]string `protobuf:"bytes,5,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Delivery options passed through to FCM.
-	Options       *Options `protobuf:"bytes,6,opt,name=options,proto3" json:"options,omitempty"`
+	Options *Options `protobuf:"bytes,6,opt,name=options,proto3" json:"options,omitempty"`
+	// The Firebase app to send through (a name of the sender's FCM_APPS_FILE, known to the
+	// producer through its own FCM_APPS_FILE or APPS). Empty means "default". The audience is
+	// that app's devices: user_ids and all_devices select only devices registered under it, and
+	// raw tokens are sent through its project. An unknown app is INVALID_ARGUMENT; an API key
+	// limited to other apps gets PERMISSION_DENIED.
+	App           string `protobuf:"bytes,7,opt,name=app,proto3" json:"app,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -480,6 +486,13 @@ func (x *PublishRequest) GetOptions() *Options {
 		return x.Options
 	}
 	return nil
+}
+
+func (x *PublishRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
 }
 
 // Recipients selects the devices a notification goes to.
@@ -1345,7 +1358,7 @@ const file_notify_v1_notification_proto_rawDesc = "" +
 	"\rPublishResult\x128\n" +
 	"\baccepted\x18\x01 \x01(\v2\x1a.notify.v1.PublishResponseH\x00R\baccepted\x12*\n" +
 	"\x05error\x18\x02 \x01(\v2\x12.google.rpc.StatusH\x00R\x05errorB\t\n" +
-	"\aoutcome\"\xd2\x02\n" +
+	"\aoutcome\"\xe4\x02\n" +
 	"\x0ePublishRequest\x12'\n" +
 	"\x0fidempotency_key\x18\x01 \x01(\tR\x0eidempotencyKey\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x125\n" +
@@ -1354,7 +1367,8 @@ const file_notify_v1_notification_proto_rawDesc = "" +
 	"recipients\x12,\n" +
 	"\acontent\x18\x04 \x01(\v2\x12.notify.v1.ContentR\acontent\x127\n" +
 	"\x04data\x18\x05 \x03(\v2#.notify.v1.PublishRequest.DataEntryR\x04data\x12,\n" +
-	"\aoptions\x18\x06 \x01(\v2\x12.notify.v1.OptionsR\aoptions\x1a7\n" +
+	"\aoptions\x18\x06 \x01(\v2\x12.notify.v1.OptionsR\aoptions\x12\x10\n" +
+	"\x03app\x18\a \x01(\tR\x03app\x1a7\n" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe6\x01\n" +
