@@ -11,11 +11,13 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"notify/pkg/schema"
 )
 
 // DefaultApp is the app the FCM_* variables define, and the app of every device,
 // notification and API key that names none.
-const DefaultApp = "default"
+const DefaultApp = schema.DefaultApp
 
 // DefaultRatePerMinute is FCM's default per-project quota: 600,000 messages a minute,
 // errors included.
@@ -85,7 +87,7 @@ func ParseApps(b []byte, base Config) ([]App, error) {
 		problem := func(field, format string, args ...any) {
 			errs = append(errs, fmt.Errorf("%s: %s: %s", where, field, fmt.Sprintf(format, args...)))
 		}
-		if err := CheckAppName(e.Name); err != nil {
+		if err := schema.CheckAppName(e.Name); err != nil {
 			problem("name", "%v", err)
 		} else if j, dup := seen[e.Name]; dup {
 			problem("name", "already used by app %d", j+1)
@@ -123,24 +125,6 @@ func ParseApps(b []byte, base Config) ([]App, error) {
 		return nil, err
 	}
 	return apps, nil
-}
-
-// CheckAppName reports what is wrong with name as an app name, or nil.
-func CheckAppName(name string) error {
-	if name == "" {
-		return errors.New("required")
-	}
-	if len(name) > 63 {
-		return fmt.Errorf("%q: longer than 63 characters", name)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		ok := 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || i > 0 && (c == '-' || c == '_')
-		if !ok {
-			return fmt.Errorf("%q: want lowercase letters, digits, '-' and '_', starting with a letter or digit", name)
-		}
-	}
-	return nil
 }
 
 // Apps is one Client per app, by name. It is safe for concurrent use.

@@ -3,10 +3,12 @@ package main
 import (
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"notify/pkg/envconfig"
 	"notify/pkg/rabbit"
+	"notify/pkg/schema"
 	"notify/services/producer/internal/apikey"
 	"notify/services/producer/internal/server"
 	"notify/services/producer/internal/tlsfiles"
@@ -33,9 +35,9 @@ type config struct {
 	GRPCLimits grpcLimits
 	// Publish holds the per-API-key publish rate limits (PUBLISH_RATE_PER_KEY,
 	// PUBLISH_RATE_PER_ADMIN_KEY, PUBLISH_BURST_PER_KEY), per replica.
-	Publish              server.Limits
-	Topology             string        // AMQP_TOPOLOGY: exchange name and queue prefix
-	ShutdownTimeout      time.Duration // drain of in-flight RPCs and the relay on SIGTERM
+	Publish         server.Limits
+	Topology        string        // AMQP_TOPOLOGY: exchange name and queue prefix
+	ShutdownTimeout time.Duration // drain of in-flight RPCs and the relay on SIGTERM
 
 	// PublishBatch (PUBLISH_BATCH_SIZE, PUBLISH_BATCH_LINGER, PUBLISH_CONCURRENT_COMMITS)
 	// tunes the group commit of concurrent Publish calls.
@@ -71,6 +73,11 @@ type config struct {
 	NotificationRetention         time.Duration
 	NotificationRetentionBatch    int           // NOTIFICATION_RETENTION_BATCH: rows deleted per statement
 	NotificationRetentionInterval time.Duration // NOTIFICATION_RETENTION_INTERVAL: how often the retention job runs
+
+	// Apps (APPS, comma-separated, default "default") are the app names Publish,
+	// RegisterDevice(s) and CreateAPIKey accept: the names of the sender's and retrier's
+	// FCM_APPS_FILE. The producer never holds FCM credentials, so it takes only the names.
+	Apps []string
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -98,7 +105,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 			PerAdminKey: e.Int("PUBLISH_RATE_PER_ADMIN_KEY", 0, 0, apikey.MaxLimit),
 			Burst:       e.Int("PUBLISH_BURST_PER_KEY", 1000, 1, apikey.MaxLimit),
 		},
-		Topology:             e.String("AMQP_TOPOLOGY", rabbit.DefaultName),
+		Topology: e.String("AMQP_TOPOLOGY", rabbit.DefaultName),
 
 		ShutdownTimeout:    e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0),
 		OutboxPollInterval: e.Duration("OUTBOX_POLL_INTERVAL", time.Second, 10*time.Millisecond),
@@ -122,6 +129,14 @@ func loadConfig(getenv func(string) string) (config, error) {
 		NotificationRetention:         e.Duration("NOTIFICATION_RETENTION", 30*24*time.Hour, 0),
 		NotificationRetentionBatch:    e.Int("NOTIFICATION_RETENTION_BATCH", 1000, 1, 100_000),
 		NotificationRetentionInterval: e.Duration("NOTIFICATION_RETENTION_INTERVAL", time.Hour, time.Second),
+	}
+	for app := range strings.SplitSeq(e.String("APPS", schema.DefaultApp), ",") {
+		app = strings.TrimSpace(app)
+		if err := schema.CheckAppName(app); err != nil {
+			e.Errorf("APPS", "app name %v", err)
+			continue
+		}
+		c.Apps = append(c.Apps, app)
 	}
 	migrateOnStart := e.String("MIGRATE_ON_START", "true")
 	var err error

@@ -151,3 +151,19 @@ func TestLoadConfigGRPCTLS(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadConfigApps(t *testing.T) {
+	t.Parallel()
+	c, err := loadConfig(env(nil))
+	if err != nil || strings.Join(c.Apps, ",") != "default" {
+		t.Errorf("APPS unset: %v (%v), want [default]", c.Apps, err)
+	}
+	c, err = loadConfig(env(map[string]string{"APPS": "default, staff"}))
+	if err != nil || strings.Join(c.Apps, ",") != "default,staff" {
+		t.Errorf("APPS=default, staff: %v (%v)", c.Apps, err)
+	}
+	_, err = loadConfig(env(map[string]string{"APPS": "default,Staff,"}))
+	if err == nil || !strings.Contains(err.Error(), `APPS: app name "Staff"`) || !strings.Contains(err.Error(), "APPS: app name required") {
+		t.Errorf("APPS=default,Staff,: %v, want both bad names reported", err)
+	}
+}

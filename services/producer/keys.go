@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -23,7 +24,9 @@ admin key. Whoever can reach the database can do anything notify can, so this gr
 more than they already have. Once an admin key exists, prefer notifyctl keys.
 
 Usage:
-  producer keys create NAME --role admin|publisher   prints the secret (only) on stdout
+  producer keys create NAME --role admin|publisher [--apps a,b]
+                                                     prints the secret (only) on stdout;
+                                                     --apps limits a publisher key to those apps
   producer keys list [--all]                         --all: revoked keys too
   producer keys revoke NAME
 
@@ -66,6 +69,7 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 	fs.SetOutput(io.Discard)
 	role := fs.String("role", "", "")
 	all := fs.Bool("all", false, "")
+	appList := fs.String("apps", "", "")
 	pos, err := parseInterleaved(fs, args[1:])
 	if err != nil {
 		return keysUsageError{err.Error()}
@@ -81,12 +85,24 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 		return keysUsageError{fmt.Sprintf("unknown subcommand %q", args[0])}
 	}
 	var r apikey.Role
+	var apps []string
 	if args[0] == "create" {
 		if r, err = apikey.ParseRole(*role); err != nil {
 			return keysUsageError{err.Error()}
 		}
 		if err := apikey.CheckName(pos[0]); err != nil {
 			return keysUsageError{err.Error()}
+		}
+		if *appList != "" {
+			if r == apikey.RoleAdmin {
+				return keysUsageError{"--apps limits publisher keys; an admin key is never limited"}
+			}
+			for app := range strings.SplitSeq(*appList, ",") {
+				if err := schema.CheckAppName(app); err != nil {
+					return keysUsageError{"--apps: app name " + err.Error()}
+				}
+				apps = append(apps, app)
+			}
 		}
 	}
 
@@ -109,7 +125,7 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 
 	switch args[0] {
 	case "create":
-		k, secret, err := store.Create(ctx, pos[0], r)
+		k, secret, err := store.Create(ctx, pos[0], r, apps...)
 		if err != nil {
 			return err
 		}
@@ -130,9 +146,14 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 			return err
 		}
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tROLE\tCREATED\tLAST USED\tREVOKED")
+		fmt.Fprintln(tw, "NAME\tROLE\tCREATED\tLAST USED\tREVOKED\tAPPS")
 		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.Name, k.Role, k.CreatedAt.UTC().Format(time.RFC3339), timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt))
+			apps := "all"
+			if k.Apps != nil {
+				apps = strings.Join(k.Apps, ",")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.Role, k.CreatedAt.UTC().Format(time.RFC3339),
+				timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt), apps)
 		}
 		return tw.Flush()
 	}

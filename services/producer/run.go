@@ -89,9 +89,16 @@ func run(ctx context.Context, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
-	notifyv1.RegisterNotificationServiceServer(api, server.NewNotifications(pool, log, reg, relay.Wake, cfg.PublishBatch))
-	notifyv1.RegisterDeviceServiceServer(api, server.NewDevices(pool, log, reg))
-	notifyv1.RegisterAdminServiceServer(api, server.NewAdmin(pool, log, keys, relay.Wake))
+	apps := server.NewApps(cfg.Apps...)
+	notifications := server.NewNotifications(pool, log, reg, relay.Wake, cfg.PublishBatch)
+	notifications.SetApps(apps)
+	devices := server.NewDevices(pool, log, reg)
+	devices.SetApps(apps)
+	admin := server.NewAdmin(pool, log, keys, relay.Wake)
+	admin.SetApps(apps)
+	notifyv1.RegisterNotificationServiceServer(api, notifications)
+	notifyv1.RegisterDeviceServiceServer(api, devices)
+	notifyv1.RegisterAdminServiceServer(api, admin)
 
 	checks := []metrics.Check{
 		{Name: "database", Func: pool.Ping},

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,8 +53,10 @@ func (r Role) Allows(need Role) bool { return r == RoleAdmin || r == need }
 
 // Key describes an API key; never its secret.
 type Key struct {
-	Name       string
-	Role       Role
+	Name string
+	Role Role
+	// Apps limits a publisher key to these apps; nil means every app.
+	Apps       []string
 	CreatedAt  time.Time
 	RevokedAt  *time.Time
 	LastUsedAt *time.Time
@@ -150,13 +153,14 @@ type Store struct {
 // NewStore returns a store on pool.
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
-// Create stores a new key and returns it with its secret, which exists nowhere else.
-func (s *Store) Create(ctx context.Context, name string, role Role) (Key, string, error) {
-	return s.CreateLimited(ctx, name, role, Limit{})
+// Create stores a new key and returns it with its secret, which exists nowhere else. apps,
+// when given, limit the key to those apps (the caller checks that they exist).
+func (s *Store) Create(ctx context.Context, name string, role Role, apps ...string) (Key, string, error) {
+	return s.CreateLimited(ctx, name, role, Limit{}, apps...)
 }
 
 // CreateLimited is Create for a key with its own publish rate limit.
-func (s *Store) CreateLimited(ctx context.Context, name string, role Role, limit Limit) (Key, string, error) {
+func (s *Store) CreateLimited(ctx context.Context, name string, role Role, limit Limit, apps ...string) (Key, string, error) {
 	if err := CheckName(name); err != nil {
 		return Key{}, "", err
 	}
@@ -172,9 +176,12 @@ func (s *Store) CreateLimited(ctx context.Context, name string, role Role, limit
 	}
 	h := Hash(secret)
 	k := Key{Name: name, Role: role, Limit: limit}
-	err = s.pool.QueryRow(ctx, `INSERT INTO api_keys (name, role, secret_hash, publish_rate, publish_burst)
-		VALUES ($1, $2, $3, $4, $5) RETURNING created_at`,
-		name, string(role), h[:], limit.PerSecond, limit.Burst).Scan(&k.CreatedAt)
+	if len(apps) > 0 {
+		k.Apps = slices.Compact(slices.Sorted(slices.Values(apps)))
+	}
+	err = s.pool.QueryRow(ctx, `INSERT INTO api_keys (name, role, secret_hash, publish_rate, publish_burst, apps)
+		VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`,
+		name, string(role), h[:], limit.PerSecond, limit.Burst, k.Apps).Scan(&k.CreatedAt)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "api_keys_pkey" {
 		return Key{}, "", fmt.Errorf("create key %s: %w", name, ErrNameTaken)
@@ -187,7 +194,7 @@ func (s *Store) CreateLimited(ctx context.Context, name string, role Role, limit
 
 // List returns the keys ordered by name, revoked ones too when includeRevoked is set.
 func (s *Store) List(ctx context.Context, includeRevoked bool) ([]Key, error) {
-	rows, err := s.pool.Query(ctx, `SELECT name, role, created_at, revoked_at, last_used_at, publish_rate, publish_burst
+	rows, err := s.pool.Query(ctx, `SELECT name, role, created_at, revoked_at, last_used_at, publish_rate, publish_burst, apps
 		FROM api_keys WHERE $1 OR revoked_at IS NULL ORDER BY name`, includeRevoked)
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", err)
@@ -195,7 +202,7 @@ func (s *Store) List(ctx context.Context, includeRevoked bool) ([]Key, error) {
 	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Key, error) {
 		var k Key
 		var role string
-		err := r.Scan(&k.Name, &role, &k.CreatedAt, &k.RevokedAt, &k.LastUsedAt, &k.Limit.PerSecond, &k.Limit.Burst)
+		err := r.Scan(&k.Name, &role, &k.CreatedAt, &k.RevokedAt, &k.LastUsedAt, &k.Limit.PerSecond, &k.Limit.Burst, &k.Apps)
 		k.Role = Role(role)
 		return k, err
 	})
@@ -219,9 +226,9 @@ func (s *Store) Revoke(ctx context.Context, name string) (bool, error) {
 func (s *Store) lookup(ctx context.Context, h [32]byte) (Key, error) {
 	var k Key
 	var role string
-	err := s.pool.QueryRow(ctx, `SELECT name, role, created_at, last_used_at, publish_rate, publish_burst FROM api_keys
+	err := s.pool.QueryRow(ctx, `SELECT name, role, created_at, last_used_at, publish_rate, publish_burst, apps FROM api_keys
 		WHERE secret_hash = $1 AND revoked_at IS NULL`, h[:]).Scan(&k.Name, &role, &k.CreatedAt, &k.LastUsedAt,
-		&k.Limit.PerSecond, &k.Limit.Burst)
+		&k.Limit.PerSecond, &k.Limit.Burst, &k.Apps)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Key{}, ErrUnknown
 	}

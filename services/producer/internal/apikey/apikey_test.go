@@ -162,6 +162,10 @@ func TestVerifier(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, staffSecret, err := store.Create(ctx, "staff", RolePublisher, "staff", "default", "staff")
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, adminSecret, err := store.Create(ctx, "ops", RoleAdmin)
 	if err != nil {
 		t.Fatal(err)
@@ -175,6 +179,7 @@ func TestVerifier(t *testing.T) {
 	}{
 		{"publisher", pubSecret, Key{Name: "orders", Role: RolePublisher}, nil},
 		{"admin", adminSecret, Key{Name: "ops", Role: RoleAdmin}, nil},
+		{"limited to apps", staffSecret, Key{Name: "staff", Role: RolePublisher, Apps: []string{"default", "staff"}}, nil},
 		{"unknown", unknown, Key{}, ErrUnknown},
 		{"malformed", "hunter2", Key{}, ErrUnknown},
 		{"empty", "", Key{}, ErrUnknown},

@@ -27,7 +27,12 @@ type Admin struct {
 	keys  *apikey.Store
 	cache keyCache
 	wake  func() // tells the outbox relay replays were committed; may be nil
+	apps  Apps
 }
+
+// SetApps sets the apps API keys may be limited to (by default only "default"); call it
+// before serving.
+func (a *Admin) SetApps(apps Apps) { a.apps = apps }
 
 // keyCache is told about revocations so this process refuses a revoked key at once;
 // *apikey.Verifier satisfies it.
@@ -117,10 +122,10 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	err = a.pool.QueryRow(ctx, `
 		SELECT caller, idempotency_key, type, status, request, created_at, updated_at, expires_at,
 			total, delivered, invalid, retrying, failed, expired, skipped, replay_count,
-			send_at, cancelled_at, coalesce(cancelled_by, '')
+			send_at, cancelled_at, coalesce(cancelled_by, ''), app
 		FROM notifications WHERE id = $1`, id).Scan(&caller, &key, &typ, &st, &request, &created, &updated, &ex,
 		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &n.ReplayCount,
-		&sendAt, &cancelledAt, &n.CancelledBy)
+		&sendAt, &cancelledAt, &n.CancelledBy, &n.App)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, status.Errorf(codes.NotFound, "notification %s not found", id)
 	}

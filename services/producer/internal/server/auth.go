@@ -128,7 +128,7 @@ func (a *Auth) authorize(ctx context.Context, fullMethod string) (context.Contex
 		a.log.InfoContext(ctx, "call refused: role", "key", key.Name, "role", key.Role, "method", fullMethod)
 		return nil, toStatus(ctx, a.log, "authorize", errPermissionDenied)
 	}
-	return WithRole(WithCaller(withKey(ctx, key), key.Name), key.Role), nil
+	return WithKeyApps(WithRole(WithCaller(withKey(ctx, key), key.Name), key.Role), key.Apps), nil
 }
 
 // bearer returns the secret of the call's `authorization: Bearer <secret>` header. More

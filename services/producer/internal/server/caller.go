@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"slices"
 
 	"notify/services/producer/internal/apikey"
 )
@@ -10,6 +11,23 @@ type (
 	callerKey struct{}
 	roleKey   struct{}
 )
+
+type keyAppsKey struct{}
+
+// WithKeyApps returns a context that carries the apps the call's API key is limited to (nil:
+// every app).
+func WithKeyApps(ctx context.Context, apps []string) context.Context {
+	if apps == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, keyAppsKey{}, apps)
+}
+
+// keyAllows reports whether the call's API key may act for app.
+func keyAllows(ctx context.Context, app string) bool {
+	apps, ok := ctx.Value(keyAppsKey{}).([]string)
+	return !ok || slices.Contains(apps, app)
+}
 
 // WithCaller returns a context that carries the name of the API key making the call.
 func WithCaller(ctx context.Context, name string) context.Context {

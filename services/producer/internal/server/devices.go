@@ -1,10 +1,12 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -22,6 +24,7 @@ type Devices struct {
 	notifyv1.UnimplementedDeviceServiceServer
 	pool *pgxpool.Pool
 	log  *slog.Logger
+	apps Apps
 
 	registered *prometheus.CounterVec
 }
@@ -42,24 +45,30 @@ func NewDevices(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer)
 	return d
 }
 
-// moveTokenSQL deactivates other devices holding the token: a token belongs to the device
-// that registered it last (an app reinstalled under a new device id, a phone handed on).
+// SetApps sets the apps devices may be registered for (by default only "default"); call it
+// before serving.
+func (s *Devices) SetApps(apps Apps) { s.apps = apps }
+
+// moveTokenSQL deactivates other devices of the same app holding the token: a token belongs
+// to the device that registered it last (an app reinstalled under a new device id, a phone
+// handed on).
 const moveTokenSQL = `
-UPDATE devices SET active = false, deactivated_at = now(), deactivation_reason = '` + schema.DeactivatedMoved + `'
-WHERE token = ANY($1) AND active AND NOT (device_id = ANY($2))`
+UPDATE devices d SET active = false, deactivated_at = now(), deactivation_reason = '` + schema.DeactivatedMoved + `'
+FROM unnest($1::text[], $3::text[]) AS i(token, app)
+WHERE d.token = i.token AND d.app = i.app AND d.active AND NOT (d.device_id = ANY($2))`
 
 // upsertDevicesSQL registers devices with PUT semantics and reports, per device, whether it
 // was new and whether it was inactive before (the CTE reads the state before the upsert).
 const upsertDevicesSQL = `
 WITH input AS (
-	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(device_id, user_id, token, platform)
+	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS t(device_id, user_id, token, platform, app)
 ), before AS (
 	SELECT d.device_id, d.active FROM devices d JOIN input USING (device_id)
 )
-INSERT INTO devices AS d (device_id, user_id, token, platform)
-SELECT device_id, user_id, token, platform FROM input
+INSERT INTO devices AS d (device_id, user_id, token, platform, app)
+SELECT device_id, user_id, token, platform, app FROM input
 ON CONFLICT (device_id) DO UPDATE SET
-	user_id = EXCLUDED.user_id, token = EXCLUDED.token, platform = EXCLUDED.platform,
+	user_id = EXCLUDED.user_id, token = EXCLUDED.token, platform = EXCLUDED.platform, app = EXCLUDED.app,
 	active = true, deactivated_at = NULL, deactivation_reason = NULL,
 	registered_at = now(), last_seen_at = now()
 RETURNING d.device_id, NOT EXISTS (SELECT 1 FROM before b WHERE b.device_id = d.device_id),
@@ -72,16 +81,16 @@ type registration struct {
 
 // register upserts devices in one transaction. Two registrations racing for the same token
 // can collide on the active-token index; the loser retries and wins the token.
-func (s *Devices) register(ctx context.Context, deviceIDs, userIDs, tokens, platformNames []string) (registration, error) {
+func (s *Devices) register(ctx context.Context, deviceIDs, userIDs, tokens, platformNames, apps []string) (registration, error) {
 	var r registration
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		r = registration{}
 		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, moveTokenSQL, tokens, deviceIDs); err != nil {
+			if _, err := tx.Exec(ctx, moveTokenSQL, tokens, deviceIDs, apps); err != nil {
 				return fmt.Errorf("move tokens: %w", err)
 			}
-			rows, err := tx.Query(ctx, upsertDevicesSQL, deviceIDs, userIDs, tokens, platformNames)
+			rows, err := tx.Query(ctx, upsertDevicesSQL, deviceIDs, userIDs, tokens, platformNames, apps)
 			if err != nil {
 				return fmt.Errorf("upsert devices: %w", err)
 			}
@@ -113,11 +122,15 @@ func (s *Devices) register(ctx context.Context, deviceIDs, userIDs, tokens, plat
 func (s *Devices) RegisterDevice(ctx context.Context, req *notifyv1.RegisterDeviceRequest) (*notifyv1.RegisterDeviceResponse, error) {
 	var v violations
 	validateDevice(&v, "", req.GetUserId(), req.GetDeviceId(), req.GetToken(), req.GetPlatform())
+	s.apps.check(&v, "app", req.GetApp())
 	if len(v) > 0 {
 		return nil, invalidArgument(v)
 	}
+	if err := permitApp(ctx, s.log, req.GetApp()); err != nil {
+		return nil, err
+	}
 	r, err := s.register(ctx, []string{req.GetDeviceId()}, []string{req.GetUserId()}, []string{req.GetToken()},
-		[]string{platforms[req.GetPlatform()]})
+		[]string{platforms[req.GetPlatform()]}, []string{cmp.Or(req.GetApp(), schema.DefaultApp)})
 	if err != nil {
 		return nil, toStatus(ctx, s.log, "register device", err, "device_id", req.GetDeviceId())
 	}
@@ -128,10 +141,18 @@ func (s *Devices) RegisterDevice(ctx context.Context, req *notifyv1.RegisterDevi
 // RegisterDevices stores many devices' tokens in one transaction.
 func (s *Devices) RegisterDevices(ctx context.Context, req *notifyv1.RegisterDevicesRequest) (*notifyv1.RegisterDevicesResponse, error) {
 	b, v := validateRegisterDevices(req)
+	for i, d := range req.GetDevices() {
+		s.apps.check(&v, fmt.Sprintf("devices[%d].app", i), d.GetApp())
+	}
 	if len(v) > 0 {
 		return nil, invalidArgument(v)
 	}
-	r, err := s.register(ctx, b.deviceIDs, b.userIDs, b.tokens, b.platforms)
+	for _, app := range slices.Compact(slices.Sorted(slices.Values(b.apps))) {
+		if err := permitApp(ctx, s.log, app); err != nil {
+			return nil, err
+		}
+	}
+	r, err := s.register(ctx, b.deviceIDs, b.userIDs, b.tokens, b.platforms, b.apps)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, "register devices", err, "count", len(b.deviceIDs))
 	}
@@ -141,7 +162,7 @@ func (s *Devices) RegisterDevices(ctx context.Context, req *notifyv1.RegisterDev
 
 // deviceBatch is a RegisterDevicesRequest as the columns register writes.
 type deviceBatch struct {
-	deviceIDs, userIDs, tokens, platforms []string
+	deviceIDs, userIDs, tokens, platforms, apps []string
 }
 
 // validateRegisterDevices checks a RegisterDevicesRequest before anything is written, as
@@ -156,20 +177,23 @@ func validateRegisterDevices(req *notifyv1.RegisterDevicesRequest) (deviceBatch,
 		v.add("devices", "has %d entries; at most %d per call", len(devices), MaxBatchDevices)
 	}
 	seenDevice := make(map[string]int, len(devices))
-	seenToken := make(map[string]int, len(devices))
+	type appToken struct{ app, token string }
+	seenToken := make(map[appToken]int, len(devices))
 	n := len(devices)
-	b := deviceBatch{make([]string, n), make([]string, n), make([]string, n), make([]string, n)}
+	b := deviceBatch{make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)}
 	for i, d := range devices {
 		prefix := fmt.Sprintf("devices[%d].", i)
 		validateDevice(&v, prefix, d.GetUserId(), d.GetDeviceId(), d.GetToken(), d.GetPlatform())
 		if j, dup := seenDevice[d.GetDeviceId()]; dup {
 			v.add(prefix+"device_id", "repeats devices[%d].device_id", j)
 		}
-		if j, dup := seenToken[d.GetToken()]; dup {
-			v.add(prefix+"token", "repeats devices[%d].token", j)
+		app := cmp.Or(d.GetApp(), schema.DefaultApp)
+		if j, dup := seenToken[appToken{app, d.GetToken()}]; dup {
+			v.add(prefix+"token", "repeats devices[%d].token (of the same app)", j)
 		}
-		seenDevice[d.GetDeviceId()], seenToken[d.GetToken()] = i, i
+		seenDevice[d.GetDeviceId()], seenToken[appToken{app, d.GetToken()}] = i, i
 		b.deviceIDs[i], b.userIDs[i], b.tokens[i], b.platforms[i] = d.GetDeviceId(), d.GetUserId(), d.GetToken(), platforms[d.GetPlatform()]
+		b.apps[i] = app
 	}
 	return b, v
 }

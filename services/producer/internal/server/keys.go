@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -16,7 +17,7 @@ var roles = map[notifyv1.Role]apikey.Role{
 }
 
 func keyProto(k apikey.Key) *notifyv1.APIKey {
-	p := &notifyv1.APIKey{Name: k.Name, CreateTime: timestamppb.New(k.CreatedAt)}
+	p := &notifyv1.APIKey{Name: k.Name, Apps: k.Apps, CreateTime: timestamppb.New(k.CreatedAt)}
 	for r, name := range roles {
 		if name == k.Role {
 			p.Role = r
@@ -60,10 +61,16 @@ func (a *Admin) CreateAPIKey(ctx context.Context, req *notifyv1.CreateAPIKeyRequ
 			v.add("publish_burst", "must be 1 to %d", apikey.MaxLimit)
 		}
 	}
+	for i, app := range req.GetApps() {
+		a.apps.check(&v, fmt.Sprintf("apps[%d]", i), app)
+	}
+	if role == apikey.RoleAdmin && len(req.GetApps()) > 0 {
+		v.add("apps", "an admin key is never limited to apps; limit publisher keys")
+	}
 	if len(v) > 0 {
 		return nil, invalidArgument(v)
 	}
-	k, secret, err := a.keys.CreateLimited(ctx, req.GetName(), role, limit)
+	k, secret, err := a.keys.CreateLimited(ctx, req.GetName(), role, limit, req.GetApps()...)
 	if err != nil {
 		return nil, toStatus(ctx, a.log, "create API key", err, "key", req.GetName())
 	}

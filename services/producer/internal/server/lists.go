@@ -169,7 +169,7 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 	rows, err := a.pool.Query(ctx, `
 		SELECT id, caller, coalesce(idempotency_key, ''), type, status, created_at, updated_at, expires_at,
 			total, delivered, invalid, retrying, failed, expired, skipped, replay_count,
-			send_at, cancelled_at, coalesce(cancelled_by, '')
+			send_at, cancelled_at, coalesce(cancelled_by, ''), app
 		FROM notifications`+where.where()+`
 		ORDER BY created_at DESC, id DESC LIMIT `+where.next(limit+1), where.args...)
 	if err != nil {
@@ -186,7 +186,7 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 	)
 	_, err = pgx.ForEachRow(rows, []any{&id, &n.Caller, &n.IdempotencyKey, &n.Type, &st, &created, &updated, &ex,
 		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &n.ReplayCount,
-		&sendAt, &cancelledAt, &n.CancelledBy}, func() error {
+		&sendAt, &cancelledAt, &n.CancelledBy, &n.App}, func() error {
 		list = append(list, &notifyv1.Notification{
 			Id: id.String(), Caller: n.Caller, IdempotencyKey: n.IdempotencyKey, Type: n.Type, Status: statusNames[st],
 			Counts: &notifyv1.DeliveryCounts{
@@ -196,7 +196,7 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 			},
 			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), ExpireTime: timestamppb.New(ex),
 			ReplayCount: n.ReplayCount, SendTime: optionalTime(sendAt), CancelTime: optionalTime(cancelledAt),
-			CancelledBy: n.CancelledBy,
+			CancelledBy: n.CancelledBy, App: n.App,
 		})
 		return nil
 	})

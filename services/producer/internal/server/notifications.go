@@ -25,6 +25,7 @@ type Notifications struct {
 	log    *slog.Logger
 	wake   func() // tells the outbox relay rows were committed; may be nil
 	commit *committer
+	apps   Apps
 
 	accepted   prometheus.Counter
 	duplicates prometheus.Counter
@@ -114,17 +115,26 @@ func newRow(caller string, req *notifyv1.PublishRequest) (row, error) {
 	}
 	return row{
 		id: id, caller: caller, key: req.GetIdempotencyKey(), typ: req.GetType(),
-		request: request, expiresAt: start.Add(ttl), sendAt: sendAt, task: task,
+		request: request, expiresAt: start.Add(ttl), sendAt: sendAt, task: task, app: schema.AppOf(req),
 	}, nil
 }
+
+// SetApps sets the apps Publish accepts (by default only "default"); call it before serving.
+func (s *Notifications) SetApps(apps Apps) { s.apps = apps }
 
 // admit checks what a request must pass before anything is written, for Publish and for
 // each request of PublishBatch; the error is the answer. v holds violations found before
 // (PublishBatch's per-request text check).
 func (s *Notifications) admit(ctx context.Context, req *notifyv1.PublishRequest, v violations) error {
-	if v = append(v, validatePublish(req)...); len(v) > 0 {
+	v = append(v, validatePublish(req)...)
+	s.apps.check(&v, "app", req.GetApp())
+	if len(v) > 0 {
 		s.rejected.WithLabelValues(rejectReason(v)).Inc()
 		return invalidArgument(v)
+	}
+	if err := permitApp(ctx, s.log, req.GetApp()); err != nil {
+		s.rejected.WithLabelValues("app").Inc()
+		return err
 	}
 	if req.GetOptions().GetIgnorePreferences() && !IsAdmin(ctx) {
 		s.rejected.WithLabelValues("permission_denied").Inc()

@@ -28,6 +28,7 @@ type row struct {
 	// scheduled and its outbox row is not relayed before then. Zero: pending, sent at once.
 	sendAt time.Time
 	task   outbox.Row
+	app    string // the app it is for, never "" (schema.AppOf)
 }
 
 // stored is what became of one row.
@@ -50,12 +51,12 @@ type querier interface {
 const insertSQL = `
 WITH input AS (
 	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-		$7::text[], $8::text[], $9::bytea[], $10::timestamptz[])
-		AS t(id, caller, idempotency_key, type, request, expires_at, routing_key, message_type, body, send_at)
+		$7::text[], $8::text[], $9::bytea[], $10::timestamptz[], $11::text[])
+		AS t(id, caller, idempotency_key, type, request, expires_at, routing_key, message_type, body, send_at, app)
 ), n AS (
-	INSERT INTO notifications (id, caller, idempotency_key, type, request, expires_at, send_at, status)
+	INSERT INTO notifications (id, caller, idempotency_key, type, request, expires_at, send_at, status, app)
 	SELECT id, caller, idempotency_key, type, request::jsonb, expires_at, send_at,
-		CASE WHEN send_at IS NULL THEN '` + schema.StatusPending + `' ELSE '` + schema.StatusScheduled + `' END
+		CASE WHEN send_at IS NULL THEN '` + schema.StatusPending + `' ELSE '` + schema.StatusScheduled + `' END, app
 	FROM input
 	ORDER BY caller, idempotency_key
 	ON CONFLICT (caller, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -140,6 +141,7 @@ func insertRows(ctx context.Context, db querier, rows []row, idx []int, out []st
 		expiresAt = make([]time.Time, n)
 		sendAt    = make([]*time.Time, n)
 		bodies    = make([][]byte, n)
+		apps      = make([]string, n)
 	)
 	for k, i := range idx {
 		r := &rows[i]
@@ -152,8 +154,9 @@ func insertRows(ctx context.Context, db querier, rows []row, idx []int, out []st
 			sendAt[k] = &r.sendAt
 		}
 		routingKeys[k], messageTypes[k], bodies[k] = r.task.RoutingKey, r.task.MessageType, r.task.Body
+		apps[k] = r.app
 	}
-	result, err := db.Query(ctx, insertSQL, ids, callers, keys, types, requests, expiresAt, routingKeys, messageTypes, bodies, sendAt)
+	result, err := db.Query(ctx, insertSQL, ids, callers, keys, types, requests, expiresAt, routingKeys, messageTypes, bodies, sendAt, apps)
 	if err != nil {
 		return fmt.Errorf("insert %d notifications: %w", n, err)
 	}

@@ -1,0 +1,151 @@
+package server
+
+import (
+	"context"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	notifyv1 "notify/proto/gen/notify/v1"
+)
+
+func newAppsFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := newFixture(t)
+	apps := NewApps("default", "staff")
+	f.pub.SetApps(apps)
+	f.dev.SetApps(apps)
+	f.admin.SetApps(apps)
+	return f
+}
+
+func TestPublishApps(t *testing.T) {
+	t.Parallel()
+	f := newAppsFixture(t)
+	ctx := WithCaller(context.Background(), "orders")
+
+	req := validRequest()
+	req.App = "staff"
+	resp, err := f.pub.Publish(ctx, req)
+	if err != nil {
+		t.Fatalf("Publish for app staff: %v", err)
+	}
+	plain, err := f.pub.Publish(ctx, validRequest())
+	if err != nil {
+		t.Fatalf("Publish naming no app: %v", err)
+	}
+	for id, want := range map[string]string{resp.GetNotificationId(): "staff", plain.GetNotificationId(): "default"} {
+		got, err := f.admin.GetNotification(ctxOps, &notifyv1.GetNotificationRequest{NotificationId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.GetNotification().GetApp() != want {
+			t.Errorf("notification %s: app %q, want %q", id, got.GetNotification().GetApp(), want)
+		}
+	}
+	list, err := f.admin.ListNotifications(ctxOps, &notifyv1.ListNotificationsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var apps []string
+	for _, n := range list.GetNotifications() {
+		apps = append(apps, n.GetApp())
+	}
+	if diff := cmp.Diff([]string{"default", "staff"}, apps, cmpSorted); diff != "" {
+		t.Errorf("listed apps (-want +got):\n%s", diff)
+	}
+
+	// An unknown app is refused with the field, before anything is written.
+	req = validRequest()
+	req.App = "shop"
+	_, err = f.pub.Publish(ctx, req)
+	if diff := cmp.Diff([]string{"app"}, badFields(t, err)); diff != "" {
+		t.Errorf("unknown app: fields (-want +got):\n%s", diff)
+	}
+
+	// A key limited to default may not publish for staff.
+	limited := WithKeyApps(ctx, []string{"default"})
+	req = validRequest()
+	req.App = "staff"
+	if _, err := f.pub.Publish(limited, req); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("key limited to default, Publish for staff: %v, want PERMISSION_DENIED", err)
+	}
+	if _, err := f.pub.Publish(limited, validRequest()); err != nil {
+		t.Errorf("key limited to default, Publish for default: %v", err)
+	}
+	var n int
+	if err := f.db.Pool.QueryRow(ctx, "SELECT count(*) FROM notifications").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 {
+		t.Errorf("%d notifications stored, want 3 (the refused ones wrote nothing)", n)
+	}
+}
+
+func TestRegisterDevicesApps(t *testing.T) {
+	t.Parallel()
+	f := newAppsFixture(t)
+	ctx := context.Background()
+	android := notifyv1.Platform_PLATFORM_ANDROID
+
+	// The same token in two apps is two registrations; within one app it moves.
+	if _, err := f.dev.RegisterDevices(ctx, &notifyv1.RegisterDevicesRequest{Devices: []*notifyv1.Device{
+		{UserId: "u1", DeviceId: "d1", Token: "tok", Platform: android},
+		{UserId: "u1", DeviceId: "d2", Token: "tok", Platform: android, App: "staff"},
+	}}); err != nil {
+		t.Fatalf("RegisterDevices: %v", err)
+	}
+	if _, err := f.dev.RegisterDevice(ctx, &notifyv1.RegisterDeviceRequest{UserId: "u2", DeviceId: "d3", Token: "tok", Platform: android, App: "staff"}); err != nil {
+		t.Fatalf("RegisterDevice: %v", err)
+	}
+	rows, err := f.db.Pool.Query(ctx, "SELECT device_id || ':' || app || ':' || active::text FROM devices ORDER BY device_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, s)
+	}
+	if diff := cmp.Diff([]string{"d1:default:true", "d2:staff:false", "d3:staff:true"}, got); diff != "" {
+		t.Errorf("devices (-want +got):\n%s", diff)
+	}
+
+	_, err = f.dev.RegisterDevices(ctx, &notifyv1.RegisterDevicesRequest{Devices: []*notifyv1.Device{
+		{UserId: "u1", DeviceId: "d4", Token: "t4", Platform: android, App: "shop"},
+		{UserId: "u1", DeviceId: "d5", Token: "t5", Platform: android, App: "staff"},
+		{UserId: "u1", DeviceId: "d6", Token: "t5", Platform: android, App: "staff"},
+	}})
+	if diff := cmp.Diff([]string{"devices[0].app", "devices[2].token"}, badFields(t, err), cmpSorted); diff != "" {
+		t.Errorf("RegisterDevices with an unknown app and a repeated token: fields (-want +got):\n%s", diff)
+	}
+	limited := WithKeyApps(ctx, []string{"default"})
+	if _, err := f.dev.RegisterDevice(limited, &notifyv1.RegisterDeviceRequest{UserId: "u", DeviceId: "d9", Token: "t9", Platform: android, App: "staff"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("key limited to default registering for staff: %v, want PERMISSION_DENIED", err)
+	}
+}
+
+func TestCreateAPIKeyApps(t *testing.T) {
+	t.Parallel()
+	f := newAppsFixture(t)
+	resp, err := f.admin.CreateAPIKey(ctxOps, &notifyv1.CreateAPIKeyRequest{Name: "staff-pub", Role: notifyv1.Role_ROLE_PUBLISHER, Apps: []string{"staff"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"staff"}, resp.GetKey().GetApps()); diff != "" {
+		t.Errorf("created key's apps (-want +got):\n%s", diff)
+	}
+	list, err := f.admin.ListAPIKeys(ctxOps, &notifyv1.ListAPIKeysRequest{})
+	if err != nil || len(list.GetKeys()) != 1 || !cmp.Equal(list.GetKeys()[0].GetApps(), []string{"staff"}) {
+		t.Errorf("ListAPIKeys = %v (%v), want one key limited to staff", list, err)
+	}
+	_, err = f.admin.CreateAPIKey(ctxOps, &notifyv1.CreateAPIKeyRequest{Name: "x", Role: notifyv1.Role_ROLE_ADMIN, Apps: []string{"shop"}})
+	if diff := cmp.Diff([]string{"apps", "apps[0]"}, badFields(t, err), cmpSorted); diff != "" {
+		t.Errorf("admin key limited to an unknown app: fields (-want +got):\n%s", diff)
+	}
+}
