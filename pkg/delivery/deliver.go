@@ -23,9 +23,28 @@ import (
 )
 
 // pusher is all delivery needs from FCM; *fcm.Client satisfies it.
-type pusher interface {
+type pusher = Pusher
+
+// Pusher sends multicasts for one app; *fcm.Client satisfies it.
+type Pusher interface {
 	SendMulticast(ctx context.Context, m fcm.Message, tokens []string) ([]fcm.Result, error)
 }
+
+// Pacer keeps sends within each app's quota, shared by every process; *pace.Budget
+// satisfies it.
+type Pacer interface {
+	// Grant is the most sends one Take of app covers.
+	Grant(app string) int
+	// Take reserves n sends of app and returns when they may go out.
+	Take(ctx context.Context, app string, n int) error
+	// Throttle tells every process that FCM answered 429 for app.
+	Throttle(ctx context.Context, app string, retryAfter time.Duration) error
+}
+
+// CodeUnknownApp is the error code of tokens of a notification whose app this process has
+// no FCM client for (the producer's APPS and the FCM_APPS_FILE disagree): dead-lettered,
+// replayable once the app is configured.
+const CodeUnknownApp = "UNKNOWN_APP"
 
 // publisher is all delivery needs from RabbitMQ; *rabbit.Publisher satisfies it.
 type publisher interface {
@@ -43,6 +62,11 @@ type Options struct {
 	// of the MaxConcurrentSends × 50 slots, so small notifications are sent side by side
 	// and large ones one per 50 slots.
 	MaxConcurrentSends int
+	// Apps returns the pusher of each app; nil sends every app through the Deliverer's one
+	// pusher.
+	Apps func(app string) (Pusher, bool)
+	// Pacer, when set, paces every send to its app's shared budget and is told of 429s.
+	Pacer Pacer
 }
 
 // requestsPerMulticast is how many requests the SDK has in flight for one multicast.
@@ -78,8 +102,8 @@ func NewDeliverer(store *Store, fcmClient pusher, pub publisher, topo rabbit.Top
 		store: store, fcm: fcmClient, pub: pub, topo: topo, log: log, opts: opts,
 		slots: semaphore.NewWeighted(int64(opts.MaxConcurrentSends * requestsPerMulticast)),
 		sends: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "notify_fcm_sends_total", Help: "Tokens sent to FCM, by outcome and FCM error code.",
-		}, []string{"outcome", "code"}),
+			Name: "notify_fcm_sends_total", Help: "Tokens sent to FCM, by app, outcome and FCM error code.",
+		}, []string{"app", "outcome", "code"}),
 		sendLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "notify_fcm_multicast_seconds", Help: "Duration of one FCM multicast (up to 500 tokens).",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
@@ -168,7 +192,14 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 		return sums, errs
 	}
 	cs := make([]classified, len(chunks))
-	var wg sync.WaitGroup
+	type sending struct {
+		i         int
+		targets   []Target
+		skipped   []Outcome
+		remaining time.Duration
+	}
+	var toSend []sending
+	perApp := map[string]int{}
 	for i, ch := range chunks {
 		n := ch.Notification
 		switch remaining := time.Until(n.ExpiresAt); {
@@ -183,16 +214,30 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 				cs[i].skip(skipped)
 				continue
 			}
-			wg.Go(func() {
-				results, err := d.send(ctx, n, targets, remaining)
-				if err != nil {
-					errs[i] = err
-					return
-				}
-				cs[i] = d.classify(targets, results, ch.Attempt)
-				cs[i].skip(skipped)
-			})
+			toSend = append(toSend, sending{i, targets, skipped, remaining})
+			perApp[n.app()] += len(targets)
 		}
+	}
+	// An app's sends that fit in one grant are reserved together, in one round trip for the
+	// whole batch (small notifications); the others pace each chunk in grant-sized pieces.
+	prepaid, payErr := d.prepay(ctx, perApp)
+	var wg sync.WaitGroup
+	for _, x := range toSend {
+		ch := chunks[x.i]
+		app := ch.Notification.app()
+		if err := payErr[app]; err != nil {
+			errs[x.i] = err
+			continue
+		}
+		wg.Go(func() {
+			results, err := d.send(ctx, ch.Notification, x.targets, x.remaining, prepaid[app])
+			if err != nil {
+				errs[x.i] = err
+				return
+			}
+			cs[x.i] = d.classify(app, x.targets, results, ch.Attempt)
+			cs[x.i].skip(x.skipped)
+		})
 	}
 	wg.Wait()
 	d.handOff(ctx, chunks, cs, errs)
@@ -213,11 +258,12 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 		}
 		sums[i] = cs[i].sum
 		sums[i].Status = statuses[k]
+		app := chunks[i].Notification.app()
 		if cs[i].sum.Expired > 0 {
-			d.sends.WithLabelValues(schema.OutcomeExpired, schema.CodeExpired).Add(float64(cs[i].sum.Expired))
+			d.sends.WithLabelValues(app, schema.OutcomeExpired, schema.CodeExpired).Add(float64(cs[i].sum.Expired))
 		}
 		if cs[i].sum.Skipped > 0 {
-			d.sends.WithLabelValues(schema.OutcomeSkippedPreference, "").Add(float64(cs[i].sum.Skipped))
+			d.sends.WithLabelValues(app, schema.OutcomeSkippedPreference, "").Add(float64(cs[i].sum.Skipped))
 		}
 	}
 	return sums, errs
@@ -266,42 +312,135 @@ func (d *Deliverer) record(ctx context.Context, recs []Record) ([]string, []erro
 	return statuses, errs
 }
 
-// send makes one multicast of n to targets, with the TTL that remains, within the
-// process-wide bound on FCM requests in flight. It returns one result per target; an error
-// only when nothing was sent for a reason retrying the task may fix (not a transient FCM
-// failure: those are per-token results).
-func (d *Deliverer) send(ctx context.Context, n *Notification, targets []Target, ttl time.Duration) ([]fcm.Result, error) {
+// prepay reserves, for each app whose sends in perApp fit in one grant of the Pacer, all of
+// them at once, and reports which apps it paid for; an app whose reservation failed has
+// its error (nothing of it may be sent). Without a Pacer nothing is paced.
+func (d *Deliverer) prepay(ctx context.Context, perApp map[string]int) (map[string]bool, map[string]error) {
+	paid, errs := map[string]bool{}, map[string]error{}
+	if d.opts.Pacer == nil {
+		return paid, errs
+	}
+	for app, n := range perApp {
+		if n > d.opts.Pacer.Grant(app) {
+			continue
+		}
+		if err := d.opts.Pacer.Take(ctx, app, n); err != nil {
+			errs[app] = fmt.Errorf("pace %d tokens of app %s: %w", n, app, err)
+			continue
+		}
+		paid[app] = true
+	}
+	return paid, errs
+}
+
+// send sends n to targets through n's app, with the TTL that remains, within the
+// process-wide bound on FCM requests in flight and, with a Pacer and unless prepaid, within
+// the app's shared budget: the targets go out in grant-sized multicasts, each once its
+// grant is due. It returns one result per target; an error only when nothing was sent for
+// a reason retrying the task may fix (not a transient FCM failure: those are per-token
+// results).
+func (d *Deliverer) send(ctx context.Context, n *Notification, targets []Target, ttl time.Duration, prepaid bool) ([]fcm.Result, error) {
 	msg := n.Message
 	msg.TTL = ttl
 	tokens := make([]string, len(targets))
 	for i, t := range targets {
 		tokens[i] = t.Token
 	}
+	app := n.app()
+	p := d.fcm
+	if d.opts.Apps != nil {
+		var ok bool
+		if p, ok = d.opts.Apps(app); !ok {
+			return failAll(tokens, &fcm.SendError{Code: CodeUnknownApp, Kind: fcm.ErrPermanent,
+				Err: fmt.Errorf("app %q is not configured in this process (FCM_APPS_FILE)", app)}), nil
+		}
+	}
+	paced := d.opts.Pacer != nil && !prepaid
+	piece := len(tokens)
+	if paced {
+		piece = max(d.opts.Pacer.Grant(app), 1)
+	}
+	results := make([]fcm.Result, 0, len(tokens))
+	for len(results) < len(tokens) {
+		part := tokens[len(results):min(len(results)+piece, len(tokens))]
+		if paced {
+			if err := d.opts.Pacer.Take(ctx, app, len(part)); err != nil {
+				if len(results) == 0 {
+					return nil, fmt.Errorf("pace %d tokens of %s: %w", len(tokens), n.ID, err)
+				}
+				// Some went out: they keep their results, the rest is retried.
+				rest := failAll(tokens[len(results):], &fcm.SendError{Code: "PACED", Kind: fcm.ErrTransient, Err: err})
+				return append(results, rest...), nil
+			}
+		}
+		r, err := d.multicast(ctx, p, msg, part)
+		if err != nil {
+			if len(results) == 0 {
+				return nil, fmt.Errorf("send %d tokens of %s: %w", len(tokens), n.ID, err)
+			}
+			r = failAll(part, &fcm.SendError{Code: fcm.Code(err), Kind: fcm.ErrTransient, Err: err})
+		}
+		results = append(results, r...)
+		d.throttle(ctx, app, r)
+	}
+	return results, nil
+}
+
+// multicast makes one multicast within the process-wide bound on FCM requests in flight.
+// An error means nothing was sent; transient per-token failures are results.
+func (d *Deliverer) multicast(ctx context.Context, p Pusher, msg fcm.Message, tokens []string) ([]fcm.Result, error) {
 	// The SDK sends a multicast's tokens requestsPerMulticast at a time.
 	weight := int64(min(len(tokens), requestsPerMulticast))
 	if err := d.slots.Acquire(ctx, weight); err != nil {
 		return nil, err
 	}
 	start := time.Now()
-	results, err := d.fcm.SendMulticast(ctx, msg, tokens)
+	results, err := p.SendMulticast(ctx, msg, tokens)
 	d.sendLatency.Observe(time.Since(start).Seconds())
 	d.slots.Release(weight)
 	if err == nil {
 		return results, nil
 	}
 	if !errors.Is(err, fcm.ErrTransient) {
-		return nil, fmt.Errorf("send %d tokens of %s: %w", len(tokens), n.ID, err)
+		return nil, err
 	}
 	if len(results) != len(tokens) {
 		// The whole call failed transiently with no per-token answers (FCM unreachable):
 		// every token failed alike. With answers (ctx ended mid-call), the tokens that were
 		// delivered keep their outcome.
-		results = make([]fcm.Result, len(tokens))
-		for i, tok := range tokens {
-			results[i] = fcm.Result{Token: tok, Err: err}
-		}
+		results = failAll(tokens, err)
 	}
 	return results, nil
+}
+
+// throttle tells the Pacer when FCM answered 429 for some of results, with the longest
+// Retry-After among them: the whole app backs off, in every process. A failure to tell is
+// logged; the tokens are retried either way.
+func (d *Deliverer) throttle(ctx context.Context, app string, results []fcm.Result) {
+	if d.opts.Pacer == nil {
+		return
+	}
+	quota, retryAfter := false, time.Duration(0)
+	for _, r := range results {
+		if se, ok := errors.AsType[*fcm.SendError](r.Err); ok && se.Code == "QUOTA_EXCEEDED" {
+			quota, retryAfter = true, max(retryAfter, se.RetryAfter)
+		}
+	}
+	if !quota {
+		return
+	}
+	if err := d.opts.Pacer.Throttle(ctx, app, retryAfter); err != nil {
+		d.log.Warn("could not back the app's FCM budget off after a 429", "app", app, "err", err)
+	}
+}
+
+// failAll returns a result with err for each token.
+func failAll(tokens []string, err error) []fcm.Result {
+	results := make([]fcm.Result, len(tokens))
+	for i, tok := range tokens {
+		results[i] = fcm.Result{Token: tok, Err: err}
+	}
+	return results
 }
 
 // skip adds the outcomes of muted targets, never sent, to what a chunk came to.
@@ -322,7 +461,7 @@ type classified struct {
 // classify turns each target's result into its outcome: delivered; invalid (the token is
 // gone: deactivated, never retried); retrying (transient, with attempts left); or failed
 // (permanent, or transient with no attempts left: dead-lettered).
-func (d *Deliverer) classify(targets []Target, results []fcm.Result, attempt int) classified {
+func (d *Deliverer) classify(app string, targets []Target, results []fcm.Result, attempt int) classified {
 	c := classified{outcomes: make([]Outcome, len(targets)), deadReason: deadletter.ReasonRetriesExhausted}
 	for i, r := range results {
 		o := Outcome{Target: targets[i], Attempts: attempt}
@@ -350,7 +489,7 @@ func (d *Deliverer) classify(targets []Target, results []fcm.Result, attempt int
 			c.sum.Failed++
 			c.dead = append(c.dead, o)
 		}
-		d.sends.WithLabelValues(o.Outcome, code).Inc()
+		d.sends.WithLabelValues(app, o.Outcome, code).Inc()
 		c.outcomes[i] = o
 	}
 	return c

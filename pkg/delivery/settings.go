@@ -6,6 +6,7 @@ import (
 
 	"notify/pkg/envconfig"
 	"notify/pkg/fcm"
+	"notify/pkg/pace"
 	"notify/pkg/rabbit"
 )
 
@@ -91,12 +92,11 @@ func (s Settings) checkRetry(r *envconfig.Reader) Settings {
 	return s
 }
 
-// UsesEmulator reports whether some app sends without credentials (to an emulator).
-func (s Settings) UsesEmulator() bool {
-	for _, a := range s.Apps {
-		if a.FCM.CredentialsFile == "" {
-			return true
-		}
+// PaceApps are the apps and their quotas, for the shared send budget.
+func (s Settings) PaceApps() []pace.App {
+	out := make([]pace.App, len(s.Apps))
+	for i, a := range s.Apps {
+		out[i] = pace.App{Name: a.Name, RatePerMinute: a.RatePerMinute}
 	}
-	return false
+	return out
 }

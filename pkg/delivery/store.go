@@ -6,6 +6,7 @@ package delivery
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -32,7 +33,12 @@ type Notification struct {
 	ExpiresAt time.Time
 	Audience  schema.Audience
 	Message   fcm.Message
+	// App is the app it is sent through (its request's app, "default" when it names none).
+	App string
 }
+
+// app is the notification's app, DefaultApp when unset.
+func (n *Notification) app() string { return cmp.Or(n.App, schema.DefaultApp) }
 
 // Final reports whether the notification's status is final (nothing is in flight).
 func (n *Notification) Final() bool { return schema.Final(n.Status) }
@@ -131,7 +137,7 @@ func decodeNotification(id uuid.UUID, status string, expiresAt time.Time, reques
 	if err != nil {
 		return nil, fmt.Errorf("notification %s: %w", id, err)
 	}
-	n := &Notification{ID: id, Status: status, ExpiresAt: expiresAt, Audience: schema.AudienceOf(req)}
+	n := &Notification{ID: id, Status: status, ExpiresAt: expiresAt, Audience: schema.AudienceOf(req), App: schema.AppOf(req)}
 	n.Message = fcm.FromRequest(req)
 	return n, nil
 }
@@ -206,12 +212,13 @@ func (s *Store) FirstPages(ctx context.Context, ns []*Notification, limit int) (
 	return pages, nil
 }
 
-// unsettledSQL selects the targets among tokens $2 still to be sent for notification $1.
+// unsettledSQL selects the targets among tokens $2 still to be sent for notification $1,
+// with their devices in the notification's app $3.
 const unsettledSQL = `
 SELECT t.token, coalesce(x.device_id, d.device_id, ''), coalesce(x.user_id, d.user_id, '')
 FROM (SELECT DISTINCT token FROM unnest($2::text[]) AS token) t
 LEFT JOIN deliveries x ON x.notification_id = $1 AND x.token = t.token
-LEFT JOIN devices d ON d.token = t.token AND d.active
+LEFT JOIN devices d ON d.token = t.token AND d.app = $3 AND d.active
 WHERE x.outcome IS NULL OR x.outcome NOT IN ` + schema.FinalOutcomes + `
 ORDER BY t.token`
 
@@ -219,7 +226,7 @@ ORDER BY t.token`
 // delivered, invalid or expired), with their devices where registered. The retrier uses it
 // so that a repeated retry message sends nothing twice.
 func (s *Store) Unsettled(ctx context.Context, n *Notification, tokens []string) ([]Target, error) {
-	rows, err := s.pool.Query(ctx, unsettledSQL, n.ID, tokens)
+	rows, err := s.pool.Query(ctx, unsettledSQL, n.ID, tokens, n.app())
 	if err != nil {
 		return nil, fmt.Errorf("read deliveries of %s: %w", n.ID, err)
 	}
@@ -244,7 +251,7 @@ func (s *Store) UnsettledMany(ctx context.Context, ns []*Notification, tokens []
 	}
 	b := &pgx.Batch{}
 	for i, n := range ns {
-		b.Queue(unsettledSQL, n.ID, tokens[i]).Query(func(rows pgx.Rows) error {
+		b.Queue(unsettledSQL, n.ID, tokens[i], n.app()).Query(func(rows pgx.Rows) error {
 			var t Target
 			_, err := pgx.ForEachRow(rows, []any{&t.Token, &t.DeviceID, &t.UserID}, func() error {
 				out[i] = append(out[i], t)
@@ -298,11 +305,14 @@ UPDATE notifications SET
 	updated_at = now()
 WHERE id = $1`
 
-// deactivateSQL deactivates tokens FCM reported dead, with FCM's reason.
+// deactivateSQL deactivates tokens FCM reported dead, with FCM's reason, in the app of the
+// notification $3 they were sent for (the same token string in another app is another
+// project's registration).
 const deactivateSQL = `
 UPDATE devices d SET active = false, deactivated_at = now(), deactivation_reason = i.reason
-FROM unnest($1::text[], $2::text[]) AS i(token, reason)
-WHERE d.token = i.token AND d.active`
+FROM unnest($1::text[], $2::text[], $3::uuid[]) AS i(token, reason, notification_id)
+JOIN notifications n ON n.id = i.notification_id
+WHERE d.token = i.token AND d.app = n.app AND d.active`
 
 // statusSQL is the notification's status derived from its counts. A cancelled
 // notification stays cancelled: chunks that were in flight when Cancel committed still
@@ -352,7 +362,11 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 	slices.SortStableFunc(order, func(a, b int) int { return bytes.Compare(recs[a].ID[:], recs[b].ID[:]) })
 
 	b := &pgx.Batch{}
-	var dead []Outcome
+	type deadToken struct {
+		Outcome
+		id uuid.UUID
+	}
+	var dead []deadToken
 	var finals, others []uuid.UUID
 	total := 0
 	for _, i := range order {
@@ -374,18 +388,18 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 			tokens[k], devices[k], users[k], results[k] = o.Token, o.DeviceID, o.UserID, o.Outcome
 			attempts[k], codes[k], messages[k] = int32(o.Attempts), o.ErrorCode, o.ErrorMessage
 			if o.Outcome == schema.OutcomeInvalid {
-				dead = append(dead, o)
+				dead = append(dead, deadToken{o, r.ID})
 			}
 		}
 		b.Queue(recordSQL, r.ID, tokens, devices, users, results, attempts, codes, messages)
 	}
 	if len(dead) > 0 {
-		slices.SortFunc(dead, func(a, b Outcome) int { return strings.Compare(a.Token, b.Token) })
-		tokens, reasons := make([]string, len(dead)), make([]string, len(dead))
+		slices.SortFunc(dead, func(a, b deadToken) int { return strings.Compare(a.Token, b.Token) })
+		tokens, reasons, ids := make([]string, len(dead)), make([]string, len(dead)), make([]uuid.UUID, len(dead))
 		for k, o := range dead {
-			tokens[k], reasons[k] = o.Token, o.ErrorCode
+			tokens[k], reasons[k], ids[k] = o.Token, o.ErrorCode, o.id
 		}
-		b.Queue(deactivateSQL, tokens, reasons)
+		b.Queue(deactivateSQL, tokens, reasons, ids)
 	}
 	status := make(map[uuid.UUID]string, len(finals))
 	if len(finals) > 0 {

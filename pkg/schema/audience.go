@@ -65,6 +65,9 @@ type Audience struct {
 	// skipped_preference and does not send. Empty when preferences do not apply: raw tokens,
 	// or a request with options.ignore_preferences.
 	MutedType string
+	// App is the app whose devices the audience is (and whose registrations raw tokens are
+	// matched with); "" is DefaultApp.
+	App string
 }
 
 // AudienceOf returns the audience a PublishRequest names. A request without recipients
@@ -78,22 +81,22 @@ func AudienceOf(req *notifyv1.PublishRequest) Audience {
 	}
 	switch t := req.GetRecipients().GetTarget().(type) {
 	case *notifyv1.Recipients_UserIds:
-		return Audience{Kind: AudienceUsers, Targets: t.UserIds.GetUserIds(), MutedType: muted}
+		return Audience{Kind: AudienceUsers, Targets: t.UserIds.GetUserIds(), MutedType: muted, App: AppOf(req)}
 	case *notifyv1.Recipients_Tokens:
-		return Audience{Kind: AudienceTokens, Targets: t.Tokens.GetTokens()}
+		return Audience{Kind: AudienceTokens, Targets: t.Tokens.GetTokens(), App: AppOf(req)}
 	case *notifyv1.Recipients_Topic:
 		// A topic or condition is one target, recorded under its key (see package topic):
 		// paged, settled, retried and replayed exactly like a raw token. No device holds
 		// such a token, and preferences cannot apply to subscribers notify does not know.
-		return Audience{Kind: AudienceTokens, Targets: []string{topic.Key(strings.TrimPrefix(t.Topic, topic.TopicPrefix))}}
+		return Audience{Kind: AudienceTokens, Targets: []string{topic.Key(strings.TrimPrefix(t.Topic, topic.TopicPrefix))}, App: AppOf(req)}
 	case *notifyv1.Recipients_Condition:
-		return Audience{Kind: AudienceTokens, Targets: []string{topic.ConditionKey(t.Condition)}}
+		return Audience{Kind: AudienceTokens, Targets: []string{topic.ConditionKey(t.Condition)}, App: AppOf(req)}
 	}
-	return Audience{Kind: AudienceAll, MutedType: muted}
+	return Audience{Kind: AudienceAll, MutedType: muted, App: AppOf(req)}
 }
 
 // audienceSQL is how one kind of audience is selected: one row per target, with $1 the
-// notification id and $2 the targets when the kind has any.
+// notification id, $2 the targets when the kind has any, and the app after them.
 type audienceSQL struct {
 	from  string // the targets
 	where string // the audience predicate over from; "" for none
@@ -107,25 +110,29 @@ type audienceSQL struct {
 func (a Audience) sql() (audienceSQL, error) {
 	switch a.Kind {
 	case AudienceUsers:
-		return audienceSQL{from: "devices d", where: "d.active AND d.user_id = ANY($2)", key: "d.device_id",
+		return audienceSQL{from: "devices d", where: "d.active AND d.app = $3 AND d.user_id = ANY($2)", key: "d.device_id",
 			token: "d.token", deviceID: "d.device_id", userID: "d.user_id"}, nil
 	case AudienceAll:
-		return audienceSQL{from: "devices d", where: "d.active", key: "d.device_id",
+		return audienceSQL{from: "devices d", where: "d.active AND d.app = $2", key: "d.device_id",
 			token: "d.token", deviceID: "d.device_id", userID: "d.user_id"}, nil
 	case AudienceTokens:
 		return audienceSQL{from: "(SELECT DISTINCT token FROM unnest($2::text[]) AS token) t", key: "t.token",
-			token: "t.token", devices: " LEFT JOIN devices d ON d.token = t.token AND d.active",
+			token: "t.token", devices: " LEFT JOIN devices d ON d.token = t.token AND d.app = $3 AND d.active",
 			deviceID: "coalesce(d.device_id, '')", userID: "coalesce(d.user_id, '')"}, nil
 	}
 	return audienceSQL{}, fmt.Errorf("unknown audience kind %v", a.Kind)
 }
 
-// args returns $1 and, when the kind has targets, $2.
+// args returns $1, when the kind has targets $2, and the app.
 func (a Audience) args(id uuid.UUID) []any {
-	if a.Kind == AudienceAll {
-		return []any{id}
+	app := a.App
+	if app == "" {
+		app = DefaultApp
 	}
-	return []any{id, a.Targets}
+	if a.Kind == AudienceAll {
+		return []any{id, app}
+	}
+	return []any{id, a.Targets, app}
 }
 
 // unsettled is the predicate "token has no settled delivery of notification $1". It is a
@@ -172,7 +179,11 @@ func (a Audience) CountUnsettled(id uuid.UUID) (string, []any, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	return "SELECT count(*) FROM " + q.from + " WHERE " + and(q.where, unsettled(q.token)), a.args(id), nil
+	args := a.args(id)
+	if a.Kind == AudienceTokens {
+		args = args[:2] // raw tokens are counted without their registrations: no app
+	}
+	return "SELECT count(*) FROM " + q.from + " WHERE " + and(q.where, unsettled(q.token)), args, nil
 }
 
 func and(preds ...string) string {

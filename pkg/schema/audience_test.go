@@ -65,6 +65,8 @@ func TestAudienceOf(t *testing.T) {
 		{"ignoring preferences", &notifyv1.PublishRequest{Type: "security", Options: &notifyv1.Options{IgnorePreferences: true},
 			Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_AllDevices{AllDevices: &notifyv1.AllDevices{}}}},
 			schema.Audience{Kind: schema.AudienceAll}},
+		{"an app's broadcast", &notifyv1.PublishRequest{App: "staff", Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_AllDevices{
+			AllDevices: &notifyv1.AllDevices{}}}}, schema.Audience{Kind: schema.AudienceAll, App: "staff"}},
 		{"tokens of a type", &notifyv1.PublishRequest{Type: "promo", Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_Tokens{
 			Tokens: &notifyv1.Tokens{Tokens: []string{"t1"}}}}}, schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"t1"}}},
 		{"topic of a type", &notifyv1.PublishRequest{Type: "promo", Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_Topic{
@@ -81,6 +83,9 @@ func TestAudienceOf(t *testing.T) {
 		req, err := schema.DecodeRequest(b)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if tc.want.App == "" {
+			tc.want.App = schema.DefaultApp // a request naming no app is for the default app
 		}
 		if diff := cmp.Diff(tc.want, schema.AudienceOf(req)); diff != "" {
 			t.Errorf("%s: AudienceOf through the stored request (-want +got):\n%s", tc.name, diff)
@@ -109,6 +114,10 @@ func TestAudienceQueries(t *testing.T) {
 		('d4', 'bob', 'tok-4', 'android'), ('d5', 'bob', 'tok-5', 'android'), ('d6', 'cy', 'tok-6', 'android'),
 		('d7', 'cy', 'tok-7', 'android')`)
 	exec(`UPDATE devices SET active = false, deactivated_at = now(), deactivation_reason = $1 WHERE device_id = 'd5'`, schema.DeactivatedStale)
+	// App staff: ana again with tok-2 (the same token string, another project) and dan. The
+	// default app's audiences never see them, and staff's see nothing else.
+	exec(`INSERT INTO devices (device_id, user_id, token, platform, app) VALUES
+		('s1', 'ana', 'tok-2', 'android', 'staff'), ('s2', 'dan', 'tok-s2', 'android', 'staff')`)
 	id := uuid.New()
 	exec(`INSERT INTO notifications (id, caller, type, request, expires_at) VALUES ($1, 'c', 't', '{}', now())`, id)
 	// tok-1 delivered, tok-2 failed (sent again), tok-3 retrying (the retrier's), tok-6
@@ -137,6 +146,12 @@ func TestAudienceQueries(t *testing.T) {
 			[]target{{"d2", "d2", "ana", "tok-2", false}, {"d4", "d4", "bob", "tok-4", false}, {"d7", "d7", "cy", "tok-7", false}}},
 		{"all honouring preferences", schema.Audience{Kind: schema.AudienceAll, MutedType: "t"},
 			[]target{{"d2", "d2", "ana", "tok-2", false}, {"d4", "d4", "bob", "tok-4", true}, {"d7", "d7", "cy", "tok-7", false}}},
+		{"users of app staff", schema.Audience{Kind: schema.AudienceUsers, Targets: []string{"ana", "bob", "dan"}, App: "staff"},
+			[]target{{"s1", "s1", "ana", "tok-2", false}, {"s2", "s2", "dan", "tok-s2", false}}},
+		{"all of app staff", schema.Audience{Kind: schema.AudienceAll, App: "staff"},
+			[]target{{"s1", "s1", "ana", "tok-2", false}, {"s2", "s2", "dan", "tok-s2", false}}},
+		{"tokens of app staff", schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"tok-s2", "tok-4"}, App: "staff"},
+			[]target{{"tok-4", "", "", "tok-4", false}, {"tok-s2", "s2", "dan", "tok-s2", false}}},
 		{"tokens", schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"tok-7", "tok-1", "tok-new", "tok-7", "tok-raw", "tok-5", "tok-4"}, MutedType: "t"},
 			[]target{{"tok-4", "d4", "bob", "tok-4", false}, {"tok-5", "", "", "tok-5", false}, {"tok-7", "d7", "cy", "tok-7", false}, {"tok-new", "", "", "tok-new", false}}},
 	} {

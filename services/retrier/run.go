@@ -14,6 +14,7 @@ import (
 	"notify/pkg/fcm"
 	"notify/pkg/logging"
 	"notify/pkg/metrics"
+	"notify/pkg/pace"
 	"notify/pkg/rabbit"
 	"notify/pkg/schema"
 	"notify/services/retrier/internal/retrier"
@@ -31,18 +32,21 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 	log := logging.New(os.Stderr, "retrier", cfg.LogLevel)
 	logging.Starting(log, cfg.Settings)
-	if cfg.Delivery.FCM.CredentialsFile == "" {
-		log.Warn("sending to an FCM emulator, not to Firebase", "endpoint", cfg.Delivery.FCM.Endpoint)
+	for _, app := range cfg.Delivery.Apps {
+		if app.FCM.CredentialsFile == "" {
+			log.Warn("sending to an FCM emulator, not to Firebase", "app", app.Name, "endpoint", app.FCM.Endpoint)
+		}
 	}
 	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	defer pool.Close()
-	fcmClient, err := fcm.New(ctx, cfg.Delivery.FCM)
+	apps, err := fcm.NewApps(ctx, cfg.Delivery.Apps)
 	if err != nil {
 		return fmt.Errorf("fcm: %w", err)
 	}
+	log.Info("sending for apps", "apps", apps.String())
 
 	reg := metrics.NewRegistry()
 	reg.MustRegister(metrics.NewPoolCollector(pool))
@@ -52,7 +56,13 @@ func run(ctx context.Context, getenv func(string) string) error {
 	})
 	store := delivery.NewStore(pool)
 	pub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
-	deliverer := delivery.NewDeliverer(store, fcmClient, pub, topo, log, reg, cfg.Delivery.Options())
+	opts := cfg.Delivery.Options()
+	opts.Apps = func(app string) (delivery.Pusher, bool) {
+		c, ok := apps.Client(app)
+		return c, ok
+	}
+	opts.Pacer = pace.New(pool, cfg.Delivery.PaceApps(), reg)
+	deliverer := delivery.NewDeliverer(store, nil, pub, topo, log, reg, opts)
 	handler := retrier.NewHandler(store, deliverer, log, reg)
 	consumer := rabbit.NewBatchConsumer(conn, topo.RetryQueue(), handler.HandleBatch, rabbit.ConsumerOptions{
 		BatchSize:       cfg.BatchSize,
