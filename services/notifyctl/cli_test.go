@@ -205,13 +205,14 @@ func TestPublishSendsWhatTheFlagsSay(t *testing.T) {
 	r := mustCtl(t, exitOK, map[string]string{"NOTIFY_ADDR": addr}, "publish", "--user", "ana", "--api-key", "publisher",
 		"--user", "bob", "--title", "Shipped", "--body", "Parcel 42", "--data", "order_id=42", "--data", "note=a,b=c",
 		"--type", "order.shipped", "--ttl", "1h", "--priority", "high", "--collapse-key", "order-42",
-		"--image", "https://example.com/a.png", "--idempotency-key", "order-42-shipped")
+		"--image", "https://example.com/a.png", "--idempotency-key", "order-42-shipped", "--app", "staff")
 	if strings.TrimSpace(r.stdout) != "01890a5d-0000-7000-8000-000000000001" {
 		t.Errorf("publish printed %q, want only the id", r.stdout)
 	}
 	want := &notifyv1.PublishRequest{
 		IdempotencyKey: "order-42-shipped",
 		Type:           "order.shipped",
+		App:            "staff",
 		Recipients:     &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: []string{"ana", "bob"}}}},
 		Content:        &notifyv1.Content{Title: "Shipped", Body: "Parcel 42", ImageUrl: "https://example.com/a.png"},
 		Data:           map[string]string{"order_id": "42", "note": "a,b=c"},

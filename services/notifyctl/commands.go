@@ -20,7 +20,7 @@ func (c *cli) publishCommand() *cobra.Command {
 		typ, title, body, image, key, priority, collapse string
 		at                                               string
 		ttl                                              time.Duration
-		file, topicName, condition                       string
+		file, topicName, condition, app                  string
 	)
 	cmd := &cobra.Command{
 		Use:   "publish (--user ID… | --token T… | --all | --topic T | --condition C | --file FILE) [flags]",
@@ -55,6 +55,7 @@ PublishRequest stops everything before anything is sent.`,
 	f.StringVar(&topicName, "topic", "", "FCM `topic`: every app instance subscribed to it")
 	f.StringVar(&condition, "condition", "", "FCM `condition` over topics, e.g. \"'a' in topics && 'b' in topics\"")
 	f.StringVar(&typ, "type", "notifyctl.test", "notification `type`")
+	f.StringVar(&app, "app", "", "the `app` to send through (default: the app \"default\")")
 	f.StringVar(&title, "title", "", "notification title")
 	f.StringVar(&body, "body", "", "notification body")
 	f.StringVar(&image, "image", "", "https image `URL`")
@@ -69,7 +70,7 @@ PublishRequest stops everything before anything is sent.`,
 
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
 		if file != "" {
-			for _, name := range []string{"user", "token", "all", "topic", "condition", "type", "title", "body", "image", "data",
+			for _, name := range []string{"user", "token", "all", "topic", "condition", "type", "app", "title", "body", "image", "data",
 				"idempotency-key", "ttl", "priority", "collapse-key", "at"} {
 				if f.Changed(name) {
 					return usagef("publish: --file takes the requests from the file; --%s cannot be combined with it", name)
@@ -80,6 +81,7 @@ PublishRequest stops everything before anything is sent.`,
 		req := &notifyv1.PublishRequest{
 			IdempotencyKey: key,
 			Type:           typ,
+			App:            app,
 			Recipients:     &notifyv1.Recipients{},
 			Content:        &notifyv1.Content{Title: title, Body: body, ImageUrl: image},
 			Options:        &notifyv1.Options{CollapseKey: collapse},
@@ -255,7 +257,7 @@ func (c *cli) printNotification(resp *notifyv1.GetNotificationResponse) error {
 	n := resp.GetNotification()
 	if !c.noHeaders {
 		cnt := n.GetCounts()
-		fmt.Fprintf(c.out, "notification %s  type %s  caller %s  created %s\n", n.GetId(), n.GetType(), n.GetCaller(), stamp(n.GetCreateTime()))
+		fmt.Fprintf(c.out, "notification %s  type %s  app %s  caller %s  created %s\n", n.GetId(), n.GetType(), n.GetApp(), n.GetCaller(), stamp(n.GetCreateTime()))
 		fmt.Fprintf(c.out, "status %s  tokens %d: delivered %d, invalid %d, retrying %d, failed %d, expired %d, skipped %d, pending %d\n",
 			shortStatus(n.GetStatus()), cnt.GetTotal(), cnt.GetDelivered(), cnt.GetInvalid(), cnt.GetRetrying(),
 			cnt.GetFailed(), cnt.GetExpired(), cnt.GetSkipped(), cnt.GetPending())
@@ -303,9 +305,9 @@ func (c *cli) devicesCommand() *cobra.Command {
 }
 
 func (c *cli) devicesRegisterCommand() *cobra.Command {
-	var user, device, token, platform string
+	var user, device, token, platform, app string
 	cmd := &cobra.Command{
-		Use:   "register --user U --device D --token T [--platform android|ios|web]",
+		Use:   "register --user U --device D --token T [--platform android|ios|web] [--app A]",
 		Short: "Register (or update, or reactivate) a device's FCM token",
 		Args:  positional(0, ""),
 	}
@@ -314,6 +316,7 @@ func (c *cli) devicesRegisterCommand() *cobra.Command {
 	f.StringVar(&device, "device", "", "device `id`")
 	f.StringVar(&token, "token", "", "FCM registration `token`")
 	f.StringVar(&platform, "platform", "android", "android, ios or web")
+	f.StringVar(&app, "app", "", "the `app` the token belongs to (default: the app \"default\")")
 	for _, name := range []string{"user", "device", "token"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
@@ -330,7 +333,7 @@ func (c *cli) devicesRegisterCommand() *cobra.Command {
 		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewDeviceServiceClient(conn).RegisterDevice(callCtx, &notifyv1.RegisterDeviceRequest{
-			UserId: user, DeviceId: device, Token: token, Platform: p,
+			UserId: user, DeviceId: device, Token: token, Platform: p, App: app,
 		})
 		if err != nil {
 			return err

@@ -27,15 +27,17 @@ func (c *cli) keysCommand() *cobra.Command {
 
 func (c *cli) keysCreateCommand() *cobra.Command {
 	var role string
+	var apps []string
 	cmd := &cobra.Command{
-		Use:   "create NAME --role publisher|admin",
+		Use:   "create NAME --role publisher|admin [--apps a,b]",
 		Short: "Create an API key; prints only its secret, once",
 		Long: `Create an API key. Only the secret is printed on stdout, once (KEY=$(notifyctl keys create …)
 works): notify keeps only its SHA-256. A publisher key may publish and manage devices; an
-admin key may do everything.`,
+admin key may do everything. --apps limits a publisher key to those apps.`,
 		Args: positional(1, "one key NAME"),
 	}
 	cmd.Flags().StringVar(&role, "role", "", "publisher or admin")
+	cmd.Flags().StringSliceVar(&apps, "apps", nil, "limit a publisher key to these `apps` (comma-separated; default: every app)")
 	_ = cmd.MarkFlagRequired("role")
 	enumFlag(cmd, "role", "publisher", "admin")
 	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
@@ -49,7 +51,7 @@ admin key may do everything.`,
 		}
 		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
-		resp, err := notifyv1.NewAdminServiceClient(conn).CreateAPIKey(callCtx, &notifyv1.CreateAPIKeyRequest{Name: args[0], Role: r})
+		resp, err := notifyv1.NewAdminServiceClient(conn).CreateAPIKey(callCtx, &notifyv1.CreateAPIKeyRequest{Name: args[0], Role: r, Apps: apps})
 		if err != nil {
 			return err
 		}
@@ -83,10 +85,14 @@ func (c *cli) keysListCommand() *cobra.Command {
 			return err
 		}
 		return c.emit(resp, func() error {
-			tw := c.table("NAME", "ROLE", "CREATED", "LAST USED", "REVOKED")
+			tw := c.table("NAME", "ROLE", "CREATED", "LAST USED", "REVOKED", "APPS")
 			for _, k := range resp.GetKeys() {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.GetName(), shortRole(k.GetRole()), stamp(k.GetCreateTime()),
-					stamp(k.GetLastUsedTime()), stamp(k.GetRevokeTime()))
+				apps := "all"
+				if len(k.GetApps()) > 0 {
+					apps = strings.Join(k.GetApps(), ",")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.GetName(), shortRole(k.GetRole()), stamp(k.GetCreateTime()),
+					stamp(k.GetLastUsedTime()), stamp(k.GetRevokeTime()), apps)
 			}
 			return tw.Flush()
 		})

@@ -283,7 +283,7 @@ func (s *Devices) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequ
 	limit := pageSize(req.GetPageSize(), 50, MaxListPageSize)
 	rows, err := s.pool.Query(ctx, `
 		SELECT device_id, token, platform, active, coalesce(deactivation_reason, ''),
-			created_at, registered_at, last_seen_at, deactivated_at
+			created_at, registered_at, last_seen_at, deactivated_at, app
 		FROM devices`+where.where()+`
 		ORDER BY created_at DESC, device_id DESC LIMIT `+where.next(limit+1), where.args...)
 	if err != nil {
@@ -297,10 +297,10 @@ func (s *Devices) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequ
 		deactivated               *time.Time
 	)
 	_, err = pgx.ForEachRow(rows, []any{&d.DeviceId, &d.Token, &platform, &d.Active, &d.DeactivationReason,
-		&created, &registered, &seen, &deactivated}, func() error {
+		&created, &registered, &seen, &deactivated, &d.App}, func() error {
 		dev := &notifyv1.Device{
 			UserId: req.GetUserId(), DeviceId: d.DeviceId, Token: d.Token, Platform: platformValues[platform],
-			Active: d.Active, DeactivationReason: d.DeactivationReason,
+			Active: d.Active, DeactivationReason: d.DeactivationReason, App: d.App,
 			CreateTime: timestamppb.New(created), RegisterTime: timestamppb.New(registered), LastSeenTime: timestamppb.New(seen),
 		}
 		if deactivated != nil {
