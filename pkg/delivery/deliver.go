@@ -67,6 +67,8 @@ type Options struct {
 	Apps func(app string) (Pusher, bool)
 	// Pacer, when set, paces every send to its app's shared budget and is told of 429s.
 	Pacer Pacer
+	// AppNames are the configured apps, for metrics that start at 0 (default: "default").
+	AppNames []string
 }
 
 // requestsPerMulticast is how many requests the SDK has in flight for one multicast.
@@ -121,11 +123,17 @@ func NewDeliverer(store *Store, fcmClient pusher, pub publisher, topo rabbit.Top
 	reg.MustRegister(d.sends, d.sendLatency, d.deactivated, d.retries, d.dead)
 	// Every outcome, with its most common code, and every deactivation code and dead-letter
 	// reason at 0 from the start, so that rates and alerts see the first event.
+	apps := opts.AppNames
+	if len(apps) == 0 {
+		apps = []string{schema.DefaultApp}
+	}
 	for outcome, code := range map[string]string{
 		schema.OutcomeDelivered: "OK", schema.OutcomeInvalid: "UNREGISTERED", schema.OutcomeRetrying: "UNAVAILABLE",
 		schema.OutcomeFailed: "UNAVAILABLE", schema.OutcomeExpired: schema.CodeExpired,
 	} {
-		d.sends.WithLabelValues(outcome, code)
+		for _, app := range apps {
+			d.sends.WithLabelValues(app, outcome, code)
+		}
 	}
 	for _, code := range []string{"UNREGISTERED", "SENDER_ID_MISMATCH", "INVALID_ARGUMENT"} {
 		d.deactivated.WithLabelValues(code)

@@ -97,6 +97,10 @@ func New(pool *pgxpool.Pool, apps []App, reg prometheus.Registerer) *Budget {
 		r := Rate(a.RatePerMinute)
 		b.apps[a.Name] = appRate{grant: Grant(a.RatePerMinute), interval: 60 / r, rate: a.RatePerMinute}
 		b.rate.WithLabelValues(a.Name).Set(r)
+		// At 0 from the start, so that rates and alerts see the first event.
+		b.granted.WithLabelValues(a.Name)
+		b.waited.WithLabelValues(a.Name)
+		b.throttled.WithLabelValues(a.Name)
 	}
 	reg.MustRegister(b.granted, b.waited, b.throttled, b.rate)
 	return b

@@ -62,6 +62,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return c, ok
 	}
 	opts.Pacer = pace.New(pool, cfg.Delivery.PaceApps(), reg)
+	for _, app := range cfg.Delivery.Apps {
+		opts.AppNames = append(opts.AppNames, app.Name)
+	}
 	deliverer := delivery.NewDeliverer(store, nil, pub, topo, log, reg, opts)
 	handler := retrier.NewHandler(store, deliverer, log, reg)
 	consumer := rabbit.NewBatchConsumer(conn, topo.RetryQueue(), handler.HandleBatch, rabbit.ConsumerOptions{
