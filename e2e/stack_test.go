@@ -291,6 +291,7 @@ func (s *stack) deleteTopology() {
 		}
 	}
 	_ = s.mgmt(http.MethodDelete, "/api/exchanges/%2F/"+url.PathEscape(s.topology), nil)
+	_ = s.mgmt(http.MethodDelete, "/api/exchanges/%2F/"+url.PathEscape(s.topology+".events"), nil)
 }
 
 func (s *stack) mgmt(method, path string, out any) error {

@@ -314,7 +314,8 @@ FROM unnest($1::text[], $2::text[], $3::uuid[]) AS i(token, reason, notification
 JOIN notifications n ON n.id = i.notification_id
 WHERE d.token = i.token AND d.app = n.app AND d.active`
 
-// statusSQL is the notification's status derived from its counts. A cancelled
+// statusSQL is the notification's status derived from its counts. Status writes go through
+// schema.ChangeStatusSQL, which writes a status event with every change. A cancelled
 // notification stays cancelled: chunks that were in flight when Cancel committed still
 // record their outcomes, but do not revive it.
 const statusSQL = `CASE WHEN status = '` + schema.StatusCancelled + `' THEN status WHEN retrying > 0 THEN '` + schema.StatusRetrying + `' WHEN failed > 0 THEN '` + schema.StatusFailed + `'
@@ -403,7 +404,7 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 	}
 	status := make(map[uuid.UUID]string, len(finals))
 	if len(finals) > 0 {
-		b.Queue(`UPDATE notifications SET status = `+statusSQL+`, updated_at = now() WHERE id = ANY($1) RETURNING id, status`, finals).
+		b.Queue(schema.ChangeStatusSQL(statusSQL, ", updated_at = now()", "n.id = ANY($1)"), finals).
 			Query(func(rows pgx.Rows) error {
 				var id uuid.UUID
 				var st string
@@ -417,8 +418,8 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 	if len(others) > 0 {
 		// While the sender works through a notification (pending, or scheduled when its task
 		// arrived before the relay committed the move to pending) the status waits for the end.
-		b.Queue(`UPDATE notifications SET status = `+statusSQL+` WHERE id = ANY($1)
-			AND status NOT IN ('`+schema.StatusPending+`', '`+schema.StatusScheduled+`')`, others)
+		b.Queue(schema.ChangeStatusSQL(statusSQL, "", "n.id = ANY($1)"+
+			" AND n.status NOT IN ('"+schema.StatusPending+"', '"+schema.StatusScheduled+"')"), others)
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		if len(recs) == 1 {
@@ -439,8 +440,7 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 // whole audience, and returns it.
 func (s *Store) Finish(ctx context.Context, id uuid.UUID) (string, error) {
 	var status string
-	err := s.pool.QueryRow(ctx, `UPDATE notifications SET status = `+statusSQL+`, updated_at = now()
-		WHERE id = $1 RETURNING status`, id).Scan(&status)
+	err := s.pool.QueryRow(ctx, schema.ChangeStatusSQL(statusSQL, ", updated_at = now()", "n.id = $1"), id).Scan(&id, &status)
 	if err != nil {
 		return "", fmt.Errorf("finish notification %s: %w", id, err)
 	}
@@ -466,10 +466,13 @@ func (s *Store) Cancelled(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]b
 	return out, nil
 }
 
+// expireSQL expires the in-flight notifications among $1, with their status events.
+var expireSQL = schema.ChangeStatusSQL("'"+schema.StatusExpired+"'", ", updated_at = now()",
+	"n.id = ANY($1) AND n.status IN "+schema.InFlightStatuses)
+
 // ExpireMany is Expire for several notifications in one statement.
 func (s *Store) ExpireMany(ctx context.Context, ids []uuid.UUID) error {
-	if _, err := s.pool.Exec(ctx, `UPDATE notifications SET status = '`+schema.StatusExpired+`', updated_at = now()
-		WHERE id = ANY($1) AND status IN `+schema.InFlightStatuses, ids); err != nil {
+	if _, err := s.pool.Exec(ctx, expireSQL, ids); err != nil {
 		return fmt.Errorf("expire %d notifications: %w", len(ids), err)
 	}
 	return nil
@@ -477,8 +480,7 @@ func (s *Store) ExpireMany(ctx context.Context, ids []uuid.UUID) error {
 
 // Expire marks a notification whose TTL passed before the sender reached it.
 func (s *Store) Expire(ctx context.Context, id uuid.UUID) error {
-	if _, err := s.pool.Exec(ctx, `UPDATE notifications SET status = '`+schema.StatusExpired+`', updated_at = now()
-		WHERE id = $1 AND status IN `+schema.InFlightStatuses, id); err != nil {
+	if _, err := s.pool.Exec(ctx, expireSQL, []uuid.UUID{id}); err != nil {
 		return fmt.Errorf("expire notification %s: %w", id, err)
 	}
 	return nil

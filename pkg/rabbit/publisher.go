@@ -30,14 +30,19 @@ type PublisherOptions struct {
 	// Window is how many messages may be published and not yet confirmed at once, across
 	// every goroutine using the Publisher; default 256.
 	Window int
+	// Optional publishes without the mandatory flag: a message no queue is bound for is
+	// dropped by the broker and counts as confirmed. For events (the events exchange), whose
+	// subscribers come and go; never for tasks.
+	Optional bool
 }
 
 // Publisher publishes to one exchange with publisher confirms, on a channel of its own that
 // it reopens after the connection or channel is lost. It is safe for concurrent use.
 type Publisher struct {
-	conn     *Conn
-	exchange string
-	window   chan struct{} // a slot per unconfirmed message
+	conn      *Conn
+	exchange  string
+	mandatory bool
+	window    chan struct{} // a slot per unconfirmed message
 
 	mu sync.Mutex // guards cc and serialises opening a channel
 	cc *confirmChannel
@@ -46,9 +51,10 @@ type Publisher struct {
 // NewPublisher returns a Publisher for exchange ("" is the default exchange) on conn.
 func NewPublisher(conn *Conn, exchange string, opts PublisherOptions) *Publisher {
 	return &Publisher{
-		conn:     conn,
-		exchange: exchange,
-		window:   make(chan struct{}, cmp.Or(opts.Window, 256)),
+		conn:      conn,
+		exchange:  exchange,
+		mandatory: !opts.Optional,
+		window:    make(chan struct{}, cmp.Or(opts.Window, 256)),
 	}
 }
 
@@ -192,7 +198,7 @@ func (p *Publisher) publish(ctx context.Context, index int, m Message, results c
 		if err != nil {
 			break
 		}
-		err = cc.publish(ctx, p.exchange, m.RoutingKey, pub, index, results)
+		err = cc.publish(ctx, p.exchange, m.RoutingKey, p.mandatory, pub, index, results)
 		if !errors.Is(err, ErrChannelClosed) {
 			break
 		}
@@ -298,13 +304,13 @@ func (cc *confirmChannel) open() bool {
 
 // publish sends one message and registers it for its confirm. mu is held across the send so
 // the dispatcher cannot see the confirm before the message is registered.
-func (cc *confirmChannel) publish(ctx context.Context, exchange, key string, pub amqp.Publishing, index int, results chan<- result) error {
+func (cc *confirmChannel) publish(ctx context.Context, exchange, key string, mandatory bool, pub amqp.Publishing, index int, results chan<- result) error {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if cc.err != nil {
 		return cc.err
 	}
-	dc, err := cc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, true, false, pub)
+	dc, err := cc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, mandatory, false, pub)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return ctxErr

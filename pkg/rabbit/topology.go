@@ -61,6 +61,11 @@ func maxDuration(a, b time.Duration) time.Duration {
 // Exchange returns the name of the topology's direct exchange.
 func (t Topology) Exchange() string { return t.Name }
 
+// EventsExchange returns the name of the topology's topic exchange for status events
+// (notify.bus.v1.StatusEvent, routing key "<status>.<type>"): domain services bind their
+// own queues to it.
+func (t Topology) EventsExchange() string { return t.Name + ".events" }
+
 // SendQueue returns the name of the queue fresh notifications are published to.
 func (t Topology) SendQueue() string { return t.Name + "." + SendKey }
 
@@ -201,6 +206,9 @@ func (t Topology) declare(conn *amqp.Connection) error {
 
 	if err := ch.ExchangeDeclare(t.Exchange(), amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
 		return fmt.Errorf("declare exchange %s: %w", t.Exchange(), classify(err))
+	}
+	if err := ch.ExchangeDeclare(t.EventsExchange(), amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare exchange %s: %w", t.EventsExchange(), classify(err))
 	}
 	for _, q := range t.queues() {
 		if _, err := ch.QueueDeclare(q.name, true, false, false, false, q.args); err != nil {

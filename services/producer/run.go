@@ -57,7 +57,13 @@ func run(ctx context.Context, getenv func(string) string) error {
 	})
 	// The relay's window holds every batch its overlapping rounds have in flight.
 	relayPub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{Window: cfg.OutboxConcurrency * cfg.OutboxBatchSize})
+	// Status events go to the topic exchange <AMQP_TOPOLOGY>.events, not mandatory: with no
+	// subscriber bound the broker drops them, which is not a failure.
+	eventsPub := rabbit.NewPublisher(conn, topo.EventsExchange(), rabbit.PublisherOptions{
+		Window: cfg.OutboxConcurrency * cfg.OutboxBatchSize, Optional: true,
+	})
 	relay := outbox.NewRelay(pool, relayPub, log, reg, outbox.Options{
+		Events:       eventsPub,
 		BatchSize:    cfg.OutboxBatchSize,
 		Concurrency:  cfg.OutboxConcurrency,
 		PollInterval: cfg.OutboxPollInterval,

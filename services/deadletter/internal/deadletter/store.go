@@ -41,9 +41,8 @@ ON CONFLICT (message_id) DO NOTHING`
 
 // markFailedSQL fails a notification whose send task was dead-lettered by the broker. Only
 // a pending one: retrying means some tokens were sent, and a final status stays final.
-const markFailedSQL = `
-UPDATE notifications SET status = '` + schema.StatusFailed + `', updated_at = now()
-WHERE id = $1 AND status = '` + schema.StatusPending + `'`
+var markFailedSQL = schema.ChangeStatusSQL("'"+schema.StatusFailed+"'", ", updated_at = now()",
+	"n.id = $1 AND n.status = '"+schema.StatusPending+"'")
 
 // Save stores l once per key, and for a never-sent SendTask fails its notification, in one
 // transaction: a redelivered message changes nothing. When the database refuses the

@@ -70,6 +70,12 @@ UPDATE notifications n SET
 	expired = n.expired + delta.expired
 FROM delta WHERE n.id = delta.notification_id`
 
+// redriveSetSQL sets the re-driven notifications $1 pending, or expired for those in $2,
+// with their status events.
+var redriveSetSQL = schema.ChangeStatusSQL(
+	"CASE WHEN n.id = ANY($2) THEN '"+schema.StatusExpired+"' ELSE '"+schema.StatusPending+"' END",
+	", updated_at = now()", "n.id = ANY($1)")
+
 // Redrive returns the job that re-drives stuck notifications.
 //
 // A notification is stuck when it stayed PENDING for After, or RETRYING for After plus
@@ -141,9 +147,13 @@ func redriveBatch(ctx context.Context, conn *pgx.Conn, opts RedriveOptions) (sen
 		if _, err := tx.Exec(ctx, settleStaleRetriesSQL, ids, past, staleRetry); err != nil {
 			return fmt.Errorf("settle stale retries: %w", err)
 		}
-		if _, err := tx.Exec(ctx, `UPDATE notifications n SET updated_at = now(),
-				status = CASE WHEN i.expired THEN '`+schema.StatusExpired+`' ELSE '`+schema.StatusPending+`' END
-			FROM unnest($1::uuid[], $2::bool[]) AS i(id, expired) WHERE n.id = i.id`, ids, past); err != nil {
+		var expiredIDs []uuid.UUID
+		for i, id := range ids {
+			if past[i] {
+				expiredIDs = append(expiredIDs, id)
+			}
+		}
+		if _, err := tx.Exec(ctx, redriveSetSQL, ids, expiredIDs); err != nil {
 			return fmt.Errorf("set status: %w", err)
 		}
 		for i, id := range ids {

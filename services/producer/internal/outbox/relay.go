@@ -14,9 +14,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	"notify/pkg/rabbit"
 	"notify/pkg/schema"
+	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
 // publisher is all the relay needs from RabbitMQ; *rabbit.Publisher satisfies it.
@@ -33,6 +36,9 @@ type Options struct {
 	// that no round claims rows while the broker is unreachable and shutdown never waits
 	// for a broker that is down.
 	Ready func(ctx context.Context) error
+	// Events publishes status events (notify.bus.v1.StatusEvent rows) to the events
+	// exchange; nil publishes them with the relay's own publisher (tests).
+	Events publisher
 	// RoundTimeout bounds one round (claim, publish, mark); default 30s.
 	RoundTimeout time.Duration
 	// Concurrency is how many rounds may run at once while a backlog lasts (default 2):
@@ -199,14 +205,25 @@ type row struct {
 // claimSQL claims rows that are due, oldest first, in two index scans that never step over
 // scheduled rows not due yet: first the scheduled rows whose due_at has come (outbox_due),
 // then the rows for now (outbox_ready), each in id order.
-const claimSQL = `
+//
+// A status event is claimed only when no earlier event of its notification is unpublished
+// (outbox_unpublished_notification): events are written under the notification's row lock,
+// so their ids follow the order of its changes, and an event whose predecessor is held by
+// another relay (or was refused by the broker) waits for it to be published. Events of one
+// notification are therefore published one round after another, in order, however many
+// relays run; a round that published one wakes the relay for the next.
+var claimSQL = `
+
 WITH due AS (
 	SELECT id, notification_id, routing_key, message_type, body, created_at, true AS scheduled FROM outbox
 	WHERE published_at IS NULL AND due_at IS NOT NULL AND due_at <= now()
 	ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
 ), ready AS (
-	SELECT id, notification_id, routing_key, message_type, body, created_at, false AS scheduled FROM outbox
+	SELECT id, notification_id, routing_key, message_type, body, created_at, false AS scheduled FROM outbox o
 	WHERE published_at IS NULL AND due_at IS NULL
+	  AND (message_type <> '` + schema.StatusEventType + `' OR NOT EXISTS (
+		SELECT 1 FROM outbox p WHERE p.notification_id = o.notification_id AND p.published_at IS NULL
+		  AND p.message_type = '` + schema.StatusEventType + `' AND p.id < o.id))
 	ORDER BY id LIMIT $1 - (SELECT count(*) FROM due) FOR UPDATE SKIP LOCKED
 )
 SELECT * FROM due UNION ALL SELECT * FROM ready`
@@ -214,8 +231,8 @@ SELECT * FROM due UNION ALL SELECT * FROM ready`
 // startSQL moves the notifications whose scheduled send task was just published from
 // scheduled to pending, in the transaction that marks the rows published. One that was
 // cancelled meanwhile stays cancelled (Cancel holds its row lock, and this waits for it).
-const startSQL = `UPDATE notifications SET status = '` + schema.StatusPending + `', updated_at = now()
-	WHERE id = ANY($1) AND status = '` + schema.StatusScheduled + `'`
+var startSQL = schema.ChangeStatusSQL("'"+schema.StatusPending+"'", ", updated_at = now()",
+	"n.id = ANY($1) AND n.status = '"+schema.StatusScheduled+"'")
 
 // RelayOnce runs one round and returns how many rows it claimed.
 func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
@@ -238,27 +255,59 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 			return nil
 		}
 
-		msgs := make([]rabbit.Message, len(batch))
+		var tasks, events []rabbit.Message
+		var taskIdx, eventIdx []int
+		failed := map[int]bool{}
 		for i, o := range batch {
-			msgs[i] = rabbit.Message{
+			m := rabbit.Message{
 				RoutingKey:  o.routingKey,
 				MessageID:   "outbox-" + strconv.FormatInt(o.id, 10),
 				Type:        o.messageType,
 				ContentType: "application/protobuf",
 				Body:        o.body,
 			}
+			if o.messageType != schema.StatusEventType {
+				tasks, taskIdx = append(tasks, m), append(taskIdx, i)
+				continue
+			}
+			body, err := eventBody(o.body)
+			if err != nil {
+				// Only a bug writes an event the relay cannot read; it stays for a fixed relay.
+				r.log.Error("undecodable status event in the outbox", "outbox_id", o.id, "err", err)
+				failed[i] = true
+				continue
+			}
+			m.Body = body
+			events, eventIdx = append(events, m), append(eventIdx, i)
 		}
-		pubErr := r.pub.Publish(ctx, msgs...)
-		failed := map[int]bool{}
-		if pubErr != nil {
+		var pubErr error
+		for _, group := range []struct {
+			pub  publisher
+			msgs []rabbit.Message
+			idx  []int
+		}{{r.pub, tasks, taskIdx}, {r.opts.Events, events, eventIdx}} {
+			if len(group.msgs) == 0 {
+				continue
+			}
+			if group.pub == nil {
+				group.pub = r.pub
+			}
+			err := group.pub.Publish(ctx, group.msgs...)
+			if err == nil {
+				continue
+			}
 			var pe *rabbit.PublishError
-			if !errors.As(pubErr, &pe) {
-				return fmt.Errorf("publish %d outbox rows: %w", claimed, pubErr)
+			if !errors.As(err, &pe) {
+				return fmt.Errorf("publish %d outbox rows: %w", len(group.msgs), err)
 			}
 			for _, f := range pe.Failed {
-				failed[f.Index] = true
+				failed[group.idx[f.Index]] = true
 			}
 			r.failures.Add(float64(len(pe.Failed)))
+			pubErr = errors.Join(pubErr, err)
+		}
+		if len(events) > 0 {
+			r.Wake() // the next event of the same notifications may be waiting for these
 		}
 		ids := make([]int64, 0, len(batch))
 		var started []uuid.UUID
@@ -283,15 +332,26 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 			if _, err := tx.Exec(ctx, startSQL, started); err != nil {
 				return fmt.Errorf("start %d scheduled notifications: %w", len(started), err)
 			}
+			r.Wake() // their status events are new rows to relay
 		}
 		r.published.Add(float64(len(ids)))
 		if pubErr != nil {
 			// The confirmed rows are marked; the rest stay for the next round.
-			r.log.Warn("some outbox rows were not confirmed", "published", len(ids), "failed", len(failed), "err", pubErr)
+			r.log.Warn("some outbox rows were not published", "published", len(ids), "failed", len(failed), "err", pubErr)
 		}
 		return nil
 	})
 	return claimed, err
+}
+
+// eventBody turns a status event as the outbox holds it (protobuf JSON, written by SQL)
+// into the binary protobuf that is published.
+func eventBody(stored []byte) ([]byte, error) {
+	var ev busv1.StatusEvent
+	if err := protojson.Unmarshal(stored, &ev); err != nil {
+		return nil, fmt.Errorf("decode status event: %w", err)
+	}
+	return proto.Marshal(&ev)
 }
 
 // nextDue returns how long until the next scheduled row falls due, if there is one: the

@@ -27,10 +27,30 @@ func (p *recorder) Publish(_ context.Context, msgs ...rabbit.Message) error {
 	return nil
 }
 
+// messages returns the tasks published (status events left out).
 func (p *recorder) messages() []rabbit.Message {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]rabbit.Message(nil), p.sent...)
+	var out []rabbit.Message
+	for _, m := range p.sent {
+		if m.Type != schema.StatusEventType {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// events returns the routing keys of the status events published.
+func (p *recorder) events() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, m := range p.sent {
+		if m.Type == schema.StatusEventType {
+			out = append(out, m.RoutingKey)
+		}
+	}
+	return out
 }
 
 // TestScheduledRowIsRelayedOnceWhenDue: two relays that poll only hourly and are never
@@ -104,5 +124,12 @@ func TestScheduledRowIsRelayedOnceWhenDue(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if n := len(pub.messages()); n != 2 {
 		t.Errorf("%d messages published, want 2 (the scheduled one once)", n)
+	}
+	// The move to pending is announced once (the relays publish the event it wrote).
+	for len(pub.events()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := pub.events(); len(got) != 1 || got[0] != "pending.t" {
+		t.Errorf("status events %v, want one pending.t", got)
 	}
 }

@@ -24,6 +24,10 @@ var (
 // writes and the relay's "scheduled → pending" wait for the cancel, and then see it.
 const cancelSQL = `SELECT caller, status, delivered + invalid + retrying + failed FROM notifications WHERE id = $1 FOR UPDATE`
 
+// cancelSetSQL cancels notification $1 for caller $2, with its status event.
+var cancelSetSQL = schema.ChangeStatusSQL("'"+schema.StatusCancelled+"'",
+	", cancelled_at = now(), cancelled_by = $2, updated_at = now()", "n.id = $1")
+
 // Cancel stops a scheduled or pending notification (see the proto). In one transaction it
 // sets the status CANCELLED and deletes the scheduled send task if no relay holds it; a
 // task that is relayed anyway finds the notification final and is acknowledged unsent.
@@ -53,8 +57,7 @@ func (s *Notifications) Cancel(ctx context.Context, req *notifyv1.CancelRequest)
 		if st != schema.StatusScheduled && st != schema.StatusPending {
 			return errNotCancellable
 		}
-		if _, err := tx.Exec(ctx, `UPDATE notifications SET status = '`+schema.StatusCancelled+`',
-			cancelled_at = now(), cancelled_by = $2, updated_at = now() WHERE id = $1`, id, caller); err != nil {
+		if _, err := tx.Exec(ctx, cancelSetSQL, id, caller); err != nil {
 			return fmt.Errorf("cancel: %w", err)
 		}
 		// SKIP LOCKED: a relay that claimed the row is publishing it; waiting for it would

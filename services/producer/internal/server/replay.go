@@ -140,6 +140,10 @@ func (a *Admin) deadLetterNotifications(ctx context.Context, where *conditions, 
 	return ids, nil
 }
 
+// replaySetSQL sets notification $1 pending for a replay, with a status event when its
+// status changes.
+var replaySetSQL = schema.ChangeStatusSQL("'"+schema.StatusPending+"'", ", replay_count = replay_count + 1, updated_at = now()", "n.id = $1")
+
 // replayOne replays one notification (or, with dryRun, says what a replay would do).
 func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, force bool) (*notifyv1.ReplayResult, error) {
 	res := &notifyv1.ReplayResult{NotificationId: id.String()}
@@ -191,8 +195,7 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 		if dryRun {
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `UPDATE notifications SET status = $2, replay_count = replay_count + 1,
-			updated_at = now() WHERE id = $1`, id, schema.StatusPending); err != nil {
+		if _, err := tx.Exec(ctx, replaySetSQL, id); err != nil {
 			return fmt.Errorf("set pending: %w", err)
 		}
 		if err := outbox.EnqueueSend(ctx, tx, id, outbox.CauseReplay); err != nil {

@@ -48,19 +48,21 @@ type querier interface {
 // one transaction. A key used before inserts nothing (its row is not returned). Rows are
 // inserted in (caller, key) order, so concurrent batches sharing keys take the unique
 // index's locks in one order and never deadlock.
-const insertSQL = `
+var insertSQL = `
 WITH input AS (
 	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
 		$7::text[], $8::text[], $9::bytea[], $10::timestamptz[], $11::text[])
 		AS t(id, caller, idempotency_key, type, request, expires_at, routing_key, message_type, body, send_at, app)
 ), n AS (
-	INSERT INTO notifications (id, caller, idempotency_key, type, request, expires_at, send_at, status, app)
+	INSERT INTO notifications AS n (id, caller, idempotency_key, type, request, expires_at, send_at, status, app)
 	SELECT id, caller, idempotency_key, type, request::jsonb, expires_at, send_at,
 		CASE WHEN send_at IS NULL THEN '` + schema.StatusPending + `' ELSE '` + schema.StatusScheduled + `' END, app
 	FROM input
 	ORDER BY caller, idempotency_key
 	ON CONFLICT (caller, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-	RETURNING id
+	RETURNING ` + schema.EventColumns + `
+), e AS (
+	` + schema.StatusEventsSQL("n") + `
 ), o AS (
 	INSERT INTO outbox (notification_id, routing_key, message_type, body, due_at)
 	SELECT input.id, input.routing_key, input.message_type, input.body, input.send_at FROM input JOIN n USING (id)

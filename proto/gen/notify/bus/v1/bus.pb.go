@@ -281,6 +281,222 @@ func (x *DeadLetterTask) GetOriginalType() string {
 	return ""
 }
 
+// StatusEvent announces a change of a notification's status. Unlike the tasks above it is
+// for domain services: the producer's outbox relay publishes one for every status change,
+// written to the outbox in the same transaction as the change (so none is lost and none
+// is announced that did not happen), to the topic exchange "<AMQP_TOPOLOGY>.events"
+// (default "notify.events") with routing key "<status>.<type>", e.g.
+// "delivered.order.shipped"; bind "delivered.#" for every delivery, "*.order.shipped" for
+// every change of one type, or "#" for all. Messages are persistent with publisher
+// confirms; AMQP MessageId is "outbox-<row id>" (the dedupe key: delivery is at least
+// once), Type is "notify.bus.v1.StatusEvent", content type application/protobuf.
+//
+// The events of one notification are published in the order of its changes: the relay
+// publishes an event only when no earlier event of the same notification is still
+// unpublished (held by another replica's relay, or refused by the broker), so two relays
+// never overtake each other. A consumer that wants that order must read with one consumer
+// per queue (competing consumers may reorder).
+type StatusEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The notification (the id Publish returned).
+	NotificationId string `protobuf:"bytes,1,opt,name=notification_id,json=notificationId,proto3" json:"notification_id,omitempty"`
+	// Name of the API key that published it.
+	Caller string `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
+	// The notification's type (PublishRequest.type).
+	Type string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	// The Firebase app it is sent through, when the notification names one; empty otherwise.
+	App string `protobuf:"bytes,4,opt,name=app,proto3" json:"app,omitempty"`
+	// The new status, as the routing key spells it: "scheduled" (accepted, to be sent at
+	// send_at), "pending" (accepted for sending now; also when a scheduled one falls due and
+	// when it is replayed), "retrying", "delivered", "failed", "expired" or "cancelled".
+	Status string `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	// Token counts at the change.
+	Counts *StatusCounts `protobuf:"bytes,6,opt,name=counts,proto3" json:"counts,omitempty"`
+	// When the status changed.
+	Time          *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusEvent) Reset() {
+	*x = StatusEvent{}
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusEvent) ProtoMessage() {}
+
+func (x *StatusEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusEvent.ProtoReflect.Descriptor instead.
+func (*StatusEvent) Descriptor() ([]byte, []int) {
+	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StatusEvent) GetNotificationId() string {
+	if x != nil {
+		return x.NotificationId
+	}
+	return ""
+}
+
+func (x *StatusEvent) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+func (x *StatusEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *StatusEvent) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *StatusEvent) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *StatusEvent) GetCounts() *StatusCounts {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *StatusEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+// StatusCounts counts a notification's tokens by outcome.
+type StatusCounts struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tokens with an outcome so far.
+	Total int64 `protobuf:"varint,1,opt,name=total,proto3" json:"total,omitempty"`
+	// Delivered.
+	Delivered int64 `protobuf:"varint,2,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	// Found invalid and deactivated.
+	Invalid int64 `protobuf:"varint,3,opt,name=invalid,proto3" json:"invalid,omitempty"`
+	// Waiting for a retry.
+	Retrying int64 `protobuf:"varint,4,opt,name=retrying,proto3" json:"retrying,omitempty"`
+	// Dead-lettered.
+	Failed int64 `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
+	// Expired.
+	Expired int64 `protobuf:"varint,6,opt,name=expired,proto3" json:"expired,omitempty"`
+	// Skipped: the user muted the notification's type.
+	Skipped       int64 `protobuf:"varint,7,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusCounts) Reset() {
+	*x = StatusCounts{}
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusCounts) ProtoMessage() {}
+
+func (x *StatusCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusCounts.ProtoReflect.Descriptor instead.
+func (*StatusCounts) Descriptor() ([]byte, []int) {
+	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *StatusCounts) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *StatusCounts) GetDelivered() int64 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *StatusCounts) GetInvalid() int64 {
+	if x != nil {
+		return x.Invalid
+	}
+	return 0
+}
+
+func (x *StatusCounts) GetRetrying() int64 {
+	if x != nil {
+		return x.Retrying
+	}
+	return 0
+}
+
+func (x *StatusCounts) GetFailed() int64 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *StatusCounts) GetExpired() int64 {
+	if x != nil {
+		return x.Expired
+	}
+	return 0
+}
+
+func (x *StatusCounts) GetSkipped() int64 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
 var File_notify_bus_v1_bus_proto protoreflect.FileDescriptor
 
 const file_notify_bus_v1_bus_proto_rawDesc = "" +
@@ -305,7 +521,23 @@ const file_notify_bus_v1_bus_proto_rawDesc = "" +
 	"\battempts\x18\x05 \x01(\x05R\battempts\x12\x16\n" +
 	"\x06tokens\x18\x06 \x03(\tR\x06tokens\x12\x1a\n" +
 	"\boriginal\x18\a \x01(\fR\boriginal\x12#\n" +
-	"\roriginal_type\x18\b \x01(\tR\foriginalTypeB&Z$notify/proto/gen/notify/bus/v1;busv1b\x06proto3"
+	"\roriginal_type\x18\b \x01(\tR\foriginalType\"\xf1\x01\n" +
+	"\vStatusEvent\x12'\n" +
+	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x16\n" +
+	"\x06caller\x18\x02 \x01(\tR\x06caller\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x12\x10\n" +
+	"\x03app\x18\x04 \x01(\tR\x03app\x12\x16\n" +
+	"\x06status\x18\x05 \x01(\tR\x06status\x123\n" +
+	"\x06counts\x18\x06 \x01(\v2\x1b.notify.bus.v1.StatusCountsR\x06counts\x12.\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xc4\x01\n" +
+	"\fStatusCounts\x12\x14\n" +
+	"\x05total\x18\x01 \x01(\x03R\x05total\x12\x1c\n" +
+	"\tdelivered\x18\x02 \x01(\x03R\tdelivered\x12\x18\n" +
+	"\ainvalid\x18\x03 \x01(\x03R\ainvalid\x12\x1a\n" +
+	"\bretrying\x18\x04 \x01(\x03R\bretrying\x12\x16\n" +
+	"\x06failed\x18\x05 \x01(\x03R\x06failed\x12\x18\n" +
+	"\aexpired\x18\x06 \x01(\x03R\aexpired\x12\x18\n" +
+	"\askipped\x18\a \x01(\x03R\askippedB&Z$notify/proto/gen/notify/bus/v1;busv1b\x06proto3"
 
 var (
 	file_notify_bus_v1_bus_proto_rawDescOnce sync.Once
@@ -319,20 +551,24 @@ func file_notify_bus_v1_bus_proto_rawDescGZIP() []byte {
 	return file_notify_bus_v1_bus_proto_rawDescData
 }
 
-var file_notify_bus_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_notify_bus_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_notify_bus_v1_bus_proto_goTypes = []any{
 	(*SendTask)(nil),              // 0: notify.bus.v1.SendTask
 	(*RetryTask)(nil),             // 1: notify.bus.v1.RetryTask
 	(*DeadLetterTask)(nil),        // 2: notify.bus.v1.DeadLetterTask
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(*StatusEvent)(nil),           // 3: notify.bus.v1.StatusEvent
+	(*StatusCounts)(nil),          // 4: notify.bus.v1.StatusCounts
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
 }
 var file_notify_bus_v1_bus_proto_depIdxs = []int32{
-	3, // 0: notify.bus.v1.SendTask.enqueue_time:type_name -> google.protobuf.Timestamp
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	5, // 0: notify.bus.v1.SendTask.enqueue_time:type_name -> google.protobuf.Timestamp
+	4, // 1: notify.bus.v1.StatusEvent.counts:type_name -> notify.bus.v1.StatusCounts
+	5, // 2: notify.bus.v1.StatusEvent.time:type_name -> google.protobuf.Timestamp
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_notify_bus_v1_bus_proto_init() }
@@ -346,7 +582,7 @@ func file_notify_bus_v1_bus_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_notify_bus_v1_bus_proto_rawDesc), len(file_notify_bus_v1_bus_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
