@@ -165,6 +165,12 @@ func (st *stack) startService(ctx context.Context, name string) error {
 	if _, set := st.cfg.ServiceEnv["SHUTDOWN_TIMEOUT"]; !set {
 		env["SHUTDOWN_TIMEOUT"] = "10s"
 	}
+	// The emulator has no quota unless told: the fan-out phase compares notify's raw speed with
+	// the raw FCM edge, so sends are not paced to FCM's real 600,000/min unless asked
+	// (FCM_RATE_PER_MINUTE in make bench's environment).
+	if _, set := st.cfg.ServiceEnv["FCM_RATE_PER_MINUTE"]; !set {
+		env["FCM_RATE_PER_MINUTE"] = "1000000000"
+	}
 	var health string
 	switch name {
 	case "fcm-emulator":

@@ -63,7 +63,7 @@ var chaosProfiles = map[string]chaosProfile{
 	"full": {
 		name: "full", broadcastDevices: 20_000, broadcasts: 3, streamUsers: 1_000, streamEvery: 50 * time.Millisecond,
 		gap: 5 * time.Second, outage: 12 * time.Second, brokerDown: 5 * time.Second, rollAll: true, brokerRestart: true,
-		settle: 10 * time.Minute,
+		settle:    10 * time.Minute,
 		retryBase: 2 * time.Second, retryMax: 16 * time.Second, attempts: 6, fcmLatency: 50 * time.Millisecond,
 	},
 }
@@ -308,7 +308,7 @@ func (r *chaosRun) seed() {
 type fault struct {
 	name  string
 	noGap bool // the next fault follows at once (a broadcast is under way)
-	bound int // duplicate sends this fault can explain (see README "Guarantees")
+	bound int  // duplicate sends this fault can explain (see README "Guarantees")
 	do    func()
 }
 

@@ -32,7 +32,9 @@ func Key(name string) string { return TopicPrefix + name }
 func ConditionKey(expr string) string { return ConditionPrefix + expr }
 
 // IsKey reports whether s is a topic or condition key rather than a registration token.
-func IsKey(s string) bool { return strings.HasPrefix(s, TopicPrefix) || strings.HasPrefix(s, ConditionPrefix) }
+func IsKey(s string) bool {
+	return strings.HasPrefix(s, TopicPrefix) || strings.HasPrefix(s, ConditionPrefix)
+}
 
 // FromKey returns the topic name or the condition a key stands for (one of them is set),
 // or ok false when s is not a key.

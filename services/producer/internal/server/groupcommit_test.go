@@ -3,8 +3,8 @@ package server
 import (
 	"context"
 	"errors"
-	"slices"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"

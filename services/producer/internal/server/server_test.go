@@ -94,10 +94,16 @@ func TestValidatePublish(t *testing.T) {
 		{"long collapse key", func(r *notifyv1.PublishRequest) {
 			r.Options = &notifyv1.Options{CollapseKey: strings.Repeat("c", 65)}
 		}, []string{"options.collapse_key"}},
-		{"topic", func(r *notifyv1.PublishRequest) { r.Recipients.Target = &notifyv1.Recipients_Topic{Topic: "news-1_a.b~c%20"} }, nil},
-		{"/topics/ topic", func(r *notifyv1.PublishRequest) { r.Recipients.Target = &notifyv1.Recipients_Topic{Topic: "/topics/news"} }, nil},
+		{"topic", func(r *notifyv1.PublishRequest) {
+			r.Recipients.Target = &notifyv1.Recipients_Topic{Topic: "news-1_a.b~c%20"}
+		}, nil},
+		{"/topics/ topic", func(r *notifyv1.PublishRequest) {
+			r.Recipients.Target = &notifyv1.Recipients_Topic{Topic: "/topics/news"}
+		}, nil},
 		{"empty topic", func(r *notifyv1.PublishRequest) { r.Recipients.Target = &notifyv1.Recipients_Topic{Topic: "/topics/"} }, []string{"recipients.topic"}},
-		{"bad topic", func(r *notifyv1.PublishRequest) { r.Recipients.Target = &notifyv1.Recipients_Topic{Topic: "news today"} }, []string{"recipients.topic"}},
+		{"bad topic", func(r *notifyv1.PublishRequest) {
+			r.Recipients.Target = &notifyv1.Recipients_Topic{Topic: "news today"}
+		}, []string{"recipients.topic"}},
 		{"long topic", func(r *notifyv1.PublishRequest) {
 			r.Recipients.Target = &notifyv1.Recipients_Topic{Topic: strings.Repeat("t", MaxTopicLen+1)}
 		}, []string{"recipients.topic"}},
@@ -107,7 +113,9 @@ func TestValidatePublish(t *testing.T) {
 		{"condition of six topics", func(r *notifyv1.PublishRequest) {
 			r.Recipients.Target = &notifyv1.Recipients_Condition{Condition: "'a' in topics || 'b' in topics || 'c' in topics || 'd' in topics || 'e' in topics || 'f' in topics"}
 		}, []string{"recipients.condition"}},
-		{"bad condition", func(r *notifyv1.PublishRequest) { r.Recipients.Target = &notifyv1.Recipients_Condition{Condition: "news"} }, []string{"recipients.condition"}},
+		{"bad condition", func(r *notifyv1.PublishRequest) {
+			r.Recipients.Target = &notifyv1.Recipients_Condition{Condition: "news"}
+		}, []string{"recipients.condition"}},
 		{"empty condition", func(r *notifyv1.PublishRequest) { r.Recipients.Target = &notifyv1.Recipients_Condition{} }, []string{"recipients.condition"}},
 		{"a token that reads as a topic", func(r *notifyv1.PublishRequest) {
 			r.Recipients.Target = &notifyv1.Recipients_Tokens{Tokens: &notifyv1.Tokens{Tokens: []string{"ok", "/topics/news", "condition:'a' in topics"}}}
