@@ -114,7 +114,7 @@ func TestReplayAfterFCMRecoversSendsOnlyWhatWasNotDelivered(t *testing.T) {
 		t.Error("the dry run marked the dead letter replayed")
 	}
 	var outboxRows int
-	if err := s.db.Pool.QueryRow(ctxT(t), "SELECT count(*) FROM outbox WHERE notification_id = $1", id).Scan(&outboxRows); err != nil || outboxRows != 1 {
+	if err := s.db.Pool.QueryRow(ctxT(t), "SELECT count(*) FROM outbox WHERE notification_id = $1 AND "+notStatusEvent, id).Scan(&outboxRows); err != nil || outboxRows != 1 {
 		t.Errorf("outbox rows after the dry run: %d (%v), want only the publish's", outboxRows, err)
 	}
 

@@ -485,7 +485,7 @@ func (r *chaosRun) broadcast(i int) {
 	r.logf("broadcast #%d accepted as %s", i, id)
 	waitFor(r.t, 2*time.Minute, "the broadcast's outbox row to be published and sending under way", func() bool {
 		var waiting bool
-		err := r.s.db.Pool.QueryRow(ctxT(r.t), `SELECT EXISTS (SELECT 1 FROM outbox WHERE notification_id = $1 AND published_at IS NULL)`, id).Scan(&waiting)
+		err := r.s.db.Pool.QueryRow(ctxT(r.t), `SELECT EXISTS (SELECT 1 FROM outbox WHERE notification_id = $1 AND published_at IS NULL AND `+notStatusEvent+`)`, id).Scan(&waiting)
 		return err == nil && !waiting && r.s.emulatorStats(false).Requests > before+300
 	})
 }

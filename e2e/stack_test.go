@@ -26,6 +26,7 @@ import (
 
 	"notify/pkg/fcmemu"
 	"notify/pkg/pgtest"
+	"notify/pkg/schema"
 	"notify/pkg/testenv"
 	notifyv1 "notify/proto/gen/notify/v1"
 )
@@ -440,3 +441,8 @@ func replaceHost(raw, hostPort string) string {
 	u.Host = hostPort
 	return u.String()
 }
+
+// notStatusEvent selects the outbox rows that are not status events: a test counting what a
+// Publish or a replay wrote counts its send tasks, while status events of any notification
+// (pkg/schema/events.go) may be written at any moment.
+const notStatusEvent = "message_type <> '" + schema.StatusEventType + "'"
