@@ -50,7 +50,9 @@ func (stuckHealth) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*
 }
 
 // TestGRPCRPCTimeout: a call whose client set no deadline, or a later one than
-// GRPC_RPC_TIMEOUT, is ended by the server after GRPC_RPC_TIMEOUT with DEADLINE_EXCEEDED.
+// GRPC_RPC_TIMEOUT, is ended by the server after GRPC_RPC_TIMEOUT with UNAVAILABLE (the
+// server's trouble; the client would have waited); one whose client's deadline comes first
+// ends with DEADLINE_EXCEEDED at it.
 func TestGRPCRPCTimeout(t *testing.T) {
 	t.Parallel()
 	conn := serveLimited(t, map[string]string{"GRPC_RPC_TIMEOUT": "300ms"}, func(s *grpc.Server) {
@@ -62,12 +64,17 @@ func TestGRPCRPCTimeout(t *testing.T) {
 	for name, ctx := range map[string]context.Context{"no client deadline": t.Context(), "a later deadline": later} {
 		start := time.Now()
 		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
-		if status.Code(err) != codes.DeadlineExceeded {
-			t.Errorf("%s: %v, want DEADLINE_EXCEEDED from the server's 300ms", name, err)
+		if status.Code(err) != codes.Unavailable {
+			t.Errorf("%s: %v, want UNAVAILABLE from the server's 300ms", name, err)
 		}
 		if took := time.Since(start); took < 300*time.Millisecond || took > time.Minute {
 			t.Errorf("%s: ended after %s, want the server's 300ms", name, took)
 		}
+	}
+	earlier, cancelEarlier := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancelEarlier()
+	if _, err := client.Check(earlier, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("a client deadline before the server's: %v, want DEADLINE_EXCEEDED", err)
 	}
 
 	// GRPC_RPC_TIMEOUT=0: no server deadline; the client's own still applies.
