@@ -4,6 +4,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"notify/pkg/envconfig"
 	"notify/pkg/fcm"
 	"notify/pkg/pace"
@@ -35,6 +38,21 @@ func (s Settings) Topology() rabbit.Topology {
 // Options are the Deliverer options these settings imply.
 func (s Settings) Options() Options {
 	return Options{MaxAttempts: s.MaxAttempts, MaxConcurrentSends: s.MaxConcurrentSends}
+}
+
+// AppOptions are Options with the configured apps: each app's FCM client from apps, the
+// send budget every replica shares (pace, in pool) and the app names for the metrics.
+func (s Settings) AppOptions(apps *fcm.Apps, pool *pgxpool.Pool, reg prometheus.Registerer) Options {
+	opts := s.Options()
+	opts.Apps = func(app string) (Pusher, bool) {
+		c, ok := apps.Client(app)
+		return c, ok
+	}
+	opts.Pacer = pace.New(pool, s.PaceApps(), reg)
+	for _, app := range s.Apps {
+		opts.AppNames = append(opts.AppNames, app.Name)
+	}
+	return opts
 }
 
 // LoadSettings reads the shared settings through r, which collects every problem, each

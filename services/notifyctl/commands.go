@@ -472,18 +472,7 @@ func (c *cli) devicesUnregisterCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		if err := c.emit(resp, func() error {
-			if resp.GetFound() {
-				fmt.Fprintf(c.out, "device %s unregistered\n", args[0])
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		if !resp.GetFound() {
-			return notFoundError{fmt.Sprintf("no device %q", args[0])}
-		}
-		return nil
+		return c.emitFound(resp, resp.GetFound(), fmt.Sprintf("device %s unregistered", args[0]), fmt.Sprintf("no device %q", args[0]))
 	})
 	return cmd
 }

@@ -119,18 +119,8 @@ func (c *cli) keysRevokeCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		if err := c.emit(resp, func() error {
-			if resp.GetRevoked() {
-				fmt.Fprintf(c.out, "revoked key %q\n", args[0])
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		if !resp.GetRevoked() {
-			return notFoundError{fmt.Sprintf("keys revoke: no active key named %q", args[0])}
-		}
-		return nil
+		return c.emitFound(resp, resp.GetRevoked(), fmt.Sprintf("revoked key %q", args[0]),
+			fmt.Sprintf("keys revoke: no active key named %q", args[0]))
 	})
 	return cmd
 }

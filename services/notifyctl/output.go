@@ -146,3 +146,20 @@ func scalarTree(fd protoreflect.FieldDescriptor, v protoreflect.Value) any {
 	}
 	return v.Interface() // bool, string
 }
+
+// emitFound prints m (as text: done, when found) and, when nothing was found, ends with
+// exit code 3 saying missing: the shape of the commands that act on one named thing.
+func (c *cli) emitFound(m proto.Message, found bool, done, missing string) error {
+	if err := c.emit(m, func() error {
+		if found {
+			fmt.Fprintln(c.out, done)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if !found {
+		return notFoundError{missing}
+	}
+	return nil
+}

@@ -14,7 +14,6 @@ import (
 	"notify/pkg/fcm"
 	"notify/pkg/logging"
 	"notify/pkg/metrics"
-	"notify/pkg/pace"
 	"notify/pkg/rabbit"
 	"notify/pkg/schema"
 	"notify/services/retrier/internal/retrier"
@@ -56,16 +55,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	})
 	store := delivery.NewStore(pool)
 	pub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
-	opts := cfg.Delivery.Options()
-	opts.Apps = func(app string) (delivery.Pusher, bool) {
-		c, ok := apps.Client(app)
-		return c, ok
-	}
-	opts.Pacer = pace.New(pool, cfg.Delivery.PaceApps(), reg)
-	for _, app := range cfg.Delivery.Apps {
-		opts.AppNames = append(opts.AppNames, app.Name)
-	}
-	deliverer := delivery.NewDeliverer(store, nil, pub, topo, log, reg, opts)
+	deliverer := delivery.NewDeliverer(store, nil, pub, topo, log, reg, cfg.Delivery.AppOptions(apps, pool, reg))
 	handler := retrier.NewHandler(store, deliverer, log, reg)
 	consumer := rabbit.NewBatchConsumer(conn, topo.RetryQueue(), handler.HandleBatch, rabbit.ConsumerOptions{
 		BatchSize:       cfg.BatchSize,
