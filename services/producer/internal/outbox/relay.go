@@ -237,6 +237,11 @@ var startSQL = schema.ChangeStatusSQL("'"+schema.StatusPending+"'", ", updated_a
 // RelayOnce runs one round and returns how many rows it claimed.
 func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 	var claimed int
+	// wake is set when this round leaves rows for the next one (the next status event of a
+	// notification, the event a started notification wrote). The wake-up is sent after the
+	// commit: sent before it, another loop could run its round, find the rows still
+	// uncommitted, and consume the wake-up, leaving them until the next poll.
+	wake := false
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, claimSQL, r.opts.BatchSize)
 		if err != nil {
@@ -307,7 +312,7 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 			pubErr = errors.Join(pubErr, err)
 		}
 		if len(events) > 0 {
-			r.Wake() // the next event of the same notifications may be waiting for these
+			wake = true // the next event of the same notifications may be waiting for these
 		}
 		ids := make([]int64, 0, len(batch))
 		var started []uuid.UUID
@@ -332,7 +337,7 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 			if _, err := tx.Exec(ctx, startSQL, started); err != nil {
 				return fmt.Errorf("start %d scheduled notifications: %w", len(started), err)
 			}
-			r.Wake() // their status events are new rows to relay
+			wake = true // their status events are new rows to relay
 		}
 		r.published.Add(float64(len(ids)))
 		if pubErr != nil {
@@ -341,6 +346,9 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 		}
 		return nil
 	})
+	if err == nil && wake {
+		r.Wake()
+	}
 	return claimed, err
 }
 
