@@ -64,7 +64,8 @@ func TestProducerGRPCMetrics(t *testing.T) {
 }
 
 // TestEveryServiceMetrics: every service's /metrics names its build and shows its
-// PostgreSQL pool; and every metric the Grafana dashboard and the Prometheus rules name
+// PostgreSQL pool; no series has a job or instance label (Prometheus's own target labels:
+// scraped, such a label would be renamed exported_job); and every metric the Grafana dashboard and the Prometheus rules name
 // (deployments/grafana/notify.json, deployments/prometheus/rules.yml, the runbook text
 // included) is exported by at least one of them, so neither can silently show nothing or never
 // fire after a metric is renamed. The services are scraped until they export everything
@@ -72,6 +73,7 @@ func TestProducerGRPCMetrics(t *testing.T) {
 func TestEveryServiceMetrics(t *testing.T) {
 	s := newStack(t)
 	buildInfo := regexp.MustCompile(`(?m)^notify_build_info\{commit="[0-9a-f]*",go_version="go[^"]+",version="[^"]+"\} 1$`)
+	targetLabel := regexp.MustCompile(`(?m)^[a-z_:0-9]+\{(?:.*,)?(?:job|instance)="[^\n]*$`)
 	var procs []*proc
 	for _, name := range []string{"producer", "sender", "retrier", "deadletter"} {
 		p := s.startUntil(name, map[string]string{"FCM_ENDPOINT": "http://127.0.0.1:1/v1"}, "/livez")
@@ -83,6 +85,12 @@ func TestEveryServiceMetrics(t *testing.T) {
 		}
 		if !buildInfo.MatchString(body) {
 			t.Errorf("%s: /metrics lacks notify_build_info{commit,go_version,version} 1", name)
+		}
+		for _, line := range targetLabel.FindAllString(body, -1) {
+			t.Errorf("%s: %s has a label Prometheus reserves for the target", name, line)
+		}
+		if name == "producer" && !strings.Contains(body, `notify_job_runs_total{name="redrive",result="ok"} `) {
+			t.Errorf("producer: /metrics lacks notify_job_runs_total{name=\"redrive\",result=\"ok\"}")
 		}
 		for _, want := range []string{"\nnotify_db_pool_max_conns ", "\nnotify_db_pool_acquired_conns ", "\nnotify_db_pool_acquire_waits_total "} {
 			if !strings.Contains(body, want) {

@@ -56,11 +56,11 @@ func NewRunner(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer, 
 	r := &Runner{
 		pool: pool, jobs: jobs, log: log,
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "notify_job_runs_total", Help: "Periodic job attempts, by job and result (ok, failed, locked: another replica ran it).",
-		}, []string{"job", "result"}),
+			Name: "notify_job_runs_total", Help: "Periodic job attempts, by job name and result (ok, failed, locked: another replica ran it).",
+		}, []string{"name", "result"}),
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "notify_job_last_success_timestamp_seconds", Help: "When this replica last ran the job successfully.",
-		}, []string{"job"}),
+			Name: "notify_job_last_success_timestamp_seconds", Help: "When this replica last ran the job successfully, by job name.",
+		}, []string{"name"}),
 	}
 	reg.MustRegister(r.runs, r.lastSuccess)
 	for _, j := range jobs {
