@@ -212,6 +212,13 @@ type row struct {
 // another relay (or was refused by the broker) waits for it to be published. Events of one
 // notification are therefore published one round after another, in order, however many
 // relays run; a round that published one wakes the relay for the next.
+//
+// The batch limit is a plain LIMIT $1 on each scan and on the whole: the scans are pulled
+// lazily, so the rows for now fill only what the scheduled rows left, and only the rows
+// returned are locked. The planner then knows it reads a batch, not a tenth of the outbox
+// (its guess for a computed limit); with that guess a backlog of ~80,000 rows pushed the
+// claim's estimated cost past jit_above_cost, and every claim spent 75–135 ms compiling
+// (measured on a 100,000-row backlog) to run a 2–15 ms plan.
 var claimSQL = `
 
 WITH due AS (
@@ -224,9 +231,9 @@ WITH due AS (
 	  AND (message_type <> '` + schema.StatusEventType + `' OR NOT EXISTS (
 		SELECT 1 FROM outbox p WHERE p.notification_id = o.notification_id AND p.published_at IS NULL
 		  AND p.message_type = '` + schema.StatusEventType + `' AND p.id < o.id))
-	ORDER BY id LIMIT $1 - (SELECT count(*) FROM due) FOR UPDATE SKIP LOCKED
+	ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
 )
-SELECT * FROM due UNION ALL SELECT * FROM ready`
+SELECT * FROM due UNION ALL SELECT * FROM ready LIMIT $1`
 
 // startSQL moves the notifications whose scheduled send task was just published from
 // scheduled to pending, in the transaction that marks the rows published. One that was
