@@ -515,3 +515,26 @@ func TestDevicesListPagesAndPrints(t *testing.T) {
 		t.Errorf("last ListDevices request %v, want user ana, active_only, a page token (all pages fetched)", last)
 	}
 }
+
+// TestKeysIgnorePreferencesPermission: keys create --allow-ignore-preferences asks for the
+// permission (and plain create does not); keys list shows who has it.
+func TestKeysIgnorePreferencesPermission(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	mustCtl(t, exitOK, env(addr, "admin"), "keys", "create", "security", "--role", "publisher", "--allow-ignore-preferences")
+	mustCtl(t, exitOK, env(addr, "admin"), "keys", "create", "plain", "--role", "publisher")
+	f.mu.Lock()
+	got := map[string]bool{}
+	for _, req := range f.keyCreates {
+		got[req.GetName()] = req.GetAllowIgnorePreferences()
+	}
+	f.mu.Unlock()
+	if diff := cmp.Diff(map[string]bool{"security": true, "plain": false}, got); diff != "" {
+		t.Errorf("CreateAPIKey allow_ignore_preferences (-want +got):\n%s", diff)
+	}
+	listed := rows(mustCtl(t, exitOK, env(addr, "admin"), "keys", "list").stdout)
+	if len(listed) != 3 || !strings.HasSuffix(listed[0], "IGNORE PREFS") || !strings.HasSuffix(listed[1], "all yes") ||
+		!strings.HasSuffix(listed[2], "all no") {
+		t.Errorf("keys list, want an IGNORE PREFS column: yes for ops, no for shop:\n%s", strings.Join(listed, "\n"))
+	}
+}

@@ -43,6 +43,7 @@ type fake struct {
 	batches     []int // requests per PublishBatch call
 	replays     []*notifyv1.ReplayRequest
 	deviceLists []*notifyv1.ListDevicesRequest
+	keyCreates  []*notifyv1.CreateAPIKeyRequest
 	clientNames []string // common names of the client certificates presented (mTLS)
 }
 
@@ -239,8 +240,12 @@ func (f *fake) CreateAPIKey(ctx context.Context, req *notifyv1.CreateAPIKeyReque
 	if err := f.authorize(ctx, true); err != nil {
 		return nil, err
 	}
+	f.mu.Lock()
+	f.keyCreates = append(f.keyCreates, req)
+	f.mu.Unlock()
 	return &notifyv1.CreateAPIKeyResponse{
-		Key:    &notifyv1.APIKey{Name: req.GetName(), Role: req.GetRole(), CreateTime: timestamppb.New(created)},
+		Key: &notifyv1.APIKey{Name: req.GetName(), Role: req.GetRole(), CreateTime: timestamppb.New(created),
+			AllowIgnorePreferences: req.GetAllowIgnorePreferences()},
 		Secret: "nfy_secret",
 	}, nil
 }
@@ -250,7 +255,8 @@ func (f *fake) ListAPIKeys(ctx context.Context, req *notifyv1.ListAPIKeysRequest
 		return nil, err
 	}
 	return &notifyv1.ListAPIKeysResponse{Keys: []*notifyv1.APIKey{
-		{Name: "ops", Role: notifyv1.Role_ROLE_ADMIN, CreateTime: timestamppb.New(created)},
+		{Name: "ops", Role: notifyv1.Role_ROLE_ADMIN, CreateTime: timestamppb.New(created), AllowIgnorePreferences: true},
+		{Name: "shop", Role: notifyv1.Role_ROLE_PUBLISHER, CreateTime: timestamppb.New(created)},
 	}}, nil
 }
 

@@ -28,16 +28,21 @@ func (c *cli) keysCommand() *cobra.Command {
 func (c *cli) keysCreateCommand() *cobra.Command {
 	var role string
 	var apps []string
+	var ignorePrefs bool
 	cmd := &cobra.Command{
-		Use:   "create NAME --role publisher|admin [--apps a,b]",
+		Use:   "create NAME --role publisher|admin [--apps a,b] [--allow-ignore-preferences]",
 		Short: "Create an API key; prints only its secret, once",
 		Long: `Create an API key. Only the secret is printed on stdout, once (KEY=$(notifyctl keys create …)
 works): notify keeps only its SHA-256. A publisher key may publish and manage devices; an
-admin key may do everything. --apps limits a publisher key to those apps.`,
+admin key may do everything. --apps limits a publisher key to those apps.
+--allow-ignore-preferences lets a publisher key publish with ignore_preferences (security
+messages that reach users who muted their type); admin keys always may.`,
 		Args: positional(1, "one key NAME"),
 	}
 	cmd.Flags().StringVar(&role, "role", "", "publisher or admin")
 	cmd.Flags().StringSliceVar(&apps, "apps", nil, "limit a publisher key to these `apps` (comma-separated; default: every app)")
+	cmd.Flags().BoolVar(&ignorePrefs, "allow-ignore-preferences", false,
+		"let a publisher key publish with ignore_preferences (admin keys always may)")
 	_ = cmd.MarkFlagRequired("role")
 	enumFlag(cmd, "role", "publisher", "admin")
 	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
@@ -51,7 +56,9 @@ admin key may do everything. --apps limits a publisher key to those apps.`,
 		}
 		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
-		resp, err := notifyv1.NewAdminServiceClient(conn).CreateAPIKey(callCtx, &notifyv1.CreateAPIKeyRequest{Name: args[0], Role: r, Apps: apps})
+		resp, err := notifyv1.NewAdminServiceClient(conn).CreateAPIKey(callCtx, &notifyv1.CreateAPIKeyRequest{
+			Name: args[0], Role: r, Apps: apps, AllowIgnorePreferences: ignorePrefs,
+		})
 		if err != nil {
 			return err
 		}
@@ -85,14 +92,14 @@ func (c *cli) keysListCommand() *cobra.Command {
 			return err
 		}
 		return c.emit(resp, func() error {
-			tw := c.table("NAME", "ROLE", "CREATED", "LAST USED", "REVOKED", "APPS")
+			tw := c.table("NAME", "ROLE", "CREATED", "LAST USED", "REVOKED", "APPS", "IGNORE PREFS")
 			for _, k := range resp.GetKeys() {
 				apps := "all"
 				if len(k.GetApps()) > 0 {
 					apps = strings.Join(k.GetApps(), ",")
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.GetName(), shortRole(k.GetRole()), stamp(k.GetCreateTime()),
-					stamp(k.GetLastUsedTime()), stamp(k.GetRevokeTime()), apps)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.GetName(), shortRole(k.GetRole()), stamp(k.GetCreateTime()),
+					stamp(k.GetLastUsedTime()), stamp(k.GetRevokeTime()), apps, yesNo(k.GetAllowIgnorePreferences()))
 			}
 			return tw.Flush()
 		})
@@ -123,4 +130,11 @@ func (c *cli) keysRevokeCommand() *cobra.Command {
 			fmt.Sprintf("keys revoke: no active key named %q", args[0]))
 	})
 	return cmd
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }

@@ -24,9 +24,11 @@ admin key. Whoever can reach the database can do anything notify can, so this gr
 more than they already have. Once an admin key exists, prefer notifyctl keys.
 
 Usage:
-  producer keys create NAME --role admin|publisher [--apps a,b]
+  producer keys create NAME --role admin|publisher [--apps a,b] [--allow-ignore-preferences]
                                                      prints the secret (only) on stdout;
-                                                     --apps limits a publisher key to those apps
+                                                     --apps limits a publisher key to those apps;
+                                                     --allow-ignore-preferences lets a publisher
+                                                     key publish with ignore_preferences
   producer keys list [--all]                         --all: revoked keys too
   producer keys revoke NAME
 
@@ -70,6 +72,7 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 	role := fs.String("role", "", "")
 	all := fs.Bool("all", false, "")
 	appList := fs.String("apps", "", "")
+	ignorePrefs := fs.Bool("allow-ignore-preferences", false, "")
 	pos, err := parseInterleaved(fs, args[1:])
 	if err != nil {
 		return keysUsageError{err.Error()}
@@ -92,6 +95,9 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 		}
 		if err := apikey.CheckName(pos[0]); err != nil {
 			return keysUsageError{err.Error()}
+		}
+		if *ignorePrefs && r == apikey.RoleAdmin {
+			return keysUsageError{"--allow-ignore-preferences is for publisher keys; an admin key always may"}
 		}
 		if *appList != "" {
 			if r == apikey.RoleAdmin {
@@ -125,7 +131,7 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 
 	switch args[0] {
 	case "create":
-		k, secret, err := store.Create(ctx, pos[0], r, apps...)
+		k, secret, err := store.CreateWith(ctx, pos[0], r, apikey.Options{Apps: apps, MayIgnorePreferences: *ignorePrefs})
 		if err != nil {
 			return err
 		}
@@ -146,14 +152,18 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 			return err
 		}
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tROLE\tCREATED\tLAST USED\tREVOKED\tAPPS")
+		fmt.Fprintln(tw, "NAME\tROLE\tCREATED\tLAST USED\tREVOKED\tAPPS\tIGNORE PREFS")
 		for _, k := range keys {
 			apps := "all"
 			if k.Apps != nil {
 				apps = strings.Join(k.Apps, ",")
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.Role, k.CreatedAt.UTC().Format(time.RFC3339),
-				timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt), apps)
+			ignore := "no"
+			if k.CanIgnorePreferences() {
+				ignore = "yes"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.Role, k.CreatedAt.UTC().Format(time.RFC3339),
+				timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt), apps, ignore)
 		}
 		return tw.Flush()
 	}

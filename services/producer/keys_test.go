@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -40,6 +41,8 @@ func TestKeysCommand(t *testing.T) {
 		wantOut  string
 	}{
 		{"flags first", []string{"create", "--role", "publisher", "orders"}, 0, "nfy_"},
+		{"may ignore preferences", []string{"create", "security", "--role", "publisher", "--allow-ignore-preferences"}, 0, "nfy_"},
+		{"admin may always ignore preferences", []string{"create", "root", "--role", "admin", "--allow-ignore-preferences"}, 2, ""},
 		{"taken name", []string{"create", "ops", "--role", "admin"}, 1, ""},
 		{"no role", []string{"create", "x"}, 2, ""},
 		{"bad role", []string{"create", "x", "--role", "root"}, 2, ""},
@@ -63,7 +66,34 @@ func TestKeysCommand(t *testing.T) {
 	if !strings.Contains(listed, "ops") || strings.Contains(listed, "orders") || !strings.Contains(all, "orders") {
 		t.Errorf("list:\n%s\nlist --all:\n%s", listed, all)
 	}
+	ignore := map[string]string{} // the IGNORE PREFS column by key name
+	for _, line := range strings.Split(strings.TrimSpace(listed), "\n")[1:] {
+		f := strings.Fields(line)
+		ignore[f[0]] = f[len(f)-1]
+	}
+	if got, want := fmt.Sprint(ignore), fmt.Sprint(map[string]string{"ops": "yes", "security": "yes"}); got != want {
+		t.Errorf("list's IGNORE PREFS column = %s, want %s:\n%s", got, want, listed)
+	}
+	keys("create", "plain", "--role", "publisher")
+	_, listed, _ = keys("list")
+	if !strings.Contains(listed, "plain") || !strings.HasSuffix(strings.TrimSpace(lineOf(listed, "plain")), "no") {
+		t.Errorf("a publisher key without the permission lists:\n%s", listed)
+	}
+	var stored bool
+	if err := db.Pool.QueryRow(context.Background(), "SELECT allow_ignore_preferences FROM api_keys WHERE name = 'security'").Scan(&stored); err != nil || !stored {
+		t.Errorf("security key's stored permission = %v (%v), want true", stored, err)
+	}
 	if strings.Contains(all, secret) {
 		t.Error("list shows a secret")
 	}
+}
+
+// lineOf returns the line of table that starts with name.
+func lineOf(table, name string) string {
+	for _, line := range strings.Split(table, "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			return line
+		}
+	}
+	return ""
 }

@@ -1643,9 +1643,12 @@ type APIKey struct {
 	// The key's own burst; unset when the key has the default (PUBLISH_BURST_PER_KEY).
 	PublishBurst *int32 `protobuf:"varint,77,opt,name=publish_burst,json=publishBurst,proto3,oneof" json:"publish_burst,omitempty"`
 	// The apps the key may publish for and register devices of; empty means every app.
-	Apps          []string `protobuf:"bytes,16,rep,name=apps,proto3" json:"apps,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Apps []string `protobuf:"bytes,16,rep,name=apps,proto3" json:"apps,omitempty"`
+	// Whether the key may set Publish's options.ignore_preferences: true for every admin key,
+	// and for a publisher key created with allow_ignore_preferences.
+	AllowIgnorePreferences bool `protobuf:"varint,128,opt,name=allow_ignore_preferences,json=allowIgnorePreferences,proto3" json:"allow_ignore_preferences,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *APIKey) Reset() {
@@ -1734,6 +1737,13 @@ func (x *APIKey) GetApps() []string {
 	return nil
 }
 
+func (x *APIKey) GetAllowIgnorePreferences() bool {
+	if x != nil {
+		return x.AllowIgnorePreferences
+	}
+	return false
+}
+
 // CreateAPIKeyRequest names and scopes a new key.
 type CreateAPIKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1750,9 +1760,13 @@ type CreateAPIKeyRequest struct {
 	PublishBurst *int32 `protobuf:"varint,74,opt,name=publish_burst,json=publishBurst,proto3,oneof" json:"publish_burst,omitempty"`
 	// Limits the key to these apps (Publish and RegisterDevice(s) for another app get
 	// PERMISSION_DENIED); empty means every app. Admin keys are never limited.
-	Apps          []string `protobuf:"bytes,13,rep,name=apps,proto3" json:"apps,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Apps []string `protobuf:"bytes,13,rep,name=apps,proto3" json:"apps,omitempty"`
+	// Lets a publisher key set Publish's options.ignore_preferences (security messages that
+	// must reach users who muted their type); without it such a Publish is PERMISSION_DENIED.
+	// Admin keys always may: setting it for ROLE_ADMIN is INVALID_ARGUMENT.
+	AllowIgnorePreferences bool `protobuf:"varint,125,opt,name=allow_ignore_preferences,json=allowIgnorePreferences,proto3" json:"allow_ignore_preferences,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *CreateAPIKeyRequest) Reset() {
@@ -1818,6 +1832,13 @@ func (x *CreateAPIKeyRequest) GetApps() []string {
 		return x.Apps
 	}
 	return nil
+}
+
+func (x *CreateAPIKeyRequest) GetAllowIgnorePreferences() bool {
+	if x != nil {
+		return x.AllowIgnorePreferences
+	}
+	return false
 }
 
 // CreateAPIKeyResponse carries the new key's secret, shown only once.
@@ -2186,7 +2207,7 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\x0eReplayResponse\x121\n" +
 	"\aresults\x18\x01 \x03(\v2\x17.notify.v1.ReplayResultR\aresults\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12&\n" +
-	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\x86\x03\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xc1\x03\n" +
 	"\x06APIKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x0f.notify.v1.RoleR\x04role\x12;\n" +
@@ -2197,15 +2218,17 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\x0elast_used_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastUsedTime\x12&\n" +
 	"\fpublish_rate\x18L \x01(\x05H\x00R\vpublishRate\x88\x01\x01\x12(\n" +
 	"\rpublish_burst\x18M \x01(\x05H\x01R\fpublishBurst\x88\x01\x01\x12\x12\n" +
-	"\x04apps\x18\x10 \x03(\tR\x04appsB\x0f\n" +
+	"\x04apps\x18\x10 \x03(\tR\x04apps\x129\n" +
+	"\x18allow_ignore_preferences\x18\x80\x01 \x01(\bR\x16allowIgnorePreferencesB\x0f\n" +
 	"\r_publish_rateB\x10\n" +
-	"\x0e_publish_burst\"\xd7\x01\n" +
+	"\x0e_publish_burst\"\x91\x02\n" +
 	"\x13CreateAPIKeyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x0f.notify.v1.RoleR\x04role\x12&\n" +
 	"\fpublish_rate\x18I \x01(\x05H\x00R\vpublishRate\x88\x01\x01\x12(\n" +
 	"\rpublish_burst\x18J \x01(\x05H\x01R\fpublishBurst\x88\x01\x01\x12\x12\n" +
-	"\x04apps\x18\r \x03(\tR\x04appsB\x0f\n" +
+	"\x04apps\x18\r \x03(\tR\x04apps\x128\n" +
+	"\x18allow_ignore_preferences\x18} \x01(\bR\x16allowIgnorePreferencesB\x0f\n" +
 	"\r_publish_rateB\x10\n" +
 	"\x0e_publish_burst\"S\n" +
 	"\x14CreateAPIKeyResponse\x12#\n" +

@@ -850,7 +850,8 @@ type Options struct {
 	CollapseKey string `protobuf:"bytes,3,opt,name=collapse_key,json=collapseKey,proto3" json:"collapse_key,omitempty"`
 	// Send to every device of the audience, even those of users who muted this notification's
 	// type (DeviceService.SetPreferences): for security messages (a new sign-in, a password
-	// change). Only an admin key may set it; from any other key Publish answers
+	// change). Only an admin key, or a publisher key created with allow_ignore_preferences
+	// (AdminService.CreateAPIKey), may set it; from any other key Publish answers
 	// PERMISSION_DENIED and writes nothing.
 	IgnorePreferences bool `protobuf:"varint,8,opt,name=ignore_preferences,json=ignorePreferences,proto3" json:"ignore_preferences,omitempty"`
 	// When to send: at most 30 days ahead. Unset, or a time not in the future, means now.

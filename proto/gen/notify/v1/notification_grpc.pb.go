@@ -58,7 +58,7 @@ type NotificationServiceClient interface {
 	// accepted (or answered as a duplicate of its idempotency key, also when the same key
 	// appears twice in the batch) even when others in the batch are invalid; an invalid one
 	// is answered with its own INVALID_ARGUMENT status and google.rpc.BadRequest detail, one
-	// asking for what the key's role does not allow (ignore_preferences without an admin key)
+	// asking for what the key does not allow (ignore_preferences from a key without that permission)
 	// with its own PERMISSION_DENIED, and nothing is written for it. The whole call is INVALID_ARGUMENT only when the batch
 	// itself is malformed: no requests, more than 500, or more than 4 MiB of requests. The
 	// accepted requests are written in one transaction: when the database fails, the call
@@ -141,7 +141,7 @@ type NotificationServiceServer interface {
 	// accepted (or answered as a duplicate of its idempotency key, also when the same key
 	// appears twice in the batch) even when others in the batch are invalid; an invalid one
 	// is answered with its own INVALID_ARGUMENT status and google.rpc.BadRequest detail, one
-	// asking for what the key's role does not allow (ignore_preferences without an admin key)
+	// asking for what the key does not allow (ignore_preferences from a key without that permission)
 	// with its own PERMISSION_DENIED, and nothing is written for it. The whole call is INVALID_ARGUMENT only when the batch
 	// itself is malformed: no requests, more than 500, or more than 4 MiB of requests. The
 	// accepted requests are written in one transaction: when the database fails, the call

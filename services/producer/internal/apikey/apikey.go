@@ -63,6 +63,23 @@ type Key struct {
 	// Limit overrides the producer's publish rate limit for this key (nil fields: the
 	// defaults of its role).
 	Limit Limit
+	// MayIgnorePreferences: the key may set Publish's options.ignore_preferences (admin keys
+	// always may; see CanIgnorePreferences).
+	MayIgnorePreferences bool
+}
+
+// CanIgnorePreferences reports whether the key may set Publish's options.ignore_preferences:
+// an admin key, or one created with that permission.
+func (k Key) CanIgnorePreferences() bool { return k.Role == RoleAdmin || k.MayIgnorePreferences }
+
+// Options is what a new key may do beyond its role.
+type Options struct {
+	// Limit is the key's own publish rate limit (zero: the defaults of its role).
+	Limit Limit
+	// Apps limits a publisher key to these apps; none means every app.
+	Apps []string
+	// MayIgnorePreferences lets a publisher key set Publish's options.ignore_preferences.
+	MayIgnorePreferences bool
 }
 
 // Limit is a key's own publish rate limit, per producer replica. A nil field takes the
@@ -156,11 +173,12 @@ func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 // Create stores a new key and returns it with its secret, which exists nowhere else. apps,
 // when given, limit the key to those apps (the caller checks that they exist).
 func (s *Store) Create(ctx context.Context, name string, role Role, apps ...string) (Key, string, error) {
-	return s.CreateLimited(ctx, name, role, Limit{}, apps...)
+	return s.CreateWith(ctx, name, role, Options{Apps: apps})
 }
 
-// CreateLimited is Create for a key with its own publish rate limit.
-func (s *Store) CreateLimited(ctx context.Context, name string, role Role, limit Limit, apps ...string) (Key, string, error) {
+// CreateWith is Create for a key with its own publish rate limit, apps or permissions.
+func (s *Store) CreateWith(ctx context.Context, name string, role Role, opts Options) (Key, string, error) {
+	limit, apps := opts.Limit, opts.Apps
 	if err := CheckName(name); err != nil {
 		return Key{}, "", err
 	}
@@ -175,13 +193,13 @@ func (s *Store) CreateLimited(ctx context.Context, name string, role Role, limit
 		return Key{}, "", err
 	}
 	h := Hash(secret)
-	k := Key{Name: name, Role: role, Limit: limit}
+	k := Key{Name: name, Role: role, Limit: limit, MayIgnorePreferences: opts.MayIgnorePreferences}
 	if len(apps) > 0 {
 		k.Apps = slices.Compact(slices.Sorted(slices.Values(apps)))
 	}
-	err = s.pool.QueryRow(ctx, `INSERT INTO api_keys (name, role, secret_hash, publish_rate, publish_burst, apps)
-		VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`,
-		name, string(role), h[:], limit.PerSecond, limit.Burst, k.Apps).Scan(&k.CreatedAt)
+	err = s.pool.QueryRow(ctx, `INSERT INTO api_keys (name, role, secret_hash, publish_rate, publish_burst, apps, allow_ignore_preferences)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING created_at`,
+		name, string(role), h[:], limit.PerSecond, limit.Burst, k.Apps, k.MayIgnorePreferences).Scan(&k.CreatedAt)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "api_keys_pkey" {
 		return Key{}, "", fmt.Errorf("create key %s: %w", name, ErrNameTaken)
@@ -194,7 +212,8 @@ func (s *Store) CreateLimited(ctx context.Context, name string, role Role, limit
 
 // List returns the keys ordered by name, revoked ones too when includeRevoked is set.
 func (s *Store) List(ctx context.Context, includeRevoked bool) ([]Key, error) {
-	rows, err := s.pool.Query(ctx, `SELECT name, role, created_at, revoked_at, last_used_at, publish_rate, publish_burst, apps
+	rows, err := s.pool.Query(ctx, `SELECT name, role, created_at, revoked_at, last_used_at, publish_rate, publish_burst, apps,
+			allow_ignore_preferences
 		FROM api_keys WHERE $1 OR revoked_at IS NULL ORDER BY name`, includeRevoked)
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", err)
@@ -202,7 +221,8 @@ func (s *Store) List(ctx context.Context, includeRevoked bool) ([]Key, error) {
 	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Key, error) {
 		var k Key
 		var role string
-		err := r.Scan(&k.Name, &role, &k.CreatedAt, &k.RevokedAt, &k.LastUsedAt, &k.Limit.PerSecond, &k.Limit.Burst, &k.Apps)
+		err := r.Scan(&k.Name, &role, &k.CreatedAt, &k.RevokedAt, &k.LastUsedAt, &k.Limit.PerSecond, &k.Limit.Burst, &k.Apps,
+			&k.MayIgnorePreferences)
 		k.Role = Role(role)
 		return k, err
 	})
@@ -226,9 +246,10 @@ func (s *Store) Revoke(ctx context.Context, name string) (bool, error) {
 func (s *Store) lookup(ctx context.Context, h [32]byte) (Key, error) {
 	var k Key
 	var role string
-	err := s.pool.QueryRow(ctx, `SELECT name, role, created_at, last_used_at, publish_rate, publish_burst, apps FROM api_keys
-		WHERE secret_hash = $1 AND revoked_at IS NULL`, h[:]).Scan(&k.Name, &role, &k.CreatedAt, &k.LastUsedAt,
-		&k.Limit.PerSecond, &k.Limit.Burst, &k.Apps)
+	err := s.pool.QueryRow(ctx, `SELECT name, role, created_at, last_used_at, publish_rate, publish_burst, apps,
+			allow_ignore_preferences
+		FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL`, h[:]).Scan(&k.Name, &role, &k.CreatedAt, &k.LastUsedAt,
+		&k.Limit.PerSecond, &k.Limit.Burst, &k.Apps, &k.MayIgnorePreferences)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Key{}, ErrUnknown
 	}

@@ -15,8 +15,8 @@ const (
 	MaxBatchBytes    = 4 << 20
 )
 
-// PublishBatch checks each request on its own as Publish does (validation, and the admin
-// role for ignore_preferences), writes the valid ones with their outbox
+// PublishBatch checks each request on its own as Publish does (validation, and the key's
+// permission for ignore_preferences), writes the valid ones with their outbox
 // rows in one transaction and answers one result per request, in order. Only a malformed
 // batch (empty, too many requests, too large) fails the whole call as INVALID_ARGUMENT; a
 // database failure fails it as UNAVAILABLE.

@@ -52,9 +52,18 @@ func WithRole(ctx context.Context, role apikey.Role) context.Context {
 }
 
 // IsAdmin reports whether the call is made with an admin key: some options of the
-// publisher's RPCs (Publish's ignore_preferences, cancelling another caller's
-// notification) are the admin's alone.
+// publisher's RPCs (cancelling another caller's notification) are the admin's alone.
 func IsAdmin(ctx context.Context) bool {
 	role, _ := ctx.Value(roleKey{}).(apikey.Role)
 	return role == apikey.RoleAdmin
+}
+
+// mayIgnorePreferences reports whether the call may set Publish's
+// options.ignore_preferences: an admin key, or a key created with allow_ignore_preferences.
+func mayIgnorePreferences(ctx context.Context) bool {
+	if IsAdmin(ctx) {
+		return true
+	}
+	k, ok := keyFrom(ctx)
+	return ok && k.CanIgnorePreferences()
 }

@@ -17,7 +17,8 @@ var roles = map[notifyv1.Role]apikey.Role{
 }
 
 func keyProto(k apikey.Key) *notifyv1.APIKey {
-	p := &notifyv1.APIKey{Name: k.Name, Apps: k.Apps, CreateTime: timestamppb.New(k.CreatedAt)}
+	p := &notifyv1.APIKey{Name: k.Name, Apps: k.Apps, CreateTime: timestamppb.New(k.CreatedAt),
+		AllowIgnorePreferences: k.CanIgnorePreferences()}
 	for r, name := range roles {
 		if name == k.Role {
 			p.Role = r
@@ -67,15 +68,20 @@ func (a *Admin) CreateAPIKey(ctx context.Context, req *notifyv1.CreateAPIKeyRequ
 	if role == apikey.RoleAdmin && len(req.GetApps()) > 0 {
 		v.add("apps", "an admin key is never limited to apps; limit publisher keys")
 	}
+	if role == apikey.RoleAdmin && req.GetAllowIgnorePreferences() {
+		v.add("allow_ignore_preferences", "an admin key may always ignore preferences; the permission is for publisher keys")
+	}
 	if len(v) > 0 {
 		return nil, invalidArgument(v)
 	}
-	k, secret, err := a.keys.CreateLimited(ctx, req.GetName(), role, limit, req.GetApps()...)
+	k, secret, err := a.keys.CreateWith(ctx, req.GetName(), role, apikey.Options{
+		Limit: limit, Apps: req.GetApps(), MayIgnorePreferences: req.GetAllowIgnorePreferences(),
+	})
 	if err != nil {
 		return nil, toStatus(ctx, a.log, "create API key", err, "key", req.GetName())
 	}
 	a.log.InfoContext(ctx, "API key created", "key", k.Name, "role", k.Role, "by", Caller(ctx),
-		"publish_rate", limit.PerSecond, "publish_burst", limit.Burst)
+		"publish_rate", limit.PerSecond, "publish_burst", limit.Burst, "allow_ignore_preferences", k.MayIgnorePreferences)
 	return &notifyv1.CreateAPIKeyResponse{Key: keyProto(k), Secret: secret}, nil
 }
 

@@ -136,7 +136,7 @@ func (s *Notifications) admit(ctx context.Context, req *notifyv1.PublishRequest,
 		s.rejected.WithLabelValues("app").Inc()
 		return err
 	}
-	if req.GetOptions().GetIgnorePreferences() && !IsAdmin(ctx) {
+	if req.GetOptions().GetIgnorePreferences() && !mayIgnorePreferences(ctx) {
 		s.rejected.WithLabelValues("permission_denied").Inc()
 		return toStatus(ctx, s.log, "publish ignoring preferences", errPermissionDenied)
 	}

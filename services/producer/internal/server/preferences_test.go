@@ -5,7 +5,10 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	notifyv1 "notify/proto/gen/notify/v1"
@@ -78,8 +81,8 @@ func TestPreferences(t *testing.T) {
 	}
 }
 
-// TestPublishIgnorePreferencesNeedsAdmin: a publisher key may not override users'
-// preferences; an admin key may. A refused request writes nothing.
+// TestPublishIgnorePreferencesNeedsAdmin: a publisher key without the permission may not
+// override users' preferences; an admin key may. A refused request writes nothing.
 func TestPublishIgnorePreferencesNeedsAdmin(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -100,5 +103,78 @@ func TestPublishIgnorePreferencesNeedsAdmin(t *testing.T) {
 	admin := WithRole(WithCaller(context.Background(), "security"), apikey.RoleAdmin)
 	if _, err := f.pub.Publish(admin, req); err != nil {
 		t.Errorf("Publish ignoring preferences with an admin key: %v", err)
+	}
+}
+
+// TestIgnorePreferencesPermission: CreateAPIKey gives a publisher key the permission to set
+// ignore_preferences, ListAPIKeys shows who has it, and Publish through the real Auth (keys
+// in PostgreSQL, the verifier) accepts it from that key and from an admin key, refuses it
+// from a publisher key without it (PERMISSION_DENIED, nothing written), and an admin key
+// asking for the permission is INVALID_ARGUMENT.
+func TestIgnorePreferencesPermission(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := t.Context()
+	secrets := map[string]string{}
+	for _, req := range []*notifyv1.CreateAPIKeyRequest{
+		{Name: "security", Role: notifyv1.Role_ROLE_PUBLISHER, AllowIgnorePreferences: true},
+		{Name: "orders", Role: notifyv1.Role_ROLE_PUBLISHER},
+		{Name: "ops", Role: notifyv1.Role_ROLE_ADMIN},
+	} {
+		resp, err := f.admin.CreateAPIKey(ctxOps, req)
+		if err != nil {
+			t.Fatalf("CreateAPIKey(%s): %v", req.GetName(), err)
+		}
+		if got := resp.GetKey().GetAllowIgnorePreferences(); got != (req.GetName() != "orders") {
+			t.Errorf("created %s with allow_ignore_preferences %v", req.GetName(), got)
+		}
+		secrets[req.GetName()] = resp.GetSecret()
+	}
+	_, err := f.admin.CreateAPIKey(ctxOps, &notifyv1.CreateAPIKeyRequest{Name: "root", Role: notifyv1.Role_ROLE_ADMIN, AllowIgnorePreferences: true})
+	if diff := cmp.Diff([]string{"allow_ignore_preferences"}, badFields(t, err)); diff != "" {
+		t.Errorf("an admin key asking for the permission: fields (-want +got):\n%s", diff)
+	}
+	listed, err := f.admin.ListAPIKeys(ctxOps, &notifyv1.ListAPIKeysRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, k := range listed.GetKeys() {
+		got[k.GetName()] = k.GetAllowIgnorePreferences()
+	}
+	if diff := cmp.Diff(map[string]bool{"security": true, "orders": false, "ops": true}, got); diff != "" {
+		t.Errorf("listed allow_ignore_preferences (-want +got):\n%s", diff)
+	}
+
+	auth := NewAuth(apikey.NewVerifier(apikey.NewStore(f.db.Pool), 0, discard), discard, prometheus.NewRegistry())
+	publish := func(key string, ignore bool) error {
+		req := validRequest()
+		req.Type = "security." + key
+		req.Options = &notifyv1.Options{IgnorePreferences: ignore}
+		in := metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", "Bearer "+secrets[key]))
+		_, err := auth.Unary()(in, req, &grpc.UnaryServerInfo{FullMethod: notifyv1.NotificationService_Publish_FullMethodName},
+			func(ctx context.Context, req any) (any, error) {
+				return f.pub.Publish(ctx, req.(*notifyv1.PublishRequest))
+			})
+		return err
+	}
+	for _, tc := range []struct {
+		key    string
+		ignore bool
+		want   codes.Code
+	}{
+		{"security", true, codes.OK},
+		{"ops", true, codes.OK},
+		{"orders", true, codes.PermissionDenied},
+		{"orders", false, codes.OK},
+	} {
+		before := f.count(t)
+		err := publish(tc.key, tc.ignore)
+		if status.Code(err) != tc.want {
+			t.Errorf("Publish by %s with ignore_preferences=%v: %v, want %v", tc.key, tc.ignore, err, tc.want)
+		}
+		if wrote := f.count(t) > before; wrote != (tc.want == codes.OK) {
+			t.Errorf("Publish by %s with ignore_preferences=%v wrote rows: %v", tc.key, tc.ignore, wrote)
+		}
 	}
 }

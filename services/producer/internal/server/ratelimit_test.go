@@ -66,7 +66,7 @@ func TestRateLimitPerKey(t *testing.T) {
 		{"devices", apikey.RolePublisher, apikey.Limit{}},
 		{"batch", apikey.RolePublisher, apikey.Limit{}},
 	} {
-		_, secret, err := store.CreateLimited(ctx, k.name, k.role, k.limit)
+		_, secret, err := store.CreateWith(ctx, k.name, k.role, apikey.Options{Limit: k.limit})
 		if err != nil {
 			t.Fatal(err)
 		}
