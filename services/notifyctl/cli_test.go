@@ -491,8 +491,8 @@ func TestDevicesListPagesAndPrints(t *testing.T) {
 	if len(lines) != 3 || !strings.HasPrefix(lines[0], "DEVICE ") {
 		t.Fatalf("devices list --limit 2:\n%s", r.stdout)
 	}
-	if got := strings.Fields(lines[2]); got[0] != "tablet" || got[1] != "ios" || got[2] != "false" || got[4] != "UNREGISTERED" {
-		t.Errorf("tablet row %q, want device, platform ios, inactive, reason UNREGISTERED", lines[2])
+	if got := strings.Fields(lines[2]); got[0] != "tablet" || got[1] != "staff" || got[2] != "ios" || got[3] != "false" || got[5] != "UNREGISTERED" {
+		t.Errorf("tablet row %q, want device, app staff, platform ios, inactive, reason UNREGISTERED", lines[2])
 	}
 	if !strings.Contains(r.stderr, "showing the newest 2") {
 		t.Errorf("stderr does not say more are there:\n%s", r.stderr)
@@ -536,5 +536,24 @@ func TestKeysIgnorePreferencesPermission(t *testing.T) {
 	if len(listed) != 3 || !strings.HasSuffix(listed[0], "IGNORE PREFS") || !strings.HasSuffix(listed[1], "all yes") ||
 		!strings.HasSuffix(listed[2], "all no") {
 		t.Errorf("keys list, want an IGNORE PREFS column: yes for ops, no for shop:\n%s", strings.Join(listed, "\n"))
+	}
+}
+
+// TestDevicesNameTheirApp: a device is an installation of one app, so check, unregister and
+// list send --app (empty: the server's default app).
+func TestDevicesNameTheirApp(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	mustCtl(t, exitOK, env(addr, "publisher"), "devices", "check", "--user", "u", "--device", "known", "--app", "staff")
+	mustCtl(t, exitOK, env(addr, "publisher"), "devices", "unregister", "phone", "--app", "staff")
+	mustCtl(t, exitOK, env(addr, "publisher"), "devices", "unregister", "phone")
+	mustCtl(t, exitOK, env(addr, "publisher"), "devices", "list", "--user", "u", "--app", "staff")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if diff := cmp.Diff([]string{"check:staff", "unregister:staff", "unregister:"}, f.deviceApps); diff != "" {
+		t.Errorf("apps sent by devices check/unregister (-want +got):\n%s", diff)
+	}
+	if last := f.deviceLists[len(f.deviceLists)-1]; last.GetApp() != "staff" {
+		t.Errorf("devices list --app staff sent app %q", last.GetApp())
 	}
 }

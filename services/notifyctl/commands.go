@@ -354,14 +354,15 @@ func (c *cli) devicesRegisterCommand() *cobra.Command {
 }
 
 func (c *cli) devicesCheckCommand() *cobra.Command {
-	var user, device string
+	var user, device, app string
 	cmd := &cobra.Command{
-		Use:   "check --user U --device D",
+		Use:   "check --user U --device D [--app A]",
 		Short: "Ask whether a device is registered (if not, the app must register again)",
 		Args:  positional(0, ""),
 	}
 	cmd.Flags().StringVar(&user, "user", "", "user `id`")
 	cmd.Flags().StringVar(&device, "device", "", "device `id`")
+	cmd.Flags().StringVar(&app, "app", "", "the `app` the device was registered for (default: default)")
 	_ = cmd.MarkFlagRequired("user")
 	_ = cmd.MarkFlagRequired("device")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
@@ -371,7 +372,7 @@ func (c *cli) devicesCheckCommand() *cobra.Command {
 		}
 		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
-		resp, err := notifyv1.NewDeviceServiceClient(conn).CheckDevice(callCtx, &notifyv1.CheckDeviceRequest{UserId: user, DeviceId: device})
+		resp, err := notifyv1.NewDeviceServiceClient(conn).CheckDevice(callCtx, &notifyv1.CheckDeviceRequest{UserId: user, DeviceId: device, App: app})
 		if err != nil {
 			return err
 		}
@@ -389,12 +390,12 @@ func (c *cli) devicesCheckCommand() *cobra.Command {
 
 func (c *cli) devicesListCommand() *cobra.Command {
 	var (
-		user       string
+		user, app  string
 		activeOnly bool
 		limit      int
 	)
 	cmd := &cobra.Command{
-		Use:   "list --user U",
+		Use:   "list --user U [--app A]",
 		Short: "List a user's devices, newest first, active and deactivated",
 		Long: "List a user's devices (DeviceService.ListDevices), newest first: platform, whether the token is active, " +
 			"why it was deactivated, when it was registered and last seen.",
@@ -405,6 +406,7 @@ func (c *cli) devicesListCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&user, "user", "", "user `id`")
 	f.BoolVar(&activeOnly, "active", false, "only active devices")
+	f.StringVar(&app, "app", "", "only the devices of this `app` (default: every app the key may act for)")
 	f.IntVar(&limit, "limit", 50, "at most `N` (0: all)")
 	_ = cmd.MarkFlagRequired("user")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
@@ -416,7 +418,7 @@ func (c *cli) devicesListCommand() *cobra.Command {
 			return err
 		}
 		devices := notifyv1.NewDeviceServiceClient(conn)
-		req := &notifyv1.ListDevicesRequest{UserId: user, ActiveOnly: activeOnly}
+		req := &notifyv1.ListDevicesRequest{UserId: user, ActiveOnly: activeOnly, App: app}
 		all := &notifyv1.ListDevicesResponse{}
 		for {
 			req.PageSize = pageFor(limit, len(all.Devices))
@@ -434,9 +436,9 @@ func (c *cli) devicesListCommand() *cobra.Command {
 			req.PageToken = all.NextPageToken
 		}
 		if err := c.emit(all, func() error {
-			tw := c.table("DEVICE", "PLATFORM", "ACTIVE", "DEACTIVATED", "REASON", "REGISTERED", "LAST SEEN", "TOKEN")
+			tw := c.table("DEVICE", "APP", "PLATFORM", "ACTIVE", "DEACTIVATED", "REASON", "REGISTERED", "LAST SEEN", "TOKEN")
 			for _, d := range all.Devices {
-				fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\t%s\t%s\t%s\n", d.GetDeviceId(),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%s\t%s\t%s\t%s\n", d.GetDeviceId(), d.GetApp(),
 					strings.ToLower(strings.TrimPrefix(d.GetPlatform().String(), "PLATFORM_")), d.GetActive(),
 					stamp(d.GetDeactivateTime()), dash(d.GetDeactivationReason()), stamp(d.GetRegisterTime()),
 					stamp(d.GetLastSeenTime()), d.GetToken())
@@ -454,13 +456,16 @@ func (c *cli) devicesListCommand() *cobra.Command {
 }
 
 func (c *cli) devicesUnregisterCommand() *cobra.Command {
+	var app string
 	cmd := &cobra.Command{
-		Use:   "unregister DEVICE_ID",
+		Use:   "unregister DEVICE_ID [--app A]",
 		Short: "Deactivate a device's token (notify stops sending to it)",
 		Long: "Deactivate a device's token (DeviceService.UnregisterDevice), as an app does at logout. " +
-			"Exit code 3 when notify knows no device with that id.",
+			"A device is an installation of one app: --app names it (default: default). " +
+			"Exit code 3 when the app has no device with that id.",
 		Args: positional(1, "DEVICE_ID"),
 	}
+	cmd.Flags().StringVar(&app, "app", "", "the `app` the device was registered for (default: default)")
 	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
 		conn, err := c.client()
 		if err != nil {
@@ -468,7 +473,7 @@ func (c *cli) devicesUnregisterCommand() *cobra.Command {
 		}
 		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
-		resp, err := notifyv1.NewDeviceServiceClient(conn).UnregisterDevice(callCtx, &notifyv1.UnregisterDeviceRequest{DeviceId: args[0]})
+		resp, err := notifyv1.NewDeviceServiceClient(conn).UnregisterDevice(callCtx, &notifyv1.UnregisterDeviceRequest{DeviceId: args[0], App: app})
 		if err != nil {
 			return err
 		}

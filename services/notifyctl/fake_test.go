@@ -44,6 +44,7 @@ type fake struct {
 	replays     []*notifyv1.ReplayRequest
 	deviceLists []*notifyv1.ListDevicesRequest
 	keyCreates  []*notifyv1.CreateAPIKeyRequest
+	deviceApps  []string // the app of each CheckDevice and UnregisterDevice, in order
 	clientNames []string // common names of the client certificates presented (mTLS)
 }
 
@@ -131,6 +132,9 @@ func (f *fake) CheckDevice(ctx context.Context, req *notifyv1.CheckDeviceRequest
 	if err := f.authorize(ctx, false); err != nil {
 		return nil, err
 	}
+	f.mu.Lock()
+	f.deviceApps = append(f.deviceApps, "check:"+req.GetApp())
+	f.mu.Unlock()
 	return &notifyv1.CheckDeviceResponse{Registered: req.GetDeviceId() == "known"}, nil
 }
 
@@ -138,6 +142,9 @@ func (f *fake) UnregisterDevice(ctx context.Context, req *notifyv1.UnregisterDev
 	if err := f.authorize(ctx, false); err != nil {
 		return nil, err
 	}
+	f.mu.Lock()
+	f.deviceApps = append(f.deviceApps, "unregister:"+req.GetApp())
+	f.mu.Unlock()
 	return &notifyv1.UnregisterDeviceResponse{Found: req.GetDeviceId() != "missing-device"}, nil
 }
 
@@ -151,12 +158,12 @@ func (f *fake) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequest
 	f.deviceLists = append(f.deviceLists, req)
 	f.mu.Unlock()
 	all := []*notifyv1.Device{
-		{UserId: req.GetUserId(), DeviceId: "phone", Token: "tok-phone", Platform: notifyv1.Platform_PLATFORM_ANDROID, Active: true,
+		{UserId: req.GetUserId(), DeviceId: "phone", App: "default", Token: "tok-phone", Platform: notifyv1.Platform_PLATFORM_ANDROID, Active: true,
 			CreateTime: timestamppb.New(created), RegisterTime: timestamppb.New(created), LastSeenTime: timestamppb.New(created)},
-		{UserId: req.GetUserId(), DeviceId: "tablet", Token: "tok-tablet", Platform: notifyv1.Platform_PLATFORM_IOS,
+		{UserId: req.GetUserId(), DeviceId: "tablet", App: "staff", Token: "tok-tablet", Platform: notifyv1.Platform_PLATFORM_IOS,
 			DeactivationReason: "UNREGISTERED", DeactivateTime: timestamppb.New(created),
 			CreateTime: timestamppb.New(created), RegisterTime: timestamppb.New(created), LastSeenTime: timestamppb.New(created)},
-		{UserId: req.GetUserId(), DeviceId: "browser", Token: "tok-browser", Platform: notifyv1.Platform_PLATFORM_WEB, Active: true,
+		{UserId: req.GetUserId(), DeviceId: "browser", App: "default", Token: "tok-browser", Platform: notifyv1.Platform_PLATFORM_WEB, Active: true,
 			CreateTime: timestamppb.New(created), RegisterTime: timestamppb.New(created), LastSeenTime: timestamppb.New(created)},
 	}
 	start := 0

@@ -92,8 +92,9 @@ type Device struct {
 	Platform Platform `protobuf:"varint,4,opt,name=platform,proto3,enum=notify.v1.Platform" json:"platform,omitempty"`
 	// The Firebase app the device's token belongs to (an app name of the sender's FCM_APPS_FILE;
 	// up to 63 characters of [a-z0-9_-]). Empty means "default", the app of the FCM_* variables.
-	// A token is unique per app; a device_id is unique across apps (registering it under another
-	// app moves it there).
+	// A device is an installation of one app: a token is unique per app, and so is a device_id
+	// (the same device_id, or the same token, registered for two apps is two devices, e.g.
+	// iOS's identifierForVendor, which every app of one vendor shares).
 	App string `protobuf:"bytes,5,opt,name=app,proto3" json:"app,omitempty"`
 	// Whether notify sends to the token.
 	Active bool `protobuf:"varint,6,opt,name=active,proto3" json:"active,omitempty"`
@@ -235,8 +236,9 @@ type RegisterDeviceRequest struct {
 	Platform Platform `protobuf:"varint,4,opt,name=platform,proto3,enum=notify.v1.Platform" json:"platform,omitempty"`
 	// The Firebase app the device's token belongs to (an app name of the sender's FCM_APPS_FILE;
 	// up to 63 characters of [a-z0-9_-]). Empty means "default", the app of the FCM_* variables.
-	// A token is unique per app; a device_id is unique across apps (registering it under another
-	// app moves it there).
+	// A device is an installation of one app: a token is unique per app, and so is a device_id
+	// (the same device_id, or the same token, registered for two apps is two devices, e.g.
+	// iOS's identifierForVendor, which every app of one vendor shares).
 	App           string `protobuf:"bytes,5,opt,name=app,proto3" json:"app,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -467,7 +469,10 @@ func (x *RegisterDevicesResponse) GetUpdated() int32 {
 type UnregisterDeviceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required.
-	DeviceId      string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// The app the device was registered for; empty means "default". An unknown app is
+	// INVALID_ARGUMENT (field app); a key limited to other apps is PERMISSION_DENIED.
+	App           string `protobuf:"bytes,32,opt,name=app,proto3" json:"app,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -509,10 +514,17 @@ func (x *UnregisterDeviceRequest) GetDeviceId() string {
 	return ""
 }
 
+func (x *UnregisterDeviceRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
 // UnregisterDeviceResponse says whether there was anything to deactivate.
 type UnregisterDeviceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// False when no device with that id was known.
+	// False when the app had no device with that id.
 	Found         bool `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -561,7 +573,10 @@ type CheckDeviceRequest struct {
 	// Required: a device registered to another user is not registered for this one.
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Required.
-	DeviceId      string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	DeviceId string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// The app the device was registered for; empty means "default". An unknown app is
+	// INVALID_ARGUMENT (field app); a key limited to other apps is PERMISSION_DENIED.
+	App           string `protobuf:"bytes,33,opt,name=app,proto3" json:"app,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -610,10 +625,17 @@ func (x *CheckDeviceRequest) GetDeviceId() string {
 	return ""
 }
 
+func (x *CheckDeviceRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
 // CheckDeviceResponse answers CheckDevice.
 type CheckDeviceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// True when notify holds an active token for this user and device.
+	// True when notify holds an active token for this user and device of the app.
 	Registered    bool `protobuf:"varint,1,opt,name=registered,proto3" json:"registered,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -861,7 +883,11 @@ type ListDevicesRequest struct {
 	// Devices per page, 0 means 50, at most 1,000.
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token.
-	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only the devices of this app; empty means every app the key may act for (all of them,
+	// unless the key is limited to some apps). An unknown app is INVALID_ARGUMENT (field app);
+	// a key limited to other apps is PERMISSION_DENIED.
+	App           string `protobuf:"bytes,35,opt,name=app,proto3" json:"app,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -920,6 +946,13 @@ func (x *ListDevicesRequest) GetPageSize() int32 {
 func (x *ListDevicesRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListDevicesRequest) GetApp() string {
+	if x != nil {
+		return x.App
 	}
 	return ""
 }
@@ -1011,14 +1044,16 @@ const file_notify_v1_device_proto_rawDesc = "" +
 	"\adevices\x18\x01 \x03(\v2\x11.notify.v1.DeviceR\adevices\"M\n" +
 	"\x17RegisterDevicesResponse\x12\x18\n" +
 	"\acreated\x18\x01 \x01(\x05R\acreated\x12\x18\n" +
-	"\aupdated\x18\x02 \x01(\x05R\aupdated\"6\n" +
+	"\aupdated\x18\x02 \x01(\x05R\aupdated\"H\n" +
 	"\x17UnregisterDeviceRequest\x12\x1b\n" +
-	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"0\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x10\n" +
+	"\x03app\x18  \x01(\tR\x03app\"0\n" +
 	"\x18UnregisterDeviceResponse\x12\x14\n" +
-	"\x05found\x18\x01 \x01(\bR\x05found\"J\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found\"\\\n" +
 	"\x12CheckDeviceRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
-	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\"5\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x10\n" +
+	"\x03app\x18! \x01(\tR\x03app\"5\n" +
 	"\x13CheckDeviceResponse\x12\x1e\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\bR\n" +
@@ -1034,14 +1069,15 @@ const file_notify_v1_device_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\"9\n" +
 	"\x16GetPreferencesResponse\x12\x1f\n" +
 	"\vmuted_types\x18\x01 \x03(\tR\n" +
-	"mutedTypes\"\x8a\x01\n" +
+	"mutedTypes\"\x9c\x01\n" +
 	"\x12ListDevicesRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1f\n" +
 	"\vactive_only\x18\x02 \x01(\bR\n" +
 	"activeOnly\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tR\tpageToken\"j\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\x12\x10\n" +
+	"\x03app\x18# \x01(\tR\x03app\"j\n" +
 	"\x13ListDevicesResponse\x12+\n" +
 	"\adevices\x18\x01 \x03(\v2\x11.notify.v1.DeviceR\adevices\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*^\n" +

@@ -37,7 +37,7 @@ const (
 //
 // Every RPC needs `authorization: Bearer <api key>` with the `publisher` or `admin` role.
 type DeviceServiceClient interface {
-	// RegisterDevice stores the device's current FCM token (PUT semantics, keyed by
+	// RegisterDevice stores the device's current FCM token (PUT semantics, keyed by app and
 	// device_id). It reactivates a token that was deactivated and moves a token or device
 	// that changed owner. Apps call it at start and whenever FCM gives them a new token.
 	RegisterDevice(ctx context.Context, in *RegisterDeviceRequest, opts ...grpc.CallOption) (*RegisterDeviceResponse, error)
@@ -155,7 +155,7 @@ func (c *deviceServiceClient) ListDevices(ctx context.Context, in *ListDevicesRe
 //
 // Every RPC needs `authorization: Bearer <api key>` with the `publisher` or `admin` role.
 type DeviceServiceServer interface {
-	// RegisterDevice stores the device's current FCM token (PUT semantics, keyed by
+	// RegisterDevice stores the device's current FCM token (PUT semantics, keyed by app and
 	// device_id). It reactivates a token that was deactivated and moves a token or device
 	// that changed owner. Apps call it at start and whenever FCM gives them a new token.
 	RegisterDevice(context.Context, *RegisterDeviceRequest) (*RegisterDeviceResponse, error)

@@ -17,7 +17,7 @@ import (
 // the UPDATE re-evaluates it on the row's newest version.
 const sweepSQL = `
 WITH stale AS (
-	SELECT device_id FROM devices
+	SELECT app, device_id FROM devices
 	WHERE active AND greatest(registered_at, last_seen_at) < now() - make_interval(secs => $1)
 	ORDER BY greatest(registered_at, last_seen_at)
 	LIMIT $2
@@ -25,7 +25,7 @@ WITH stale AS (
 )
 UPDATE devices d SET active = false, deactivated_at = now(), deactivation_reason = '` + schema.DeactivatedStale + `'
 FROM stale
-WHERE d.device_id = stale.device_id AND d.active
+WHERE d.app = stale.app AND d.device_id = stale.device_id AND d.active
   AND greatest(d.registered_at, d.last_seen_at) < now() - make_interval(secs => $1)`
 
 // StaleTokens returns the job that deactivates tokens neither registered nor seen (by

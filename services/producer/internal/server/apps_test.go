@@ -149,3 +149,144 @@ func TestCreateAPIKeyApps(t *testing.T) {
 		t.Errorf("admin key limited to an unknown app: fields (-want +got):\n%s", diff)
 	}
 }
+
+// TestDeviceIdentityPerApp: a device is an installation of one app. The same device id and
+// the same token registered for two apps (iOS's identifierForVendor is shared by a vendor's
+// apps) are two devices: registering in one leaves the other active, and UnregisterDevice,
+// CheckDevice and ListDevices act on the app they name.
+func TestDeviceIdentityPerApp(t *testing.T) {
+	t.Parallel()
+	f := newAppsFixture(t)
+	ctx := context.Background()
+	ios := notifyv1.Platform_PLATFORM_IOS
+
+	for _, app := range []string{"", "staff"} {
+		resp, err := f.dev.RegisterDevice(ctx, &notifyv1.RegisterDeviceRequest{UserId: "u1", DeviceId: "idfv", Token: "tok", Platform: ios, App: app})
+		if err != nil {
+			t.Fatalf("RegisterDevice for app %q: %v", app, err)
+		}
+		if !resp.GetCreated() {
+			t.Errorf("RegisterDevice for app %q: created=false, want a new device", app)
+		}
+	}
+	// The same id twice in one batch is fine across apps, refused within one.
+	r, err := f.dev.RegisterDevices(ctx, &notifyv1.RegisterDevicesRequest{Devices: []*notifyv1.Device{
+		{UserId: "u2", DeviceId: "shared", Token: "t-a", Platform: ios},
+		{UserId: "u2", DeviceId: "shared", Token: "t-b", Platform: ios, App: "staff"},
+	}})
+	if err != nil || r.GetCreated() != 2 {
+		t.Fatalf("RegisterDevices of one device id in two apps = %v, %v; want 2 created", r, err)
+	}
+	_, err = f.dev.RegisterDevices(ctx, &notifyv1.RegisterDevicesRequest{Devices: []*notifyv1.Device{
+		{UserId: "u2", DeviceId: "x", Token: "t-x", Platform: ios, App: "staff"},
+		{UserId: "u2", DeviceId: "x", Token: "t-y", Platform: ios, App: "staff"},
+	}})
+	if diff := cmp.Diff([]string{"devices[1].device_id"}, badFields(t, err)); diff != "" {
+		t.Errorf("a device id twice in one app: fields (-want +got):\n%s", diff)
+	}
+
+	devices := func() []string {
+		t.Helper()
+		rows, err := f.db.Pool.Query(ctx, "SELECT app || '/' || device_id || ':' || token || ':' || active::text FROM devices ORDER BY 1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for rows.Next() {
+			var s string
+			if err := rows.Scan(&s); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, s)
+		}
+		return got
+	}
+	if diff := cmp.Diff([]string{"default/idfv:tok:true", "default/shared:t-a:true", "staff/idfv:tok:true", "staff/shared:t-b:true"}, devices()); diff != "" {
+		t.Errorf("devices (-want +got):\n%s", diff)
+	}
+
+	check := func(ctx context.Context, app string) (bool, error) {
+		resp, err := f.dev.CheckDevice(ctx, &notifyv1.CheckDeviceRequest{UserId: "u1", DeviceId: "idfv", App: app})
+		return resp.GetRegistered(), err
+	}
+	// Unregistering the staff app's device leaves the default app's one.
+	un, err := f.dev.UnregisterDevice(ctx, &notifyv1.UnregisterDeviceRequest{DeviceId: "idfv", App: "staff"})
+	if err != nil || !un.GetFound() {
+		t.Fatalf("UnregisterDevice staff/idfv = %v, %v; want found", un, err)
+	}
+	if reg, err := check(ctx, "staff"); err != nil || reg {
+		t.Errorf("CheckDevice staff/idfv after unregister = %v, %v; want false", reg, err)
+	}
+	if reg, err := check(ctx, ""); err != nil || !reg {
+		t.Errorf("CheckDevice default/idfv = %v, %v; want true (another app's device)", reg, err)
+	}
+	if diff := cmp.Diff([]string{"default/idfv:tok:true", "default/shared:t-a:true", "staff/idfv:tok:false", "staff/shared:t-b:true"}, devices()); diff != "" {
+		t.Errorf("devices after UnregisterDevice staff/idfv (-want +got):\n%s", diff)
+	}
+
+	// ListDevices: both apps' devices, paged through the tie on created_at (RegisterDevices
+	// writes one now() for the batch); filtered by app; a limited key sees only its apps.
+	list := func(ctx context.Context, app string) ([]string, error) {
+		var got []string
+		req := &notifyv1.ListDevicesRequest{UserId: "u2", PageSize: 1, App: app}
+		for {
+			resp, err := f.dev.ListDevices(ctx, req)
+			if err != nil {
+				return got, err
+			}
+			for _, d := range resp.GetDevices() {
+				got = append(got, d.GetApp()+"/"+d.GetDeviceId())
+			}
+			if resp.GetNextPageToken() == "" {
+				return got, nil
+			}
+			req.PageToken = resp.GetNextPageToken()
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		app  string
+		want []string
+	}{
+		{"every app", ctx, "", []string{"default/shared", "staff/shared"}},
+		{"app staff", ctx, "staff", []string{"staff/shared"}},
+		{"key limited to staff", WithKeyApps(ctx, []string{"staff"}), "", []string{"staff/shared"}},
+	} {
+		got, err := list(tc.ctx, tc.app)
+		if err != nil {
+			t.Errorf("ListDevices, %s: %v", tc.name, err)
+		}
+		if diff := cmp.Diff(tc.want, got, cmpSorted); diff != "" {
+			t.Errorf("ListDevices, %s (-want +got):\n%s", tc.name, diff)
+		}
+	}
+
+	// Unknown apps are INVALID_ARGUMENT (field app), other apps of a limited key
+	// PERMISSION_DENIED, and nothing changes.
+	_, err = f.dev.UnregisterDevice(ctx, &notifyv1.UnregisterDeviceRequest{DeviceId: "idfv", App: "shop"})
+	if diff := cmp.Diff([]string{"app"}, badFields(t, err)); diff != "" {
+		t.Errorf("UnregisterDevice, unknown app: fields (-want +got):\n%s", diff)
+	}
+	_, err = f.dev.CheckDevice(ctx, &notifyv1.CheckDeviceRequest{DeviceId: "idfv", App: "shop"})
+	if diff := cmp.Diff([]string{"app", "user_id"}, badFields(t, err), cmpSorted); diff != "" {
+		t.Errorf("CheckDevice, unknown app and no user: fields (-want +got):\n%s", diff)
+	}
+	_, err = f.dev.ListDevices(ctx, &notifyv1.ListDevicesRequest{UserId: "u2", App: "shop"})
+	if diff := cmp.Diff([]string{"app"}, badFields(t, err)); diff != "" {
+		t.Errorf("ListDevices, unknown app: fields (-want +got):\n%s", diff)
+	}
+	limited := WithKeyApps(ctx, []string{"staff"})
+	if _, err := f.dev.UnregisterDevice(limited, &notifyv1.UnregisterDeviceRequest{DeviceId: "idfv"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("key limited to staff, UnregisterDevice of default: %v, want PERMISSION_DENIED", err)
+	}
+	if _, err := check(limited, "default"); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("key limited to staff, CheckDevice of default: %v, want PERMISSION_DENIED", err)
+	}
+	if _, err := f.dev.ListDevices(limited, &notifyv1.ListDevicesRequest{UserId: "u2", App: "default"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("key limited to staff, ListDevices of default: %v, want PERMISSION_DENIED", err)
+	}
+	if diff := cmp.Diff([]string{"default/idfv:tok:true", "default/shared:t-a:true", "staff/idfv:tok:false", "staff/shared:t-b:true"}, devices()); diff != "" {
+		t.Errorf("devices after refused calls (-want +got):\n%s", diff)
+	}
+}

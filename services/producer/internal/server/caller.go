@@ -23,6 +23,13 @@ func WithKeyApps(ctx context.Context, apps []string) context.Context {
 	return context.WithValue(ctx, keyAppsKey{}, apps)
 }
 
+// keyApps returns the apps the call's API key is limited to; ok is false when it may act for
+// every app.
+func keyApps(ctx context.Context) (apps []string, ok bool) {
+	apps, ok = ctx.Value(keyAppsKey{}).([]string)
+	return apps, ok
+}
+
 // keyAllows reports whether the call's API key may act for app.
 func keyAllows(ctx context.Context, app string) bool {
 	apps, ok := ctx.Value(keyAppsKey{}).([]string)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,28 +52,32 @@ func (s *Devices) SetApps(apps Apps) { s.apps = apps }
 
 // moveTokenSQL deactivates other devices of the same app holding the token: a token belongs
 // to the device that registered it last (an app reinstalled under a new device id, a phone
-// handed on).
+// handed on). Devices of the batch itself ($2, $3: device ids and apps) are left alone: the
+// upsert gives each its own token.
 const moveTokenSQL = `
 UPDATE devices d SET active = false, deactivated_at = now(), deactivation_reason = '` + schema.DeactivatedMoved + `'
 FROM unnest($1::text[], $3::text[]) AS i(token, app)
-WHERE d.token = i.token AND d.app = i.app AND d.active AND NOT (d.device_id = ANY($2))`
+WHERE d.token = i.token AND d.app = i.app AND d.active
+  AND (d.app, d.device_id) NOT IN (SELECT * FROM unnest($3::text[], $2::text[]))`
 
 // upsertDevicesSQL registers devices with PUT semantics and reports, per device, whether it
 // was new and whether it was inactive before (the CTE reads the state before the upsert).
+// A device is an installation of one app: (app, device_id) is its key, so the same device
+// id registered for two apps is two devices.
 const upsertDevicesSQL = `
 WITH input AS (
 	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS t(device_id, user_id, token, platform, app)
 ), before AS (
-	SELECT d.device_id, d.active FROM devices d JOIN input USING (device_id)
+	SELECT d.app, d.device_id, d.active FROM devices d JOIN input USING (app, device_id)
 )
 INSERT INTO devices AS d (device_id, user_id, token, platform, app)
 SELECT device_id, user_id, token, platform, app FROM input
-ON CONFLICT (device_id) DO UPDATE SET
-	user_id = EXCLUDED.user_id, token = EXCLUDED.token, platform = EXCLUDED.platform, app = EXCLUDED.app,
+ON CONFLICT (app, device_id) DO UPDATE SET
+	user_id = EXCLUDED.user_id, token = EXCLUDED.token, platform = EXCLUDED.platform,
 	active = true, deactivated_at = NULL, deactivation_reason = NULL,
 	registered_at = now(), last_seen_at = now()
-RETURNING d.device_id, NOT EXISTS (SELECT 1 FROM before b WHERE b.device_id = d.device_id),
-	EXISTS (SELECT 1 FROM before b WHERE b.device_id = d.device_id AND NOT b.active)`
+RETURNING d.device_id, NOT EXISTS (SELECT 1 FROM before b WHERE b.app = d.app AND b.device_id = d.device_id),
+	EXISTS (SELECT 1 FROM before b WHERE b.app = d.app AND b.device_id = d.device_id AND NOT b.active)`
 
 type registration struct {
 	created, reactivated int
@@ -176,22 +181,22 @@ func validateRegisterDevices(req *notifyv1.RegisterDevicesRequest) (deviceBatch,
 	case len(devices) > MaxBatchDevices:
 		v.add("devices", "has %d entries; at most %d per call", len(devices), MaxBatchDevices)
 	}
-	seenDevice := make(map[string]int, len(devices))
-	type appToken struct{ app, token string }
-	seenToken := make(map[appToken]int, len(devices))
+	type appKey struct{ app, key string }
+	seenDevice := make(map[appKey]int, len(devices))
+	seenToken := make(map[appKey]int, len(devices))
 	n := len(devices)
 	b := deviceBatch{make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)}
 	for i, d := range devices {
 		prefix := fmt.Sprintf("devices[%d].", i)
 		validateDevice(&v, prefix, d.GetUserId(), d.GetDeviceId(), d.GetToken(), d.GetPlatform())
-		if j, dup := seenDevice[d.GetDeviceId()]; dup {
-			v.add(prefix+"device_id", "repeats devices[%d].device_id", j)
-		}
 		app := cmp.Or(d.GetApp(), schema.DefaultApp)
-		if j, dup := seenToken[appToken{app, d.GetToken()}]; dup {
+		if j, dup := seenDevice[appKey{app, d.GetDeviceId()}]; dup {
+			v.add(prefix+"device_id", "repeats devices[%d].device_id (of the same app)", j)
+		}
+		if j, dup := seenToken[appKey{app, d.GetToken()}]; dup {
 			v.add(prefix+"token", "repeats devices[%d].token (of the same app)", j)
 		}
-		seenDevice[d.GetDeviceId()], seenToken[appToken{app, d.GetToken()}] = i, i
+		seenDevice[appKey{app, d.GetDeviceId()}], seenToken[appKey{app, d.GetToken()}] = i, i
 		b.deviceIDs[i], b.userIDs[i], b.tokens[i], b.platforms[i] = d.GetDeviceId(), d.GetUserId(), d.GetToken(), platforms[d.GetPlatform()]
 		b.apps[i] = app
 	}
@@ -204,56 +209,67 @@ func (s *Devices) count(r registration) {
 	s.registered.WithLabelValues("reactivated").Add(float64(r.reactivated))
 }
 
+// deviceRequest validates the app and device id an UnregisterDevice or CheckDevice names, and
+// whether the caller's key may act for the app; userID is checked when required.
+func (s *Devices) deviceRequest(ctx context.Context, app, deviceID string, userID *string) error {
+	var v violations
+	if userID != nil && *userID == "" {
+		v.add("user_id", "is required")
+	}
+	if deviceID == "" {
+		v.add("device_id", "is required")
+	}
+	s.apps.check(&v, "app", app)
+	if len(v) > 0 {
+		return invalidArgument(v)
+	}
+	return permitApp(ctx, s.log, app)
+}
+
 // UnregisterDevice deactivates a device's token.
 func (s *Devices) UnregisterDevice(ctx context.Context, req *notifyv1.UnregisterDeviceRequest) (*notifyv1.UnregisterDeviceResponse, error) {
-	if req.GetDeviceId() == "" {
-		var v violations
-		v.add("device_id", "is required")
-		return nil, invalidArgument(v)
+	if err := s.deviceRequest(ctx, req.GetApp(), req.GetDeviceId(), nil); err != nil {
+		return nil, err
 	}
 	tag, err := s.pool.Exec(ctx, `
 		UPDATE devices SET active = false,
 			deactivated_at = coalesce(deactivated_at, now()),
 			deactivation_reason = coalesce(deactivation_reason, '`+schema.DeactivatedUnregistered+`')
-		WHERE device_id = $1`, req.GetDeviceId())
+		WHERE app = $1 AND device_id = $2`, cmp.Or(req.GetApp(), schema.DefaultApp), req.GetDeviceId())
 	if err != nil {
 		return nil, toStatus(ctx, s.log, "unregister device", err, "device_id", req.GetDeviceId())
 	}
 	return &notifyv1.UnregisterDeviceResponse{Found: tag.RowsAffected() > 0}, nil
 }
 
-// checkDeviceSQL answers whether the device has an active token for the user and records
-// that the device was seen (at most once an hour, to keep a busy app's checks cheap).
+// checkDeviceSQL answers whether the app's device has an active token for the user and
+// records that the device was seen (at most once an hour, to keep a busy app's checks cheap).
 const checkDeviceSQL = `
 WITH d AS (
-	SELECT device_id, last_seen_at FROM devices WHERE device_id = $1 AND user_id = $2 AND active
+	SELECT app, device_id, last_seen_at FROM devices WHERE app = $1 AND device_id = $2 AND user_id = $3 AND active
 ), seen AS (
 	UPDATE devices SET last_seen_at = now() FROM d
-	WHERE devices.device_id = d.device_id AND d.last_seen_at < now() - interval '1 hour'
+	WHERE devices.app = d.app AND devices.device_id = d.device_id AND d.last_seen_at < now() - interval '1 hour'
 )
 SELECT EXISTS (SELECT 1 FROM d)`
 
 // CheckDevice tells the app whether it must register again.
 func (s *Devices) CheckDevice(ctx context.Context, req *notifyv1.CheckDeviceRequest) (*notifyv1.CheckDeviceResponse, error) {
-	var v violations
-	if req.GetUserId() == "" {
-		v.add("user_id", "is required")
-	}
-	if req.GetDeviceId() == "" {
-		v.add("device_id", "is required")
-	}
-	if len(v) > 0 {
-		return nil, invalidArgument(v)
+	userID := req.GetUserId()
+	if err := s.deviceRequest(ctx, req.GetApp(), req.GetDeviceId(), &userID); err != nil {
+		return nil, err
 	}
 	var registered bool
-	if err := s.pool.QueryRow(ctx, checkDeviceSQL, req.GetDeviceId(), req.GetUserId()).Scan(&registered); err != nil {
+	err := s.pool.QueryRow(ctx, checkDeviceSQL, cmp.Or(req.GetApp(), schema.DefaultApp), req.GetDeviceId(), userID).Scan(&registered)
+	if err != nil {
 		return nil, toStatus(ctx, s.log, "check device", err, "device_id", req.GetDeviceId())
 	}
 	return &notifyv1.CheckDeviceResponse{Registered: registered}, nil
 }
 
-// ListDevices lists a user's devices newest first (keyset pagination on created_at,
-// device_id, served by the index devices_user_created).
+// ListDevices lists a user's devices newest first (keyset pagination on created_at, app,
+// device_id, served by the index devices_user_created_app). The cursor's id is
+// "app/device_id" (an app name has no "/").
 func (s *Devices) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequest) (*notifyv1.ListDevicesResponse, error) {
 	var v violations
 	switch u := req.GetUserId(); {
@@ -265,8 +281,10 @@ func (s *Devices) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequ
 	if req.GetPageSize() < 0 {
 		v.add("page_size", "must not be negative")
 	}
+	s.apps.check(&v, "app", req.GetApp())
 	after, paged, err := parseCursor(req.GetPageToken())
-	if err != nil {
+	afterApp, afterDevice, found := strings.Cut(after.id, "/")
+	if err != nil || paged && !found {
 		v.add("page_token", "is not a token from a previous response")
 	}
 	if len(v) > 0 {
@@ -274,18 +292,27 @@ func (s *Devices) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequ
 	}
 	var where conditions
 	where.add("user_id = ?", req.GetUserId())
+	if req.GetApp() != "" {
+		if err := permitApp(ctx, s.log, req.GetApp()); err != nil {
+			return nil, err
+		}
+		where.add("app = ?", req.GetApp())
+	} else if apps, limited := keyApps(ctx); limited {
+		// A key limited to some apps sees only their devices (and tokens).
+		where.add("app = ANY(?)", apps)
+	}
 	if req.GetActiveOnly() {
 		where.add("active")
 	}
 	if paged {
-		where.add("(created_at, device_id) < (?, ?)", after.at, after.id)
+		where.add("(created_at, app, device_id) < (?, ?, ?)", after.at, afterApp, afterDevice)
 	}
 	limit := pageSize(req.GetPageSize(), 50, MaxListPageSize)
 	rows, err := s.pool.Query(ctx, `
 		SELECT device_id, token, platform, active, coalesce(deactivation_reason, ''),
 			created_at, registered_at, last_seen_at, deactivated_at, app
 		FROM devices`+where.where()+`
-		ORDER BY created_at DESC, device_id DESC LIMIT `+where.next(limit+1), where.args...)
+		ORDER BY created_at DESC, app DESC, device_id DESC LIMIT `+where.next(limit+1), where.args...)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, "list devices", err, "user_id", req.GetUserId())
 	}
@@ -316,7 +343,7 @@ func (s *Devices) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequ
 	if len(list) > limit {
 		list = list[:limit]
 		last := list[limit-1]
-		resp.NextPageToken = cursor{at: last.GetCreateTime().AsTime(), id: last.GetDeviceId()}.String()
+		resp.NextPageToken = cursor{at: last.GetCreateTime().AsTime(), id: last.GetApp() + "/" + last.GetDeviceId()}.String()
 	}
 	resp.Devices = list
 	return resp, nil
