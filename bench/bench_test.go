@@ -162,3 +162,28 @@ func TestTargetsReportMissed(t *testing.T) {
 		t.Errorf("report says MISSED %d times, want at least once per missed target (4):\n%s", n, out.String())
 	}
 }
+
+// TestCommandLine: -h and --help print the flags and the environment and exit 0; a wrong flag
+// or a stray argument is a usage error, exit 2, before anything starts.
+func TestCommandLine(t *testing.T) {
+	t.Parallel()
+	getenv := func(string) string { return "" }
+	for _, tc := range []struct {
+		args     []string
+		code     int
+		stdoutRe string
+		stderrRe string
+	}{
+		{args: []string{"-h"}, code: 0, stdoutRe: `(?s)Usage:.*-fanout-devices.*DATABASE_URL.*AMQP_URL.*RABBITMQ_MANAGEMENT_URL.*SEND_`, stderrRe: `^$`},
+		{args: []string{"--help"}, code: 0, stdoutRe: `(?s)Usage:.*-phases`, stderrRe: `^$`},
+		{args: []string{"--fanout-devcies", "5"}, code: 2, stdoutRe: `^$`, stderrRe: `^bench: flag provided but not defined: -fanout-devcies\nRun 'bench -h' for usage.\n$`},
+		{args: []string{"extra"}, code: 2, stdoutRe: `^$`, stderrRe: `^bench: unexpected arguments \["extra"\]\n`},
+		{args: []string{"-publish-clients", "x"}, code: 2, stdoutRe: `^$`, stderrRe: `invalid value "x" for flag -publish-clients`},
+	} {
+		var stdout, stderr strings.Builder
+		code := mainCode(t.Context(), tc.args, getenv, &stdout, &stderr)
+		if code != tc.code || !regexp.MustCompile(tc.stdoutRe).MatchString(stdout.String()) || !regexp.MustCompile(tc.stderrRe).MatchString(stderr.String()) {
+			t.Errorf("bench %q: exit %d (want %d)\nstdout:\n%s\nstderr:\n%s\nwant stdout matching %s, stderr matching %s", tc.args, code, tc.code, stdout.String(), stderr.String(), tc.stdoutRe, tc.stderrRe)
+		}
+	}
+}

@@ -71,15 +71,57 @@ type config struct {
 	ServiceEnv map[string]string
 }
 
+// usage prints what bench -h shows: the flags and the environment it reads.
+func usage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprint(w, `bench: measures notify end to end on this machine (make bench; README.md, section Performance)
+
+Usage:
+  bench [flags]
+
+Flags:
+`)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	fmt.Fprintf(w, `
+Environment:
+  DATABASE_URL              the PostgreSQL server the bench makes its own database on (default %s)
+  AMQP_URL                  the RabbitMQ broker (default %s)
+  RABBITMQ_MANAGEMENT_URL   its management API (default http://guest:guest@127.0.0.1:15672)
+  the services' tuning variables, passed on to the services it starts and recorded with the
+  results: every variable named or starting with
+%s
+`, envconfig.DefaultDatabaseURL, envconfig.DefaultAMQPURL, wrapWords(tuningPrefixes, 88, "    "))
+}
+
+// wrapWords joins words with spaces into lines of at most width characters, each indented.
+func wrapWords(words []string, width int, indent string) string {
+	var b strings.Builder
+	line := indent
+	for _, w := range words {
+		if len(line) > len(indent) && len(line)+1+len(w) > width {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if len(line) > len(indent) {
+			line += " "
+		}
+		line += w
+	}
+	return b.String() + line
+}
+
 // tuningPrefixes name the environment variables that change how the services perform.
 var tuningPrefixes = []string{"SEND_", "RETRY_", "FCM_", "OUTBOX_", "PUBLISH_", "DEADLETTER_", "ALERT_", "LOG_LEVEL",
 	"SHUTDOWN_TIMEOUT", "GOMAXPROCS", "GOGC", "GOMEMLIMIT"}
 
-func loadConfig(args []string, getenv func(string) string, environ []string, stderr io.Writer) (config, error) {
+// loadConfig reads the flags and the environment; -h prints the usage to helpOut.
+func loadConfig(args []string, getenv func(string) string, environ []string, helpOut io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&c.BinDir, "bin", "bin", "directory with the service binaries (`make build`)")
+	fs.SetOutput(io.Discard) // a parse error is reported once, by main; -h prints the usage below
+	fs.Usage = func() {}
+	fs.StringVar(&c.BinDir, "bin", "bin", "directory with the service binaries (built by make build)")
 	fs.StringVar(&c.OutDir, "out", "bench-results", "directory for the JSON results")
 	fs.StringVar(&c.LogDir, "logs", "", "directory for the service logs (default tmp/bench/<run>)")
 	phases := fs.String("phases", strings.Join(allPhases, ","), "phases to run, comma-separated")
@@ -98,10 +140,14 @@ func loadConfig(args []string, getenv func(string) string, environ []string, std
 	fs.IntVar(&c.BatchNotifications, "batch-notifications", 50_000, "notifications the batch phase publishes (rounded up to whole batches of 500)")
 	fs.IntVar(&c.SustainNotifications, "sustain-notifications", 20_000, "one-token notifications the sustain phase publishes as fast as Publish takes them")
 	if err := fs.Parse(args); err != nil {
-		return c, err
+		if errors.Is(err, flag.ErrHelp) {
+			usage(fs, helpOut)
+			return c, err
+		}
+		return c, usageError{err}
 	}
 	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+		return c, usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
 	}
 
 	c.DatabaseURL = cmp.Or(getenv("DATABASE_URL"), envconfig.DefaultDatabaseURL)

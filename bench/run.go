@@ -23,7 +23,7 @@ const restSettle = 3 * time.Second
 // run starts the stack, runs the phases, prints the table and writes the JSON. It returns
 // an error when the bench could not run, or ran and found failures.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := loadConfig(args, getenv, os.Environ(), stderr)
+	cfg, err := loadConfig(args, getenv, os.Environ(), stdout)
 	if err != nil {
 		return err
 	}
