@@ -209,8 +209,14 @@ func ParseDuration(s string) (time.Duration, error) {
 // empty), or def when it is unset.
 func (r *Reader) Addr(name, def string) string {
 	v := r.String(name, def)
-	if _, _, err := net.SplitHostPort(v); err != nil {
+	_, port, err := net.SplitHostPort(v)
+	if err != nil {
 		r.Errorf(name, "%q is not host:port", v)
+		return v
+	}
+	// Checked here so that the error names the variable, not a listener failing later.
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		r.Errorf(name, "%q: the port must be a number from 0 to 65535", v)
 	}
 	return v
 }

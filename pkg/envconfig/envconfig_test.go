@@ -125,6 +125,18 @@ func TestReader(t *testing.T) {
 			wantErr: []string{`A: "localhost" is not host:port`},
 		},
 		{
+			name: "addr with a port out of range or not a number",
+			vars: map[string]string{"A": "127.0.0.1:99999", "B": ":abc", "C": "[::1]:-1", "D": "[::1]:65535"},
+			read: func(r *envconfig.Reader) any {
+				return []string{r.Addr("A", ""), r.Addr("B", ""), r.Addr("C", ""), r.Addr("D", "")}
+			},
+			wantErr: []string{
+				`A: "127.0.0.1:99999": the port must be a number from 0 to 65535`,
+				`B: ":abc": the port must be a number from 0 to 65535`,
+				`C: "[::1]:-1": the port must be a number from 0 to 65535`,
+			},
+		},
+		{
 			name: "log level",
 			vars: map[string]string{"LOG_LEVEL": "DEBUG"},
 			read: func(r *envconfig.Reader) any { return r.LogLevel() },
