@@ -94,8 +94,10 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	if err != nil {
 		v.add("notification_id", "must be a notification id (UUID)")
 	}
+	// The token is the last token of the previous page, compared in SQL: bytes PostgreSQL
+	// cannot compare as text (NUL, not UTF-8) come from no response of ours.
 	after, err := base64.RawURLEncoding.DecodeString(req.GetPageToken())
-	if err != nil {
+	if err != nil || !goodText(string(after)) {
 		v.add("page_token", "is not a token from a previous response")
 	}
 	outcome := ""

@@ -208,6 +208,7 @@ func FuzzPageToken(f *testing.F) {
 	f.Add("OTIyMzM3MjAzNjg1NDc3NTgwNy8x")   // 9223372036854775807/1
 	f.Add("MTIzLw")                         // "123/": no id
 	f.Add("\x00\xff")
+	f.Add("MTcwMDAwMDAwMDAwMDAwMC9hAA") // "1700000000000000/a\x00": NUL in the id
 	f.Fuzz(func(t *testing.T, token string) {
 		c, ok, err := parseCursor(token)
 		if err != nil || !ok {
@@ -216,8 +217,8 @@ func FuzzPageToken(f *testing.F) {
 			}
 			return
 		}
-		if c.id == "" {
-			t.Fatalf("token %q decoded without an id", token)
+		if c.id == "" || !goodText(c.id) {
+			t.Fatalf("token %q decoded to an id PostgreSQL cannot compare as text: %q", token, c.id)
 		}
 		if err := timestamppb.New(c.at).CheckValid(); err != nil {
 			t.Fatalf("token %q decoded to a time PostgreSQL cannot compare: %v", token, err)

@@ -44,7 +44,9 @@ func parseCursor(token string) (c cursor, ok bool, err error) {
 	}
 	digits, id, found := strings.Cut(string(b), "/")
 	micros, err := strconv.ParseInt(digits, 10, 64)
-	if !found || err != nil || id == "" {
+	// The id is compared in SQL (a device id is text): bytes PostgreSQL cannot compare as
+	// text (NUL, not UTF-8) come from no token of ours.
+	if !found || err != nil || id == "" || !goodText(id) {
 		return cursor{}, false, fmt.Errorf("malformed page token")
 	}
 	// A token we issued holds a row's created_at. Any int64 of microseconds decodes, but one

@@ -3,7 +3,9 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -245,4 +247,60 @@ func TestInvalidUTF8IsRefusedNamingTheField(t *testing.T) {
 		})
 	}
 	t.Cleanup(func() { nothingWritten(t, db.Pool) })
+}
+
+// TestPageTokenDecodingToBadTextIsRefused: a page token is checked as text like every
+// other string, but what it decodes to reaches PostgreSQL too. A token that decodes to
+// bytes PostgreSQL cannot compare against (NUL, not UTF-8; found with grpcurl as a 200,000
+// character token) is INVALID_ARGUMENT naming page_token, never INTERNAL.
+func TestPageTokenDecodingToBadTextIsRefused(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	a := serveAPI(t, db.Pool)
+	id := publishOne(t, a)
+	token := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	for _, tt := range []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"deliveries page, NUL", func(ctx context.Context) error {
+			_, err := a.admin.GetNotification(ctx, &notifyv1.GetNotificationRequest{NotificationId: id, PageToken: token("a\x00")})
+			return err
+		}},
+		{"deliveries page, not UTF-8", func(ctx context.Context) error {
+			_, err := a.admin.GetNotification(ctx, &notifyv1.GetNotificationRequest{NotificationId: id, PageToken: strings.Repeat("x", 200_000)})
+			return err
+		}},
+		{"devices page, NUL in the device id", func(ctx context.Context) error {
+			_, err := a.dev.ListDevices(ctx, &notifyv1.ListDevicesRequest{UserId: "u1", PageToken: token("1700000000000000/a\x00")})
+			return err
+		}},
+		{"devices page, device id not UTF-8", func(ctx context.Context) error {
+			_, err := a.dev.ListDevices(ctx, &notifyv1.ListDevicesRequest{UserId: "u1", PageToken: token("1700000000000000/a\xff")})
+			return err
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if diff := cmp.Diff([]string{"page_token"}, badFields(t, tt.call(ctx))); diff != "" {
+				t.Errorf("fields (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// publishOne publishes a notification to one token and returns its id.
+func publishOne(t *testing.T, a *api) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req := validRequest()
+	req.Recipients = toTokens("tok-1")
+	resp, err := a.pub.Publish(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.GetNotificationId()
 }
