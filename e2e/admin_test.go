@@ -67,7 +67,8 @@ func waitSettled(t *testing.T, admin notifyv1.AdminServiceClient, id string, rep
 func TestReplayAfterFCMRecoversSendsOnlyWhatWasNotDelivered(t *testing.T) {
 	s := newStack(t)
 	s.start("fcm-emulator", nil)
-	s.start("producer", nil)
+	// Published outbox rows are kept, so the test can count what each step wrote.
+	s.start("producer", map[string]string{"OUTBOX_RETENTION": "1h"})
 	// One attempt per token: a transient failure is dead-lettered at once (no retrier).
 	s.start("sender", map[string]string{"RETRY_MAX_ATTEMPTS": "1"})
 	s.start("deadletter", nil)

@@ -46,7 +46,7 @@ type config struct {
 	OutboxBatchSize    int           // rows claimed and published per relay round
 	OutboxConcurrency  int           // OUTBOX_CONCURRENCY: relay rounds that may overlap under a backlog
 	OutboxPollInterval time.Duration // relay polling fallback when no NOTIFY arrives
-	OutboxRetention    time.Duration // published outbox rows are deleted after this
+	OutboxRetention    time.Duration // published outbox rows are kept this long; 0 deletes them when published
 
 	// APIKeyCacheTTL (API_KEY_CACHE_TTL) is how long a verified (or unknown) API key is
 	// remembered: the time a revocation takes to reach the other replicas. 0 disables it.
@@ -109,7 +109,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 
 		ShutdownTimeout:    e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0),
 		OutboxPollInterval: e.Duration("OUTBOX_POLL_INTERVAL", time.Second, 10*time.Millisecond),
-		OutboxRetention:    e.Duration("OUTBOX_RETENTION", 24*time.Hour, time.Minute),
+		OutboxRetention:    e.Duration("OUTBOX_RETENTION", 0, 0),
 		OutboxBatchSize:    e.Int("OUTBOX_BATCH_SIZE", 500, 1, 10000),
 		OutboxConcurrency:  e.Int("OUTBOX_CONCURRENCY", 2, 1, 16),
 		PublishBatch: server.GroupCommit{

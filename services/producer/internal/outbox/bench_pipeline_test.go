@@ -29,7 +29,9 @@ import (
 // confirmed (one INSERT per group of up to 100, as the batched sender commits), so the
 // relay moves three rows per notification and holds each final event back until the
 // pending one before it is published. Run with the producer's settings (batches of 500,
-// real RabbitMQ, a window of one batch per round loop) at several concurrencies.
+// real RabbitMQ, a window of one batch per round loop) at several concurrencies, deleting
+// published rows (the default) and marking them (OUTBOX_RETENTION set; the later delete by
+// housekeeping is not part of the figure).
 //
 // Figures: rows/s from Run's start until every row is published, and CPU milliseconds per
 // row of this process (the relay, its AMQP client and the stand-in sender's inserts) and of
@@ -37,8 +39,16 @@ import (
 // such as autovacuum workers, are missed). On a shared machine CPU per row is steadier
 // than rows/s. Run with e.g. -benchtime 20000x.
 func BenchmarkRelayPipeline(b *testing.B) {
-	for _, concurrency := range []int{1, 2, 4} {
-		b.Run(fmt.Sprintf("concurrency=%d", concurrency), func(b *testing.B) {
+	for _, tc := range []struct {
+		concurrency int
+		retention   time.Duration
+	}{{1, 0}, {2, 0}, {4, 0}, {2, time.Hour}} {
+		settle := "delete"
+		if tc.retention > 0 {
+			settle = "mark"
+		}
+		concurrency := tc.concurrency
+		b.Run(fmt.Sprintf("concurrency=%d/settle=%s", concurrency, settle), func(b *testing.B) {
 			amqpURL := testenv.AMQPURL(b)
 			topo := rabbittest.Topology(b, amqpURL, "outbox-bench", rabbit.NewTopology("", nil))
 			conn := rabbittest.StartConn(b, amqpURL, rabbit.ConnOptions{Name: topo.Name, Topology: &topo})
@@ -70,6 +80,7 @@ func BenchmarkRelayPipeline(b *testing.B) {
 			events := rabbit.NewPublisher(conn, topo.EventsExchange(), rabbit.PublisherOptions{Window: window, Optional: true})
 			r := NewRelay(db.Pool, tasks, discard, prometheus.NewRegistry(), Options{
 				BatchSize: batch, Concurrency: concurrency, PollInterval: 100 * time.Millisecond, Events: events,
+				Retention: tc.retention,
 			})
 
 			runCtx, cancel := context.WithCancel(ctx)

@@ -69,26 +69,8 @@ func TestEventsOfANotificationArePublishedInOrder(t *testing.T) {
 		insertRows(t, db, notifications)
 	}
 
-	pub := &refusing{}
-	runCtx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	for i := range 3 {
-		r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{
-			BatchSize: 37 + 20*i, Concurrency: 3, PollInterval: 20 * time.Millisecond,
-		})
-		wg.Go(func() { _ = r.Run(runCtx) })
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for unpublished(t, db) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d rows still unpublished after 2 minutes", unpublished(t, db))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	stop()
-	wg.Wait()
-
-	// The outbox ids of each notification's events, in the order they were written.
+	// The outbox ids of each notification's events, in the order they were written (read
+	// before the relays delete them).
 	rows, err := db.Pool.Query(ctx, `SELECT id, notification_id FROM outbox WHERE message_type = $1 ORDER BY id`, schema.StatusEventType)
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +93,31 @@ func TestEventsOfANotificationArePublishedInOrder(t *testing.T) {
 	if len(written) != notifications {
 		t.Fatalf("events of %d notifications in the outbox, want %d", len(written), notifications)
 	}
+
+	pub := &refusing{}
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for i := range 3 {
+		// The third keeps published rows (OUTBOX_RETENTION), as a replica with another
+		// setting might: its marked rows must hold back later events no more than deleted ones.
+		var retention time.Duration
+		if i == 2 {
+			retention = time.Hour
+		}
+		r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{
+			BatchSize: 37 + 20*i, Concurrency: 3, PollInterval: 20 * time.Millisecond, Retention: retention,
+		})
+		wg.Go(func() { _ = r.Run(runCtx) })
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for unpublished(t, db) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d rows still unpublished after 2 minutes", unpublished(t, db))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	wg.Wait()
 
 	next := map[string]int{} // notification -> how many of its events were confirmed so far
 	for _, m := range pub.confirmed {

@@ -31,7 +31,11 @@ type publisher interface {
 type Options struct {
 	BatchSize    int           // rows claimed per round (default 500)
 	PollInterval time.Duration // a round at least this often, for rows no Wake announced (default 1s)
-	Retention    time.Duration // published rows are deleted after this (default 24h)
+	// Retention is how long published rows are kept, marked published_at, before
+	// housekeeping deletes them; 0 (the default) deletes them in the round that publishes
+	// them. Nothing reads published rows: keeping them only helps someone inspecting the
+	// outbox, and costs a second write per row (the mark, then the delete).
+	Retention time.Duration
 	// Ready, when set, blocks until the broker connection is up (rabbit.Conn.Ready), so
 	// that no round claims rows while the broker is unreachable and shutdown never waits
 	// for a broker that is down.
@@ -39,10 +43,10 @@ type Options struct {
 	// Events publishes status events (notify.bus.v1.StatusEvent rows) to the events
 	// exchange; nil publishes them with the relay's own publisher (tests).
 	Events publisher
-	// RoundTimeout bounds one round (claim, publish, mark); default 30s.
+	// RoundTimeout bounds one round (claim, publish, delete or mark); default 30s.
 	RoundTimeout time.Duration
 	// Concurrency is how many rounds may run at once while a backlog lasts (default 2):
-	// one round claims and publishes while another waits for its confirms and marks.
+	// one round claims and publishes while another waits for its confirms and commits.
 	Concurrency int
 }
 
@@ -50,8 +54,8 @@ type Options struct {
 //
 // Each round claims up to BatchSize unpublished rows with FOR UPDATE SKIP LOCKED (so any
 // number of producer replicas relay side by side without sending a row twice), publishes
-// them with windowed publisher confirms, and marks exactly the confirmed ones published in
-// the same transaction. Delivery is at-least-once: a crash between the broker's confirm and
+// them with windowed publisher confirms, and deletes exactly the confirmed ones in the same
+// transaction. Delivery is at-least-once: a crash between the broker's confirm and
 // the commit republishes the batch, so consumers dedupe on MessageId ("outbox-<id>").
 //
 // The relay runs a round when it is woken — in process by Wake, which the producer calls
@@ -60,8 +64,9 @@ type Options struct {
 // replica committed and could not relay before it crashed), and keeps going while rows
 // remain: a round that claimed a full batch wakes another of the Concurrency round loops,
 // so under a backlog rounds overlap (SKIP LOCKED keeps their rows apart), one waiting for
-// the broker's confirms and its commit while the next claims and publishes. It deletes
-// published rows after the retention period.
+// the broker's confirms and its commit while the next claims and publishes. A published
+// row is deleted in the transaction that claimed it (or, with a Retention, marked
+// published and deleted once it is older).
 type Relay struct {
 	pool *pgxpool.Pool
 	pub  publisher
@@ -82,9 +87,6 @@ func NewRelay(pool *pgxpool.Pool, pub publisher, log *slog.Logger, reg prometheu
 	}
 	if opts.PollInterval <= 0 {
 		opts.PollInterval = time.Second
-	}
-	if opts.Retention <= 0 {
-		opts.Retention = 24 * time.Hour
 	}
 	if opts.RoundTimeout <= 0 {
 		opts.RoundTimeout = 30 * time.Second
@@ -132,16 +134,18 @@ func (r *Relay) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// loop runs rounds until ctx ends. The first loop also samples the backlog and deletes
-// old published rows.
+// loop runs rounds until ctx ends. The first loop also samples the backlog and, with a
+// Retention, deletes old published rows.
 func (r *Relay) loop(ctx context.Context, first bool) error {
 	poll := time.NewTicker(r.opts.PollInterval)
 	defer poll.Stop()
 	var housekeeping <-chan time.Time
 	if first {
-		t := time.NewTicker(time.Minute)
-		defer t.Stop()
-		housekeeping = t.C
+		if r.opts.Retention > 0 {
+			t := time.NewTicker(time.Minute)
+			defer t.Stop()
+			housekeeping = t.C
+		}
 		r.sampleBacklog(ctx)
 	}
 
@@ -155,7 +159,7 @@ func (r *Relay) loop(ctx context.Context, first bool) error {
 			}
 		}
 		// Rounds run on a context that outlives ctx (bounded by RoundTimeout), so a claimed
-		// batch is settled (published and marked, or rolled back) rather than abandoned
+		// batch is settled (published and settled, or rolled back) rather than abandoned
 		// half-way.
 		roundCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.RoundTimeout)
 		n, err := r.RelayOnce(roundCtx)
@@ -236,7 +240,7 @@ WITH due AS (
 SELECT * FROM due UNION ALL SELECT * FROM ready LIMIT $1`
 
 // startSQL moves the notifications whose scheduled send task was just published from
-// scheduled to pending, in the transaction that marks the rows published. One that was
+// scheduled to pending, in the transaction that settles the published rows. One that was
 // cancelled meanwhile stays cancelled (Cancel holds its row lock, and this waits for it).
 var startSQL = schema.ChangeStatusSQL("'"+schema.StatusPending+"'", ", updated_at = now()",
 	"n.id = ANY($1) AND n.status = '"+schema.StatusScheduled+"'")
@@ -336,8 +340,12 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 			}
 		}
 		if len(ids) > 0 {
-			if _, err := tx.Exec(ctx, "UPDATE outbox SET published_at = now() WHERE id = ANY($1)", ids); err != nil {
-				return fmt.Errorf("mark %d outbox rows published: %w", len(ids), err)
+			done := "DELETE FROM outbox WHERE id = ANY($1)"
+			if r.opts.Retention > 0 {
+				done = "UPDATE outbox SET published_at = now() WHERE id = ANY($1)"
+			}
+			if _, err := tx.Exec(ctx, done, ids); err != nil {
+				return fmt.Errorf("settle %d published outbox rows: %w", len(ids), err)
 			}
 		}
 		if len(started) > 0 {
@@ -348,7 +356,7 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 		}
 		r.published.Add(float64(len(ids)))
 		if pubErr != nil {
-			// The confirmed rows are marked; the rest stay for the next round.
+			// The confirmed rows are settled; the rest stay for the next round.
 			r.log.Warn("some outbox rows were not published", "published", len(ids), "failed", len(failed), "err", pubErr)
 		}
 		return nil

@@ -75,6 +75,9 @@ func TestRelayMarksOnlyConfirmedRows(t *testing.T) {
 	if got := unpublished(t, db); got != 3 {
 		t.Errorf("%d rows left unpublished, want the 3 whose publish failed", got)
 	}
+	if got := rowCount(t, db); got != 3 {
+		t.Errorf("%d rows in the outbox, want only the 3 unpublished (published rows are deleted)", got)
+	}
 	// The next rounds retry exactly the failed rows.
 	for unpublished(t, db) > 0 {
 		if _, err := r.RelayOnce(context.Background()); err != nil {
@@ -92,6 +95,42 @@ func TestRelayMarksOnlyConfirmedRows(t *testing.T) {
 		if c != 1 {
 			t.Errorf("%s published %d times, want once", id, c)
 		}
+	}
+}
+
+func rowCount(t *testing.T, db *pgtest.DB) int {
+	t.Helper()
+	var n int
+	if err := db.Pool.QueryRow(context.Background(), "SELECT count(*) FROM outbox").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestRetentionKeepsPublishedRows: with a Retention, published rows stay, marked, until
+// housekeeping finds them older than it.
+func TestRetentionKeepsPublishedRows(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	insertRows(t, db, 4)
+	r := NewRelay(db.Pool, &recorder{}, discard, prometheus.NewRegistry(), Options{Retention: time.Minute})
+	ctx := context.Background()
+	if n, err := r.RelayOnce(ctx); err != nil || n != 4 {
+		t.Fatalf("RelayOnce = %d, %v; want 4 claimed", n, err)
+	}
+	if u, all := unpublished(t, db), rowCount(t, db); u != 0 || all != 4 {
+		t.Fatalf("%d unpublished of %d rows, want 4 rows kept, all published", u, all)
+	}
+	r.deletePublished(ctx)
+	if got := rowCount(t, db); got != 4 {
+		t.Errorf("housekeeping left %d rows published just now, want 4", got)
+	}
+	if _, err := db.Pool.Exec(ctx, "UPDATE outbox SET published_at = now() - interval '2 minutes' WHERE id IN (SELECT min(id) FROM outbox)"); err != nil {
+		t.Fatal(err)
+	}
+	r.deletePublished(ctx)
+	if got := rowCount(t, db); got != 3 {
+		t.Errorf("housekeeping left %d rows, want 3 (the one older than the retention deleted)", got)
 	}
 }
 
