@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -9,7 +10,9 @@ import (
 
 // TestMutedTypeIsSkippedForThatUserOnly: a user who muted a type gets nothing of that type
 // (its devices end skipped_preference, counted, never sent), another user does, the muted
-// user still gets other types, and an admin's ignore_preferences reaches everyone.
+// user still gets other types, and an admin's ignore_preferences reaches everyone. Then with
+// notifyctl: preferences set and get, and ignore_preferences from a publisher key allowed to
+// (keys create --allow-ignore-preferences) is sent, from one without it refused.
 func TestMutedTypeIsSkippedForThatUserOnly(t *testing.T) {
 	s := newStack(t)
 	s.start("fcm-emulator", nil)
@@ -73,4 +76,52 @@ func TestMutedTypeIsSkippedForThatUserOnly(t *testing.T) {
 	if d := resp.GetDeliveries(); len(d) != 1 || d[0].GetUserId() != "muter" || d[0].GetToken() != "pref-tok-muter" {
 		t.Errorf("skipped deliveries = %v, want the muter's one token", d)
 	}
+
+	// notifyctl, with publisher keys: one allowed to ignore preferences, one not.
+	allowed := strings.TrimSpace(s.mustCtl(0, s.adminKey, "keys", "create", "pref-security", "--role", "publisher",
+		"--allow-ignore-preferences").stdout)
+	plain := strings.TrimSpace(s.mustCtl(0, s.adminKey, "keys", "create", "pref-plain", "--role", "publisher").stdout)
+	if keys := s.mustCtl(0, s.adminKey, "keys", "list").stdout; !hasRowSuffix(keys, "pref-security", "yes") || !hasRowSuffix(keys, "pref-plain", "no") {
+		t.Errorf("keys list does not show who may ignore preferences:\n%s", keys)
+	}
+	set := s.mustCtl(0, plain, "preferences", "set", "--user", "listener", "--mute", "e2e.alert,e2e.digest")
+	if got := strings.Fields(set.stdout); strings.Join(got, " ") != "MUTED TYPE e2e.alert e2e.digest" {
+		t.Errorf("preferences set printed %q", set.stdout)
+	}
+	if got := s.mustCtl(0, plain, "preferences", "get", "--user", "listener", "--no-headers").stdout; got != "e2e.alert\ne2e.digest\n" {
+		t.Errorf("preferences get printed %q, want the two types", got)
+	}
+	if r := s.mustCtl(1, plain, "preferences", "set", "--user", "listener", "--mute", "not a type"); !strings.Contains(r.stderr, "muted_types[0]") {
+		t.Errorf("preferences set with a bad type: %s", r.stderr)
+	}
+	alert := []string{"publish", "--user", "listener", "--type", "e2e.alert", "--title", "New sign-in", "--ignore-preferences"}
+	if r := s.mustCtl(4, plain, alert...); !strings.Contains(r.stderr, "PermissionDenied") {
+		t.Errorf("ignore_preferences from a key without the permission: %s", r.stderr)
+	}
+	muted := strings.TrimSpace(s.mustCtl(0, plain, alert[:len(alert)-1]...).stdout)
+	ignoring := strings.TrimSpace(s.mustCtl(0, allowed, alert...).stdout)
+	for id, wantSkipped := range map[string]int64{muted: 1, ignoring: 0} {
+		n := waitFinal(t, admin, id, time.Minute)
+		if c := n.GetCounts(); n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_DELIVERED || c.GetTotal() != 1 ||
+			c.GetSkipped() != wantSkipped || c.GetDelivered() != 1-wantSkipped {
+			t.Errorf("alert %s: %v %v, want DELIVERED with %d skipped", id, n.GetStatus(), c, wantSkipped)
+		}
+	}
+	if got := len(s.emulatorMessages("pref-tok-listener")); got != 6 {
+		t.Errorf("listener's token received %d messages, want 6: the 5 above and the alert ignoring preferences (the refused and the muted one never sent)", got)
+	}
+	s.mustCtl(0, plain, "preferences", "set", "--user", "listener", "--none")
+	if r := s.mustCtl(0, plain, "preferences", "get", "--user", "listener"); len(strings.Fields(r.stdout)) != 2 {
+		t.Errorf("preferences get after set --none: %q", r.stdout)
+	}
+}
+
+// hasRowSuffix reports whether a table has a row that starts with first and ends with last.
+func hasRowSuffix(table, first, last string) bool {
+	for _, line := range strings.Split(table, "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == first && f[len(f)-1] == last {
+			return true
+		}
+	}
+	return false
 }

@@ -49,9 +49,9 @@ certificate against that CA, --tls against the system's roots; --cert-file and -
 (NOTIFY_CERT_FILE, NOTIFY_KEY_FILE) present a client certificate (mTLS). --insecure forces
 plaintext even when TLS options are set in the environment.
 
-API keys: --api-key (NOTIFY_API_KEY) is sent as a bearer token. publish and devices need
-a publisher or admin key, everything else an admin key. The first admin key is made on a
-machine that can reach the database:
+API keys: --api-key (NOTIFY_API_KEY) is sent as a bearer token. publish, cancel, devices
+and preferences need a publisher or admin key, everything else an admin key. The first
+admin key is made on a machine that can reach the database:
   producer keys create NAME --role admin      (DATABASE_URL; prints the secret)
 
 ` + exitCodesHelp
@@ -144,7 +144,7 @@ func (c *cli) rootCommand() *cobra.Command {
 		cobra.FixedCompletions([]string{formatTable, formatJSON, formatYAML}, cobra.ShellCompDirectiveNoFileComp))
 
 	root.AddCommand(c.publishCommand(), c.cancelCommand(), c.getCommand(), c.listCommand(), c.deadCommand(), c.replayCommand(),
-		c.keysCommand(), c.devicesCommand(), c.versionCommand())
+		c.keysCommand(), c.devicesCommand(), c.preferencesCommand(), c.versionCommand())
 	// Every command's help ends with the exit codes.
 	root.SetUsageTemplate(root.UsageTemplate() + "\n" + exitCodesHelp)
 	return root

@@ -132,6 +132,11 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"devices", "list"}, message: `"user" not set`},
 		{args: []string{"devices", "list", "--user", "u", "--limit", "-1"}, message: "--limit"},
 		{args: []string{"devices", "unregister"}, message: "give DEVICE_ID"},
+		{args: []string{"preferences"}, message: "needs a subcommand: get, set"},
+		{args: []string{"preferences", "get"}, message: `"user" not set`},
+		{args: []string{"preferences", "get", "--user", "u", "extra"}, message: "takes no arguments"},
+		{args: []string{"preferences", "set", "--user", "u"}, message: "--mute"},
+		{args: []string{"preferences", "set", "--user", "u", "--mute", "a", "--none"}, message: "not both"},
 		{args: []string{"devices", "register", "--user", "u", "--device", "d", "--token", "t", "--platform", "tv"}, message: "--platform"},
 		{args: []string{"publish", "--title", "x"}, message: "exactly one of --user, --token, --all, --topic or --condition"},
 		{args: []string{"publish", "--topic", "news", "--condition", "'a' in topics"}, message: "exactly one of"},
@@ -205,7 +210,7 @@ func TestPublishSendsWhatTheFlagsSay(t *testing.T) {
 	r := mustCtl(t, exitOK, map[string]string{"NOTIFY_ADDR": addr}, "publish", "--user", "ana", "--api-key", "publisher",
 		"--user", "bob", "--title", "Shipped", "--body", "Parcel 42", "--data", "order_id=42", "--data", "note=a,b=c",
 		"--type", "order.shipped", "--ttl", "1h", "--priority", "high", "--collapse-key", "order-42",
-		"--image", "https://example.com/a.png", "--idempotency-key", "order-42-shipped", "--app", "staff")
+		"--image", "https://example.com/a.png", "--idempotency-key", "order-42-shipped", "--app", "staff", "--ignore-preferences")
 	if strings.TrimSpace(r.stdout) != "01890a5d-0000-7000-8000-000000000001" {
 		t.Errorf("publish printed %q, want only the id", r.stdout)
 	}
@@ -216,7 +221,8 @@ func TestPublishSendsWhatTheFlagsSay(t *testing.T) {
 		Recipients:     &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: []string{"ana", "bob"}}}},
 		Content:        &notifyv1.Content{Title: "Shipped", Body: "Parcel 42", ImageUrl: "https://example.com/a.png"},
 		Data:           map[string]string{"order_id": "42", "note": "a,b=c"},
-		Options:        &notifyv1.Options{Priority: notifyv1.Priority_PRIORITY_HIGH, Ttl: durationpb.New(time.Hour), CollapseKey: "order-42"},
+		Options: &notifyv1.Options{Priority: notifyv1.Priority_PRIORITY_HIGH, Ttl: durationpb.New(time.Hour), CollapseKey: "order-42",
+			IgnorePreferences: true},
 	}
 	if diff := cmp.Diff([]*notifyv1.PublishRequest{want}, f.publishes, protocmp.Transform()); diff != "" {
 		t.Errorf("publish request (-want +got):\n%s", diff)
@@ -315,6 +321,7 @@ func TestOutputFormats(t *testing.T) {
 		{"replay", "a"}, {"publish", "--user", "ana"}, {"devices", "check", "--user", "u", "--device", "known"},
 		{"devices", "register", "--user", "u", "--device", "d", "--token", "t"}, {"version"},
 		{"devices", "list", "--user", "ana"}, {"devices", "unregister", "phone"},
+		{"preferences", "set", "--user", "ana", "--mute", "promo"}, {"preferences", "get", "--user", "ana"},
 	} {
 		for _, format := range []string{"json", "yaml"} {
 			out := mustCtl(t, exitOK, e, append(args, "-o", format)...).stdout
@@ -556,4 +563,45 @@ func TestDevicesNameTheirApp(t *testing.T) {
 	if last := f.deviceLists[len(f.deviceLists)-1]; last.GetApp() != "staff" {
 		t.Errorf("devices list --app staff sent app %q", last.GetApp())
 	}
+}
+
+// TestPreferencesSetAndGet: set replaces a user's muted types (repeated and comma-separated
+// --mute, --none), get prints them one per line; a type the server refuses exits 1 naming
+// the field.
+func TestPreferencesSetAndGet(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	e := env(addr, "publisher")
+	set := mustCtl(t, exitOK, e, "preferences", "set", "--user", "ana", "--mute", "promo,digest", "--mute", "promo")
+	if diff := cmp.Diff([]string{"MUTED TYPE", "digest", "promo"}, rows(set.stdout)); diff != "" {
+		t.Errorf("preferences set output (-want +got):\n%s", diff)
+	}
+	f.mu.Lock()
+	stored := f.muted["ana"]
+	f.mu.Unlock()
+	if diff := cmp.Diff([]string{"digest", "promo"}, stored); diff != "" {
+		t.Errorf("SetPreferences stored (-want +got):\n%s", diff)
+	}
+	if got := mustCtl(t, exitOK, e, "preferences", "get", "--user", "ana", "--no-headers").stdout; got != "digest\npromo\n" {
+		t.Errorf("preferences get --no-headers = %q, want one type per line", got)
+	}
+	var js struct {
+		MutedTypes []string `json:"mutedTypes"`
+	}
+	if err := json.Unmarshal([]byte(mustCtl(t, exitOK, e, "preferences", "get", "--user", "ana", "-o", "json").stdout), &js); err != nil ||
+		len(js.MutedTypes) != 2 {
+		t.Errorf("preferences get -o json = %v (%v)", js, err)
+	}
+	if r := mustCtl(t, exitOK, e, "preferences", "get", "--user", "bob"); len(rows(r.stdout)) != 1 || !strings.Contains(r.stderr, "mutes no notification type") {
+		t.Errorf("preferences get of a user with none: stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+	mustCtl(t, exitOK, e, "prefs", "set", "--user", "ana", "--none")
+	if got := rows(mustCtl(t, exitOK, e, "preferences", "get", "--user", "ana").stdout); len(got) != 1 {
+		t.Errorf("after set --none, get shows %q", got)
+	}
+	bad := mustCtl(t, exitFailure, e, "preferences", "set", "--user", "ana", "--mute", "a b")
+	if !strings.Contains(bad.stderr, "muted_types[0]") {
+		t.Errorf("a refused type: stderr does not name the field:\n%s", bad.stderr)
+	}
+	mustCtl(t, exitAuth, env(addr, ""), "preferences", "get", "--user", "ana")
 }

@@ -16,7 +16,7 @@ import (
 func (c *cli) publishCommand() *cobra.Command {
 	var (
 		users, tokens, data                              []string
-		all                                              bool
+		all, ignorePrefs                                 bool
 		typ, title, body, image, key, priority, collapse string
 		at                                               string
 		ttl                                              time.Duration
@@ -66,12 +66,14 @@ PublishRequest stops everything before anything is sent.`,
 	f.StringVar(&collapse, "collapse-key", "", "collapse `key`: FCM keeps only the newest with it")
 	f.StringVar(&file, "file", "", "publish the PublishRequests in this JSON-lines `file` (- for stdin) with PublishBatch")
 	f.StringVar(&at, "at", "", "send at `W`: an RFC 3339 time, or a duration from now (90m, 2h); at most 30 days ahead")
+	f.BoolVar(&ignorePrefs, "ignore-preferences", false,
+		"send also to users who muted the type (security messages; needs an admin key or one allowed to)")
 	enumFlag(cmd, "priority", "normal", "high")
 
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
 		if file != "" {
 			for _, name := range []string{"user", "token", "all", "topic", "condition", "type", "app", "title", "body", "image", "data",
-				"idempotency-key", "ttl", "priority", "collapse-key", "at"} {
+				"idempotency-key", "ttl", "priority", "collapse-key", "at", "ignore-preferences"} {
 				if f.Changed(name) {
 					return usagef("publish: --file takes the requests from the file; --%s cannot be combined with it", name)
 				}
@@ -84,7 +86,7 @@ PublishRequest stops everything before anything is sent.`,
 			App:            app,
 			Recipients:     &notifyv1.Recipients{},
 			Content:        &notifyv1.Content{Title: title, Body: body, ImageUrl: image},
-			Options:        &notifyv1.Options{CollapseKey: collapse},
+			Options:        &notifyv1.Options{CollapseKey: collapse, IgnorePreferences: ignorePrefs},
 		}
 		switch targets := boolCount(len(users) > 0, len(tokens) > 0, all, topicName != "", condition != ""); {
 		case targets != 1:

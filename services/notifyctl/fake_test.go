@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -44,8 +45,9 @@ type fake struct {
 	replays     []*notifyv1.ReplayRequest
 	deviceLists []*notifyv1.ListDevicesRequest
 	keyCreates  []*notifyv1.CreateAPIKeyRequest
-	deviceApps  []string // the app of each CheckDevice and UnregisterDevice, in order
-	clientNames []string // common names of the client certificates presented (mTLS)
+	deviceApps  []string            // the app of each CheckDevice and UnregisterDevice, in order
+	muted       map[string][]string // by user, as SetPreferences stored them
+	clientNames []string            // common names of the client certificates presented (mTLS)
 }
 
 // startFake serves the fake on a free port and returns it with its address.
@@ -146,6 +148,42 @@ func (f *fake) UnregisterDevice(ctx context.Context, req *notifyv1.UnregisterDev
 	f.deviceApps = append(f.deviceApps, "unregister:"+req.GetApp())
 	f.mu.Unlock()
 	return &notifyv1.UnregisterDeviceResponse{Found: req.GetDeviceId() != "missing-device"}, nil
+}
+
+// SetPreferences stores the muted types sorted and without duplicates; a type with a space is
+// refused as the producer refuses it (INVALID_ARGUMENT with a field violation).
+func (f *fake) SetPreferences(ctx context.Context, req *notifyv1.SetPreferencesRequest) (*notifyv1.SetPreferencesResponse, error) {
+	if err := f.authorize(ctx, false); err != nil {
+		return nil, err
+	}
+	for i, t := range req.GetMutedTypes() {
+		if strings.Contains(t, " ") {
+			st, _ := status.New(codes.InvalidArgument, "invalid request: muted_types").WithDetails(&errdetails.BadRequest{
+				FieldViolations: []*errdetails.BadRequest_FieldViolation{{
+					Field: fmt.Sprintf("muted_types[%d]", i), Description: "may contain only letters, digits, '.', '_' and '-'",
+				}},
+			})
+			return nil, st.Err()
+		}
+	}
+	muted := slices.Compact(slices.Sorted(slices.Values(req.GetMutedTypes())))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.muted == nil {
+		f.muted = map[string][]string{}
+	}
+	f.muted[req.GetUserId()] = muted
+	return &notifyv1.SetPreferencesResponse{MutedTypes: muted}, nil
+}
+
+// GetPreferences answers what SetPreferences stored.
+func (f *fake) GetPreferences(ctx context.Context, req *notifyv1.GetPreferencesRequest) (*notifyv1.GetPreferencesResponse, error) {
+	if err := f.authorize(ctx, false); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &notifyv1.GetPreferencesResponse{MutedTypes: f.muted[req.GetUserId()]}, nil
 }
 
 // ListDevices answers three devices of any user, paged by page_size up to 2 (the page token is the
