@@ -179,17 +179,24 @@ type Page struct {
 
 // FirstPages returns the first page of up to limit unsettled targets of each notification,
 // in order, all in one round trip (a pipelined batch): a notification whose page has no
-// next cursor has its whole unsettled audience in it. The error is for the round trip.
+// next cursor has its whole unsettled audience in it. The audiences of users, the common
+// small notification, are read by one statement for all of them (schema.UsersFirstPages);
+// the others by one statement each. The error is for the round trip.
 func (s *Store) FirstPages(ctx context.Context, ns []*Notification, limit int) ([]Page, error) {
 	pages := make([]Page, len(ns))
 	b := &pgx.Batch{}
+	var users []int // the indexes in ns of the users audiences
 	for i, n := range ns {
+		pages[i].Targets = make([]Target, 0, 4)
+		if n.Audience.Kind == schema.AudienceUsers {
+			users = append(users, i)
+			continue
+		}
 		query, args, err := n.Audience.UnsettledPage(n.ID, "", limit)
 		if err != nil {
 			pages[i].Err = fmt.Errorf("notification %s: %w", n.ID, err)
 			continue
 		}
-		pages[i].Targets = make([]Target, 0, 4)
 		b.Queue(query, args...).Query(func(rows pgx.Rows) error {
 			var key string
 			var t Target
@@ -203,11 +210,35 @@ func (s *Store) FirstPages(ctx context.Context, ns []*Notification, limit int) (
 			return err
 		})
 	}
+	if len(users) > 0 {
+		ids, audiences := make([]uuid.UUID, len(users)), make([]schema.Audience, len(users))
+		for k, i := range users {
+			ids[k], audiences[k] = ns[i].ID, ns[i].Audience
+		}
+		query, args, err := schema.UsersFirstPages(ids, audiences, limit)
+		if err != nil {
+			return nil, err // a bug: every audience given is of users
+		}
+		b.Queue(query, args...).Query(func(rows pgx.Rows) error {
+			var k int
+			var key string
+			var t Target
+			_, err := pgx.ForEachRow(rows, []any{&k, &key, &t.DeviceID, &t.UserID, &t.Token, &t.Muted}, func() error {
+				p := &pages[users[k-1]]
+				p.Targets = append(p.Targets, t)
+				if len(p.Targets) == limit {
+					p.Next = key
+				}
+				return nil
+			})
+			return err
+		})
+	}
 	if b.Len() == 0 {
 		return pages, nil
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("resolve the audiences of %d notifications: %w", b.Len(), err)
+		return nil, fmt.Errorf("resolve the audiences of %d notifications: %w", len(ns), err)
 	}
 	return pages, nil
 }
@@ -266,44 +297,91 @@ func (s *Store) UnsettledMany(ctx context.Context, ns []*Notification, tokens []
 	return out, nil
 }
 
-// recordSQL upserts a chunk's outcomes and moves the notification's counts by the
+// recordSQL records the outcomes of any number of chunks in one statement: it upserts
+// the deliveries ($1..$8, one element per token), moves each notification's counts by the
 // difference between the new outcomes and the ones they replace (read from the snapshot
-// before the statement), all in one statement.
-const recordSQL = `
+// before the statement), and sets the status of the notifications $9 from their new counts
+// where $10 says so (a final chunk) or where the sender is done with them (not pending or
+// scheduled), with a status event for every status it changed. Each notification's row is
+// written once, counts and status together: a second UPDATE of the row (counts, then
+// status) cost a second row version and a second entry in every index of notifications,
+// as none of their updates is HOT (status and updated_at are indexed). It returns (id,
+// status) of every notification of $9.
+//
+// The notifications are locked in id order and the deliveries written in (notification,
+// token) order, so that concurrent calls take their locks in one order.
+var recordSQL = `
 WITH input AS (
-	SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[])
-		AS t(token, device_id, user_id, outcome, attempts, error_code, error_message)
+	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[])
+		AS t(notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
 ), old AS (
 	-- One primary-key probe per token (OFFSET 0: not a join planned from stale statistics).
-	SELECT x.outcome FROM input i CROSS JOIN LATERAL (
-		SELECT d.outcome FROM deliveries d WHERE d.notification_id = $1 AND d.token = i.token OFFSET 0) x
+	SELECT i.notification_id, x.outcome FROM input i CROSS JOIN LATERAL (
+		SELECT d.outcome FROM deliveries d WHERE d.notification_id = i.notification_id AND d.token = i.token OFFSET 0) x
 ), up AS (
 	INSERT INTO deliveries AS d (notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
-	SELECT $1, token, nullif(device_id, ''), nullif(user_id, ''), outcome, attempts,
+	SELECT notification_id, token, nullif(device_id, ''), nullif(user_id, ''), outcome, attempts,
 		nullif(error_code, ''), nullif(error_message, '')
-	FROM input
+	FROM input ORDER BY notification_id, token
 	ON CONFLICT (notification_id, token) DO UPDATE SET
 		outcome = EXCLUDED.outcome, attempts = EXCLUDED.attempts,
 		error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message, updated_at = now(),
 		device_id = coalesce(EXCLUDED.device_id, d.device_id), user_id = coalesce(EXCLUDED.user_id, d.user_id)
-	RETURNING 1
 ), delta AS (
-	SELECT outcome, sum(n) AS n FROM (
-		SELECT outcome, 1 AS n FROM input
+	SELECT id, sum(n) AS total,
+		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeDelivered + `'), 0) AS delivered,
+		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeInvalid + `'), 0) AS invalid,
+		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeRetrying + `'), 0) AS retrying,
+		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeFailed + `'), 0) AS failed,
+		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeExpired + `'), 0) AS expired,
+		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeSkippedPreference + `'), 0) AS skipped
+	FROM (
+		SELECT notification_id AS id, outcome, 1 AS n FROM input
 		UNION ALL
-		SELECT outcome, -1 FROM old
-	) x GROUP BY outcome
+		SELECT notification_id, outcome, -1 FROM old
+	) x GROUP BY id
+), locked AS (
+	SELECT n.id, n.status AS old_status, r.final FROM notifications n
+	JOIN unnest($9::uuid[], $10::bool[]) AS r(id, final) ON r.id = n.id
+	ORDER BY n.id FOR NO KEY UPDATE OF n
+), counted AS (
+	SELECT l.id, l.old_status, l.final, coalesce(d.total, 0) AS total, coalesce(d.delivered, 0) AS delivered,
+		coalesce(d.invalid, 0) AS invalid, coalesce(d.retrying, 0) AS retrying, coalesce(d.failed, 0) AS failed,
+		coalesce(d.expired, 0) AS expired, coalesce(d.skipped, 0) AS skipped
+	FROM locked l LEFT JOIN delta d USING (id)
+), changed AS (
+	UPDATE notifications n SET
+		total = n.total + c.total, delivered = n.delivered + c.delivered, invalid = n.invalid + c.invalid,
+		retrying = n.retrying + c.retrying, failed = n.failed + c.failed, expired = n.expired + c.expired,
+		skipped = n.skipped + c.skipped,
+		status = CASE
+			WHEN NOT c.final AND n.status IN ('` + schema.StatusPending + `', '` + schema.StatusScheduled + `') THEN n.status
+			` + statusCases("n.", "c.") + ` END,
+		updated_at = now()
+	FROM counted c WHERE n.id = c.id
+	RETURNING ` + schema.EventColumns + `, c.old_status
+), e AS (
+	` + schema.StatusEventsSQL("(SELECT * FROM changed WHERE status <> old_status)") + `
 )
-UPDATE notifications SET
-	total     = total + (SELECT count(*) FROM input) - (SELECT count(*) FROM old),
-	delivered = delivered + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeDelivered + `'), 0),
-	invalid   = invalid   + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeInvalid + `'), 0),
-	retrying  = retrying  + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeRetrying + `'), 0),
-	failed    = failed    + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeFailed + `'), 0),
-	expired   = expired   + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeExpired + `'), 0),
-	skipped   = skipped   + coalesce((SELECT n FROM delta WHERE outcome = '` + schema.OutcomeSkippedPreference + `'), 0),
-	updated_at = now()
-WHERE id = $1`
+SELECT id, status FROM changed`
+
+// statusCases are the WHEN branches of the status derived from a notification's counts:
+// those of row (e.g. "n.") plus, when plus is not "", the changes in plus (e.g. "c."). A
+// cancelled notification stays cancelled: chunks that were in flight when Cancel committed
+// still record their outcomes, but do not revive it.
+func statusCases(row, plus string) string {
+	count := func(c string) string {
+		if plus == "" {
+			return row + c
+		}
+		return "(" + row + c + " + " + plus + c + ")"
+	}
+	return `WHEN ` + row + `status = '` + schema.StatusCancelled + `' THEN ` + row + `status
+			WHEN ` + count("retrying") + ` > 0 THEN '` + schema.StatusRetrying + `'
+			WHEN ` + count("failed") + ` > 0 THEN '` + schema.StatusFailed + `'
+			WHEN ` + count("expired") + ` > 0 THEN '` + schema.StatusExpired + `'
+			ELSE '` + schema.StatusDelivered + `'`
+}
 
 // deactivateSQL deactivates tokens FCM reported dead, with FCM's reason, in the app of the
 // notification $3 they were sent for (the same token string in another app is another
@@ -314,12 +392,9 @@ FROM unnest($1::text[], $2::text[], $3::uuid[]) AS i(token, reason, notification
 JOIN notifications n ON n.id = i.notification_id
 WHERE d.token = i.token AND d.app = n.app AND d.active`
 
-// statusSQL is the notification's status derived from its counts. Status writes go through
-// schema.ChangeStatusSQL, which writes a status event with every change. A cancelled
-// notification stays cancelled: chunks that were in flight when Cancel committed still
-// record their outcomes, but do not revive it.
-const statusSQL = `CASE WHEN status = '` + schema.StatusCancelled + `' THEN status WHEN retrying > 0 THEN '` + schema.StatusRetrying + `' WHEN failed > 0 THEN '` + schema.StatusFailed + `'
-	WHEN expired > 0 THEN '` + schema.StatusExpired + `' ELSE '` + schema.StatusDelivered + `' END`
+// statusSQL is the notification's status derived from its counts (see statusCases). Status
+// writes go through schema.ChangeStatusSQL, which writes a status event with every change.
+var statusSQL = "CASE " + statusCases("", "") + " END"
 
 // Record writes a chunk's outcomes atomically in one round trip (a pipelined batch is one
 // implicit transaction): the deliveries, the notification's counts, the deactivation of
@@ -353,79 +428,79 @@ type Record struct {
 // RecordMany records several chunks (of several notifications, or several chunks of one)
 // as Record and RecordFinal do, all in one transaction and one round trip, and returns the
 // status of each Final record ("" for the others). Either every record is written or none.
-// The writes go in notification id order, and the dead tokens in token order, so that two
-// concurrent calls lock rows in the same order.
+// The outcomes of every record go in one statement (recordSQL), planned and run once for
+// the whole group; a token named twice for one notification is recorded as its last
+// outcome, as if the records had been written one after the other. The dead tokens are
+// deactivated in token order, so that two concurrent calls lock rows in the same order.
 func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error) {
-	order := make([]int, len(recs))
-	for i := range order {
-		order[i] = i
+	type key struct {
+		id    uuid.UUID
+		token string
 	}
-	slices.SortStableFunc(order, func(a, b int) int { return bytes.Compare(recs[a].ID[:], recs[b].ID[:]) })
+	last := map[key]int{} // index in the arrays below of a token's latest outcome
+	var (
+		ids                             []uuid.UUID
+		tokens, devices, users, results []string
+		codes, messages                 []string
+		attempts                        []int32
+	)
+	final := map[uuid.UUID]bool{}
+	for _, r := range recs {
+		final[r.ID] = final[r.ID] || r.Final
+		for _, o := range r.Outcomes {
+			k := key{r.ID, o.Token}
+			if j, ok := last[k]; ok {
+				devices[j], users[j], results[j] = o.DeviceID, o.UserID, o.Outcome
+				attempts[j], codes[j], messages[j] = int32(o.Attempts), o.ErrorCode, o.ErrorMessage
+				continue
+			}
+			last[k] = len(ids)
+			ids, tokens, devices, users = append(ids, r.ID), append(tokens, o.Token), append(devices, o.DeviceID), append(users, o.UserID)
+			results, attempts = append(results, o.Outcome), append(attempts, int32(o.Attempts))
+			codes, messages = append(codes, o.ErrorCode), append(messages, o.ErrorMessage)
+		}
+	}
+	notifications := make([]uuid.UUID, 0, len(final))
+	for id := range final {
+		notifications = append(notifications, id)
+	}
+	slices.SortFunc(notifications, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
+	finals := make([]bool, len(notifications))
+	for i, id := range notifications {
+		finals[i] = final[id]
+	}
 
 	b := &pgx.Batch{}
-	type deadToken struct {
-		Outcome
-		id uuid.UUID
-	}
-	var dead []deadToken
-	var finals, others []uuid.UUID
-	total := 0
-	for _, i := range order {
-		r := recs[i]
-		if r.Final {
-			finals = append(finals, r.ID)
-		} else {
-			others = append(others, r.ID)
+	status := make(map[uuid.UUID]string, len(notifications))
+	b.Queue(recordSQL, ids, tokens, devices, users, results, attempts, codes, messages, notifications, finals).
+		Query(func(rows pgx.Rows) error {
+			var id uuid.UUID
+			var st string
+			_, err := pgx.ForEachRow(rows, []any{&id, &st}, func() error {
+				status[id] = st
+				return nil
+			})
+			return err
+		})
+	var dead []int
+	for i, o := range results {
+		if o == schema.OutcomeInvalid {
+			dead = append(dead, i)
 		}
-		n := len(r.Outcomes)
-		if n == 0 {
-			continue
-		}
-		total += n
-		tokens, devices, users, results := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		attempts := make([]int32, n)
-		codes, messages := make([]string, n), make([]string, n)
-		for k, o := range r.Outcomes {
-			tokens[k], devices[k], users[k], results[k] = o.Token, o.DeviceID, o.UserID, o.Outcome
-			attempts[k], codes[k], messages[k] = int32(o.Attempts), o.ErrorCode, o.ErrorMessage
-			if o.Outcome == schema.OutcomeInvalid {
-				dead = append(dead, deadToken{o, r.ID})
-			}
-		}
-		b.Queue(recordSQL, r.ID, tokens, devices, users, results, attempts, codes, messages)
 	}
 	if len(dead) > 0 {
-		slices.SortFunc(dead, func(a, b deadToken) int { return strings.Compare(a.Token, b.Token) })
-		tokens, reasons, ids := make([]string, len(dead)), make([]string, len(dead)), make([]uuid.UUID, len(dead))
-		for k, o := range dead {
-			tokens[k], reasons[k], ids[k] = o.Token, o.ErrorCode, o.id
+		slices.SortFunc(dead, func(a, b int) int { return strings.Compare(tokens[a], tokens[b]) })
+		dt, reasons, dids := make([]string, len(dead)), make([]string, len(dead)), make([]uuid.UUID, len(dead))
+		for k, i := range dead {
+			dt[k], reasons[k], dids[k] = tokens[i], codes[i], ids[i]
 		}
-		b.Queue(deactivateSQL, tokens, reasons, ids)
-	}
-	status := make(map[uuid.UUID]string, len(finals))
-	if len(finals) > 0 {
-		b.Queue(schema.ChangeStatusSQL(statusSQL, ", updated_at = now()", "n.id = ANY($1)"), finals).
-			Query(func(rows pgx.Rows) error {
-				var id uuid.UUID
-				var st string
-				_, err := pgx.ForEachRow(rows, []any{&id, &st}, func() error {
-					status[id] = st
-					return nil
-				})
-				return err
-			})
-	}
-	if len(others) > 0 {
-		// While the sender works through a notification (pending, or scheduled when its task
-		// arrived before the relay committed the move to pending) the status waits for the end.
-		b.Queue(schema.ChangeStatusSQL(statusSQL, "", "n.id = ANY($1)"+
-			" AND n.status NOT IN ('"+schema.StatusPending+"', '"+schema.StatusScheduled+"')"), others)
+		b.Queue(deactivateSQL, dt, reasons, dids)
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		if len(recs) == 1 {
-			return nil, fmt.Errorf("record %d outcomes of %s: %w", total, recs[0].ID, err)
+			return nil, fmt.Errorf("record %d outcomes of %s: %w", len(ids), recs[0].ID, err)
 		}
-		return nil, fmt.Errorf("record %d outcomes of %d chunks: %w", total, len(recs), err)
+		return nil, fmt.Errorf("record %d outcomes of %d chunks: %w", len(ids), len(recs), err)
 	}
 	statuses := make([]string, len(recs))
 	for i, r := range recs {

@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"cmp"
 	"fmt"
 	"strconv"
 	"strings"
@@ -140,8 +141,11 @@ func (a Audience) args(id uuid.UUID) []any {
 // planned from statistics that know nothing of a broadcast minutes old (that plan re-read
 // every settled row of the notification per device and made a broadcast quadratic); as a
 // per-row primary-key probe it costs the same at any progress.
-func unsettled(token string) string {
-	return "NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = " + token +
+func unsettled(token string) string { return unsettledOf("$1", token) }
+
+// unsettledOf is unsettled for the notification whose id is the SQL expression id.
+func unsettledOf(id, token string) string {
+	return "NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = " + id + " AND x.token = " + token +
 		" AND x.outcome IN " + SettledOutcomes + " OFFSET 0)"
 }
 
@@ -169,6 +173,44 @@ func (a Audience) UnsettledPage(id uuid.UUID, after string, limit int) (string, 
 		" FROM " + q.from + q.devices +
 		" WHERE " + and(q.where, q.key+" > "+cursor, unsettled(q.token)) +
 		" ORDER BY " + q.key + " LIMIT " + lim, args, nil
+}
+
+// usersFirstPagesSQL selects the first page of several users audiences: for each
+// notification (n, in the order given, i counting from 1) its first $7 unsettled targets in
+// device id order, exactly as UnsettledPage selects them with no cursor. The users of
+// notification i are the slice [lo:hi] of the users array $6: arrays of arrays in
+// PostgreSQL must be rectangular, slices of one array need not be.
+var usersFirstPagesSQL = `
+SELECT n.i, d.device_id, d.device_id, d.user_id, d.token,
+	n.muted <> '' AND EXISTS (SELECT 1 FROM preferences p WHERE p.user_id = d.user_id AND n.muted = ANY (p.muted_types))
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[]) WITH ORDINALITY AS n(id, app, muted, lo, hi, i)
+CROSS JOIN LATERAL (
+	SELECT d.device_id, d.user_id, d.token FROM devices d
+	WHERE d.active AND d.app = n.app AND d.user_id = ANY (($6::text[])[n.lo:n.hi])
+	  AND ` + unsettledOf("n.id", "d.token") + `
+	ORDER BY d.device_id LIMIT $7) d
+ORDER BY n.i, d.device_id`
+
+// UsersFirstPages returns one query for the first pages of the audiences of several
+// notifications (ids[i] with audiences[i], every one of kind AudienceUsers), and its
+// arguments: for each, what UnsettledPage(ids[i], "", limit) selects, as rows (i, key,
+// device_id, user_id, token, muted) in i then key order, i the index in ids. Planned and
+// run once for a whole group of small notifications, where one UnsettledPage per
+// notification was planned once each.
+func UsersFirstPages(ids []uuid.UUID, audiences []Audience, limit int) (string, []any, error) {
+	apps, muted := make([]string, len(ids)), make([]string, len(ids))
+	lo, hi := make([]int32, len(ids)), make([]int32, len(ids))
+	var users []string
+	for i, a := range audiences {
+		if a.Kind != AudienceUsers {
+			return "", nil, fmt.Errorf("audience %d is of kind %v, not users", i, a.Kind)
+		}
+		apps[i], muted[i] = cmp.Or(a.App, DefaultApp), a.MutedType
+		lo[i] = int32(len(users) + 1) // PostgreSQL's arrays count from 1; an empty slice has hi < lo
+		users = append(users, a.Targets...)
+		hi[i] = int32(len(users))
+	}
+	return usersFirstPagesSQL, []any{ids, apps, muted, lo, hi, users, limit}, nil
 }
 
 // CountUnsettled returns the query that counts the targets of notification id with no

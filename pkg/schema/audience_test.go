@@ -133,6 +133,8 @@ func TestAudienceQueries(t *testing.T) {
 		Key, Device, User, Token string
 		Muted                    bool
 	}
+	var users []schema.Audience // the users audiences below
+	var wantUsers [][]target    // and what their pages select
 	for _, tc := range []struct {
 		name     string
 		audience schema.Audience
@@ -186,6 +188,11 @@ func TestAudienceQueries(t *testing.T) {
 			t.Errorf("%s: pages not in key order: %v", tc.name, got)
 		}
 
+		if tc.audience.Kind == schema.AudienceUsers {
+			users = append(users, tc.audience)
+			wantUsers = append(wantUsers, tc.want)
+		}
+
 		q, args, err := tc.audience.CountUnsettled(id)
 		if err != nil {
 			t.Fatal(err)
@@ -197,5 +204,52 @@ func TestAudienceQueries(t *testing.T) {
 		if n != len(tc.want) {
 			t.Errorf("%s: CountUnsettled = %d, want %d (what the pages select)", tc.name, n, len(tc.want))
 		}
+	}
+
+	// The users audiences' first pages in one query select what their pages select, each
+	// for its own notification: another notification, with nothing settled (every active
+	// device of its users), among them, and a users audience of nobody selecting nothing.
+	other := uuid.New()
+	exec(`INSERT INTO notifications (id, caller, type, request, expires_at) VALUES ($1, 'c', 't', '{}', now())`, other)
+	ids := make([]uuid.UUID, 0, len(users)+2)
+	var audiences []schema.Audience
+	for _, a := range users {
+		ids, audiences = append(ids, id), append(audiences, a)
+	}
+	ids, audiences = append(ids, other), append(audiences, schema.Audience{Kind: schema.AudienceUsers, Targets: []string{"ana"}})
+	wantUsers = append(wantUsers, []target{{"d1", "d1", "ana", "tok-1", false}, {"d2", "d2", "ana", "tok-2", false}, {"d3", "d3", "ana", "tok-3", false}})
+	ids, audiences = append(ids, id), append(audiences, schema.Audience{Kind: schema.AudienceUsers})
+	wantUsers = append(wantUsers, nil)
+	for _, limit := range []int{500, 1} {
+		q, args, err := schema.UsersFirstPages(ids, audiences, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, err := db.Pool.Query(ctx, q, args...)
+		if err != nil {
+			t.Fatalf("UsersFirstPages: %v\n%s", err, q)
+		}
+		got := make([][]target, len(ids))
+		var i int
+		var tg target
+		if _, err := pgx.ForEachRow(rows, []any{&i, &tg.Key, &tg.Device, &tg.User, &tg.Token, &tg.Muted}, func() error {
+			got[i-1] = append(got[i-1], tg)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		want := make([][]target, len(wantUsers))
+		for k, w := range wantUsers {
+			want[k] = w[:min(len(w), limit)]
+			if len(want[k]) == 0 {
+				want[k] = nil
+			}
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("UsersFirstPages, limit %d (-want +got):\n%s", limit, diff)
+		}
+	}
+	if _, _, err := schema.UsersFirstPages([]uuid.UUID{id}, []schema.Audience{{Kind: schema.AudienceAll}}, 1); err == nil {
+		t.Error("UsersFirstPages of a broadcast: no error")
 	}
 }

@@ -47,8 +47,8 @@ func cpuTime() time.Duration {
 // real PostgreSQL and RabbitMQ and an FCM that answers at once. Every iteration is one
 // notification; the figures to read are notifications/s and the sender process's CPU
 // milliseconds per notification (cpu-ms/op: user + system time of this process, which
-// runs nothing else meanwhile; PostgreSQL's and RabbitMQ's own CPU are not in it).
-// Run with e.g. -benchtime 5000x.
+// runs nothing else meanwhile), and PostgreSQL's (pg-cpu-ms/op: its backends serving the
+// test database; RabbitMQ's CPU is in neither). Run with e.g. -benchtime 5000x.
 func BenchmarkSmallNotifications(b *testing.B) {
 	ctx := context.Background()
 	amqpURL := testenv.AMQPURL(b)
@@ -105,6 +105,7 @@ func BenchmarkSmallNotifications(b *testing.B) {
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	b.ResetTimer()
+	pgCPU, pgErr := pgtest.StartBackendCPU(ctx, db.Pool)
 	cpu0 := cpuTime()
 	go func() { done <- consumer.Run(runCtx) }()
 	for fake.tokens.Load() < int64(n) {
@@ -123,12 +124,21 @@ func BenchmarkSmallNotifications(b *testing.B) {
 	}
 	b.StopTimer()
 	cpu := cpuTime() - cpu0
+	var pgUsed time.Duration
+	if pgErr == nil {
+		pgUsed, pgErr = pgCPU.Used(ctx)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "notifications/s")
 	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(n), "cpu-ms/op")
+	if pgErr == nil {
+		b.ReportMetric(float64(pgUsed.Microseconds())/1000/float64(n), "pg-cpu-ms/op")
+	} else {
+		b.Logf("PostgreSQL's CPU not measured: %v", pgErr)
+	}
 	var delivered int
 	if err := db.Pool.QueryRow(ctx, "SELECT count(*) FROM notifications WHERE status = 'delivered'").Scan(&delivered); err != nil || delivered != n {
 		b.Fatalf("%d of %d notifications delivered (%v)", delivered, n, err)

@@ -1,0 +1,147 @@
+package delivery
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+
+	"notify/pkg/pgtest"
+	"notify/pkg/schema"
+)
+
+// TestRecordManyInOneStatement: RecordMany writes a group of records of every kind in one
+// statement, and each notification ends as if its records had been written one by one:
+// counts moved by what each outcome replaced, the status set where a record is final or
+// the sender is done with it (never back from cancelled), and one status event for each
+// status that changed, carrying the new counts.
+func TestRecordManyInOneStatement(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	store := NewStore(db.Pool)
+	newNotification := func(status string) uuid.UUID {
+		t.Helper()
+		id := uuid.New()
+		if _, err := db.Pool.Exec(ctx, `INSERT INTO notifications (id, caller, type, request, expires_at, status)
+			VALUES ($1, 'test', 'order', '{}', now() + interval '1 hour', $2)`, id, status); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	out := func(token, outcome string) Outcome {
+		return Outcome{Target: Target{Token: token, DeviceID: "dev-" + token, UserID: "u"}, Outcome: outcome, Attempts: 1}
+	}
+
+	small := newNotification(schema.StatusPending)     // one final chunk: delivered
+	mixed := newNotification(schema.StatusPending)     // two chunks in the group, one final; a token in both
+	working := newNotification(schema.StatusPending)   // a chunk of a large one still being sent: stays pending
+	retried := newNotification(schema.StatusRetrying)  // the retrier's chunk: status from its counts
+	nobody := newNotification(schema.StatusPending)    // a final chunk with no targets
+	cancelled := newNotification(schema.StatusPending) // cancelled while in flight: stays cancelled
+
+	// What the notifications held before: a retrying token of retried, and a first chunk
+	// of cancelled, then cancelled.
+	if _, err := store.RecordMany(ctx, []Record{
+		{ID: retried, Outcomes: []Outcome{out("r1", schema.OutcomeRetrying), out("r2", schema.OutcomeRetrying)}},
+		{ID: cancelled, Outcomes: []Outcome{out("c1", schema.OutcomeDelivered)}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, "UPDATE notifications SET status = 'cancelled' WHERE id = $1", cancelled); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, "DELETE FROM outbox"); err != nil {
+		t.Fatal(err)
+	}
+
+	recs := []Record{
+		{ID: small, Outcomes: []Outcome{out("s1", schema.OutcomeDelivered)}, Final: true},
+		{ID: mixed, Outcomes: []Outcome{out("m1", schema.OutcomeRetrying), out("m2", schema.OutcomeDelivered)}},
+		{ID: working, Outcomes: []Outcome{out("w1", schema.OutcomeDelivered)}},
+		{ID: retried, Outcomes: []Outcome{out("r1", schema.OutcomeDelivered), out("r2", schema.OutcomeFailed)}},
+		{ID: nobody, Final: true},
+		{ID: cancelled, Outcomes: []Outcome{out("c2", schema.OutcomeDelivered)}, Final: true},
+		// m1 again, later in the group: its last outcome counts, once.
+		{ID: mixed, Outcomes: []Outcome{out("m1", schema.OutcomeInvalid), out("m3", schema.OutcomeExpired)}, Final: true},
+	}
+	statuses, err := store.RecordMany(ctx, recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantStatuses := []string{"delivered", "", "", "", "delivered", "cancelled", "expired"}
+	if diff := cmp.Diff(wantStatuses, statuses); diff != "" {
+		t.Errorf("statuses (-want +got):\n%s", diff)
+	}
+
+	type counts struct {
+		Status                                                        string
+		Total, Delivered, Invalid, Retrying, Failed, Expired, Skipped int64
+	}
+	want := map[uuid.UUID]counts{
+		small:     {"delivered", 1, 1, 0, 0, 0, 0, 0},
+		mixed:     {"expired", 3, 1, 1, 0, 0, 1, 0},
+		working:   {"pending", 1, 1, 0, 0, 0, 0, 0},
+		retried:   {"failed", 2, 1, 0, 0, 1, 0, 0},
+		nobody:    {"delivered", 0, 0, 0, 0, 0, 0, 0},
+		cancelled: {"cancelled", 2, 2, 0, 0, 0, 0, 0},
+	}
+	for id, w := range want {
+		var c counts
+		if err := db.Pool.QueryRow(ctx, `SELECT status, total, delivered, invalid, retrying, failed, expired, skipped
+			FROM notifications WHERE id = $1`, id).Scan(&c.Status, &c.Total, &c.Delivered, &c.Invalid, &c.Retrying,
+			&c.Failed, &c.Expired, &c.Skipped); err != nil {
+			t.Fatal(err)
+		}
+		if c != w {
+			t.Errorf("notification %s: %+v, want %+v", id, c, w)
+		}
+	}
+	var m1 string
+	if err := db.Pool.QueryRow(ctx, "SELECT outcome FROM deliveries WHERE notification_id = $1 AND token = 'm1'", mixed).
+		Scan(&m1); err != nil || m1 != schema.OutcomeInvalid {
+		t.Errorf("m1's outcome %q (%v), want its last one, invalid", m1, err)
+	}
+
+	// One event per changed status, with the counts after the change.
+	rows, err := db.Pool.Query(ctx, `SELECT notification_id, routing_key, convert_from(body, 'UTF8') FROM outbox
+		WHERE message_type = $1 ORDER BY id`, schema.StatusEventType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type event struct {
+		RoutingKey string
+		Delivered  string
+	}
+	got := map[uuid.UUID][]event{}
+	for rows.Next() {
+		var id uuid.UUID
+		var key, body string
+		if err := rows.Scan(&id, &key, &body); err != nil {
+			t.Fatal(err)
+		}
+		var e struct {
+			Counts struct {
+				Delivered json.Number `json:"delivered"`
+			} `json:"counts"`
+		}
+		if err := json.Unmarshal([]byte(body), &e); err != nil {
+			t.Fatalf("event body %s: %v", body, err)
+		}
+		got[id] = append(got[id], event{key, e.Counts.Delivered.String()})
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	wantEvents := map[uuid.UUID][]event{
+		small:   {{"delivered.order", "1"}},
+		mixed:   {{"expired.order", "1"}},
+		retried: {{"failed.order", "1"}},
+		nobody:  {{"delivered.order", "0"}},
+	}
+	if diff := cmp.Diff(wantEvents, got); diff != "" {
+		t.Errorf("status events (-want +got):\n%s", diff)
+	}
+}
