@@ -187,3 +187,58 @@ func TestCommandLine(t *testing.T) {
 		}
 	}
 }
+
+func TestEmulatorProjectDeltas(t *testing.T) {
+	t.Parallel()
+	before := emulatorStats{Projects: map[string]projectStats{
+		"a": {Requests: 10, Delivered: 9, Failed: map[string]int64{"QUOTA_EXCEEDED": 1}},
+		"x": {Requests: 5, Delivered: 5},
+	}}
+	after := emulatorStats{Projects: map[string]projectStats{
+		"a": {Requests: 30, Delivered: 27, Failed: map[string]int64{"QUOTA_EXCEEDED": 3}},
+		"b": {Requests: 4, Delivered: 4},
+		"x": {Requests: 7, Delivered: 7},
+	}}
+	got := after.Projects["a"].since(before.Projects["a"])
+	want := projectStats{Requests: 20, Delivered: 18, Failed: map[string]int64{"QUOTA_EXCEEDED": 2}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("since (-want +got):\n%s", diff)
+	}
+	// Project b appeared between the readings; x received 2 more.
+	if n := sendsElsewhere(before, after, "a"); n != 6 {
+		t.Errorf("sendsElsewhere(a) = %d, want 6 (4 to b, 2 to x)", n)
+	}
+	if n := sendsElsewhere(before, after, "a", "b", "x"); n != 0 {
+		t.Errorf("sendsElsewhere(a, b, x) = %d, want 0", n)
+	}
+}
+
+func TestPacedTargets(t *testing.T) {
+	t.Parallel()
+	r := &results{
+		Paced: &pacedResult{Runs: []pacedRun{
+			{App: "default", Senders: 1, Seconds: 20, VsQuota: 0.93},
+			{App: "default", Senders: 2, Seconds: 21, VsQuota: 0.95, Throttled: 3},
+		}},
+		Apps: &appsResult{Runs: []pacedRun{
+			{App: "bench-a", Senders: 2, Seconds: 18, VsQuota: 0.89},
+			{App: "bench-b", Senders: 2}, // did not finish
+		}, Leaked: 0},
+		Resources: []resource{{Service: "sender", RestRSSMB: 30}, {Service: "sender-paced", StartedLater: true}},
+	}
+	r.evaluate()
+	got := map[string]bool{}
+	for _, tg := range r.Targets {
+		got[tg.Name] = tg.Met
+	}
+	want := map[string]bool{
+		"paced broadcast, 1 sender(s), vs quota": true, "paced broadcast, 1 sender(s), vs quota: 429s": true,
+		"paced broadcast, 2 sender(s), vs quota": true, "paced broadcast, 2 sender(s), vs quota: 429s": false,
+		"two apps at once: bench-a vs its quota": false, "two apps at once: bench-a vs its quota: 429s": true,
+		"two apps at once: bench-b vs its quota": false, "two apps at once: bench-b vs its quota: 429s": false,
+		appsLeakName: true, "sender RSS at rest": true,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("targets met (-want +got):\n%s", diff)
+	}
+}

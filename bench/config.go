@@ -24,11 +24,15 @@ const (
 	phaseFanout    = "fanout"
 	phaseLatency   = "latency"
 	phaseSustain   = "sustain"
+	phasePaced     = "paced"
+	phaseApps      = "apps"
 )
 
 // The latency phase runs before the fan-out: the broadcast then also reaches the latency
 // phase's devices, and is planned with its notifications in the history.
-var allPhases = []string{phaseBaselines, phasePublish, phaseBatch, phaseLatency, phaseSustain, phaseFanout}
+// The paced phases come last: they replace the sender and the retrier with paced ones, and
+// their quota is held below the fan-out's unpaced speed.
+var allPhases = []string{phaseBaselines, phasePublish, phaseBatch, phaseLatency, phaseSustain, phaseFanout, phasePaced, phaseApps}
 
 // config is everything the bench reads from its flags and the environment.
 type config struct {
@@ -62,6 +66,10 @@ type config struct {
 	// SustainNotifications one-token notifications are published as fast as Publish takes
 	// them (PublishClients clients) and timed to their last outcome.
 	SustainNotifications int
+	// PacedQuota is the default app's quota a minute in the paced phases (0: derived from
+	// the raw FCM edge of the run); AppsDevices are the apps phase's devices of its first app.
+	PacedQuota  int
+	AppsDevices int
 
 	// FCMConcurrency is the sender's FCM_MAX_CONCURRENT_SENDS as it will read it; the raw
 	// FCM-edge baseline sends with the same number of multicasts in flight.
@@ -130,7 +138,7 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 	fs.IntVar(&c.PublishClients, "publish-clients", 32, "concurrent gRPC clients calling Publish")
 	fs.DurationVar(&c.PublishDuration, "publish-duration", 10*time.Second, "how long Publish is measured")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 3*time.Minute, "longest wait for the pipeline to finish a phase's work")
-	fs.IntVar(&c.FanoutDevices, "fanout-devices", 100_000, "devices registered for the broadcast (e.g. 1000000)")
+	fs.IntVar(&c.FanoutDevices, "fanout-devices", 100_000, "devices registered for the fan-out and paced broadcasts (e.g. 1000000)")
 	fs.IntVar(&c.History, "history", 20_000, "past notifications (2 deliveries each) written to the database before the phases, for production-like query plans; 0 for none")
 	fs.IntVar(&c.RegisterBatch, "register-batch", 5_000, "devices per RegisterDevices call (at most 10,000)")
 	fs.IntVar(&c.RegisterClients, "register-clients", 4, "concurrent RegisterDevices calls")
@@ -139,6 +147,8 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 	fs.IntVar(&c.BatchClients, "batch-clients", 4, "concurrent PublishBatch calls (500 notifications each) in the batch phase")
 	fs.IntVar(&c.BatchNotifications, "batch-notifications", 50_000, "notifications the batch phase publishes (rounded up to whole batches of 500)")
 	fs.IntVar(&c.SustainNotifications, "sustain-notifications", 20_000, "one-token notifications the sustain phase publishes as fast as Publish takes them")
+	fs.IntVar(&c.PacedQuota, "paced-quota", 0, "the paced broadcasts' quota a minute, on the emulator and the app (0: half the raw FCM edge of this run, at most 0.8× the unpaced fan-out)")
+	fs.IntVar(&c.AppsDevices, "apps-devices", 60_000, "devices of the apps phase's first app (the second gets half as many, and half its quota)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage(fs, helpOut)
@@ -175,6 +185,10 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 	positive("batch-clients", c.BatchClients)
 	positive("batch-notifications", c.BatchNotifications)
 	positive("sustain-notifications", c.SustainNotifications)
+	positive("apps-devices", c.AppsDevices)
+	if c.PacedQuota < 0 {
+		errs = append(errs, fmt.Errorf("-paced-quota: must not be negative, got %d", c.PacedQuota))
+	}
 	if c.RegisterBatch < 1 || c.RegisterBatch > 10_000 {
 		errs = append(errs, fmt.Errorf("-register-batch: %d is outside 1..10000", c.RegisterBatch))
 	}

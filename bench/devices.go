@@ -43,8 +43,13 @@ type registration struct {
 }
 
 // registerDevices registers n devices of phase (device i belongs to user i and has token i)
-// in batches, several calls at once, and fails on the first error.
+// for the app "default", in batches, several calls at once, and fails on the first error.
 func registerDevices(ctx context.Context, st *stack, phase string, n int, prog *progress) (registration, error) {
+	return registerAppDevices(ctx, st, "", phase, n, prog)
+}
+
+// registerAppDevices is registerDevices for the devices of app ("" is "default").
+func registerAppDevices(ctx context.Context, st *stack, app, phase string, n int, prog *progress) (registration, error) {
 	res := registration{Devices: n, Batch: st.cfg.RegisterBatch, Clients: st.cfg.RegisterClients}
 	conn, err := st.dial()
 	if err != nil {
@@ -75,7 +80,7 @@ func registerDevices(ctx context.Context, st *stack, phase string, n int, prog *
 				for i := from; i < to; i++ {
 					req.Devices = append(req.Devices, &notifyv1.Device{
 						UserId: userID(phase, i), DeviceId: deviceID(phase, i), Token: deviceToken(phase, i),
-						Platform: notifyv1.Platform_PLATFORM_ANDROID,
+						Platform: notifyv1.Platform_PLATFORM_ANDROID, App: app,
 					})
 				}
 				callCtx, cancelCall := context.WithTimeout(ctx, time.Minute)

@@ -111,6 +111,34 @@ type emulatorStats struct {
 	Delivered int64            `json:"delivered"`
 	Validated int64            `json:"validated"`
 	Failed    map[string]int64 `json:"failed"`
+	// Projects are the same counters per Firebase project.
+	Projects map[string]projectStats `json:"projects"`
+}
+
+// projectStats are one project's counters at the emulator.
+type projectStats struct {
+	Requests  int64            `json:"requests"`
+	Delivered int64            `json:"delivered"`
+	Failed    map[string]int64 `json:"failed"`
+}
+
+// since returns the counters of s less those of an earlier reading.
+func (s projectStats) since(before projectStats) projectStats {
+	out := projectStats{Requests: s.Requests - before.Requests, Delivered: s.Delivered - before.Delivered, Failed: map[string]int64{}}
+	for code, n := range s.Failed {
+		if d := n - before.Failed[code]; d != 0 {
+			out.Failed[code] = d
+		}
+	}
+	return out
+}
+
+func (s projectStats) failed() int64 {
+	var n int64
+	for _, v := range s.Failed {
+		n += v
+	}
+	return n
 }
 
 func (s emulatorStats) failed() int64 {
@@ -125,6 +153,12 @@ func (e *emulator) stats(ctx context.Context) (emulatorStats, error) {
 	var s emulatorStats
 	err := doJSON(ctx, e.hc, http.MethodGet, e.base+"/emulator/stats?tokens=false", nil, nil, &s)
 	return s, err
+}
+
+// setQuotas sets the emulator's per-project quotas (messages a minute, in clock-minute
+// windows, answered 429 with Retry-After beyond), replacing any earlier ones.
+func (e *emulator) setQuotas(ctx context.Context, perMinute map[string]int) error {
+	return doJSON(ctx, e.hc, http.MethodPut, e.base+"/emulator/config", nil, map[string]any{"project_quotas": perMinute}, nil)
 }
 
 // reset clears the emulator's counters, per-token stats and received messages.

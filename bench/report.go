@@ -114,6 +114,23 @@ func (r *results) report(w io.Writer, jsonPath string) {
 			thousands(su.PublishPerSecond), secs(su.PublishSeconds), finished, thousands(float64(su.Delivered)),
 			thousands(float64(su.EmulatorDelivered)))
 	}
+	if p := r.Paced; p != nil {
+		fmt.Fprintf(tw, "paced: quota of the default app, on the emulator and rate_per_minute\t%s/min\t\t%s/s: %s\n",
+			thousands(float64(p.Pacing.QuotaPerMinute["default"])), thousands(float64(p.Pacing.QuotaPerMinute["default"])/60), p.Pacing.Basis)
+		for _, run := range p.Runs {
+			pacedRow(tw, run, fmt.Sprintf("paced broadcast to %s tokens, %d sender(s), Publish → last outcome", thousands(float64(run.Tokens)), run.Senders),
+				met[pacedTargetName(run)], met[pacedTargetName(run)+": 429s"])
+		}
+	}
+	if a := r.Apps; a != nil {
+		fmt.Fprintf(tw, "two apps at once, 2 senders: RegisterDevices\t%s devices/s\t\t%s devices of %s\n",
+			thousands(a.Registration.PerSecond), thousands(float64(a.Registration.Devices)), strings.Join(benchApps, " and "))
+		for _, run := range a.Runs {
+			pacedRow(tw, run, fmt.Sprintf("  %s: broadcast to %s tokens, quota %s/min", run.App, thousands(float64(run.Tokens)), thousands(float64(run.QuotaPerMinute))),
+				met[pacedTargetName(run)], met[pacedTargetName(run)+": 429s"])
+		}
+		fmt.Fprintf(tw, "  sends to the other app's project (or any other)\t%d\t\t%s\n", a.Leaked, met[appsLeakName])
+	}
 	tw.Flush()
 
 	if su := r.Sustain; su != nil && len(su.CPUMSPerNotification) > 0 {
@@ -176,9 +193,22 @@ func (r *results) report(w io.Writer, jsonPath string) {
 		for _, s := range r.Failures {
 			fmt.Fprintf(w, "  ✗ %s\n", s)
 		}
-	} else if r.Publish != nil || r.Batch != nil || r.Fanout != nil || r.Latency != nil || r.Sustain != nil {
+	} else if r.Publish != nil || r.Batch != nil || r.Fanout != nil || r.Latency != nil || r.Sustain != nil || r.Paced != nil || r.Apps != nil {
 		fmt.Fprintln(w, "\nno failures: every accepted notification reached FCM and every outcome is in Postgres")
 	}
+}
+
+// pacedRow prints a paced broadcast: its rate against its quota, and what the emulator got.
+func pacedRow(tw io.Writer, run pacedRun, title, metRate, met429 string) {
+	if run.Seconds == 0 {
+		fmt.Fprintf(tw, "%s\tDID NOT FINISH\t\t%s of them settled in time; status %s\n", title, thousands(float64(run.Counts.settled())), run.Status)
+		return
+	}
+	fmt.Fprintf(tw, "%s\t%s tokens/s\t%.2f× quota (%s/s)\t%s\n", title, thousands(run.PerSecond), run.VsQuota,
+		thousands(float64(run.QuotaPerMinute)/60), metRate)
+	fmt.Fprintf(tw, "    took\t%s\t\tfirst outcome after %s; status %s; project %s received %s, %d answered 429: %s\n",
+		secs(run.Seconds), secs(run.FirstRecordSeconds), run.Status, run.Project, thousands(float64(run.Emulator.Delivered)),
+		run.Throttled, met429)
 }
 
 func vs(v, base float64, name string) string {
@@ -271,6 +301,8 @@ func targetValue(t target) string {
 		return thousands(t.Value) + "/s"
 	case "×":
 		return strconv.FormatFloat(t.Value, 'f', 2, 64) + "×"
+	case "count":
+		return thousands(t.Value)
 	}
 	return num(t.Value) + " " + t.Unit
 }

@@ -25,6 +25,10 @@ type resource struct {
 	CPUSeconds float64 `json:"cpu_seconds"`  // utime + stime, start-up included
 	EndRSSMB   float64 `json:"end_rss_mb"`   // VmRSS at the end
 	RestReadAt float64 `json:"rest_after_s"` // seconds after the last service became healthy
+	// StartedLater services (the paced phases' senders and retrier) have no reading at rest.
+	StartedLater bool `json:"started_later,omitempty"`
+	// StoppedEarly services were replaced by the paced phases; their figures are from then.
+	StoppedEarly bool `json:"stopped_early,omitempty"`
 }
 
 // phaseCPU is the CPU each process group used during one phase.
@@ -38,7 +42,7 @@ type phaseCPU struct {
 
 // cpuTracker takes CPU readings at phase boundaries.
 type cpuTracker struct {
-	services []*service
+	services func() []*service                // those running now: phases may start more
 	backends func() []int                     // pids of the PostgreSQL backends serving the bench's database
 	prev     map[string]map[int]time.Duration // group → pid → cumulative CPU
 	prevBusy time.Duration
@@ -46,7 +50,7 @@ type cpuTracker struct {
 	phases   []phaseCPU
 }
 
-func newCPUTracker(services []*service, backends func() []int) *cpuTracker {
+func newCPUTracker(services func() []*service, backends func() []int) *cpuTracker {
 	t := &cpuTracker{services: services, backends: backends}
 	t.prev, t.prevBusy = t.read()
 	t.prevAt = time.Now()
@@ -60,9 +64,9 @@ func (t *cpuTracker) read() (map[string]map[int]time.Duration, time.Duration) {
 		groupRabbitMQ: processesNamed("beam.smp"),
 		groupPostgres: t.backends(),
 	}
-	for _, s := range t.services {
+	for _, s := range t.services() {
 		if !s.exited() {
-			groups[s.name] = []int{s.pid()}
+			groups[s.binary] = append(groups[s.binary], s.pid())
 		}
 	}
 	out := map[string]map[int]time.Duration{}

@@ -5,12 +5,14 @@ import (
 	"context"
 	"debug/buildinfo"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -35,6 +37,8 @@ type results struct {
 	Fanout  *fanoutResult  `json:"fanout,omitempty"`
 	Latency *latencyResult `json:"latency,omitempty"`
 	Sustain *sustainResult `json:"sustain,omitempty"`
+	Paced   *pacedResult   `json:"paced,omitempty"`
+	Apps    *appsResult    `json:"apps,omitempty"`
 
 	Resources  []resource `json:"resources"`
 	CPUByPhase []phaseCPU `json:"cpu_by_phase"`
@@ -71,6 +75,8 @@ type settings struct {
 	BatchClients           int               `json:"batch_clients"`
 	BatchNotifications     int               `json:"batch_notifications"`
 	SustainNotifications   int               `json:"sustain_notifications"`
+	PacedQuota             int               `json:"paced_quota_flag,omitempty"`
+	AppsDevices            int               `json:"apps_devices"`
 	BaselineSeconds        float64           `json:"baseline_seconds"`
 	FCMConcurrentMulticast int               `json:"fcm_concurrent_multicasts"`
 	APIKey                 bool              `json:"api_key"`
@@ -91,11 +97,21 @@ type target struct {
 // findings are what went wrong: a failure (lost or failed deliveries, failed calls, a
 // crash) fails the run; a warning is shown and recorded.
 type findings struct {
+	mu                 sync.Mutex // the apps phase's broadcasts report at once
 	failures, warnings []string
 }
 
-func (f *findings) fail(msg string) { f.failures = append(f.failures, msg) }
-func (f *findings) warn(msg string) { f.warnings = append(f.warnings, msg) }
+func (f *findings) fail(msg string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failures = append(f.failures, msg)
+}
+
+func (f *findings) warn(msg string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.warnings = append(f.warnings, msg)
+}
 
 func machineFacts(ctx context.Context, st *stack) machine {
 	m := machine{Cores: runtime.NumCPU(), GoVersion: runtime.Version() + " (bench)"}
@@ -164,6 +180,16 @@ const (
 	sustainTargetName = "pipeline sustained, one-token notifications"
 )
 
+const appsLeakName = "two apps at once: sends to the other app's project"
+
+// pacedTargetName names a paced broadcast's targets.
+func pacedTargetName(r pacedRun) string {
+	if r.App == "default" {
+		return fmt.Sprintf("paced broadcast, %d sender(s), vs quota", r.Senders)
+	}
+	return fmt.Sprintf("two apps at once: %s vs its quota", r.App)
+}
+
 // evaluate holds the figures against the targets.
 func (r *results) evaluate() {
 	add := func(name, goal, unit string, value float64, met bool) {
@@ -191,7 +217,25 @@ func (r *results) evaluate() {
 	if s := r.Sustain; s != nil {
 		add(sustainTargetName, "≥ 2,000/s", "/s", s.PerSecond, s.Finished && s.PerSecond >= 2000)
 	}
+	if p := r.Paced; p != nil {
+		for _, run := range p.Runs {
+			name := pacedTargetName(run)
+			add(name, "≥ 0.9× quota", "×", run.VsQuota, run.Seconds > 0 && run.VsQuota >= pacedTarget)
+			add(name+": 429s", "none", "count", float64(run.Throttled), run.Seconds > 0 && run.Throttled == 0)
+		}
+	}
+	if a := r.Apps; a != nil {
+		for _, run := range a.Runs {
+			name := pacedTargetName(run)
+			add(name, "≥ 0.9× its quota", "×", run.VsQuota, run.Seconds > 0 && run.VsQuota >= pacedTarget)
+			add(name+": 429s", "none", "count", float64(run.Throttled), run.Seconds > 0 && run.Throttled == 0)
+		}
+		add(appsLeakName, "none", "count", float64(a.Leaked), a.Leaked == 0)
+	}
 	for _, s := range r.Resources {
+		if s.StartedLater {
+			continue // no reading at rest
+		}
 		add(s.Service+" RSS at rest", "≤ 64 MB", "MB", s.RestRSSMB, s.RestRSSMB > 0 && s.RestRSSMB <= 64)
 	}
 }

@@ -60,6 +60,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			FanoutDevices: cfg.FanoutDevices, History: cfg.History, LatencyRate: cfg.LatencyRate, LatencySeconds: cfg.LatencyDuration.Seconds(),
 			BaselineSeconds: cfg.BaselineDuration.Seconds(), FCMConcurrentMulticast: cfg.FCMConcurrency,
 			BatchClients: cfg.BatchClients, BatchNotifications: cfg.BatchNotifications, SustainNotifications: cfg.SustainNotifications,
+			PacedQuota: cfg.PacedQuota, AppsDevices: cfg.AppsDevices,
 			ServiceEnv: cfg.ServiceEnv, Database: st.dbName, Topology: st.topology,
 		},
 	}
@@ -78,7 +79,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	emu := newEmulator(st.emulatorURL)
-	cpu := newCPUTracker(st.services, st.backends)
+	cpu := newCPUTracker(func() []*service { return st.services }, st.backends)
 
 	prog.set("idle: settling for RSS at rest", nil)
 	if !sleep(ctx, restSettle) {
@@ -98,13 +99,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	for _, s := range st.services {
 		ps, err := readProc(s.pid())
-		if err != nil {
+		switch {
+		case err == nil:
+		case s.last != nil:
+			ps = *s.last // replaced mid-run by the paced phases: as it was then
+		default:
 			continue // exited: reported as a crash
 		}
-		res.Resources = append(res.Resources, resource{
-			Service: s.name, PID: s.pid(), RestRSSMB: mb(rest[s.name].RSS), PeakRSSMB: mb(ps.HWM), EndRSSMB: mb(ps.RSS),
-			CPUSeconds: round(ps.CPU.Seconds(), 2), RestReadAt: restSettle.Seconds(),
-		})
+		r := resource{
+			Service: s.name, PID: s.pid(), PeakRSSMB: mb(ps.HWM), EndRSSMB: mb(ps.RSS),
+			CPUSeconds: round(ps.CPU.Seconds(), 2), RestReadAt: restSettle.Seconds(), StoppedEarly: s.last != nil,
+		}
+		if at, ok := rest[s.name]; ok {
+			r.RestRSSMB = mb(at.RSS)
+		} else {
+			r.StartedLater = true // no reading at rest: no RSS target
+		}
+		res.Resources = append(res.Resources, r)
 	}
 	res.CPUByPhase = cpu.phases
 	for _, p := range cpu.phases {
@@ -225,8 +236,46 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 		}
 	}
 
+	var pace *pacing
+	if cfg.Phases[phasePaced] || cfg.Phases[phaseApps] {
+		var err error
+		prog.set("paced: replacing sender and retrier", nil)
+		if pace, err = setupPacing(ctx, st, emu, res); err != nil {
+			return fmt.Errorf("paced phases: %w", err)
+		}
+		prog.logf("paced: quota %s/min for the default app (%s); bench-a %s/min, bench-b %s/min", thousands(float64(pace.QuotaPerMinute["default"])),
+			pace.Basis, thousands(float64(pace.QuotaPerMinute["bench-a"])), thousands(float64(pace.QuotaPerMinute["bench-b"])))
+		cpu.mark("paced: start paced sender and retrier")
+	}
+	if cfg.Phases[phasePaced] {
+		p, err := pacedPhase(ctx, st, emu, pace, prog, cpu.mark, f)
+		if err != nil {
+			return fmt.Errorf("paced phase: %w", err)
+		}
+		res.Paced = p
+		for _, r := range p.Runs {
+			prog.logf("paced, %d sender(s): %s tokens/s, %.2f× the quota, %d 429s", r.Senders, thousands(r.PerSecond), r.VsQuota, r.Throttled)
+		}
+		if err := check("paced"); err != nil {
+			return err
+		}
+	}
+	if cfg.Phases[phaseApps] {
+		a, err := appsPhase(ctx, st, emu, pace, prog, cpu.mark, f)
+		if err != nil {
+			return fmt.Errorf("apps phase: %w", err)
+		}
+		res.Apps = a
+		for _, r := range a.Runs {
+			prog.logf("apps: %s %s tokens/s, %.2f× its quota, %d 429s", r.App, thousands(r.PerSecond), r.VsQuota, r.Throttled)
+		}
+		if err := check("apps"); err != nil {
+			return err
+		}
+	}
+
 	if cfg.Phases[phaseBaselines] && (cfg.Phases[phasePublish] || cfg.Phases[phaseBatch] || cfg.Phases[phaseFanout] ||
-		cfg.Phases[phaseLatency] || cfg.Phases[phaseSustain]) {
+		cfg.Phases[phaseLatency] || cfg.Phases[phaseSustain] || cfg.Phases[phasePaced] || cfg.Phases[phaseApps]) {
 		if err := runBaselines(ctx, st, emu, prog, cpu, res, f, "end"); err != nil {
 			return err
 		}

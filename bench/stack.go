@@ -30,13 +30,17 @@ var serviceNames = []string{"fcm-emulator", "producer", "sender", "retrier", "de
 
 // service is one running service process.
 type service struct {
-	name      string
+	name      string // unique in the run: the binary's name, or e.g. "sender-2" for a second replica
+	binary    string // the service it runs: the group its CPU is counted in
 	cmd       *exec.Cmd
 	logPath   string
 	healthURL string
 	done      chan struct{} // closed when the process has exited; err is set before
 	err       error
 	stopping  bool // the bench sent SIGTERM: an exit is expected
+	// last is the process's reading just before the bench stopped it mid-run (replaced by
+	// another configuration): its resources are reported from it.
+	last *procStat
 }
 
 func (s *service) pid() int { return s.cmd.Process.Pid }
@@ -149,14 +153,20 @@ func (st *stack) start(ctx context.Context) error {
 		return err
 	}
 	for _, name := range serviceNames {
-		if err := st.startService(ctx, name); err != nil {
+		if err := st.startService(ctx, name, name, nil); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (st *stack) startService(ctx context.Context, name string) error {
+// benchApps are the apps the producer knows besides "default": the apps phase's two
+// Firebase apps (sender and retrier learn them from the paced phases' FCM_APPS_FILE).
+var benchApps = []string{"bench-a", "bench-b"}
+
+// startService starts binary as the service name, with the stack's environment and extra
+// (where an empty value unsets a variable), and waits until it is healthy.
+func (st *stack) startService(ctx context.Context, name, binary string, extra map[string]string) error {
 	env := map[string]string{
 		"DATABASE_URL":  st.dbURL,
 		"AMQP_URL":      st.cfg.AMQPURL,
@@ -172,7 +182,7 @@ func (st *stack) startService(ctx context.Context, name string) error {
 		env["FCM_RATE_PER_MINUTE"] = "1000000000"
 	}
 	var health string
-	switch name {
+	switch binary {
 	case "fcm-emulator":
 		addr, err := freeAddr()
 		if err != nil {
@@ -191,22 +201,26 @@ func (st *stack) startService(ctx context.Context, name string) error {
 		// Never real FCM, whatever credentials the environment holds.
 		env["FCM_ENDPOINT"] = st.emulatorURL + "/v1"
 	}
-	if name == "producer" {
+	if binary == "producer" {
 		addr, err := freeAddr()
 		if err != nil {
 			return err
 		}
 		env["GRPC_ADDR"] = addr
+		env["APPS"] = strings.Join(append([]string{"default"}, benchApps...), ",")
 		st.grpcAddr = addr
 	}
+	for k, v := range extra {
+		env[k] = v
+	}
 
-	s := &service{name: name, healthURL: health, done: make(chan struct{}),
+	s := &service{name: name, binary: binary, healthURL: health, done: make(chan struct{}),
 		logPath: filepath.Join(st.cfg.LogDir, name+".log")}
 	logFile, err := os.Create(s.logPath)
 	if err != nil {
 		return err
 	}
-	s.cmd = exec.Command(filepath.Join(st.cfg.BinDir, name))
+	s.cmd = exec.Command(filepath.Join(st.cfg.BinDir, binary))
 	s.cmd.Env = os.Environ() // tuning variables pass through; the last value of a key wins
 	for k, v := range env {
 		s.cmd.Env = append(s.cmd.Env, k+"="+v)
@@ -248,6 +262,43 @@ func (st *stack) startService(ctx context.Context, name string) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// stopService stops the running service name (SIGTERM, then the time it takes to finish its
+// work) and keeps its last resource reading; the run goes on without it.
+func (st *stack) stopService(name string) error {
+	for _, s := range st.services {
+		if s.name != name || s.exited() {
+			continue
+		}
+		if ps, err := readProc(s.pid()); err == nil {
+			s.last = &ps
+		}
+		s.stopping = true
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.done:
+			if s.err != nil {
+				return fmt.Errorf("%s exited with %v after SIGTERM; see %s", name, s.err, s.logPath)
+			}
+			return nil
+		case <-time.After(45 * time.Second):
+			_ = s.cmd.Process.Kill()
+			<-s.done
+			return fmt.Errorf("%s did not stop within 45s of SIGTERM and was killed; see %s", name, s.logPath)
+		}
+	}
+	return fmt.Errorf("stop %s: no such service running", name)
+}
+
+// running reports whether the service name runs.
+func (st *stack) running(name string) bool {
+	for _, s := range st.services {
+		if s.name == name && !s.exited() {
+			return true
+		}
+	}
+	return false
 }
 
 // crashed names the services that exited without being asked to.
