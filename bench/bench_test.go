@@ -232,8 +232,8 @@ func TestPacedTargets(t *testing.T) {
 		got[tg.Name] = tg.Met
 	}
 	want := map[string]bool{
-		"paced broadcast, 1 sender(s), vs quota": true, "paced broadcast, 1 sender(s), vs quota: 429s": true,
-		"paced broadcast, 2 sender(s), vs quota": true, "paced broadcast, 2 sender(s), vs quota: 429s": false,
+		"paced broadcast, 1 sender, vs quota": true, "paced broadcast, 1 sender, vs quota: 429s": true,
+		"paced broadcast, 2 senders, vs quota": true, "paced broadcast, 2 senders, vs quota: 429s": false,
 		"two apps at once: bench-a vs its quota": false, "two apps at once: bench-a vs its quota: 429s": true,
 		"two apps at once: bench-b vs its quota": false, "two apps at once: bench-b vs its quota: 429s": false,
 		appsLeakName: true, "sender RSS at rest": true,

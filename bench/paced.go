@@ -175,7 +175,7 @@ func pacedPhase(ctx context.Context, st *stack, emu *emulator, p *pacing, prog *
 	if res.Registration, err = registerDevices(ctx, st, "paced", max(0, st.cfg.FanoutDevices-int(active)), prog); err != nil {
 		return nil, err
 	}
-	n := max(int64(st.cfg.FanoutDevices), active)
+	tokens := max(int64(st.cfg.FanoutDevices), active)
 	if err := st.analyze(ctx); err != nil {
 		return nil, err
 	}
@@ -186,22 +186,22 @@ func pacedPhase(ctx context.Context, st *stack, emu *emulator, p *pacing, prog *
 	}
 	defer conn.Close()
 
-	for senders := 1; senders <= 2; senders++ {
-		if err := st.pacedSenders(ctx, p, senders); err != nil {
+	for n := 1; n <= 2; n++ {
+		if err := st.pacedSenders(ctx, p, n); err != nil {
 			return nil, err
 		}
 		before, err := emu.stats(ctx)
 		if err != nil {
 			return nil, err
 		}
-		run := pacedRun{App: "default", Project: pacedProjects["default"], Senders: senders,
-			QuotaPerMinute: p.QuotaPerMinute["default"], Tokens: n}
-		label := fmt.Sprintf("paced, %d sender(s)", senders)
+		run := pacedRun{App: "default", Project: pacedProjects["default"], Senders: n,
+			QuotaPerMinute: p.QuotaPerMinute["default"], Tokens: tokens}
+		label := "paced, " + senders(n)
 		var settled atomic.Int64
 		prog.set(label, func() string {
-			return fmt.Sprintf("%s of %s tokens settled", thousands(float64(settled.Load())), thousands(float64(n)))
+			return fmt.Sprintf("%s of %s tokens settled", thousands(float64(settled.Load())), thousands(float64(tokens)))
 		})
-		if err := pacedBroadcast(ctx, st, conn, &run, fmt.Sprintf("%s-paced-%d", st.topology, senders), &settled, f, label); err != nil {
+		if err := pacedBroadcast(ctx, st, conn, &run, fmt.Sprintf("%s-paced-%d", st.topology, n), &settled, f, label); err != nil {
 			return nil, err
 		}
 		after, err := emu.stats(ctx)
@@ -213,7 +213,7 @@ func pacedPhase(ctx context.Context, st *stack, emu *emulator, p *pacing, prog *
 			f.fail(fmt.Sprintf("%s: %d sends reached other projects than %s", label, leaked, run.Project))
 		}
 		res.Runs = append(res.Runs, run)
-		mark(fmt.Sprintf("paced: broadcast, %d sender(s)", senders))
+		mark("paced: broadcast, " + senders(n))
 	}
 	return res, nil
 }

@@ -118,7 +118,7 @@ func (r *results) report(w io.Writer, jsonPath string) {
 		fmt.Fprintf(tw, "paced: quota of the default app, on the emulator and rate_per_minute\t%s/min\t\t%s/s: %s\n",
 			thousands(float64(p.Pacing.QuotaPerMinute["default"])), thousands(float64(p.Pacing.QuotaPerMinute["default"])/60), p.Pacing.Basis)
 		for _, run := range p.Runs {
-			pacedRow(tw, run, fmt.Sprintf("paced broadcast to %s tokens, %d sender(s), Publish → last outcome", thousands(float64(run.Tokens)), run.Senders),
+			pacedRow(tw, run, fmt.Sprintf("paced broadcast to %s tokens, %s, Publish → last outcome", thousands(float64(run.Tokens)), senders(run.Senders)),
 				met[pacedTargetName(run)], met[pacedTargetName(run)+": 429s"])
 		}
 	}
@@ -151,8 +151,14 @@ func (r *results) report(w io.Writer, jsonPath string) {
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SERVICE\tRSS AT REST\tPEAK RSS (VmHWM)\tRSS AT END\tCPU SECONDS\tTARGET")
 		for _, s := range r.Resources {
-			fmt.Fprintf(tw, "%s\t%.1f MB\t%.1f MB\t%.1f MB\t%.1f\t%s\n", s.Service, s.RestRSSMB, s.PeakRSSMB, s.EndRSSMB,
-				s.CPUSeconds, met[s.Service+" RSS at rest"])
+			rest, note := fmt.Sprintf("%.1f MB", s.RestRSSMB), met[s.Service+" RSS at rest"]
+			if s.StartedLater {
+				rest, note = "—", "started by the paced phases"
+			}
+			if s.StoppedEarly {
+				note += "; replaced by the paced phases (at end: when stopped)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.1f MB\t%.1f MB\t%.1f\t%s\n", s.Service, rest, s.PeakRSSMB, s.EndRSSMB, s.CPUSeconds, note)
 		}
 		tw.Flush()
 	}

@@ -185,9 +185,16 @@ const appsLeakName = "two apps at once: sends to the other app's project"
 // pacedTargetName names a paced broadcast's targets.
 func pacedTargetName(r pacedRun) string {
 	if r.App == "default" {
-		return fmt.Sprintf("paced broadcast, %d sender(s), vs quota", r.Senders)
+		return fmt.Sprintf("paced broadcast, %s, vs quota", senders(r.Senders))
 	}
 	return fmt.Sprintf("two apps at once: %s vs its quota", r.App)
+}
+
+func senders(n int) string {
+	if n == 1 {
+		return "1 sender"
+	}
+	return fmt.Sprintf("%d senders", n)
 }
 
 // evaluate holds the figures against the targets.
