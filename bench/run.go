@@ -254,7 +254,7 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 		}
 		res.Paced = p
 		for _, r := range p.Runs {
-			prog.logf("paced, %d sender(s): %s tokens/s, %.2f× the quota, %d 429s", r.Senders, thousands(r.PerSecond), r.VsQuota, r.Throttled)
+			prog.logf("paced, %s: %s tokens/s, %.2f× the quota, %d 429s", senders(r.Senders), thousands(r.PerSecond), r.VsQuota, r.Throttled)
 		}
 		if err := check("paced"); err != nil {
 			return err
