@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/protobuf/proto"
 
@@ -19,6 +20,7 @@ import (
 	"notify/pkg/fcm"
 	"notify/pkg/rabbit"
 	"notify/pkg/schema"
+	"notify/pkg/tracing"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
@@ -168,11 +170,18 @@ type Chunk struct {
 	Targets      []Target
 	Attempt      int
 	Final        bool
+	// Span, when set, is the span of the task the chunk belongs to: the chunk's work (its
+	// multicasts, hand-off and outcome store) is traced as its children, and its retry
+	// and dead-letter tasks carry its trace, even when SendChunks serves chunks of many
+	// traces at once.
+	Span trace.Span
 }
 
-// SendChunk sends one chunk and settles every one of its targets; see SendChunks.
+// SendChunk sends one chunk and settles every one of its targets; see SendChunks. Its work
+// is traced under ctx's span.
 func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Target, attempt int, final bool) (Summary, error) {
-	sums, errs := d.SendChunks(ctx, []Chunk{{Notification: n, Targets: targets, Attempt: attempt, Final: final}})
+	sums, errs := d.SendChunks(ctx, []Chunk{{Notification: n, Targets: targets, Attempt: attempt, Final: final,
+		Span: trace.SpanFromContext(ctx)}})
 	return sums[0], errs[0]
 }
 
@@ -238,7 +247,7 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 			continue
 		}
 		wg.Go(func() {
-			results, err := d.send(ctx, ch.Notification, x.targets, x.remaining, prepaid[app])
+			results, err := d.send(tracing.With(ctx, ch.Span), ch.Notification, x.targets, x.remaining, prepaid[app])
 			if err != nil {
 				errs[x.i] = err
 				return
@@ -259,7 +268,13 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 		recs = append(recs, Record{ID: ch.Notification.ID, Outcomes: cs[i].outcomes, Final: ch.Final})
 		recorded = append(recorded, i)
 	}
+	spans := make([]trace.Span, len(recorded))
+	for k, i := range recorded {
+		spans[k] = chunks[i].Span
+	}
+	recSpans := tracing.StartEach(ctx, SpanRecord, spans)
 	statuses, recErrs := d.record(ctx, recs)
+	recSpans.EndEach(recErrs)
 	for k, i := range recorded {
 		if errs[i] = recErrs[k]; errs[i] != nil {
 			continue
@@ -381,7 +396,7 @@ func (d *Deliverer) send(ctx context.Context, n *Notification, targets []Target,
 				return append(results, rest...), nil
 			}
 		}
-		r, err := d.multicast(ctx, p, msg, part)
+		r, err := d.multicast(ctx, p, app, msg, part)
 		if err != nil {
 			if len(results) == 0 {
 				return nil, fmt.Errorf("send %d tokens of %s: %w", len(tokens), n.ID, err)
@@ -396,14 +411,16 @@ func (d *Deliverer) send(ctx context.Context, n *Notification, targets []Target,
 
 // multicast makes one multicast within the process-wide bound on FCM requests in flight.
 // An error means nothing was sent; transient per-token failures are results.
-func (d *Deliverer) multicast(ctx context.Context, p Pusher, msg fcm.Message, tokens []string) ([]fcm.Result, error) {
+func (d *Deliverer) multicast(ctx context.Context, p Pusher, app string, msg fcm.Message, tokens []string) (results []fcm.Result, err error) {
+	ctx, span := tracing.Tracer().Start(ctx, SpanMulticast, trace.WithSpanKind(trace.SpanKindClient))
+	defer func() { endMulticast(span, app, len(tokens), results, err) }()
 	// The SDK sends a multicast's tokens requestsPerMulticast at a time.
 	weight := int64(min(len(tokens), requestsPerMulticast))
 	if err := d.slots.Acquire(ctx, weight); err != nil {
 		return nil, err
 	}
 	start := time.Now()
-	results, err := p.SendMulticast(ctx, msg, tokens)
+	results, err = p.SendMulticast(ctx, msg, tokens)
 	d.sendLatency.Observe(time.Since(start).Seconds())
 	d.slots.Release(weight)
 	if err == nil {
@@ -511,17 +528,26 @@ func (d *Deliverer) classify(app string, targets []Target, results []fcm.Result,
 func (d *Deliverer) handOff(ctx context.Context, chunks []Chunk, cs []classified, errs []error) {
 	var msgs []rabbit.Message
 	var owner []int // owner[k]: the chunk msgs[k] belongs to
+	spans := map[int]trace.Span{}
+	defer func() {
+		for i, span := range spans {
+			tracing.End(span, errs[i])
+		}
+	}()
 	for i, ch := range chunks {
-		if errs[i] != nil {
+		if errs[i] != nil || len(cs[i].retry)+len(cs[i].dead) == 0 {
 			continue
 		}
 		c, id := cs[i], ch.Notification.ID
+		// The tasks continue the chunk's trace from its hand-off span.
+		hctx := d.startHandOff(ctx, ch, c, spans, i)
 		if len(c.retry) > 0 {
 			m, err := d.retryMessage(id, c.retry, ch.Attempt+1, c.retryAfter)
 			if err != nil {
 				errs[i] = err
 				continue
 			}
+			m.Headers = rabbit.WithTrace(hctx, m.Headers)
 			msgs, owner = append(msgs, m), append(owner, i)
 		}
 		if len(c.dead) > 0 {
@@ -530,6 +556,7 @@ func (d *Deliverer) handOff(ctx context.Context, chunks []Chunk, cs []classified
 				errs[i] = err
 				continue
 			}
+			m.Headers = rabbit.WithTrace(hctx, m.Headers)
 			msgs, owner = append(msgs, m), append(owner, i)
 		}
 	}

@@ -183,7 +183,7 @@ func (p *Publisher) publish(ctx context.Context, index int, m Message, results c
 		return ctx.Err()
 	}
 	pub := amqp.Publishing{
-		Headers:      amqp.Table(withTrace(ctx, m.Headers)),
+		Headers:      amqp.Table(WithTrace(ctx, m.Headers)),
 		ContentType:  m.ContentType,
 		DeliveryMode: amqp.Persistent,
 		MessageId:    m.MessageID,

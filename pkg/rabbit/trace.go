@@ -5,7 +5,11 @@ import (
 	"maps"
 	"slices"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"notify/pkg/tracing"
 )
 
 // traceContext is how a message carries the trace it belongs to: the W3C traceparent and
@@ -24,10 +28,11 @@ func (h headerCarrier) Set(key, value string) { h[key] = value }
 
 func (h headerCarrier) Keys() []string { return slices.Collect(maps.Keys(h)) }
 
-// withTrace returns m's headers with ctx's trace context added, unless m already carries one
-// (the outbox relay publishes many rows at once, each with the trace of its own Publish) or
-// ctx has none. m.Headers itself is never modified.
-func withTrace(ctx context.Context, headers map[string]any) map[string]any {
+// WithTrace returns headers with ctx's trace context added, unless they already carry one
+// or ctx has none; headers itself is never modified. Publish adds the context of its own
+// ctx this way; a caller publishing messages of several traces at once (the outbox relay,
+// the hand-offs of a batch) sets each message's own with WithTrace first.
+func WithTrace(ctx context.Context, headers map[string]any) map[string]any {
 	if _, ok := headers["traceparent"]; ok {
 		return headers
 	}
@@ -46,4 +51,20 @@ func withTrace(ctx context.Context, headers map[string]any) map[string]any {
 // returned as it is.
 func (d *Delivery) TraceContext(ctx context.Context) context.Context {
 	return traceContext.Extract(ctx, headerCarrier(d.Headers))
+}
+
+// StartSpan starts the span of handling the message, named name, as a child of the span
+// it was published from (TraceContext): the consumer's part of the publisher's trace. With
+// tracing off it records nothing.
+func (d *Delivery) StartSpan(ctx context.Context, name string) (context.Context, trace.Span) {
+	ctx, span := tracing.Tracer().Start(d.TraceContext(ctx), name, trace.WithSpanKind(trace.SpanKindConsumer))
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("messaging.system", "rabbitmq"),
+			attribute.String("messaging.destination.name", d.Queue),
+			attribute.String("messaging.message.id", d.MessageID),
+			attribute.Int("notify.attempt", d.Attempt()),
+		)
+	}
+	return ctx, span
 }

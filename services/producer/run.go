@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
@@ -16,6 +18,7 @@ import (
 	"notify/pkg/metrics"
 	"notify/pkg/rabbit"
 	"notify/pkg/schema"
+	"notify/pkg/tracing"
 	notifyv1 "notify/proto/gen/notify/v1"
 	"notify/services/producer/internal/apikey"
 	"notify/services/producer/internal/jobs"
@@ -91,6 +94,12 @@ func run(ctx context.Context, getenv func(string) string) error {
 	// names, then the text check every request passes before a handler runs.
 	limits := server.NewRateLimit(cfg.Publish, reg)
 	serverOpts = append(serverOpts, grpc.ChainUnaryInterceptor(auth.Unary(), limits.Unary()), grpc.ChainStreamInterceptor(auth.Stream()))
+	if tracing.On(getenv) {
+		// A server span per call (health checks aside), continuing the caller's traceparent;
+		// not installed at all when tracing is off.
+		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithFilter(filters.Not(filters.HealthCheck())))))
+	}
 	api, err := newGRPCServer(cfg.GRPCAddr, cfg.ShutdownTimeout, log, reg, append(serverOpts, server.TextOptions()...)...)
 	if err != nil {
 		return err

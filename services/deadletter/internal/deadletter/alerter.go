@@ -12,6 +12,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/slack-go/slack"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"notify/pkg/tracing"
 )
 
 // AlertLockKey is the PostgreSQL advisory lock whose holder is the one replica that alerts
@@ -148,9 +152,11 @@ func (a *Alerter) tick(ctx context.Context) {
 	}
 	alert := summarize(rows, backlog, time.Now())
 
-	postCtx, cancel := context.WithTimeout(ctx, a.opts.PostTimeout)
+	spanCtx, span := a.startAlert(ctx, conn, rows)
+	postCtx, cancel := context.WithTimeout(spanCtx, a.opts.PostTimeout)
 	err = a.sink.Post(postCtx, alert)
 	cancel()
+	tracing.End(span, err)
 	if err != nil {
 		a.postFailed(err, alert)
 		return
@@ -247,3 +253,37 @@ func unalerted(ctx context.Context, conn *pgx.Conn, limit int) ([]pendingRow, er
 		return p, err
 	})
 }
+
+// startAlert starts the span of one alert post: a trace of its own, linked to the traces of
+// the dead letters it covers (the traceparent their message carried, kept in the row's
+// headers), read only when the span records.
+func (a *Alerter) startAlert(ctx context.Context, conn *pgx.Conn, rows []pendingRow) (context.Context, trace.Span) {
+	ctx, span := tracing.Tracer().Start(ctx, SpanAlert, trace.WithNewRoot())
+	if !span.IsRecording() {
+		return ctx, span
+	}
+	span.SetAttributes(attribute.String("notify.sink", a.sink.Name()), attribute.Int("notify.dead_letters", len(rows)))
+	ids := make([]int64, 0, min(len(rows), maxAlertLinks))
+	for _, r := range rows[:min(len(rows), maxAlertLinks)] {
+		ids = append(ids, r.ID)
+	}
+	result, err := conn.Query(ctx, `SELECT headers->>'traceparent' FROM dead_letters
+		WHERE id = ANY($1) AND headers ? 'traceparent'`, ids)
+	if err == nil {
+		var parents []string
+		parents, err = pgx.CollectRows(result, pgx.RowTo[string])
+		for _, tp := range parents {
+			if sc := tracing.Remote(tp); sc.IsValid() {
+				span.AddLink(trace.Link{SpanContext: sc})
+			}
+		}
+	}
+	if err != nil {
+		a.log.Debug("read the traces of the alerted dead letters", "err", err)
+	}
+	return ctx, span
+}
+
+// maxAlertLinks is how many dead letters' traces an alert's span links to at most (the
+// SDK's default limit of links per span).
+const maxAlertLinks = 128

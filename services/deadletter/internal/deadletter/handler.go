@@ -7,9 +7,24 @@ import (
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
 
 	dlq "notify/pkg/deadletter"
 	"notify/pkg/rabbit"
+	"notify/pkg/tracing"
+)
+
+// Span names of the deadletter service. A dead-letter task continues the trace of the
+// hand-off that published it (delivery.SpanHandOff); the Slack alert, which covers many dead
+// letters at once, is a trace of its own linked to theirs.
+const (
+	// SpanTask is one dead-letter message, from its delivery to its ack.
+	SpanTask = "deadletter.task"
+	// SpanStore is the write of its dead_letters row.
+	SpanStore = "deadletter.store"
+	// SpanAlert is one alert post (Slack, or the log), linked to the traces of the dead
+	// letters it covers (up to the SDK's link limit, 128 by default).
+	SpanAlert = "deadletter.alert"
 )
 
 // saver is all the handler needs from the database; *Store satisfies it.
@@ -58,13 +73,24 @@ func NewHandler(store saver, log *slog.Logger, reg prometheus.Registerer) *Handl
 // Handle stores one dead-letter message: nil (ack) once its row is committed or was already
 // there; a Requeue error when it could not be stored (the consumer requeues it after a
 // pause that grows while the database keeps failing).
-func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) error {
+func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) (err error) {
+	ctx, span := d.StartSpan(ctx, SpanTask)
+	defer func() { tracing.End(span, err) }()
 	l := Classify(d)
 	log := h.log.With("message_id", l.Key, "reason", l.Reason)
 	if l.NotificationID != "" {
 		log = log.With("notification_id", l.NotificationID)
 	}
-	saved, err := h.store.Save(ctx, l)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("notify.notification_id", l.NotificationID), attribute.String("notify.reason", l.Reason),
+			attribute.Int("notify.tokens", len(l.Tokens)))
+	}
+	sctx, store := tracing.Tracer().Start(ctx, SpanStore)
+	saved, err := h.store.Save(sctx, l)
+	if store.IsRecording() {
+		store.SetAttributes(attribute.Bool("notify.new", saved.New))
+	}
+	tracing.End(store, err)
 	if err != nil {
 		h.saveErrors.Inc()
 		return rabbit.Requeue(fmt.Errorf("store dead letter (reason %s): %w", l.Reason, err))

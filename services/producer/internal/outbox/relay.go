@@ -204,6 +204,7 @@ type row struct {
 	messageType    string
 	body           []byte
 	createdAt      time.Time
+	traceparent    *string // the trace of the call that wrote it; nil untraced
 }
 
 // claimSQL claims rows that are due, oldest first, in two index scans that never step over
@@ -226,11 +227,11 @@ type row struct {
 var claimSQL = `
 
 WITH due AS (
-	SELECT id, notification_id, routing_key, message_type, body, created_at, true AS scheduled FROM outbox
+	SELECT id, notification_id, routing_key, message_type, body, created_at, true AS scheduled, traceparent FROM outbox
 	WHERE published_at IS NULL AND due_at IS NOT NULL AND due_at <= now()
 	ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
 ), ready AS (
-	SELECT id, notification_id, routing_key, message_type, body, created_at, false AS scheduled FROM outbox o
+	SELECT id, notification_id, routing_key, message_type, body, created_at, false AS scheduled, traceparent FROM outbox o
 	WHERE published_at IS NULL AND due_at IS NULL
 	  AND (message_type <> '` + schema.StatusEventType + `' OR NOT EXISTS (
 		SELECT 1 FROM outbox p WHERE p.notification_id = o.notification_id AND p.published_at IS NULL
@@ -253,6 +254,8 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 	// commit: sent before it, another loop could run its round, find the rows still
 	// uncommitted, and consume the wake-up, leaving them until the next poll.
 	wake := false
+	spans := relaySpans{} // the traced rows' spans, ended once the round is settled
+	failed := map[int]bool{}
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, claimSQL, r.opts.BatchSize)
 		if err != nil {
@@ -260,7 +263,7 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 		}
 		batch, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
 			var o row
-			err := r.Scan(&o.id, &o.notificationID, &o.routingKey, &o.messageType, &o.body, &o.createdAt, &o.scheduled)
+			err := r.Scan(&o.id, &o.notificationID, &o.routingKey, &o.messageType, &o.body, &o.createdAt, &o.scheduled, &o.traceparent)
 			return o, err
 		})
 		if err != nil {
@@ -273,7 +276,6 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 
 		var tasks, events []rabbit.Message
 		var taskIdx, eventIdx []int
-		failed := map[int]bool{}
 		for i, o := range batch {
 			m := rabbit.Message{
 				RoutingKey:  o.routingKey,
@@ -282,6 +284,7 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 				ContentType: "application/protobuf",
 				Body:        o.body,
 			}
+			spans.start(ctx, i, o, &m)
 			if o.messageType != schema.StatusEventType {
 				tasks, taskIdx = append(tasks, m), append(taskIdx, i)
 				continue
@@ -361,6 +364,7 @@ func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 		}
 		return nil
 	})
+	spans.end(failed, err)
 	if err == nil && wake {
 		r.Wake()
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"notify/pkg/rabbit"
+	"notify/pkg/tracing"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
@@ -33,6 +34,9 @@ type Row struct {
 	RoutingKey     string
 	MessageType    string
 	Body           []byte
+	// Traceparent is the W3C trace context of the call that wrote the row ("" untraced):
+	// the relay publishes the row in that trace.
+	Traceparent string
 }
 
 // SendTask returns the outbox row asking the sender to deliver notification id: a
@@ -61,15 +65,23 @@ type execer interface {
 // that wakes the relays when the transaction commits. Call it in the transaction that sets
 // the notification back to pending: the sender ignores a task for a notification whose
 // status is final.
+//
+// The row belongs to ctx's trace (a replay's); without one, to the notification's original
+// trace (a re-drive continues the Publish's), if it was traced.
 func EnqueueSend(ctx context.Context, db execer, id uuid.UUID, cause string) error {
 	row, err := SendTask(id, cause, time.Now())
 	if err != nil {
 		return err
 	}
+	var traceparent *string
+	if tp := tracing.Traceparent(ctx); tp != "" {
+		traceparent = &tp
+	}
 	_, err = db.Exec(ctx, `WITH o AS (
-			INSERT INTO outbox (notification_id, routing_key, message_type, body) VALUES ($1, $2, $3, $4)
+			INSERT INTO outbox (notification_id, routing_key, message_type, body, traceparent)
+			VALUES ($1, $2, $3, $4, coalesce($6, (SELECT traceparent FROM notifications WHERE id = $1)))
 		) SELECT pg_notify($5, '')`,
-		row.NotificationID, row.RoutingKey, row.MessageType, row.Body, NotifyChannel)
+		row.NotificationID, row.RoutingKey, row.MessageType, row.Body, NotifyChannel, traceparent)
 	if err != nil {
 		return fmt.Errorf("enqueue send task for %s: %w", id, err)
 	}

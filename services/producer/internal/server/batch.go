@@ -3,9 +3,11 @@ package server
 import (
 	"context"
 
+	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"notify/pkg/tracing"
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
@@ -52,6 +54,7 @@ func (s *Notifications) PublishBatch(ctx context.Context, req *notifyv1.PublishB
 		if err != nil {
 			return nil, toStatus(ctx, s.log, "prepare notification", err)
 		}
+		r.task.Traceparent = tracing.Traceparent(ctx)
 		rows = append(rows, r)
 		at = append(at, i)
 	}
@@ -59,7 +62,12 @@ func (s *Notifications) PublishBatch(ctx context.Context, req *notifyv1.PublishB
 		return &notifyv1.PublishBatchResponse{Results: results}, nil
 	}
 
-	written := storeRows(ctx, s.db, rows)
+	sctx, span := tracing.Tracer().Start(ctx, SpanStore)
+	written := storeRows(sctx, s.db, rows)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("notify.rows", len(rows)))
+	}
+	tracing.End(span, batchFailure(written))
 	if err := batchFailure(written); err != nil {
 		return nil, toStatus(ctx, s.log, "store notifications", err, "caller", caller, "requests", len(rows))
 	}

@@ -4,7 +4,16 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+
+	"notify/pkg/tracing"
 )
+
+// SpanStore is the span of a Publish's (or a PublishBatch's) database work: for a Publish,
+// from its submission to the group commit until its batch is committed, with the batch's
+// size (notify.rows); the transaction is shared, each call's span is its own.
+const SpanStore = "producer.store"
 
 // GroupCommit tunes how concurrent Publish calls are written together.
 type GroupCommit struct {
@@ -62,6 +71,7 @@ type pendingRow struct {
 	ctx    context.Context
 	row    row
 	answer chan stored // buffered: the committer never waits for a caller
+	batch  int         // the rows written with it, set before the answer is sent
 }
 
 func newCommitter(opts GroupCommit, store func(context.Context, []row) []stored, done func([]row, []stored)) *committer {
@@ -71,6 +81,7 @@ func newCommitter(opts GroupCommit, store func(context.Context, []row) []stored,
 // submit writes r in the next batch and returns its outcome, or ctx's error when the caller
 // gives up first (the row may still be committed: the client retries with its key).
 func (c *committer) submit(ctx context.Context, r row) (stored, error) {
+	_, span := tracing.Tracer().Start(ctx, SpanStore)
 	p := &pendingRow{ctx: ctx, row: r, answer: make(chan stored, 1)}
 	c.mu.Lock()
 	c.queue = append(c.queue, p)
@@ -78,8 +89,13 @@ func (c *committer) submit(ctx context.Context, r row) (stored, error) {
 	c.mu.Unlock()
 	select {
 	case s := <-p.answer:
+		if span.IsRecording() {
+			span.SetAttributes(attribute.Int("notify.rows", p.batch), attribute.Bool("notify.duplicate", s.duplicate))
+		}
+		tracing.End(span, s.err)
 		return s, nil
 	case <-ctx.Done():
+		tracing.End(span, ctx.Err())
 		return stored{}, ctx.Err()
 	}
 }
@@ -128,6 +144,7 @@ func (c *committer) commit(batch []*pendingRow) {
 		results := c.store(ctx, rows)
 		cancel()
 		for i, p := range live {
+			p.batch = len(rows)
 			p.answer <- results[i]
 		}
 		c.done(rows, results)

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"notify/pkg/schema"
+	"notify/pkg/tracing"
 	notifyv1 "notify/proto/gen/notify/v1"
 	"notify/services/producer/internal/outbox"
 )
@@ -155,6 +156,7 @@ func (s *Notifications) Publish(ctx context.Context, req *notifyv1.PublishReques
 	if err != nil {
 		return nil, toStatus(ctx, s.log, "prepare notification", err)
 	}
+	r.task.Traceparent = tracing.Traceparent(ctx) // this call's trace, for its own row
 	got, err := s.commit.submit(ctx, r)
 	if err == nil {
 		err = got.err

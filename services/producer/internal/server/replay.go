@@ -7,8 +7,11 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"notify/pkg/schema"
+	"notify/pkg/tracing"
 	notifyv1 "notify/proto/gen/notify/v1"
 	"notify/services/producer/internal/outbox"
 )
@@ -156,8 +159,9 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 		var status string
 		var expired bool
 		var request []byte
-		err := tx.QueryRow(ctx, `SELECT status, expires_at <= now(), request FROM notifications WHERE id = $1`+lock, id).
-			Scan(&status, &expired, &request)
+		var original *string // the Publish's trace, when it was traced
+		err := tx.QueryRow(ctx, `SELECT status, expires_at <= now(), request, traceparent FROM notifications WHERE id = $1`+lock, id).
+			Scan(&status, &expired, &request, &original)
 		if errors.Is(err, pgx.ErrNoRows) {
 			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_NOT_FOUND
 			return nil
@@ -198,7 +202,11 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 		if _, err := tx.Exec(ctx, replaySetSQL, id); err != nil {
 			return fmt.Errorf("set pending: %w", err)
 		}
-		if err := outbox.EnqueueSend(ctx, tx, id, outbox.CauseReplay); err != nil {
+		// The send task starts a trace of its own, linked to the original one.
+		sctx, span := startReplay(ctx, id, original)
+		err = outbox.EnqueueSend(sctx, tx, id, outbox.CauseReplay)
+		tracing.End(span, err)
+		if err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO replays (notification_id, replayed_by, token_count, forced)
@@ -236,4 +244,20 @@ func unsettledTokens(ctx context.Context, tx pgx.Tx, id uuid.UUID, request []byt
 		return 0, fmt.Errorf("count unsettled tokens: %w", err)
 	}
 	return n, nil
+}
+
+// SpanReplay is the root span of a replayed notification's new trace: the replay's send
+// task and everything the sender does with it belong to it. It links to the notification's
+// original trace (its Publish) and to the Replay call.
+const SpanReplay = "producer.replay"
+
+func startReplay(ctx context.Context, id uuid.UUID, original *string) (context.Context, trace.Span) {
+	links := []trace.Link{trace.LinkFromContext(ctx, attribute.String("notify.link", "replay_call"))}
+	if original != nil {
+		if sc := tracing.Remote(*original); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{attribute.String("notify.link", "original")}})
+		}
+	}
+	return tracing.Tracer().Start(ctx, SpanReplay, trace.WithNewRoot(), trace.WithLinks(links...),
+		trace.WithAttributes(attribute.String("notify.notification_id", id.String())))
 }

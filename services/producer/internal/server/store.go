@@ -51,12 +51,12 @@ type querier interface {
 var insertSQL = `
 WITH input AS (
 	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-		$7::text[], $8::text[], $9::bytea[], $10::timestamptz[], $11::text[])
-		AS t(id, caller, idempotency_key, type, request, expires_at, routing_key, message_type, body, send_at, app)
+		$7::text[], $8::text[], $9::bytea[], $10::timestamptz[], $11::text[], $12::text[])
+		AS t(id, caller, idempotency_key, type, request, expires_at, routing_key, message_type, body, send_at, app, traceparent)
 ), n AS (
-	INSERT INTO notifications AS n (id, caller, idempotency_key, type, request, expires_at, send_at, status, app)
+	INSERT INTO notifications AS n (id, caller, idempotency_key, type, request, expires_at, send_at, status, app, traceparent)
 	SELECT id, caller, idempotency_key, type, request::jsonb, expires_at, send_at,
-		CASE WHEN send_at IS NULL THEN '` + schema.StatusPending + `' ELSE '` + schema.StatusScheduled + `' END, app
+		CASE WHEN send_at IS NULL THEN '` + schema.StatusPending + `' ELSE '` + schema.StatusScheduled + `' END, app, traceparent
 	FROM input
 	ORDER BY caller, idempotency_key
 	ON CONFLICT (caller, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -64,8 +64,8 @@ WITH input AS (
 ), e AS (
 	` + schema.StatusEventsSQL("n") + `
 ), o AS (
-	INSERT INTO outbox (notification_id, routing_key, message_type, body, due_at)
-	SELECT input.id, input.routing_key, input.message_type, input.body, input.send_at FROM input JOIN n USING (id)
+	INSERT INTO outbox (notification_id, routing_key, message_type, body, due_at, traceparent)
+	SELECT input.id, input.routing_key, input.message_type, input.body, input.send_at, input.traceparent FROM input JOIN n USING (id)
 	ORDER BY input.id
 )
 SELECT id FROM n`
@@ -144,6 +144,7 @@ func insertRows(ctx context.Context, db querier, rows []row, idx []int, out []st
 		sendAt    = make([]*time.Time, n)
 		bodies    = make([][]byte, n)
 		apps      = make([]string, n)
+		traces    = make([]*string, n) // NULL when untraced
 	)
 	for k, i := range idx {
 		r := &rows[i]
@@ -157,8 +158,11 @@ func insertRows(ctx context.Context, db querier, rows []row, idx []int, out []st
 		}
 		routingKeys[k], messageTypes[k], bodies[k] = r.task.RoutingKey, r.task.MessageType, r.task.Body
 		apps[k] = r.app
+		if r.task.Traceparent != "" {
+			traces[k] = &r.task.Traceparent
+		}
 	}
-	result, err := db.Query(ctx, insertSQL, ids, callers, keys, types, requests, expiresAt, routingKeys, messageTypes, bodies, sendAt, apps)
+	result, err := db.Query(ctx, insertSQL, ids, callers, keys, types, requests, expiresAt, routingKeys, messageTypes, bodies, sendAt, apps, traces)
 	if err != nil {
 		return fmt.Errorf("insert %d notifications: %w", n, err)
 	}

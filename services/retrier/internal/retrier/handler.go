@@ -10,11 +10,13 @@ import (
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	"notify/pkg/deadletter"
 	"notify/pkg/delivery"
 	"notify/pkg/rabbit"
+	"notify/pkg/tracing"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
@@ -63,6 +65,7 @@ func (h *Handler) HandleBatch(ctx context.Context, ds []*rabbit.Delivery) []erro
 		}
 		h.tasks.WithLabelValues(result).Inc()
 		errs[i] = t.err
+		endTask(t.span, result, t.err)
 	}
 	return errs
 }
@@ -75,6 +78,7 @@ func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) error {
 // retryTask is one delivery of a batch and what became of it.
 type retryTask struct {
 	d       *rabbit.Delivery
+	span    trace.Span // SpanTask: the task's part of its notification's trace
 	log     *slog.Logger
 	body    *busv1.RetryTask
 	n       *delivery.Notification // once loaded
@@ -106,27 +110,31 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*retryTask 
 	for i, d := range ds {
 		body, err := decodeRetryTask(d.Body)
 		t := &retryTask{d: d, log: h.log.With("message_id", d.MessageID), body: body}
+		_, t.span = d.StartSpan(ctx, SpanTask)
 		tasks[i] = t
 		if err != nil {
-			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", err))
+			t.finish("dead_lettered", h.deliverer.DeadLetter(tracing.With(ctx, t.span), d, deadletter.ReasonUndecodable, "", err))
 			continue
 		}
 		t.log = t.log.With("notification_id", t.body.GetNotificationId())
 		// Our header wins; the body's copy covers messages whose headers were lost.
 		t.attempt = max(d.Attempt(), int(t.body.GetAttempt()), 2)
+		setTask(t.span, t.body.GetNotificationId(), t.attempt, len(t.body.GetTokens()))
 		ids = append(ids, t.body.GetNotificationId())
 	}
 	if len(ids) == 0 {
 		return tasks
 	}
+	loading := tracing.StartEach(ctx, SpanLoad, spansOf(unfinished(tasks)))
 	found, bad, err := h.store.LoadMany(ctx, ids)
+	loading.End(err)
 	for _, t := range unfinished(tasks) {
 		id := t.body.GetNotificationId()
 		switch n, ok := found[id]; {
 		case err != nil:
 			t.finish("", rabbit.Requeue(err))
 		case !ok:
-			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, t.d, deadletter.ReasonUnknownNotification, id,
+			t.finish("dead_lettered", h.deliverer.DeadLetter(tracing.With(ctx, t.span), t.d, deadletter.ReasonUnknownNotification, id,
 				fmt.Errorf("notification %s: %w", id, delivery.ErrNotFound)))
 		case bad[id] != nil:
 			t.finish("", rabbit.Requeue(bad[id]))
@@ -163,7 +171,7 @@ func (h *Handler) send(ctx context.Context, tasks []*retryTask) {
 			continue
 		}
 		sending = append(sending, t)
-		chunks = append(chunks, delivery.Chunk{Notification: t.n, Targets: targets[i], Attempt: t.attempt})
+		chunks = append(chunks, delivery.Chunk{Notification: t.n, Targets: targets[i], Attempt: t.attempt, Span: t.span})
 	}
 	sums, errs := h.deliverer.SendChunks(ctx, chunks)
 	for i, t := range sending {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 
@@ -23,6 +24,7 @@ import (
 	"notify/pkg/delivery"
 	"notify/pkg/fcm"
 	"notify/pkg/rabbit"
+	"notify/pkg/tracing"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
@@ -80,7 +82,7 @@ func (h *Handler) HandleBatch(ctx context.Context, ds []*rabbit.Delivery) []erro
 	}
 	var wg sync.WaitGroup
 	for _, t := range large {
-		wg.Go(func() { t.finish(h.sendLarge(ctx, t.n, t.log)) })
+		wg.Go(func() { t.finish(h.sendLarge(tracing.With(ctx, t.span), t.n, t.log)) })
 	}
 	h.sendSmall(ctx, small)
 	wg.Wait()
@@ -96,6 +98,7 @@ func (h *Handler) HandleBatch(ctx context.Context, ds []*rabbit.Delivery) []erro
 		}
 		h.tasks.WithLabelValues(result).Inc()
 		errs[i] = t.err
+		endTask(t.span, result, t.err)
 	}
 	return errs
 }
@@ -108,6 +111,7 @@ func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) error {
 // task is one delivery of a batch and what became of it.
 type task struct {
 	d    *rabbit.Delivery
+	span trace.Span // SpanTask: the task's part of its notification's trace
 	log  *slog.Logger
 	id   string                 // the notification id, once decoded
 	n    *delivery.Notification // once loaded
@@ -141,14 +145,16 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 	var ids []string
 	for i, d := range ds {
 		t := &task{d: d, log: h.log.With("message_id", d.MessageID)}
+		_, t.span = d.StartSpan(ctx, SpanTask)
 		tasks[i] = t
 		id, err := decodeSendTask(d.Body)
 		if err != nil {
-			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, d, deadletter.ReasonUndecodable, "", err))
+			t.finish("dead_lettered", h.deliverer.DeadLetter(tracing.With(ctx, t.span), d, deadletter.ReasonUndecodable, "", err))
 			continue
 		}
 		t.id = id
 		t.log = t.log.With("notification_id", t.id)
+		setNotification(t.span, id)
 		if f, ok := first[t.id]; ok {
 			t.same = f
 			continue
@@ -159,7 +165,9 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 	if len(ids) == 0 {
 		return tasks
 	}
+	loading := tracing.StartEach(ctx, SpanLoad, spansOf(unfinished(tasks)))
 	found, bad, err := h.store.LoadMany(ctx, ids)
+	loading.End(err)
 	if err != nil {
 		for _, t := range unfinished(tasks) {
 			t.finish("", rabbit.Requeue(err))
@@ -172,7 +180,7 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 		switch {
 		case !ok:
 			err := fmt.Errorf("notification %s: %w", t.id, delivery.ErrNotFound)
-			t.finish("dead_lettered", h.deliverer.DeadLetter(ctx, t.d, deadletter.ReasonUnknownNotification, t.id, err))
+			t.finish("dead_lettered", h.deliverer.DeadLetter(tracing.With(ctx, t.span), t.d, deadletter.ReasonUnknownNotification, t.id, err))
 		case bad[t.id] != nil:
 			t.finish("", rabbit.Requeue(bad[t.id]))
 		case n.Final():
@@ -244,7 +252,7 @@ func (h *Handler) sendSmall(ctx context.Context, small []chunkTask) {
 	}
 	chunks := make([]delivery.Chunk, len(small))
 	for i, t := range small {
-		chunks[i] = delivery.Chunk{Notification: t.n, Targets: t.targets, Attempt: 1, Final: true}
+		chunks[i] = delivery.Chunk{Notification: t.n, Targets: t.targets, Attempt: 1, Final: true, Span: t.span}
 	}
 	sums, errs := h.deliverer.SendChunks(ctx, chunks)
 	for i, t := range small {

@@ -1,0 +1,68 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"notify/pkg/fcm"
+	"notify/pkg/tracing"
+)
+
+// Span names of the delivery work, each a child of the span of the task a chunk belongs
+// to (Chunk.Span).
+const (
+	// SpanMulticast is one FCM multicast (up to 500 tokens): notify.app, notify.tokens and
+	// the per-token outcome counts notify.delivered, notify.token_gone, notify.transient,
+	// notify.permanent.
+	SpanMulticast = "fcm.multicast"
+	// SpanHandOff is the publish of a chunk's retry task (its transient failures, to the
+	// wait level of their next attempt) and dead-letter task: the tasks carry its context,
+	// so the retrier's and the deadletter's spans are its children.
+	SpanHandOff = "delivery.hand_off"
+	// SpanRecord is the store of a chunk's outcomes (one transaction shared by the batch).
+	SpanRecord = "delivery.record"
+)
+
+// endMulticast records what a multicast came to on its span and ends it.
+func endMulticast(span trace.Span, app string, tokens int, results []fcm.Result, err error) {
+	if span.IsRecording() {
+		var delivered, gone, transient, permanent int
+		for _, r := range results {
+			switch {
+			case r.Err == nil:
+				delivered++
+			case errors.Is(r.Err, fcm.ErrTokenGone):
+				gone++
+			case errors.Is(r.Err, fcm.ErrTransient):
+				transient++
+			default:
+				permanent++
+			}
+		}
+		span.SetAttributes(
+			attribute.String("notify.app", app), attribute.Int("notify.tokens", tokens),
+			attribute.Int("notify.delivered", delivered), attribute.Int("notify.token_gone", gone),
+			attribute.Int("notify.transient", transient), attribute.Int("notify.permanent", permanent),
+		)
+	}
+	tracing.End(span, err)
+}
+
+// startHandOff starts chunk i's hand-off span, when the chunk is traced, records it in
+// spans (handOff ends them) and returns the context its tasks carry.
+func (d *Deliverer) startHandOff(ctx context.Context, ch Chunk, c classified, spans map[int]trace.Span, i int) context.Context {
+	if ch.Span == nil || !ch.Span.IsRecording() {
+		return ctx
+	}
+	hctx, span := tracing.Tracer().Start(trace.ContextWithSpan(ctx, ch.Span), SpanHandOff, trace.WithSpanKind(trace.SpanKindProducer))
+	span.SetAttributes(attribute.Int("notify.retry_tokens", len(c.retry)), attribute.Int("notify.dead_tokens", len(c.dead)),
+		attribute.Int("notify.next_attempt", ch.Attempt+1))
+	if len(c.dead) > 0 {
+		span.SetAttributes(attribute.String("notify.dead_reason", c.deadReason))
+	}
+	spans[i] = span
+	return hctx
+}
