@@ -80,3 +80,24 @@ func TestStartEach(t *testing.T) {
 		t.Errorf("b's load span %v, want one with b's error", s)
 	}
 }
+
+// BenchmarkOff is what tracing costs a task when it is off (the default): the spans one
+// sender task starts (task, load, multicast, record) and the traceparent Publish stores.
+//
+//	cd pkg && go test -run x -bench Off ./tracing/
+func BenchmarkOff(b *testing.B) {
+	otel.SetTracerProvider(noop.NewTracerProvider())
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		tctx, task := tracing.Tracer().Start(ctx, "task")
+		each := tracing.StartEach(ctx, "load", []trace.Span{task})
+		each.End(nil)
+		_, m := tracing.Tracer().Start(tracing.With(ctx, task), "multicast")
+		tracing.End(m, nil)
+		if tracing.Traceparent(tctx) != "" {
+			b.Fatal("a traceparent with tracing off")
+		}
+		tracing.End(task, nil)
+	}
+}
