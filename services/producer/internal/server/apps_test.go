@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
@@ -260,6 +261,13 @@ func TestDeviceIdentityPerApp(t *testing.T) {
 		if diff := cmp.Diff(tc.want, got, cmpSorted); diff != "" {
 			t.Errorf("ListDevices, %s (-want +got):\n%s", tc.name, diff)
 		}
+	}
+
+	// A page token of a producer from before 0015 (the device id alone) still pages.
+	old := cursor{at: time.Now().Add(time.Hour), id: "zzz"}.String()
+	resp, err := f.dev.ListDevices(ctx, &notifyv1.ListDevicesRequest{UserId: "u2", PageToken: old})
+	if err != nil || len(resp.GetDevices()) != 2 {
+		t.Errorf("ListDevices with a page token from before 0015 = %v, %v; want both devices of u2", resp, err)
 	}
 
 	// Unknown apps are INVALID_ARGUMENT (field app), other apps of a limited key

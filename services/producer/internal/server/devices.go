@@ -283,8 +283,8 @@ func (s *Devices) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequ
 	}
 	s.apps.check(&v, "app", req.GetApp())
 	after, paged, err := parseCursor(req.GetPageToken())
-	afterApp, afterDevice, found := strings.Cut(after.id, "/")
-	if err != nil || paged && !found {
+	afterApp, afterDevice, withApp := strings.Cut(after.id, "/")
+	if err != nil {
 		v.add("page_token", "is not a token from a previous response")
 	}
 	if len(v) > 0 {
@@ -305,7 +305,14 @@ func (s *Devices) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequ
 		where.add("active")
 	}
 	if paged {
-		where.add("(created_at, app, device_id) < (?, ?, ?)", after.at, afterApp, afterDevice)
+		if withApp {
+			where.add("(created_at, app, device_id) < (?, ?, ?)", after.at, afterApp, afterDevice)
+		} else {
+			// A token of a producer from before migration 0015 (a rolling upgrade): its id is
+			// the device id alone; only devices registered at the same instant may be
+			// listed twice or not at all across that one page.
+			where.add("(created_at, device_id) < (?, ?)", after.at, after.id)
+		}
 	}
 	limit := pageSize(req.GetPageSize(), 50, MaxListPageSize)
 	rows, err := s.pool.Query(ctx, `
