@@ -216,7 +216,13 @@ type row struct {
 // so their ids follow the order of its changes, and an event whose predecessor is held by
 // another relay (or was refused by the broker) waits for it to be published. Events of one
 // notification are therefore published one round after another, in order, however many
-// relays run; a round that published one wakes the relay for the next.
+// relays run; a round that published one wakes the relay for the next. That check is an
+// index probe on the notification (outbox_unpublished_notification), whatever the planner
+// believes: "p.id + 0" keeps it from reading p.id < o.id as a range of the primary key. It
+// did exactly that when the outbox's statistics were taken while it was empty (reltuples 0,
+// as after every drained backlog until autovacuum analyzes again): every event claimed
+// re-read every earlier row, live or dead, and claims on a 100,000-row backlog ran for the
+// whole 30 s round timeout (make bench: the stall after PublishBatch).
 //
 // The batch limit is a plain LIMIT $1 on each scan and on the whole: the scans are pulled
 // lazily, so the rows for now fill only what the scheduled rows left, and only the rows
@@ -235,7 +241,7 @@ WITH due AS (
 	WHERE published_at IS NULL AND due_at IS NULL
 	  AND (message_type <> '` + schema.StatusEventType + `' OR NOT EXISTS (
 		SELECT 1 FROM outbox p WHERE p.notification_id = o.notification_id AND p.published_at IS NULL
-		  AND p.message_type = '` + schema.StatusEventType + `' AND p.id < o.id))
+		  AND p.message_type = '` + schema.StatusEventType + `' AND p.id + 0 < o.id))
 	ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
 )
 SELECT * FROM due UNION ALL SELECT * FROM ready LIMIT $1`

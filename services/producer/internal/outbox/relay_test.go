@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"notify/pkg/pgtest"
 	"notify/pkg/rabbit"
 	"notify/pkg/rabbit/rabbittest"
+	"notify/pkg/schema"
 	"notify/pkg/testenv"
 )
 
@@ -270,4 +272,41 @@ func runRelay(t *testing.T, r *Relay) {
 			t.Errorf("Run: %v", err)
 		}
 	})
+}
+
+// TestClaimPlanProbesTheNotification: with statistics taken while the outbox was empty (as
+// after every drained backlog, until autovacuum analyzes again), the hold-back of status
+// events still probes the notification's rows instead of reading every earlier row.
+func TestClaimPlanProbesTheNotification(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	insertRows(t, db, 300)
+	for _, sql := range []string{"DELETE FROM outbox", "ANALYZE outbox"} {
+		if _, err := db.Pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A PublishBatch backlog: per transaction, 500 pending events, then their send tasks.
+	if _, err := db.Pool.Exec(ctx, `
+		WITH n AS (SELECT i, gen_random_uuid() AS id FROM generate_series(0, 49999) i)
+		INSERT INTO outbox (notification_id, routing_key, message_type, body)
+		SELECT id, k, t, '{}' FROM (
+			SELECT i / 500 AS b, 0 AS o, id, 'pending.t' AS k, '`+schema.StatusEventType+`' AS t FROM n
+			UNION ALL SELECT i / 500, 1, id, 'send', 'notify.bus.v1.SendTask' FROM n) r
+		ORDER BY b, o, id`); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.Pool.Query(ctx, "EXPLAIN "+claimSQL, 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := strings.Join(lines, "\n")
+	if !strings.Contains(plan, "Index Cond: (notification_id = o.notification_id)") || strings.Contains(plan, "Cond: (id < o.id)") {
+		t.Errorf("the claim's hold-back does not probe by notification:\n%s", plan)
+	}
 }
