@@ -88,8 +88,9 @@ func intAttr(s tracingtest.Span, key string) (int64, bool) {
 //	         └─ sender  delivery.record
 //
 // A notification that exhausts its attempts continues into the deadletter service
-// (deadletter.task under the last hand-off), and its replay is a new trace whose
-// producer.replay root links to the original one.
+// (deadletter.task under the last hand-off, with deadletter.store), its alert is a
+// deadletter.alert trace linked to it, and its replay is a new trace whose producer.replay
+// root links to the original one and goes on to outbox.relay and sender.task.
 func TestOneTraceFromPublishToFCM(t *testing.T) {
 	s := newStack(t)
 	collector := tracingtest.Start(t)
@@ -196,6 +197,20 @@ func TestOneTraceFromPublishToFCM(t *testing.T) {
 	})
 	task := one(tr.named("deadletter", "deadletter.task"), "deadletter.task")
 	one(tr.childrenOf(task, "deadletter", "deadletter.store"), "deadletter.store under deadletter.task")
+	// The alert (to the log: no Slack is set) is a trace of its own linked to the dead letter's.
+	waitFor(t, 30*time.Second, "a deadletter.alert span linked to the dead letter's trace", func() bool {
+		for _, sp := range collector.Spans() {
+			if sp.Service != "deadletter" || sp.Name != "deadletter.alert" || hex.EncodeToString(sp.TraceId) == deadTrace {
+				continue
+			}
+			for _, l := range sp.Links {
+				if hex.EncodeToString(l.TraceId) == deadTrace {
+					return true
+				}
+			}
+		}
+		return false
+	})
 
 	waitFor(t, 30*time.Second, "the notification to fail", func() bool {
 		got, err := admin.GetNotification(ctxT(t), &notifyv1.GetNotificationRequest{NotificationId: dead.GetNotificationId()})

@@ -649,7 +649,9 @@ func deadMessage(notificationID, reason string, failed []Outcome, attempts int) 
 // returns that, and the message is acked. When the publish fails it returns a rabbit.Reject
 // error instead, so the consumer rejects the message and the queue's own dead-letter route
 // takes it to the same place.
-func (d *Deliverer) DeadLetter(ctx context.Context, rd *rabbit.Delivery, reason, notificationID string, cause error) error {
+func (d *Deliverer) DeadLetter(ctx context.Context, rd *rabbit.Delivery, reason, notificationID string, cause error) (err error) {
+	ctx, span := tracing.Tracer().Start(ctx, SpanDeadLetter, trace.WithSpanKind(trace.SpanKindProducer))
+	defer func() { endDeadLetter(span, reason, err) }()
 	log := d.log.With("message_id", rd.MessageID, "queue", rd.Queue, "reason", reason)
 	if notificationID != "" {
 		log = log.With("notification_id", notificationID)

@@ -24,7 +24,17 @@ const (
 	SpanHandOff = "delivery.hand_off"
 	// SpanRecord is the store of a chunk's outcomes (one transaction shared by the batch).
 	SpanRecord = "delivery.record"
+	// SpanDeadLetter is the dead-lettering of a message the service cannot handle (not a
+	// task, or naming no notification), with notify.reason; the dead-letter task carries it.
+	SpanDeadLetter = "delivery.dead_letter"
 )
+
+func endDeadLetter(span trace.Span, reason string, err error) {
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("notify.reason", reason))
+	}
+	tracing.End(span, err)
+}
 
 // endMulticast records what a multicast came to on its span and ends it.
 func endMulticast(span trace.Span, app string, tokens int, results []fcm.Result, err error) {
