@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	notifyv1 "notify/proto/gen/notify/v1"
@@ -94,5 +97,70 @@ func TestScheduledAndCancelled(t *testing.T) {
 	_, err = notifications.Cancel(ctxT(t), &notifyv1.CancelRequest{NotificationId: scheduled})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("Cancel of a delivered notification: %v, want FAILED_PRECONDITION", err)
+	}
+}
+
+// TestCancelWhileRetrying: a notification whose one token was delivered and whose other
+// failed once and waits for its retry is cancelled before the retry fires. Cancel answers
+// 2 sent, 1 of them waiting; the notification ends CANCELLED with its counts adding up
+// (1 delivered, 1 cancelled, none retrying) and the waiting token's outcome CANCELLED; when
+// the retry comes due the retrier finds nothing to send, and the emulator never sees the
+// token a second time.
+func TestCancelWhileRetrying(t *testing.T) {
+	s := newStack(t)
+	s.start("fcm-emulator", nil)
+	s.start("producer", nil)
+	// A long first wait, so that Cancel comes before the retry however loaded the machine is.
+	retry := map[string]string{"RETRY_BASE_DELAY": "15s", "RETRY_MAX_DELAY": "30s"}
+	s.start("sender", retry)
+	retrier := s.start("retrier", retry)
+	notifications, devices, admin := s.clients()
+
+	// flaky1-: the emulator fails the token once, then would accept it.
+	for i, tok := range []string{"cancel-retry-ok", "flaky1-cancel-retry"} {
+		if _, err := devices.RegisterDevice(ctxT(t), &notifyv1.RegisterDeviceRequest{
+			UserId: "rita", DeviceId: fmt.Sprintf("rita-%d", i), Token: tok, Platform: notifyv1.Platform_PLATFORM_ANDROID,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := publishTo(t, notifications, "rita")
+	get := func(outcome notifyv1.DeliveryOutcome) *notifyv1.GetNotificationResponse {
+		t.Helper()
+		resp, err := admin.GetNotification(ctxT(t), &notifyv1.GetNotificationRequest{NotificationId: id, Outcome: outcome})
+		if err != nil {
+			t.Fatalf("GetNotification: %v", err)
+		}
+		return resp
+	}
+	waitFor(t, time.Minute, "the notification to wait for its retry", func() bool {
+		return get(0).GetNotification().GetStatus() == notifyv1.NotificationStatus_NOTIFICATION_STATUS_RETRYING
+	})
+	resp, err := notifications.Cancel(ctxT(t), &notifyv1.CancelRequest{NotificationId: id})
+	if err != nil || resp.GetSent() != 2 || resp.GetRetryCancelled() != 1 {
+		t.Fatalf("Cancel while retrying = %v, %v; want 2 sent, 1 of them waiting for a retry", resp, err)
+	}
+	got := get(notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_CANCELLED)
+	want := &notifyv1.DeliveryCounts{Total: 2, Delivered: 1, Cancelled: 1}
+	if n := got.GetNotification(); n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_CANCELLED ||
+		!proto.Equal(n.GetCounts(), want) {
+		t.Errorf("after Cancel: %v %v, want CANCELLED %v", n.GetStatus(), n.GetCounts(), want)
+	}
+	if d := got.GetDeliveries(); len(d) != 1 || d[0].GetToken() != "flaky1-cancel-retry" {
+		t.Errorf("cancelled deliveries %v, want the flaky token's", d)
+	}
+
+	// The retry comes due: the retrier takes the task, finds the token settled and sends
+	// nothing.
+	waitFor(t, time.Minute, "the retrier to take the retry task", func() bool {
+		_, body := retrier.get(t, "/metrics")
+		return strings.Contains(body, `notify_retry_tasks_total{result="duplicate"} 1`)
+	})
+	if got := s.emulatorMessages("flaky1-cancel-retry"); len(got) != 1 {
+		t.Errorf("the emulator received the waiting token %d times, want once (its first, failed, send)", len(got))
+	}
+	if n := get(0).GetNotification(); n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_CANCELLED ||
+		!proto.Equal(n.GetCounts(), want) {
+		t.Errorf("after the retry came due: %v %v, want still CANCELLED %v", n.GetStatus(), n.GetCounts(), want)
 	}
 }

@@ -152,14 +152,18 @@ type Summary struct {
 	// Status is the notification's status after a final chunk (see SendChunk); "" otherwise.
 	Status string
 	// Cancelled: the notification was cancelled before the chunk was sent, and nothing of
-	// it was sent or recorded.
+	// it was sent. A retry's targets were recorded cancelled (counted in CancelledTokens);
+	// the sender's were not recorded.
 	Cancelled bool
+	// CancelledTokens counts the targets of a retry recorded cancelled.
+	CancelledTokens int
 }
 
 // Add returns the sum of two summaries.
 func (s Summary) Add(o Summary) Summary {
 	return Summary{s.Delivered + o.Delivered, s.Invalid + o.Invalid, s.Retrying + o.Retrying, s.Failed + o.Failed,
-		s.Expired + o.Expired, s.Skipped + o.Skipped, cmp.Or(o.Status, s.Status), s.Cancelled || o.Cancelled}
+		s.Expired + o.Expired, s.Skipped + o.Skipped, cmp.Or(o.Status, s.Status), s.Cancelled || o.Cancelled,
+		s.CancelledTokens + o.CancelledTokens}
 }
 
 // Chunk is up to fcm.MaxMulticast targets of one notification to send as their Attempt-th
@@ -194,7 +198,10 @@ func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Ta
 // broker and the chunk is sent again; one chunk's failure never fails another's (when the
 // shared transaction fails, each chunk is recorded on its own). A chunk of a notification
 // cancelled meanwhile (checked for all the chunks in one round trip before anything is
-// sent) is neither sent nor recorded: its summary says Cancelled.
+// sent) is not sent, and its summary says Cancelled. The sender's chunk is not recorded
+// either (its tokens were never sent); a retry's (Attempt > 1) is recorded cancelled: its
+// tokens wait in 'retrying', which Cancel settles unless a send in flight when it
+// committed put them back, and nothing else would settle them.
 func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, []error) {
 	sums, errs := make([]Summary, len(chunks)), make([]error, len(chunks))
 	ids := make([]uuid.UUID, len(chunks))
@@ -222,6 +229,9 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 		switch remaining := time.Until(n.ExpiresAt); {
 		case cancelled[n.ID]:
 			sums[i].Cancelled = true
+			if ch.Attempt > 1 {
+				cs[i] = cancelledRetry(ch.Targets, ch.Attempt-1)
+			}
 		case len(ch.Targets) == 0:
 		case remaining <= 0:
 			cs[i] = expired(ch.Targets, ch.Attempt-1)
@@ -262,7 +272,7 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 	var recs []Record
 	var recorded []int
 	for i, ch := range chunks {
-		if errs[i] != nil || sums[i].Cancelled || len(cs[i].outcomes) == 0 && !ch.Final {
+		if errs[i] != nil || len(cs[i].outcomes) == 0 && (!ch.Final || sums[i].Cancelled) {
 			continue
 		}
 		recs = append(recs, Record{ID: ch.Notification.ID, Outcomes: cs[i].outcomes, Final: ch.Final})
@@ -279,6 +289,7 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 		if errs[i] = recErrs[k]; errs[i] != nil {
 			continue
 		}
+		cs[i].sum.Cancelled = sums[i].Cancelled
 		sums[i] = cs[i].sum
 		sums[i].Status = statuses[k]
 		app := chunks[i].Notification.app()
@@ -593,6 +604,18 @@ func expired(targets []Target, attempts int) classified {
 			ErrorMessage: "the notification's TTL passed before delivery"}
 	}
 	c.sum.Expired = len(targets)
+	return c
+}
+
+// cancelledRetry is what a retry's chunk comes to when its notification was cancelled:
+// every target recorded cancelled, never sent again.
+func cancelledRetry(targets []Target, attempts int) classified {
+	c := classified{outcomes: make([]Outcome, len(targets))}
+	for i, t := range targets {
+		c.outcomes[i] = Outcome{Target: t, Outcome: schema.OutcomeCancelled, Attempts: attempts,
+			ErrorMessage: "the notification was cancelled before this retry"}
+	}
+	c.sum.CancelledTokens = len(targets)
 	return c
 }
 

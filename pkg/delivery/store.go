@@ -334,7 +334,8 @@ WITH input AS (
 		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeRetrying + `'), 0) AS retrying,
 		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeFailed + `'), 0) AS failed,
 		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeExpired + `'), 0) AS expired,
-		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeSkippedPreference + `'), 0) AS skipped
+		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeSkippedPreference + `'), 0) AS skipped,
+		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeCancelled + `'), 0) AS cancelled
 	FROM (
 		SELECT notification_id AS id, outcome, 1 AS n FROM input
 		UNION ALL
@@ -347,13 +348,13 @@ WITH input AS (
 ), counted AS (
 	SELECT l.id, l.old_status, l.final, coalesce(d.total, 0) AS total, coalesce(d.delivered, 0) AS delivered,
 		coalesce(d.invalid, 0) AS invalid, coalesce(d.retrying, 0) AS retrying, coalesce(d.failed, 0) AS failed,
-		coalesce(d.expired, 0) AS expired, coalesce(d.skipped, 0) AS skipped
+		coalesce(d.expired, 0) AS expired, coalesce(d.skipped, 0) AS skipped, coalesce(d.cancelled, 0) AS cancelled
 	FROM locked l LEFT JOIN delta d USING (id)
 ), changed AS (
 	UPDATE notifications n SET
 		total = n.total + c.total, delivered = n.delivered + c.delivered, invalid = n.invalid + c.invalid,
 		retrying = n.retrying + c.retrying, failed = n.failed + c.failed, expired = n.expired + c.expired,
-		skipped = n.skipped + c.skipped,
+		skipped = n.skipped + c.skipped, cancelled = n.cancelled + c.cancelled,
 		status = CASE
 			WHEN NOT c.final AND n.status IN ('` + schema.StatusPending + `', '` + schema.StatusScheduled + `') THEN n.status
 			` + statusCases("n.", "c.") + ` END,

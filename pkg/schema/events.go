@@ -8,7 +8,7 @@ const StatusEventType = "notify.bus.v1.StatusEvent"
 
 // EventColumns are the columns of notifications (alias n) a status event is built from, in
 // the order StatusEventsSQL reads them.
-const EventColumns = "n.id, n.caller, n.type, n.app, n.status, n.total, n.delivered, n.invalid, n.retrying, n.failed, n.expired, n.skipped"
+const EventColumns = "n.id, n.caller, n.type, n.app, n.status, n.total, n.delivered, n.invalid, n.retrying, n.failed, n.expired, n.skipped, n.cancelled"
 
 // StatusEventsSQL returns the INSERT of one status event outbox row per row of changed, a
 // relation with EventColumns' columns (without the alias) as they are after the change.
@@ -20,7 +20,8 @@ func StatusEventsSQL(changed string) string {
 	SELECT c.id, c.status || '.' || c.type, '` + StatusEventType + `',
 		convert_to(json_build_object('notificationId', c.id, 'caller', c.caller, 'type', c.type, 'app', c.app, 'status', c.status,
 			'counts', json_build_object('total', c.total, 'delivered', c.delivered, 'invalid', c.invalid,
-				'retrying', c.retrying, 'failed', c.failed, 'expired', c.expired, 'skipped', c.skipped),
+				'retrying', c.retrying, 'failed', c.failed, 'expired', c.expired, 'skipped', c.skipped,
+				'cancelled', c.cancelled),
 			'time', now())::text, 'UTF8')
 	FROM ` + changed + ` c ORDER BY c.id`
 }

@@ -59,23 +59,28 @@ const (
 	// OutcomeSkippedPreference: not sent, the device's user muted the notification's type
 	// (preferences.muted_types). Counted in notifications.skipped.
 	OutcomeSkippedPreference = "skipped_preference"
+	// OutcomeCancelled: waited for a retry when the notification was cancelled, and was not
+	// sent again (NotificationService.Cancel settles it, or the retrier when its retry
+	// arrives). Counted in notifications.cancelled.
+	OutcomeCancelled = "cancelled"
 )
 
 // Outcomes lists every delivery outcome.
 var Outcomes = []string{OutcomePending, OutcomeDelivered, OutcomeInvalid, OutcomeRetrying, OutcomeFailed, OutcomeExpired,
-	OutcomeSkippedPreference}
+	OutcomeSkippedPreference, OutcomeCancelled}
 
 // FinalOutcomes is the SQL list of the outcomes no later attempt changes: delivered, found
-// invalid, expired, or skipped by a preference. The retrier sends a token only when its
-// outcome is not one of them.
-const FinalOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeExpired + `', '` + OutcomeSkippedPreference + `')`
+// invalid, expired, skipped by a preference, or cancelled. The retrier sends a token only
+// when its outcome is not one of them.
+const FinalOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeExpired + `', '` + OutcomeSkippedPreference +
+	`', '` + OutcomeCancelled + `')`
 
 // SettledOutcomes is the SQL list of delivery outcomes after which the sender does not send
 // a token of a notification again: the final ones, and handed to a retry (the retrier owns
 // it). Failed tokens are not in it: a replay sends them again. The sender's audience query
 // and the producer's replay count agree on it through Audience.
 const SettledOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeRetrying + `', '` + OutcomeExpired +
-	`', '` + OutcomeSkippedPreference + `')`
+	`', '` + OutcomeSkippedPreference + `', '` + OutcomeCancelled + `')`
 
 // Why a device was deactivated (devices.deactivation_reason) when FCM did not say: FCM's
 // own error codes (UNREGISTERED, …) are stored as they are.

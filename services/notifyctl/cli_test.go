@@ -259,7 +259,8 @@ func TestOutputFormats(t *testing.T) {
 		t.Fatalf("list -o json: %v\n%s", err, out)
 	}
 	n := listed.Notifications[0]
-	wantCounts := map[string]any{"total": 3.0, "delivered": 2.0, "failed": 1.0, "pending": 0.0, "invalid": 0.0, "retrying": 0.0, "expired": 0.0, "skipped": 0.0}
+	wantCounts := map[string]any{"total": 3.0, "delivered": 2.0, "failed": 1.0, "pending": 0.0, "invalid": 0.0, "retrying": 0.0, "expired": 0.0, "skipped": 0.0,
+		"cancelled": 0.0}
 	if diff := cmp.Diff(wantCounts, n.Counts); diff != "" {
 		t.Errorf("counts in JSON (-want +got), numbers and zeros too:\n%s", diff)
 	}

@@ -168,11 +168,12 @@ func parseAt(s string, now time.Time) (*timestamppb.Timestamp, error) {
 func (c *cli) cancelCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cancel ID",
-		Short: "Cancel a scheduled or pending notification",
-		Long: `Cancel a notification (NotificationService.Cancel) that is scheduled or still pending: it
-ends cancelled and no token not yet sent is sent. Prints how many tokens had already been sent
-(they keep their outcomes). A notification that is retrying or final cannot be cancelled (exit
-1); only the key that published it, or an admin key, may cancel it.`,
+		Short: "Cancel a scheduled, pending or retrying notification",
+		Long: `Cancel a notification (NotificationService.Cancel) that is scheduled, pending or retrying: it
+ends cancelled and no token not yet sent is sent, nor retried: tokens waiting for a retry end
+with outcome cancelled. Prints how many tokens had already been sent (delivered, invalid and
+failed ones keep their outcomes) and how many of them waited for a retry. A final notification
+cannot be cancelled (exit 1); only the key that published it, or an admin key, may cancel it.`,
 		Example: `  notifyctl cancel 0190a1b2-…`,
 		Args:    positional(1, "one notification ID"),
 	}
@@ -188,7 +189,8 @@ ends cancelled and no token not yet sent is sent. Prints how many tokens had alr
 			return err
 		}
 		return c.emit(resp, func() error {
-			fmt.Fprintf(c.out, "cancelled %s (%d tokens had been sent)\n", args[0], resp.GetSent())
+			fmt.Fprintf(c.out, "cancelled %s (%d tokens had been sent; %d of them waited for a retry, now cancelled)\n",
+				args[0], resp.GetSent(), resp.GetRetryCancelled())
 			return nil
 		})
 	})
@@ -260,9 +262,10 @@ func (c *cli) printNotification(resp *notifyv1.GetNotificationResponse) error {
 	if !c.noHeaders {
 		cnt := n.GetCounts()
 		fmt.Fprintf(c.out, "notification %s  type %s  app %s  caller %s  created %s\n", n.GetId(), n.GetType(), n.GetApp(), n.GetCaller(), stamp(n.GetCreateTime()))
-		fmt.Fprintf(c.out, "status %s  tokens %d: delivered %d, invalid %d, retrying %d, failed %d, expired %d, skipped %d, pending %d\n",
+		fmt.Fprintf(c.out, "status %s  tokens %d: delivered %d, invalid %d, retrying %d, failed %d, expired %d, skipped %d, "+
+			"cancelled %d, pending %d\n",
 			shortStatus(n.GetStatus()), cnt.GetTotal(), cnt.GetDelivered(), cnt.GetInvalid(), cnt.GetRetrying(),
-			cnt.GetFailed(), cnt.GetExpired(), cnt.GetSkipped(), cnt.GetPending())
+			cnt.GetFailed(), cnt.GetExpired(), cnt.GetSkipped(), cnt.GetCancelled(), cnt.GetPending())
 		if len(resp.GetDeliveries()) == 0 {
 			return nil
 		}

@@ -25,7 +25,7 @@ const (
 // NotificationStatus is where a notification is in its life.
 //
 // (SCHEDULED →) PENDING → (RETRYING) → DELIVERED | FAILED | EXPIRED, or CANCELLED from
-// SCHEDULED or PENDING.
+// SCHEDULED, PENDING or RETRYING.
 type NotificationStatus int32
 
 const (
@@ -120,6 +120,9 @@ const (
 	// Not sent: the device's user muted the notification's type (DeviceService.SetPreferences)
 	// and the notification did not set options.ignore_preferences.
 	DeliveryOutcome_DELIVERY_OUTCOME_SKIPPED_PREFERENCE DeliveryOutcome = 7
+	// Sent and failed transiently, then not sent again: the notification was cancelled
+	// while the token waited for its retry (NotificationService.Cancel).
+	DeliveryOutcome_DELIVERY_OUTCOME_CANCELLED DeliveryOutcome = 8
 )
 
 // Enum value maps for DeliveryOutcome.
@@ -133,6 +136,7 @@ var (
 		5: "DELIVERY_OUTCOME_FAILED",
 		6: "DELIVERY_OUTCOME_EXPIRED",
 		7: "DELIVERY_OUTCOME_SKIPPED_PREFERENCE",
+		8: "DELIVERY_OUTCOME_CANCELLED",
 	}
 	DeliveryOutcome_value = map[string]int32{
 		"DELIVERY_OUTCOME_UNSPECIFIED":        0,
@@ -143,6 +147,7 @@ var (
 		"DELIVERY_OUTCOME_FAILED":             5,
 		"DELIVERY_OUTCOME_EXPIRED":            6,
 		"DELIVERY_OUTCOME_SKIPPED_PREFERENCE": 7,
+		"DELIVERY_OUTCOME_CANCELLED":          8,
 	}
 )
 
@@ -489,7 +494,9 @@ type DeliveryCounts struct {
 	Expired int64 `protobuf:"varint,7,opt,name=expired,proto3" json:"expired,omitempty"`
 	// Not sent because the device's user muted the notification's type
 	// (DeviceService.SetPreferences).
-	Skipped       int64 `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	Skipped int64 `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// Waited for a retry when the notification was cancelled, and not sent again.
+	Cancelled     int64 `protobuf:"varint,59,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -576,6 +583,13 @@ func (x *DeliveryCounts) GetExpired() int64 {
 func (x *DeliveryCounts) GetSkipped() int64 {
 	if x != nil {
 		return x.Skipped
+	}
+	return 0
+}
+
+func (x *DeliveryCounts) GetCancelled() int64 {
+	if x != nil {
+		return x.Cancelled
 	}
 	return 0
 }
@@ -2105,7 +2119,7 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\tsend_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\bsendTime\x12;\n" +
 	"\vcancel_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"cancelTime\x12!\n" +
-	"\fcancelled_by\x18\x0f \x01(\tR\vcancelledBy\"\xe0\x01\n" +
+	"\fcancelled_by\x18\x0f \x01(\tR\vcancelledBy\"\xfe\x01\n" +
 	"\x0eDeliveryCounts\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\x03R\x05total\x12\x18\n" +
 	"\apending\x18\x02 \x01(\x03R\apending\x12\x1c\n" +
@@ -2114,7 +2128,8 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\bretrying\x18\x05 \x01(\x03R\bretrying\x12\x16\n" +
 	"\x06failed\x18\x06 \x01(\x03R\x06failed\x12\x18\n" +
 	"\aexpired\x18\a \x01(\x03R\aexpired\x12\x18\n" +
-	"\askipped\x18\b \x01(\x03R\askipped\"\xbb\x02\n" +
+	"\askipped\x18\b \x01(\x03R\askipped\x12\x1c\n" +
+	"\tcancelled\x18; \x01(\x03R\tcancelled\"\xbb\x02\n" +
 	"\bDelivery\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x17\n" +
@@ -2250,7 +2265,7 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\x1aNOTIFICATION_STATUS_FAILED\x10\x04\x12\x1f\n" +
 	"\x1bNOTIFICATION_STATUS_EXPIRED\x10\x05\x12!\n" +
 	"\x1dNOTIFICATION_STATUS_SCHEDULED\x10\x06\x12!\n" +
-	"\x1dNOTIFICATION_STATUS_CANCELLED\x10\a*\x92\x02\n" +
+	"\x1dNOTIFICATION_STATUS_CANCELLED\x10\a*\xb2\x02\n" +
 	"\x0fDeliveryOutcome\x12 \n" +
 	"\x1cDELIVERY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18DELIVERY_OUTCOME_PENDING\x10\x01\x12\x1e\n" +
@@ -2259,7 +2274,8 @@ const file_notify_v1_admin_proto_rawDesc = "" +
 	"\x19DELIVERY_OUTCOME_RETRYING\x10\x04\x12\x1b\n" +
 	"\x17DELIVERY_OUTCOME_FAILED\x10\x05\x12\x1c\n" +
 	"\x18DELIVERY_OUTCOME_EXPIRED\x10\x06\x12'\n" +
-	"#DELIVERY_OUTCOME_SKIPPED_PREFERENCE\x10\a*\x80\x02\n" +
+	"#DELIVERY_OUTCOME_SKIPPED_PREFERENCE\x10\a\x12\x1e\n" +
+	"\x1aDELIVERY_OUTCOME_CANCELLED\x10\b*\x80\x02\n" +
 	"\rReplayOutcome\x12\x1e\n" +
 	"\x1aREPLAY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17REPLAY_OUTCOME_REPLAYED\x10\x01\x12$\n" +

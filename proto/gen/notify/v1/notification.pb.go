@@ -1302,12 +1302,15 @@ func (x *CancelRequest) GetNotificationId() string {
 // CancelResponse says what was stopped.
 type CancelResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Tokens that had already been sent to FCM when the cancel committed (their outcomes
-	// stand: delivered, invalid, retrying or failed). 0 for a notification that was still
-	// SCHEDULED.
-	Sent          int64 `protobuf:"varint,1,opt,name=sent,proto3" json:"sent,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Tokens that had already been sent to FCM when the cancel committed: delivered, found
+	// invalid, dead-lettered, or failed transiently and waiting for a retry (those are not
+	// retried: see retry_cancelled). 0 for a notification that was still SCHEDULED.
+	Sent int64 `protobuf:"varint,1,opt,name=sent,proto3" json:"sent,omitempty"`
+	// Of sent, the tokens that waited for a retry: they end with outcome CANCELLED and are
+	// not sent again.
+	RetryCancelled int64 `protobuf:"varint,2,opt,name=retry_cancelled,json=retryCancelled,proto3" json:"retry_cancelled,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CancelResponse) Reset() {
@@ -1343,6 +1346,13 @@ func (*CancelResponse) Descriptor() ([]byte, []int) {
 func (x *CancelResponse) GetSent() int64 {
 	if x != nil {
 		return x.Sent
+	}
+	return 0
+}
+
+func (x *CancelResponse) GetRetryCancelled() int64 {
+	if x != nil {
+		return x.RetryCancelled
 	}
 	return 0
 }
@@ -1426,9 +1436,10 @@ const file_notify_v1_notification_proto_rawDesc = "" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"8\n" +
 	"\rCancelRequest\x12'\n" +
-	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\"$\n" +
+	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\"M\n" +
 	"\x0eCancelResponse\x12\x12\n" +
-	"\x04sent\x18\x01 \x01(\x03R\x04sent*\x95\x01\n" +
+	"\x04sent\x18\x01 \x01(\x03R\x04sent\x12'\n" +
+	"\x0fretry_cancelled\x18\x02 \x01(\x03R\x0eretryCancelled*\x95\x01\n" +
 	"\x11AndroidVisibility\x12\"\n" +
 	"\x1eANDROID_VISIBILITY_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aANDROID_VISIBILITY_PRIVATE\x10\x01\x12\x1d\n" +

@@ -42,14 +42,17 @@ type NotificationServiceClient interface {
 	// original notification's id with duplicate=true and sends nothing again, however much
 	// later it arrives.
 	Publish(ctx context.Context, in *PublishRequest, opts ...grpc.CallOption) (*PublishResponse, error)
-	// Cancel stops a notification that is SCHEDULED or PENDING: its status becomes CANCELLED
-	// (final) and no token that was not sent yet is sent; the sender checks before every
-	// chunk of up to 500 tokens, so a chunk already handed to FCM when Cancel commits still
-	// completes. Tokens already sent keep their outcomes, and the response says how many
-	// there were. Only the API key that published the notification, or an admin key, may
-	// cancel it (PERMISSION_DENIED otherwise); an unknown id is NOT_FOUND; a notification
-	// that is RETRYING or final (DELIVERED, FAILED, EXPIRED, CANCELLED) is
-	// FAILED_PRECONDITION and nothing changes.
+	// Cancel stops a notification that is SCHEDULED, PENDING or RETRYING: its status becomes
+	// CANCELLED (final) and no token that was not sent yet is sent; the sender and the
+	// retrier check before every chunk of up to 500 tokens, so a chunk already handed to FCM
+	// when Cancel commits still completes. Tokens already sent keep their outcomes
+	// (delivered, invalid, failed), and the response says how many were sent. Tokens that
+	// failed transiently and wait for a retry are not sent again: they end with outcome
+	// CANCELLED at once (counted in counts.cancelled), so nothing of a cancelled
+	// notification stays RETRYING. Only the API key that published the notification, or an
+	// admin key, may cancel it (PERMISSION_DENIED otherwise); an unknown id is NOT_FOUND; a
+	// final notification (DELIVERED, FAILED, EXPIRED, CANCELLED) is FAILED_PRECONDITION and
+	// nothing changes.
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
 	// PublishBatch accepts up to 500 notifications in one call and answers one result per
 	// request, in the order of the requests.
@@ -125,14 +128,17 @@ type NotificationServiceServer interface {
 	// original notification's id with duplicate=true and sends nothing again, however much
 	// later it arrives.
 	Publish(context.Context, *PublishRequest) (*PublishResponse, error)
-	// Cancel stops a notification that is SCHEDULED or PENDING: its status becomes CANCELLED
-	// (final) and no token that was not sent yet is sent; the sender checks before every
-	// chunk of up to 500 tokens, so a chunk already handed to FCM when Cancel commits still
-	// completes. Tokens already sent keep their outcomes, and the response says how many
-	// there were. Only the API key that published the notification, or an admin key, may
-	// cancel it (PERMISSION_DENIED otherwise); an unknown id is NOT_FOUND; a notification
-	// that is RETRYING or final (DELIVERED, FAILED, EXPIRED, CANCELLED) is
-	// FAILED_PRECONDITION and nothing changes.
+	// Cancel stops a notification that is SCHEDULED, PENDING or RETRYING: its status becomes
+	// CANCELLED (final) and no token that was not sent yet is sent; the sender and the
+	// retrier check before every chunk of up to 500 tokens, so a chunk already handed to FCM
+	// when Cancel commits still completes. Tokens already sent keep their outcomes
+	// (delivered, invalid, failed), and the response says how many were sent. Tokens that
+	// failed transiently and wait for a retry are not sent again: they end with outcome
+	// CANCELLED at once (counted in counts.cancelled), so nothing of a cancelled
+	// notification stays RETRYING. Only the API key that published the notification, or an
+	// admin key, may cancel it (PERMISSION_DENIED otherwise); an unknown id is NOT_FOUND; a
+	// final notification (DELIVERED, FAILED, EXPIRED, CANCELLED) is FAILED_PRECONDITION and
+	// nothing changes.
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
 	// PublishBatch accepts up to 500 notifications in one call and answers one result per
 	// request, in the order of the requests.

@@ -64,6 +64,7 @@ var (
 		schema.OutcomeFailed:            notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_FAILED,
 		schema.OutcomeExpired:           notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_EXPIRED,
 		schema.OutcomeSkippedPreference: notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_SKIPPED_PREFERENCE,
+		schema.OutcomeCancelled:         notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_CANCELLED,
 	}
 )
 
@@ -123,10 +124,10 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	)
 	err = a.pool.QueryRow(ctx, `
 		SELECT caller, idempotency_key, type, status, request, created_at, updated_at, expires_at,
-			total, delivered, invalid, retrying, failed, expired, skipped, replay_count,
+			total, delivered, invalid, retrying, failed, expired, skipped, cancelled, replay_count,
 			send_at, cancelled_at, coalesce(cancelled_by, ''), app
 		FROM notifications WHERE id = $1`, id).Scan(&caller, &key, &typ, &st, &request, &created, &updated, &ex,
-		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &n.ReplayCount,
+		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &c.Cancelled, &n.ReplayCount,
 		&sendAt, &cancelledAt, &n.CancelledBy, &n.App)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, status.Errorf(codes.NotFound, "notification %s not found", id)
@@ -138,7 +139,7 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	if key != nil {
 		n.IdempotencyKey = *key
 	}
-	c.Pending = max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired-c.Skipped)
+	c.Pending = max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired-c.Skipped-c.Cancelled)
 	n.CreateTime, n.UpdateTime, n.ExpireTime = timestamppb.New(created), timestamppb.New(updated), timestamppb.New(ex)
 	n.SendTime, n.CancelTime = optionalTime(sendAt), optionalTime(cancelledAt)
 	if n.Request, err = schema.DecodeRequest(request); err != nil {

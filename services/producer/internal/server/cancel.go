@@ -24,13 +24,29 @@ var (
 // writes and the relay's "scheduled → pending" wait for the cancel, and then see it.
 const cancelSQL = `SELECT caller, status, delivered + invalid + retrying + failed FROM notifications WHERE id = $1 FOR UPDATE`
 
+// cancelRetriesSQL settles the tokens of notification $1 that wait for a retry as
+// cancelled (their retry task, when it arrives, finds nothing to send) and moves the counts
+// with them, before the status change, so that the CANCELLED event has the final counts.
+// The partial index deliveries_notification_undelivered serves the UPDATE.
+const cancelRetriesSQL = `
+WITH moved AS (
+	UPDATE deliveries SET outcome = '` + schema.OutcomeCancelled + `', updated_at = now()
+	WHERE notification_id = $1 AND outcome = '` + schema.OutcomeRetrying + `'
+	RETURNING 1
+)
+UPDATE notifications SET retrying = retrying - (SELECT count(*) FROM moved), cancelled = cancelled + (SELECT count(*) FROM moved)
+WHERE id = $1
+RETURNING (SELECT count(*) FROM moved)`
+
 // cancelSetSQL cancels notification $1 for caller $2, with its status event.
 var cancelSetSQL = schema.ChangeStatusSQL("'"+schema.StatusCancelled+"'",
 	", cancelled_at = now(), cancelled_by = $2, updated_at = now()", "n.id = $1")
 
-// Cancel stops a scheduled or pending notification (see the proto). In one transaction it
-// sets the status CANCELLED and deletes the scheduled send task if no relay holds it; a
-// task that is relayed anyway finds the notification final and is acknowledged unsent.
+// Cancel stops a scheduled, pending or retrying notification (see the proto). In one
+// transaction it settles the tokens waiting for a retry as cancelled, sets the status
+// CANCELLED and deletes the scheduled send task if no relay holds it; a task that is
+// relayed anyway finds the notification final and is acknowledged unsent, and a retry task
+// finds its tokens settled.
 func (s *Notifications) Cancel(ctx context.Context, req *notifyv1.CancelRequest) (*notifyv1.CancelResponse, error) {
 	id, err := uuid.Parse(req.GetNotificationId())
 	if err != nil {
@@ -40,8 +56,8 @@ func (s *Notifications) Cancel(ctx context.Context, req *notifyv1.CancelRequest)
 	}
 	caller := Caller(ctx)
 	var (
-		owner, st string
-		sent      int64
+		owner, st      string
+		sent, retrying int64
 	)
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, cancelSQL, id).Scan(&owner, &st, &sent)
@@ -54,8 +70,11 @@ func (s *Notifications) Cancel(ctx context.Context, req *notifyv1.CancelRequest)
 		if owner != caller && !IsAdmin(ctx) {
 			return errPermissionDenied
 		}
-		if st != schema.StatusScheduled && st != schema.StatusPending {
+		if st != schema.StatusScheduled && !schema.InFlight(st) {
 			return errNotCancellable
+		}
+		if err := tx.QueryRow(ctx, cancelRetriesSQL, id).Scan(&retrying); err != nil {
+			return fmt.Errorf("cancel retries: %w", err)
 		}
 		if _, err := tx.Exec(ctx, cancelSetSQL, id, caller); err != nil {
 			return fmt.Errorf("cancel: %w", err)
@@ -74,10 +93,11 @@ func (s *Notifications) Cancel(ctx context.Context, req *notifyv1.CancelRequest)
 		return nil, status.Errorf(codes.NotFound, "notification %s not found", id)
 	case errors.Is(err, errNotCancellable):
 		return nil, status.Errorf(codes.FailedPrecondition,
-			"notification %s is %s; only a scheduled or pending notification can be cancelled", id, st)
+			"notification %s is %s; only a scheduled, pending or retrying notification can be cancelled", id, st)
 	case err != nil:
 		return nil, toStatus(ctx, s.log, "cancel notification", err, "notification_id", id, "caller", caller)
 	}
-	s.log.InfoContext(ctx, "notification cancelled", "notification_id", id, "caller", caller, "was", st, "sent", sent)
-	return &notifyv1.CancelResponse{Sent: sent}, nil
+	s.log.InfoContext(ctx, "notification cancelled", "notification_id", id, "caller", caller, "was", st, "sent", sent,
+		"retry_cancelled", retrying)
+	return &notifyv1.CancelResponse{Sent: sent, RetryCancelled: retrying}, nil
 }

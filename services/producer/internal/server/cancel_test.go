@@ -8,10 +8,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"notify/pkg/schema"
+	busv1 "notify/proto/gen/notify/bus/v1"
 	notifyv1 "notify/proto/gen/notify/v1"
 	"notify/services/producer/internal/apikey"
 )
@@ -143,12 +146,46 @@ func TestCancel(t *testing.T) {
 	}
 
 	// Pending, part sent: an admin may cancel another caller's notification; the response
-	// counts what was sent.
+	// counts what was sent, and the token waiting for a retry ends cancelled.
 	pending := publish(time.Time{})
 	f.settle(t, pending, schema.StatusPending, map[string]string{"a": schema.OutcomeDelivered, "b": schema.OutcomeRetrying})
 	resp, err = cancel(admin, pending)
-	if err != nil || resp.GetSent() != 2 {
-		t.Errorf("admin's Cancel of a pending notification = %v, %v; want 2 sent", resp, err)
+	if err != nil || resp.GetSent() != 2 || resp.GetRetryCancelled() != 1 {
+		t.Errorf("admin's Cancel of a pending notification = %v, %v; want 2 sent, 1 of them waiting for a retry", resp, err)
+	}
+
+	// Retrying: cancelled too; the tokens waiting for a retry end cancelled in the same
+	// transaction, so the counts add up, nothing stays retrying, and the CANCELLED status
+	// event carries those final counts.
+	retrying := publish(time.Time{})
+	f.settle(t, retrying, schema.StatusRetrying, map[string]string{"a": schema.OutcomeDelivered, "b": schema.OutcomeRetrying,
+		"c": schema.OutcomeRetrying, "d": schema.OutcomeFailed})
+	resp, err = cancel(orders, retrying)
+	if err != nil || resp.GetSent() != 4 || resp.GetRetryCancelled() != 2 {
+		t.Fatalf("Cancel of a retrying notification = %v, %v; want 4 sent, 2 of them waiting for a retry", resp, err)
+	}
+	got, err = f.admin.GetNotification(ctxOps, &notifyv1.GetNotificationRequest{NotificationId: retrying,
+		Outcome: notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_CANCELLED})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &notifyv1.DeliveryCounts{Total: 4, Delivered: 1, Failed: 1, Cancelled: 2}
+	if n := got.GetNotification(); n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_CANCELLED ||
+		!proto.Equal(n.GetCounts(), want) || len(got.GetDeliveries()) != 2 {
+		t.Errorf("after Cancel of a retrying notification: %v %v, %d cancelled deliveries; want CANCELLED %v, b and c cancelled",
+			n.GetStatus(), n.GetCounts(), len(got.GetDeliveries()), want)
+	}
+	var event []byte
+	if err := f.db.Pool.QueryRow(context.Background(), `SELECT body FROM outbox WHERE notification_id = $1
+		AND message_type = 'notify.bus.v1.StatusEvent' AND routing_key LIKE 'cancelled.%'`, retrying).Scan(&event); err != nil {
+		t.Fatalf("the CANCELLED status event: %v", err)
+	}
+	var ev busv1.StatusEvent
+	if err := protojson.Unmarshal(event, &ev); err != nil {
+		t.Fatalf("CANCELLED event %s: %v", event, err)
+	}
+	if c := ev.GetCounts(); c.GetRetrying() != 0 || c.GetCancelled() != 2 || c.GetTotal() != 4 {
+		t.Errorf("CANCELLED event counts %v, want 4 tokens, none retrying, 2 cancelled", c)
 	}
 
 	delivered := publish(time.Time{})

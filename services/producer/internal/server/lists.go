@@ -170,7 +170,7 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 	limit := pageSize(req.GetPageSize(), 50, MaxListPageSize)
 	rows, err := a.pool.Query(ctx, `
 		SELECT id, caller, coalesce(idempotency_key, ''), type, status, created_at, updated_at, expires_at,
-			total, delivered, invalid, retrying, failed, expired, skipped, replay_count,
+			total, delivered, invalid, retrying, failed, expired, skipped, cancelled, replay_count,
 			send_at, cancelled_at, coalesce(cancelled_by, ''), app
 		FROM notifications`+where.where()+`
 		ORDER BY created_at DESC, id DESC LIMIT `+where.next(limit+1), where.args...)
@@ -187,14 +187,14 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 		sendAt, cancelledAt  *time.Time
 	)
 	_, err = pgx.ForEachRow(rows, []any{&id, &n.Caller, &n.IdempotencyKey, &n.Type, &st, &created, &updated, &ex,
-		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &n.ReplayCount,
+		&c.Total, &c.Delivered, &c.Invalid, &c.Retrying, &c.Failed, &c.Expired, &c.Skipped, &c.Cancelled, &n.ReplayCount,
 		&sendAt, &cancelledAt, &n.CancelledBy, &n.App}, func() error {
 		list = append(list, &notifyv1.Notification{
 			Id: id.String(), Caller: n.Caller, IdempotencyKey: n.IdempotencyKey, Type: n.Type, Status: statusNames[st],
 			Counts: &notifyv1.DeliveryCounts{
 				Total: c.Total, Delivered: c.Delivered, Invalid: c.Invalid, Retrying: c.Retrying, Failed: c.Failed,
-				Expired: c.Expired, Skipped: c.Skipped,
-				Pending: max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired-c.Skipped),
+				Expired: c.Expired, Skipped: c.Skipped, Cancelled: c.Cancelled,
+				Pending: max(0, c.Total-c.Delivered-c.Invalid-c.Retrying-c.Failed-c.Expired-c.Skipped-c.Cancelled),
 			},
 			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), ExpireTime: timestamppb.New(ex),
 			ReplayCount: n.ReplayCount, SendTime: optionalTime(sendAt), CancelTime: optionalTime(cancelledAt),

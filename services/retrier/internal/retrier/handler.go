@@ -38,7 +38,7 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 		}, []string{"result"}),
 	}
 	reg.MustRegister(h.tasks)
-	for _, r := range []string{"sent", "duplicate", "dead_lettered", string(rabbit.Requeued), string(rabbit.Rejected)} {
+	for _, r := range []string{"sent", "duplicate", "cancelled", "dead_lettered", string(rabbit.Requeued), string(rabbit.Rejected)} {
 		h.tasks.WithLabelValues(r)
 	}
 	return h
@@ -46,9 +46,10 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 
 // HandleBatch processes a batch of RetryTasks (a rabbit.BatchHandler) and returns how the
 // consumer settles each delivery: nil (ack) once every token is settled, or there was
-// nothing left to send (a repeated task), or what is not a RetryTask for a known
-// notification was dead-lettered; Requeue on database or broker failures; Reject when even
-// the dead-lettering failed.
+// nothing left to send (a repeated task, or one whose tokens Cancel settled), or its
+// notification was cancelled (its tokens are recorded cancelled, not sent), or what is
+// not a RetryTask for a known notification was dead-lettered; Requeue on database or
+// broker failures; Reject when even the dead-lettering failed.
 //
 // The batch's notifications are loaded in one round trip, the tokens still to send of
 // every task read in another, and the tasks sent together through one
@@ -181,7 +182,7 @@ func (h *Handler) send(ctx context.Context, tasks []*retryTask) {
 		}
 		sum := sums[i]
 		if sum.Cancelled {
-			t.log.Info("notification cancelled; retry not sent", "tokens", len(chunks[i].Targets))
+			t.log.Info("notification cancelled; retry not sent, its tokens recorded cancelled", "tokens", sum.CancelledTokens)
 			t.finish("cancelled", nil)
 			continue
 		}

@@ -84,6 +84,7 @@ func TestHandle(t *testing.T) {
 		name      string
 		expiresIn time.Duration
 		settled   []string // tokens already delivered before the task arrives
+		cancelled string   // the notification was cancelled; every token's outcome before the task arrives
 		unknown   bool     // the task names a notification that does not exist
 		headers   map[string]any
 		body      func(id string) []byte
@@ -132,6 +133,18 @@ func TestHandle(t *testing.T) {
 			want:   want{settlement: rabbit.Rejected, result: "rejected"},
 		},
 		{
+			name: "a cancelled notification's retrying tokens end cancelled, unsent", expiresIn: time.Hour,
+			cancelled: "retrying", body: task(tokens, 2),
+			want: want{settlement: rabbit.Acked, result: "cancelled",
+				outcomes: []outcome{{"tok-a", "cancelled", 1}, {"tok-b", "cancelled", 1}}},
+		},
+		{
+			name: "tokens Cancel settled are acked without sending", expiresIn: time.Hour,
+			cancelled: "cancelled", body: task(tokens, 2),
+			want: want{settlement: rabbit.Acked, result: "duplicate",
+				outcomes: []outcome{{"tok-a", "cancelled", 1}, {"tok-b", "cancelled", 1}}},
+		},
+		{
 			name: "past the TTL the tokens end expired, unsent", expiresIn: -time.Minute, body: task(tokens, 4),
 			want: want{settlement: rabbit.Acked, result: "sent",
 				outcomes: []outcome{{"tok-a", "expired", 3}, {"tok-b", "expired", 3}}},
@@ -152,6 +165,15 @@ func TestHandle(t *testing.T) {
 			for _, tok := range tt.settled {
 				if _, err := db.Pool.Exec(ctx, `INSERT INTO deliveries (notification_id, token, outcome, attempts)
 					VALUES ($1, $2, 'delivered', 1)`, id, tok); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.cancelled != "" {
+				if _, err := db.Pool.Exec(ctx, `WITH d AS (INSERT INTO deliveries (notification_id, token, outcome, attempts)
+					SELECT $1, t, $2, 1 FROM unnest($3::text[]) AS t)
+					UPDATE notifications SET status = 'cancelled', total = 2,
+						retrying = CASE WHEN $2 = 'retrying' THEN 2 ELSE 0 END, cancelled = CASE WHEN $2 = 'cancelled' THEN 2 ELSE 0 END
+					WHERE id = $1`, id, tt.cancelled, tokens); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -413,7 +413,9 @@ type StatusCounts struct {
 	// Expired.
 	Expired int64 `protobuf:"varint,6,opt,name=expired,proto3" json:"expired,omitempty"`
 	// Skipped: the user muted the notification's type.
-	Skipped       int64 `protobuf:"varint,7,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	Skipped int64 `protobuf:"varint,7,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	// Waited for a retry when the notification was cancelled, and not sent again.
+	Cancelled     int64 `protobuf:"varint,58,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -497,6 +499,13 @@ func (x *StatusCounts) GetSkipped() int64 {
 	return 0
 }
 
+func (x *StatusCounts) GetCancelled() int64 {
+	if x != nil {
+		return x.Cancelled
+	}
+	return 0
+}
+
 var File_notify_bus_v1_bus_proto protoreflect.FileDescriptor
 
 const file_notify_bus_v1_bus_proto_rawDesc = "" +
@@ -529,7 +538,7 @@ const file_notify_bus_v1_bus_proto_rawDesc = "" +
 	"\x03app\x18\x04 \x01(\tR\x03app\x12\x16\n" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x123\n" +
 	"\x06counts\x18\x06 \x01(\v2\x1b.notify.bus.v1.StatusCountsR\x06counts\x12.\n" +
-	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xc4\x01\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xe2\x01\n" +
 	"\fStatusCounts\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\x03R\x05total\x12\x1c\n" +
 	"\tdelivered\x18\x02 \x01(\x03R\tdelivered\x12\x18\n" +
@@ -537,7 +546,8 @@ const file_notify_bus_v1_bus_proto_rawDesc = "" +
 	"\bretrying\x18\x04 \x01(\x03R\bretrying\x12\x16\n" +
 	"\x06failed\x18\x05 \x01(\x03R\x06failed\x12\x18\n" +
 	"\aexpired\x18\x06 \x01(\x03R\aexpired\x12\x18\n" +
-	"\askipped\x18\a \x01(\x03R\askippedB&Z$notify/proto/gen/notify/bus/v1;busv1b\x06proto3"
+	"\askipped\x18\a \x01(\x03R\askipped\x12\x1c\n" +
+	"\tcancelled\x18: \x01(\x03R\tcancelledB&Z$notify/proto/gen/notify/bus/v1;busv1b\x06proto3"
 
 var (
 	file_notify_bus_v1_bus_proto_rawDescOnce sync.Once
