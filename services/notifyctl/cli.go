@@ -247,11 +247,13 @@ func (c *cli) callCtx(ctx context.Context) (context.Context, context.CancelFunc)
 // with what they are for the message.
 func positional(n int, what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
+		// The message is printed after "notifyctl: ": the path without the root's name.
+		path := strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
 		switch {
 		case n == 0 && len(args) > 0:
-			return usagef("%s takes no arguments (got %q)", cmd.CommandPath(), strings.Join(args, " "))
+			return usagef("%s takes no arguments (got %q)", path, strings.Join(args, " "))
 		case n > 0 && len(args) != n, n < 0 && len(args) == 0:
-			return usagef("%s: give %s", cmd.CommandPath(), what)
+			return usagef("%s: give %s", path, what)
 		}
 		return nil
 	}
