@@ -5,6 +5,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -53,6 +54,11 @@ type Program struct {
 	// (pkg/tracing, off unless OTEL_TRACES_EXPORTER=otlp) under service.name Name, flushed
 	// when Serve returns; --help lists those variables too.
 	Traced bool
+	// HealthVar names the variable holding the address whose /readyz `healthcheck` asks
+	// (METRICS_ADDR when empty) and HealthDefault is the service's default for it, so that
+	// with neither the argument nor the variable the check finds the service where it
+	// listens by default.
+	HealthVar, HealthDefault string
 }
 
 // Main runs the program with args (os.Args[1:]) and returns its exit code.
@@ -127,12 +133,12 @@ func (p Program) healthcheck(ctx context.Context, args []string, stdout, stderr 
 	if len(args) > 1 {
 		return p.refuse(stderr, "healthcheck takes at most one argument, HOST:PORT")
 	}
-	addr, from := os.Getenv("METRICS_ADDR"), "METRICS_ADDR"
+	addr, from := cmp.Or(os.Getenv(p.healthVar()), p.HealthDefault), p.healthVar()
 	if len(args) == 1 {
 		addr, from = args[0], "the argument"
 	}
 	if addr == "" {
-		return p.refuse(stderr, "healthcheck: METRICS_ADDR is not set; give the address: %s healthcheck HOST:PORT", p.Name)
+		return p.refuse(stderr, "healthcheck: %s is not set; give the address: %s healthcheck HOST:PORT", p.healthVar(), p.Name)
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -163,6 +169,8 @@ func (p Program) healthcheck(ctx context.Context, args []string, stdout, stderr 
 	return ExitOK
 }
 
+func (p Program) healthVar() string { return cmp.Or(p.HealthVar, "METRICS_ADDR") }
+
 func (p Program) refuse(stderr io.Writer, format string, args ...any) int {
 	fmt.Fprintf(stderr, "%s: %s\n\n", p.Name, fmt.Sprintf(format, args...))
 	p.usage(stderr)
@@ -176,7 +184,7 @@ func (p Program) usage(w io.Writer) {
 	for _, c := range p.Commands {
 		fmt.Fprintf(tw, "  %s\t%s\n", strings.TrimSpace(p.Name+" "+c.Name+" "+c.Args), c.Summary)
 	}
-	fmt.Fprintf(tw, "  %s healthcheck [HOST:PORT]\texit 0 if the service running at METRICS_ADDR (or HOST:PORT) answers /readyz with 200\n", p.Name)
+	fmt.Fprintf(tw, "  %s healthcheck [HOST:PORT]\texit 0 if the service running at %s (or HOST:PORT) answers /readyz with 200\n", p.Name, p.healthVar())
 	fmt.Fprintf(tw, "  %s --version\tprint the version and exit\n", p.Name)
 	fmt.Fprintf(tw, "  %s --help\tprint this help and exit\n", p.Name)
 	_ = tw.Flush()

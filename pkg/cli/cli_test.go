@@ -145,6 +145,62 @@ func TestHealthcheck(t *testing.T) {
 	}
 }
 
+// TestHealthcheckFindsTheServiceWithoutSettings: with no argument, healthcheck asks the
+// address in the program's variable, else the service's default address (`sender
+// healthcheck` on a machine running `make run` used to exit 2, "METRICS_ADDR is not set";
+// `fcm-emulator healthcheck` read METRICS_ADDR, which the emulator does not use). Not
+// parallel: it sets the variables.
+func TestHealthcheckFindsTheServiceWithoutSettings(t *testing.T) {
+	ready := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	}))
+	t.Cleanup(ready.Close)
+	addr := ready.Listener.Addr().String()
+	tests := []struct {
+		name       string
+		program    cli.Program
+		env        map[string]string
+		wantCode   int
+		wantStderr string
+	}{
+		{"the default address", cli.Program{HealthDefault: addr}, nil, 0, ""},
+		{"METRICS_ADDR wins over the default", cli.Program{HealthDefault: "127.0.0.1:1"}, map[string]string{"METRICS_ADDR": addr}, 0, ""},
+		{"the program's own variable", cli.Program{HealthVar: "DEMO_ADDR", HealthDefault: "127.0.0.1:1"},
+			map[string]string{"DEMO_ADDR": addr, "METRICS_ADDR": "127.0.0.1:1"}, 0, ""},
+		{"no address at all", cli.Program{}, nil, 2, "healthcheck: METRICS_ADDR is not set"},
+		{"a bad variable is named", cli.Program{HealthVar: "DEMO_ADDR"}, map[string]string{"DEMO_ADDR": "nope"}, 2, `healthcheck: DEMO_ADDR "nope"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("METRICS_ADDR", "")
+			t.Setenv("DEMO_ADDR", "")
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			p := tt.program
+			p.Name, p.Summary = "demo", "does a demo"
+			p.Serve = func(context.Context) error {
+				t.Error("healthcheck started the server")
+				return nil
+			}
+			var stdout, stderr bytes.Buffer
+			code := p.Main(t.Context(), []string{"healthcheck"}, &stdout, &stderr)
+			if code != tt.wantCode || !strings.Contains(stderr.String(), tt.wantStderr) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want %d, stderr with %q", code, stdout.String(), stderr.String(), tt.wantCode, tt.wantStderr)
+			}
+		})
+	}
+	var help bytes.Buffer
+	cli.Program{Name: "demo", HealthVar: "DEMO_ADDR"}.Main(t.Context(), []string{"--help"}, &help, io.Discard)
+	if !strings.Contains(help.String(), "running at DEMO_ADDR (or HOST:PORT)") {
+		t.Errorf("--help does not name the healthcheck's variable:\n%s", help.String())
+	}
+}
+
 // TestTraced: a traced program lists the OTEL_* variables in --help and refuses to serve
 // with a tracing configuration it cannot honour, naming the variable.
 func TestTraced(t *testing.T) {

@@ -8,6 +8,9 @@ import (
 	"notify/pkg/rabbit"
 )
 
+// defaultHTTPAddr is where the service serves /readyz (and /metrics) when METRICS_ADDR is not set.
+const defaultHTTPAddr = "127.0.0.1:9104"
+
 // config is everything the deadletter service reads from the environment.
 type config struct {
 	// Settings is every variable's effective value, secrets redacted: the start log.
@@ -41,7 +44,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		AMQPURL:     e.AMQPURL(),
 		Topology:    e.String("AMQP_TOPOLOGY", rabbit.DefaultName),
 		LogLevel:    e.LogLevel(),
-		MetricsAddr: e.Addr("METRICS_ADDR", "127.0.0.1:9104"),
+		MetricsAddr: e.Addr("METRICS_ADDR", defaultHTTPAddr),
 
 		SlackWebhookURL: e.HTTPURL("SLACK_WEBHOOK_URL", ""),
 		SlackBotToken:   e.Secret("SLACK_BOT_TOKEN", ""),

@@ -9,6 +9,9 @@ import (
 	"notify/pkg/envconfig"
 )
 
+// defaultHTTPAddr is where the service serves /readyz (and /metrics) when FCM_EMULATOR_ADDR is not set.
+const defaultHTTPAddr = "127.0.0.1:9099"
+
 // config is everything the emulator reads from the environment.
 type config struct {
 	// Settings is every variable's effective value, secrets redacted: the start log.
@@ -27,7 +30,7 @@ type config struct {
 func loadConfig(getenv func(string) string) (config, error) {
 	e := envconfig.New(getenv)
 	c := config{
-		Addr:                  e.Addr("FCM_EMULATOR_ADDR", "127.0.0.1:9099"),
+		Addr:                  e.Addr("FCM_EMULATOR_ADDR", defaultHTTPAddr),
 		LogLevel:              e.LogLevel(),
 		QuotaPerMinute:        e.Int("FCM_EMULATOR_QUOTA_PER_MINUTE", 0, 0, 1_000_000_000),
 		ProjectQuotas:         projectQuotas(e, "FCM_EMULATOR_PROJECT_QUOTAS"),

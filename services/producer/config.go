@@ -14,6 +14,9 @@ import (
 	"notify/services/producer/internal/tlsfiles"
 )
 
+// defaultHTTPAddr is where the service serves /readyz (and /metrics) when METRICS_ADDR is not set.
+const defaultHTTPAddr = "127.0.0.1:9101"
+
 // config is everything the producer reads from the environment.
 type config struct {
 	// Settings is every variable's effective value, secrets redacted: the start log.
@@ -86,7 +89,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		DatabaseURL: e.DatabaseURL(),
 		AMQPURL:     e.AMQPURL(),
 		LogLevel:    e.LogLevel(),
-		MetricsAddr: e.Addr("METRICS_ADDR", "127.0.0.1:9101"),
+		MetricsAddr: e.Addr("METRICS_ADDR", defaultHTTPAddr),
 		GRPCAddr:    e.Addr("GRPC_ADDR", "127.0.0.1:50051"),
 		GRPCTLS: tlsfiles.Files{
 			CertFile:     e.String("GRPC_TLS_CERT_FILE", ""),

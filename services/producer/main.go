@@ -27,11 +27,12 @@ func main() {
 // program is the producer's command line: serving, and the subcommands in its table.
 func program(getenv func(string) string) cli.Program {
 	return cli.Program{
-		Name:    "producer",
-		Summary: "serves notify's gRPC API, runs the outbox relay and the periodic jobs",
-		Serve:   func(ctx context.Context) error { return run(ctx, getenv) },
-		Env:     envconfig.Names(loadConfig),
-		Traced:  true,
+		Name:          "producer",
+		Summary:       "serves notify's gRPC API, runs the outbox relay and the periodic jobs",
+		Serve:         func(ctx context.Context) error { return run(ctx, getenv) },
+		Env:           envconfig.Names(loadConfig),
+		HealthDefault: defaultHTTPAddr,
+		Traced:        true,
 		Commands: []cli.Command{
 			{
 				Name: "keys", Args: "create|list|revoke ...", Summary: "manage API keys in DATABASE_URL (producer keys --help)",

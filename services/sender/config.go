@@ -8,6 +8,9 @@ import (
 	"notify/pkg/envconfig"
 )
 
+// defaultHTTPAddr is where the service serves /readyz (and /metrics) when METRICS_ADDR is not set.
+const defaultHTTPAddr = "127.0.0.1:9102"
+
 // config is everything the sender reads from the environment.
 type config struct {
 	// Settings is every variable's effective value, secrets redacted: the start log.
@@ -33,7 +36,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		DatabaseURL:      e.DatabaseURL(),
 		AMQPURL:          e.AMQPURL(),
 		LogLevel:         e.LogLevel(),
-		MetricsAddr:      e.Addr("METRICS_ADDR", "127.0.0.1:9102"),
+		MetricsAddr:      e.Addr("METRICS_ADDR", defaultHTTPAddr),
 		Delivery:         delivery.LoadSettings(e),
 		Workers:          e.Int("SEND_WORKERS", 4, 1, 256),
 		BatchSize:        e.Int("SEND_BATCH_SIZE", 64, 1, 1000),

@@ -15,11 +15,12 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := cli.Program{
-		Name:    "sender",
-		Summary: "consumes notify.send and delivers notifications through FCM in chunks of at most 500 tokens",
-		Serve:   func(ctx context.Context) error { return run(ctx, os.Getenv) },
-		Env:     envconfig.Names(loadConfig),
-		Traced:  true,
+		Name:          "sender",
+		Summary:       "consumes notify.send and delivers notifications through FCM in chunks of at most 500 tokens",
+		Serve:         func(ctx context.Context) error { return run(ctx, os.Getenv) },
+		Env:           envconfig.Names(loadConfig),
+		HealthDefault: defaultHTTPAddr,
+		Traced:        true,
 	}.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
