@@ -117,6 +117,12 @@ func TestValidatePublish(t *testing.T) {
 			r.Recipients.Target = &notifyv1.Recipients_Condition{Condition: "news"}
 		}, []string{"recipients.condition"}},
 		{"empty condition", func(r *notifyv1.PublishRequest) { r.Recipients.Target = &notifyv1.Recipients_Condition{} }, []string{"recipients.condition"}},
+		{"condition naming a bad topic", func(r *notifyv1.PublishRequest) {
+			r.Recipients.Target = &notifyv1.Recipients_Condition{Condition: "'news today' in topics"}
+		}, []string{"recipients.condition"}},
+		{"long condition", func(r *notifyv1.PublishRequest) {
+			r.Recipients.Target = &notifyv1.Recipients_Condition{Condition: "'" + strings.Repeat("t", MaxConditionLen) + "' in topics"}
+		}, []string{"recipients.condition"}},
 		{"a token that reads as a topic", func(r *notifyv1.PublishRequest) {
 			r.Recipients.Target = &notifyv1.Recipients_Tokens{Tokens: &notifyv1.Tokens{Tokens: []string{"ok", "/topics/news", "condition:'a' in topics"}}}
 		}, []string{"recipients.tokens.tokens[1]", "recipients.tokens.tokens[2]"}},
@@ -140,15 +146,19 @@ func TestValidatePublish(t *testing.T) {
 			"options.apns.interruption_level", "options.webpush.link",
 		}},
 		{"bad platform values", func(r *notifyv1.PublishRequest) {
+			long := strings.Repeat("c", MaxOptionLen+1)
 			r.Options = &notifyv1.Options{
-				Android: &notifyv1.AndroidOptions{ChannelId: strings.Repeat("c", MaxOptionLen+1),
+				Android: &notifyv1.AndroidOptions{ChannelId: long, Sound: long, Tag: long, ClickAction: long,
 					NotificationCount: proto.Int32(-1), Visibility: 9},
-				Apns:    &notifyv1.ApnsOptions{Badge: proto.Int32(-2), InterruptionLevel: 7, Category: strings.Repeat("c", MaxOptionLen+1)},
+				Apns: &notifyv1.ApnsOptions{Sound: long, Badge: proto.Int32(-2), ThreadId: long, Category: long,
+					InterruptionLevel: 7},
 				Webpush: &notifyv1.WebpushOptions{Link: "http://example.com/inbox"},
 			}
 		}, []string{
-			"options.android.channel_id", "options.android.notification_count", "options.android.visibility",
-			"options.apns.badge", "options.apns.category", "options.apns.interruption_level", "options.webpush.link",
+			"options.android.channel_id", "options.android.sound", "options.android.tag", "options.android.click_action",
+			"options.android.notification_count", "options.android.visibility",
+			"options.apns.sound", "options.apns.badge", "options.apns.thread_id", "options.apns.category",
+			"options.apns.interruption_level", "options.webpush.link",
 		}},
 		{"relative link", func(r *notifyv1.PublishRequest) {
 			r.Options = &notifyv1.Options{Webpush: &notifyv1.WebpushOptions{Link: "/inbox"}}
