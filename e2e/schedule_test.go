@@ -98,6 +98,28 @@ func TestScheduledAndCancelled(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("Cancel of a delivered notification: %v, want FAILED_PRECONDITION", err)
 	}
+
+	// The same with notifyctl: publish --at, list --status scheduled, cancel.
+	later := strings.TrimSpace(s.mustCtl(0, s.adminKey, "publish", "--user", "cancel-user", "--title", "later", "--at", "1h").stdout)
+	if out := s.mustCtl(0, s.adminKey, "list", "--status", "scheduled").stdout; !strings.Contains(out, later) {
+		t.Errorf("list --status scheduled does not show %s:\n%s", later, out)
+	}
+	if out := s.mustCtl(0, s.adminKey, "cancel", later).stdout; !strings.HasPrefix(out, "cancelled "+later+" (0 tokens had been sent") {
+		t.Errorf("cancel printed %q", out)
+	}
+	if out := s.mustCtl(0, s.adminKey, "get", later).stdout; !strings.Contains(out, "status cancelled") {
+		t.Errorf("get after cancel:\n%s", out)
+	}
+	if r := s.mustCtl(1, s.adminKey, "cancel", later); !strings.Contains(r.stderr, "FailedPrecondition") {
+		t.Errorf("a second cancel: %s", r.stderr)
+	}
+	s.mustCtl(3, s.adminKey, "cancel", "01890a5d-ac96-774b-bcce-000000000404")
+	if r := s.mustCtl(1, s.adminKey, "cancel", "not-an-id"); !strings.Contains(r.stderr, "notification_id") {
+		t.Errorf("cancel of a malformed id: %s", r.stderr)
+	}
+	if got := s.emulatorMessages("cancel-tok"); len(got) != 0 {
+		t.Errorf("a cancelled notification was sent: %v", got)
+	}
 }
 
 // TestCancelWhileRetrying: a notification whose one token was delivered and whose other
