@@ -212,6 +212,13 @@ func TestTraced(t *testing.T) {
 	if code := p.Main(t.Context(), []string{"--help"}, &stdout, io.Discard); code != 0 || !strings.Contains(stdout.String(), "AMQP_URL OTEL_TRACES_EXPORTER") {
 		t.Errorf("--help: code %d, stdout:\n%s\nwant the OTEL_* variables after AMQP_URL", code, &stdout)
 	}
+	// The ones README's Configuration table names for turning tracing on.
+	for _, v := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_ENDPOINT",
+		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"} {
+		if !strings.Contains(stdout.String(), v) {
+			t.Errorf("--help does not list %s:\n%s", v, &stdout)
+		}
+	}
 	if code := p.Main(t.Context(), nil, io.Discard, &stderr); code != cli.ExitFailure || served || !strings.Contains(stderr.String(), "OTEL_TRACES_EXPORTER") {
 		t.Errorf("serve: code %d, served %v, stderr %s; want 1, not served, the variable named", code, served, &stderr)
 	}

@@ -18,12 +18,14 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 )
 
-// Env lists the variables Setup reads itself, for a service's --help. The exporter and the
-// SDK read the rest of the standard ones (OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _TIMEOUT,
-// OTEL_TRACES_SAMPLER, OTEL_BSP_*, OTEL_RESOURCE_ATTRIBUTES...).
+// Env lists, for a service's --help, the variables Setup reads itself and the ones an
+// operator sets to turn tracing on (the endpoint, the service's resource attributes). The
+// exporter and the SDK read the rest of the standard ones (_HEADERS, _TIMEOUT,
+// OTEL_TRACES_SAMPLER, OTEL_BSP_*...), which README.md's Configuration points to.
 var Env = []string{
 	"OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-	"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME",
+	"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME",
+	"OTEL_RESOURCE_ATTRIBUTES",
 }
 
 // Setup installs the global tracer provider and W3C trace context propagator as the
