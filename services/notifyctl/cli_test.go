@@ -606,3 +606,24 @@ func TestPreferencesSetAndGet(t *testing.T) {
 	}
 	mustCtl(t, exitAuth, env(addr, ""), "preferences", "get", "--user", "ana")
 }
+
+// TestCancel prints what Cancel answered and maps its refusals to exit codes.
+func TestCancel(t *testing.T) {
+	t.Parallel()
+	_, addr := startFake(t)
+	e := env(addr, "publisher")
+	if out := mustCtl(t, exitOK, e, "cancel", "n-1").stdout; out != "cancelled n-1 (3 tokens had been sent; 1 of them waited for a retry, now cancelled)\n" {
+		t.Errorf("cancel printed %q", out)
+	}
+	var js map[string]any
+	if err := json.Unmarshal([]byte(mustCtl(t, exitOK, e, "cancel", "n-1", "-o", "json").stdout), &js); err != nil ||
+		js["sent"] != 3.0 || js["retryCancelled"] != 1.0 {
+		t.Errorf("cancel -o json = %v (%v), want sent 3, retryCancelled 1", js, err)
+	}
+	if r := mustCtl(t, exitFailure, e, "cancel", "delivered"); !strings.Contains(r.stderr, "FailedPrecondition") {
+		t.Errorf("cancel of a final notification: %s", r.stderr)
+	}
+	mustCtl(t, exitNotFound, e, "cancel", missingID)
+	mustCtl(t, exitUsage, e, "cancel")
+	mustCtl(t, exitAuth, env(addr, ""), "cancel", "n-1")
+}

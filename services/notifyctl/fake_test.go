@@ -87,6 +87,21 @@ func (f *fake) authorize(ctx context.Context, needAdmin bool) error {
 	}
 }
 
+// Cancel answers 3 sent, 1 of them waiting for a retry; missingID is NOT_FOUND, "delivered"
+// FAILED_PRECONDITION.
+func (f *fake) Cancel(ctx context.Context, req *notifyv1.CancelRequest) (*notifyv1.CancelResponse, error) {
+	if err := f.authorize(ctx, false); err != nil {
+		return nil, err
+	}
+	switch req.GetNotificationId() {
+	case missingID:
+		return nil, status.Errorf(codes.NotFound, "notification %s not found", missingID)
+	case "delivered":
+		return nil, status.Error(codes.FailedPrecondition, "notification delivered is delivered; only a scheduled, pending or retrying notification can be cancelled")
+	}
+	return &notifyv1.CancelResponse{Sent: 3, RetryCancelled: 1}, nil
+}
+
 func (f *fake) Publish(ctx context.Context, req *notifyv1.PublishRequest) (*notifyv1.PublishResponse, error) {
 	if err := f.authorize(ctx, false); err != nil {
 		return nil, err
