@@ -314,13 +314,14 @@ type fault struct {
 
 // Duplicate sends one disruption of a replica can cause, by what it interrupts:
 //   - a sender that dies or loses the database: the chunks it had sent and not yet recorded;
-//   - a sender that loses the broker: its task goes back to the queue while its handler
-//     keeps sending, so up to the rest of the notifications it holds;
+//   - a sender that loses the broker: the same, since its handlers stop sending as their
+//     channel closes and record the chunks in flight, which the task's next sender may have
+//     sent again already;
 //   - a retrier: the retry tasks it holds (≤ 500 tokens each);
 //   - a producer: the relay's batch published but not marked is published again, and its
 //     notifications may be taken by two senders at once.
 func (r *chaosRun) boundSenderCrash() int  { return chaosSendWorkers * chaosSendChunks * chaosMulticast }
-func (r *chaosRun) boundSenderBroker() int { return chaosSendWorkers * r.maxAud }
+func (r *chaosRun) boundSenderBroker() int { return r.boundSenderCrash() }
 func (r *chaosRun) boundRetrier() int      { return chaosRetryWorkers * chaosMulticast }
 func (r *chaosRun) boundProducer() int     { return chaosOutboxBatch * 4 } // small notifications have ≤ 4 tokens
 

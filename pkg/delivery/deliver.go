@@ -267,6 +267,11 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 		})
 	}
 	wg.Wait()
+	// What went out is handed off and recorded even if ctx ended meanwhile (the delivery's
+	// channel closed, a task deadline, shutdown), so that whoever gets the task next skips
+	// it rather than sending it again.
+	ctx, cancel := afterSend(ctx)
+	defer cancel()
 	d.handOff(ctx, chunks, cs, errs)
 
 	var recs []Record
@@ -301,6 +306,23 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 		}
 	}
 	return sums, errs
+}
+
+// settleGrace is how long a chunk whose tokens were sent may still take to hand off its
+// failures and record its outcomes once the caller's ctx has ended. It fits within the 5 s
+// a service's broker connection outlives its consumers' ShutdownTimeout.
+const settleGrace = 5 * time.Second
+
+// afterSend returns a ctx for settling what was sent: ctx's values, and an end settleGrace
+// after ctx's (never earlier), so that a database or broker that hangs cannot hold the
+// task for ever.
+func afterSend(ctx context.Context) (context.Context, context.CancelFunc) {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(settleGrace, cancel) })
+	return sctx, func() {
+		stop()
+		cancel()
+	}
 }
 
 // mutedTargets splits the targets whose user muted the notification's type (recorded

@@ -177,22 +177,28 @@ func (c *Consumer) Run(ctx context.Context) error {
 			sleep(ctx, d)
 			continue
 		}
+		sub.ctx, sub.cancel = context.WithCancelCause(handlerCtx)
 		c.log.Info("rabbitmq consuming", "generation", sub.gen)
 		up := time.Now()
-		c.deliver(ctx, sub, jobs)
+		reason := c.deliver(ctx, sub, jobs)
 		if ctx.Err() != nil {
 			break
 		}
 		c.live.CompareAndSwap(sub.gen, 0)
 		sub.ch.Close()
-		reason := "consumer cancelled by the broker"
-		select {
-		case aerr, ok := <-sub.closed:
-			if ok && aerr != nil {
-				reason = aerr.Error()
+		if reason == "" {
+			reason = "consumer cancelled by the broker"
+			select {
+			case aerr, ok := <-sub.closed:
+				if ok && aerr != nil {
+					reason = aerr.Error()
+				}
+			default:
 			}
-		default:
 		}
+		// The broker has put back every delivery of the channel: the handlers still working
+		// on some stop (their ctx ends), since another consumer gets them now.
+		sub.cancel(fmt.Errorf("%w: %s", ErrChannelClosed, reason))
 		sub = nil
 		c.down(errors.New(reason))
 		if time.Since(up) > c.conn.opts.MaxBackoff { // it was up for a while: not a flapping queue
@@ -213,6 +219,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.live.Store(0)
 	if sub != nil {
 		sub.ch.Close() // the broker requeues whatever was delivered and not acked
+		sub.cancel(ErrChannelClosed)
 	}
 	return runErr
 }
@@ -264,6 +271,12 @@ type subscription struct {
 	tag        string
 	gen        uint64
 	tags       *tags
+
+	// ctx is the handlers' ctx for this channel's deliveries: it ends with cause
+	// ErrChannelClosed once the channel is gone (the broker redelivers them to another
+	// consumer), as well as when the Consumer cancels its handlers at shutdown.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 }
 
 func (c *Consumer) subscribe(ctx context.Context) (*subscription, error) {
@@ -291,8 +304,10 @@ func (c *Consumer) subscribe(ctx context.Context) (*subscription, error) {
 // ends (channel or connection closed, or the broker cancelled the consumer). A batch is
 // handed over once it is full or BatchLinger after its first delivery (at once with no
 // linger), and keeps filling while every worker is busy. Deliveries it holds when it
-// returns are left unsettled: closing the channel requeues them.
-func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- []*Delivery) {
+// returns are left unsettled: closing the channel requeues them. It returns why the
+// channel closed when it saw it close ("" otherwise); it watches the channel even while
+// every worker is busy, so that their handlers learn of it at once.
+func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- []*Delivery) (closed string) {
 	var batch []*Delivery
 	linger := time.NewTimer(0)
 	<-linger.C
@@ -308,7 +323,12 @@ func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- [
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return ""
+		case aerr, ok := <-sub.closed:
+			if ok && aerr != nil {
+				return aerr.Error()
+			}
+			return "channel closed"
 		case <-linger.C:
 			ready = true
 		case out <- batch:
@@ -316,7 +336,7 @@ func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- [
 			batch, ready = nil, false
 		case raw, ok := <-in:
 			if !ok {
-				return
+				return ""
 			}
 			sub.tags.delivered(raw.DeliveryTag)
 			batch = append(batch, &Delivery{
@@ -343,12 +363,13 @@ func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- [
 	}
 }
 
-// handle runs the handler on a batch and settles each delivery from its error.
+// handle runs the handler on a batch and settles each delivery from its error. The
+// handler's ctx is its channel's (see subscription.ctx), which ends with the handlers' ctx.
 func (c *Consumer) handle(ctx context.Context, batch []*Delivery) {
-	hctx := ctx
+	hctx := batch[0].sub.ctx
 	if c.opts.HandlerTimeout > 0 {
 		var cancel context.CancelFunc
-		hctx, cancel = context.WithTimeout(ctx, c.opts.HandlerTimeout)
+		hctx, cancel = context.WithTimeout(hctx, c.opts.HandlerTimeout)
 		defer cancel()
 	}
 	errs := c.handler(hctx, batch)

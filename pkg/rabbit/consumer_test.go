@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -456,5 +457,110 @@ func TestConsumerShutdown(t *testing.T) {
 	}
 	if len(rest.counts) != n-1 {
 		t.Errorf("got %d messages after restart, want %d", len(rest.counts), n-1)
+	}
+}
+
+// TestChannelLossEndsHandlers force-closes the connection of a consumer whose one handler
+// is busy (and whose next delivery waits for it): the handler's ctx must end at once with
+// cause ErrChannelClosed, so it stops sending what another consumer now gets, its answer
+// settles nothing, and every message is redelivered and completes (here on a second
+// connection's consumer, or on the first one's after it re-subscribed).
+func TestChannelLossEndsHandlers(t *testing.T) {
+	const n = 3
+	t.Parallel()
+	amqpURL := testenv.AMQPURL(t)
+	testenv.ManagementURL(t)
+	topo := newTopology(t, amqpURL)
+
+	type settlement struct {
+		id, conn string
+		s        Settlement
+		err      error
+	}
+	settled := make(chan settlement, 4*n)
+	hooks := func(conn string) Hooks {
+		return Hooks{Settled: func(d *Delivery, s Settlement, err error) { settled <- settlement{d.MessageID, conn, s, err} }}
+	}
+	connA := startConn(t, amqpURL, ConnOptions{Name: topo.Name + ".a", Topology: &topo, Hooks: hooks("a")})
+	connB := startConn(t, amqpURL, ConnOptions{Name: topo.Name + ".b", Topology: &topo, Hooks: hooks("b")})
+	if err := NewPublisher(connB, topo.Exchange(), PublisherOptions{}).Publish(context.Background(), messages("m", n, SendKey, nil)...); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+
+	// The first delivery's handler "sends" a step every 10ms until its ctx ends; every later
+	// one (redeliveries included) is acked at once.
+	type ended struct {
+		id            string
+		cause         error
+		stepsAtEnd    int64
+		stepsAfterEnd *atomic.Int64
+	}
+	busy := make(chan string, 1)
+	endedCh := make(chan ended, 1)
+	var first atomic.Bool
+	completed := newSeen()
+	handler := func(ctx context.Context, d *Delivery) error {
+		if !first.CompareAndSwap(false, true) {
+			completed.add(d.MessageID)
+			return nil
+		}
+		busy <- d.MessageID
+		var steps atomic.Int64
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for ctx.Err() == nil {
+			select {
+			case <-tick.C:
+				steps.Add(1)
+			case <-ctx.Done():
+			}
+		}
+		endedCh <- ended{d.MessageID, context.Cause(ctx), steps.Load(), &steps}
+		return Requeue(ctx.Err())
+	}
+	// Concurrency 1 and prefetch n: while the handler is busy the consumer holds the next
+	// delivery, waiting for it, and must still notice the channel close.
+	startConsumer(t, connA, topo.SendQueue(), handler, ConsumerOptions{Concurrency: 1, Prefetch: n})
+	busyID := <-busy
+	startConsumer(t, connB, topo.SendQueue(), handler, ConsumerOptions{Concurrency: 1})
+
+	closeConnections(t, findConnections(t, topo.Name+".a", 1, nil))
+	var e ended
+	select {
+	case e = <-endedCh:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler's ctx did not end after its connection was closed")
+	}
+	if e.id != busyID {
+		t.Errorf("ended handler had %s, want %s", e.id, busyID)
+	}
+	if !errors.Is(e.cause, ErrChannelClosed) {
+		t.Errorf("context.Cause(ctx) = %v, want ErrChannelClosed", e.cause)
+	}
+	waitFor(t, 30*time.Second, fmt.Sprintf("all %d messages completed", n), func() bool { return completed.unique() == n })
+	if got := e.stepsAfterEnd.Load(); got != e.stepsAtEnd {
+		t.Errorf("%d steps after the handler's ctx ended, want 0", got-e.stepsAtEnd)
+	}
+
+	// The busy delivery's requeue went nowhere (its channel was gone); the redelivery was acked.
+	var busySettled []settlement
+	timeout := time.After(10 * time.Second)
+	for len(busySettled) < 2 {
+		select {
+		case s := <-settled:
+			if s.id == busyID {
+				busySettled = append(busySettled, s)
+			}
+		case <-timeout:
+			t.Fatalf("settlements of %s: %+v, want a refused requeue and an ack", busyID, busySettled)
+		}
+	}
+	// In either order: the redelivery may be acked before the dead handler has returned.
+	slices.SortFunc(busySettled, func(a, b settlement) int { return strings.Compare(string(a.s), string(b.s)) })
+	if s := busySettled[0]; s.s != Acked || s.err != nil {
+		t.Errorf("a settlement of %s = %s, %v; want %s, nil", busyID, s.s, s.err, Acked)
+	}
+	if s := busySettled[1]; s.s != Requeued || !errors.Is(s.err, ErrChannelClosed) || s.conn != "a" {
+		t.Errorf("a settlement of %s = %s, %v on %s; want %s, ErrChannelClosed on a", busyID, s.s, s.err, s.conn, Requeued)
 	}
 }

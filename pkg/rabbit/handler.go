@@ -22,8 +22,13 @@ import (
 //     the handler did not say what the failure means. A message that fails for good this
 //     way ends on the dead-letter route after x-delivery-limit redeliveries.
 //
-// ctx ends at ConsumerOptions.HandlerTimeout, or when shutdown stops waiting for in-flight
-// handlers; Stopping(ctx) closes when the consumer starts to stop.
+// ctx ends at ConsumerOptions.HandlerTimeout, when shutdown stops waiting for in-flight
+// handlers, and as soon as the delivery's channel or connection closes: the broker then
+// redelivers the message to another consumer and nothing the handler returns can settle it,
+// so the handler must stop sending at once (context.Cause(ctx) wraps ErrChannelClosed). What
+// already happened may still be recorded under a ctx of its own (context.WithoutCancel with
+// a short timeout), so that the next consumer skips it. Stopping(ctx) closes when the
+// consumer starts to stop.
 type Handler func(ctx context.Context, d *Delivery) error
 
 // BatchHandler processes deliveries taken from the queue together (NewBatchConsumer) and
@@ -114,6 +119,12 @@ func (c *Consumer) settle(ctx context.Context, batch []*Delivery, errs []error) 
 	c.settled(batch, acks, Acked, batch[0].sub.tags.ack(batch, acks))
 	c.settled(batch, rejects, Rejected, batch[0].sub.tags.each(batch, rejects, func(d *Delivery) error { return d.raw.Reject(false) }))
 	if len(requeues) == 0 {
+		return
+	}
+	if !live(batch[0]) {
+		// The channel is gone and the broker has put the messages back already: no pause
+		// (the failure was the channel's, not the handler's), nothing sent.
+		c.settled(batch, requeues, Requeued, batch[0].sub.tags.each(batch, requeues, func(*Delivery) error { return ErrChannelClosed }))
 		return
 	}
 	stopping := Stopping(ctx)

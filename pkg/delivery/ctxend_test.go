@@ -1,0 +1,66 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+
+	"notify/pkg/fcm"
+)
+
+// endingFCM answers as scriptedFCM and ends the caller's ctx as it answers: the consumer's
+// channel died (or a deadline passed) while the multicast was in flight.
+type endingFCM struct {
+	end   context.CancelFunc
+	calls atomic.Int32
+}
+
+func (f *endingFCM) SendMulticast(ctx context.Context, m fcm.Message, tokens []string) ([]fcm.Result, error) {
+	f.calls.Add(1)
+	defer f.end()
+	return scriptedFCM{}.SendMulticast(ctx, m, tokens)
+}
+
+// TestChunkSentAsCtxEndsIsRecorded: a chunk whose multicast went out is handed off and
+// recorded although the caller's ctx ended meanwhile, so that the task's next consumer
+// skips its tokens; a chunk whose ctx had already ended is not sent at all.
+func TestChunkSentAsCtxEndsIsRecorded(t *testing.T) {
+	t.Parallel()
+	db, store, d, pub, n := setup(t, 3)
+	targets, _, err := store.Audience(context.Background(), n, "", 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &endingFCM{end: cancel}
+	d.fcm = f
+
+	sum, err := d.SendChunk(ctx, n, targets, 1, false)
+	if err != nil {
+		t.Fatalf("SendChunk whose ctx ended after the multicast: %v, want its outcomes recorded", err)
+	}
+	if sum.Delivered != 2 || len(pub.msgs) != 2 {
+		t.Errorf("summary %+v with %d hand-offs; want 2 delivered, a retry and a dead letter", sum, len(pub.msgs))
+	}
+	var total int
+	if err := db.Pool.QueryRow(context.Background(), "SELECT total FROM notifications WHERE id = $1", n.ID).Scan(&total); err != nil {
+		t.Fatal(err)
+	}
+	if total != len(targets) {
+		t.Errorf("%d outcomes recorded, want %d", total, len(targets))
+	}
+	// Only the dead-lettered token is left to the sender (a replay sends it again).
+	left, _, err := store.Audience(context.Background(), n, "", 500)
+	if err != nil || len(left) != 1 || left[0].Token != "auth-1" {
+		t.Errorf("unsettled audience after the chunk = %+v, %v; want only auth-1", left, err)
+	}
+
+	// ctx has ended: the next chunk sends nothing and says so.
+	if _, err := d.SendChunk(ctx, n, targets, 1, true); !errors.Is(err, context.Canceled) {
+		t.Errorf("SendChunk with an ended ctx = %v, want context.Canceled", err)
+	}
+	if c := f.calls.Load(); c != 1 {
+		t.Errorf("%d multicasts, want 1: nothing is sent once ctx has ended", c)
+	}
+}
