@@ -3,10 +3,15 @@ package delivery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+
 	"notify/pkg/fcm"
+	"notify/pkg/rabbit"
 )
 
 // endingFCM answers as scriptedFCM and ends the caller's ctx as it answers: the consumer's
@@ -62,5 +67,57 @@ func TestChunkSentAsCtxEndsIsRecorded(t *testing.T) {
 	}
 	if c := f.calls.Load(); c != 1 {
 		t.Errorf("%d multicasts, want 1: nothing is sent once ctx has ended", c)
+	}
+}
+
+// TestChunkSentAsChannelClosesRecordsOnlyAnswers: when the ctx ended because the task's
+// channel closed (another consumer has the task now), a chunk that went out records only
+// what FCM answered for good, hands off no retry (the next consumer sends the transient
+// failures itself) and leaves the final status to that consumer.
+func TestChunkSentAsChannelClosesRecordsOnlyAnswers(t *testing.T) {
+	t.Parallel()
+	db, store, d, pub, n := setup(t, 3)
+	targets, _, err := store.Audience(context.Background(), n, "", 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A sender's task: the notification is pending while it is being sent.
+	if _, err := db.Pool.Exec(context.Background(), "UPDATE notifications SET status = 'pending' WHERE id = $1", n.ID); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	d.fcm = &endingFCM{end: func() { cancel(fmt.Errorf("%w: forced close", rabbit.ErrChannelClosed)) }}
+
+	sum, err := d.SendChunk(ctx, n, targets, 1, true)
+	if err != nil {
+		t.Fatalf("SendChunk whose channel closed during the multicast: %v", err)
+	}
+	if sum.Status != "" {
+		t.Errorf("final status %q set by a handler whose channel closed, want none", sum.Status)
+	}
+	got := map[string]string{}
+	rows, err := db.Pool.Query(context.Background(), "SELECT token, outcome FROM deliveries WHERE notification_id = $1", n.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok, outcome string
+	if _, err := pgx.ForEachRow(rows, []any{&tok, &outcome}, func() error { got[tok] = outcome; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"ok-1": "delivered", "ok-2": "delivered", "gone-1": "invalid", "auth-1": "failed"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("outcomes recorded (-want +got):\n%s", diff)
+	}
+	for _, m := range pub.msgs {
+		if m.RoutingKey != rabbit.DeadKey {
+			t.Errorf("handed off a message to %s; want only the dead letter", m.RoutingKey)
+		}
+	}
+	var status string
+	if err := db.Pool.QueryRow(context.Background(), "SELECT status FROM notifications WHERE id = $1", n.ID).Scan(&status); err != nil {
+		t.Fatal(err)
+	}
+	if status != "pending" {
+		t.Errorf("status %s, want it unchanged (pending)", status)
 	}
 }

@@ -262,14 +262,21 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 				errs[x.i] = err
 				return
 			}
-			cs[x.i] = d.classify(app, x.targets, results, ch.Attempt)
+			targets := x.targets
+			if channelLost(ctx) {
+				targets, results = answered(targets, results)
+			}
+			cs[x.i] = d.classify(app, targets, results, ch.Attempt)
 			cs[x.i].skip(x.skipped)
 		})
 	}
 	wg.Wait()
 	// What went out is handed off and recorded even if ctx ended meanwhile (the delivery's
 	// channel closed, a task deadline, shutdown), so that whoever gets the task next skips
-	// it rather than sending it again.
+	// it rather than sending it again. When the channel closed, that next consumer has the
+	// task already: this one records only what FCM answered for good (above), and never the
+	// final status, which the task's last consumer sets from every outcome.
+	lost := channelLost(ctx)
 	ctx, cancel := afterSend(ctx)
 	defer cancel()
 	d.handOff(ctx, chunks, cs, errs)
@@ -280,7 +287,10 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 		if errs[i] != nil || len(cs[i].outcomes) == 0 && (!ch.Final || sums[i].Cancelled) {
 			continue
 		}
-		recs = append(recs, Record{ID: ch.Notification.ID, Outcomes: cs[i].outcomes, Final: ch.Final})
+		if lost && len(cs[i].outcomes) == 0 {
+			continue
+		}
+		recs = append(recs, Record{ID: ch.Notification.ID, Outcomes: cs[i].outcomes, Final: ch.Final && !lost})
 		recorded = append(recorded, i)
 	}
 	spans := make([]trace.Span, len(recorded))
@@ -323,6 +333,27 @@ func afterSend(ctx context.Context) (context.Context, context.CancelFunc) {
 		stop()
 		cancel()
 	}
+}
+
+// channelLost reports whether ctx ended because the delivery being handled lost its broker
+// channel: the broker has given the task to another consumer already.
+func channelLost(ctx context.Context) bool {
+	return errors.Is(context.Cause(ctx), rabbit.ErrChannelClosed)
+}
+
+// answered returns the targets FCM answered for good (delivered, token gone, refused for
+// good) with their results. A transient failure, such as a request cut as the channel
+// closed, is left out: recorded retrying it would race the outcome the task's next consumer
+// records for the same token, and that consumer sends it anyway.
+func answered(targets []Target, results []fcm.Result) ([]Target, []fcm.Result) {
+	var ts []Target
+	var rs []fcm.Result
+	for i, r := range results {
+		if r.Err == nil || !errors.Is(r.Err, fcm.ErrTransient) {
+			ts, rs = append(ts, targets[i]), append(rs, r)
+		}
+	}
+	return ts, rs
 }
 
 // mutedTargets splits the targets whose user muted the notification's type (recorded

@@ -27,6 +27,9 @@ type config struct {
 	BatchSize       int           // RETRY_BATCH_SIZE: retry tasks one worker takes at once
 	BatchLinger     time.Duration // RETRY_BATCH_LINGER: how long a batch waits to fill
 	ShutdownTimeout time.Duration // SHUTDOWN_TIMEOUT: how long in-flight tasks may finish on SIGTERM
+	// TaskTimeout (RETRY_TASK_TIMEOUT) bounds the handling of one batch of retry tasks
+	// (retrier.Handler.WithTaskTimeout).
+	TaskTimeout time.Duration
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -43,6 +46,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		ShutdownTimeout: e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0),
 	}
 	c.Prefetch = e.Int("RETRY_PREFETCH", 2*c.Workers*c.BatchSize, 1, 65535)
+	c.TaskTimeout = e.Duration("RETRY_TASK_TIMEOUT", c.Delivery.TaskTimeout(), time.Second)
 	c.Settings = e.Settings()
 	return c, e.Err()
 }

@@ -56,7 +56,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	store := delivery.NewStore(pool)
 	pub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
 	deliverer := delivery.NewDeliverer(store, nil, pub, topo, log, reg, cfg.Delivery.AppOptions(apps, pool, reg))
-	handler := retrier.NewHandler(store, deliverer, log, reg)
+	handler := retrier.NewHandler(store, deliverer, log, reg).WithTaskTimeout(cfg.TaskTimeout)
 	consumer := rabbit.NewBatchConsumer(conn, topo.RetryQueue(), handler.HandleBatch, rabbit.ConsumerOptions{
 		BatchSize:       cfg.BatchSize,
 		BatchLinger:     cfg.BatchLinger,

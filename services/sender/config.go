@@ -28,6 +28,9 @@ type config struct {
 	BatchLinger      time.Duration // SEND_BATCH_LINGER: how long a batch waits to fill
 	ChunkConcurrency int           // SEND_CHUNK_CONCURRENCY: chunks of one notification in flight
 	ShutdownTimeout  time.Duration // SHUTDOWN_TIMEOUT: how long in-flight tasks may finish on SIGTERM
+	// TaskTimeout (SEND_TASK_TIMEOUT) bounds each step of a send task: a batch's small
+	// notifications, or one chunk of a large one (sender.Handler.WithTaskTimeout).
+	TaskTimeout time.Duration
 }
 
 func loadConfig(getenv func(string) string) (config, error) {
@@ -45,6 +48,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		ShutdownTimeout:  e.Duration("SHUTDOWN_TIMEOUT", 30*time.Second, 0),
 	}
 	c.Prefetch = e.Int("SEND_PREFETCH", 2*c.Workers*c.BatchSize, 1, 65535)
+	c.TaskTimeout = e.Duration("SEND_TASK_TIMEOUT", c.Delivery.TaskTimeout(), time.Second)
 	c.Settings = e.Settings()
 	return c, e.Err()
 }

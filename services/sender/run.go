@@ -56,7 +56,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	store := delivery.NewStore(pool)
 	pub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
 	deliverer := delivery.NewDeliverer(store, nil, pub, topo, log, reg, cfg.Delivery.AppOptions(apps, pool, reg))
-	handler := sender.NewHandler(store, deliverer, log, reg, cfg.ChunkConcurrency)
+	handler := sender.NewHandler(store, deliverer, log, reg, cfg.ChunkConcurrency).WithTaskTimeout(cfg.TaskTimeout)
 	consumer := rabbit.NewBatchConsumer(conn, topo.SendQueue(), handler.HandleBatch, rabbit.ConsumerOptions{
 		Concurrency:     cfg.Workers,
 		Prefetch:        cfg.Prefetch,

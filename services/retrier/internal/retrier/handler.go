@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
@@ -25,6 +26,8 @@ type Handler struct {
 	store     *delivery.Store
 	deliverer *delivery.Deliverer
 	log       *slog.Logger
+	// step bounds the handling of a batch (see WithTaskTimeout).
+	step delivery.Deadline
 
 	tasks *prometheus.CounterVec
 }
@@ -41,6 +44,18 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 	for _, r := range []string{"sent", "duplicate", "cancelled", "dead_lettered", string(rabbit.Requeued), string(rabbit.Rejected)} {
 		h.tasks.WithLabelValues(r)
 	}
+	return h.WithTaskTimeout(0)
+}
+
+// WithTaskTimeout sets the deadline of each batch of retry tasks (RETRY_TASK_TIMEOUT; 0:
+// none) and returns h. A batch is one step: its tasks are loaded, sent (each one chunk of at
+// most 500 tokens, side by side) and recorded together. When the deadline passes, what FCM
+// already answered is still recorded (delivery's grace), the tokens whose multicast it cut go
+// one wait level up like any FCM timeout, and a task that had not got that far goes back to
+// the queue, its unsettled tokens sent again when it comes back.
+func (h *Handler) WithTaskTimeout(d time.Duration) *Handler {
+	h.step = delivery.Deadline{Timeout: d, Setting: "RETRY_TASK_TIMEOUT",
+		Then: "the task goes back to the queue: the tokens recorded so far stay, the others are sent again when it comes back"}
 	return h
 }
 
@@ -56,10 +71,17 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 // Deliverer.SendChunks call (multicasts side by side, one hand-off Publish, one
 // transaction for the outcomes). A failure fails only its own task.
 func (h *Handler) HandleBatch(ctx context.Context, ds []*rabbit.Delivery) []error {
+	ctx, cancel := h.step.Start(ctx)
+	defer cancel()
 	tasks := h.load(ctx, ds)
 	h.send(ctx, unfinished(tasks))
 	errs := make([]error, len(tasks))
 	for i, t := range tasks {
+		t.err = h.step.Explain(ctx, t.err)
+		if t.err == nil && t.result == "sent" && h.step.Passed(ctx) {
+			t.log.Warn("RETRY_TASK_TIMEOUT passed while the retry was being sent; the tokens FCM had not answered went one wait level up",
+				"timeout", h.step.Timeout)
+		}
 		result := t.result
 		if t.err != nil {
 			result = string(rabbit.SettlementOf(t.err))

@@ -39,6 +39,8 @@ type Handler struct {
 	log       *slog.Logger
 	// chunks is how many chunks of one notification are in flight at once.
 	chunks int
+	// step bounds each step of a task (see WithTaskTimeout).
+	step delivery.Deadline
 
 	tasks *prometheus.CounterVec
 }
@@ -55,6 +57,20 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 	for _, r := range []string{"sent", "duplicate", "expired", "dead_lettered", string(rabbit.Requeued), string(rabbit.Rejected)} {
 		h.tasks.WithLabelValues(r)
 	}
+	return h.WithTaskTimeout(0)
+}
+
+// WithTaskTimeout sets the deadline of each step of a task (SEND_TASK_TIMEOUT; 0: none) and
+// returns h. A step is a batch's loading and its small notifications (sent and recorded
+// together), or one chunk of a large notification (its page read, multicast, hand-off and
+// record): a broadcast of any size makes progress chunk by chunk and never meets it. When a
+// step's deadline passes, what FCM already answered is still recorded (delivery's grace), the
+// tokens whose multicast it cut go to the retry queue like any FCM timeout, and a step that
+// had not got that far hands its task back to the queue; the chunks recorded stay, the rest
+// is sent when the task comes back.
+func (h *Handler) WithTaskTimeout(d time.Duration) *Handler {
+	h.step = delivery.Deadline{Timeout: d, Setting: "SEND_TASK_TIMEOUT",
+		Then: "the task goes back to the queue: the chunks recorded so far stay, the rest is sent when it comes back"}
 	return h
 }
 
@@ -74,21 +90,33 @@ func NewHandler(store *delivery.Store, d *delivery.Deliverer, log *slog.Logger, 
 // paged, chunked path, one notification at a time (sendLarge), alongside. A task naming
 // the same notification as an earlier one of the batch ends as that one does.
 func (h *Handler) HandleBatch(ctx context.Context, ds []*rabbit.Delivery) []error {
-	tasks := h.load(ctx, ds)
+	// One step for the batch's loading and its small notifications; each chunk of a large one
+	// is a step of its own (sendAll).
+	stepCtx, cancel := h.step.Start(ctx)
+	defer cancel()
+	tasks := h.load(stepCtx, ds)
 	var small []chunkTask
 	var large []*task
 	if pending := unfinished(tasks); len(pending) > 0 {
-		small, large = h.split(ctx, pending)
+		small, large = h.split(stepCtx, pending)
 	}
 	var wg sync.WaitGroup
 	for _, t := range large {
+		t.large = true
 		wg.Go(func() { t.finish(h.sendLarge(tracing.With(ctx, t.span), t.n, t.log)) })
 	}
-	h.sendSmall(ctx, small)
+	h.sendSmall(stepCtx, small)
 	wg.Wait()
 
 	errs := make([]error, len(tasks))
 	for i, t := range tasks {
+		if !t.large {
+			t.err = h.step.Explain(stepCtx, t.err)
+			if t.err == nil && t.result == "sent" && h.step.Passed(stepCtx) {
+				t.log.Warn("SEND_TASK_TIMEOUT passed while the notification was being sent; the tokens FCM had not answered went to the retry queue",
+					"timeout", h.step.Timeout)
+			}
+		}
 		if t.same != nil {
 			t.result, t.err = "duplicate", t.same.err
 		}
@@ -110,12 +138,13 @@ func (h *Handler) Handle(ctx context.Context, d *rabbit.Delivery) error {
 
 // task is one delivery of a batch and what became of it.
 type task struct {
-	d    *rabbit.Delivery
-	span trace.Span // SpanTask: the task's part of its notification's trace
-	log  *slog.Logger
-	id   string                 // the notification id, once decoded
-	n    *delivery.Notification // once loaded
-	same *task                  // an earlier task of the batch for the same notification
+	d     *rabbit.Delivery
+	span  trace.Span // SpanTask: the task's part of its notification's trace
+	log   *slog.Logger
+	id    string                 // the notification id, once decoded
+	n     *delivery.Notification // once loaded
+	same  *task                  // an earlier task of the batch for the same notification
+	large bool                   // sent chunk by chunk (sendLarge), each chunk its own step
 
 	done   bool
 	result string // what became of the task, for the metrics
@@ -287,7 +316,11 @@ func (h *Handler) sendLarge(ctx context.Context, n *delivery.Notification, log *
 	}
 	status := sum.Status
 	if status == "" {
-		if status, err = h.store.Finish(ctx, n.ID); err != nil {
+		fctx, cancel := h.step.Start(ctx)
+		status, err = h.store.Finish(fctx, n.ID)
+		err = h.step.Explain(fctx, err)
+		cancel()
+		if err != nil {
 			return "", rabbit.Requeue(err)
 		}
 	}
@@ -298,6 +331,7 @@ func (h *Handler) sendLarge(ctx context.Context, n *delivery.Notification, log *
 
 // sendAll walks the audience one page (one chunk) at a time and keeps up to h.chunks
 // chunks in flight. Pages are read ahead of the sends, never the whole audience at once.
+// Each page read and each chunk is a step with its own deadline (WithTaskTimeout).
 func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delivery.Summary, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(h.chunks)
@@ -315,7 +349,10 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 	var cancelled atomic.Bool // a chunk found the notification cancelled: read no more pages
 	after := ""
 	for {
-		targets, next, err := h.store.Audience(gctx, n, after, fcm.MaxMulticast)
+		pctx, cancel := h.step.Start(gctx)
+		targets, next, err := h.store.Audience(pctx, n, after, fcm.MaxMulticast)
+		err = h.step.Explain(pctx, err)
+		cancel()
 		if err != nil {
 			pageErr = err
 			break
@@ -324,9 +361,15 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 			// The only page of a small audience settles the status with its outcomes.
 			final := after == "" && next == ""
 			g.Go(func() error {
-				s, err := h.deliverer.SendChunk(gctx, n, targets, 1, final)
+				cctx, cancel := h.step.Start(gctx)
+				defer cancel()
+				s, err := h.deliverer.SendChunk(cctx, n, targets, 1, final)
 				if err != nil {
-					return err
+					return h.step.Explain(cctx, err)
+				}
+				if h.step.Passed(cctx) {
+					h.log.Warn("SEND_TASK_TIMEOUT passed while a chunk was being sent; the tokens FCM had not answered went to the retry queue",
+						"notification_id", n.ID, "timeout", h.step.Timeout)
 				}
 				if s.Cancelled {
 					cancelled.Store(true)
@@ -353,6 +396,11 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 	err := g.Wait()
 	close(sums)
 	<-collected
+	if pageErr == nil && err == nil && ctx.Err() != nil {
+		// The walk stopped early (the delivery's channel closed, or shutdown cancelled it):
+		// the audience is not all sent, so the status must not be set from it.
+		pageErr = fmt.Errorf("send %s: %w", n.ID, context.Cause(ctx))
+	}
 	return total, errors.Join(pageErr, err)
 }
 
