@@ -310,3 +310,41 @@ func TestClaimPlanProbesTheNotification(t *testing.T) {
 		t.Errorf("the claim's hold-back does not probe by notification:\n%s", plan)
 	}
 }
+
+// TestClaimWalksIndexesWithEmptyStatistics: the claim, planned under the relay's settings
+// while outbox is empty and analyzed empty (as a queue mostly is), reads no table whole.
+// Its plan is prepared once per connection and kept (pgx caches the statement, PostgreSQL
+// its generic plan), so the plan made for an empty queue is the one a backlog meets: with
+// sequential scans that read the backlog once, and once more per status event for its
+// hold-back probe.
+func TestClaimWalksIndexesWithEmptyStatistics(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	if _, err := db.Pool.Exec(ctx, "ANALYZE outbox"); err != nil {
+		t.Fatal(err)
+	}
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, claimSettingsSQL); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, "EXPLAIN "+claimSQL, 500)
+		if err != nil {
+			return err
+		}
+		plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		for _, line := range plan {
+			if strings.Contains(line, "Seq Scan") {
+				t.Errorf("the claim reads a table whole:\n%s", strings.Join(plan, "\n"))
+				break
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
