@@ -71,13 +71,13 @@ func migrateCommand(ctx context.Context, cmd string, getenv func(string) string,
 		return schema.Status{}, fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	defer pool.Close()
-	if err := waitForDatabase(ctx, pool); err != nil {
+	log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	if err := waitForDatabase(ctx, pool, log); err != nil {
 		return schema.Status{}, err
 	}
 	if cmd == "up" {
 		// No deadline: building an index concurrently on a large table takes as long as it
 		// takes; SIGTERM (ctx) is the way to stop it, and the next run finishes the job.
-		log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
 		n, err := schema.Migrate(ctx, pool, log)
 		if err != nil {
 			return schema.Status{}, err

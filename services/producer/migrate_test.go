@@ -3,8 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"notify/pkg/pgtest"
 	"notify/pkg/schema"
@@ -70,4 +76,50 @@ func TestMigrateCommand(t *testing.T) {
 	if code, out, _ := migrate("--help"); code != 0 || !strings.Contains(out, "producer migrate up") {
 		t.Errorf("migrate --help = %d, %s; want 0 and the usage on stdout", code, out)
 	}
+}
+
+// TestWaitForDatabaseSaysWhatItWaitsFor: a producer whose database does not answer at start
+// logs that it waits for it (it used to wait its minute in silence, not ready and saying
+// nothing), and stops waiting when ctx ends, naming DATABASE_URL.
+func TestWaitForDatabaseSaysWhatItWaitsFor(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close() // nothing listens there now: connection refused
+	pool, err := pgxpool.New(t.Context(), "postgres://notify:notify@"+addr+"/notify?sslmode=disable&connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	var buf syncBuffer
+	ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
+	defer cancel()
+	err = waitForDatabase(ctx, pool, slog.New(slog.NewJSONHandler(&buf, nil)))
+	if err == nil || !strings.Contains(err.Error(), "DATABASE_URL: database not reachable") {
+		t.Errorf("error %v, want DATABASE_URL: database not reachable", err)
+	}
+	if !strings.Contains(buf.String(), `"msg":"waiting for the database (DATABASE_URL)"`) || !strings.Contains(buf.String(), "connection refused") {
+		t.Errorf("log:\n%s\nwant a line saying it waits for the database, with the error", buf.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

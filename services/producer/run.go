@@ -123,7 +123,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return metrics.NewServer(cfg.MetricsAddr, reg, log, checks...).Run(gctx) })
 	g.Go(func() error {
-		if err := waitForDatabase(gctx, pool); err != nil {
+		if err := waitForDatabase(gctx, pool, log); err != nil {
 			if gctx.Err() != nil {
 				return nil
 			}
@@ -191,9 +191,12 @@ func watchReadiness(ctx context.Context, checks []metrics.Check, log *slog.Logge
 }
 
 // waitForDatabase gives a database that starts together with the producer a minute to
-// answer, instead of failing at once.
-func waitForDatabase(ctx context.Context, pool *pgxpool.Pool) error {
-	deadline := time.Now().Add(time.Minute)
+// answer, instead of failing at once, and says so in the log (first after a second, then
+// every 10 s), so that a producer that is not ready is not also silent about why.
+func waitForDatabase(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+	start := time.Now()
+	deadline := start.Add(time.Minute)
+	var logged time.Time
 	for {
 		err := pool.Ping(ctx)
 		if err == nil {
@@ -201,6 +204,10 @@ func waitForDatabase(ctx context.Context, pool *pgxpool.Pool) error {
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("DATABASE_URL: database not reachable: %w", err)
+		}
+		if time.Since(start) >= time.Second && time.Since(logged) >= 10*time.Second {
+			log.Warn("waiting for the database (DATABASE_URL)", "err", err.Error(), "gives_up_in", time.Until(deadline).Round(time.Second).Seconds())
+			logged = time.Now()
 		}
 		select {
 		case <-ctx.Done():
