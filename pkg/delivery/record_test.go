@@ -3,10 +3,12 @@ package delivery
 import (
 	"context"
 	"encoding/json"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"notify/pkg/pgtest"
 	"notify/pkg/schema"
@@ -143,5 +145,67 @@ func TestRecordManyInOneStatement(t *testing.T) {
 	}
 	if diff := cmp.Diff(wantEvents, got); diff != "" {
 		t.Errorf("status events (-want +got):\n%s", diff)
+	}
+}
+
+// TestConcurrentRecordsOfOneTokenCountItOnce: records of the same token of one
+// notification committed at the same time (a redelivered task beside the first one, a
+// retry beside a late chunk) leave the counts adding up to the deliveries as they are: the
+// token counted once, under the outcome that was written last.
+func TestConcurrentRecordsOfOneTokenCountItOnce(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	store := NewStore(db.Pool)
+	outcomes := []string{schema.OutcomeDelivered, schema.OutcomeRetrying, schema.OutcomeFailed, schema.OutcomeInvalid}
+	for round := range 20 {
+		id := uuid.New()
+		if _, err := db.Pool.Exec(ctx, `INSERT INTO notifications (id, caller, type, request, expires_at, status)
+			VALUES ($1, 'test', 'order', '{}', now() + interval '1 hour', 'pending')`, id); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, len(outcomes))
+		for _, o := range outcomes {
+			wg.Go(func() {
+				_, err := store.RecordMany(ctx, []Record{{ID: id, Final: true, Outcomes: []Outcome{
+					{Target: Target{Token: "tok", DeviceID: "dev", UserID: "u"}, Outcome: o, Attempts: 1},
+					{Target: Target{Token: "tok-" + o, DeviceID: "dev-" + o, UserID: "u"}, Outcome: o, Attempts: 1},
+				}}})
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		var total, delivered, retrying, failed, invalid int
+		if err := db.Pool.QueryRow(ctx, `SELECT total, delivered, retrying, failed, invalid FROM notifications WHERE id = $1`, id).
+			Scan(&total, &delivered, &retrying, &failed, &invalid); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		rows, err := db.Pool.Query(ctx, `SELECT outcome, count(*) FROM deliveries WHERE notification_id = $1 GROUP BY outcome`, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var outcome string
+		var n int
+		if _, err := pgx.ForEachRow(rows, []any{&outcome, &n}, func() error { got[outcome] = n; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		counted := map[string]int{schema.OutcomeDelivered: delivered, schema.OutcomeRetrying: retrying,
+			schema.OutcomeFailed: failed, schema.OutcomeInvalid: invalid}
+		if total != 5 {
+			t.Errorf("round %d: total %d, want 5 (four tokens of their own and one shared)", round, total)
+		}
+		for _, o := range outcomes {
+			if counted[o] != got[o] {
+				t.Errorf("round %d: %s counted %d, the deliveries hold %d", round, o, counted[o], got[o])
+			}
+		}
 	}
 }

@@ -366,6 +366,9 @@ WITH input AS (
 )
 SELECT id, status FROM changed`
 
+// lockSQL locks the notifications a record writes, in id order (recordSQL's order).
+const lockSQL = `SELECT 1 FROM notifications WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`
+
 // statusCases are the WHEN branches of the status derived from a notification's counts:
 // those of row (e.g. "n.") plus, when plus is not "", the changes in plus (e.g. "c."). A
 // cancelled notification stays cancelled: chunks that were in flight when Cancel committed
@@ -472,6 +475,13 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 	}
 
 	b := &pgx.Batch{}
+	// The notifications are locked by a statement of their own before recordSQL: a
+	// statement reads from the snapshot it starts with, so recordSQL's own lock would wait
+	// for a concurrent record of the same token (a redelivered task, a retry racing a
+	// late chunk) and then compute the counts' difference from the outcome that record
+	// replaced, counting the token twice. After this lock, recordSQL's snapshot holds
+	// whatever the other record committed.
+	b.Queue(lockSQL, notifications)
 	status := make(map[uuid.UUID]string, len(notifications))
 	b.Queue(recordSQL, ids, tokens, devices, users, results, attempts, codes, messages, notifications, finals).
 		Query(func(rows pgx.Rows) error {
