@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -123,6 +124,15 @@ func (s Spans) EndEach(errs []error) {
 			End(sp, err)
 		}
 	}
+}
+
+// EndTask ends the span of a consumed task (a SendTask, a RetryTask) with what became of
+// it (notify.result: delivered, retrying, requeued…) and its error, if any.
+func EndTask(span trace.Span, result string, err error) {
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("notify.result", result))
+	}
+	End(span, err)
 }
 
 // End ends span, marking it failed with err when err is not nil.

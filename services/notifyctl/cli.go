@@ -243,6 +243,16 @@ func (c *cli) callCtx(ctx context.Context) (context.Context, context.CancelFunc)
 	return ctx, cancel
 }
 
+// open is what an RPC command starts with: the connection and the context of its call.
+func (c *cli) open(ctx context.Context) (*grpc.ClientConn, context.Context, context.CancelFunc, error) {
+	conn, err := c.client()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	callCtx, cancel := c.callCtx(ctx)
+	return conn, callCtx, cancel, nil
+}
+
 // positional checks a command's positional arguments: n of them (-1: any number, at least one),
 // with what they are for the message.
 func positional(n int, what string) cobra.PositionalArgs {

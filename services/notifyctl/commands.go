@@ -131,11 +131,10 @@ PublishRequest stops everything before anything is sent.`,
 			return usagef("publish: --priority must be normal or high")
 		}
 
-		conn, err := c.client()
+		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
 			return err
 		}
-		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewNotificationServiceClient(conn).Publish(callCtx, req)
 		if err != nil {
@@ -178,11 +177,10 @@ cannot be cancelled (exit 1); only the key that published it, or an admin key, m
 		Args:    positional(1, "one notification ID"),
 	}
 	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
-		conn, err := c.client()
+		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
 			return err
 		}
-		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewNotificationServiceClient(conn).Cancel(callCtx, &notifyv1.CancelRequest{NotificationId: args[0]})
 		if err != nil {
@@ -331,11 +329,10 @@ func (c *cli) devicesRegisterCommand() *cobra.Command {
 		if !ok {
 			return usagef("devices register: --platform must be android, ios or web")
 		}
-		conn, err := c.client()
+		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
 			return err
 		}
-		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewDeviceServiceClient(conn).RegisterDevice(callCtx, &notifyv1.RegisterDeviceRequest{
 			UserId: user, DeviceId: device, Token: token, Platform: p, App: app,
@@ -371,11 +368,10 @@ func (c *cli) devicesCheckCommand() *cobra.Command {
 	_ = cmd.MarkFlagRequired("user")
 	_ = cmd.MarkFlagRequired("device")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
-		conn, err := c.client()
+		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
 			return err
 		}
-		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewDeviceServiceClient(conn).CheckDevice(callCtx, &notifyv1.CheckDeviceRequest{UserId: user, DeviceId: device, App: app})
 		if err != nil {
@@ -472,11 +468,10 @@ func (c *cli) devicesUnregisterCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&app, "app", "", "the `app` the device was registered for (default: default)")
 	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
-		conn, err := c.client()
+		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
 			return err
 		}
-		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewDeviceServiceClient(conn).UnregisterDevice(callCtx, &notifyv1.UnregisterDeviceRequest{DeviceId: args[0], App: app})
 		if err != nil {

@@ -50,11 +50,10 @@ messages that reach users who muted their type); admin keys always may.`,
 		if !ok {
 			return usagef("keys create: --role must be publisher or admin")
 		}
-		conn, err := c.client()
+		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
 			return err
 		}
-		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewAdminServiceClient(conn).CreateAPIKey(callCtx, &notifyv1.CreateAPIKeyRequest{
 			Name: args[0], Role: r, Apps: apps, AllowIgnorePreferences: ignorePrefs,
@@ -81,11 +80,10 @@ func (c *cli) keysListCommand() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "revoked keys too")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
-		conn, err := c.client()
+		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
 			return err
 		}
-		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewAdminServiceClient(conn).ListAPIKeys(callCtx, &notifyv1.ListAPIKeysRequest{IncludeRevoked: all})
 		if err != nil {
@@ -116,11 +114,10 @@ func (c *cli) keysRevokeCommand() *cobra.Command {
 		Args: positional(1, "one key NAME"),
 	}
 	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
-		conn, err := c.client()
+		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
 			return err
 		}
-		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewAdminServiceClient(conn).RevokeAPIKey(callCtx, &notifyv1.RevokeAPIKeyRequest{Name: args[0]})
 		if err != nil {

@@ -34,11 +34,10 @@ sorted. A user who muted nothing (or whom notify does not know) has none.`,
 	cmd.Flags().StringVar(&user, "user", "", "user `id`")
 	_ = cmd.MarkFlagRequired("user")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
-		conn, err := c.client()
+		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
 			return err
 		}
-		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewDeviceServiceClient(conn).GetPreferences(callCtx, &notifyv1.GetPreferencesRequest{UserId: user})
 		if err != nil {
@@ -80,11 +79,10 @@ stored (sorted, without duplicates).`,
 		case !none && len(muted) == 0:
 			return usagef("preferences set: give the types to mute with --mute, or --none to unmute everything")
 		}
-		conn, err := c.client()
+		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
 			return err
 		}
-		callCtx, cancel := c.callCtx(ctx)
 		defer cancel()
 		resp, err := notifyv1.NewDeviceServiceClient(conn).SetPreferences(callCtx,
 			&notifyv1.SetPreferencesRequest{UserId: user, MutedTypes: muted})

@@ -3,8 +3,6 @@ package retrier
 import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
-
-	"notify/pkg/tracing"
 )
 
 // Span names of the retrier. Each RetryTask continues the trace of the hand-off that
@@ -30,12 +28,4 @@ func setTask(span trace.Span, id string, attempt, tokens int) {
 		span.SetAttributes(attribute.String("notify.notification_id", id), attribute.Int("notify.attempt", attempt),
 			attribute.Int("notify.tokens", tokens))
 	}
-}
-
-// endTask ends a task's span with what became of it.
-func endTask(span trace.Span, result string, err error) {
-	if span.IsRecording() {
-		span.SetAttributes(attribute.String("notify.result", result))
-	}
-	tracing.End(span, err)
 }

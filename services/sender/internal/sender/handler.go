@@ -126,7 +126,7 @@ func (h *Handler) HandleBatch(ctx context.Context, ds []*rabbit.Delivery) []erro
 		}
 		h.tasks.WithLabelValues(result).Inc()
 		errs[i] = t.err
-		endTask(t.span, result, t.err)
+		tracing.EndTask(t.span, result, t.err)
 	}
 	return errs
 }

@@ -3,8 +3,6 @@ package sender
 import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
-
-	"notify/pkg/tracing"
 )
 
 // Span names of the sender. A batch of deliveries holds tasks of many traces: each task's
@@ -29,12 +27,4 @@ func setNotification(span trace.Span, id string) {
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String("notify.notification_id", id))
 	}
-}
-
-// endTask ends a task's span with what became of it.
-func endTask(span trace.Span, result string, err error) {
-	if span.IsRecording() {
-		span.SetAttributes(attribute.String("notify.result", result))
-	}
-	tracing.End(span, err)
 }
