@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"notify/pkg/cli"
 	"notify/pkg/delivery"
 	"notify/pkg/envconfig"
 )
@@ -99,24 +100,7 @@ Environment:
   the services' tuning variables, passed on to the services it starts and recorded with the
   results: every variable named or starting with
 %s
-`, envconfig.DefaultDatabaseURL, envconfig.DefaultAMQPURL, wrapWords(tuningPrefixes, 88, "    "))
-}
-
-// wrapWords joins words with spaces into lines of at most width characters, each indented.
-func wrapWords(words []string, width int, indent string) string {
-	var b strings.Builder
-	line := indent
-	for _, w := range words {
-		if len(line) > len(indent) && len(line)+1+len(w) > width {
-			b.WriteString(line + "\n")
-			line = indent
-		}
-		if len(line) > len(indent) {
-			line += " "
-		}
-		line += w
-	}
-	return b.String() + line
+`, envconfig.DefaultDatabaseURL, envconfig.DefaultAMQPURL, cli.Wrap(tuningPrefixes, 88, "    "))
 }
 
 // tuningPrefixes name the environment variables that change how the services perform.

@@ -193,12 +193,12 @@ func (p Program) usage(w io.Writer) {
 		env = append(slices.Clip(env), tracing.Env...)
 	}
 	if len(env) > 0 {
-		fmt.Fprintf(w, "\nEnvironment (defaults and meanings: README.md, section Configuration):\n%s\n", wrap(env, 88, "  "))
+		fmt.Fprintf(w, "\nEnvironment (defaults and meanings: README.md, section Configuration):\n%s\n", Wrap(env, 88, "  "))
 	}
 }
 
-// wrap joins words with spaces into lines of at most width characters, each indented.
-func wrap(words []string, width int, indent string) string {
+// Wrap joins words with spaces into lines of at most width characters, each indented.
+func Wrap(words []string, width int, indent string) string {
 	var b strings.Builder
 	line := indent
 	for _, w := range words {
