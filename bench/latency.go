@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	notifyv1 "notify/proto/gen/notify/v1"
 )
@@ -116,16 +114,7 @@ func latencyPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 				t0 := time.Now()
 				r.maxLag = max(r.maxLag, t0.Sub(start.Add(time.Duration(i)*interval)))
 				callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				_, err := client.Publish(callCtx, &notifyv1.PublishRequest{
-					IdempotencyKey: st.topology + "-latency-" + strconv.Itoa(i),
-					Type:           "bench.latency",
-					Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{
-						UserIds: []string{userID("latency", i)},
-					}}},
-					Content: &notifyv1.Content{Title: benchTitle, Body: benchBody},
-					Data:    map[string]string{"order_id": strconv.Itoa(i)},
-					Options: &notifyv1.Options{Priority: notifyv1.Priority_PRIORITY_HIGH, Ttl: durationpb.New(time.Hour)},
-				})
+				_, err := client.Publish(callCtx, oneUserRequest(st.topology, "latency", i))
 				cancel()
 				if err != nil {
 					failed.Add(1)

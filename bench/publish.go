@@ -161,6 +161,21 @@ func publishRequest(run string, c, seq int) *notifyv1.PublishRequest {
 	}
 }
 
+// oneUserRequest is the i-th notification of a phase that sends each to one user of its
+// own (latency, sustain): one token, a key unique to the run.
+func oneUserRequest(topology, phase string, i int) *notifyv1.PublishRequest {
+	return &notifyv1.PublishRequest{
+		IdempotencyKey: topology + "-" + phase + "-" + strconv.Itoa(i),
+		Type:           "bench." + phase,
+		Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{
+			UserIds: []string{userID(phase, i)},
+		}}},
+		Content: &notifyv1.Content{Title: benchTitle, Body: benchBody},
+		Data:    map[string]string{"order_id": strconv.Itoa(i)},
+		Options: &notifyv1.Options{Priority: notifyv1.Priority_PRIORITY_HIGH, Ttl: durationpb.New(time.Hour)},
+	}
+}
+
 // backlogs polls the bench database for the two backlogs a Publish leaves behind: outbox
 // rows not yet relayed, and notifications not yet finished by the sender.
 type backlogs struct {

@@ -3,13 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	notifyv1 "notify/proto/gen/notify/v1"
 )
@@ -87,16 +85,7 @@ func sustainPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 					return
 				}
 				callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				_, err := client.Publish(callCtx, &notifyv1.PublishRequest{
-					IdempotencyKey: st.topology + "-sustain-" + strconv.Itoa(i),
-					Type:           "bench.sustain",
-					Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{
-						UserIds: []string{userID("sustain", i)},
-					}}},
-					Content: &notifyv1.Content{Title: benchTitle, Body: benchBody},
-					Data:    map[string]string{"order_id": strconv.Itoa(i)},
-					Options: &notifyv1.Options{Priority: notifyv1.Priority_PRIORITY_HIGH, Ttl: durationpb.New(time.Hour)},
-				})
+				_, err := client.Publish(callCtx, oneUserRequest(st.topology, "sustain", i))
 				cancel()
 				if err != nil {
 					failed.Add(1)
