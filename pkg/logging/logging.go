@@ -6,10 +6,13 @@
 package logging
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
+	"time"
 
 	"notify/pkg/buildinfo"
 )
@@ -45,4 +48,32 @@ func seconds(_ []string, a slog.Attr) slog.Attr {
 func Starting(log *slog.Logger, settings slog.Value) {
 	b := buildinfo.Read()
 	log.Info("starting", "version", b.Version, "commit", b.Commit, "go_version", b.GoVersion, "settings", settings)
+}
+
+// Stopping logs "stopping" as soon as ctx ends (SIGTERM or Ctrl-C: the service stops taking
+// work and lets what is in flight finish within drain, its SHUTDOWN_TIMEOUT), so that an
+// operator reading a pod's log sees why it went quiet. Call the function it returns when the
+// service has stopped: it logs "stopped" with how long stopping took, or nothing when ctx
+// never ended (a start-up failure, which the caller reports as an error).
+func Stopping(ctx context.Context, log *slog.Logger, drain time.Duration) (stopped func()) {
+	var (
+		mu    sync.Mutex
+		since time.Time
+	)
+	cancel := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		since = time.Now()
+		mu.Unlock()
+		log.Info("stopping", "reason", context.Cause(ctx).Error(), "drain", drain)
+	})
+	return func() {
+		if cancel() { // ctx has not ended: nothing was said, nothing to add
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !since.IsZero() {
+			log.Info("stopped", "took", time.Since(since))
+		}
+	}
 }

@@ -30,6 +30,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 	log := logging.New(os.Stderr, "deadletter", cfg.LogLevel)
 	logging.Starting(log, cfg.Settings)
+	defer logging.Stopping(ctx, log, cfg.ShutdownTimeout)()
 
 	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {

@@ -40,6 +40,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 	log := logging.New(os.Stderr, "producer", cfg.LogLevel)
 	logging.Starting(log, cfg.Settings)
+	defer logging.Stopping(ctx, log, cfg.ShutdownTimeout)()
 	// TLS files are checked before anything waits for the database, so a bad path fails fast.
 	serverOpts, err := grpcServerOptions(cfg, log)
 	if err != nil {

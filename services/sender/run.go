@@ -31,6 +31,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 	log := logging.New(os.Stderr, "sender", cfg.LogLevel)
 	logging.Starting(log, cfg.Settings)
+	defer logging.Stopping(ctx, log, cfg.ShutdownTimeout)()
 	for _, app := range cfg.Delivery.Apps {
 		if app.FCM.CredentialsFile == "" {
 			log.Warn("sending to an FCM emulator, not to Firebase", "app", app.Name, "endpoint", app.FCM.Endpoint)
