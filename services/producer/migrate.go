@@ -72,7 +72,7 @@ func migrateCommand(ctx context.Context, cmd string, getenv func(string) string,
 	}
 	defer pool.Close()
 	log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	if err := waitForDatabase(ctx, pool, log); err != nil {
+	if err := waitForDatabase(ctx, pool, log, time.Minute); err != nil {
 		return schema.Status{}, err
 	}
 	if cmd == "up" {

@@ -97,12 +97,56 @@ func TestWaitForDatabaseSaysWhatItWaitsFor(t *testing.T) {
 	var buf syncBuffer
 	ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
 	defer cancel()
-	err = waitForDatabase(ctx, pool, slog.New(slog.NewJSONHandler(&buf, nil)))
+	err = waitForDatabase(ctx, pool, slog.New(slog.NewJSONHandler(&buf, nil)), 0)
 	if err == nil || !strings.Contains(err.Error(), "DATABASE_URL: database not reachable") {
 		t.Errorf("error %v, want DATABASE_URL: database not reachable", err)
 	}
 	if !strings.Contains(buf.String(), `"msg":"waiting for the database (DATABASE_URL)"`) || !strings.Contains(buf.String(), "connection refused") {
 		t.Errorf("log:\n%s\nwant a line saying it waits for the database, with the error", buf.String())
+	}
+}
+
+// TestWaitForDatabaseGivesUpOnlyWhenAsked: the server waits for its database as long as it
+// takes (it used to exit after a minute, unlike the other services); `producer migrate`
+// gives up after its limit and says so, naming DATABASE_URL.
+func TestWaitForDatabaseGivesUpOnlyWhenAsked(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	pool, err := pgxpool.New(t.Context(), "postgres://notify:notify@"+addr+"/notify?sslmode=disable&connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+
+	var buf syncBuffer
+	start := time.Now()
+	err = waitForDatabase(t.Context(), pool, slog.New(slog.NewJSONHandler(&buf, nil)), 1500*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "DATABASE_URL: database not reachable") {
+		t.Errorf("with a limit: error %v, want DATABASE_URL: database not reachable", err)
+	}
+	if took := time.Since(start); took < 1500*time.Millisecond {
+		t.Errorf("gave up after %v, before its limit", took)
+	}
+	if !strings.Contains(buf.String(), `"gives_up_in"`) {
+		t.Errorf("log with a limit:\n%s\nwant gives_up_in", buf.String())
+	}
+
+	// Without a limit it is still waiting well past that limit, until ctx ends.
+	buf = syncBuffer{}
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Second)
+	defer cancel()
+	start = time.Now()
+	err = waitForDatabase(ctx, pool, slog.New(slog.NewJSONHandler(&buf, nil)), 0)
+	if took := time.Since(start); took < 4*time.Second || ctx.Err() == nil {
+		t.Errorf("without a limit it returned after %v (%v), before ctx ended", took, err)
+	}
+	if strings.Contains(buf.String(), `"gives_up_in"`) || !strings.Contains(buf.String(), `"waited"`) {
+		t.Errorf("log without a limit:\n%s\nwant waited and no gives_up_in", buf.String())
 	}
 }
 

@@ -124,7 +124,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return metrics.NewServer(cfg.MetricsAddr, reg, log, checks...).Run(gctx) })
 	g.Go(func() error {
-		if err := waitForDatabase(gctx, pool, log); err != nil {
+		if err := waitForDatabase(gctx, pool, log, 0); err != nil {
 			if gctx.Err() != nil {
 				return nil
 			}
@@ -191,23 +191,29 @@ func watchReadiness(ctx context.Context, checks []metrics.Check, log *slog.Logge
 	}
 }
 
-// waitForDatabase gives a database that starts together with the producer a minute to
-// answer, instead of failing at once, and says so in the log (first after a second, then
-// every 10 s), so that a producer that is not ready is not also silent about why.
-func waitForDatabase(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+// waitForDatabase waits for a database that starts together with the producer instead of
+// failing at once, and says so in the log (first after a second, then every 10 s), so that a
+// producer that is not ready is not also silent about why. The server waits as long as it
+// takes (giveUp 0), as the sender, retrier and deadletter do: it is not ready meanwhile and
+// answers UNAVAILABLE. `producer migrate`, a command someone or a Job waits on, gives up
+// after giveUp.
+func waitForDatabase(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, giveUp time.Duration) error {
 	start := time.Now()
-	deadline := start.Add(time.Minute)
 	var logged time.Time
 	for {
 		err := pool.Ping(ctx)
 		if err == nil {
 			return nil
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
+		if (giveUp > 0 && time.Since(start) >= giveUp) || ctx.Err() != nil {
 			return fmt.Errorf("DATABASE_URL: database not reachable: %w", err)
 		}
 		if time.Since(start) >= time.Second && time.Since(logged) >= 10*time.Second {
-			log.Warn("waiting for the database (DATABASE_URL)", "err", err.Error(), "gives_up_in", time.Until(deadline).Round(time.Second).Seconds())
+			attrs := []any{"err", err.Error(), "waited", time.Since(start).Round(time.Second)}
+			if giveUp > 0 {
+				attrs = append(attrs, "gives_up_in", (giveUp - time.Since(start)).Round(time.Second))
+			}
+			log.Warn("waiting for the database (DATABASE_URL)", attrs...)
 			logged = time.Now()
 		}
 		select {
