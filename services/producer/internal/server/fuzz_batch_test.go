@@ -98,7 +98,7 @@ func FuzzPublishBatch(f *testing.F) {
 		}
 		for i, item := range req.GetRequests() {
 			var v violations
-			badText(&v, "", item.ProtoReflect())
+			nameBadText(&v, "", item.ProtoReflect())
 			v = append(v, validatePublish(item)...)
 			refused := len(v) > 0 || item.GetOptions().GetIgnorePreferences() // not an admin
 			written := db.written[item.GetIdempotencyKey()]

@@ -66,7 +66,7 @@ func serve(req proto.Message, validate func() violations) error {
 func checkServed(t *testing.T, req proto.Message, err error) {
 	t.Helper()
 	var bad violations
-	badText(&bad, "", req.ProtoReflect())
+	nameBadText(&bad, "", req.ProtoReflect()) // the naming walk: the whole check, independent of goodMessage
 	if err == nil {
 		if len(bad) > 0 {
 			t.Fatalf("accepted a request with text PostgreSQL cannot store: %v", bad)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
@@ -39,9 +40,9 @@ func checkText(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler gr
 	if _, ok := req.(*notifyv1.PublishBatchRequest); ok {
 		return handler(ctx, req) // PublishBatch checks each request itself: one bad item refuses only itself
 	}
-	if m, ok := req.(proto.Message); ok {
+	if m, ok := req.(proto.Message); ok && !goodMessage(m.ProtoReflect()) {
 		var v violations
-		badText(&v, "", m.ProtoReflect())
+		nameBadText(&v, "", m.ProtoReflect())
 		if len(v) > 0 {
 			return nil, invalidArgument(v)
 		}
@@ -60,9 +61,9 @@ func (s textStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	if pm, ok := m.(proto.Message); ok {
+	if pm, ok := m.(proto.Message); ok && !goodMessage(pm.ProtoReflect()) {
 		var v violations
-		badText(&v, "", pm.ProtoReflect())
+		nameBadText(&v, "", pm.ProtoReflect())
 		if len(v) > 0 {
 			return invalidArgument(v)
 		}
@@ -73,7 +74,19 @@ func (s textStream) RecvMsg(m any) error {
 // badText adds a violation for every string in m, at any depth, that breaks textRule.
 // Fields are named as the other validations name them: proto names joined by dots, list
 // items [i], map values [key].
+//
+// Nearly every request is clean, so badText first checks m with goodMessage, which walks
+// only the fields that can hold text and names nothing; only a request it finds wrong is
+// walked again to name the fields.
 func badText(v *violations, prefix string, m protoreflect.Message) {
+	if goodMessage(m) {
+		return
+	}
+	nameBadText(v, prefix, m)
+}
+
+// nameBadText is badText's walk that names what it finds.
+func nameBadText(v *violations, prefix string, m protoreflect.Message) {
 	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
 		name := prefix + string(fd.Name())
 		switch {
@@ -106,11 +119,104 @@ func badValue(v *violations, name string, fd protoreflect.FieldDescriptor, val p
 			v.add(name, textRule)
 		}
 	case protoreflect.MessageKind, protoreflect.GroupKind:
-		badText(v, name+".", val.Message())
+		nameBadText(v, name+".", val.Message())
 	}
 }
 
-func goodText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+func goodText(s string) bool { return strings.IndexByte(s, 0) < 0 && utf8.ValidString(s) }
+
+// goodMessage reports whether every string in m, at any depth (map keys and values, list
+// items, nested messages), keeps textRule. It visits only the fields of m's type that can
+// hold text, from a list made once per message type (textFields), and allocates nothing
+// but for map fields.
+func goodMessage(m protoreflect.Message) bool {
+	for _, f := range textFieldsOf(m.Descriptor()) {
+		if !m.Has(f.fd) {
+			continue
+		}
+		val := m.Get(f.fd)
+		switch f.shape {
+		case textScalar:
+			if !goodValue(f.kind, val) {
+				return false
+			}
+		case textList:
+			l := val.List()
+			for i := range l.Len() {
+				if !goodValue(f.kind, l.Get(i)) {
+					return false
+				}
+			}
+		case textMap:
+			good := true
+			keyIsText, valueKind := f.fd.MapKey().Kind() == protoreflect.StringKind, f.kind
+			val.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+				good = (!keyIsText || goodText(k.String())) && goodValue(valueKind, mv)
+				return good
+			})
+			if !good {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// goodValue checks one string or message value (of kind) by textRule.
+func goodValue(kind protoreflect.Kind, val protoreflect.Value) bool {
+	if kind == protoreflect.StringKind {
+		return goodText(val.String())
+	}
+	if kind == protoreflect.MessageKind || kind == protoreflect.GroupKind {
+		return goodMessage(val.Message())
+	}
+	return true
+}
+
+// textField is a field that can hold text: a string or a message, alone, in a list, or as
+// a map's value (a map with string keys counts whatever its values).
+type textField struct {
+	fd    protoreflect.FieldDescriptor
+	shape int               // textScalar, textList or textMap
+	kind  protoreflect.Kind // of the value (a map's: of its values)
+}
+
+const (
+	textScalar = iota
+	textList
+	textMap
+)
+
+// textFields holds the []textField of each message type met, by descriptor.
+var textFields sync.Map
+
+func textFieldsOf(md protoreflect.MessageDescriptor) []textField {
+	if fs, ok := textFields.Load(md); ok {
+		return fs.([]textField)
+	}
+	var fs []textField
+	fields := md.Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		f := textField{fd: fd, shape: textScalar, kind: fd.Kind()}
+		switch {
+		case fd.IsMap():
+			f.shape, f.kind = textMap, fd.MapValue().Kind()
+			if fd.MapKey().Kind() == protoreflect.StringKind {
+				fs = append(fs, f)
+				continue
+			}
+		case fd.IsList():
+			f.shape = textList
+		}
+		switch f.kind {
+		case protoreflect.StringKind, protoreflect.MessageKind, protoreflect.GroupKind:
+			fs = append(fs, f)
+		}
+	}
+	textFields.Store(md, fs)
+	return fs
+}
 
 // textCodec is grpc-go's protobuf codec, except for a request whose string fields are
 // not valid UTF-8: protobuf refuses to decode it and grpc-go answers INTERNAL before any
