@@ -171,8 +171,8 @@ func startBatchConsumer(t testing.TB, c *Conn, queue string, h BatchHandler, opt
 	})
 }
 
-// TestBatchBoundaries: a batch goes to the handler when it is full, and a lone delivery
-// once the linger has passed, not before.
+// TestBatchBoundaries: while a handler is busy, a batch fills up to BatchSize and a lone
+// delivery waits the linger for company; while none is, a lone delivery goes at once.
 func TestBatchBoundaries(t *testing.T) {
 	t.Parallel()
 	amqpURL := testenv.AMQPURL(t)
@@ -180,51 +180,116 @@ func TestBatchBoundaries(t *testing.T) {
 	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo})
 	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
 
-	// Size: 10 messages waiting, batches of at most 4, a linger far longer than the
-	// broker needs to push them: 4, 4 and the last 2 after the linger.
-	if err := pub.Publish(context.Background(), messages("size", 10, SendKey, nil)...); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
 	const linger = 1500 * time.Millisecond
 	var mu sync.Mutex
 	var sizes []int
+	handledAt := map[string]time.Time{}
 	got := newSeen()
-	var lastAt atomic.Int64
+	holding := make(chan struct{}) // a "hold-" delivery's handler is running
+	release := make(chan struct{}) // lets it return
 	startBatchConsumer(t, conn, topo.SendQueue(), func(ctx context.Context, ds []*Delivery) []error {
 		mu.Lock()
 		sizes = append(sizes, len(ds))
+		for _, d := range ds {
+			handledAt[d.MessageID] = time.Now()
+		}
 		mu.Unlock()
 		for _, d := range ds {
 			got.add(d.MessageID)
+			if strings.HasPrefix(d.MessageID, "hold-") {
+				holding <- struct{}{}
+				<-release
+			}
 		}
-		lastAt.Store(time.Now().UnixNano())
 		return make([]error, len(ds))
-	}, ConsumerOptions{Concurrency: 1, BatchSize: 4, BatchLinger: linger})
-	waitFor(t, 20*time.Second, "10 messages handled", func() bool { return got.unique() == 10 })
-	mu.Lock()
-	if diff := cmp.Diff([]int{4, 4, 2}, sizes); diff != "" {
-		t.Errorf("batch sizes (-want +got):\n%s", diff)
+	}, ConsumerOptions{Concurrency: 2, BatchSize: 4, BatchLinger: linger, Prefetch: 100})
+	publish := func(msgs ...Message) {
+		t.Helper()
+		if err := pub.Publish(context.Background(), msgs...); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
 	}
-	sizes = nil
-	mu.Unlock()
+	takeSizes := func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		out := sizes
+		sizes = nil
+		return out
+	}
 
-	// Linger: one message alone waits for company for the linger, then goes alone.
+	// Idle: a lone delivery goes at once, far before its linger.
 	start := time.Now()
-	if err := pub.Publish(context.Background(), Message{RoutingKey: SendKey, MessageID: "alone"}); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
-	waitFor(t, 20*time.Second, "the lone message handled", func() bool { return got.unique() == 11 })
-	if waited := time.Unix(0, lastAt.Load()).Sub(start); waited < linger {
-		t.Errorf("a lone delivery was handled after %v, before the linger %v passed", waited, linger)
-	}
+	publish(Message{RoutingKey: SendKey, MessageID: "idle"})
+	waitFor(t, 20*time.Second, "the lone message handled", func() bool { return got.unique() == 1 })
 	mu.Lock()
-	defer mu.Unlock()
-	if diff := cmp.Diff([]int{1}, sizes); diff != "" {
+	if waited := handledAt["idle"].Sub(start); waited >= linger {
+		t.Errorf("a lone delivery with no handler busy was handled after %v, not at once (linger %v)", waited, linger)
+	}
+	mu.Unlock()
+	if diff := cmp.Diff([]int{1}, takeSizes()); diff != "" {
 		t.Errorf("batch sizes (-want +got):\n%s", diff)
+	}
+
+	// Busy: with one handler held, a lone delivery waits for company for the linger, then
+	// goes alone to the other handler.
+	publish(Message{RoutingKey: SendKey, MessageID: "hold-1"})
+	<-holding
+	start = time.Now()
+	publish(Message{RoutingKey: SendKey, MessageID: "alone"})
+	waitFor(t, 20*time.Second, "the lone message handled", func() bool { return got.unique() == 3 })
+	mu.Lock()
+	if waited := handledAt["alone"].Sub(start); waited < linger {
+		t.Errorf("a lone delivery was handled after %v while another handler was busy, before the linger %v passed", waited, linger)
+	}
+	mu.Unlock()
+	if diff := cmp.Diff([]int{1, 1}, takeSizes()); diff != "" {
+		t.Errorf("batch sizes (-want +got):\n%s", diff)
+	}
+
+	// Size: with both handlers held, 10 waiting messages are taken at most 4 at a time, and
+	// the batch that fills meanwhile is full.
+	publish(Message{RoutingKey: SendKey, MessageID: "hold-2"})
+	<-holding
+	takeSizes() // hold-2's own batch, after its linger
+	publish(messages("size", 10, SendKey, nil)...)
+	waitFor(t, 20*time.Second, "the 10 messages pushed to the consumer", func() bool { return readyCount(t, amqpURL, topo.SendQueue()) == 0 })
+	// The batch filling meanwhile lingers (a handler is busy), so it goes once full: 4.
+	release <- struct{}{} // hold-1
+	release <- struct{}{} // hold-2
+	waitFor(t, 20*time.Second, "every message handled", func() bool { return got.unique() == 14 })
+	sz := takeSizes()
+	total := 0
+	for _, n := range sz {
+		total += n
+		if n > 4 {
+			t.Errorf("a batch of %d, over BatchSize 4: %v", n, sz)
+		}
+	}
+	if total != 10 || len(sz) == 0 || sz[0] != 4 {
+		t.Errorf("batch sizes %v: want the 10 deliveries, the first batch full", sz)
 	}
 	if got.duplicates() != 0 {
 		t.Errorf("%d duplicate deliveries", got.duplicates())
 	}
+}
+
+// readyCount is how many messages of queue wait in the broker, not yet sent to a consumer.
+func readyCount(t testing.TB, amqpURL, queue string) int {
+	t.Helper()
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("channel: %v", err)
+	}
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatalf("inspect %s: %v", queue, err)
+	}
+	return q.Messages
 }
 
 // TestBatchMixedSettlements runs batches on a real broker whose handler acks, requeues and
@@ -347,8 +412,8 @@ func TestBatchShutdownLosesNothing(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if len(first) != 8 {
-		t.Errorf("first batch had %d deliveries, want 8", len(first))
+	if len(first) < 1 || len(first) > 8 { // at once, with what had arrived (no handler was busy)
+		t.Errorf("first batch had %d deliveries, want 1 to 8", len(first))
 	}
 	if len(started) != 0 {
 		t.Errorf("%d more batches started after cancel, want 0", len(started))

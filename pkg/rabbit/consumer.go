@@ -24,9 +24,11 @@ type ConsumerOptions struct {
 	// default 64). A Handler always gets one.
 	BatchSize int
 	// BatchLinger is how long a batch waits for more deliveries after its first one arrived
-	// (NewBatchConsumer; default 5ms): a batch goes to a handler when it is full or its
-	// linger has passed, whichever comes first, and while every handler is busy it keeps
-	// filling up to BatchSize.
+	// while another batch is being handled (NewBatchConsumer; default 5ms): a batch goes to
+	// a handler when it is full or its linger has passed, whichever comes first, and while
+	// every handler is busy it keeps filling up to BatchSize. A delivery that arrives while
+	// no handler is busy goes at once, with whatever arrived with it: a lone message never
+	// lingers, as a lone Publish never waits for a group commit.
 	BatchLinger time.Duration
 	// HandlerTimeout is each handler call's deadline; 0 means none.
 	HandlerTimeout time.Duration
@@ -52,6 +54,8 @@ type Consumer struct {
 	// live is the generation of the channel currently consuming (0: none). A delivery from
 	// any other generation is stale: its channel is gone and the broker will redeliver it.
 	live atomic.Uint64
+	// busy is how many handlers are running; a batch lingers only while one is.
+	busy atomic.Int32
 
 	mu      sync.Mutex
 	downErr error // why the last subscription failed or ended, for Check
@@ -103,6 +107,9 @@ type Delivery struct {
 	Timestamp   time.Time
 	// Redelivered is the broker's flag: this message may have been handled before.
 	Redelivered bool
+	// Received is when the consumer took it from the channel; StartSpan reports the wait
+	// since then (a batch filling, every worker busy) as notify.queued_seconds.
+	Received time.Time
 
 	raw  amqp.Delivery
 	sub  *subscription
@@ -151,7 +158,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	for range c.opts.Concurrency {
 		workers.Go(func() {
 			for batch := range jobs {
+				c.busy.Add(1)
 				c.handle(handlerCtx, batch)
+				c.busy.Add(-1)
 			}
 		})
 	}
@@ -349,6 +358,7 @@ func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- [
 				Body:        raw.Body,
 				Timestamp:   raw.Timestamp,
 				Redelivered: raw.Redelivered,
+				Received:    time.Now(),
 				raw:         raw,
 				sub:         sub,
 				live:        &c.live,
@@ -356,6 +366,8 @@ func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- [
 			switch {
 			case len(batch) >= c.opts.BatchSize || c.opts.BatchLinger <= 0:
 				ready = true
+			case len(batch) == 1 && c.busy.Load() == 0:
+				ready = true // nothing else is being handled: no reason to wait for company
 			case len(batch) == 1:
 				linger.Reset(c.opts.BatchLinger)
 			}

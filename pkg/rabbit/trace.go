@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
@@ -65,6 +66,9 @@ func (d *Delivery) StartSpan(ctx context.Context, name string) (context.Context,
 			attribute.String("messaging.message.id", d.MessageID),
 			attribute.Int("notify.attempt", d.Attempt()),
 		)
+		if !d.Received.IsZero() {
+			span.SetAttributes(attribute.Float64("notify.queued_seconds", time.Since(d.Received).Seconds()))
+		}
 	}
 	return ctx, span
 }
