@@ -158,6 +158,9 @@ func TestEmulatorRefusesWithoutIO(t *testing.T) {
 		{"no tokens", nil, Message{Body: "b"}, outcome{"INVALID_REQUEST", "permanent", 0}},
 		{"bad image URL", tokens("device-", 3), Message{Body: "b", ImageURL: "not a url"}, outcome{"INVALID_MESSAGE", "permanent", 0}},
 		{"negative TTL", tokens("device-", 3), Message{Body: "b", TTL: -time.Second}, outcome{"INVALID_MESSAGE", "permanent", 0}},
+		// One token, and more than sendEach takes: the SDK's own multicast.
+		{"bad image URL, one token", tokens("device-", 1), Message{Body: "b", ImageURL: "not a url"}, outcome{"INVALID_MESSAGE", "permanent", 0}},
+		{"bad image URL, 60 tokens", tokens("device-", 60), Message{Body: "b", ImageURL: "not a url"}, outcome{"INVALID_MESSAGE", "permanent", 0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -174,6 +177,28 @@ func TestEmulatorRefusesWithoutIO(t *testing.T) {
 				t.Errorf("emulator received %d requests, want 0", n)
 			}
 		})
+	}
+}
+
+// TestEmulatorRefusesOneToken: a token the SDK refuses (an empty one) among others that it
+// sends fails alone, permanently, and the others are delivered and keep their results.
+func TestEmulatorRefusesOneToken(t *testing.T) {
+	t.Parallel()
+	emu, c := newEmulator(t, fcmemu.Config{})
+	res, err := c.SendMulticast(t.Context(), Message{Body: "b"}, []string{"device-a", "", "device-b"})
+	if err != nil {
+		t.Fatalf("SendMulticast: %v", err)
+	}
+	got := make([]outcome, len(res))
+	for i, r := range res {
+		got[i] = outcomeOf(r.Err)
+	}
+	want := []outcome{outcomeOf(nil), {"INVALID_MESSAGE", "permanent", 0}, outcomeOf(nil)}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("outcomes (-want +got):\n%s", diff)
+	}
+	if n := emu.Stats().Requests; n != 2 {
+		t.Errorf("emulator received %d requests, want 2", n)
 	}
 }
 

@@ -1,6 +1,7 @@
 // Package fcm is notify's only door to Firebase Cloud Messaging, shared by the sender and
-// the retrier. It wraps the Firebase Admin SDK's SendEachForMulticast, gives it an HTTP
-// client sized for its 50 concurrent requests, and translates every SDK error at the edge
+// the retrier. It sends through the Firebase Admin SDK (SendEachForMulticast, or its Send
+// once per token for small multicasts), gives it an HTTP client sized for its 50
+// concurrent requests per multicast, and translates every SDK error at the edge
 // into a *SendError whose kind (ErrTokenGone, ErrTransient, ErrPermanent) decides what
 // happens to the token next.
 package fcm
@@ -15,13 +16,17 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"cloud.google.com/go/auth/credentials"
 	"cloud.google.com/go/auth/httptransport"
 	firebase "firebase.google.com/go/v4"
+	"firebase.google.com/go/v4/errorutils"
 	"firebase.google.com/go/v4/messaging"
 	"google.golang.org/api/option"
 
@@ -304,23 +309,32 @@ func (c *Client) SendMulticast(ctx context.Context, m Message, tokens []string) 
 				multi[j] = tokens[i]
 			}
 		}
-		br, err := c.msg.SendEachForMulticast(ctx, m.multicast(multi, now))
+		var responses []*messaging.SendResponse
+		var err error
+		if len(multi) <= sdkWorkers {
+			responses, err = c.sendEach(ctx, m, multi, now)
+		} else {
+			var br *messaging.BatchResponse
+			if br, err = c.msg.SendEachForMulticast(ctx, m.multicast(multi, now)); err == nil {
+				responses = br.Responses
+			}
+		}
 		if err != nil {
-			// SendEachForMulticast fails as a whole only while checking the request, before
+			// The SDK fails a multicast as a whole only while checking the request, before
 			// sending anything; per-send failures are in the responses.
 			if ctx.Err() != nil {
 				return nil, classify(ctx.Err(), now)
 			}
 			return nil, &SendError{Code: codeInvalidMessage, Kind: ErrPermanent, Err: err}
 		}
-		if len(br.Responses) != len(multi) {
+		if len(responses) != len(multi) {
 			return nil, &SendError{Code: codeUnknown, Kind: ErrPermanent,
-				Err: fmt.Errorf("sdk answered %d responses for %d tokens", len(br.Responses), len(multi))}
+				Err: fmt.Errorf("sdk answered %d responses for %d tokens", len(responses), len(multi))}
 		}
 		// The call may have taken a while (the SDK's retries): an HTTP-date Retry-After is
 		// measured from now, not from when the call started.
 		now = c.now()
-		for j, r := range br.Responses {
+		for j, r := range responses {
 			i := regular[j]
 			if r.Success {
 				results[i].MessageID = r.MessageID
@@ -349,6 +363,66 @@ func (c *Client) SendMulticast(ctx context.Context, m Message, tokens []string) 
 		return results, results[0].Err
 	}
 	return results, nil
+}
+
+// sdkWorkers is how many goroutines SendEachForMulticast starts for every multicast,
+// whatever its size, each sending one token's request at a time.
+const sdkWorkers = 50
+
+// sendEach sends m to each of tokens (at most sdkWorkers) as SendEachForMulticast would:
+// one FCM request per token through the SDK's Send, all at once, answered in the order of
+// tokens. It makes them itself because SendEachForMulticast starts sdkWorkers goroutines
+// and two channels for any multicast, which for the common one- to three-token
+// notification cost more CPU than its requests. The first token is sent on the calling
+// goroutine, each other one on a goroutine of its own.
+//
+// Like SendEachForMulticast it fails as a whole, having sent nothing, when the SDK refuses
+// the message before sending it (a request that never reached the HTTP transport); should
+// it refuse only some tokens' messages (it checks each token too), those fail alone,
+// permanently, and the others keep their results.
+func (c *Client) sendEach(ctx context.Context, m Message, tokens []string, now time.Time) ([]*messaging.SendResponse, error) {
+	base := m.single(now)
+	responses := make([]*messaging.SendResponse, len(tokens))
+	answers := make([]messaging.SendResponse, len(tokens))
+	refused := make([]error, len(tokens))
+	send := func(i int) {
+		msg := *base
+		msg.Token = tokens[i]
+		// An *http.Transport calls GetConn, on this goroutine, for every request the SDK
+		// lets through to it.
+		reached := false
+		tctx := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GetConn: func(string) { reached = true }})
+		id, err := c.msg.Send(tctx, &msg)
+		switch {
+		case err == nil:
+			answers[i] = messaging.SendResponse{Success: true, MessageID: id}
+		case refusedUnsent(ctx, err, reached):
+			refused[i] = err
+			answers[i] = messaging.SendResponse{Error: &SendError{Code: codeInvalidMessage, Kind: ErrPermanent, Err: err}}
+		default:
+			answers[i] = messaging.SendResponse{Error: err}
+		}
+		responses[i] = &answers[i]
+	}
+	var wg sync.WaitGroup
+	for i := 1; i < len(tokens); i++ {
+		wg.Go(func() { send(i) })
+	}
+	send(0)
+	wg.Wait()
+	if !slices.Contains(refused, nil) {
+		return nil, refused[0]
+	}
+	return responses, nil
+}
+
+// refusedUnsent reports whether the SDK's Send failed with err because it refused the
+// message before sending it: no request reached the transport, ctx is live, and err is
+// neither an HTTP answer nor what the SDK makes of a failed round trip (a transport that
+// is not an *http.Transport, as in tests, may not report reaching it).
+func refusedUnsent(ctx context.Context, err error, reached bool) bool {
+	return !reached && ctx.Err() == nil && errorutils.HTTPResponse(err) == nil &&
+		!errorutils.IsUnknown(err) && !errorutils.IsUnavailable(err) && !errorutils.IsDeadlineExceeded(err)
 }
 
 // sendTopics sends m to each topic or condition key among results' tokens, one FCM
