@@ -95,11 +95,13 @@ func BenchmarkRecord(b *testing.B) {
 			ids[i] = benchNotification(b, db.Pool, "{}")
 		}
 		b.ResetTimer()
+		pg := startPGCPU(b, db.Pool)
 		for i := range b.N {
 			if err := store.Record(ctx, ids[i], outcomes); err != nil {
 				b.Fatal(err)
 			}
 		}
+		pg.report(b, b.N*chunk, "outcome")
 		b.ReportMetric(float64(b.N*chunk)/b.Elapsed().Seconds(), "outcomes/s")
 	})
 	b.Run("broadcast-at-100k", func(b *testing.B) {
@@ -113,11 +115,13 @@ func BenchmarkRecord(b *testing.B) {
 		}
 		next := benchTargets("after", b.N*chunk)
 		b.ResetTimer()
+		pg := startPGCPU(b, db.Pool)
 		for i := range b.N {
 			if err := store.Record(ctx, id, delivered(next[i*chunk:(i+1)*chunk])); err != nil {
 				b.Fatal(err)
 			}
 		}
+		pg.report(b, b.N*chunk, "outcome")
 		b.ReportMetric(float64(b.N*chunk)/b.Elapsed().Seconds(), "outcomes/s")
 	})
 	b.Run("invalid-10pct", func(b *testing.B) {
@@ -129,6 +133,8 @@ func BenchmarkRecord(b *testing.B) {
 			ids[i] = benchNotification(b, db.Pool, "{}")
 		}
 		b.ResetTimer()
+		pg := startPGCPU(b, db.Pool)
+		defer pg.report(b, b.N*chunk, "outcome")
 		for i := range b.N {
 			outcomes := delivered(targets[i*chunk : (i+1)*chunk])
 			for j := 0; j < len(outcomes); j += 10 {
@@ -152,6 +158,8 @@ func BenchmarkRecord(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ResetTimer()
+		pg := startPGCPU(b, db.Pool)
+		defer pg.report(b, b.N*chunk, "outcome")
 		for i := range b.N {
 			for j := range outcomes {
 				outcomes[j].Attempts = i + 2
@@ -212,6 +220,7 @@ func BenchmarkBroadcastPages(b *testing.B) {
 			}
 			var slowest time.Duration
 			b.ResetTimer()
+			pg := startPGCPU(b, db.Pool)
 			for range b.N {
 				n := &Notification{ID: benchNotification(b, db.Pool, `{"recipients":{"allDevices":{}}}`), Audience: schema.Audience{Kind: schema.AudienceAll}}
 				sent, after := 0, ""
@@ -237,8 +246,33 @@ func BenchmarkBroadcastPages(b *testing.B) {
 					b.Fatalf("sent to %d of %d devices", sent, devices)
 				}
 			}
+			pg.report(b, b.N*devices, "token")
 			b.ReportMetric(float64(b.N*devices)/b.Elapsed().Seconds(), "tokens/s")
 			b.ReportMetric(float64(slowest.Microseconds())/1000, "max-page-ms")
 		})
 	}
+}
+
+// pgCPU measures the CPU of PostgreSQL's backends serving a benchmark's database.
+type pgCPU struct {
+	cpu *pgtest.BackendCPU
+	err error
+}
+
+func startPGCPU(b *testing.B, pool *pgxpool.Pool) pgCPU {
+	cpu, err := pgtest.StartBackendCPU(context.Background(), pool)
+	return pgCPU{cpu, err}
+}
+
+// report reports PostgreSQL's CPU microseconds per unit (pg-cpu-us/unit) over n units.
+func (p pgCPU) report(b *testing.B, n int, unit string) {
+	used, err := time.Duration(0), p.err
+	if err == nil {
+		used, err = p.cpu.Used(context.Background())
+	}
+	if err != nil {
+		b.Logf("PostgreSQL's CPU not measured: %v", err)
+		return
+	}
+	b.ReportMetric(float64(used.Microseconds())/float64(n), "pg-cpu-us/"+unit)
 }

@@ -209,3 +209,38 @@ func TestConcurrentRecordsOfOneTokenCountItOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordOfAGoneNotificationWritesNothing: deliveries have no foreign key to their
+// notification (migration 0017_a); a record for a notification that no longer exists (the
+// retention job deleted it while a late task was in flight) writes none of its deliveries,
+// answers an empty status, and does not keep the other records of its group from landing.
+func TestRecordOfAGoneNotificationWritesNothing(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	store := NewStore(db.Pool)
+	kept, gone := uuid.New(), uuid.New()
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO notifications (id, caller, type, request, expires_at)
+		VALUES ($1, 'test', 'order', '{}', now() + interval '1 hour')`, kept); err != nil {
+		t.Fatal(err)
+	}
+	out := []Outcome{{Target: Target{Token: "tok", DeviceID: "dev", UserID: "u"}, Outcome: schema.OutcomeDelivered, Attempts: 1}}
+	statuses, err := store.RecordMany(ctx, []Record{{ID: gone, Outcomes: out, Final: true}, {ID: kept, Outcomes: out, Final: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"", schema.StatusDelivered}, statuses); diff != "" {
+		t.Errorf("statuses (-want +got):\n%s", diff)
+	}
+	rows, err := db.Pool.Query(ctx, `SELECT notification_id FROM deliveries`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]uuid.UUID{kept}, got); diff != "" {
+		t.Errorf("deliveries written for (-want +got):\n%s", diff)
+	}
+}

@@ -309,7 +309,10 @@ func (s *Store) UnsettledMany(ctx context.Context, ns []*Notification, tokens []
 // status) of every notification of $9.
 //
 // The notifications are locked in id order and the deliveries written in (notification,
-// token) order, so that concurrent calls take their locks in one order.
+// token) order, so that concurrent calls take their locks in one order. Deliveries are
+// written only for the notifications it locked: deliveries have no foreign key (see
+// migration 0017_a), and the lock is what keeps a delivery from outliving its notification
+// (the retention job deletes a notification's deliveries with it, under the same lock).
 var recordSQL = `
 WITH input AS (
 	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[])
@@ -318,11 +321,15 @@ WITH input AS (
 	-- One primary-key probe per token (OFFSET 0: not a join planned from stale statistics).
 	SELECT i.notification_id, x.outcome FROM input i CROSS JOIN LATERAL (
 		SELECT d.outcome FROM deliveries d WHERE d.notification_id = i.notification_id AND d.token = i.token OFFSET 0) x
+), locked AS (
+	SELECT n.id, n.status AS old_status, r.final FROM notifications n
+	JOIN unnest($9::uuid[], $10::bool[]) AS r(id, final) ON r.id = n.id
+	ORDER BY n.id FOR NO KEY UPDATE OF n
 ), up AS (
 	INSERT INTO deliveries AS d (notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
 	SELECT notification_id, token, nullif(device_id, ''), nullif(user_id, ''), outcome, attempts,
 		nullif(error_code, ''), nullif(error_message, '')
-	FROM input ORDER BY notification_id, token
+	FROM input WHERE notification_id IN (SELECT id FROM locked) ORDER BY notification_id, token
 	ON CONFLICT (notification_id, token) DO UPDATE SET
 		outcome = EXCLUDED.outcome, attempts = EXCLUDED.attempts,
 		error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message, updated_at = now(),
@@ -341,10 +348,6 @@ WITH input AS (
 		UNION ALL
 		SELECT notification_id, outcome, -1 FROM old
 	) x GROUP BY id
-), locked AS (
-	SELECT n.id, n.status AS old_status, r.final FROM notifications n
-	JOIN unnest($9::uuid[], $10::bool[]) AS r(id, final) ON r.id = n.id
-	ORDER BY n.id FOR NO KEY UPDATE OF n
 ), counted AS (
 	SELECT l.id, l.old_status, l.final, coalesce(d.total, 0) AS total, coalesce(d.delivered, 0) AS delivered,
 		coalesce(d.invalid, 0) AS invalid, coalesce(d.retrying, 0) AS retrying, coalesce(d.failed, 0) AS failed,
@@ -431,7 +434,8 @@ type Record struct {
 
 // RecordMany records several chunks (of several notifications, or several chunks of one)
 // as Record and RecordFinal do, all in one transaction and one round trip, and returns the
-// status of each Final record ("" for the others). Either every record is written or none.
+// status of each Final record ("" for the others, and for a notification that no longer
+// exists: its outcomes are not written). Either every record is written or none.
 // The outcomes of every record go in one statement (recordSQL), planned and run once for
 // the whole group; a token named twice for one notification is recorded as its last
 // outcome, as if the records had been written one after the other. The dead tokens are

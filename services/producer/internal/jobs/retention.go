@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"notify/pkg/schema"
@@ -104,8 +105,17 @@ DELETE FROM deliveries d USING (
 	deleteReplaysSQL = `
 DELETE FROM replays WHERE id IN (SELECT id FROM replays WHERE notification_id = ANY($1) LIMIT $2)`
 	deleteNotificationsSQL = `
-DELETE FROM notifications WHERE id = ANY($1) AND expires_at <= now()
-	AND (status IN ` + schema.FinalStatuses + ` OR status = '` + schema.StatusCancelled + `')`
+DELETE FROM notifications WHERE id = ANY($1) AND ` + expiredSQL
+	// A batch's notifications are deleted in one transaction with whatever deliveries they
+	// still have. Deliveries have no foreign key (migration 0017_a): the notifications are
+	// locked first, by a statement of their own, so that the deliveries' delete reads a
+	// snapshot taken after any record that held them (delivery.Store.RecordMany locks a
+	// notification before writing its deliveries, and writes none for one that is gone).
+	lockExpiredSQL = `
+SELECT 1 FROM notifications WHERE id = ANY($1) AND ` + expiredSQL + ` ORDER BY id FOR UPDATE`
+	deleteLeftDeliveriesSQL = `
+DELETE FROM deliveries WHERE notification_id IN (SELECT id FROM notifications WHERE id = ANY($1) AND ` + expiredSQL + `)`
+	expiredSQL = `expires_at <= now() AND (status IN ` + schema.FinalStatuses + ` OR status = '` + schema.StatusCancelled + `')`
 )
 
 // deleteDeadLettersSQL deletes the next batch of dead letters created before the cutoff
@@ -171,11 +181,22 @@ func DeleteExpired(ctx context.Context, conn *pgx.Conn, opts RetentionOptions) (
 				}
 			}
 		}
-		tag, err := conn.Exec(ctx, deleteNotificationsSQL, ids)
-		if err != nil {
+		var deliveries, notifications int64
+		b := &pgx.Batch{} // one implicit transaction
+		b.Queue(lockExpiredSQL, ids)
+		b.Queue(deleteLeftDeliveriesSQL, ids).Exec(func(tag pgconn.CommandTag) error {
+			deliveries = tag.RowsAffected()
+			return nil
+		})
+		b.Queue(deleteNotificationsSQL, ids).Exec(func(tag pgconn.CommandTag) error {
+			notifications = tag.RowsAffected()
+			return nil
+		})
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
 			return d, fmt.Errorf("delete expired notifications: %w", err)
 		}
-		d.Notifications += tag.RowsAffected()
+		d.Deliveries += deliveries
+		d.Notifications += notifications
 		if len(ids) < opts.Batch {
 			break
 		}

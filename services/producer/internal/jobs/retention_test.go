@@ -171,3 +171,80 @@ func retentionCounts(t *testing.T, reg *prometheus.Registry) map[string]float64 
 	}
 	return out
 }
+
+// TestRetentionDeletesDeliveriesRecordedDuringTheRun: deliveries have no foreign key
+// (migration 0017_a), so the job itself must leave no delivery without its notification. A
+// record that holds the notification's lock (as delivery.Store.RecordMany does) while the
+// job has already deleted the deliveries it saw commits one more; the job's last
+// transaction waits for that lock, then deletes the notification with that delivery too.
+func TestRetentionDeletesDeliveriesRecordedDuringTheRun(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	id := uuid.Must(uuid.NewV7())
+	if _, err := db.Pool.Exec(ctx, `
+		WITH n AS (INSERT INTO notifications (id, caller, type, status, request, created_at, updated_at, expires_at)
+			VALUES ($1, 'c', 't', 'delivered', '{}', now() - interval '40 days', now() - interval '40 days', now() - interval '39 days'))
+		INSERT INTO deliveries (notification_id, token, outcome) SELECT $1, 'tok-' || i, 'delivered' FROM generate_series(1, 3) i`, id); err != nil {
+		t.Fatal(err)
+	}
+	recorder, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer recorder.Rollback(ctx) //nolint:errcheck // committed below
+	if _, err := recorder.Exec(ctx, `SELECT 1 FROM notifications WHERE id = $1 FOR NO KEY UPDATE`, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := recorder.Exec(ctx, `INSERT INTO deliveries (notification_id, token, outcome) VALUES ($1, 'late', 'delivered')`, id); err != nil {
+		t.Fatal(err)
+	}
+
+	conn := connect(t, db)
+	type result struct {
+		d   Deleted
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		d, err := DeleteExpired(ctx, conn, RetentionOptions{After: 30 * 24 * time.Hour, Batch: 100})
+		done <- result{d, err}
+	}()
+	// Wait until the job waits for the recorder's lock.
+	for deadline := time.Now().Add(time.Minute); ; {
+		var waiting bool
+		if err := db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%')`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("the job ended (%+v, %v) without waiting for the recorder's lock", r.d, r.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the job never waited for the recorder's lock")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := recorder.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if want := (Deleted{Notifications: 1, Deliveries: 4}); r.d != want {
+		t.Errorf("deleted %+v, want %+v", r.d, want)
+	}
+	var left int
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM deliveries`).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d deliveries left without their notification", left)
+	}
+}

@@ -1,0 +1,13 @@
+-- Deliveries no longer reference notifications by a foreign key (issue 11). The key cost
+-- every inserted delivery a check of its own (a trigger running a primary-key probe of
+-- notifications FOR KEY SHARE), and the first check of a notification the record had just
+-- updated wrote a row-lock WAL record: one per small notification, and a probe per token
+-- of every broadcast chunk. What the key guaranteed is kept by the only two writers that
+-- could break it:
+--   - deliveries are inserted by one statement only (delivery.Store.RecordMany), which
+--     locks its notifications first and writes the deliveries of the ones it locked, so a
+--     delivery never outlives (or predates) its notification;
+--   - notifications are deleted by the retention job only, which deletes their deliveries
+--     in the same transaction (the cascade did that before).
+-- The key of replays stays: replays are written by an operator's Replay, not per token.
+ALTER TABLE deliveries DROP CONSTRAINT deliveries_notification_id_fkey;
