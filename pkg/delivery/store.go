@@ -297,7 +297,7 @@ func (s *Store) UnsettledMany(ctx context.Context, ns []*Notification, tokens []
 	return out, nil
 }
 
-// recordSQL records the outcomes of any number of chunks in one statement: it upserts
+// recordSQL records the outcomes of any number of chunks in one statement: it writes
 // the deliveries ($1..$8, one element per token), moves each notification's counts by the
 // difference between the new outcomes and the ones they replace (read from the snapshot
 // before the statement), and sets the status of the notifications $9 from their new counts
@@ -313,27 +313,40 @@ func (s *Store) UnsettledMany(ctx context.Context, ns []*Notification, tokens []
 // written only for the notifications it locked: deliveries have no foreign key (see
 // migration 0017_a), and the lock is what keeps a delivery from outliving its notification
 // (the retention job deletes a notification's deliveries with it, under the same lock).
+//
+// The deliveries a token already has are updated and the others inserted, by a plain
+// INSERT: every writer of a notification's deliveries holds its row lock (RecordMany's
+// lockSQL, Cancel, the re-drive), and inserts come from here only, so after lockSQL the
+// snapshot's deliveries of the locked notifications are exactly what is committed. An
+// INSERT ... ON CONFLICT cost each new delivery a speculative insertion: a second probe of
+// the primary key and a second WAL record (its confirmation).
 var recordSQL = `
 WITH input AS (
 	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[])
 		AS t(notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
 ), old AS (
 	-- One primary-key probe per token (OFFSET 0: not a join planned from stale statistics).
-	SELECT i.notification_id, x.outcome FROM input i CROSS JOIN LATERAL (
+	SELECT i.notification_id, i.token, x.outcome FROM input i CROSS JOIN LATERAL (
 		SELECT d.outcome FROM deliveries d WHERE d.notification_id = i.notification_id AND d.token = i.token OFFSET 0) x
 ), locked AS (
 	SELECT n.id, n.status AS old_status, r.final FROM notifications n
 	JOIN unnest($9::uuid[], $10::bool[]) AS r(id, final) ON r.id = n.id
 	ORDER BY n.id FOR NO KEY UPDATE OF n
-), up AS (
-	INSERT INTO deliveries AS d (notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
+), inserted AS (
+	INSERT INTO deliveries (notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
 	SELECT notification_id, token, nullif(device_id, ''), nullif(user_id, ''), outcome, attempts,
 		nullif(error_code, ''), nullif(error_message, '')
-	FROM input WHERE notification_id IN (SELECT id FROM locked) ORDER BY notification_id, token
-	ON CONFLICT (notification_id, token) DO UPDATE SET
-		outcome = EXCLUDED.outcome, attempts = EXCLUDED.attempts,
-		error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message, updated_at = now(),
-		device_id = coalesce(EXCLUDED.device_id, d.device_id), user_id = coalesce(EXCLUDED.user_id, d.user_id)
+	FROM input i
+	WHERE notification_id IN (SELECT id FROM locked)
+	  AND NOT EXISTS (SELECT 1 FROM old o WHERE o.notification_id = i.notification_id AND o.token = i.token)
+	ORDER BY notification_id, token
+), updated AS (
+	UPDATE deliveries d SET
+		outcome = i.outcome, attempts = i.attempts,
+		error_code = nullif(i.error_code, ''), error_message = nullif(i.error_message, ''), updated_at = now(),
+		device_id = coalesce(nullif(i.device_id, ''), d.device_id), user_id = coalesce(nullif(i.user_id, ''), d.user_id)
+	FROM old o JOIN input i USING (notification_id, token)
+	WHERE d.notification_id = o.notification_id AND d.token = o.token
 ), delta AS (
 	SELECT id, sum(n) AS total,
 		coalesce(sum(n) FILTER (WHERE outcome = '` + schema.OutcomeDelivered + `'), 0) AS delivered,
