@@ -25,8 +25,9 @@ type verifier interface {
 // needs admin, except health checks and server reflection, which are open. A method of a
 // service not named here needs admin: new services are closed until someone opens them.
 //
-// The key's name becomes the call's caller (WithCaller): it is recorded on notifications
-// and scopes idempotency keys. Its role travels with the call too (WithRole, IsAdmin).
+// The key's name becomes the call's caller (Caller): it is recorded on notifications
+// and scopes idempotency keys. Its role and apps travel with the call too (IsAdmin,
+// permitApp).
 type Auth struct {
 	keys verifier
 	log  *slog.Logger
@@ -128,14 +129,14 @@ func (a *Auth) authorize(ctx context.Context, fullMethod string) (context.Contex
 		a.log.InfoContext(ctx, "call refused: role", "key", key.Name, "role", key.Role, "method", fullMethod)
 		return nil, toStatus(ctx, a.log, "authorize", errPermissionDenied)
 	}
-	return WithKeyApps(WithRole(WithCaller(withKey(ctx, key), key.Name), key.Role), key.Apps), nil
+	// One context value carries the key; Caller, IsAdmin and the app checks read it.
+	return withKey(ctx, key), nil
 }
 
 // bearer returns the secret of the call's `authorization: Bearer <secret>` header. More
 // than one authorization header is refused rather than guessed at.
 func bearer(ctx context.Context) (string, bool) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	values := md.Get("authorization")
+	values := metadata.ValueFromIncomingContext(ctx, "authorization") // copies this header only, not all metadata
 	if len(values) != 1 {
 		return "", false
 	}

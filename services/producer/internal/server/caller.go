@@ -26,13 +26,18 @@ func WithKeyApps(ctx context.Context, apps []string) context.Context {
 // keyApps returns the apps the call's API key is limited to; ok is false when it may act for
 // every app.
 func keyApps(ctx context.Context) (apps []string, ok bool) {
-	apps, ok = ctx.Value(keyAppsKey{}).([]string)
-	return apps, ok
+	if apps, ok = ctx.Value(keyAppsKey{}).([]string); ok {
+		return apps, true
+	}
+	if k, found := keyFrom(ctx); found && k.Apps != nil {
+		return k.Apps, true
+	}
+	return nil, false
 }
 
 // keyAllows reports whether the call's API key may act for app.
 func keyAllows(ctx context.Context, app string) bool {
-	apps, ok := ctx.Value(keyAppsKey{}).([]string)
+	apps, ok := keyApps(ctx)
 	return !ok || slices.Contains(apps, app)
 }
 
@@ -50,6 +55,9 @@ func Caller(ctx context.Context) string {
 	if name, ok := ctx.Value(callerKey{}).(string); ok && name != "" {
 		return name
 	}
+	if k, ok := keyFrom(ctx); ok && k.Name != "" {
+		return k.Name
+	}
 	return DefaultCaller
 }
 
@@ -61,8 +69,11 @@ func WithRole(ctx context.Context, role apikey.Role) context.Context {
 // IsAdmin reports whether the call is made with an admin key: some options of the
 // publisher's RPCs (cancelling another caller's notification) are the admin's alone.
 func IsAdmin(ctx context.Context) bool {
-	role, _ := ctx.Value(roleKey{}).(apikey.Role)
-	return role == apikey.RoleAdmin
+	if role, ok := ctx.Value(roleKey{}).(apikey.Role); ok {
+		return role == apikey.RoleAdmin
+	}
+	k, ok := keyFrom(ctx)
+	return ok && k.Role == apikey.RoleAdmin
 }
 
 // mayIgnorePreferences reports whether the call may set Publish's

@@ -167,6 +167,12 @@ func cost(fullMethod string, req any) int {
 	if !strings.HasPrefix(fullMethod, "/"+notifyv1.NotificationService_ServiceDesc.ServiceName+"/") {
 		return 1
 	}
+	switch r := req.(type) { // the hot requests, without reflection
+	case *notifyv1.PublishRequest:
+		return 1
+	case *notifyv1.PublishBatchRequest:
+		return max(1, min(len(r.GetRequests()), math.MaxInt32))
+	}
 	m, ok := req.(proto.Message)
 	if !ok {
 		return 1
@@ -185,11 +191,13 @@ type keyKey struct{}
 
 // withKey returns a context that carries the API key making the call (Auth sets it).
 func withKey(ctx context.Context, k apikey.Key) context.Context {
-	return context.WithValue(ctx, keyKey{}, k)
+	return context.WithValue(ctx, keyKey{}, &k)
 }
 
 // keyFrom returns the API key making the call, if Auth named one.
 func keyFrom(ctx context.Context) (apikey.Key, bool) {
-	k, ok := ctx.Value(keyKey{}).(apikey.Key)
-	return k, ok
+	if k, ok := ctx.Value(keyKey{}).(*apikey.Key); ok {
+		return *k, true
+	}
+	return apikey.Key{}, false
 }
