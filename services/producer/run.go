@@ -47,7 +47,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return err
 	}
 
-	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	// Room for the relay's rounds (each holds a connection until the broker confirms), the
+	// group commits, LISTEN and the API's own reads.
+	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, int32(cfg.OutboxConcurrency+cfg.PublishBatch.MaxCommits+4))
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
 	"notify/pkg/delivery"
@@ -37,7 +36,8 @@ func run(ctx context.Context, getenv func(string) string) error {
 			log.Warn("sending to an FCM emulator, not to Firebase", "app", app.Name, "endpoint", app.FCM.Endpoint)
 		}
 	}
-	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	// Room for every worker's round trips, two at once, and a large notification's chunks.
+	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, int32(2*cfg.Workers+cfg.ChunkConcurrency))
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}
