@@ -348,3 +348,43 @@ func TestClaimWalksIndexesWithEmptyStatistics(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNextDueProbesOutboxDue: the next due time, read once per round, is a probe of
+// outbox_due under the relay's settings whatever outbox's statistics say: taken empty, or
+// full of rows for now (none scheduled), as a queue's are. Planned for those, min(due_at)
+// on its own read the whole table, and with sequential scans off walked another index.
+func TestNextDueProbesOutboxDue(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	for _, stats := range []struct{ name, sql string }{
+		{"empty", "ANALYZE outbox"},
+		{"rows for now", `INSERT INTO outbox (notification_id, routing_key, message_type, body)
+			SELECT gen_random_uuid(), 'send', 'notify.bus.v1.SendTask', '' FROM generate_series(1, 2000);
+			ANALYZE outbox`},
+	} {
+		if _, err := db.Pool.Exec(ctx, stats.sql); err != nil {
+			t.Fatal(err)
+		}
+		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, claimSettingsSQL); err != nil {
+				return err
+			}
+			rows, err := tx.Query(ctx, "EXPLAIN "+nextDueSQL)
+			if err != nil {
+				return err
+			}
+			plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(plan[1], "Index Only Scan using outbox_due") || len(plan) != 3 {
+				t.Errorf("statistics %s: the next due time is not a probe of outbox_due:\n%s", stats.name, strings.Join(plan, "\n"))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
