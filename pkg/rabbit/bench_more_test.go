@@ -3,6 +3,7 @@ package rabbit
 import (
 	"context"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,7 +46,8 @@ func BenchmarkConsume(b *testing.B) {
 // confirms before the next starts, as the outbox relay does with each round's rows. Small
 // batches are what a lightly loaded relay sends (a round per notification), so their
 // per-call time (ms/batch) is part of Publish → FCM latency; large ones bound the relay's
-// throughput (msg/s). Messages are 100 bytes; nothing consumes them.
+// throughput (msg/s). Messages are 100 bytes; nothing consumes them. cpu-us/msg is this
+// process's CPU (user and system) per message.
 func BenchmarkPublishBatch(b *testing.B) {
 	amqpURL := testenv.AMQPURL(b)
 	for _, size := range []int{1, 10, 100, 500} {
@@ -56,14 +58,26 @@ func BenchmarkPublishBatch(b *testing.B) {
 			msgs := messages(b.Name(), b.N*size, SendKey, make([]byte, 100))
 
 			b.ResetTimer()
+			cpu0 := processCPU(b)
 			for i := range b.N {
 				if err := pub.Publish(context.Background(), msgs[i*size:(i+1)*size]...); err != nil {
 					b.Fatal(err)
 				}
 			}
+			cpu := processCPU(b) - cpu0
 			b.StopTimer()
+			b.ReportMetric(float64(cpu.Nanoseconds())/1000/float64(b.N*size), "cpu-us/msg")
 			b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "msg/s")
 			b.ReportMetric(b.Elapsed().Seconds()*1000/float64(b.N), "ms/batch")
 		})
 	}
+}
+
+// processCPU is the CPU time (user and system) this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

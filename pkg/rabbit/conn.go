@@ -42,6 +42,7 @@ type Conn struct {
 
 	mu      sync.Mutex
 	cur     *amqp.Connection // nil while disconnected
+	held    *heldConn        // cur's socket
 	ready   chan struct{}    // closed once cur is set; replaced when cur is lost
 	stopped chan struct{}    // closed when Run returns
 	runErr  error            // why Run returned, if not because ctx ended
@@ -106,7 +107,7 @@ func (c *Conn) run(ctx context.Context) error {
 	}
 	b := backoff{min: c.opts.MinBackoff, max: c.opts.MaxBackoff}
 	for {
-		conn, err := c.connect(ctx)
+		conn, held, err := c.connect(ctx)
 		if ctx.Err() != nil {
 			if conn != nil {
 				conn.Close()
@@ -127,7 +128,7 @@ func (c *Conn) run(ctx context.Context) error {
 		}
 
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
-		c.set(conn)
+		c.set(conn, held)
 		c.log.Info("rabbitmq connected", "name", c.opts.Name)
 		if h := c.opts.Hooks.Connected; h != nil {
 			h()
@@ -163,11 +164,12 @@ func (c *Conn) run(ctx context.Context) error {
 
 // connect dials and declares the topology. The TCP dial follows ctx; the AMQP handshake is
 // bounded by a deadline that amqp091-go clears once the connection is open.
-func (c *Conn) connect(ctx context.Context) (*amqp.Connection, error) {
+func (c *Conn) connect(ctx context.Context) (*amqp.Connection, *heldConn, error) {
 	props := amqp.NewConnectionProperties()
 	if c.opts.Name != "" {
 		props.SetClientConnectionName(c.opts.Name)
 	}
+	var held *heldConn
 	cfg := amqp.Config{
 		Properties: props,
 		Dial: func(network, addr string) (net.Conn, error) {
@@ -180,20 +182,21 @@ func (c *Conn) connect(ctx context.Context) (*amqp.Connection, error) {
 				nc.Close()
 				return nil, err
 			}
-			return nc, nil
+			held = &heldConn{Conn: nc}
+			return held, nil
 		},
 	}
 	conn, err := amqp.DialConfig(c.url, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("dial: %w", err)
+		return nil, nil, fmt.Errorf("dial: %w", err)
 	}
 	if t := c.opts.Topology; t != nil {
 		if err := t.declare(conn); err != nil {
 			conn.Close()
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return conn, nil
+	return conn, held, nil
 }
 
 // drain keeps the connection open until no Consumer is running, the connection dies, or
@@ -215,10 +218,10 @@ func (c *Conn) drain(closed <-chan *amqp.Error) {
 	}
 }
 
-func (c *Conn) set(conn *amqp.Connection) {
+func (c *Conn) set(conn *amqp.Connection, held *heldConn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.cur = conn
+	c.cur, c.held = conn, held
 	c.downErr = nil
 	close(c.ready)
 }
@@ -236,13 +239,23 @@ func (c *Conn) lost(conn *amqp.Connection) {
 	c.mu.Lock()
 	was := c.cur == conn
 	if was {
-		c.cur = nil
+		c.cur, c.held = nil, nil
 		c.ready = make(chan struct{})
 	}
 	c.mu.Unlock()
 	if h := c.opts.Hooks.Disconnected; was && h != nil {
 		h()
 	}
+}
+
+// heldOf returns conn's socket, or nil if conn is no longer the current connection.
+func (c *Conn) heldOf(conn *amqp.Connection) *heldConn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur != conn {
+		return nil
+	}
+	return c.held
 }
 
 // connection returns the current open connection, waiting for one.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -44,8 +45,8 @@ type Publisher struct {
 	mandatory bool
 	window    chan struct{} // a slot per unconfirmed message
 
-	mu sync.Mutex // guards cc and serialises opening a channel
-	cc *confirmChannel
+	mu sync.Mutex                     // serialises opening a channel
+	cc atomic.Pointer[confirmChannel] // the current channel; read without mu
 }
 
 // NewPublisher returns a Publisher for exchange ("" is the default exchange) on conn.
@@ -134,8 +135,11 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...Message) error {
 		}
 	}
 
+	// The messages are handed to the client with their connection's socket held, so that
+	// they leave in a few writes rather than one each (see heldConn).
+	var held *heldConn
 	for i, m := range msgs {
-		if err := p.publish(ctx, i, m, results); err != nil {
+		if err := p.publish(ctx, i, m, results, &held); err != nil {
 			fail(i, err)
 			if ctx.Err() != nil || errors.Is(err, ErrStopped) {
 				for j := i + 1; j < len(msgs); j++ {
@@ -147,6 +151,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...Message) error {
 		}
 		outstanding[i] = true
 	}
+	release(&held) // before waiting for their confirms
 
 	for len(outstanding) > 0 {
 		select {
@@ -176,11 +181,19 @@ func (p *Publisher) Publish(ctx context.Context, msgs ...Message) error {
 
 // publish sends one message once a window slot is free, on the current channel. A message
 // that could not be handed to a live channel is tried on the next one, a few times.
-func (p *Publisher) publish(ctx context.Context, index int, m Message, results chan<- result) error {
+//
+// *held is the socket this call holds, if any: the message is written into it, and it is
+// released before anything that may wait for the broker (a window slot, a new channel).
+func (p *Publisher) publish(ctx context.Context, index int, m Message, results chan<- result, held **heldConn) error {
 	select {
 	case p.window <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	default:
+		release(held) // the confirms that free a slot may wait for what it holds
+		select {
+		case p.window <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	pub := amqp.Publishing{
 		Headers:      amqp.Table(WithTrace(ctx, m.Headers)),
@@ -193,10 +206,20 @@ func (p *Publisher) publish(ctx context.Context, index int, m Message, results c
 	}
 	var err error
 	for range 3 {
-		var cc *confirmChannel
-		cc, err = p.channel(ctx)
-		if err != nil {
-			break
+		cc := p.cc.Load()
+		if cc == nil || !cc.open() {
+			release(held) // opening a channel waits for the broker
+			cc, err = p.channel(ctx)
+			if err != nil {
+				break
+			}
+		}
+		if *held != cc.held {
+			release(held)
+			if cc.held != nil {
+				cc.held.hold()
+				*held = cc.held
+			}
 		}
 		err = cc.publish(ctx, p.exchange, m.RoutingKey, p.mandatory, pub, index, results)
 		if !errors.Is(err, ErrChannelClosed) {
@@ -209,12 +232,17 @@ func (p *Publisher) publish(ctx context.Context, index int, m Message, results c
 	return err
 }
 
+// release ends the hold on *held, if any.
+func release(held **heldConn) {
+	if *held != nil {
+		(*held).release()
+		*held = nil
+	}
+}
+
 // channel returns the open confirm-mode channel, opening one when there is none.
 func (p *Publisher) channel(ctx context.Context) (*confirmChannel, error) {
-	p.mu.Lock()
-	cc := p.cc
-	p.mu.Unlock()
-	if cc != nil && cc.open() {
+	if cc := p.cc.Load(); cc != nil && cc.open() {
 		return cc, nil
 	}
 
@@ -225,14 +253,13 @@ func (p *Publisher) channel(ctx context.Context) (*confirmChannel, error) {
 			return nil, err
 		}
 		p.mu.Lock()
-		if p.cc != nil && p.cc.open() {
-			cc := p.cc
+		if cc := p.cc.Load(); cc != nil && cc.open() {
 			p.mu.Unlock()
 			return cc, nil
 		}
-		cc, err := openConfirmChannel(conn, p.window)
+		cc, err := openConfirmChannel(conn, p.conn.heldOf(conn), p.window)
 		if err == nil {
-			p.cc = cc
+			p.cc.Store(cc)
 		}
 		p.mu.Unlock()
 		if err == nil {
@@ -255,6 +282,7 @@ func (p *Publisher) channel(ctx context.Context) (*confirmChannel, error) {
 // MessageID, exchange and key are interchangeable here.
 type confirmChannel struct {
 	ch     *amqp.Channel
+	held   *heldConn // its connection's socket; nil if that connection was already replaced
 	window chan struct{}
 
 	mu       sync.Mutex
@@ -271,7 +299,7 @@ type inflight struct {
 
 type returnKey struct{ messageID, exchange, routingKey string }
 
-func openConfirmChannel(conn *amqp.Connection, window chan struct{}) (*confirmChannel, error) {
+func openConfirmChannel(conn *amqp.Connection, held *heldConn, window chan struct{}) (*confirmChannel, error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return nil, fmt.Errorf("open publisher channel: %w", err)
@@ -288,6 +316,7 @@ func openConfirmChannel(conn *amqp.Connection, window chan struct{}) (*confirmCh
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	cc := &confirmChannel{
 		ch:       ch,
+		held:     held,
 		window:   window,
 		pending:  map[uint64]inflight{},
 		returned: map[returnKey][]string{},
