@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"notify/pkg/fcm"
@@ -109,15 +110,16 @@ func (s *Store) LoadMany(ctx context.Context, ids []string) (map[string]*Notific
 	if len(uuids) == 0 {
 		return found, bad, nil
 	}
-	rows, err := s.pool.Query(ctx, "SELECT id, status, expires_at, request FROM notifications WHERE id = ANY($1)", uuids)
+	rows, err := s.pool.Query(ctx, "SELECT id, status, expires_at, request FROM notifications WHERE id = ANY($1)", schema.UUIDs(uuids))
 	if err != nil {
 		return nil, nil, fmt.Errorf("load %d notifications: %w", len(uuids), err)
 	}
-	var nid uuid.UUID
+	var pgID pgtype.UUID // scanned without a round trip through text, unlike a uuid.UUID
 	var status string
 	var expiresAt time.Time
 	var request []byte
-	_, err = pgx.ForEachRow(rows, []any{&nid, &status, &expiresAt, &request}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&pgID, &status, &expiresAt, &request}, func() error {
+		nid := uuid.UUID(pgID.Bytes)
 		n, err := decodeNotification(nid, status, expiresAt, request)
 		found[byUUID[nid]] = n
 		if err != nil {
@@ -498,14 +500,14 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 	// late chunk) and then compute the counts' difference from the outcome that record
 	// replaced, counting the token twice. After this lock, recordSQL's snapshot holds
 	// whatever the other record committed.
-	b.Queue(lockSQL, notifications)
+	b.Queue(lockSQL, schema.UUIDs(notifications))
 	status := make(map[uuid.UUID]string, len(notifications))
-	b.Queue(recordSQL, ids, tokens, devices, users, results, attempts, codes, messages, notifications, finals).
+	b.Queue(recordSQL, schema.UUIDs(ids), tokens, devices, users, results, attempts, codes, messages, schema.UUIDs(notifications), finals).
 		Query(func(rows pgx.Rows) error {
-			var id uuid.UUID
+			var id pgtype.UUID
 			var st string
 			_, err := pgx.ForEachRow(rows, []any{&id, &st}, func() error {
-				status[id] = st
+				status[id.Bytes] = st
 				return nil
 			})
 			return err
@@ -522,7 +524,7 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 		for k, i := range dead {
 			dt[k], reasons[k], dids[k] = tokens[i], codes[i], ids[i]
 		}
-		b.Queue(deactivateSQL, dt, reasons, dids)
+		b.Queue(deactivateSQL, dt, reasons, schema.UUIDs(dids))
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		if len(recs) == 1 {
@@ -554,17 +556,17 @@ func (s *Store) Finish(ctx context.Context, id uuid.UUID) (string, error) {
 // (NotificationService.Cancel). The sender and the retrier ask before sending any chunk: one
 // primary-key read per notification, in one round trip per group of chunks.
 func (s *Store) Cancelled(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]bool, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id FROM notifications WHERE id = ANY($1) AND status = '`+schema.StatusCancelled+`'`, ids)
+	rows, err := s.pool.Query(ctx, `SELECT id FROM notifications WHERE id = ANY($1) AND status = '`+schema.StatusCancelled+`'`, schema.UUIDs(ids))
 	if err != nil {
 		return nil, fmt.Errorf("read cancellations of %d notifications: %w", len(ids), err)
 	}
-	cancelled, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	cancelled, err := pgx.CollectRows(rows, pgx.RowTo[pgtype.UUID])
 	if err != nil {
 		return nil, fmt.Errorf("read cancellations of %d notifications: %w", len(ids), err)
 	}
 	out := make(map[uuid.UUID]bool, len(cancelled))
 	for _, id := range cancelled {
-		out[id] = true
+		out[id.Bytes] = true
 	}
 	return out, nil
 }
@@ -575,7 +577,7 @@ var expireSQL = schema.ChangeStatusSQL("'"+schema.StatusExpired+"'", ", updated_
 
 // ExpireMany is Expire for several notifications in one statement.
 func (s *Store) ExpireMany(ctx context.Context, ids []uuid.UUID) error {
-	if _, err := s.pool.Exec(ctx, expireSQL, ids); err != nil {
+	if _, err := s.pool.Exec(ctx, expireSQL, schema.UUIDs(ids)); err != nil {
 		return fmt.Errorf("expire %d notifications: %w", len(ids), err)
 	}
 	return nil
@@ -583,7 +585,7 @@ func (s *Store) ExpireMany(ctx context.Context, ids []uuid.UUID) error {
 
 // Expire marks a notification whose TTL passed before the sender reached it.
 func (s *Store) Expire(ctx context.Context, id uuid.UUID) error {
-	if _, err := s.pool.Exec(ctx, expireSQL, []uuid.UUID{id}); err != nil {
+	if _, err := s.pool.Exec(ctx, expireSQL, schema.UUIDs([]uuid.UUID{id})); err != nil {
 		return fmt.Errorf("expire notification %s: %w", id, err)
 	}
 	return nil

@@ -210,7 +210,7 @@ func UsersFirstPages(ids []uuid.UUID, audiences []Audience, limit int) (string, 
 		users = append(users, a.Targets...)
 		hi[i] = int32(len(users))
 	}
-	return usersFirstPagesSQL, []any{ids, apps, muted, lo, hi, users, limit}, nil
+	return usersFirstPagesSQL, []any{UUIDs(ids), apps, muted, lo, hi, users, limit}, nil
 }
 
 // CountUnsettled returns the query that counts the targets of notification id with no
