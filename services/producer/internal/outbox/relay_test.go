@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"notify/pkg/pgtest"
@@ -316,7 +317,10 @@ func TestClaimPlanProbesTheNotification(t *testing.T) {
 // Its plan is prepared once per connection and kept (pgx caches the statement, PostgreSQL
 // its generic plan), so the plan made for an empty queue is the one a backlog meets: with
 // sequential scans that read the backlog once, and once more per status event for its
-// hold-back probe.
+// hold-back probe. Nor does it read every unpublished row and sort them (the plan a
+// connection's first claims got, custom-planned for a backlog written after the outbox was
+// analyzed empty: 9,015 buffers and 44 ms for 2,000 rows waiting, against 2,008 and 8 ms in
+// outbox_ready's order).
 func TestClaimWalksIndexesWithEmptyStatistics(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
@@ -324,7 +328,31 @@ func TestClaimWalksIndexesWithEmptyStatistics(t *testing.T) {
 	if _, err := db.Pool.Exec(ctx, "ANALYZE outbox"); err != nil {
 		t.Fatal(err)
 	}
-	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+	t.Run("empty", func(t *testing.T) { claimPlanReadsNoTableWhole(t, db.Pool) })
+	// A backlog as Publish writes it (an event, then its send task), half of it published,
+	// and the final events of some of the rest.
+	if _, err := db.Pool.Exec(ctx, `
+		WITH n AS (SELECT i, gen_random_uuid() AS id FROM generate_series(1, 2000) i)
+		INSERT INTO outbox (notification_id, routing_key, message_type, body)
+		SELECT id, k, t, '' FROM (
+			SELECT i, 0 AS o, id, 'pending.t' AS k, '`+schema.StatusEventType+`' AS t FROM n
+			UNION ALL SELECT i, 1, id, 'send', 'notify.bus.v1.SendTask' FROM n) r
+		ORDER BY i / 100, o, i`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, `DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 2000)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO outbox (notification_id, routing_key, message_type, body)
+		SELECT notification_id, 'delivered.t', message_type, '' FROM outbox WHERE message_type = '`+schema.StatusEventType+`' LIMIT 500`); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("backlog", func(t *testing.T) { claimPlanReadsNoTableWhole(t, db.Pool) })
+}
+
+func claimPlanReadsNoTableWhole(t *testing.T, pool *pgxpool.Pool) {
+	ctx := context.Background()
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, claimSettingsSQL); err != nil {
 			return err
 		}
@@ -337,8 +365,8 @@ func TestClaimWalksIndexesWithEmptyStatistics(t *testing.T) {
 			return err
 		}
 		for _, line := range plan {
-			if strings.Contains(line, "Seq Scan") {
-				t.Errorf("the claim reads a table whole:\n%s", strings.Join(plan, "\n"))
+			if strings.Contains(line, "Seq Scan") || strings.Contains(line, "Sort") {
+				t.Errorf("the claim reads a table or an index whole:\n%s", strings.Join(plan, "\n"))
 				break
 			}
 		}
