@@ -173,11 +173,12 @@ type received struct {
 	ReceivedAt time.Time `json:"received_at"`
 }
 
-// messages returns the last limit requests the emulator received, oldest first.
+// messages returns the last limit requests the emulator received, oldest first, without
+// their payloads (only who received what and when).
 func (e *emulator) messages(ctx context.Context, limit int) ([]received, error) {
 	var out struct {
 		Messages []received `json:"messages"`
 	}
-	err := doJSON(ctx, e.hc, http.MethodGet, e.base+"/emulator/messages?limit="+strconv.Itoa(limit), nil, nil, &out)
+	err := doJSON(ctx, e.hc, http.MethodGet, e.base+"/emulator/messages?payload=false&limit="+strconv.Itoa(limit), nil, nil, &out)
 	return out.Messages, err
 }

@@ -144,3 +144,35 @@ func firstError(resp *messaging.BatchResponse) error {
 	}
 	return nil
 }
+
+// BenchmarkMessagesLog measures GET /emulator/messages of 5,000 requests, as make bench's
+// latency phase reads its receipts, with and without the messages' payloads.
+func BenchmarkMessagesLog(b *testing.B) {
+	emu := fcmemu.New(fcmemu.Config{})
+	const n = 5000
+	w := &discard{h: http.Header{}}
+	for i := range n {
+		body, err := json.Marshal(map[string]any{"message": benchMessage(fmt.Sprintf("device-%05d", i))})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := httptest.NewRequest(http.MethodPost, "/v1/projects/demo/messages:send", bytes.NewReader(body))
+		emu.ServeHTTP(w, r)
+		if w.status != http.StatusOK {
+			b.Fatalf("send %d: status %d", i, w.status)
+		}
+	}
+	for _, query := range []string{"limit=5000", "limit=5000&payload=false"} {
+		b.Run(query, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				rec := httptest.NewRecorder()
+				emu.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/emulator/messages?"+query, nil))
+				if rec.Code != http.StatusOK {
+					b.Fatalf("status %d", rec.Code)
+				}
+				b.ReportMetric(float64(rec.Body.Len())/n, "bytes/message")
+			}
+		})
+	}
+}

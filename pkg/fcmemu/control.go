@@ -123,8 +123,10 @@ type receivedView struct {
 	Body    string          `json:"body,omitempty"`
 }
 
-// handleMessages serves GET /emulator/messages?limit=N&token=T&project=P: the last N (default
-// 100) received requests, oldest first, optionally only those for target T and/or project P.
+// handleMessages serves GET /emulator/messages?limit=N&token=T&project=P&payload=false: the
+// last N (default 100) received requests, oldest first, optionally only those for target T
+// and/or project P; payload=false leaves out each request's message (payload, body), for a
+// reader that wants only who received what and when (make bench's receipts).
 func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	limit := 100
@@ -144,6 +146,12 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	recs := s.ring.last(limit, keep)
+	if q.Get("payload") == "false" {
+		writeJSON(w, http.StatusOK, struct {
+			Messages []Received `json:"messages"`
+		}{recs})
+		return
+	}
 	views := make([]receivedView, len(recs))
 	for i, rec := range recs {
 		views[i] = receivedView{Received: rec, Payload: payload(rec.Body)}

@@ -660,6 +660,26 @@ func TestMessagesAndValidateOnly(t *testing.T) {
 	if len(page.Messages) != 1 || page.Messages[0].Payload.Data["order_id"] != "42" || page.Messages[0].Payload.Token != "device-1" {
 		t.Errorf("GET /emulator/messages?token=device-1 = %+v, want the order message", page)
 	}
+
+	// payload=false: who received what and when, without the messages.
+	var bare struct {
+		Messages []map[string]any
+	}
+	getJSON(t, emu.url+"/emulator/messages?payload=false", &bare)
+	if len(bare.Messages) != 2 {
+		t.Fatalf("GET /emulator/messages?payload=false = %+v, want the 2 requests", bare)
+	}
+	for i, m := range bare.Messages {
+		if _, ok := m["payload"]; ok {
+			t.Errorf("message %d with payload=false has a payload: %v", i, m)
+		}
+		if _, ok := m["body"]; ok {
+			t.Errorf("message %d with payload=false has a body: %v", i, m)
+		}
+		if m["token"] != []string{"device-1", "device-2"}[i] || m["status"] != 200.0 || m["received_at"] == nil {
+			t.Errorf("message %d with payload=false = %v, want its token, status and received_at", i, m)
+		}
+	}
 }
 
 func TestMessageLogIsBounded(t *testing.T) {
