@@ -74,7 +74,7 @@ type Deleted struct {
 // the notifications_retention index (its predicate is schema.FinalStatuses).
 //
 // Cancelled notifications are final too, but the index predates them: they come from a
-// second scan, on notifications_status_created, merged in the same order.
+// second scan, on notifications_status_created_few, merged in the same order.
 const expiredNotificationsSQL = `
 SELECT id, created_at FROM (
 	(SELECT id, created_at FROM notifications
