@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -34,6 +35,18 @@ func (f *countingFCM) SendMulticast(_ context.Context, _ fcm.Message, tokens []s
 	return out, nil
 }
 
+// countingPusher sends through a real client and counts the tokens it sent.
+type countingPusher struct {
+	*fcm.Client
+	counts *countingFCM
+}
+
+func (p countingPusher) SendMulticast(ctx context.Context, m fcm.Message, tokens []string) ([]fcm.Result, error) {
+	res, err := p.Client.SendMulticast(ctx, m, tokens)
+	p.counts.tokens.Add(int64(len(tokens)))
+	return res, err
+}
+
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
@@ -48,7 +61,9 @@ func cpuTime() time.Duration {
 // notification; the figures to read are notifications/s and the sender process's CPU
 // milliseconds per notification (cpu-ms/op: user + system time of this process, which
 // runs nothing else meanwhile), and PostgreSQL's (pg-cpu-ms/op: its backends serving the
-// test database; RabbitMQ's CPU is in neither). Run with e.g. -benchtime 5000x.
+// test database; RabbitMQ's CPU is in neither). Run with e.g. -benchtime 5000x; with
+// FCM_BENCH_ENDPOINT set to an emulator running on its own, the sends are real HTTP requests
+// through pkg/fcm and the SDK, as in the pipeline.
 func BenchmarkSmallNotifications(b *testing.B) {
 	ctx := context.Background()
 	amqpURL := testenv.AMQPURL(b)
@@ -95,9 +110,20 @@ func BenchmarkSmallNotifications(b *testing.B) {
 		}
 	}
 
+	// With FCM_BENCH_ENDPOINT (e.g. bin/fcm-emulator's http://127.0.0.1:9099/v1), every
+	// notification goes through the real FCM client to that emulator, and cpu-ms/op includes
+	// the HTTP requests.
 	fake := &countingFCM{}
+	var push delivery.Pusher = fake
+	if endpoint := os.Getenv("FCM_BENCH_ENDPOINT"); endpoint != "" {
+		c, err := fcm.New(ctx, fcm.Config{ProjectID: "demo", Endpoint: endpoint})
+		if err != nil {
+			b.Fatal(err)
+		}
+		push = countingPusher{c, fake}
+	}
 	store := delivery.NewStore(db.Pool)
-	d := delivery.NewDeliverer(store, fake, pub, topo, log, prometheus.NewRegistry(),
+	d := delivery.NewDeliverer(store, push, pub, topo, log, prometheus.NewRegistry(),
 		delivery.Options{MaxAttempts: 3, MaxConcurrentSends: 4})
 	h := NewHandler(store, d, log, prometheus.NewRegistry(), 8)
 	consumer := newBenchConsumer(conn, topo.SendQueue(), h)
