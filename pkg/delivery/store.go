@@ -326,14 +326,19 @@ var recordSQL = `
 WITH input AS (
 	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[])
 		AS t(notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
-), old AS (
-	-- One primary-key probe per token (OFFSET 0: not a join planned from stale statistics).
-	SELECT i.notification_id, i.token, x.outcome FROM input i CROSS JOIN LATERAL (
-		SELECT d.outcome FROM deliveries d WHERE d.notification_id = i.notification_id AND d.token = i.token OFFSET 0) x
 ), locked AS (
 	SELECT n.id, n.status AS old_status, r.final FROM notifications n
 	JOIN unnest($9::uuid[], $10::bool[]) AS r(id, final) ON r.id = n.id
 	ORDER BY n.id FOR NO KEY UPDATE OF n
+), old AS (
+	-- One primary-key probe per token (OFFSET 0: not a join planned from stale statistics),
+	-- of the notifications that have any delivery (one probe each): a new notification
+	-- (a broadcast's first chunk, a user list's) has none to look for, token by token.
+	SELECT i.notification_id, i.token, x.outcome FROM input i
+	JOIN (SELECT l.id FROM locked l WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = l.id)) l
+		ON l.id = i.notification_id
+	CROSS JOIN LATERAL (
+		SELECT d.outcome FROM deliveries d WHERE d.notification_id = i.notification_id AND d.token = i.token OFFSET 0) x
 ), inserted AS (
 	INSERT INTO deliveries (notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
 	SELECT notification_id, token, nullif(device_id, ''), nullif(user_id, ''), outcome, attempts,
