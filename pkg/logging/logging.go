@@ -77,3 +77,52 @@ func Stopping(ctx context.Context, log *slog.Logger, drain time.Duration) (stopp
 		}
 	}
 }
+
+// Repeat logs a failure that a loop meets again and again while something is down (a relay
+// retrying every second during a database outage): the first failure at once, then at most
+// one line per interval with how many failures it stands for, and one line when the loop
+// succeeds again, instead of a line per attempt. Safe for concurrent use (several loops
+// may share one).
+type Repeat struct {
+	log               *slog.Logger
+	failed, recovered string
+	interval          time.Duration
+	now               func() time.Time
+	mu                sync.Mutex
+	began, said       time.Time // the current run of failures began, was last logged; zero: none
+	unsaid, total     int       // failures since the last line, and in the whole run
+}
+
+// NewRepeat returns a Repeat that logs failed (a warning, with the error) and recovered.
+func NewRepeat(log *slog.Logger, failed, recovered string, interval time.Duration) *Repeat {
+	return &Repeat{log: log, failed: failed, recovered: recovered, interval: interval, now: time.Now}
+}
+
+// Fail records a failure and logs it when it begins a run or interval has passed since the
+// last line: `repeats` is how many failures the line stands for, `for` how long they have
+// lasted.
+func (r *Repeat) Fail(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	r.unsaid++
+	r.total++
+	if r.began.IsZero() {
+		r.began = now
+	} else if now.Sub(r.said) < r.interval {
+		return
+	}
+	r.log.Warn(r.failed, "err", err.Error(), "repeats", r.unsaid, "for", now.Sub(r.began))
+	r.said, r.unsaid = now, 0
+}
+
+// OK ends a run of failures, if one was going on, with a line saying how long it lasted.
+func (r *Repeat) OK() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.began.IsZero() {
+		return
+	}
+	r.log.Info(r.recovered, "failures", r.total, "for", r.now().Sub(r.began))
+	r.began, r.said, r.unsaid, r.total = time.Time{}, time.Time{}, 0, 0
+}

@@ -91,3 +91,44 @@ func (s *syncBuilder) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestRepeat: a failure every second for a minute is 1 line at once, 1 per interval after,
+// and 1 when it ends; the next failure begins a new run, logged at once.
+func TestRepeat(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	r := NewRepeat(New(&out, "producer", slog.LevelInfo), "outbox round failed; retrying", "outbox rounds succeed again", 30*time.Second)
+	clock := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	r.now = func() time.Time { return clock }
+	for range 61 { // at 0 s, 1 s, ... 60 s
+		r.Fail(errors.New("connection refused"))
+		clock = clock.Add(time.Second)
+	}
+	r.OK()
+	r.OK() // nothing to end
+	r.Fail(errors.New("again"))
+
+	var got []map[string]any
+	for line := range strings.Lines(out.String()) {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatal(err)
+		}
+		delete(m, "time")
+		delete(m, "service")
+		got = append(got, m)
+	}
+	fail := func(repeats, secs float64, err string) map[string]any {
+		return map[string]any{"level": "WARN", "msg": "outbox round failed; retrying", "err": err, "repeats": repeats, "for": secs}
+	}
+	want := []map[string]any{
+		fail(1, 0, "connection refused"),
+		fail(30, 30, "connection refused"),
+		fail(30, 60, "connection refused"),
+		{"level": "INFO", "msg": "outbox rounds succeed again", "failures": 61.0, "for": 61.0},
+		fail(1, 0, "again"),
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("lines (-want +got):\n%s", diff)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"notify/pkg/logging"
 	"notify/pkg/rabbit"
 	"notify/pkg/schema"
 	busv1 "notify/proto/gen/notify/bus/v1"
@@ -74,11 +75,18 @@ type Relay struct {
 	opts Options
 	wake chan struct{}
 
+	// What fails again and again while the database or the broker is down is logged once
+	// at first, then every repeatEvery, then once when it works again.
+	roundFailed, listenLost *logging.Repeat
+
 	published prometheus.Counter
 	failures  prometheus.Counter
 	lag       prometheus.Histogram
 	backlog   prometheus.Gauge
 }
+
+// repeatEvery is how often a failure that goes on is logged again (see logging.Repeat).
+const repeatEvery = 30 * time.Second
 
 // NewRelay returns a relay and registers its metrics.
 func NewRelay(pool *pgxpool.Pool, pub publisher, log *slog.Logger, reg prometheus.Registerer, opts Options) *Relay {
@@ -96,6 +104,8 @@ func NewRelay(pool *pgxpool.Pool, pub publisher, log *slog.Logger, reg prometheu
 	}
 	r := &Relay{
 		pool: pool, pub: pub, log: log, opts: opts, wake: make(chan struct{}, 1),
+		roundFailed: logging.NewRepeat(log, "outbox round failed; retrying", "outbox rounds succeed again", repeatEvery),
+		listenLost:  logging.NewRepeat(log, "outbox listener lost; polling until it is back", "outbox listener back", repeatEvery),
 		published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "notify_outbox_published_total", Help: "Outbox rows published to RabbitMQ and confirmed.",
 		}),
@@ -165,7 +175,9 @@ func (r *Relay) loop(ctx context.Context, first bool) error {
 		n, next, err := r.round(roundCtx)
 		cancel()
 		if err != nil {
-			r.log.Warn("outbox round failed; retrying", "err", err)
+			r.roundFailed.Fail(err)
+		} else {
+			r.roundFailed.OK()
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -492,7 +504,7 @@ func (r *Relay) listen(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		r.log.Warn("outbox listener lost; polling until it is back", "err", err)
+		r.listenLost.Fail(err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
@@ -511,6 +523,7 @@ func (r *Relay) listenOnce(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+NotifyChannel); err != nil {
 		return err
 	}
+	r.listenLost.OK()
 	for {
 		if _, err := conn.WaitForNotification(ctx); err != nil {
 			return err
