@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -329,11 +330,33 @@ type nextDue struct {
 // claimed and when the next scheduled row falls due. The relay sleeps until then (or until
 // it is woken or polls), so a scheduled notification leaves within moments of its time,
 // from whichever replica's timer fires first (the others find the row claimed or
-// published). The claim's settings, the claim and the next due time go to the database in
-// one round trip.
+// published).
+//
+// A round is two round trips to the database, whatever it claims: the transaction's BEGIN,
+// the claim's settings, the claim and the next due time in one batch, and, once the broker
+// has confirmed what was published, the delete (or mark) of the confirmed rows, the start of
+// scheduled notifications and the COMMIT in another. Any failure, of the publish, the
+// delete or the commit, rolls the transaction back: its rows stay for a later round. A
+// failed statement of the settling batch makes PostgreSQL skip the rest of it, COMMIT
+// included, so nothing of a failed round is committed.
 func (r *Relay) round(ctx context.Context) (int, nextDue, error) {
-	var claimed int
 	var next nextDue
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return 0, next, fmt.Errorf("claim outbox rows: %w", err)
+	}
+	// A connection released with its transaction still open (a rollback that failed too) is
+	// closed by the pool, never reused.
+	defer conn.Release()
+	batch, tx, err := r.claim(ctx, conn.Conn(), &next)
+	if err != nil {
+		_ = tx.Rollback(ctx) // the claim's error is the one to report
+		return 0, next, fmt.Errorf("claim outbox rows: %w", err)
+	}
+	if len(batch) == 0 {
+		return 0, next, tx.Commit(ctx)
+	}
+
 	// wake is set when this round leaves rows for the next one (the next status event of a
 	// notification, the event a started notification wrote). The wake-up is sent after the
 	// commit: sent before it, another loop could run its round, find the rows still
@@ -341,128 +364,164 @@ func (r *Relay) round(ctx context.Context) (int, nextDue, error) {
 	wake := false
 	spans := relaySpans{} // the traced rows' spans, ended once the round is settled
 	failed := map[int]bool{}
-	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		batch, err := r.claim(ctx, tx, &next)
-		if err != nil {
-			return fmt.Errorf("claim outbox rows: %w", err)
-		}
-		claimed = len(batch)
-		if claimed == 0 {
-			return nil
-		}
-
-		var tasks, events []rabbit.Message
-		var taskIdx, eventIdx []int
-		for i, o := range batch {
-			m := rabbit.Message{
-				RoutingKey:  o.routingKey,
-				MessageID:   "outbox-" + strconv.FormatInt(o.id, 10),
-				Type:        o.messageType,
-				ContentType: "application/protobuf",
-				Body:        o.body,
-			}
-			spans.start(ctx, i, o, &m)
-			if o.messageType != schema.StatusEventType {
-				tasks, taskIdx = append(tasks, m), append(taskIdx, i)
-				continue
-			}
-			body, err := eventBody(o.body)
-			if err != nil {
-				// Only a bug writes an event the relay cannot read; it stays for a fixed relay.
-				r.log.Error("undecodable status event in the outbox", "outbox_id", o.id, "err", err)
-				failed[i] = true
-				continue
-			}
-			m.Body = body
-			events, eventIdx = append(events, m), append(eventIdx, i)
-		}
-		var pubErr error
-		for _, group := range []struct {
-			pub  publisher
-			msgs []rabbit.Message
-			idx  []int
-		}{{r.pub, tasks, taskIdx}, {r.opts.Events, events, eventIdx}} {
-			if len(group.msgs) == 0 {
-				continue
-			}
-			if group.pub == nil {
-				group.pub = r.pub
-			}
-			err := group.pub.Publish(ctx, group.msgs...)
-			if err == nil {
-				continue
-			}
-			var pe *rabbit.PublishError
-			if !errors.As(err, &pe) {
-				return fmt.Errorf("publish %d outbox rows: %w", len(group.msgs), err)
-			}
-			for _, f := range pe.Failed {
-				failed[group.idx[f.Index]] = true
-			}
-			r.failures.Add(float64(len(pe.Failed)))
-			pubErr = errors.Join(pubErr, err)
-		}
-		if len(events) > 0 {
-			wake = true // the next event of the same notifications may be waiting for these
-		}
-		ids := make([]int64, 0, len(batch))
-		var started []uuid.UUID
-		now := time.Now()
-		for i, o := range batch {
-			if failed[i] {
-				continue
-			}
-			ids = append(ids, o.id)
-			if o.scheduled && o.notificationID != nil {
-				started = append(started, *o.notificationID)
-			} else {
-				r.lag.Observe(now.Sub(o.createdAt).Seconds())
-			}
-		}
-		if len(ids) > 0 {
-			done := "DELETE FROM outbox WHERE id = ANY($1)"
-			if r.opts.Retention > 0 {
-				done = "UPDATE outbox SET published_at = now() WHERE id = ANY($1)"
-			}
-			if _, err := tx.Exec(ctx, done, ids); err != nil {
-				return fmt.Errorf("settle %d published outbox rows: %w", len(ids), err)
-			}
-		}
-		if len(started) > 0 {
-			if _, err := tx.Exec(ctx, syncCommitSQL); err != nil {
-				return fmt.Errorf("start %d scheduled notifications: %w", len(started), err)
-			}
-			if _, err := tx.Exec(ctx, startSQL, started); err != nil {
-				return fmt.Errorf("start %d scheduled notifications: %w", len(started), err)
-			}
-			wake = true // their status events are new rows to relay
-		}
-		r.published.Add(float64(len(ids)))
-		if pubErr != nil {
-			// The confirmed rows are settled; the rest stay for the next round.
-			r.log.Warn("some outbox rows were not published", "published", len(ids), "failed", len(failed), "err", pubErr)
-		}
-		return nil
-	})
+	err = r.settle(ctx, tx, batch, spans, failed, &wake)
+	if err != nil {
+		_ = tx.Rollback(ctx) // the round's error is the one to report
+	}
 	spans.end(failed, err)
 	if err == nil && wake {
 		r.Wake()
 	}
-	return claimed, next, err
+	return len(batch), next, err
 }
 
-// claim claims a batch of rows in tx and reads when the next scheduled row falls due into
-// next, in one round trip.
-func (r *Relay) claim(ctx context.Context, tx pgx.Tx, next *nextDue) ([]row, error) {
+// settle publishes the claimed batch and, once the broker has confirmed it, deletes (or
+// marks) the confirmed rows, starts the scheduled notifications among them and commits tx,
+// in one round trip. It sets failed for the rows not published, which stay, and wake when
+// the round leaves rows for the next one. On an error tx is left to be rolled back.
+func (r *Relay) settle(ctx context.Context, tx pgx.Tx, batch []row, spans relaySpans, failed map[int]bool, wake *bool) error {
+	var tasks, events []rabbit.Message
+	var taskIdx, eventIdx []int
+	for i, o := range batch {
+		m := rabbit.Message{
+			RoutingKey:  o.routingKey,
+			MessageID:   "outbox-" + strconv.FormatInt(o.id, 10),
+			Type:        o.messageType,
+			ContentType: "application/protobuf",
+			Body:        o.body,
+		}
+		spans.start(ctx, i, o, &m)
+		if o.messageType != schema.StatusEventType {
+			tasks, taskIdx = append(tasks, m), append(taskIdx, i)
+			continue
+		}
+		body, err := eventBody(o.body)
+		if err != nil {
+			// Only a bug writes an event the relay cannot read; it stays for a fixed relay.
+			r.log.Error("undecodable status event in the outbox", "outbox_id", o.id, "err", err)
+			failed[i] = true
+			continue
+		}
+		m.Body = body
+		events, eventIdx = append(events, m), append(eventIdx, i)
+	}
+	var pubErr error
+	for _, group := range []struct {
+		pub  publisher
+		msgs []rabbit.Message
+		idx  []int
+	}{{r.pub, tasks, taskIdx}, {r.opts.Events, events, eventIdx}} {
+		if len(group.msgs) == 0 {
+			continue
+		}
+		if group.pub == nil {
+			group.pub = r.pub
+		}
+		err := group.pub.Publish(ctx, group.msgs...)
+		if err == nil {
+			continue
+		}
+		var pe *rabbit.PublishError
+		if !errors.As(err, &pe) {
+			return fmt.Errorf("publish %d outbox rows: %w", len(group.msgs), err)
+		}
+		for _, f := range pe.Failed {
+			failed[group.idx[f.Index]] = true
+		}
+		r.failures.Add(float64(len(pe.Failed)))
+		pubErr = errors.Join(pubErr, err)
+	}
+	if len(events) > 0 {
+		*wake = true // the next event of the same notifications may be waiting for these
+	}
+	ids := make([]int64, 0, len(batch))
+	var started []uuid.UUID
+	now := time.Now()
+	for i, o := range batch {
+		if failed[i] {
+			continue
+		}
+		ids = append(ids, o.id)
+		if o.scheduled && o.notificationID != nil {
+			started = append(started, *o.notificationID)
+		} else {
+			r.lag.Observe(now.Sub(o.createdAt).Seconds())
+		}
+	}
+
 	var b pgx.Batch
+	if len(ids) > 0 {
+		done := "DELETE FROM outbox WHERE id = ANY($1)"
+		if r.opts.Retention > 0 {
+			done = "UPDATE outbox SET published_at = now() WHERE id = ANY($1)"
+		}
+		b.Queue(done, ids)
+	}
+	if len(started) > 0 {
+		b.Queue(syncCommitSQL)
+		b.Queue(startSQL, started)
+		*wake = true // their status events are new rows to relay
+	}
+	b.Queue("COMMIT")
+	if err := commitBatch(ctx, tx, &b); err != nil {
+		return fmt.Errorf("settle %d published outbox rows (%d scheduled notifications started): %w", len(ids), len(started), err)
+	}
+	r.published.Add(float64(len(ids)))
+	if pubErr != nil {
+		// The confirmed rows are settled; the rest stay for the next round.
+		r.log.Warn("some outbox rows were not published", "published", len(ids), "failed", len(failed), "err", pubErr)
+	}
+	return nil
+}
+
+// commitBatch sends b, whose last statement is COMMIT, in tx and reports whether the
+// commit happened. A statement that fails makes PostgreSQL skip the rest of the batch and
+// leaves the transaction aborted, for the caller to roll back.
+func commitBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
+	res := tx.SendBatch(ctx, b)
+	defer res.Close() //nolint:errcheck // the error is returned by the explicit Close below
+	var tag pgconn.CommandTag
+	for range b.Len() {
+		var err error
+		if tag, err = res.Exec(); err != nil {
+			return err
+		}
+	}
+	if err := res.Close(); err != nil {
+		return err
+	}
+	if tag.String() != "COMMIT" {
+		return pgx.ErrTxCommitRollback
+	}
+	return nil
+}
+
+// claim begins the round's transaction on conn, claims a batch of rows in it and reads
+// when the next scheduled row falls due into next, in one round trip. The transaction is
+// returned whatever happened, to be rolled back on an error (it is closed already if the
+// BEGIN itself failed).
+func (r *Relay) claim(ctx context.Context, conn *pgx.Conn, next *nextDue) ([]row, pgx.Tx, error) {
+	var b pgx.Batch
+	b.BeginTx(pgx.TxOptions{})
 	b.Queue(claimSettingsSQL)
 	b.Queue(claimSQL, r.opts.BatchSize)
 	b.Queue(nextDueSQL)
 	sent := time.Now()
-	res := tx.SendBatch(ctx, &b)
-	defer res.Close() //nolint:errcheck // the error is returned by the explicit Close below
-	if _, err := res.Exec(); err != nil {
-		return nil, err
+	res := conn.SendBatch(ctx, &b)
+	tx := res.Tx()
+	batch, err := readClaim(res, sent, next)
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	return batch, tx, err
+}
+
+// readClaim reads the results of claim's batch.
+func readClaim(res pgx.BatchResults, sent time.Time, next *nextDue) ([]row, error) {
+	for range 2 { // BEGIN and the settings
+		if _, err := res.Exec(); err != nil {
+			return nil, err
+		}
 	}
 	rows, err := res.Query()
 	if err != nil {
@@ -483,7 +542,7 @@ func (r *Relay) claim(ctx context.Context, tx pgx.Tx, next *nextDue) ([]row, err
 	case !errors.Is(err, pgx.ErrNoRows):
 		return nil, err
 	}
-	return batch, res.Close()
+	return batch, nil
 }
 
 // eventBody turns a status event as the outbox holds it (protobuf JSON, written by SQL)

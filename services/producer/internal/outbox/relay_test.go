@@ -156,6 +156,56 @@ func TestRelayKeepsRowsWhenTheBrokerIsDown(t *testing.T) {
 	}
 }
 
+// TestRelayKeepsRowsWhenSettlingFails: the delete of the published rows and the commit go
+// to the database in one batch; when either fails the round fails and rolls back, every row
+// stays for a later round, and the connection goes back to the pool outside a transaction.
+func TestRelayKeepsRowsWhenSettlingFails(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, trigger string }{
+		{"delete", "CREATE TRIGGER refuse BEFORE DELETE ON outbox FOR EACH ROW EXECUTE FUNCTION refuse()"},
+		{"commit", "CREATE CONSTRAINT TRIGGER refuse AFTER DELETE ON outbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse()"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.New(t)
+			ctx := context.Background()
+			if _, err := db.Pool.Exec(ctx, `CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+				$$BEGIN RAISE EXCEPTION 'refused'; END$$`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.Pool.Exec(ctx, tc.trigger); err != nil {
+				t.Fatal(err)
+			}
+			insertRows(t, db, 5)
+			pub := &recorder{}
+			r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{})
+			if _, err := r.RelayOnce(ctx); err == nil || !strings.Contains(err.Error(), "refused") {
+				t.Fatalf("RelayOnce with the %s refused = %v, want the refusal", tc.name, err)
+			}
+			if len(pub.sent) != 5 {
+				t.Fatalf("published %d rows, want the 5 claimed", len(pub.sent))
+			}
+			if got := rowCount(t, db); got != 5 {
+				t.Fatalf("%d rows in the outbox after a round whose %s failed, want all 5 kept", got, tc.name)
+			}
+			var open int
+			if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+				WHERE datname = current_database() AND state LIKE 'idle in transaction%'`).Scan(&open); err != nil || open != 0 {
+				t.Fatalf("%d connections left in a transaction (%v), want none", open, err)
+			}
+			if _, err := db.Pool.Exec(ctx, "DROP TRIGGER refuse ON outbox"); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := r.RelayOnce(ctx); err != nil || n != 5 {
+				t.Fatalf("RelayOnce after the refusal ended = %d, %v; want the 5 rows claimed again", n, err)
+			}
+			if got := rowCount(t, db); got != 0 {
+				t.Errorf("%d rows left after a round that succeeded, want none", got)
+			}
+		})
+	}
+}
+
 // TestRelaysShareTheOutbox runs two relays (two producer replicas), each with overlapping
 // rounds, against one outbox and a real broker: every row reaches the queue, none twice.
 func TestRelaysShareTheOutbox(t *testing.T) {
