@@ -3,8 +3,12 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -24,7 +28,8 @@ func (noopPublisher) Publish(context.Context, ...rabbit.Message) error { return 
 // (claim with SKIP LOCKED, publish, mark), with a publisher that confirms at once (the
 // database side alone) and with a real RabbitMQ publisher (window 256, the producer's).
 // Every iteration is one row; the figures to read are rows/s and the CPU per row of this
-// process and of the test database's PostgreSQL backends. Rounds of 20 rows are what a relay
+// process and of the test database's PostgreSQL backends, and db-writes/round, the round
+// trips to the database per round (countingPool). Rounds of 20 rows are what a relay
 // behind a steady stream of Publish calls runs. Run with e.g. -benchtime 20000x.
 func BenchmarkRelayOnce(b *testing.B) {
 	for _, tc := range []struct {
@@ -56,11 +61,13 @@ func BenchmarkRelayOnce(b *testing.B) {
 			if _, err := db.Pool.Exec(ctx, "ANALYZE outbox"); err != nil {
 				b.Fatal(err)
 			}
-			r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{BatchSize: tc.batch})
+			pool, writes := countingPool(b, db.URL)
+			r := NewRelay(pool, pub, discard, prometheus.NewRegistry(), Options{BatchSize: tc.batch})
 
 			cpu0, pg0 := processCPU(b), backendCPU(b, db.Pool)
+			writes.Store(0)
 			b.ResetTimer()
-			relayed := 0
+			relayed, rounds := 0, 0
 			for relayed < b.N {
 				n, err := r.RelayOnce(ctx)
 				if err != nil {
@@ -70,10 +77,12 @@ func BenchmarkRelayOnce(b *testing.B) {
 					b.Fatalf("RelayOnce claimed nothing with %d of %d rows relayed", relayed, b.N)
 				}
 				relayed += n
+				rounds++
 			}
 			b.StopTimer()
 			cpu, pg := processCPU(b)-cpu0, backendCPU(b, db.Pool)-pg0
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+			b.ReportMetric(float64(writes.Load())/float64(rounds), "db-writes/round")
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/row")
 			b.ReportMetric(float64(pg.Microseconds())/float64(b.N), "pg-cpu-us/row")
 			var left int
@@ -82,6 +91,46 @@ func BenchmarkRelayOnce(b *testing.B) {
 			}
 		})
 	}
+}
+
+// countingPool is a pool on url whose connections count their writes to PostgreSQL: pgx
+// writes a statement, or a batch of them, in one write and then waits for the answer, so
+// writes per round are the round's round trips to the database. Its one connection is open
+// before it is returned, so that its start is not counted in a benchmark's CPU.
+func countingPool(b *testing.B, url string) (*pgxpool.Pool, *atomic.Int64) {
+	b.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	writes := new(atomic.Int64)
+	dial := cfg.ConnConfig.DialFunc
+	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return countingConn{c, writes}, nil
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(pool.Close)
+	if err := pool.Ping(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return pool, writes
+}
+
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
 }
 
 // BenchmarkRelayRun relays an outbox filled beforehand with Run, as the producer runs it

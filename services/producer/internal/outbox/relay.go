@@ -354,7 +354,10 @@ func (r *Relay) round(ctx context.Context) (int, nextDue, error) {
 		return 0, next, fmt.Errorf("claim outbox rows: %w", err)
 	}
 	if len(batch) == 0 {
-		return 0, next, tx.Commit(ctx)
+		if err := tx.Commit(ctx); err != nil {
+			return 0, next, fmt.Errorf("end a round that claimed nothing: %w", err)
+		}
+		return 0, next, nil
 	}
 
 	// wake is set when this round leaves rows for the next one (the next status event of a
