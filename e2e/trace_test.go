@@ -79,10 +79,13 @@ func intAttr(s tracingtest.Span, key string) (int64, bool) {
 //	   └─ producer  outbox.relay
 //	      └─ sender  sender.task
 //	         ├─ sender  sender.load
+//	         ├─ sender  sender.audience
+//	         ├─ sender  pace.wait            (notify.tokens 1)
 //	         ├─ sender  fcm.multicast        (notify.tokens 1, notify.transient 1)
 //	         ├─ sender  delivery.hand_off
 //	         │  └─ retrier  retrier.task
 //	         │     ├─ retrier  retrier.load
+//	         │     ├─ retrier  pace.wait
 //	         │     ├─ retrier  fcm.multicast  (notify.delivered 1)
 //	         │     └─ retrier  delivery.record
 //	         └─ sender  delivery.record
@@ -155,6 +158,10 @@ func TestOneTraceFromPublishToFCM(t *testing.T) {
 	relay := one(tr.childrenOf(publish, "producer", "outbox.relay"), "outbox.relay under Publish")
 	send := one(tr.childrenOf(relay, "sender", "sender.task"), "sender.task under outbox.relay")
 	one(tr.childrenOf(send, "sender", "sender.load"), "sender.load under sender.task")
+	one(tr.childrenOf(send, "sender", "sender.audience"), "sender.audience under sender.task")
+	if n, _ := intAttr(one(tr.childrenOf(send, "sender", "pace.wait"), "pace.wait under sender.task"), "notify.tokens"); n != 1 {
+		t.Errorf("the sender's pace.wait notify.tokens = %d, want 1", n)
+	}
 	first := one(tr.childrenOf(send, "sender", "fcm.multicast"), "fcm.multicast under sender.task")
 	if n, _ := intAttr(first, "notify.tokens"); n != 1 {
 		t.Errorf("the first multicast's notify.tokens = %d, want 1", n)
@@ -166,6 +173,7 @@ func TestOneTraceFromPublishToFCM(t *testing.T) {
 	handOff := one(tr.childrenOf(send, "sender", "delivery.hand_off"), "delivery.hand_off under sender.task")
 	retry1 := one(tr.childrenOf(handOff, "retrier", "retrier.task"), "retrier.task under delivery.hand_off")
 	one(tr.childrenOf(retry1, "retrier", "retrier.load"), "retrier.load under retrier.task")
+	one(tr.childrenOf(retry1, "retrier", "pace.wait"), "pace.wait under retrier.task")
 	second := one(tr.childrenOf(retry1, "retrier", "fcm.multicast"), "fcm.multicast under retrier.task")
 	if n, _ := intAttr(second, "notify.delivered"); n != 1 {
 		t.Errorf("the retried multicast's notify.delivered = %d, want 1", n)

@@ -224,6 +224,7 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 	}
 	var toSend []sending
 	perApp := map[string]int{}
+	perAppSpans := map[string][]trace.Span{}
 	for i, ch := range chunks {
 		n := ch.Notification
 		switch remaining := time.Until(n.ExpiresAt); {
@@ -243,11 +244,12 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 			}
 			toSend = append(toSend, sending{i, targets, skipped, remaining})
 			perApp[n.app()] += len(targets)
+			perAppSpans[n.app()] = append(perAppSpans[n.app()], ch.Span)
 		}
 	}
 	// An app's sends that fit in one grant are reserved together, in one round trip for the
 	// whole batch (small notifications); the others pace each chunk in grant-sized pieces.
-	prepaid, payErr := d.prepay(ctx, perApp)
+	prepaid, payErr := d.prepay(ctx, perApp, perAppSpans)
 	var wg sync.WaitGroup
 	for _, x := range toSend {
 		ch := chunks[x.i]
@@ -401,8 +403,9 @@ func (d *Deliverer) record(ctx context.Context, recs []Record) ([]string, []erro
 
 // prepay reserves, for each app whose sends in perApp fit in one grant of the Pacer, all of
 // them at once, and reports which apps it paid for; an app whose reservation failed has
-// its error (nothing of it may be sent). Without a Pacer nothing is paced.
-func (d *Deliverer) prepay(ctx context.Context, perApp map[string]int) (map[string]bool, map[string]error) {
+// its error (nothing of it may be sent). Without a Pacer nothing is paced. Each of the
+// app's chunks (spans) gets a pace.wait span for the shared reservation.
+func (d *Deliverer) prepay(ctx context.Context, perApp map[string]int, spans map[string][]trace.Span) (map[string]bool, map[string]error) {
 	paid, errs := map[string]bool{}, map[string]error{}
 	if d.opts.Pacer == nil {
 		return paid, errs
@@ -411,7 +414,10 @@ func (d *Deliverer) prepay(ctx context.Context, perApp map[string]int) (map[stri
 		if n > d.opts.Pacer.Grant(app) {
 			continue
 		}
-		if err := d.opts.Pacer.Take(ctx, app, n); err != nil {
+		waits := startPaceEach(ctx, spans[app], app, n)
+		err := d.opts.Pacer.Take(ctx, app, n)
+		waits.End(err)
+		if err != nil {
 			errs[app] = fmt.Errorf("pace %d tokens of app %s: %w", n, app, err)
 			continue
 		}
@@ -451,7 +457,10 @@ func (d *Deliverer) send(ctx context.Context, n *Notification, targets []Target,
 	for len(results) < len(tokens) {
 		part := tokens[len(results):min(len(results)+piece, len(tokens))]
 		if paced {
-			if err := d.opts.Pacer.Take(ctx, app, len(part)); err != nil {
+			wait := startPace(ctx, app, len(part))
+			err := d.opts.Pacer.Take(ctx, app, len(part))
+			tracing.End(wait, err)
+			if err != nil {
 				if len(results) == 0 {
 					return nil, fmt.Errorf("pace %d tokens of %s: %w", len(tokens), n.ID, err)
 				}

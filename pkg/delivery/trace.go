@@ -6,6 +6,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"notify/pkg/fcm"
 	"notify/pkg/tracing"
@@ -24,10 +25,39 @@ const (
 	SpanHandOff = "delivery.hand_off"
 	// SpanRecord is the store of a chunk's outcomes (one transaction shared by the batch).
 	SpanRecord = "delivery.record"
+	// SpanPace is the wait for the app's FCM budget (pacing) before a multicast, with
+	// notify.app and notify.tokens (how many sends it reserves): a reservation shared by a
+	// batch of small notifications is a span under each of their tasks.
+	SpanPace = "pace.wait"
 	// SpanDeadLetter is the dead-lettering of a message the service cannot handle (not a
 	// task, or naming no notification), with notify.reason; the dead-letter task carries it.
 	SpanDeadLetter = "delivery.dead_letter"
 )
+
+// startPace starts the pace.wait span of one chunk's reservation under ctx's span; with
+// tracing off it returns a no-op span and allocates nothing.
+func startPace(ctx context.Context, app string, tokens int) trace.Span {
+	if !trace.SpanFromContext(ctx).IsRecording() {
+		return noop.Span{}
+	}
+	_, span := tracing.Tracer().Start(ctx, SpanPace, paceAttributes(app, tokens))
+	return span
+}
+
+// startPaceEach starts a pace.wait span under each of the chunks' spans for a reservation
+// they share; nothing when none of them is recording.
+func startPaceEach(ctx context.Context, chunks []trace.Span, app string, tokens int) tracing.Spans {
+	for _, sp := range chunks {
+		if sp != nil && sp.IsRecording() {
+			return tracing.StartEach(ctx, SpanPace, chunks, paceAttributes(app, tokens))
+		}
+	}
+	return nil
+}
+
+func paceAttributes(app string, tokens int) trace.SpanStartEventOption {
+	return trace.WithAttributes(attribute.String("notify.app", app), attribute.Int("notify.tokens", tokens))
+}
 
 func endDeadLetter(span trace.Span, reason string, err error) {
 	if span.IsRecording() {

@@ -247,7 +247,9 @@ func (h *Handler) split(ctx context.Context, tasks []*task) (small []chunkTask, 
 	for i, t := range tasks {
 		ns[i] = t.n
 	}
+	reading := tracing.StartEach(ctx, SpanAudience, spansOf(tasks))
 	pages, err := h.store.FirstPages(ctx, ns, fcm.MaxMulticast)
+	reading.End(err)
 	if err != nil {
 		for _, t := range tasks {
 			t.finish("", rabbit.Requeue(err))
@@ -350,7 +352,9 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 	after := ""
 	for {
 		pctx, cancel := h.step.Start(gctx)
-		targets, next, err := h.store.Audience(pctx, n, after, fcm.MaxMulticast)
+		actx, reading := tracing.Tracer().Start(pctx, SpanAudience)
+		targets, next, err := h.store.Audience(actx, n, after, fcm.MaxMulticast)
+		tracing.End(reading, err)
 		err = h.step.Explain(pctx, err)
 		cancel()
 		if err != nil {

@@ -13,6 +13,10 @@ const (
 	SpanTask = "sender.task"
 	// SpanLoad is the load of the task's notification (one query for the batch).
 	SpanLoad = "sender.load"
+	// SpanAudience is a read of a page of the task's audience (up to 500 unsettled
+	// targets): the first page of every task of a batch in one query, then each further
+	// page of a large audience.
+	SpanAudience = "sender.audience"
 )
 
 func spansOf(tasks []*task) []trace.Span {
