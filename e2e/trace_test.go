@@ -58,6 +58,15 @@ func (tr traceOf) String() string {
 	return b.String()
 }
 
+func strAttr(s tracingtest.Span, key string) string {
+	for _, kv := range s.Attributes {
+		if kv.GetKey() == key {
+			return kv.GetValue().GetStringValue()
+		}
+	}
+	return ""
+}
+
 func intAttr(s tracingtest.Span, key string) (int64, bool) {
 	for _, kv := range s.Attributes {
 		if kv.GetKey() == key {
@@ -141,7 +150,11 @@ func TestOneTraceFromPublishToFCM(t *testing.T) {
 		for _, task := range tr.named("retrier", "retrier.task") {
 			retried = append(retried, tr.childrenOf(task, "retrier", "delivery.record")...)
 		}
-		return len(retried) > 0
+		delivered := false // the last status event's relay span, exported after the record
+		for _, r := range tr.named("producer", "outbox.relay") {
+			delivered = delivered || strAttr(r, "messaging.rabbitmq.destination.routing_key") == "delivered.e2e.trace"
+		}
+		return len(retried) > 0 && delivered
 	})
 	one := func(got []tracingtest.Span, what string) tracingtest.Span {
 		t.Helper()
@@ -155,7 +168,24 @@ func TestOneTraceFromPublishToFCM(t *testing.T) {
 		t.Errorf("Publish's parent is %s, want the caller's span %s", p, callerSpan)
 	}
 	one(tr.childrenOf(publish, "producer", "producer.store"), "producer.store under Publish")
-	relay := one(tr.childrenOf(publish, "producer", "outbox.relay"), "outbox.relay under Publish")
+	// Under Publish: the send task's trip to the broker, and each status event's (pending,
+	// retrying, delivered), which carry the notification's trace to subscribers.
+	var tasks []tracingtest.Span
+	events := map[string]bool{}
+	for _, r := range tr.childrenOf(publish, "producer", "outbox.relay") {
+		key := strAttr(r, "messaging.rabbitmq.destination.routing_key")
+		if strings.HasSuffix(key, ".e2e.trace") {
+			events[strings.TrimSuffix(key, ".e2e.trace")] = true
+		} else {
+			tasks = append(tasks, r)
+		}
+	}
+	relay := one(tasks, "outbox.relay of the send task under Publish")
+	for _, status := range []string{"pending", "retrying", "delivered"} {
+		if !events[status] {
+			t.Errorf("no outbox.relay of the %s status event under Publish; got %v", status, events)
+		}
+	}
 	send := one(tr.childrenOf(relay, "sender", "sender.task"), "sender.task under outbox.relay")
 	one(tr.childrenOf(send, "sender", "sender.load"), "sender.load under sender.task")
 	one(tr.childrenOf(send, "sender", "sender.audience"), "sender.audience under sender.task")
