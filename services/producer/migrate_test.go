@@ -83,21 +83,11 @@ func TestMigrateCommand(t *testing.T) {
 // nothing), and stops waiting when ctx ends, naming DATABASE_URL.
 func TestWaitForDatabaseSaysWhatItWaitsFor(t *testing.T) {
 	t.Parallel()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close() // nothing listens there now: connection refused
-	pool, err := pgxpool.New(t.Context(), "postgres://notify:notify@"+addr+"/notify?sslmode=disable&connect_timeout=1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := unreachablePool(t)
 	var buf syncBuffer
 	ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
 	defer cancel()
-	err = waitForDatabase(ctx, pool, slog.New(slog.NewJSONHandler(&buf, nil)), 0)
+	err := waitForDatabase(ctx, pool, slog.New(slog.NewJSONHandler(&buf, nil)), 0)
 	if err == nil || !strings.Contains(err.Error(), "DATABASE_URL: database not reachable") {
 		t.Errorf("error %v, want DATABASE_URL: database not reachable", err)
 	}
@@ -111,21 +101,10 @@ func TestWaitForDatabaseSaysWhatItWaitsFor(t *testing.T) {
 // gives up after its limit and says so, naming DATABASE_URL.
 func TestWaitForDatabaseGivesUpOnlyWhenAsked(t *testing.T) {
 	t.Parallel()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close()
-	pool, err := pgxpool.New(t.Context(), "postgres://notify:notify@"+addr+"/notify?sslmode=disable&connect_timeout=1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-
+	pool := unreachablePool(t)
 	var buf syncBuffer
 	start := time.Now()
-	err = waitForDatabase(t.Context(), pool, slog.New(slog.NewJSONHandler(&buf, nil)), 1500*time.Millisecond)
+	err := waitForDatabase(t.Context(), pool, slog.New(slog.NewJSONHandler(&buf, nil)), 1500*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "DATABASE_URL: database not reachable") {
 		t.Errorf("with a limit: error %v, want DATABASE_URL: database not reachable", err)
 	}
@@ -148,6 +127,23 @@ func TestWaitForDatabaseGivesUpOnlyWhenAsked(t *testing.T) {
 	if strings.Contains(buf.String(), `"gives_up_in"`) || !strings.Contains(buf.String(), `"waited"`) {
 		t.Errorf("log without a limit:\n%s\nwant waited and no gives_up_in", buf.String())
 	}
+}
+
+// unreachablePool is a pool for a database address nothing listens on (connection refused).
+func unreachablePool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close() // nothing listens there now
+	pool, err := pgxpool.New(t.Context(), "postgres://notify:notify@"+addr+"/notify?sslmode=disable&connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 // syncBuffer is a bytes.Buffer safe for a logger and the test.
