@@ -128,11 +128,13 @@ func (c *Conn) run(ctx context.Context) error {
 		}
 
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
-		c.set(conn, held)
-		c.log.Info("rabbitmq connected", "name", c.opts.Name)
+		// The hook (notify_rabbitmq_connected) runs before the connection is handed out, so
+		// that whoever Ready lets through already sees it counted.
 		if h := c.opts.Hooks.Connected; h != nil {
 			h()
 		}
+		c.set(conn, held)
+		c.log.Info("rabbitmq connected", "name", c.opts.Name)
 		up := time.Now()
 
 		select {
