@@ -147,21 +147,35 @@ func decodeNotification(id uuid.UUID, status string, expiresAt time.Time, reques
 // Audience returns up to limit targets of n that have no settled delivery yet, after the
 // key `after` (a keyset cursor: device id, or token for raw tokens), and the cursor for the
 // next page ("" when this was the last one). schema.Audience defines the query.
+//
+// The page is read with sequential scans and sorts off (pageSettingsSQL), in a read-only
+// transaction of its own: planned from statistics taken before the devices were registered
+// (a new installation's first broadcast, or one right after a bulk registration, before
+// autovacuum analyzes devices), each page re-read and sorted every remaining device, and
+// each device's "already settled?" probe scanned the deliveries written so far: a 100,000
+// device broadcast went at 0.13× its usual speed. Walking the indexes is the plan the
+// statistics give once they are current.
 func (s *Store) Audience(ctx context.Context, n *Notification, after string, limit int) ([]Target, string, error) {
 	query, args, err := n.Audience.UnsettledPage(n.ID, after, limit)
 	if err != nil {
 		return nil, "", fmt.Errorf("notification %s: %w", n.ID, err)
 	}
-	rows, err := s.pool.Query(ctx, query, args...)
-	if err != nil {
-		return nil, "", fmt.Errorf("resolve audience of %s: %w", n.ID, err)
-	}
 	targets := make([]Target, 0, limit)
 	var key string
-	var t Target
-	_, err = pgx.ForEachRow(rows, []any{&key, &t.DeviceID, &t.UserID, &t.Token, &t.Muted}, func() error {
-		targets = append(targets, t)
-		return nil
+	err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, pageSettingsSQL); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, query, args...)
+		if err != nil {
+			return err
+		}
+		var t Target
+		_, err = pgx.ForEachRow(rows, []any{&key, &t.DeviceID, &t.UserID, &t.Token, &t.Muted}, func() error {
+			targets = append(targets, t)
+			return nil
+		})
+		return err
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("resolve audience of %s: %w", n.ID, err)
@@ -171,6 +185,10 @@ func (s *Store) Audience(ctx context.Context, n *Notification, after string, lim
 	}
 	return targets, key, nil
 }
+
+// pageSettingsSQL turns sequential scans and sorts off for the rest of an audience page's
+// transaction (see Audience).
+const pageSettingsSQL = "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true)"
 
 // Page is one page of a notification's unsettled audience (see Audience).
 type Page struct {
