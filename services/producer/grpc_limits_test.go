@@ -21,6 +21,13 @@ import (
 // register puts on it, and returns a client connection to it.
 func serveLimited(t *testing.T, env map[string]string, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
+	return dial(t, serveProducerGRPC(t, env, register), insecure.NewCredentials())
+}
+
+// serveProducerGRPC runs a gRPC server built with the producer's options for env, with what
+// register puts on it, until the test ends, and returns its address.
+func serveProducerGRPC(t *testing.T, env map[string]string, register func(*grpc.Server)) string {
+	t.Helper()
 	cfg, err := loadConfig(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +44,7 @@ func serveLimited(t *testing.T, env map[string]string, register func(*grpc.Serve
 	register(s)
 	go func() { _ = s.Serve(lis) }()
 	t.Cleanup(s.Stop)
-	return dial(t, lis.Addr().String(), insecure.NewCredentials())
+	return lis.Addr().String()
 }
 
 // stuckHealth answers Check only when the call's context ends, as a handler waiting on a

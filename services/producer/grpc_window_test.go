@@ -20,22 +20,7 @@ import (
 // is a frame, a write and the client's answer for nearly every call.
 func TestGRPCSendsNoFlowControlPings(t *testing.T) {
 	t.Parallel()
-	cfg, err := loadConfig(func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts, err := grpcServerOptions(cfg, discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer(opts...)
-	healthpb.RegisterHealthServer(s, health.NewServer())
-	go func() { _ = s.Serve(lis) }()
-	t.Cleanup(s.Stop)
+	addr := serveProducerGRPC(t, nil, func(s *grpc.Server) { healthpb.RegisterHealthServer(s, health.NewServer()) })
 
 	// Every byte the server sends goes through an HTTP/2 frame reader too.
 	var pings, frames atomic.Int32
@@ -63,7 +48,7 @@ func TestGRPCSendsNoFlowControlPings(t *testing.T) {
 		}
 		return teeConn{Conn: c, w: pw}, nil
 	}
-	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
+	conn, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(dialer))
 	if err != nil {
 		t.Fatal(err)
