@@ -17,7 +17,7 @@ import (
 // deliveries were empty (a new installation's first broadcast), a broadcast's page is read
 // through the indexes (devices in device id order, the settled probe by primary key), not by
 // reading and sorting every remaining device with a scan of the deliveries for each. Before
-// pageSettingsSQL the plan was a bitmap scan of every device after the cursor, a sort, and a
+// schema.WalkIndexesSQL the plan was a bitmap scan of every device after the cursor, a sort, and a
 // sequential scan of deliveries per device: a 100,000-device broadcast at 0.13× its speed.
 // The page itself must still be right.
 func TestAudiencePageWalksIndexesWithStaleStatistics(t *testing.T) {
@@ -40,7 +40,7 @@ func TestAudiencePageWalksIndexesWithStaleStatistics(t *testing.T) {
 	}
 	var plan []string
 	err = pgx.BeginTxFunc(ctx, db.Pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, pageSettingsSQL); err != nil {
+		if _, err := tx.Exec(ctx, schema.WalkIndexesSQL); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, "EXPLAIN "+query, args...)

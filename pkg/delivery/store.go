@@ -148,7 +148,7 @@ func decodeNotification(id uuid.UUID, status string, expiresAt time.Time, reques
 // key `after` (a keyset cursor: device id, or token for raw tokens), and the cursor for the
 // next page ("" when this was the last one). schema.Audience defines the query.
 //
-// The page is read with sequential scans and sorts off (pageSettingsSQL), in a read-only
+// The page is read with sequential scans and sorts off (schema.WalkIndexesSQL), in a read-only
 // transaction of its own: planned from statistics taken before the devices were registered
 // (a new installation's first broadcast, or one right after a bulk registration, before
 // autovacuum analyzes devices), each page re-read and sorted every remaining device, and
@@ -163,7 +163,7 @@ func (s *Store) Audience(ctx context.Context, n *Notification, after string, lim
 	targets := make([]Target, 0, limit)
 	var key string
 	err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, pageSettingsSQL); err != nil {
+		if _, err := tx.Exec(ctx, schema.WalkIndexesSQL); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, query, args...)
@@ -185,10 +185,6 @@ func (s *Store) Audience(ctx context.Context, n *Notification, after string, lim
 	}
 	return targets, key, nil
 }
-
-// pageSettingsSQL turns sequential scans and sorts off for the rest of an audience page's
-// transaction (see Audience).
-const pageSettingsSQL = "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true)"
 
 // Page is one page of a notification's unsettled audience (see Audience).
 type Page struct {

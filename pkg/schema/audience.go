@@ -136,6 +136,13 @@ func (a Audience) args(id uuid.UUID) []any {
 	return []any{id, a.Targets, app}
 }
 
+// WalkIndexesSQL turns sequential scans and sorts off for the rest of the transaction, so
+// that a query planned from statistics older than its rows (an outbox analyzed while empty,
+// devices analyzed before a bulk registration) still reads its indexes in their order and
+// stops at its LIMIT, instead of reading and sorting the whole table. The outbox relay's
+// claim and a broadcast's audience pages run under it.
+const WalkIndexesSQL = "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true)"
+
 // unsettled is the predicate "token has no settled delivery of notification $1". It is a
 // NOT EXISTS with OFFSET 0: the fence keeps PostgreSQL from flattening it into a join
 // planned from statistics that know nothing of a broadcast minutes old (that plan re-read

@@ -300,8 +300,7 @@ const nextDueSQL = `SELECT extract(epoch FROM due_at - now())::float8 FROM outbo
 // The wait was most of a small round's time (BenchmarkRelayOnce, rounds of 20 rows, no
 // broker: 1,752-2,652 rows/s and 43-50 µs of PostgreSQL CPU per row with it, 6,842-17,665
 // rows/s and 27-33 µs without).
-const claimSettingsSQL = "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true), " +
-	"set_config('synchronous_commit', 'off', true)"
+const claimSettingsSQL = schema.WalkIndexesSQL + ", set_config('synchronous_commit', 'off', true)"
 
 // syncCommitSQL makes a round that starts scheduled notifications wait for the disk at commit.
 const syncCommitSQL = "SELECT set_config('synchronous_commit', 'on', true)"
