@@ -153,7 +153,7 @@ func TestTargetsReportMissed(t *testing.T) {
 	var out strings.Builder
 	r.report(&out, "x.json")
 	for _, line := range []string{`(?m)^PublishBatch notifications\s+15,000/s\s+≥ 20,000/s\s+MISSED$`, `(?m)^Publish → FCM p99 at 1,000/s\s+300 ms`,
-		`(?m)^\s+ms\s+0\.000\s+0\.250\s`} {
+		`(?m)^\s*sustain \(notify\)\s+0\.000\s+0\.250\s`} {
 		if !regexp.MustCompile(line).MatchString(out.String()) {
 			t.Errorf("report does not match %s:\n%s", line, out.String())
 		}

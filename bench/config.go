@@ -24,6 +24,7 @@ const (
 	phaseBatch     = "batch"
 	phaseFanout    = "fanout"
 	phaseLatency   = "latency"
+	phaseReference = "reference"
 	phaseSustain   = "sustain"
 	phasePaced     = "paced"
 	phaseApps      = "apps"
@@ -31,9 +32,11 @@ const (
 
 // The latency phase runs before the fan-out: the broadcast then also reaches the latency
 // phase's devices, and is planned with its notifications in the history.
+// The reference (the in-memory push server) runs right before the sustain phase, so that the
+// two are measured in the same minutes of the machine.
 // The paced phases come last: they replace the sender and the retrier with paced ones, and
 // their quota is held below the fan-out's unpaced speed.
-var allPhases = []string{phaseBaselines, phasePublish, phaseBatch, phaseLatency, phaseSustain, phaseFanout, phasePaced, phaseApps}
+var allPhases = []string{phaseBaselines, phasePublish, phaseBatch, phaseLatency, phaseReference, phaseSustain, phaseFanout, phasePaced, phaseApps}
 
 // config is everything the bench reads from its flags and the environment.
 type config struct {
@@ -65,7 +68,8 @@ type config struct {
 	BatchClients       int
 	BatchNotifications int
 	// SustainNotifications one-token notifications are published as fast as Publish takes
-	// them (PublishClients clients) and timed to their last outcome.
+	// them (PublishClients clients) and timed to their last outcome, by notify in the sustain
+	// phase and by the in-memory push server in the reference phase.
 	SustainNotifications int
 	// PacedQuota is the default app's quota a minute in the paced phases (0: derived from
 	// the raw FCM edge of the run); AppsDevices are the apps phase's devices of its first app.
@@ -130,7 +134,7 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 	fs.DurationVar(&c.LatencyDuration, "latency-duration", 10*time.Second, "how long the latency phase publishes")
 	fs.IntVar(&c.BatchClients, "batch-clients", 4, "concurrent PublishBatch calls (500 notifications each) in the batch phase")
 	fs.IntVar(&c.BatchNotifications, "batch-notifications", 50_000, "notifications the batch phase publishes (rounded up to whole batches of 500)")
-	fs.IntVar(&c.SustainNotifications, "sustain-notifications", 20_000, "one-token notifications the sustain phase publishes as fast as Publish takes them")
+	fs.IntVar(&c.SustainNotifications, "sustain-notifications", 20_000, "one-token notifications the sustain and reference phases publish as fast as Publish takes them")
 	fs.IntVar(&c.PacedQuota, "paced-quota", 0, "the paced broadcasts' quota a minute, on the emulator and the app (0: half the raw FCM edge of this run, at most 0.8× the unpaced fan-out)")
 	fs.IntVar(&c.AppsDevices, "apps-devices", 60_000, "devices of the apps phase's first app (the second gets half as many, and half its quota)")
 	if err := fs.Parse(args); err != nil {

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
+
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
@@ -50,8 +52,13 @@ func registerDevices(ctx context.Context, st *stack, phase string, n int, prog *
 
 // registerAppDevices is registerDevices for the devices of app ("" is "default").
 func registerAppDevices(ctx context.Context, st *stack, app, phase string, n int, prog *progress) (registration, error) {
+	return registerVia(ctx, st, st.dial, app, phase, n, prog)
+}
+
+// registerVia is registerAppDevices through the server dial connects to.
+func registerVia(ctx context.Context, st *stack, dial func() (*grpc.ClientConn, error), app, phase string, n int, prog *progress) (registration, error) {
 	res := registration{Devices: n, Batch: st.cfg.RegisterBatch, Clients: st.cfg.RegisterClients}
-	conn, err := st.dial()
+	conn, err := dial()
 	if err != nil {
 		return res, err
 	}

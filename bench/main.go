@@ -24,6 +24,16 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if os.Getenv(memserverEnv) == "1" {
+		// Started by the bench itself as its in-memory push server (memserver.go).
+		err := memserverMain(ctx, os.Getenv, os.Stderr)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench (in-memory push server):", err)
+			os.Exit(1)
+		}
+		return
+	}
 	code := mainCode(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

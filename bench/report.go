@@ -102,16 +102,27 @@ func (r *results) report(w io.Writer, jsonPath string) {
 			thousands(float64(l.Received+l.Unmatched)), thousands(float64(l.Notifications-sumErrors(l.Errors))), l.Missing, l.Unmatched,
 			l.Duplicates, thousands(l.DeliveredPerSecond))
 	}
+	if ref := r.Reference; ref != nil {
+		value, finished := oneTokenFigures(ref)
+		c := ref.CPUMSPerNotification
+		fmt.Fprintf(tw, "in-memory push server, %s one-token notifications, %d clients, Publish → last FCM answer\t%s\tsame-run reference\t"+
+			"no database, no broker; CPU ms per notification: server %.3f, emulator %.3f, bench %.3f\n",
+			thousands(float64(ref.Notifications)), ref.Clients, value, c[memserverBinary], c["fcm-emulator"], c[groupBench])
+		fmt.Fprintf(tw, "  Publish accepted them at\t%s/s\treference\tin %s; %s; %s DELIVERED, FCM received %s\n",
+			thousands(ref.PublishPerSecond), secs(ref.PublishSeconds), finished, thousands(float64(ref.Delivered)),
+			thousands(float64(ref.EmulatorDelivered)))
+	}
 	if su := r.Sustain; su != nil {
-		value, finished := thousands(su.PerSecond)+" notifications/s", "all finished after "+secs(su.Seconds)
-		if !su.Finished {
-			value += " (DID NOT FINISH)"
-			finished = "not all finished after " + secs(su.Seconds)
+		value, finished := oneTokenFigures(su)
+		var vsRef, vsRefPublish string
+		if r.SustainVsReference > 0 {
+			vsRef = fmt.Sprintf("%.2f× in-memory push server", r.SustainVsReference)
+			vsRefPublish = fmt.Sprintf("%.2f× in-memory push server's", r.SustainPublishVsReference)
 		}
-		fmt.Fprintf(tw, "pipeline, %s one-token notifications, %d clients, Publish → last outcome in Postgres\t%s\t\t%s\n",
-			thousands(float64(su.Notifications)), su.Clients, value, met[sustainTargetName])
-		fmt.Fprintf(tw, "  Publish accepted them at\t%s/s\t\tin %s; %s; %s DELIVERED, FCM received %s\n",
-			thousands(su.PublishPerSecond), secs(su.PublishSeconds), finished, thousands(float64(su.Delivered)),
+		fmt.Fprintf(tw, "pipeline, %s one-token notifications, %d clients, Publish → last outcome in Postgres\t%s\t%s\t%s\n",
+			thousands(float64(su.Notifications)), su.Clients, value, vsRef, met[sustainTargetName])
+		fmt.Fprintf(tw, "  Publish accepted them at\t%s/s\t%s\tin %s; %s; %s DELIVERED, FCM received %s\n",
+			thousands(su.PublishPerSecond), vsRefPublish, secs(su.PublishSeconds), finished, thousands(float64(su.Delivered)),
 			thousands(float64(su.EmulatorDelivered)))
 	}
 	if p := r.Paced; p != nil {
@@ -133,16 +144,28 @@ func (r *results) report(w io.Writer, jsonPath string) {
 	}
 	tw.Flush()
 
-	if su := r.Sustain; su != nil && len(su.CPUMSPerNotification) > 0 {
-		fmt.Fprintln(w)
-		groups := append(slices.Clone(serviceNames), groupPostgres, groupRabbitMQ, groupBench, groupOther, groupMachine)
-		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "CPU ms PER ONE-TOKEN NOTIFICATION (sustain phase)\t%s\t\n", strings.Join(groups, "\t"))
-		fmt.Fprint(tw, "ms\t")
-		for _, g := range groups {
-			fmt.Fprintf(tw, "%.3f\t", su.CPUMSPerNotification[g])
+	var perNotification []*sustainResult
+	var rows []string
+	for _, p := range []struct {
+		name string
+		res  *sustainResult
+	}{{"sustain (notify)", r.Sustain}, {"reference (in-memory push server)", r.Reference}} {
+		if p.res != nil && len(p.res.CPUMSPerNotification) > 0 {
+			perNotification, rows = append(perNotification, p.res), append(rows, p.name)
 		}
-		fmt.Fprintln(tw)
+	}
+	if len(perNotification) > 0 {
+		fmt.Fprintln(w)
+		groups := append(slices.Clone(serviceNames), memserverBinary, groupPostgres, groupRabbitMQ, groupBench, groupOther, groupMachine)
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintf(tw, "CPU ms PER ONE-TOKEN NOTIFICATION\t%s\t\n", strings.Join(groups, "\t"))
+		for i, res := range perNotification {
+			fmt.Fprintf(tw, "%s\t", rows[i])
+			for _, g := range groups {
+				fmt.Fprintf(tw, "%.3f\t", res.CPUMSPerNotification[g])
+			}
+			fmt.Fprintln(tw)
+		}
 		tw.Flush()
 	}
 
@@ -166,6 +189,9 @@ func (r *results) report(w io.Writer, jsonPath string) {
 	if len(r.CPUByPhase) > 0 {
 		fmt.Fprintln(w)
 		groups := append(slices.Clone(serviceNames), groupBench, groupRabbitMQ, groupPostgres, groupOther)
+		if r.Reference != nil {
+			groups = slices.Insert(groups, len(serviceNames), memserverBinary)
+		}
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintf(tw, "CPU SECONDS BY PHASE\tWALL s\t%s\tMACHINE BUSY\t\n", strings.Join(groups, "\t"))
 		for _, p := range r.CPUByPhase {
@@ -199,9 +225,19 @@ func (r *results) report(w io.Writer, jsonPath string) {
 		for _, s := range r.Failures {
 			fmt.Fprintf(w, "  ✗ %s\n", s)
 		}
-	} else if r.Publish != nil || r.Batch != nil || r.Fanout != nil || r.Latency != nil || r.Sustain != nil || r.Paced != nil || r.Apps != nil {
+	} else if r.Publish != nil || r.Batch != nil || r.Fanout != nil || r.Latency != nil || r.Reference != nil || r.Sustain != nil || r.Paced != nil || r.Apps != nil {
 		fmt.Fprintln(w, "\nno failures: every accepted notification reached FCM and every outcome is in Postgres")
 	}
+}
+
+// oneTokenFigures are a one-token phase's rate and whether it finished.
+func oneTokenFigures(r *sustainResult) (value, finished string) {
+	value, finished = thousands(r.PerSecond)+" notifications/s", "all finished after "+secs(r.Seconds)
+	if !r.Finished {
+		value += " (DID NOT FINISH)"
+		finished = "not all finished after " + secs(r.Seconds)
+	}
+	return value, finished
 }
 
 // pacedRow prints a paced broadcast: its rate against its quota, and what the emulator got.

@@ -37,6 +37,12 @@ type results struct {
 	Fanout  *fanoutResult  `json:"fanout,omitempty"`
 	Latency *latencyResult `json:"latency,omitempty"`
 	Sustain *sustainResult `json:"sustain,omitempty"`
+	// Reference is the sustain phase's load against the in-memory push server, in the same
+	// run; the sustain phase's rates are also given as ratios of its rates.
+	Reference          *sustainResult `json:"reference,omitempty"`
+	SustainVsReference float64        `json:"sustain_vs_reference,omitempty"`
+	// SustainPublishVsReference is the sustain phase's Publish accepted/s over the reference's.
+	SustainPublishVsReference float64 `json:"sustain_publish_vs_reference,omitempty"`
 	Paced   *pacedResult   `json:"paced,omitempty"`
 	Apps    *appsResult    `json:"apps,omitempty"`
 
@@ -223,6 +229,11 @@ func (r *results) evaluate() {
 	}
 	if s := r.Sustain; s != nil {
 		add(sustainTargetName, "≥ 2,000/s", "/s", s.PerSecond, s.Finished && s.PerSecond >= 2000)
+		// A ratio, not a target: the targets stay absolute.
+		if ref := r.Reference; ref != nil && ref.Finished && s.Finished {
+			r.SustainVsReference = ratio(s.PerSecond, ref.PerSecond)
+			r.SustainPublishVsReference = ratio(s.PublishPerSecond, ref.PublishPerSecond)
+		}
 	}
 	if p := r.Paced; p != nil {
 		for _, run := range p.Runs {

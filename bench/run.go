@@ -98,6 +98,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	for _, s := range st.services {
+		if s.binary == memserverBinary {
+			continue // the reference, not a service: its CPU is in its phase's figures
+		}
 		ps, err := readProc(s.pid())
 		switch {
 		case err == nil:
@@ -213,6 +216,18 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 			return err
 		}
 	}
+	if cfg.Phases[phaseReference] {
+		ref, err := referencePhase(ctx, st, emu, prog, cpu, f)
+		if err != nil {
+			return fmt.Errorf("reference phase: %w", err)
+		}
+		res.Reference = ref
+		prog.logf("reference: in-memory push server %s one-token notifications/s end to end (Publish accepted %s/s)",
+			thousands(ref.PerSecond), thousands(ref.PublishPerSecond))
+		if err := check("reference"); err != nil {
+			return err
+		}
+	}
 	if cfg.Phases[phaseSustain] {
 		su, err := sustainPhase(ctx, st, emu, prog, cpu, f)
 		if err != nil {
@@ -275,7 +290,7 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 	}
 
 	if cfg.Phases[phaseBaselines] && (cfg.Phases[phasePublish] || cfg.Phases[phaseBatch] || cfg.Phases[phaseFanout] ||
-		cfg.Phases[phaseLatency] || cfg.Phases[phaseSustain] || cfg.Phases[phasePaced] || cfg.Phases[phaseApps]) {
+		cfg.Phases[phaseLatency] || cfg.Phases[phaseReference] || cfg.Phases[phaseSustain] || cfg.Phases[phasePaced] || cfg.Phases[phaseApps]) {
 		if err := runBaselines(ctx, st, emu, prog, cpu, res, f, "end"); err != nil {
 			return err
 		}

@@ -73,7 +73,9 @@ type stack struct {
 
 	emulatorURL string
 	grpcAddr    string
-	services    []*service
+	// referenceAddr is the in-memory push server's gRPC address while it runs.
+	referenceAddr string
+	services      []*service
 
 	// apiKey, when set, is sent as "authorization: Bearer <key>" on every gRPC call.
 	apiKey string
@@ -210,6 +212,20 @@ func (st *stack) startService(ctx context.Context, name, binary string, extra ma
 		env["APPS"] = strings.Join(append([]string{"default"}, benchApps...), ",")
 		st.grpcAddr = addr
 	}
+	path := filepath.Join(st.cfg.BinDir, binary)
+	if binary == memserverBinary {
+		// The in-memory push server is this very binary in its hidden mode.
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		env["GRPC_ADDR"] = addr
+		env[memserverEnv] = "1"
+		st.referenceAddr = addr
+		if path, err = os.Executable(); err != nil {
+			return fmt.Errorf("start %s: %w", name, err)
+		}
+	}
 	for k, v := range extra {
 		env[k] = v
 	}
@@ -220,7 +236,7 @@ func (st *stack) startService(ctx context.Context, name, binary string, extra ma
 	if err != nil {
 		return err
 	}
-	s.cmd = exec.Command(filepath.Join(st.cfg.BinDir, binary))
+	s.cmd = exec.Command(path)
 	s.cmd.Env = os.Environ() // tuning variables pass through; the last value of a key wins
 	for k, v := range env {
 		s.cmd.Env = append(s.cmd.Env, k+"="+v)
@@ -401,14 +417,22 @@ func (st *stack) backends() []int {
 func (st *stack) rawTopology() string { return st.topology + "-raw" }
 
 // dial opens a gRPC connection to the producer. Every call made on it carries the API key.
-func (st *stack) dial() (*grpc.ClientConn, error) {
+func (st *stack) dial() (*grpc.ClientConn, error) { return st.dialTo("producer", st.grpcAddr) }
+
+// dialReference opens a gRPC connection to the in-memory push server, exactly as dial does
+// to the producer (the API key included, which it ignores).
+func (st *stack) dialReference() (*grpc.ClientConn, error) {
+	return st.dialTo("the in-memory push server", st.referenceAddr)
+}
+
+func (st *stack) dialTo(what, addr string) (*grpc.ClientConn, error) {
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	if st.apiKey != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer(st.apiKey)))
 	}
-	conn, err := grpc.NewClient(st.grpcAddr, opts...)
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("dial producer %s: %w", st.grpcAddr, err)
+		return nil, fmt.Errorf("dial %s %s: %w", what, addr, err)
 	}
 	return conn, nil
 }

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
 	notifyv1 "notify/proto/gen/notify/v1"
@@ -15,7 +16,8 @@ import (
 // sustainResult is the maximum sustained rate phase: one-token notifications published as
 // fast as Publish accepts them, timed until the last one's outcome is in PostgreSQL. It is
 // what the whole pipeline can move, and the phase the CPU cost per notification is read
-// from.
+// from. The reference phase is the same against the in-memory push server, timed until its
+// last FCM answer.
 type sustainResult struct {
 	Registration  registration   `json:"registration"`
 	Clients       int            `json:"clients"`
@@ -45,32 +47,80 @@ type sustainResult struct {
 const sustainPoll = 50 * time.Millisecond
 
 func sustainPhase(ctx context.Context, st *stack, emu *emulator, prog *progress, cpu *cpuTracker, f *findings) (*sustainResult, error) {
+	return oneTokenPhase(ctx, st, emu, prog, cpu, f, oneTokenTarget{
+		phase:   phaseSustain,
+		dial:    st.dial,
+		prepare: st.analyze,
+		unfinished: func(ctx context.Context) (int64, error) {
+			// The unfinished ones are counted, not the finished: the partial index
+			// notifications_unfinished holds exactly them, so the poll reads the backlog, not
+			// every notification of the phase; that count, 20 times a second, was charged to
+			// PostgreSQL's CPU per notification as if notify had spent it.
+			var unfinished int64
+			if err := st.pool.QueryRow(ctx, `SELECT count(*) FROM notifications
+				WHERE status IN ('pending', 'retrying') AND type = 'bench.sustain'`).Scan(&unfinished); err != nil {
+				return 0, fmt.Errorf("count unfinished notifications: %w", err)
+			}
+			return unfinished, nil
+		},
+		delivered: func(ctx context.Context) (int64, error) {
+			var n int64
+			if err := st.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'delivered') FROM notifications
+				WHERE type = 'bench.sustain'`).Scan(&n); err != nil {
+				return 0, fmt.Errorf("read the sustain phase's notifications: %w", err)
+			}
+			return n, nil
+		},
+	})
+}
+
+// oneTokenTarget is what a one-token phase publishes to (notify's producer, or the in-memory
+// push server) and how it learns that a notification is finished.
+type oneTokenTarget struct {
+	// phase names the phase's devices, users, notification type, marks and findings.
+	phase string
+	dial  func() (*grpc.ClientConn, error)
+	// prepare, when set, runs once the devices are registered.
+	prepare func(context.Context) error
+	// unfinished counts the accepted notifications without a final outcome.
+	unfinished func(context.Context) (int64, error)
+	// delivered counts the phase's notifications that ended delivered.
+	delivered func(context.Context) (int64, error)
+}
+
+// oneTokenPhase registers cfg.SustainNotifications devices, one per user, publishes a
+// notification to each user as fast as cfg.PublishClients clients get them accepted, and
+// times it from the first call until every accepted one is finished. Lost, failed and
+// unfinished notifications are findings.
+func oneTokenPhase(ctx context.Context, st *stack, emu *emulator, prog *progress, cpu *cpuTracker, f *findings, t oneTokenTarget) (*sustainResult, error) {
 	cfg := st.cfg
 	n := cfg.SustainNotifications
 	res := &sustainResult{Clients: cfg.PublishClients, Notifications: n, Errors: map[string]int{}}
 	var err error
-	if res.Registration, err = registerDevices(ctx, st, "sustain", n, prog); err != nil {
+	if res.Registration, err = registerVia(ctx, st, t.dial, "", t.phase, n, prog); err != nil {
 		return nil, err
 	}
-	if err := st.analyze(ctx); err != nil {
-		return nil, err
+	if t.prepare != nil {
+		if err := t.prepare(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := emu.reset(ctx); err != nil {
 		return nil, err
 	}
 	clients := make([]notifyv1.NotificationServiceClient, cfg.PublishClients)
 	for i := range clients {
-		conn, err := st.dial()
+		conn, err := t.dial()
 		if err != nil {
 			return nil, err
 		}
 		defer conn.Close()
 		clients[i] = notifyv1.NewNotificationServiceClient(conn)
 	}
-	cpu.mark("sustain: register")
+	cpu.mark(t.phase + ": register")
 
 	var next, accepted, failed, finished atomic.Int64
-	prog.set("sustain", func() string {
+	prog.set(t.phase, func() string {
 		return fmt.Sprintf("%d of %d accepted (%d failed), %d finished", accepted.Load(), n, failed.Load(), finished.Load())
 	})
 	start := time.Now()
@@ -85,7 +135,7 @@ func sustainPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 					return
 				}
 				callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				_, err := client.Publish(callCtx, oneUserRequest(st.topology, "sustain", i))
+				_, err := client.Publish(callCtx, oneUserRequest(st.topology, t.phase, i))
 				cancel()
 				if err != nil {
 					failed.Add(1)
@@ -104,20 +154,15 @@ func sustainPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 	go func() { wg.Wait(); lastAnswer = time.Now(); close(published) }()
 	var done time.Time
 	for {
-		// The unfinished ones are counted, not the finished: the partial index
-		// notifications_unfinished holds exactly them, so the poll reads the backlog, not
-		// every notification of the phase; that count, 20 times a second, was charged to
-		// PostgreSQL's CPU per notification as if notify had spent it.
-		var unfinished int64
-		if err := st.pool.QueryRow(ctx, `SELECT count(*) FROM notifications
-			WHERE status IN ('pending', 'retrying') AND type = 'bench.sustain'`).Scan(&unfinished); err != nil {
+		unfinished, err := t.unfinished(ctx)
+		if err != nil {
 			<-published
-			return nil, fmt.Errorf("count unfinished notifications: %w", err)
+			return nil, err
 		}
 		finished.Store(max(accepted.Load()-unfinished, 0))
 		select {
 		case <-published:
-			// Every call is answered, so every accepted notification is in the table.
+			// Every call is answered, so every accepted notification is counted.
 			if unfinished == 0 {
 				done = time.Now()
 			}
@@ -132,7 +177,7 @@ func sustainPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	cpu.mark("sustain: publish → last outcome")
+	cpu.mark(t.phase + ": publish → last outcome")
 
 	res.Accepted = accepted.Load()
 	for _, e := range errs {
@@ -149,7 +194,7 @@ func sustainPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 		// What was finished when the bench stopped waiting: the rate it got to.
 		res.Seconds = round(time.Since(start).Seconds(), 3)
 		res.PerSecond = perSecond(finished.Load(), time.Since(start))
-		f.fail(fmt.Sprintf("sustain: %d of %d accepted notifications finished within %s", finished.Load(), res.Accepted, cfg.DrainTimeout))
+		f.fail(fmt.Sprintf("%s: %d of %d accepted notifications finished within %s", t.phase, finished.Load(), res.Accepted, cfg.DrainTimeout))
 	}
 	if res.Accepted > 0 {
 		p := cpu.phases[len(cpu.phases)-1]
@@ -159,9 +204,8 @@ func sustainPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 		}
 	}
 
-	if err := st.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'delivered') FROM notifications
-		WHERE type = 'bench.sustain'`).Scan(&res.Delivered); err != nil {
-		return nil, fmt.Errorf("read the sustain phase's notifications: %w", err)
+	if res.Delivered, err = t.delivered(ctx); err != nil {
+		return nil, err
 	}
 	es, err := emu.stats(ctx)
 	if err != nil {
@@ -169,19 +213,19 @@ func sustainPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 	}
 	res.EmulatorDelivered = es.Delivered
 	if k := sumErrors(res.Errors); k > 0 {
-		f.fail(fmt.Sprintf("sustain: %d of %d Publish calls failed: %v", k, n, res.Errors))
+		f.fail(fmt.Sprintf("%s: %d of %d Publish calls failed: %v", t.phase, k, n, res.Errors))
 	}
 	if res.Finished && res.Delivered != res.Accepted {
-		f.fail(fmt.Sprintf("sustain: the database holds %d of %d notifications DELIVERED", res.Delivered, res.Accepted))
+		f.fail(fmt.Sprintf("%s: %d of %d notifications DELIVERED", t.phase, res.Delivered, res.Accepted))
 	}
 	switch {
 	case es.Delivered < res.Delivered:
-		f.fail(fmt.Sprintf("sustain: FCM (the emulator) received %d deliveries for %d notifications DELIVERED: LOST", es.Delivered, res.Delivered))
+		f.fail(fmt.Sprintf("%s: FCM (the emulator) received %d deliveries for %d notifications DELIVERED: LOST", t.phase, es.Delivered, res.Delivered))
 	case es.Delivered > res.Accepted:
-		f.warn(fmt.Sprintf("sustain: FCM (the emulator) received %d deliveries for %d notifications: sent twice", es.Delivered, res.Accepted))
+		f.warn(fmt.Sprintf("%s: FCM (the emulator) received %d deliveries for %d notifications: sent twice", t.phase, es.Delivered, res.Accepted))
 	}
 	if es.failed() > 0 {
-		f.fail(fmt.Sprintf("sustain: the emulator answered %d requests with errors %v", es.failed(), es.Failed))
+		f.fail(fmt.Sprintf("%s: the emulator answered %d requests with errors %v", t.phase, es.failed(), es.Failed))
 	}
 	return res, emu.reset(ctx)
 }
