@@ -34,7 +34,7 @@ func TestAudiencePageWalksIndexesWithStaleStatistics(t *testing.T) {
 	}
 	id := uuid.New()
 	a := schema.Audience{Kind: schema.AudienceAll, MutedType: "promo"}
-	query, args, err := a.UnsettledPage(id, "dev-10000", 500)
+	query, args, err := a.UnsettledPage(id, 0, "dev-10000", 500)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,10 +55,17 @@ func TestChunkSentAsCtxEndsIsRecorded(t *testing.T) {
 	if total != len(targets) {
 		t.Errorf("%d outcomes recorded, want %d", total, len(targets))
 	}
-	// Only the dead-lettered token is left to the sender (a replay sends it again).
+	// Nothing is left to the task's next consumer; a replay (the next generation) sends
+	// the dead-lettered token again.
 	left, _, err := store.Audience(context.Background(), n, "", 500)
+	if err != nil || len(left) != 0 {
+		t.Errorf("unsettled audience after the chunk = %+v, %v; want none", left, err)
+	}
+	replayed := *n
+	replayed.Generation++
+	left, _, err = store.Audience(context.Background(), &replayed, "", 500)
 	if err != nil || len(left) != 1 || left[0].Token != "auth-1" {
-		t.Errorf("unsettled audience after the chunk = %+v, %v; want only auth-1", left, err)
+		t.Errorf("unsettled audience of a replay = %+v, %v; want only auth-1", left, err)
 	}
 
 	// ctx has ended: the next chunk sends nothing and says so.

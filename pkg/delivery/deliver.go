@@ -292,7 +292,8 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 		if lost && len(cs[i].outcomes) == 0 {
 			continue
 		}
-		recs = append(recs, Record{ID: ch.Notification.ID, Outcomes: cs[i].outcomes, Final: ch.Final && !lost})
+		recs = append(recs, Record{ID: ch.Notification.ID, Outcomes: cs[i].outcomes, Final: ch.Final && !lost,
+			Generation: ch.Notification.Generation})
 		recorded = append(recorded, i)
 	}
 	spans := make([]trace.Span, len(recorded))

@@ -36,6 +36,10 @@ type Notification struct {
 	Message   fcm.Message
 	// App is the app it is sent through (its request's app, "default" when it names none).
 	App string
+	// Generation is its replay_count when loaded: the generation of sending this process
+	// works in. Tokens it dead-letters are recorded with it, and tokens dead-lettered in it
+	// already are not sent again (see schema.DeadLetteredIn).
+	Generation int
 }
 
 // app is the notification's app, DefaultApp when unset.
@@ -81,15 +85,16 @@ func (s *Store) Load(ctx context.Context, id string) (*Notification, error) {
 	var status string
 	var expiresAt time.Time
 	var request []byte
-	err = s.pool.QueryRow(ctx, "SELECT status, expires_at, request FROM notifications WHERE id = $1", nid).
-		Scan(&status, &expiresAt, &request)
+	var gen int
+	err = s.pool.QueryRow(ctx, "SELECT status, expires_at, request, replay_count FROM notifications WHERE id = $1", nid).
+		Scan(&status, &expiresAt, &request, &gen)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("notification %s: %w", nid, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load notification %s: %w", nid, err)
 	}
-	return decodeNotification(nid, status, expiresAt, request)
+	return decodeNotification(nid, status, expiresAt, request, gen)
 }
 
 // LoadMany reads the notifications with the given ids in one round trip and returns them
@@ -110,7 +115,7 @@ func (s *Store) LoadMany(ctx context.Context, ids []string) (map[string]*Notific
 	if len(uuids) == 0 {
 		return found, bad, nil
 	}
-	rows, err := s.pool.Query(ctx, "SELECT id, status, expires_at, request FROM notifications WHERE id = ANY($1)", schema.UUIDs(uuids))
+	rows, err := s.pool.Query(ctx, "SELECT id, status, expires_at, request, replay_count FROM notifications WHERE id = ANY($1)", schema.UUIDs(uuids))
 	if err != nil {
 		return nil, nil, fmt.Errorf("load %d notifications: %w", len(uuids), err)
 	}
@@ -118,9 +123,10 @@ func (s *Store) LoadMany(ctx context.Context, ids []string) (map[string]*Notific
 	var status string
 	var expiresAt time.Time
 	var request []byte
-	_, err = pgx.ForEachRow(rows, []any{&pgID, &status, &expiresAt, &request}, func() error {
+	var gen int
+	_, err = pgx.ForEachRow(rows, []any{&pgID, &status, &expiresAt, &request, &gen}, func() error {
 		nid := uuid.UUID(pgID.Bytes)
-		n, err := decodeNotification(nid, status, expiresAt, request)
+		n, err := decodeNotification(nid, status, expiresAt, request, gen)
 		found[byUUID[nid]] = n
 		if err != nil {
 			bad[byUUID[nid]] = err
@@ -134,17 +140,19 @@ func (s *Store) LoadMany(ctx context.Context, ids []string) (map[string]*Notific
 }
 
 // decodeNotification builds a Notification from its stored row.
-func decodeNotification(id uuid.UUID, status string, expiresAt time.Time, request []byte) (*Notification, error) {
+func decodeNotification(id uuid.UUID, status string, expiresAt time.Time, request []byte, gen int) (*Notification, error) {
 	req, err := schema.DecodeRequest(request)
 	if err != nil {
 		return nil, fmt.Errorf("notification %s: %w", id, err)
 	}
-	n := &Notification{ID: id, Status: status, ExpiresAt: expiresAt, Audience: schema.AudienceOf(req), App: schema.AppOf(req)}
+	n := &Notification{ID: id, Status: status, ExpiresAt: expiresAt, Audience: schema.AudienceOf(req), App: schema.AppOf(req),
+		Generation: gen}
 	n.Message = fcm.FromRequest(req)
 	return n, nil
 }
 
-// Audience returns up to limit targets of n that have no settled delivery yet, after the
+// Audience returns up to limit targets of n that have no settled delivery yet (in n's
+// generation: a token n's generation dead-lettered is settled), after the
 // key `after` (a keyset cursor: device id, or token for raw tokens), and the cursor for the
 // next page ("" when this was the last one). schema.Audience defines the query.
 //
@@ -156,7 +164,7 @@ func decodeNotification(id uuid.UUID, status string, expiresAt time.Time, reques
 // device broadcast went at 0.13× its usual speed. Walking the indexes is the plan the
 // statistics give once they are current.
 func (s *Store) Audience(ctx context.Context, n *Notification, after string, limit int) ([]Target, string, error) {
-	query, args, err := n.Audience.UnsettledPage(n.ID, after, limit)
+	query, args, err := n.Audience.UnsettledPage(n.ID, n.Generation, after, limit)
 	if err != nil {
 		return nil, "", fmt.Errorf("notification %s: %w", n.ID, err)
 	}
@@ -208,7 +216,7 @@ func (s *Store) FirstPages(ctx context.Context, ns []*Notification, limit int) (
 			users = append(users, i)
 			continue
 		}
-		query, args, err := n.Audience.UnsettledPage(n.ID, "", limit)
+		query, args, err := n.Audience.UnsettledPage(n.ID, n.Generation, "", limit)
 		if err != nil {
 			pages[i].Err = fmt.Errorf("notification %s: %w", n.ID, err)
 			continue
@@ -227,11 +235,11 @@ func (s *Store) FirstPages(ctx context.Context, ns []*Notification, limit int) (
 		})
 	}
 	if len(users) > 0 {
-		ids, audiences := make([]uuid.UUID, len(users)), make([]schema.Audience, len(users))
+		ids, gens, audiences := make([]uuid.UUID, len(users)), make([]int, len(users)), make([]schema.Audience, len(users))
 		for k, i := range users {
-			ids[k], audiences[k] = ns[i].ID, ns[i].Audience
+			ids[k], gens[k], audiences[k] = ns[i].ID, ns[i].Generation, ns[i].Audience
 		}
-		query, args, err := schema.UsersFirstPages(ids, audiences, limit)
+		query, args, err := schema.UsersFirstPages(ids, gens, audiences, limit)
 		if err != nil {
 			return nil, err // a bug: every audience given is of users
 		}
@@ -259,21 +267,22 @@ func (s *Store) FirstPages(ctx context.Context, ns []*Notification, limit int) (
 	return pages, nil
 }
 
-// unsettledSQL selects the targets among tokens $2 still to be sent for notification $1,
-// with their devices in the notification's app $3.
-const unsettledSQL = `
+// unsettledSQL selects the targets among tokens $2 still to be sent for notification $1 in
+// generation $4, with their devices in the notification's app $3.
+var unsettledSQL = `
 SELECT t.token, coalesce(x.device_id, d.device_id, ''), coalesce(x.user_id, d.user_id, '')
 FROM (SELECT DISTINCT token FROM unnest($2::text[]) AS token) t
 LEFT JOIN deliveries x ON x.notification_id = $1 AND x.token = t.token
 LEFT JOIN devices d ON d.token = t.token AND d.app = $3 AND d.active
-WHERE x.outcome IS NULL OR x.outcome NOT IN ` + schema.FinalOutcomes + `
+WHERE x.outcome IS NULL OR x.outcome NOT IN ` + schema.FinalOutcomes + ` AND ` + schema.DeadLetteredIn("x", "$4::int") + ` IS NOT TRUE
 ORDER BY t.token`
 
 // Unsettled returns the targets among tokens that are still to be sent for n (not
-// delivered, invalid or expired), with their devices where registered. The retrier uses it
-// so that a repeated retry message sends nothing twice.
+// delivered, invalid, expired, skipped or cancelled, nor dead-lettered in n's generation),
+// with their devices where registered. The retrier uses it so that a repeated retry message
+// sends nothing twice and dead-letters nothing twice.
 func (s *Store) Unsettled(ctx context.Context, n *Notification, tokens []string) ([]Target, error) {
-	rows, err := s.pool.Query(ctx, unsettledSQL, n.ID, tokens, n.app())
+	rows, err := s.pool.Query(ctx, unsettledSQL, n.ID, tokens, n.app(), int32(n.Generation))
 	if err != nil {
 		return nil, fmt.Errorf("read deliveries of %s: %w", n.ID, err)
 	}
@@ -298,7 +307,7 @@ func (s *Store) UnsettledMany(ctx context.Context, ns []*Notification, tokens []
 	}
 	b := &pgx.Batch{}
 	for i, n := range ns {
-		b.Queue(unsettledSQL, n.ID, tokens[i], n.app()).Query(func(rows pgx.Rows) error {
+		b.Queue(unsettledSQL, n.ID, tokens[i], n.app(), int32(n.Generation)).Query(func(rows pgx.Rows) error {
 			var t Target
 			_, err := pgx.ForEachRow(rows, []any{&t.Token, &t.DeviceID, &t.UserID}, func() error {
 				out[i] = append(out[i], t)
@@ -318,7 +327,8 @@ func (s *Store) UnsettledMany(ctx context.Context, ns []*Notification, tokens []
 // difference between the new outcomes and the ones they replace (read from the snapshot
 // before the statement), and sets the status of the notifications $9 from their new counts
 // where $10 says so (a final chunk) or where the sender is done with them (not pending or
-// scheduled), with a status event for every status it changed. Each notification's row is
+// scheduled), with a status event for every status it changed. A token recorded failed
+// (dead-lettered) gets its notification's generation $11 (deadLetterGeneration). Each notification's row is
 // written once, counts and status together: a second UPDATE of the row (counts, then
 // status) cost a second row version and a second entry in every index of notifications,
 // as none of their updates is HOT (status and updated_at are indexed). It returns (id,
@@ -341,8 +351,8 @@ WITH input AS (
 	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[])
 		AS t(notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
 ), locked AS (
-	SELECT n.id, n.status AS old_status, r.final FROM notifications n
-	JOIN unnest($9::uuid[], $10::bool[]) AS r(id, final) ON r.id = n.id
+	SELECT n.id, n.status AS old_status, r.final, r.gen FROM notifications n
+	JOIN unnest($9::uuid[], $10::bool[], $11::int[]) AS r(id, final, gen) ON r.id = n.id
 	ORDER BY n.id FOR NO KEY UPDATE OF n
 ), old AS (
 	-- One primary-key probe per token (OFFSET 0: not a join planned from stale statistics),
@@ -354,9 +364,10 @@ WITH input AS (
 	CROSS JOIN LATERAL (
 		SELECT d.outcome FROM deliveries d WHERE d.notification_id = i.notification_id AND d.token = i.token OFFSET 0) x
 ), inserted AS (
-	INSERT INTO deliveries (notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
+	INSERT INTO deliveries (notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message,
+		dead_letter_generation)
 	SELECT notification_id, token, nullif(device_id, ''), nullif(user_id, ''), outcome, attempts,
-		nullif(error_code, ''), nullif(error_message, '')
+		nullif(error_code, ''), nullif(error_message, ''), ` + deadLetterGeneration + `
 	FROM input i
 	WHERE notification_id IN (SELECT id FROM locked)
 	  AND NOT EXISTS (SELECT 1 FROM old o WHERE o.notification_id = i.notification_id AND o.token = i.token)
@@ -365,7 +376,8 @@ WITH input AS (
 	UPDATE deliveries d SET
 		outcome = i.outcome, attempts = i.attempts,
 		error_code = nullif(i.error_code, ''), error_message = nullif(i.error_message, ''), updated_at = now(),
-		device_id = coalesce(nullif(i.device_id, ''), d.device_id), user_id = coalesce(nullif(i.user_id, ''), d.user_id)
+		device_id = coalesce(nullif(i.device_id, ''), d.device_id), user_id = coalesce(nullif(i.user_id, ''), d.user_id),
+		dead_letter_generation = ` + deadLetterGeneration + `
 	FROM old o JOIN input i USING (notification_id, token)
 	WHERE d.notification_id = o.notification_id AND d.token = o.token
 ), delta AS (
@@ -402,6 +414,12 @@ WITH input AS (
 	` + schema.StatusEventsSQL("(SELECT * FROM changed WHERE status <> old_status)") + `
 )
 SELECT id, status FROM changed`
+
+// deadLetterGeneration is the dead_letter_generation recordSQL writes with the outcome of
+// input row i: its notification's generation ($11) for a token dead-lettered (failed),
+// NULL for any other outcome. Only a failed token looks its generation up.
+const deadLetterGeneration = `CASE WHEN i.outcome = '` + schema.OutcomeFailed +
+	`' THEN (SELECT l.gen FROM locked l WHERE l.id = i.notification_id) END`
 
 // lockSQL locks the notifications a record writes, in id order (recordSQL's order).
 const lockSQL = `SELECT 1 FROM notifications WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`
@@ -464,6 +482,10 @@ type Record struct {
 	// Final is set for the sender's last chunk of the notification (see RecordFinal); it
 	// may have no outcomes (an audience with nobody left to send to).
 	Final bool
+	// Generation is the generation of sending the outcomes belong to (the notification's
+	// replay_count as loaded): recorded with the tokens dead-lettered, which no task of the
+	// same generation sends again (schema.DeadLetteredIn).
+	Generation int
 }
 
 // RecordMany records several chunks (of several notifications, or several chunks of one)
@@ -487,8 +509,10 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 		attempts                        []int32
 	)
 	final := map[uuid.UUID]bool{}
+	gen := map[uuid.UUID]int{}
 	for _, r := range recs {
 		final[r.ID] = final[r.ID] || r.Final
+		gen[r.ID] = max(gen[r.ID], r.Generation)
 		for _, o := range r.Outcomes {
 			k := key{r.ID, o.Token}
 			if j, ok := last[k]; ok {
@@ -507,9 +531,9 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 		notifications = append(notifications, id)
 	}
 	slices.SortFunc(notifications, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
-	finals := make([]bool, len(notifications))
+	finals, gens := make([]bool, len(notifications)), make([]int32, len(notifications))
 	for i, id := range notifications {
-		finals[i] = final[id]
+		finals[i], gens[i] = final[id], int32(gen[id])
 	}
 
 	b := &pgx.Batch{}
@@ -521,7 +545,7 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 	// whatever the other record committed.
 	b.Queue(lockSQL, schema.UUIDs(notifications))
 	status := make(map[uuid.UUID]string, len(notifications))
-	b.Queue(recordSQL, schema.UUIDs(ids), tokens, devices, users, results, attempts, codes, messages, schema.UUIDs(notifications), finals).
+	b.Queue(recordSQL, schema.UUIDs(ids), tokens, devices, users, results, attempts, codes, messages, schema.UUIDs(notifications), finals, gens).
 		Query(func(rows pgx.Rows) error {
 			var id pgtype.UUID
 			var st string

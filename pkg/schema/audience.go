@@ -143,26 +143,40 @@ func (a Audience) args(id uuid.UUID) []any {
 // claim and a broadcast's audience pages run under it.
 const WalkIndexesSQL = "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true)"
 
-// unsettled is the predicate "token has no settled delivery of notification $1". It is a
-// NOT EXISTS with OFFSET 0: the fence keeps PostgreSQL from flattening it into a join
-// planned from statistics that know nothing of a broadcast minutes old (that plan re-read
-// every settled row of the notification per device and made a broadcast quadratic); as a
-// per-row primary-key probe it costs the same at any progress.
-func unsettled(token string) string { return unsettledOf("$1", token) }
+// unsettled is the predicate "token has no settled delivery of notification $1 in
+// generation gen" (an SQL expression: see unsettledOf). It is a NOT EXISTS with OFFSET 0:
+// the fence keeps PostgreSQL from flattening it into a join planned from statistics that
+// know nothing of a broadcast minutes old (that plan re-read every settled row of the
+// notification per device and made a broadcast quadratic); as a per-row primary-key probe
+// it costs the same at any progress.
+func unsettled(token, gen string) string { return unsettledOf("$1", token, gen) }
 
-// unsettledOf is unsettled for the notification whose id is the SQL expression id.
-func unsettledOf(id, token string) string {
+// unsettledOf is unsettled for the notification whose id is the SQL expression id. A
+// delivery is settled when its outcome is one of SettledOutcomes, or when it is failed and
+// was dead-lettered in generation gen (DeadLetteredIn): a task of that generation
+// delivered again does not dead-letter it a second time, while a replay (a later
+// generation) sends it again. The test is on the row the probe fetches anyway.
+func unsettledOf(id, token, gen string) string {
 	return "NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = " + id + " AND x.token = " + token +
-		" AND x.outcome IN " + SettledOutcomes + " OFFSET 0)"
+		" AND (x.outcome IN " + SettledOutcomes + " OR " + DeadLetteredIn("x", gen) + ") OFFSET 0)"
+}
+
+// DeadLetteredIn is the SQL predicate "the delivery row alias was dead-lettered in
+// generation gen" (gen an SQL expression; NULL matches nothing): its outcome is failed and
+// its dead_letter_generation is gen. A generation is a notification's replay_count as the
+// sender or retrier that recorded the outcome read it (migration 0019).
+func DeadLetteredIn(alias, gen string) string {
+	return "(" + alias + ".outcome = '" + OutcomeFailed + "' AND " + alias + ".dead_letter_generation = " + gen + ")"
 }
 
 // UnsettledPage returns the query for a page of the audience of notification id that has
-// no settled delivery yet, and its arguments: at most limit rows (key, device_id, user_id,
-// token, muted) with key after `after`, in key order. The key is unique per target (the
-// device id, or the token for raw tokens) and is the cursor of the next page; device_id and
-// user_id are "" for a raw token no active device has; muted is true when the device's
-// user muted a.MutedType (one primary-key probe of preferences per row).
-func (a Audience) UnsettledPage(id uuid.UUID, after string, limit int) (string, []any, error) {
+// no settled delivery yet in generation gen (the notification's replay_count: see
+// unsettledOf), and its arguments: at most limit rows (key, device_id, user_id, token,
+// muted) with key after `after`, in key order. The key is unique per target (the device id,
+// or the token for raw tokens) and is the cursor of the next page; device_id and user_id
+// are "" for a raw token no active device has; muted is true when the device's user muted
+// a.MutedType (one primary-key probe of preferences per row).
+func (a Audience) UnsettledPage(id uuid.UUID, gen int, after string, limit int) (string, []any, error) {
 	q, err := a.sql()
 	if err != nil {
 		return "", nil, err
@@ -174,38 +188,44 @@ func (a Audience) UnsettledPage(id uuid.UUID, after string, limit int) (string, 
 		muted = "EXISTS (SELECT 1 FROM preferences p WHERE p.user_id = " + q.userID +
 			" AND $" + strconv.Itoa(len(args)) + "::text = ANY (p.muted_types))"
 	}
-	args = append(args, after, limit)
-	cursor, lim := "$"+strconv.Itoa(len(args)-1), "$"+strconv.Itoa(len(args))
+	args = append(args, int32(gen), after, limit)
+	genArg, cursor, lim := "$"+strconv.Itoa(len(args)-2)+"::int", "$"+strconv.Itoa(len(args)-1), "$"+strconv.Itoa(len(args))
 	return "SELECT " + q.key + ", " + q.deviceID + ", " + q.userID + ", " + q.token + ", " + muted +
 		" FROM " + q.from + q.devices +
-		" WHERE " + and(q.where, q.key+" > "+cursor, unsettled(q.token)) +
+		" WHERE " + and(q.where, q.key+" > "+cursor, unsettled(q.token, genArg)) +
 		" ORDER BY " + q.key + " LIMIT " + lim, args, nil
 }
 
 // usersFirstPagesSQL selects the first page of several users audiences: for each
-// notification (n, in the order given, i counting from 1) its first $7 unsettled targets in
-// device id order, exactly as UnsettledPage selects them with no cursor. The users of
+// notification (n, in the order given, i counting from 1) its first $7 targets unsettled in
+// its generation gen, in device id order, exactly as UnsettledPage selects them with no
+// cursor. The users of
 // notification i are the slice [lo:hi] of the users array $6: arrays of arrays in
 // PostgreSQL must be rectangular, slices of one array need not be.
 var usersFirstPagesSQL = `
 SELECT n.i, d.device_id, d.device_id, d.user_id, d.token,
 	n.muted <> '' AND EXISTS (SELECT 1 FROM preferences p WHERE p.user_id = d.user_id AND n.muted = ANY (p.muted_types))
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[]) WITH ORDINALITY AS n(id, app, muted, lo, hi, i)
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $8::int[]) WITH ORDINALITY AS n(id, app, muted, lo, hi, gen, i)
 CROSS JOIN LATERAL (
 	SELECT d.device_id, d.user_id, d.token FROM devices d
 	WHERE d.active AND d.app = n.app AND d.user_id = ANY (($6::text[])[n.lo:n.hi])
-	  AND ` + unsettledOf("n.id", "d.token") + `
+	  AND ` + unsettledOf("n.id", "d.token", "n.gen") + `
 	ORDER BY d.device_id LIMIT $7) d
 ORDER BY n.i, d.device_id`
 
 // UsersFirstPages returns one query for the first pages of the audiences of several
-// notifications (ids[i] with audiences[i], every one of kind AudienceUsers), and its
-// arguments: for each, what UnsettledPage(ids[i], "", limit) selects, as rows (i, key,
+// notifications (ids[i] in generation gens[i] with audiences[i], every one of kind
+// AudienceUsers), and its arguments: for each, what UnsettledPage(ids[i], gens[i], "",
+// limit) selects, as rows (i, key,
 // device_id, user_id, token, muted) in i then key order, i the index in ids. Planned and
 // run once for a whole group of small notifications, where one UnsettledPage per
 // notification was planned once each.
-func UsersFirstPages(ids []uuid.UUID, audiences []Audience, limit int) (string, []any, error) {
+func UsersFirstPages(ids []uuid.UUID, gens []int, audiences []Audience, limit int) (string, []any, error) {
 	apps, muted := make([]string, len(ids)), make([]string, len(ids))
+	generations := make([]int32, len(ids))
+	for i, g := range gens {
+		generations[i] = int32(g)
+	}
 	lo, hi := make([]int32, len(ids)), make([]int32, len(ids))
 	var users []string
 	for i, a := range audiences {
@@ -217,12 +237,12 @@ func UsersFirstPages(ids []uuid.UUID, audiences []Audience, limit int) (string, 
 		users = append(users, a.Targets...)
 		hi[i] = int32(len(users))
 	}
-	return usersFirstPagesSQL, []any{UUIDs(ids), apps, muted, lo, hi, users, limit}, nil
+	return usersFirstPagesSQL, []any{UUIDs(ids), apps, muted, lo, hi, users, limit, generations}, nil
 }
 
 // CountUnsettled returns the query that counts the targets of notification id with no
-// settled delivery, and its arguments: what the sender sends when it gets the notification
-// again.
+// settled delivery, failed ones included whatever their generation, and its arguments:
+// what the sender sends when a replay (a new generation) gives it the notification again.
 func (a Audience) CountUnsettled(id uuid.UUID) (string, []any, error) {
 	q, err := a.sql()
 	if err != nil {
@@ -232,7 +252,7 @@ func (a Audience) CountUnsettled(id uuid.UUID) (string, []any, error) {
 	if a.Kind == AudienceTokens {
 		args = args[:2] // raw tokens are counted without their registrations: no app
 	}
-	return "SELECT count(*) FROM " + q.from + " WHERE " + and(q.where, unsettled(q.token)), args, nil
+	return "SELECT count(*) FROM " + q.from + " WHERE " + and(q.where, unsettled(q.token, "NULL")), args, nil
 }
 
 func and(preds ...string) string {

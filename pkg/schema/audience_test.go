@@ -163,7 +163,7 @@ func TestAudienceQueries(t *testing.T) {
 			if page > 10 {
 				t.Fatalf("%s: more than 10 pages of 2", tc.name)
 			}
-			q, args, err := tc.audience.UnsettledPage(id, after, 2)
+			q, args, err := tc.audience.UnsettledPage(id, 0, after, 2)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -221,7 +221,7 @@ func TestAudienceQueries(t *testing.T) {
 	ids, audiences = append(ids, id), append(audiences, schema.Audience{Kind: schema.AudienceUsers})
 	wantUsers = append(wantUsers, nil)
 	for _, limit := range []int{500, 1} {
-		q, args, err := schema.UsersFirstPages(ids, audiences, limit)
+		q, args, err := schema.UsersFirstPages(ids, nil, audiences, limit)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -249,7 +249,7 @@ func TestAudienceQueries(t *testing.T) {
 			t.Errorf("UsersFirstPages, limit %d (-want +got):\n%s", limit, diff)
 		}
 	}
-	if _, _, err := schema.UsersFirstPages([]uuid.UUID{id}, []schema.Audience{{Kind: schema.AudienceAll}}, 1); err == nil {
+	if _, _, err := schema.UsersFirstPages([]uuid.UUID{id}, []int{0}, []schema.Audience{{Kind: schema.AudienceAll}}, 1); err == nil {
 		t.Error("UsersFirstPages of a broadcast: no error")
 	}
 }

@@ -54,7 +54,7 @@ const (
 	OutcomeDelivered = "delivered"
 	OutcomeInvalid   = "invalid"  // FCM said the token is dead; the device was deactivated
 	OutcomeRetrying  = "retrying" // handed to a retry wait queue: the retrier owns it
-	OutcomeFailed    = "failed"   // dead-lettered; a replay sends it again
+	OutcomeFailed    = "failed"   // dead-lettered; a replay sends it again, a redelivered task does not
 	OutcomeExpired   = "expired"
 	// OutcomeSkippedPreference: not sent, the device's user muted the notification's type
 	// (preferences.muted_types). Counted in notifications.skipped.
@@ -71,14 +71,17 @@ var Outcomes = []string{OutcomePending, OutcomeDelivered, OutcomeInvalid, Outcom
 
 // FinalOutcomes is the SQL list of the outcomes no later attempt changes: delivered, found
 // invalid, expired, skipped by a preference, or cancelled. The retrier sends a token only
-// when its outcome is not one of them.
+// when its outcome is not one of them, and it was not dead-lettered in the generation the
+// retrier works in (DeadLetteredIn).
 const FinalOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeExpired + `', '` + OutcomeSkippedPreference +
 	`', '` + OutcomeCancelled + `')`
 
 // SettledOutcomes is the SQL list of delivery outcomes after which the sender does not send
 // a token of a notification again: the final ones, and handed to a retry (the retrier owns
-// it). Failed tokens are not in it: a replay sends them again. The sender's audience query
-// and the producer's replay count agree on it through Audience.
+// it). Failed tokens are not in it: a replay sends them again. A failed token dead-lettered
+// in the generation the sender works in is settled too (DeadLetteredIn), so that a task
+// delivered again does not dead-letter it twice. The sender's audience query and the
+// producer's replay count agree on it through Audience.
 const SettledOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeRetrying + `', '` + OutcomeExpired +
 	`', '` + OutcomeSkippedPreference + `', '` + OutcomeCancelled + `')`
 

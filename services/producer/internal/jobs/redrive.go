@@ -42,7 +42,7 @@ FOR UPDATE SKIP LOCKED`
 
 // settleStaleRetriesSQL moves a stuck notification's stale 'retrying' tokens out of
 // 'retrying', where the sender would skip them: to 'failed' (which the sender sends
-// again) or, when the notification's TTL has passed, to 'expired'. The counts move with
+// again: no dead_letter_generation, as nothing dead-lettered them) or, when the notification's TTL has passed, to 'expired'. The counts move with
 // them.
 const settleStaleRetriesSQL = `
 WITH input AS (
@@ -53,7 +53,7 @@ WITH input AS (
 		error_code = CASE WHEN i.expired THEN '` + schema.CodeExpired + `' ELSE d.error_code END,
 		error_message = CASE WHEN i.expired THEN 'the notification''s TTL passed before delivery'
 			ELSE 'no retry arrived within REDRIVE_AFTER + RETRY_MAX_DELAY; re-driven' END,
-		updated_at = now()
+		dead_letter_generation = NULL, updated_at = now()
 	FROM input i
 	WHERE d.notification_id = i.id AND d.outcome = '` + schema.OutcomeRetrying + `'
 	  AND (i.expired OR d.updated_at < now() - make_interval(secs => $3))

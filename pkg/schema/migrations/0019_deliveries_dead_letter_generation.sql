@@ -1,0 +1,17 @@
+-- A redelivered task does not dead-letter a token twice. deliveries.dead_letter_generation
+-- is the notification's replay_count as the sender or retrier that dead-lettered the token
+-- (outcome 'failed') read it; NULL for every other outcome, and for a 'failed' that no
+-- sender dead-lettered (the re-drive's stale retries, rows from before this migration or
+-- written by a binary from before it). A sender or retrier skips a token dead-lettered in
+-- the generation it works in: a task delivered again after its outcomes were committed (a
+-- crash or a lost channel before the ack), or a re-drive of the same notification. A
+-- replay raises replay_count, so its sender sends every failed token again.
+--
+-- Old and new binaries at once: an old one writes NULL (its inserts name their columns)
+-- and leaves the column as it was on update, which only ever makes a failed token look
+-- dead-lettered in an older generation: it is sent again, as before this migration.
+--
+-- Nullable without a default: adding it rewrites no table and takes the table's lock only
+-- for the catalog change. No index: the sender reads it from the row its primary-key probe
+-- of a token already fetches.
+ALTER TABLE deliveries ADD COLUMN dead_letter_generation integer;
