@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"regexp"
 	"strings"
@@ -240,5 +241,35 @@ func TestPacedTargets(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("targets met (-want +got):\n%s", diff)
+	}
+}
+
+// The sustain phase is shown as a ratio of the in-memory push server of the same run, in
+// the report and the JSON, and its absolute target stays as it is.
+func TestSustainVsReference(t *testing.T) {
+	t.Parallel()
+	r := &results{
+		Sustain:   &sustainResult{Finished: true, Notifications: 20_000, Clients: 32, PerSecond: 1000, PublishPerSecond: 1100},
+		Reference: &sustainResult{Finished: true, Notifications: 20_000, Clients: 32, PerSecond: 2500, PublishPerSecond: 2750},
+	}
+	r.evaluate()
+	if r.SustainVsReference != 0.4 || r.SustainPublishVsReference != 0.4 {
+		t.Errorf("sustain vs reference %v, Publish %v; want 0.4 and 0.4", r.SustainVsReference, r.SustainPublishVsReference)
+	}
+	if len(r.Targets) != 1 || r.Targets[0].Name != sustainTargetName || r.Targets[0].Met {
+		t.Errorf("targets %+v; want only the sustain phase's absolute one, missed", r.Targets)
+	}
+	var out strings.Builder
+	r.report(&out, "x.json")
+	for _, line := range []string{`(?m)^in-memory push server, 20,000 one-token notifications.*\s2,500 notifications/s\s+same-run reference\s`,
+		`(?m)^pipeline, 20,000 one-token notifications.*\s1,000 notifications/s\s+0\.40× in-memory push server\s+≥ 2,000/s\s+MISSED$`,
+		`(?m)^\s+Publish accepted them at\s+1,100/s\s+0\.40× in-memory push server's\s`} {
+		if !regexp.MustCompile(line).MatchString(out.String()) {
+			t.Errorf("report does not match %s:\n%s", line, out.String())
+		}
+	}
+	b, err := json.Marshal(r)
+	if err != nil || !strings.Contains(string(b), `"sustain_vs_reference":0.4,`) {
+		t.Errorf("JSON %s (%v): want sustain_vs_reference 0.4", b, err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -124,8 +125,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	for _, p := range cpu.phases {
 		capacity := p.Seconds * float64(runtime.NumCPU())
 		if p.Seconds >= 1 && p.CPU[groupOther] > noisyShare*capacity {
-			f.warn(fmt.Sprintf("%s: %.0f%% of the machine's CPU time (%.1f s) went to processes outside the bench, its stack, the broker and its database: other work competed, so these figures understate notify",
-				p.Phase, 100*p.CPU[groupOther]/capacity, p.CPU[groupOther]))
+			what := "notify"
+			if strings.HasPrefix(p.Phase, phaseReference+":") {
+				what = "the in-memory push server"
+			}
+			f.warn(fmt.Sprintf("%s: %.0f%% of the machine's CPU time (%.1f s) went to processes outside the bench, its stack, the broker and its database: other work competed, so these figures understate %s",
+				p.Phase, 100*p.CPU[groupOther]/capacity, p.CPU[groupOther], what))
 		}
 	}
 	prog.set("stopping services", nil)
