@@ -1,6 +1,8 @@
 // Command bench measures notify end to end on one machine, in one invocation: the raw
 // broker and raw FCM-edge rates as baselines, Publish throughput and latency, a broadcast
-// fan-out, Publish → FCM latency at a fixed rate, and each service's memory and CPU.
+// fan-out, Publish → FCM latency at a fixed rate, the rate the pipeline sustains for
+// one-token notifications against an in-memory push server given the same load (this binary
+// in a hidden mode, memserver.go), and each service's memory and CPU.
 //
 // It starts its own copy of every service (from -bin) on free ports, with its own database
 // and its own RabbitMQ topology, and removes both at the end; the default notify database
