@@ -105,13 +105,19 @@ func TestRetryOfCancelledNotificationIsRecordedCancelled(t *testing.T) {
 			"want 2 cancelled, none retrying, the counts adding up, still cancelled", total, delivered, invalid, failed, cancelled, retrying, status)
 	}
 	var outcomes []string
-	rows, _ := db.Pool.Query(ctx, "SELECT outcome FROM deliveries WHERE notification_id = $1 AND token LIKE 'busy-%' ORDER BY token", n.ID)
+	rows, _ := db.Pool.Query(ctx, `SELECT outcome, error_code, error_message FROM deliveries
+		WHERE notification_id = $1 AND token LIKE 'busy-%' ORDER BY token`, n.ID)
 	for rows.Next() {
 		var o string
-		if err := rows.Scan(&o); err != nil {
+		var code, msg *string
+		if err := rows.Scan(&o, &code, &msg); err != nil {
 			t.Fatal(err)
 		}
 		outcomes = append(outcomes, o)
+		// As when Cancel settles it: no error, not the transient one before the cancel.
+		if code != nil || msg != nil {
+			t.Errorf("a token recorded cancelled shows error %v %v, want none", ptr(code), ptr(msg))
+		}
 	}
 	if rows.Err() != nil || len(outcomes) != 2 || outcomes[0] != schema.OutcomeCancelled || outcomes[1] != schema.OutcomeCancelled {
 		t.Errorf("the retried tokens' outcomes = %v (%v), want cancelled", outcomes, rows.Err())
@@ -120,4 +126,12 @@ func TestRetryOfCancelledNotificationIsRecordedCancelled(t *testing.T) {
 	if left, err := store.Unsettled(ctx, n, []string{"busy-1", "busy-slow-1"}); err != nil || len(left) != 0 {
 		t.Errorf("Unsettled after the cancelled retry = %v, %v; want nothing", left, err)
 	}
+}
+
+// ptr shows a nullable column for a test message.
+func ptr(s *string) string {
+	if s == nil {
+		return "NULL"
+	}
+	return *s
 }

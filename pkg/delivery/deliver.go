@@ -671,12 +671,12 @@ func expired(targets []Target, attempts int) classified {
 }
 
 // cancelledRetry is what a retry's chunk comes to when its notification was cancelled:
-// every target recorded cancelled, never sent again.
+// every target recorded cancelled, never sent again, with no error (its last transient
+// failure is not kept, as when Cancel settles it).
 func cancelledRetry(targets []Target, attempts int) classified {
 	c := classified{outcomes: make([]Outcome, len(targets))}
 	for i, t := range targets {
-		c.outcomes[i] = Outcome{Target: t, Outcome: schema.OutcomeCancelled, Attempts: attempts,
-			ErrorMessage: "the notification was cancelled before this retry"}
+		c.outcomes[i] = Outcome{Target: t, Outcome: schema.OutcomeCancelled, Attempts: attempts}
 	}
 	c.sum.CancelledTokens = len(targets)
 	return c

@@ -121,7 +121,9 @@ const (
 	// and the notification did not set options.ignore_preferences.
 	DeliveryOutcome_DELIVERY_OUTCOME_SKIPPED_PREFERENCE DeliveryOutcome = 7
 	// Sent and failed transiently, then not sent again: the notification was cancelled
-	// while the token waited for its retry (NotificationService.Cancel).
+	// while the token waited for its retry (NotificationService.Cancel). It carries no
+	// error: the transient failure before the cancel is not kept (attempts still counts
+	// the sends made).
 	DeliveryOutcome_DELIVERY_OUTCOME_CANCELLED DeliveryOutcome = 8
 )
 
@@ -609,9 +611,13 @@ type Delivery struct {
 	Outcome DeliveryOutcome `protobuf:"varint,4,opt,name=outcome,proto3,enum=notify.v1.DeliveryOutcome" json:"outcome,omitempty"`
 	// How many sends were attempted.
 	Attempts int32 `protobuf:"varint,5,opt,name=attempts,proto3" json:"attempts,omitempty"`
-	// The last FCM error code (e.g. UNAVAILABLE), empty when none.
+	// Why the outcome is not DELIVERED: the FCM error code of the send that ended INVALID,
+	// RETRYING or FAILED (e.g. UNAVAILABLE; UNKNOWN_APP when the app is not configured),
+	// EXPIRED for EXPIRED. Empty for DELIVERED, SKIPPED_PREFERENCE and CANCELLED (a cancelled
+	// token's last transient failure is cleared with the cancel).
 	ErrorCode string `protobuf:"bytes,6,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	// The last error message, empty when none.
+	// The error message of the same failure (or of the expiry); empty when none, and always
+	// for DELIVERED and CANCELLED.
 	ErrorMessage string `protobuf:"bytes,7,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
 	// When this record last changed.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`

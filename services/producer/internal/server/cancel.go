@@ -27,10 +27,12 @@ const cancelSQL = `SELECT caller, status, delivered + invalid + retrying + faile
 // cancelRetriesSQL settles the tokens of notification $1 that wait for a retry as
 // cancelled (their retry task, when it arrives, finds nothing to send) and moves the counts
 // with them, before the status change, so that the CANCELLED event has the final counts.
+// Their last transient FCM error is cleared: a cancelled token carries no error, as when the
+// retrier settles it (an UNAVAILABLE beside CANCELLED read as if the cancel had failed).
 // The partial index deliveries_notification_undelivered serves the UPDATE.
 const cancelRetriesSQL = `
 WITH moved AS (
-	UPDATE deliveries SET outcome = '` + schema.OutcomeCancelled + `', updated_at = now()
+	UPDATE deliveries SET outcome = '` + schema.OutcomeCancelled + `', error_code = NULL, error_message = NULL, updated_at = now()
 	WHERE notification_id = $1 AND outcome = '` + schema.OutcomeRetrying + `'
 	RETURNING 1
 )

@@ -160,6 +160,11 @@ func TestCancel(t *testing.T) {
 	retrying := publish(time.Time{})
 	f.settle(t, retrying, schema.StatusRetrying, map[string]string{"a": schema.OutcomeDelivered, "b": schema.OutcomeRetrying,
 		"c": schema.OutcomeRetrying, "d": schema.OutcomeFailed})
+	// Each failed send left FCM's error behind.
+	if _, err := f.db.Pool.Exec(context.Background(), `UPDATE deliveries SET error_code = 'UNAVAILABLE', error_message = 'fcm: unavailable'
+		WHERE notification_id = $1 AND token IN ('b', 'c', 'd')`, retrying); err != nil {
+		t.Fatal(err)
+	}
 	resp, err = cancel(orders, retrying)
 	if err != nil || resp.GetSent() != 4 || resp.GetRetryCancelled() != 2 {
 		t.Fatalf("Cancel of a retrying notification = %v, %v; want 4 sent, 2 of them waiting for a retry", resp, err)
@@ -174,6 +179,21 @@ func TestCancel(t *testing.T) {
 		!proto.Equal(n.GetCounts(), want) || len(got.GetDeliveries()) != 2 {
 		t.Errorf("after Cancel of a retrying notification: %v %v, %d cancelled deliveries; want CANCELLED %v, b and c cancelled",
 			n.GetStatus(), n.GetCounts(), len(got.GetDeliveries()), want)
+	}
+	// A cancelled token shows no error (its UNAVAILABLE would read as if the cancel had
+	// failed); the failed token keeps its own.
+	for _, d := range got.GetDeliveries() {
+		if d.GetErrorCode() != "" || d.GetErrorMessage() != "" {
+			t.Errorf("cancelled token %s shows error %q %q, want none", d.GetToken(), d.GetErrorCode(), d.GetErrorMessage())
+		}
+	}
+	failed, err := f.admin.GetNotification(ctxOps, &notifyv1.GetNotificationRequest{NotificationId: retrying,
+		Outcome: notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_FAILED})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds := failed.GetDeliveries(); len(ds) != 1 || ds[0].GetErrorCode() != "UNAVAILABLE" || ds[0].GetErrorMessage() != "fcm: unavailable" {
+		t.Errorf("failed deliveries after Cancel = %v, want d with its UNAVAILABLE kept", ds)
 	}
 	var event []byte
 	if err := f.db.Pool.QueryRow(context.Background(), `SELECT body FROM outbox WHERE notification_id = $1
