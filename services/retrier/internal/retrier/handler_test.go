@@ -86,6 +86,9 @@ func TestHandle(t *testing.T) {
 		settled   []string // tokens already delivered before the task arrives
 		cancelled string   // the notification was cancelled; every token's outcome before the task arrives
 		unknown   bool     // the task names a notification that does not exist
+		// failedIn: every token was dead-lettered (failed) before the task arrives, in this
+		// generation (dead_letter_generation); replays is the notification's replay_count.
+		failedIn, replays *int32
 		headers   map[string]any
 		body      func(id string) []byte
 		pubErr    error
@@ -117,6 +120,18 @@ func TestHandle(t *testing.T) {
 			name: "already settled tokens are acked without sending", expiresIn: time.Hour, settled: tokens, body: task(tokens, 2),
 			want: want{settlement: rabbit.Acked, result: "duplicate",
 				outcomes: []outcome{{"tok-a", "delivered", 1}, {"tok-b", "delivered", 1}}},
+		},
+		{
+			name: "tokens dead-lettered in this generation are acked without sending (a redelivered task)", expiresIn: time.Hour,
+			failedIn: ptr(0), replays: ptr(0), body: task(tokens, 3),
+			want: want{settlement: rabbit.Acked, result: "duplicate",
+				outcomes: []outcome{{"tok-a", "failed", 3}, {"tok-b", "failed", 3}}},
+		},
+		{
+			name: "tokens dead-lettered before a replay are sent", expiresIn: time.Hour,
+			failedIn: ptr(0), replays: ptr(1), body: task(tokens, 2),
+			want: want{settlement: rabbit.Acked, result: "sent", sent: [][]string{tokens},
+				outcomes: []outcome{{"tok-a", "delivered", 2}, {"tok-b", "delivered", 2}}},
 		},
 		{
 			name: "an unknown notification is dead-lettered", expiresIn: time.Hour, unknown: true, body: task(tokens, 2),
@@ -165,6 +180,14 @@ func TestHandle(t *testing.T) {
 			for _, tok := range tt.settled {
 				if _, err := db.Pool.Exec(ctx, `INSERT INTO deliveries (notification_id, token, outcome, attempts)
 					VALUES ($1, $2, 'delivered', 1)`, id, tok); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.failedIn != nil {
+				if _, err := db.Pool.Exec(ctx, `WITH d AS (INSERT INTO deliveries (notification_id, token, outcome, attempts, dead_letter_generation)
+					SELECT $1, t, 'failed', 3, $2 FROM unnest($3::text[]) AS t)
+					UPDATE notifications SET total = 2, failed = 2, replay_count = $4 WHERE id = $1`,
+					id, *tt.failedIn, tokens, *tt.replays); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -239,3 +262,5 @@ func readOutcomes(t *testing.T, db *pgtest.DB, id uuid.UUID) []outcome {
 	}
 	return out
 }
+
+func ptr(n int32) *int32 { return &n }
