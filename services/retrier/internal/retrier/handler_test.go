@@ -89,10 +89,10 @@ func TestHandle(t *testing.T) {
 		// failedIn: every token was dead-lettered (failed) before the task arrives, in this
 		// generation (dead_letter_generation); replays is the notification's replay_count.
 		failedIn, replays *int32
-		headers   map[string]any
-		body      func(id string) []byte
-		pubErr    error
-		want      want
+		headers           map[string]any
+		body              func(id string) []byte
+		pubErr            error
+		want              want
 	}{
 		{
 			name: "the attempt header wins over the body", expiresIn: time.Hour,
