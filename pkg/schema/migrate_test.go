@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -317,5 +318,86 @@ func TestWaitThen(t *testing.T) {
 	migrated := pgtest.New(t)
 	if ran, err := ranWith(t.Context(), migrated.Pool); !ran || err == nil || err.Error() != "ran" {
 		t.Errorf("migrated database: ran %v, err %v; want run, its error", ran, err)
+	}
+}
+
+// TestMigrationLockWaitDoesNotStopWriters leaves a transaction open on deliveries, as a
+// forgotten psql session would, while a migration that alters deliveries is pending. An
+// ALTER TABLE waiting for that transaction would queue every later writer behind it; the
+// migration must instead give up its wait after MigrationLockTimeout, name the transaction,
+// let writers through, and apply once the transaction ends.
+func TestMigrationLockWaitDoesNotStopWriters(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	const version = "0019_deliveries_dead_letter_generation"
+	if _, err := db.Pool.Exec(ctx, "ALTER TABLE deliveries DROP COLUMN dead_letter_generation"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, "DELETE FROM schema_migrations WHERE version = $1", version); err != nil {
+		t.Fatal(err)
+	}
+
+	blocker, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = blocker.Rollback(ctx) }()
+	var blockerPID int
+	if err := blocker.QueryRow(ctx, "SELECT pg_backend_pid() FROM (SELECT count(*) FROM deliveries) d").Scan(&blockerPID); err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		n   int
+		err error
+	}
+	var logs logBuffer
+	done := make(chan result, 1)
+	go func() {
+		n, err := schema.Migrate(ctx, db.Pool, slog.New(slog.NewTextHandler(&logs, nil)))
+		done <- result{n, err}
+	}()
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "waits for a table lock"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("Migrate logged no lock wait within 30 s; logs:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if want := fmt.Sprintf("oldest_transaction_pid=%d", blockerPID); !strings.Contains(logs.String(), want) {
+		t.Errorf("the lock wait's log does not name the open transaction (%s); logs:\n%s", want, logs.String())
+	}
+
+	// A writer waits at most one attempt's lock timeout behind the migration.
+	wctx, cancel := context.WithTimeout(ctx, 3*schema.MigrationLockTimeout)
+	defer cancel()
+	if _, err := db.Pool.Exec(wctx, `INSERT INTO deliveries (notification_id, token, outcome)
+		VALUES (gen_random_uuid(), 'written-during-the-migration', 'pending')`); err != nil {
+		t.Fatalf("a writer of deliveries was held behind the pending migration: %v", err)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("Migrate returned (%d, %v) while the transaction still held deliveries", r.n, r.err)
+	default:
+	}
+
+	if err := blocker.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.n != 1 || r.err != nil {
+			t.Fatalf("Migrate = %d, %v; want 1, nil", r.n, r.err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("Migrate did not apply the migration within a minute of the transaction's end; logs:\n%s", logs.String())
+	}
+	var column bool
+	if err := db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM information_schema.columns
+		WHERE table_name = 'deliveries' AND column_name = 'dead_letter_generation')`).Scan(&column); err != nil || !column {
+		t.Errorf("deliveries.dead_letter_generation exists = %v (%v) after Migrate, want true", column, err)
+	}
+	if diff := cmp.Diff(knownVersions(t), versions(t, db)); diff != "" {
+		t.Errorf("schema_migrations (-want +got):\n%s", diff)
 	}
 }

@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -335,13 +336,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, er
 		if m.NoTransaction {
 			err = applyWithoutTransaction(ctx, conn.Conn(), m, log)
 		} else {
-			err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, m.SQL); err != nil {
-					return err
-				}
-				_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version) VALUES ($1)", m.Version)
-				return err
-			})
+			err = applyInTransaction(ctx, conn.Conn(), m, log, MigrationLockTimeout)
 		}
 		if err != nil {
 			return i, fmt.Errorf("apply migration %s: %w", m.Version, err)
@@ -349,6 +344,60 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, er
 		log.Info("applied migration", "version", m.Version, "duration", time.Since(start).Round(time.Millisecond))
 	}
 	return len(st.Pending), nil
+}
+
+// MigrationLockTimeout is how long one attempt of a migration that runs in a transaction
+// waits for a table lock. A statement such as ALTER TABLE takes its table's exclusive lock,
+// and while it waits for a transaction that holds the table (a long report, a backup's
+// query, an idle transaction left open), every later reader and writer of the table queues
+// behind it: without a bound, one forgotten transaction stops Publish or the senders for as
+// long as it stays open. With it, writers wait at most this long per attempt; the migration
+// is rolled back, logged with the oldest open transaction, and tried again after a pause
+// (lockRetryPauses) until it gets its locks or ctx ends.
+const MigrationLockTimeout = 3 * time.Second
+
+// lockRetryPauses are the pauses between attempts of a migration that timed out waiting
+// for a lock; the last one repeats. Writers run freely during each pause.
+var lockRetryPauses = [...]time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second}
+
+// applyInTransaction applies a transactional migration and records it, in one transaction
+// whose lock waits last at most timeout, again and again while they time out (see
+// MigrationLockTimeout).
+func applyInTransaction(ctx context.Context, conn *pgx.Conn, m Migration, log *slog.Logger, timeout time.Duration) error {
+	setTimeout := fmt.Sprintf("SET LOCAL lock_timeout = %d", timeout.Milliseconds())
+	for attempt := 1; ; attempt++ {
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, setTimeout); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, m.SQL); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version) VALUES ($1)", m.Version)
+			return err
+		})
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "55P03" { // lock_not_available: lock_timeout passed
+			return err
+		}
+		pause := lockRetryPauses[min(attempt, len(lockRetryPauses))-1]
+		args := []any{"version", m.Version, "attempt", attempt, "lock_timeout", timeout, "retry_in", pause}
+		var pid int
+		var age time.Duration
+		var query string
+		// Most likely the oldest open transaction holds the lock: name it for the operator.
+		if conn.QueryRow(ctx, `SELECT pid, now() - xact_start, left(query, 200) FROM pg_stat_activity
+			WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_backend_pid()
+			ORDER BY xact_start LIMIT 1`).Scan(&pid, &age, &query) == nil {
+			args = append(args, "oldest_transaction_pid", pid, "oldest_transaction_age", age.Round(time.Second), "oldest_transaction_query", query)
+		}
+		log.Warn("migration waits for a table lock another transaction holds; rolled back to let writers on, trying again", args...)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for a table lock: %w", context.Cause(ctx))
+		case <-time.After(pause):
+		}
+	}
 }
 
 func applyWithoutTransaction(ctx context.Context, conn *pgx.Conn, m Migration, log *slog.Logger) error {
