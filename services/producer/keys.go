@@ -46,6 +46,9 @@ func runKeys(ctx context.Context, args []string, getenv func(string) string, out
 	switch {
 	case err == nil:
 		return 0
+	case errors.Is(err, flag.ErrHelp): // `keys create --help` and the like
+		fmt.Fprint(out, keysUsage)
+		return 0
 	case errors.As(err, &ue):
 		fmt.Fprintf(errOut, "producer keys: %s\n\n%s", ue.msg, keysUsage)
 		return 2
@@ -74,6 +77,9 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 	appList := fs.String("apps", "", "")
 	ignorePrefs := fs.Bool("allow-ignore-preferences", false, "")
 	pos, err := parseInterleaved(fs, args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
 	if err != nil {
 		return keysUsageError{err.Error()}
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 
@@ -96,4 +97,35 @@ func lineOf(table, name string) string {
 		}
 	}
 	return ""
+}
+
+// TestSubcommandHelp: --help after a subcommand of `producer keys` or `producer migrate` is
+// help (stdout, exit 0), as after the command itself; they answered "flag: help requested"
+// and "give one subcommand" with exit 2. A misspelt flag there is a usage error naming it.
+func TestSubcommandHelp(t *testing.T) {
+	t.Parallel()
+	getenv := env(map[string]string{"DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"})
+	run := map[string]func(context.Context, []string, func(string) string, io.Writer, io.Writer) int{
+		"keys": runKeys, "migrate": runMigrate,
+	}
+	for _, args := range [][]string{
+		{"keys", "create", "--help"}, {"keys", "create", "ops", "-h"}, {"keys", "list", "--help"},
+		{"keys", "revoke", "-help"}, {"migrate", "up", "--help"}, {"migrate", "status", "-h"},
+		{"migrate", "--help"}, {"migrate", "help"},
+	} {
+		var out, errOut bytes.Buffer
+		code := run[args[0]](context.Background(), args[1:], getenv, &out, &errOut)
+		if code != 0 || !strings.Contains(out.String(), "Usage:") || errOut.Len() != 0 {
+			t.Errorf("producer %s = %d, stdout %q, stderr %q; want 0 and the usage on stdout", strings.Join(args, " "), code, out.String(), errOut.String())
+		}
+	}
+	for _, args := range [][]string{
+		{"keys", "create", "ops", "--hlep"}, {"migrate", "up", "--hlep"}, {"migrate", "--hlep", "up"},
+	} {
+		var out, errOut bytes.Buffer
+		code := run[args[0]](context.Background(), args[1:], getenv, &out, &errOut)
+		if code != 2 || !strings.Contains(errOut.String(), "-hlep") || out.Len() != 0 {
+			t.Errorf("producer %s = %d, stdout %q, stderr %q; want 2 and the flag named on stderr", strings.Join(args, " "), code, out.String(), errOut.String())
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,15 +35,34 @@ Exit codes: 0 ok (status: up to date), 1 failure, 2 usage error,
 
 // runMigrate runs `producer migrate …` and returns the exit code.
 func runMigrate(ctx context.Context, args []string, getenv func(string) string, out, errOut io.Writer) int {
-	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+	if len(args) == 1 && args[0] == "help" {
 		fmt.Fprint(out, migrateUsage)
 		return 0
 	}
-	if len(args) != 1 || (args[0] != "up" && args[0] != "status") {
-		msg := "give one subcommand: up or status"
-		if len(args) >= 1 && args[0] != "up" && args[0] != "status" {
-			msg = fmt.Sprintf("unknown subcommand %q", args[0])
-		}
+	// `migrate up --help` is help too; any other flag, or a word after the subcommand, is a
+	// usage error that names it.
+	fs := flag.NewFlagSet("producer migrate", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	if len(args) > 0 && err == nil && fs.NArg() > 0 && fs.Arg(0) == args[0] {
+		err = fs.Parse(args[1:])
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(out, migrateUsage)
+		return 0
+	}
+	var msg string
+	switch {
+	case err != nil:
+		msg = err.Error()
+	case len(args) == 0:
+		msg = "give one subcommand: up or status"
+	case args[0] != "up" && args[0] != "status":
+		msg = fmt.Sprintf("unknown subcommand %q", args[0])
+	case fs.NArg() > 0:
+		msg = fmt.Sprintf("%s takes no arguments, got %q", args[0], fs.Arg(0))
+	}
+	if msg != "" {
 		fmt.Fprintf(errOut, "producer migrate: %s\n\n%s", msg, migrateUsage)
 		return 2
 	}
