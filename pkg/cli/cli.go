@@ -130,6 +130,18 @@ func (p Program) serve(ctx context.Context) error {
 // its METRICS_ADDR) and exits 0 when it answers 200, 1 otherwise. The images hold nothing
 // but the binary, so this is how a container runtime (compose's healthcheck) probes them.
 func (p Program) healthcheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	// It takes no flags, but `healthcheck --help` is help, and a flag is not an address.
+	fs := flag.NewFlagSet(p.Name+" healthcheck", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		p.usage(stdout)
+		return ExitOK
+	case err != nil:
+		return p.refuse(stderr, "healthcheck: %v", err)
+	}
+	args = fs.Args()
 	if len(args) > 1 {
 		return p.refuse(stderr, "healthcheck takes at most one argument, HOST:PORT")
 	}
