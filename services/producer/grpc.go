@@ -7,17 +7,22 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"notify/services/producer/internal/server"
 	"notify/services/producer/internal/tlsfiles"
@@ -120,6 +125,7 @@ type grpcServer struct {
 
 	services []string    // the API services registered, whose health SetServing reports
 	serving  atomic.Bool // Run is serving
+	open     atomic.Bool // Open was called: the API's calls reach their handlers
 }
 
 // grpcLatencyBuckets are the bounds (seconds) of grpc_server_handling_seconds: Publish
@@ -141,11 +147,12 @@ func newGRPCServer(addr string, shutdownTimeout time.Duration, log *slog.Logger,
 	if err != nil {
 		return nil, fmt.Errorf("GRPC_ADDR: listen on %s: %w", addr, err)
 	}
+	s := &grpcServer{}
 	opts = append([]grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(m.StreamServerInterceptor()),
+		grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor(), s.unaryGate),
+		grpc.ChainStreamInterceptor(m.StreamServerInterceptor(), s.streamGate),
 	}, opts...)
-	s := &grpcServer{
+	*s = grpcServer{
 		srv:             grpc.NewServer(opts...),
 		health:          health.NewServer(),
 		metrics:         m,
@@ -182,9 +189,45 @@ func (s *grpcServer) SetServing(serving bool) {
 	}
 }
 
-// Check is a readiness check: nil while Run serves.
+// Open lets the API's calls through to their handlers (and the interceptors of the run,
+// authentication first). Until then Run already serves, so that a client is answered
+// rather than left waiting for a server that does not speak: the health service and
+// reflection work, and every other call is refused UNAVAILABLE (errStarting). The producer
+// opens once its database answers and its schema is migrated.
+func (s *grpcServer) Open() { s.open.Store(true) }
+
+// errStarting answers calls that arrive before Open, with the RetryInfo of any UNAVAILABLE.
+var errStarting = func() error {
+	st := status.New(codes.Unavailable, "the producer is starting: it waits for its database and migrations (its /readyz says which), try again")
+	if withInfo, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)}); err == nil {
+		st = withInfo
+	}
+	return st.Err()
+}()
+
+// gated reports whether a call of method waits for Open: every call but the health
+// service's and reflection's (grpc.*).
+func (s *grpcServer) gated(method string) bool {
+	return !s.open.Load() && !strings.HasPrefix(method, "/grpc.")
+}
+
+func (s *grpcServer) unaryGate(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+	if s.gated(info.FullMethod) {
+		return nil, errStarting
+	}
+	return next(ctx, req)
+}
+
+func (s *grpcServer) streamGate(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, next grpc.StreamHandler) error {
+	if s.gated(info.FullMethod) {
+		return errStarting
+	}
+	return next(srv, ss)
+}
+
+// Check is a readiness check: nil while Run serves and the API is open.
 func (s *grpcServer) Check(context.Context) error {
-	if !s.serving.Load() {
+	if !s.serving.Load() || !s.open.Load() {
 		return errors.New("not serving yet (waiting for the database and its migrations)")
 	}
 	return nil

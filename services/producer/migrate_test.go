@@ -11,9 +11,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"notify/pkg/pgtest"
 	"notify/pkg/schema"
+	notifyv1 "notify/proto/gen/notify/v1"
 )
 
 func TestMigrateCommand(t *testing.T) {
@@ -162,4 +167,78 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestAPIAnswersWhileWaitingForMigrations: a producer with MIGRATE_ON_START=false waiting
+// for `producer migrate up` answers its API's calls UNAVAILABLE with RetryInfo at once (and
+// its health service NOT_SERVING) instead of accepting connections and never answering:
+// notifyctl waited 20 s and then blamed TLS ("error reading server preface"). Once the
+// schema is migrated the same connection reaches the API (here: refused for want of a key).
+func TestAPIAnswersWhileWaitingForMigrations(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewEmpty(t)
+	grpcAddr, metricsAddr := freeAddr(t), freeAddr(t)
+	getenv := env(map[string]string{
+		"DATABASE_URL": db.URL, "MIGRATE_ON_START": "false", "GRPC_ADDR": grpcAddr,
+		"METRICS_ADDR": metricsAddr, "LOG_LEVEL": "error", "AMQP_URL": "amqp://guest:guest@" + freeAddr(t) + "/",
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, getenv) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+
+	conn := dial(t, grpcAddr, insecure.NewCredentials())
+	publish := func() error {
+		callCtx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		_, err := notifyv1.NewNotificationServiceClient(conn).Publish(callCtx, &notifyv1.PublishRequest{})
+		return err
+	}
+	// Until the listener is up the call fails as unreachable, also UNAVAILABLE: wait for
+	// the producer's own answer.
+	var err error
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err = publish(); strings.Contains(status.Convert(err).Message(), "starting") {
+			break
+		}
+	}
+	st := status.Convert(err)
+	if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "migrations") || len(st.Details()) == 0 {
+		t.Fatalf("Publish while migrations are pending = %v (details %v); want UNAVAILABLE naming the migrations, with RetryInfo", err, st.Details())
+	}
+	if _, ok := st.Details()[0].(*errdetails.RetryInfo); !ok {
+		t.Errorf("details = %v, want RetryInfo", st.Details())
+	}
+	if err := check(t.Context(), conn); err != nil {
+		t.Errorf("health check while migrations are pending = %v, want an answer (NOT_SERVING)", err)
+	}
+
+	var out, errOut bytes.Buffer
+	if code := runMigrate(t.Context(), []string{"up"}, env(map[string]string{"DATABASE_URL": db.URL, "LOG_LEVEL": "warn"}), &out, &errOut); code != 0 {
+		t.Fatalf("migrate up = %d: %s", code, errOut.String())
+	}
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err = publish(); status.Code(err) != codes.Unavailable {
+			break
+		}
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		t.Errorf("Publish without a key after the migration = %v, want UNAUTHENTICATED from the API", err)
+	}
+}
+
+// freeAddr is a 127.0.0.1 address nothing listens on now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	return lis.Addr().String()
 }

@@ -125,6 +125,10 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return metrics.NewServer(cfg.MetricsAddr, reg, log, checks...).Run(gctx) })
+	// Served at once, answering UNAVAILABLE until Open below, so that a client of a producer
+	// still waiting for its database or migrations is told so instead of left waiting for a
+	// server that accepts connections and never answers.
+	g.Go(func() error { return api.Run(gctx) })
 	g.Go(func() error {
 		if err := waitForDatabase(gctx, pool, log, 0); err != nil {
 			if gctx.Err() != nil {
@@ -155,7 +159,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		work.Go(func() error { return keys.Run(wctx) })
 		work.Go(func() error { return runner.Run(wctx) })
 		work.Go(func() error { watchReadiness(wctx, checks, log, api.SetServing); return nil })
-		work.Go(func() error { return api.Run(wctx) })
+		api.Open()
 		return errors.Join(work.Wait(), stopConn())
 	})
 	return g.Wait()
