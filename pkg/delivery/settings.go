@@ -81,7 +81,9 @@ func LoadSettings(r *envconfig.Reader) Settings {
 		apps, err := fcm.LoadApps(file, base)
 		if err != nil {
 			// LoadApps names FCM_APPS_FILE, the file, the entry and the field.
-			r.Errorf("FCM_APPS_FILE", "%s", strings.TrimPrefix(err.Error(), "FCM_APPS_FILE "))
+			// (as "FCM_APPS_FILE: …" when it cannot read the file): name the variable once.
+			msg := strings.TrimPrefix(strings.TrimPrefix(err.Error(), "FCM_APPS_FILE: "), "FCM_APPS_FILE ")
+			r.Errorf("FCM_APPS_FILE", "%s", msg)
 		}
 		s.Apps = apps
 		s.FCM = fcm.Config{}

@@ -131,4 +131,10 @@ func TestLoadSettingsApps(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `FCM_APPS_FILE: `+bad+`: app 1 ("staff"): rate_per_minute`) {
 		t.Errorf("bad apps file: %v", err)
 	}
+	// A file that cannot be read is named once: it said "FCM_APPS_FILE: FCM_APPS_FILE: open …".
+	missing := filepath.Join(dir, "missing.yaml")
+	_, err = load(map[string]string{"FCM_APPS_FILE": missing})
+	if err == nil || err.Error() != "FCM_APPS_FILE: open "+missing+": no such file or directory" {
+		t.Errorf("missing apps file: %v, want FCM_APPS_FILE: open %s: no such file or directory", err, missing)
+	}
 }
