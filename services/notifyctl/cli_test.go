@@ -491,6 +491,35 @@ func TestPublishFile(t *testing.T) {
 	}
 }
 
+// TestPublishFileBatchesWithinTheBytesLimit: 500 valid requests of 10 kB each (100 tokens)
+// are more than a PublishBatch call may carry (4 MiB): notifyctl splits them into calls
+// within it and every request is accepted. It packed 500 per call, and the server refused
+// the whole call, so such a file could not be published at all.
+func TestPublishFileBatchesWithinTheBytesLimit(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	var lines []string
+	for i := range 500 {
+		tokens := make([]string, 100)
+		for j := range tokens {
+			tokens[j] = fmt.Sprintf("%q", fmt.Sprintf("tok-%d-%d-%s", i, j, strings.Repeat("a", 90)))
+		}
+		lines = append(lines, fmt.Sprintf(`{"idempotencyKey":"k%d","type":"bulk","recipients":{"tokens":{"tokens":[%s]}},"content":{"title":"t"}}`,
+			i, strings.Join(tokens, ",")))
+	}
+	path := filepath.Join(t.TempDir(), "bulk.jsonl")
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := mustCtl(t, exitOK, env(addr, "publisher"), "publish", "--file", path)
+	if !strings.Contains(r.stdout, "500 accepted, 0 duplicates, 0 refused") && !strings.Contains(r.stderr, "500 accepted, 0 duplicates, 0 refused") {
+		t.Errorf("summary missing:\n%s%s", r.stdout[:min(len(r.stdout), 400)], r.stderr)
+	}
+	if len(f.batches) < 2 || len(f.publishes) != 500 || f.publishes[499].GetIdempotencyKey() != "k499" {
+		t.Errorf("PublishBatch sizes %v, %d requests sent; want several calls carrying the file's 500 in order", f.batches, len(f.publishes))
+	}
+}
+
 func TestDevicesListPagesAndPrints(t *testing.T) {
 	t.Parallel()
 	f, addr := startFake(t)

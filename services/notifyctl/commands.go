@@ -36,7 +36,7 @@ days ahead; until then 'notifyctl cancel ID' stops it.
 
 --file FILE (or - for stdin) publishes many notifications instead: one PublishRequest per
 line in protobuf JSON (the field names of notification.proto), sent with PublishBatch 500 at
-a time. One result is printed per request with its line number: the id (and "duplicate"),
+a time (fewer when they are over the 4 MiB a call may carry). One result is printed per request with its line number: the id (and "duplicate"),
 or why it was refused and nothing was written for it. Valid requests are accepted even when
 others in the file are refused; the exit code is 1 when any was refused. A line that is not a
 PublishRequest stops everything before anything is sent.`,

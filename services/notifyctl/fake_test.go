@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	notifyv1 "notify/proto/gen/notify/v1"
@@ -117,6 +118,9 @@ func (f *fake) Publish(ctx context.Context, req *notifyv1.PublishRequest) (*noti
 func (f *fake) PublishBatch(ctx context.Context, req *notifyv1.PublishBatchRequest) (*notifyv1.PublishBatchResponse, error) {
 	if err := f.authorize(ctx, false); err != nil {
 		return nil, err
+	}
+	if proto.Size(req) > 4<<20 { // as the server: the whole call is refused
+		return nil, status.Error(codes.InvalidArgument, "invalid request: requests are over 4194304 bytes")
 	}
 	f.mu.Lock()
 	f.publishes = append(f.publishes, req.GetRequests()...)

@@ -12,12 +12,38 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
-// publishFileBatch is how many requests one PublishBatch call carries (the server's limit).
-const publishFileBatch = 500
+// A PublishBatch call carries at most publishFileBatch requests and publishFileBytes bytes
+// of them (the server's limits: more is refused as a whole, INVALID_ARGUMENT).
+const (
+	publishFileBatch = 500
+	publishFileBytes = 4 << 20
+)
+
+// splitBatches cuts reqs into PublishBatch calls within both limits, in order. A request
+// that alone exceeds the bytes goes in a call of its own (the server says why it refuses it).
+func splitBatches(reqs []fileRequest) [][]fileRequest {
+	var batches [][]fileRequest
+	start, size := 0, 0
+	for i, r := range reqs {
+		n := proto.Size(r.req)
+		n += protowire.SizeTag(1) + protowire.SizeVarint(uint64(n)) // as field 1 of PublishBatchRequest
+		if i > start && (i-start == publishFileBatch || size+n > publishFileBytes) {
+			batches = append(batches, reqs[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(reqs) {
+		batches = append(batches, reqs[start:])
+	}
+	return batches
+}
 
 // maxLine bounds one JSON line: a PublishRequest with 10,000 long user ids fits.
 const maxLine = 4 << 20
@@ -81,8 +107,7 @@ func (c *cli) publishFile(ctx context.Context, path string, stdin io.Reader) err
 	}
 	client := notifyv1.NewNotificationServiceClient(conn)
 	all := &notifyv1.PublishBatchResponse{}
-	for start := 0; start < len(reqs); start += publishFileBatch {
-		batch := reqs[start:min(start+publishFileBatch, len(reqs))]
+	for i, batch := range splitBatches(reqs) {
 		req := &notifyv1.PublishBatchRequest{}
 		for _, r := range batch {
 			req.Requests = append(req.Requests, r.req)
@@ -91,7 +116,7 @@ func (c *cli) publishFile(ctx context.Context, path string, stdin io.Reader) err
 		resp, err := client.PublishBatch(callCtx, req)
 		cancel()
 		if err != nil {
-			if start > 0 {
+			if i > 0 {
 				fmt.Fprintf(c.errOut, "notifyctl: the requests before line %d were sent; this batch and the rest were not\n", batch[0].line)
 			}
 			return err
