@@ -485,6 +485,16 @@ func TestPublishFile(t *testing.T) {
 	if !strings.Contains(r.stderr, "line 2") {
 		t.Errorf("stderr %q does not name the bad line", r.stderr)
 	}
+	// A line over the limit is named, as a line that is not JSON is; it said
+	// "reading FILE: bufio.Scanner: token too long".
+	long := filepath.Join(t.TempDir(), "long.jsonl")
+	if err := os.WriteFile(long, []byte(lines[0]+"\n"+lines[2]+"\n"+strings.Repeat(" ", 5<<20)+"{}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = mustCtl(t, exitUsage, env(addr, "publisher"), "publish", "--file", long)
+	if !strings.Contains(r.stderr, "long.jsonl line 3 is longer than 4194304 bytes") {
+		t.Errorf("stderr %q does not name the long line", r.stderr)
+	}
 	mustCtl(t, exitUsage, env(addr, "publisher"), "publish", "--file", path, "--title", "x")
 	if len(f.batches) != 6 {
 		t.Errorf("refused command lines sent %d more batches", len(f.batches)-6)

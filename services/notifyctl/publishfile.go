@@ -70,7 +70,8 @@ func readRequests(path string, stdin io.Reader) ([]fileRequest, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), maxLine)
 	var reqs []fileRequest
-	for n := 1; sc.Scan(); n++ {
+	n := 1
+	for ; sc.Scan(); n++ {
 		b := bytes.TrimSpace(sc.Bytes())
 		if len(b) == 0 {
 			continue
@@ -81,7 +82,9 @@ func readRequests(path string, stdin io.Reader) ([]fileRequest, error) {
 		}
 		reqs = append(reqs, fileRequest{line: n, req: req})
 	}
-	if err := sc.Err(); err != nil {
+	if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
+		return nil, usagef("publish: %s line %d is longer than %d bytes, more than a PublishRequest may be", path, n, maxLine)
+	} else if err != nil {
 		return nil, usagef("publish: reading %s: %v", path, err)
 	}
 	if len(reqs) == 0 {
