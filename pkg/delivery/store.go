@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -57,6 +58,12 @@ type Target struct {
 	// Muted: the device's user muted the notification's type; the target is recorded
 	// skipped_preference and not sent.
 	Muted bool
+	// Unrecorded: when the audience page was read, the token had no delivery of the
+	// notification at all (schema.Audience.UnsettledPage). Its outcome is then inserted
+	// without looking for an earlier one (see recordSQL); a delivery written meanwhile
+	// (another sender of the same task, the token met again on a later page after it moved
+	// to another device) makes the insert fail, and the record is made again the long way.
+	Unrecorded bool
 }
 
 // Outcome is what happened to one target in one attempt.
@@ -179,7 +186,7 @@ func (s *Store) Audience(ctx context.Context, n *Notification, after string, lim
 			return err
 		}
 		var t Target
-		_, err = pgx.ForEachRow(rows, []any{&key, &t.DeviceID, &t.UserID, &t.Token, &t.Muted}, func() error {
+		_, err = pgx.ForEachRow(rows, []any{&key, &t.DeviceID, &t.UserID, &t.Token, &t.Muted, &t.Unrecorded}, func() error {
 			targets = append(targets, t)
 			return nil
 		})
@@ -224,7 +231,7 @@ func (s *Store) FirstPages(ctx context.Context, ns []*Notification, limit int) (
 		b.Queue(query, args...).Query(func(rows pgx.Rows) error {
 			var key string
 			var t Target
-			_, err := pgx.ForEachRow(rows, []any{&key, &t.DeviceID, &t.UserID, &t.Token, &t.Muted}, func() error {
+			_, err := pgx.ForEachRow(rows, []any{&key, &t.DeviceID, &t.UserID, &t.Token, &t.Muted, &t.Unrecorded}, func() error {
 				pages[i].Targets = append(pages[i].Targets, t)
 				return nil
 			})
@@ -340,6 +347,13 @@ func (s *Store) UnsettledMany(ctx context.Context, ns []*Notification, tokens []
 // migration 0017_a), and the lock is what keeps a delivery from outliving its notification
 // (the retention job deletes a notification's deliveries with it, under the same lock).
 //
+// A token whose earlier delivery the caller knows there is none of ($12: the audience page
+// it was read from found none, Target.Unrecorded) is not looked for: a broadcast's chunks
+// after the first (whose notification has deliveries) skip a primary-key probe per token
+// that the page read made a moment before. Should a delivery have been written since (two
+// senders of one task, the token met again on a later page), the plain INSERT fails on the
+// primary key, nothing is written, and RecordMany records again with every token looked for.
+//
 // The deliveries a token already has are updated and the others inserted, by a plain
 // INSERT: every writer of a notification's deliveries holds its row lock (RecordMany's
 // lockSQL, Cancel, the re-drive), and inserts come from here only, so after lockSQL the
@@ -348,8 +362,8 @@ func (s *Store) UnsettledMany(ctx context.Context, ns []*Notification, tokens []
 // the primary key and a second WAL record (its confirmation).
 var recordSQL = `
 WITH input AS (
-	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[])
-		AS t(notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message)
+	SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $12::bool[])
+		AS t(notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message, unrecorded)
 ), locked AS (
 	SELECT n.id, n.status AS old_status, r.final, r.gen FROM notifications n
 	JOIN unnest($9::uuid[], $10::bool[], $11::int[]) AS r(id, final, gen) ON r.id = n.id
@@ -357,12 +371,14 @@ WITH input AS (
 ), old AS (
 	-- One primary-key probe per token (OFFSET 0: not a join planned from stale statistics),
 	-- of the notifications that have any delivery (one probe each): a new notification
-	-- (a broadcast's first chunk, a user list's) has none to look for, token by token.
+	-- (a broadcast's first chunk, a user list's) has none to look for, token by token; nor
+	-- has a token known to be unrecorded ($12).
 	SELECT i.notification_id, i.token, x.outcome FROM input i
 	JOIN (SELECT l.id FROM locked l WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = l.id)) l
 		ON l.id = i.notification_id
 	CROSS JOIN LATERAL (
 		SELECT d.outcome FROM deliveries d WHERE d.notification_id = i.notification_id AND d.token = i.token OFFSET 0) x
+	WHERE NOT i.unrecorded
 ), inserted AS (
 	INSERT INTO deliveries (notification_id, token, device_id, user_id, outcome, attempts, error_code, error_message,
 		dead_letter_generation)
@@ -507,6 +523,7 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 		tokens, devices, users, results []string
 		codes, messages                 []string
 		attempts                        []int32
+		unrecorded                      []bool
 	)
 	final := map[uuid.UUID]bool{}
 	gen := map[uuid.UUID]int{}
@@ -518,12 +535,14 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 			if j, ok := last[k]; ok {
 				devices[j], users[j], results[j] = o.DeviceID, o.UserID, o.Outcome
 				attempts[j], codes[j], messages[j] = int32(o.Attempts), o.ErrorCode, o.ErrorMessage
+				unrecorded[j] = unrecorded[j] && o.Unrecorded
 				continue
 			}
 			last[k] = len(ids)
 			ids, tokens, devices, users = append(ids, r.ID), append(tokens, o.Token), append(devices, o.DeviceID), append(users, o.UserID)
 			results, attempts = append(results, o.Outcome), append(attempts, int32(o.Attempts))
 			codes, messages = append(codes, o.ErrorCode), append(messages, o.ErrorMessage)
+			unrecorded = append(unrecorded, o.Unrecorded)
 		}
 	}
 	notifications := make([]uuid.UUID, 0, len(final))
@@ -535,7 +554,40 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 	for i, id := range notifications {
 		finals[i], gens[i] = final[id], int32(gen[id])
 	}
+	status := make(map[uuid.UUID]string, len(notifications))
 
+	err := s.recordBatch(ctx, ids, tokens, devices, users, results, attempts, codes, messages, unrecorded, notifications, finals, gens, status)
+	if err != nil && slices.Contains(unrecorded, true) && isDeliveryConflict(err) {
+		// A token read as unrecorded got a delivery before this record (see recordSQL):
+		// nothing was written; record again, looking for every token's delivery.
+		clear(status)
+		err = s.recordBatch(ctx, ids, tokens, devices, users, results, attempts, codes, messages, make([]bool, len(ids)), notifications, finals, gens, status)
+	}
+	if err != nil {
+		if len(recs) == 1 {
+			return nil, fmt.Errorf("record %d outcomes of %s: %w", len(ids), recs[0].ID, err)
+		}
+		return nil, fmt.Errorf("record %d outcomes of %d chunks: %w", len(ids), len(recs), err)
+	}
+	statuses := make([]string, len(recs))
+	for i, r := range recs {
+		if r.Final {
+			statuses[i] = status[r.ID]
+		}
+	}
+	return statuses, nil
+}
+
+// isDeliveryConflict reports whether err is a duplicate key of deliveries' primary key.
+func isDeliveryConflict(err error) bool {
+	pe, ok := errors.AsType[*pgconn.PgError](err)
+	return ok && pe.Code == "23505" /* unique_violation */ && pe.ConstraintName == "deliveries_pkey"
+}
+
+// recordBatch runs RecordMany's transaction (one round trip) for its arrays and puts the
+// status of each notification written in status.
+func (s *Store) recordBatch(ctx context.Context, ids []uuid.UUID, tokens, devices, users, results []string, attempts []int32,
+	codes, messages []string, unrecorded []bool, notifications []uuid.UUID, finals []bool, gens []int32, status map[uuid.UUID]string) error {
 	b := &pgx.Batch{}
 	// The notifications are locked by a statement of their own before recordSQL: a
 	// statement reads from the snapshot it starts with, so recordSQL's own lock would wait
@@ -544,8 +596,7 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 	// replaced, counting the token twice. After this lock, recordSQL's snapshot holds
 	// whatever the other record committed.
 	b.Queue(lockSQL, schema.UUIDs(notifications))
-	status := make(map[uuid.UUID]string, len(notifications))
-	b.Queue(recordSQL, schema.UUIDs(ids), tokens, devices, users, results, attempts, codes, messages, schema.UUIDs(notifications), finals, gens).
+	b.Queue(recordSQL, schema.UUIDs(ids), tokens, devices, users, results, attempts, codes, messages, schema.UUIDs(notifications), finals, gens, unrecorded).
 		Query(func(rows pgx.Rows) error {
 			var id pgtype.UUID
 			var st string
@@ -569,19 +620,7 @@ func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error)
 		}
 		b.Queue(deactivateSQL, dt, reasons, schema.UUIDs(dids))
 	}
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		if len(recs) == 1 {
-			return nil, fmt.Errorf("record %d outcomes of %s: %w", len(ids), recs[0].ID, err)
-		}
-		return nil, fmt.Errorf("record %d outcomes of %d chunks: %w", len(ids), len(recs), err)
-	}
-	statuses := make([]string, len(recs))
-	for i, r := range recs {
-		if r.Final {
-			statuses[i] = status[r.ID]
-		}
-	}
-	return statuses, nil
+	return s.pool.SendBatch(ctx, b).Close()
 }
 
 // Finish sets a notification's status from its counts once the sender has sent to its

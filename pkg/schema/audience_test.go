@@ -132,6 +132,7 @@ func TestAudienceQueries(t *testing.T) {
 	type target struct {
 		Key, Device, User, Token string
 		Muted                    bool
+		Unrecorded               bool // no delivery of the token at all (UnsettledPage only)
 	}
 	var users []schema.Audience // the users audiences below
 	var wantUsers [][]target    // and what their pages select
@@ -141,21 +142,21 @@ func TestAudienceQueries(t *testing.T) {
 		want     []target
 	}{
 		{"users", schema.Audience{Kind: schema.AudienceUsers, Targets: []string{"ana", "bob", "nobody"}},
-			[]target{{"d2", "d2", "ana", "tok-2", false}, {"d4", "d4", "bob", "tok-4", false}}},
+			[]target{{"d2", "d2", "ana", "tok-2", false, false}, {"d4", "d4", "bob", "tok-4", false, true}}},
 		{"users honouring preferences", schema.Audience{Kind: schema.AudienceUsers, Targets: []string{"ana", "bob", "nobody"}, MutedType: "t"},
-			[]target{{"d2", "d2", "ana", "tok-2", false}, {"d4", "d4", "bob", "tok-4", true}}},
+			[]target{{"d2", "d2", "ana", "tok-2", false, false}, {"d4", "d4", "bob", "tok-4", true, true}}},
 		{"all", schema.Audience{Kind: schema.AudienceAll},
-			[]target{{"d2", "d2", "ana", "tok-2", false}, {"d4", "d4", "bob", "tok-4", false}, {"d7", "d7", "cy", "tok-7", false}}},
+			[]target{{"d2", "d2", "ana", "tok-2", false, false}, {"d4", "d4", "bob", "tok-4", false, true}, {"d7", "d7", "cy", "tok-7", false, true}}},
 		{"all honouring preferences", schema.Audience{Kind: schema.AudienceAll, MutedType: "t"},
-			[]target{{"d2", "d2", "ana", "tok-2", false}, {"d4", "d4", "bob", "tok-4", true}, {"d7", "d7", "cy", "tok-7", false}}},
+			[]target{{"d2", "d2", "ana", "tok-2", false, false}, {"d4", "d4", "bob", "tok-4", true, true}, {"d7", "d7", "cy", "tok-7", false, true}}},
 		{"users of app staff", schema.Audience{Kind: schema.AudienceUsers, Targets: []string{"ana", "bob", "dan"}, App: "staff"},
-			[]target{{"s1", "s1", "ana", "tok-2", false}, {"s2", "s2", "dan", "tok-s2", false}}},
+			[]target{{"s1", "s1", "ana", "tok-2", false, false}, {"s2", "s2", "dan", "tok-s2", false, true}}},
 		{"all of app staff", schema.Audience{Kind: schema.AudienceAll, App: "staff"},
-			[]target{{"s1", "s1", "ana", "tok-2", false}, {"s2", "s2", "dan", "tok-s2", false}}},
+			[]target{{"s1", "s1", "ana", "tok-2", false, false}, {"s2", "s2", "dan", "tok-s2", false, true}}},
 		{"tokens of app staff", schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"tok-s2", "tok-4"}, App: "staff"},
-			[]target{{"tok-4", "", "", "tok-4", false}, {"tok-s2", "s2", "dan", "tok-s2", false}}},
+			[]target{{"tok-4", "", "", "tok-4", false, true}, {"tok-s2", "s2", "dan", "tok-s2", false, true}}},
 		{"tokens", schema.Audience{Kind: schema.AudienceTokens, Targets: []string{"tok-7", "tok-1", "tok-new", "tok-7", "tok-raw", "tok-5", "tok-4"}, MutedType: "t"},
-			[]target{{"tok-4", "d4", "bob", "tok-4", false}, {"tok-5", "", "", "tok-5", false}, {"tok-7", "d7", "cy", "tok-7", false}, {"tok-new", "", "", "tok-new", false}}},
+			[]target{{"tok-4", "d4", "bob", "tok-4", false, true}, {"tok-5", "", "", "tok-5", false, true}, {"tok-7", "d7", "cy", "tok-7", false, true}, {"tok-new", "", "", "tok-new", false, true}}},
 	} {
 		var got []target
 		after := ""
@@ -190,7 +191,11 @@ func TestAudienceQueries(t *testing.T) {
 
 		if tc.audience.Kind == schema.AudienceUsers {
 			users = append(users, tc.audience)
-			wantUsers = append(wantUsers, tc.want)
+			w := slices.Clone(tc.want)
+			for k := range w {
+				w[k].Unrecorded = false // UsersFirstPages does not say
+			}
+			wantUsers = append(wantUsers, w)
 		}
 
 		q, args, err := tc.audience.CountUnsettled(id)
@@ -217,7 +222,7 @@ func TestAudienceQueries(t *testing.T) {
 		ids, audiences = append(ids, id), append(audiences, a)
 	}
 	ids, audiences = append(ids, other), append(audiences, schema.Audience{Kind: schema.AudienceUsers, Targets: []string{"ana"}})
-	wantUsers = append(wantUsers, []target{{"d1", "d1", "ana", "tok-1", false}, {"d2", "d2", "ana", "tok-2", false}, {"d3", "d3", "ana", "tok-3", false}})
+	wantUsers = append(wantUsers, []target{{"d1", "d1", "ana", "tok-1", false, false}, {"d2", "d2", "ana", "tok-2", false, false}, {"d3", "d3", "ana", "tok-3", false, false}})
 	ids, audiences = append(ids, id), append(audiences, schema.Audience{Kind: schema.AudienceUsers})
 	wantUsers = append(wantUsers, nil)
 	for _, limit := range []int{500, 1} {
