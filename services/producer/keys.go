@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -121,6 +122,12 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
+	}
+	// As CreateAPIKey: only apps the producer knows (APPS).
+	for _, app := range apps {
+		if !slices.Contains(cfg.Apps, app) {
+			return keysUsageError{fmt.Sprintf("--apps: unknown app %q; the apps are: %s (APPS)", app, strings.Join(cfg.Apps, ", "))}
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()

@@ -51,6 +51,9 @@ func TestKeysCommand(t *testing.T) {
 		{"unknown subcommand", []string{"rotate"}, 2, ""},
 		{"nothing", nil, 2, ""},
 		{"revoke unknown", []string{"revoke", "nobody"}, 3, ""},
+		{"known app", []string{"create", "default-only", "--role", "publisher", "--apps", "default"}, 0, "nfy_"},
+		// An app not in APPS is refused, as CreateAPIKey refuses it; it was created.
+		{"unknown app", []string{"create", "staff-service", "--role", "publisher", "--apps", "staff"}, 2, ""},
 	}
 	for _, tt := range tests {
 		code, out, stderr := keys(tt.args...)
@@ -58,6 +61,12 @@ func TestKeysCommand(t *testing.T) {
 			t.Errorf("%s: keys %q = %d, %q (stderr %q); want %d, %q…", tt.name, tt.args, code, out, stderr, tt.wantCode, tt.wantOut)
 		}
 	}
+
+	var n int
+	if err := db.Pool.QueryRow(context.Background(), "SELECT count(*) FROM api_keys WHERE name = 'staff-service'").Scan(&n); err != nil || n != 0 {
+		t.Errorf("a key for an unknown app was stored (%d rows, %v)", n, err)
+	}
+	keys("revoke", "default-only") // out of the listings below
 
 	if code, _, stderr := keys("revoke", "orders"); code != 0 {
 		t.Fatalf("revoke = %d: %s", code, stderr)
