@@ -170,6 +170,12 @@ func (c *cli) settle(fs *pflag.FlagSet) error {
 	if !fs.Changed("api-key") {
 		c.apiKey = c.getenv("NOTIFY_API_KEY")
 	}
+	// A key read from a file or a Secret often keeps its newline; anything else that is not
+	// printable ASCII cannot be a key, nor travel in a gRPC header.
+	c.apiKey = strings.TrimSpace(c.apiKey)
+	if i := strings.IndexFunc(c.apiKey, func(r rune) bool { return r <= ' ' || r > '~' }); i >= 0 {
+		return usagef("--api-key (NOTIFY_API_KEY) has a character that is not printable ASCII at byte %d: an API key is printable ASCII (nfy_…)", i)
+	}
 	if c.timeout <= 0 {
 		return usagef("--timeout must be more than 0")
 	}

@@ -153,6 +153,10 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"list", "--cert-file", "c.pem"}, message: "--cert-file and --key-file"},
 		{args: []string{"list"}, env: map[string]string{"NOTIFY_TLS": "maybe"}, message: "NOTIFY_TLS"},
 		{args: []string{"list"}, env: map[string]string{"NOTIFY_KEY_FILE": "k.pem"}, message: "--cert-file and --key-file"},
+		// Not a key (a header value gRPC refuses): it was "Internal: header key "authorization"
+		// contains value with non-printable ASCII characters", exit 1.
+		{args: []string{"list"}, env: map[string]string{"NOTIFY_API_KEY": "nfy_a\x01b"}, message: "NOTIFY_API_KEY"},
+		{args: []string{"list", "--api-key", "nfy_é"}, message: "--api-key"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -357,6 +361,7 @@ func TestExitCodes(t *testing.T) {
 		{"publisher", []string{"devices", "unregister", "phone"}, exitOK, ""},
 		{"publisher", []string{"devices", "list", "--user", "ana"}, exitOK, ""},
 		{"", []string{"list"}, exitAuth, "no API key given: use --api-key or NOTIFY_API_KEY"},
+		{"admin\n", []string{"list"}, exitOK, ""}, // a key read from a file, with its newline
 		{"nfy_wrong", []string{"list"}, exitAuth, "Unauthenticated"},
 		{"publisher", []string{"list"}, exitAuth, "PermissionDenied"},
 		// The server answering Unavailable is the server's answer, not an unreachable server.
