@@ -319,6 +319,25 @@ func TestWaitThen(t *testing.T) {
 	if ran, err := ranWith(t.Context(), migrated.Pool); !ran || err == nil || err.Error() != "ran" {
 		t.Errorf("migrated database: ran %v, err %v; want run, its error", ran, err)
 	}
+
+	// A Gate's Check says what it waits for (a service's /readyz said only "consumer: not
+	// consuming notify.send" during an upgrade), and is nil once run runs.
+	var gate schema.Gate
+	if err := gate.Check(t.Context()); err == nil {
+		t.Error("Gate.Check before any wait = nil, want not ready")
+	}
+	ctx, cancel = context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	_ = gate.WaitThen(ctx, empty.Pool, discard, func(context.Context) error { return nil })
+	if err := gate.Check(t.Context()); err == nil || !strings.Contains(err.Error(), "waiting for the database schema") ||
+		!strings.Contains(err.Error(), schema.Latest()) {
+		t.Errorf("Gate.Check on an empty database = %v, want it waiting for %s", err, schema.Latest())
+	}
+	checked := errors.New("run not called")
+	_ = gate.WaitThen(t.Context(), migrated.Pool, discard, func(ctx context.Context) error { checked = gate.Check(ctx); return nil })
+	if checked != nil {
+		t.Errorf("Gate.Check once the schema is ready = %v, want nil", checked)
+	}
 }
 
 // TestMigrationLockWaitDoesNotStopWriters leaves a transaction open on deliveries, as a

@@ -255,10 +255,16 @@ func Check(ctx context.Context, pool *pgxpool.Pool) error {
 // the database is newer than this binary, and ctx's error if ctx ends first. Waiting,
 // rather than failing, lets every service start at once, in any order.
 func Wait(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, interval time.Duration) error {
+	return wait(ctx, pool, log, interval, func(error) {})
+}
+
+// wait is Wait, telling report the outcome of every check.
+func wait(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, interval time.Duration, report func(error)) error {
 	var lastLog time.Time
 	waited := false
 	for {
 		err := Check(ctx, pool)
+		report(err)
 		var newer *NewerError
 		switch {
 		case err == nil:
@@ -290,7 +296,40 @@ func Wait(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, interval ti
 // ends while waiting is a normal stop (nil); a schema newer than this binary is an error. It is
 // how the services that do not migrate start their consumers: after the schema, never before.
 func WaitThen(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, run func(context.Context) error) error {
-	if err := Wait(ctx, pool, log, 2*time.Second); err != nil {
+	return (&Gate{}).WaitThen(ctx, pool, log, run)
+}
+
+// Gate is WaitThen with a readiness check that says what it waits for: a service's /readyz
+// then reads "schema: waiting for the database schema: … this binary needs 0019_…" during an
+// upgrade, not only that its consumer is not consuming.
+type Gate struct {
+	mu      sync.Mutex
+	err     error
+	checked bool
+}
+
+// Check is nil once the schema was found ready, and otherwise says why not.
+func (g *Gate) Check(context.Context) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case !g.checked:
+		return errors.New("not checked yet")
+	case g.err != nil:
+		return fmt.Errorf("waiting for the database schema: %w", g.err)
+	}
+	return nil
+}
+
+func (g *Gate) report(err error) {
+	g.mu.Lock()
+	g.err, g.checked = err, true
+	g.mu.Unlock()
+}
+
+// WaitThen is the package's WaitThen, keeping Check up to date meanwhile.
+func (g *Gate) WaitThen(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, run func(context.Context) error) error {
+	if err := wait(ctx, pool, log, 2*time.Second, g.report); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}

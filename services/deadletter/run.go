@@ -79,8 +79,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return depths.Run(gctx) })
+	var schemaGate schema.Gate
 	g.Go(func() error {
-		return schema.WaitThen(gctx, pool, log, func(ctx context.Context) error {
+		return schemaGate.WaitThen(gctx, pool, log, func(ctx context.Context) error {
 			work, wctx := errgroup.WithContext(ctx)
 			work.Go(func() error { return consumer.Run(wctx) })
 			work.Go(func() error { return alerter.Run(wctx) })
@@ -90,6 +91,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	g.Go(func() error {
 		return metrics.NewServer(cfg.MetricsAddr, reg, log,
 			metrics.Check{Name: "database", Func: store.Check},
+			metrics.Check{Name: "schema", Func: schemaGate.Check},
 			metrics.Check{Name: "rabbitmq", Func: conn.Check},
 			metrics.Check{Name: "consumer", Func: consumer.Check},
 		).Run(gctx)

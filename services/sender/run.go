@@ -75,10 +75,12 @@ func run(ctx context.Context, getenv func(string) string) error {
 	g.Go(func() error { return depths.Run(gctx) })
 	// The producer (or `producer migrate up`) owns the schema: wait for it, and refuse one
 	// newer than this binary.
-	g.Go(func() error { return schema.WaitThen(gctx, pool, log, consumer.Run) })
+	var schemaGate schema.Gate
+	g.Go(func() error { return schemaGate.WaitThen(gctx, pool, log, consumer.Run) })
 	g.Go(func() error {
 		return metrics.NewServer(cfg.MetricsAddr, reg, log,
 			metrics.Check{Name: "database", Func: pool.Ping},
+			metrics.Check{Name: "schema", Func: schemaGate.Check},
 			metrics.Check{Name: "rabbitmq", Func: conn.Check},
 			metrics.Check{Name: "consumer", Func: consumer.Check},
 		).Run(gctx)
