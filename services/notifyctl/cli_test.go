@@ -482,6 +482,16 @@ func TestPublishFile(t *testing.T) {
 		}
 	}
 
+	// A file saved with a byte order mark and CRLF line ends (Windows): the mark was read
+	// as part of line 1, refused as "invalid value".
+	bom := filepath.Join(t.TempDir(), "bom.jsonl")
+	if err := os.WriteFile(bom, []byte("\ufeff"+lines[0]+"\r\n"+lines[0]+"\r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := mustCtl(t, exitOK, env(addr, "publisher"), "publish", "--file", bom); !regexp.MustCompile(`(?m)^1\s+id-0$`).MatchString(r.stdout) {
+		t.Errorf("a file with a byte order mark:\n%s", r.stdout)
+	}
+
 	bad := filepath.Join(t.TempDir(), "bad.jsonl")
 	if err := os.WriteFile(bad, []byte(lines[0]+"\n{\"nope\":1}\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -501,8 +511,8 @@ func TestPublishFile(t *testing.T) {
 		t.Errorf("stderr %q does not name the long line", r.stderr)
 	}
 	mustCtl(t, exitUsage, env(addr, "publisher"), "publish", "--file", path, "--title", "x")
-	if len(f.batches) != 6 {
-		t.Errorf("refused command lines sent %d more batches", len(f.batches)-6)
+	if len(f.batches) != 7 {
+		t.Errorf("refused command lines sent %d more batches", len(f.batches)-7)
 	}
 }
 

@@ -72,7 +72,12 @@ func readRequests(path string, stdin io.Reader) ([]fileRequest, error) {
 	var reqs []fileRequest
 	n := 1
 	for ; sc.Scan(); n++ {
-		b := bytes.TrimSpace(sc.Bytes())
+		b := sc.Bytes()
+		if n == 1 {
+			// A byte order mark, as some Windows editors write: not part of the first request.
+			b = bytes.TrimPrefix(b, []byte("\ufeff"))
+		}
+		b = bytes.TrimSpace(b)
 		if len(b) == 0 {
 			continue
 		}
