@@ -189,10 +189,23 @@ type planNode struct {
 }
 
 type planTree struct {
-	NodeType    string     `json:"Node Type"`
-	IndexName   string     `json:"Index Name"`
-	ActualLoops int        `json:"Actual Loops"`
-	Plans       []planTree `json:"Plans"`
+	NodeType     string     `json:"Node Type"`
+	IndexName    string     `json:"Index Name"`
+	RelationName string     `json:"Relation Name"`
+	ActualLoops  int        `json:"Actual Loops"`
+	Plans        []planTree `json:"Plans"`
+}
+
+// seqScans is how many times sequential scans of table ran in the tree.
+func (p planTree) seqScans(table string) int {
+	n := 0
+	if p.NodeType == "Seq Scan" && p.RelationName == table {
+		n = p.ActualLoops
+	}
+	for _, c := range p.Plans {
+		n += c.seqScans(table)
+	}
+	return n
 }
 
 // loops is how many times nodes of type nodeType on index ran in the tree.
@@ -205,4 +218,62 @@ func (p planTree) loops(nodeType, index string) int {
 		n += c.loops(nodeType, index)
 	}
 	return n
+}
+
+// TestPageProbesPreferencesOnlyWhenSomeoneHasThem: a broadcast that honours preferences
+// probes each device's user's preferences only when some user has preferences at all: with
+// none, its page's executed plan reads preferences once, not once per device; with one
+// user's, every device is probed again and that user's device is muted.
+func TestPageProbesPreferencesOnlyWhenSomeoneHasThem(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	const devices = fcm.MaxMulticast
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO devices (device_id, user_id, token, platform)
+		SELECT 'dev-' || lpad(i::text, 5, '0'), 'u' || i, 'tok-' || i, 'android' FROM generate_series(1, $1) i`, devices); err != nil {
+		t.Fatal(err)
+	}
+	id := uuid.New()
+	a := schema.Audience{Kind: schema.AudienceAll, MutedType: "promo"}
+	probes := func() int {
+		t.Helper()
+		query, args, err := a.UnsettledPage(id, 0, "", devices)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var plan []byte
+		err = pgx.BeginTxFunc(ctx, db.Pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, schema.WalkIndexesSQL); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) "+query, args...).Scan(&plan)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var nodes []planNode
+		if err := json.Unmarshal(plan, &nodes); err != nil {
+			t.Fatal(err)
+		}
+		p := nodes[0].Plan
+		return p.loops("Index Scan", "preferences_pkey") + p.loops("Index Only Scan", "preferences_pkey") + p.seqScans("preferences")
+	}
+	if got := probes(); got > 1 {
+		t.Errorf("page of %d devices with no preferences anywhere: preferences read %d times, want at most once", devices, got)
+	}
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO preferences (user_id, muted_types) VALUES ('u7', '{promo}')`); err != nil {
+		t.Fatal(err)
+	}
+	if got := probes(); got < devices {
+		t.Errorf("page of %d devices once u7 has preferences: preferences read %d times, want once per device", devices, got)
+	}
+	targets, _, err := NewStore(db.Pool).Audience(ctx, &Notification{ID: id, Audience: a}, "", devices)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tg := range targets {
+		if tg.Muted != (tg.UserID == "u7") {
+			t.Errorf("target %+v: muted %v, want %v", tg, tg.Muted, tg.UserID == "u7")
+		}
+	}
 }
