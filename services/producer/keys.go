@@ -136,6 +136,9 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	defer pool.Close()
+	if err := pool.Ping(ctx); err != nil {
+		return fmt.Errorf("DATABASE_URL: database not reachable: %w", err)
+	}
 	// The keys may be made before the producer ever ran against this database.
 	if _, err := schema.Migrate(ctx, pool, slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
 		return fmt.Errorf("migrate database: %w", err)

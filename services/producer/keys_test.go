@@ -138,3 +138,15 @@ func TestSubcommandHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysNamesAnUnreachableDatabase: a database that does not answer is named as
+// DATABASE_URL (it said "migrate database: acquire connection for migrations: …" for any
+// keys command, the first one a new operator runs).
+func TestKeysNamesAnUnreachableDatabase(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	down := env(map[string]string{"DATABASE_URL": "postgres://notify:notify@" + freeAddr(t) + "/notify?sslmode=disable"})
+	if code := runKeys(context.Background(), []string{"list"}, down, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "DATABASE_URL: database not reachable") {
+		t.Errorf("keys list with the database down = %d, %q; want 1 naming DATABASE_URL", code, errOut.String())
+	}
+}
