@@ -20,8 +20,6 @@ type Alert struct {
 	Groups   []Group   // by reason, most dead letters first
 	// Remaining is how many other dead letters are waiting for a later alert.
 	Remaining int
-	// Now is when the alert was built; replay hints count back from it.
-	Now time.Time
 }
 
 // Group is the dead letters of one reason.
@@ -42,8 +40,8 @@ type pendingRow struct {
 }
 
 // summarize groups rows into an Alert; backlog is how many rows were unalerted in all.
-func summarize(rows []pendingRow, backlog int, now time.Time) Alert {
-	a := Alert{Total: len(rows), Remaining: max(backlog-len(rows), 0), Now: now}
+func summarize(rows []pendingRow, backlog int) Alert {
+	a := Alert{Total: len(rows), Remaining: max(backlog-len(rows), 0)}
 	byReason := map[string]*Group{}
 	for _, r := range rows {
 		g := byReason[r.Reason]
@@ -73,17 +71,19 @@ func summarize(rows []pendingRow, backlog int, now time.Time) Alert {
 	return a
 }
 
-// Since is the --since value that covers every dead letter of the alert: the age of the
-// oldest, rounded up to whole hours (at least 1h).
-func (a Alert) Since() string {
-	age := a.Now.Sub(a.From)
-	hours := max(int((age+time.Hour-1)/time.Hour), 1)
-	return fmt.Sprintf("%dh", hours)
+// Window is the --since and --until values that select exactly the alert's dead letters by
+// storage times, as absolute times (RFC 3339, UTC, whole seconds around From and To): the
+// command still means the same letters when it is run hours after the alert. A relative
+// "--since 2h" counted from the alert's time selected nothing once run later than that.
+func (a Alert) Window() (since, until string) {
+	return a.From.UTC().Truncate(time.Second).Format(time.RFC3339),
+		a.To.UTC().Truncate(time.Second).Add(time.Second).Format(time.RFC3339)
 }
 
-// ReplayCommand is the command that replays the group's dead letters.
-func (g Group) ReplayCommand(since string) string {
-	return fmt.Sprintf("notifyctl replay --dead --reason %s --since %s", g.Reason, since)
+// ReplayCommand is the command that replays the group's dead letters stored in the window
+// (see Alert.Window).
+func (g Group) ReplayCommand(since, until string) string {
+	return fmt.Sprintf("notifyctl replay --dead --reason %s --since %s --until %s", g.Reason, since, until)
 }
 
 // ListCommand lists the stored dead letters.
@@ -94,13 +94,13 @@ func (a Alert) Text() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, ":rotating_light: *notify: %d dead letters* (%d tokens), stored %s – %s\n",
 		a.Total, a.Tokens, a.From.UTC().Format(time.DateTime), a.To.UTC().Format(time.DateTime+" UTC"))
-	since := a.Since()
+	since, until := a.Window()
 	for _, g := range a.Groups {
 		fmt.Fprintf(&b, "• *%s*: %d dead letters, %d tokens", escape(g.Reason), g.Count, g.Tokens)
 		if len(g.Samples) > 0 {
 			fmt.Fprintf(&b, " (e.g. %s)", strings.Join(g.Samples, ", "))
 		}
-		fmt.Fprintf(&b, "\n    replay: `%s`\n", escape(g.ReplayCommand(since)))
+		fmt.Fprintf(&b, "\n    replay: `%s`\n", escape(g.ReplayCommand(since, until)))
 	}
 	fmt.Fprintf(&b, "List them: `%s`", ListCommand)
 	if a.Remaining > 0 {

@@ -31,7 +31,7 @@ func TestSummarize(t *testing.T) {
 				{ID: 7, Reason: "permanent_error", NotificationID: "n5", TokenCount: 500, CreatedAt: at(2)},
 			},
 			want: Alert{
-				Total: 7, Tokens: 508, From: at(30), To: at(2), Remaining: 3, Now: now,
+				Total: 7, Tokens: 508, From: at(30), To: at(2), Remaining: 3,
 				Groups: []Group{
 					{Reason: "retries_exhausted", Count: 5, Tokens: 8, Samples: []string{"n1", "n2", "n3"}},
 					{Reason: "permanent_error", Count: 1, Tokens: 500, Samples: []string{"n5"}},
@@ -43,14 +43,14 @@ func TestSummarize(t *testing.T) {
 			name:    "backlog counted before more rows arrived",
 			backlog: 1,
 			rows:    []pendingRow{{ID: 1, Reason: "a", CreatedAt: at(1)}, {ID: 2, Reason: "b", CreatedAt: at(1)}},
-			want: Alert{Total: 2, From: at(1), To: at(1), Now: now,
+			want: Alert{Total: 2, From: at(1), To: at(1),
 				Groups: []Group{{Reason: "a", Count: 1}, {Reason: "b", Count: 1}}},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got := summarize(tt.rows, tt.backlog, now)
+			got := summarize(tt.rows, tt.backlog)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("summarize() mismatch (-want +got):\n%s", diff)
 			}
@@ -68,29 +68,29 @@ func TestAlertText(t *testing.T) {
 	}{
 		{
 			name: "two reasons, more to come",
-			alert: Alert{Total: 3, Tokens: 7, From: now.Add(-90 * time.Minute), To: now.Add(-time.Minute), Remaining: 12, Now: now,
+			alert: Alert{Total: 3, Tokens: 7, From: now.Add(-90*time.Minute - 1500*time.Millisecond), To: now.Add(-time.Minute + 250*time.Millisecond), Remaining: 12,
 				Groups: []Group{
 					{Reason: "retries_exhausted", Count: 2, Tokens: 7, Samples: []string{"n1", "n2"}},
 					{Reason: "a<b>&c", Count: 1},
 				}},
 			want: []string{
-				":rotating_light: *notify: 3 dead letters* (7 tokens), stored 2025-06-01 10:30:00 – 2025-06-01 11:59:00 UTC",
+				":rotating_light: *notify: 3 dead letters* (7 tokens), stored 2025-06-01 10:29:58 – 2025-06-01 11:59:00 UTC",
 				"• *retries_exhausted*: 2 dead letters, 7 tokens (e.g. n1, n2)",
-				"    replay: `notifyctl replay --dead --reason retries_exhausted --since 2h`",
+				"    replay: `notifyctl replay --dead --reason retries_exhausted --since 2025-06-01T10:29:58Z --until 2025-06-01T11:59:01Z`",
 				"• *a&lt;b&gt;&amp;c*: 1 dead letters, 0 tokens",
-				"    replay: `notifyctl replay --dead --reason a&lt;b&gt;&amp;c --since 2h`",
+				"    replay: `notifyctl replay --dead --reason a&lt;b&gt;&amp;c --since 2025-06-01T10:29:58Z --until 2025-06-01T11:59:01Z`",
 				"List them: `notifyctl dead list`",
 				"12 more dead letters will follow in the next alert.",
 			},
 		},
 		{
-			name: "recent: since 1h",
-			alert: Alert{Total: 1, From: now.Add(-time.Second), To: now, Now: now,
+			name: "one second: the window is whole seconds around it",
+			alert: Alert{Total: 1, From: now.Add(-time.Second), To: now,
 				Groups: []Group{{Reason: "undecodable", Count: 1}}},
 			want: []string{
 				":rotating_light: *notify: 1 dead letters* (0 tokens), stored 2025-06-01 11:59:59 – 2025-06-01 12:00:00 UTC",
 				"• *undecodable*: 1 dead letters, 0 tokens",
-				"    replay: `notifyctl replay --dead --reason undecodable --since 1h`",
+				"    replay: `notifyctl replay --dead --reason undecodable --since 2025-06-01T11:59:59Z --until 2025-06-01T12:00:01Z`",
 				"List them: `notifyctl dead list`",
 			},
 		},

@@ -150,7 +150,7 @@ func (a *Alerter) tick(ctx context.Context) {
 	if len(rows) == 0 {
 		return
 	}
-	alert := summarize(rows, backlog, time.Now())
+	alert := summarize(rows, backlog)
 
 	spanCtx, span := a.startAlert(ctx, conn, rows)
 	postCtx, cancel := context.WithTimeout(spanCtx, a.opts.PostTimeout)

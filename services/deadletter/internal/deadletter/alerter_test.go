@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -162,10 +163,13 @@ func TestSinksReachSlack(t *testing.T) {
 			if diff := cmp.Diff(map[string]int{"retries_exhausted": 3, "undecodable": 1}, countsByReason(t, r.Text)); diff != "" {
 				t.Errorf("counts (-want +got):\n%s", diff)
 			}
-			for _, s := range []string{"notifyctl replay --dead --reason retries_exhausted --since 1h", "notifyctl dead list", "(8 tokens)"} {
+			for _, s := range []string{"notifyctl dead list", "(8 tokens)"} {
 				if !strings.Contains(r.Text, s) {
 					t.Errorf("alert text lacks %q:\n%s", s, r.Text)
 				}
+			}
+			if replay := regexp.MustCompile(`notifyctl replay --dead --reason retries_exhausted --since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ --until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ`); !replay.MatchString(r.Text) {
+				t.Errorf("alert text lacks a replay command matching %s:\n%s", replay, r.Text)
 			}
 		})
 	}
@@ -264,10 +268,17 @@ func TestLogSink(t *testing.T) {
 		}
 		got.Reasons[i].Samples = nil
 	}
+	// The replay commands select the rows' storage times, whole seconds around them.
+	var from, to time.Time
+	if err := db.Pool.QueryRow(context.Background(), `SELECT min(created_at), max(created_at) FROM dead_letters`).Scan(&from, &to); err != nil {
+		t.Fatal(err)
+	}
+	window := " --since " + from.UTC().Truncate(time.Second).Format(time.RFC3339) +
+		" --until " + to.UTC().Truncate(time.Second).Add(time.Second).Format(time.RFC3339)
 	want := record{Level: "WARN", Msg: "dead letters need attention", Total: 300, Tokens: 600, List: "notifyctl dead list",
 		Reasons: []reason{
-			{Reason: "retries_exhausted", Count: 250, Tokens: 500, Replay: "notifyctl replay --dead --reason retries_exhausted --since 1h"},
-			{Reason: "unknown_notification", Count: 50, Tokens: 100, Replay: "notifyctl replay --dead --reason unknown_notification --since 1h"},
+			{Reason: "retries_exhausted", Count: 250, Tokens: 500, Replay: "notifyctl replay --dead --reason retries_exhausted" + window},
+			{Reason: "unknown_notification", Count: 50, Tokens: 100, Replay: "notifyctl replay --dead --reason unknown_notification" + window},
 		}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("alert record (-want +got):\n%s", diff)

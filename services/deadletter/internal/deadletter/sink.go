@@ -78,9 +78,9 @@ func (l *Log) Post(ctx context.Context, a Alert) error {
 		Replay  string   `json:"replay"`
 	}
 	reasons := make([]reason, len(a.Groups))
-	since := a.Since()
+	since, until := a.Window()
 	for i, g := range a.Groups {
-		reasons[i] = reason{Reason: g.Reason, Count: g.Count, Tokens: g.Tokens, Samples: g.Samples, Replay: g.ReplayCommand(since)}
+		reasons[i] = reason{Reason: g.Reason, Count: g.Count, Tokens: g.Tokens, Samples: g.Samples, Replay: g.ReplayCommand(since, until)}
 	}
 	l.log.WarnContext(ctx, "dead letters need attention",
 		"alert", true,

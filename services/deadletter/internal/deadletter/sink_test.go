@@ -14,7 +14,7 @@ func TestWebhookErrorHidesURL(t *testing.T) {
 	t.Parallel()
 	srv := httptest.NewServer(http.NotFoundHandler())
 	srv.Close() // nothing listens any more: the client fails with a *url.Error
-	a := Alert{Total: 1, Now: time.Now(), Groups: []Group{{Reason: "r", Count: 1}}}
+	a := Alert{Total: 1, From: time.Now(), To: time.Now(), Groups: []Group{{Reason: "r", Count: 1}}}
 	err := NewWebhook(srv.URL+"/services/T0/B0/s3cr3t").Post(context.Background(), a)
 	if err == nil {
 		t.Fatal("Post succeeded against a closed server")
