@@ -56,25 +56,21 @@ func Starting(log *slog.Logger, settings slog.Value) {
 // service has stopped: it logs "stopped" with how long stopping took, or nothing when ctx
 // never ended (a start-up failure, which the caller reports as an error).
 func Stopping(ctx context.Context, log *slog.Logger, drain time.Duration) (stopped func()) {
-	var (
-		mu    sync.Mutex
-		since time.Time
-	)
+	var since time.Time
+	said := make(chan struct{}) // closed once "stopping" is written
 	cancel := context.AfterFunc(ctx, func() {
-		mu.Lock()
+		defer close(said)
 		since = time.Now()
-		mu.Unlock()
 		log.Info("stopping", "reason", context.Cause(ctx).Error(), "drain", drain)
 	})
 	return func() {
 		if cancel() { // ctx has not ended: nothing was said, nothing to add
 			return
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		if !since.IsZero() {
-			log.Info("stopped", "took", time.Since(since))
-		}
+		// "stopping" is being written on the AfterFunc's goroutine, or was: "stopped" must
+		// come after it (a service that stops at once got the two the wrong way round).
+		<-said
+		log.Info("stopped", "took", time.Since(since))
 	}
 }
 

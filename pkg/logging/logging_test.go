@@ -74,6 +74,31 @@ func TestStopping(t *testing.T) {
 	}
 }
 
+// TestStoppedComesAfterStopping stops the service the moment its signal arrives, as the
+// FCM emulator does: "stopped" must still follow "stopping" (it came first, or alone, when
+// the two goroutines raced).
+func TestStoppedComesAfterStopping(t *testing.T) {
+	t.Parallel()
+	for range 200 {
+		var out syncBuilder
+		ctx, cancel := context.WithCancel(context.Background())
+		stopped := Stopping(ctx, New(&out, "fcm-emulator", slog.LevelInfo), time.Second)
+		cancel()
+		stopped()
+		var msgs []string
+		for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+			var rec struct{ Msg string }
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatalf("log line %q: %v", line, err)
+			}
+			msgs = append(msgs, rec.Msg)
+		}
+		if diff := cmp.Diff([]string{"stopping", "stopped"}, msgs); diff != "" {
+			t.Fatalf("log of a service stopped at once (-want +got):\n%s", diff)
+		}
+	}
+}
+
 // syncBuilder is a strings.Builder that the AfterFunc goroutine and the test may share.
 type syncBuilder struct {
 	mu sync.Mutex

@@ -25,6 +25,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 	log := logging.New(os.Stderr, "fcm-emulator", cfg.LogLevel)
 	logging.Starting(log, cfg.Settings)
+	defer logging.Stopping(ctx, log, shutdownGrace)()
 
 	emu := fcmemu.New(fcmemu.Config{
 		QuotaPerMinute:        cfg.QuotaPerMinute,
@@ -64,6 +65,5 @@ func run(ctx context.Context, getenv func(string) string) error {
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}
-	log.Info("fcm emulator stopped")
 	return nil
 }
