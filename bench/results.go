@@ -42,9 +42,9 @@ type results struct {
 	Reference          *sustainResult `json:"reference,omitempty"`
 	SustainVsReference float64        `json:"sustain_vs_reference,omitempty"`
 	// SustainPublishVsReference is the sustain phase's Publish accepted/s over the reference's.
-	SustainPublishVsReference float64 `json:"sustain_publish_vs_reference,omitempty"`
-	Paced   *pacedResult   `json:"paced,omitempty"`
-	Apps    *appsResult    `json:"apps,omitempty"`
+	SustainPublishVsReference float64      `json:"sustain_publish_vs_reference,omitempty"`
+	Paced                     *pacedResult `json:"paced,omitempty"`
+	Apps                      *appsResult  `json:"apps,omitempty"`
 
 	Resources  []resource `json:"resources"`
 	CPUByPhase []phaseCPU `json:"cpu_by_phase"`
