@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"regexp"
 	"strings"
@@ -161,6 +162,42 @@ func TestTargetsReportMissed(t *testing.T) {
 	}
 	if n := strings.Count(out.String(), "MISSED"); n < 4 {
 		t.Errorf("report says MISSED %d times, want at least once per missed target (4):\n%s", n, out.String())
+	}
+}
+
+// TestFanoutHeldAgainstItsOwnBaseline: with a raw FCM edge measured right before the
+// fan-out, the target is held against that one, and the report gives the ratio to the run's
+// mean beside it; without it, against the mean.
+func TestFanoutHeldAgainstItsOwnBaseline(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		before *fcmBaseline
+		value  float64
+		met    bool
+		line   string
+	}{
+		{"measured before it", &fcmBaseline{Concurrency: 4, PerSecond: 11_000, Tokens: 55_000}, 0.818, true,
+			`(?m)^fan-out: broadcast to 100,000 tokens.*\s9,000 tokens/s\s+0\.82× raw FCM edge before it; 0\.64× the run's mean\s+≥ 0\.8×  met$`},
+		{"baselines only at the ends", nil, 0.643, false,
+			`(?m)^fan-out: broadcast to 100,000 tokens.*\s9,000 tokens/s\s+0\.64× raw FCM edge\s+≥ 0\.8×  MISSED$`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := &results{FCMEdgeRate: 14_000, FanoutEdge: tc.before,
+				Fanout: &fanoutResult{PerSecond: 9000, Seconds: 11.1}}
+			r.Settings.FanoutDevices = 100_000
+			r.evaluate()
+			if len(r.Targets) != 1 || r.Targets[0].Name != fanoutTargetName ||
+				math.Abs(r.Targets[0].Value-tc.value) > 0.001 || r.Targets[0].Met != tc.met {
+				t.Fatalf("targets = %+v, want %s %.3f met=%v", r.Targets, fanoutTargetName, tc.value, tc.met)
+			}
+			var out strings.Builder
+			r.report(&out, "x.json")
+			if !regexp.MustCompile(tc.line).MatchString(out.String()) {
+				t.Errorf("report does not match %s:\n%s", tc.line, out.String())
+			}
+		})
 	}
 }
 

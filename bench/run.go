@@ -245,6 +245,13 @@ func runPhases(ctx context.Context, st *stack, emu *emulator, prog *progress, cp
 		}
 	}
 	if cfg.Phases[phaseFanout] {
+		if cfg.Phases[phaseBaselines] {
+			e, err := fcmEdge(ctx, st, emu, prog, cpu, f, "before fan-out")
+			if err != nil {
+				return err
+			}
+			res.FanoutEdge = &e
+		}
 		fo, err := fanoutPhase(ctx, st, emu, prog, cpu.mark, f)
 		if err != nil {
 			return fmt.Errorf("fan-out phase: %w", err)
@@ -321,17 +328,11 @@ func runBaselines(ctx context.Context, st *stack, emu *emulator, prog *progress,
 	prog.logf("raw broker (%s): %s msg/s", when, thousands(b.PerSecond))
 	cpu.mark("baseline: raw broker (" + when + ")")
 
-	e, err := rawFCM(ctx, st, emu, prog)
+	e, err := fcmEdge(ctx, st, emu, prog, cpu, f, when)
 	if err != nil {
-		return fmt.Errorf("raw FCM-edge baseline (%s): %w", when, err)
+		return err
 	}
 	res.FCMEdge = append(res.FCMEdge, e)
-	prog.logf("raw FCM edge (%s): %s tokens/s", when, thousands(e.PerSecond))
-	if e.Failed > 0 || e.EmulatorDelivered != e.Tokens {
-		f.fail(fmt.Sprintf("raw FCM edge (%s): %d tokens failed; the client counted %d delivered, the emulator %d",
-			when, e.Failed, e.Tokens, e.EmulatorDelivered))
-	}
-	cpu.mark("baseline: raw FCM edge (" + when + ")")
 
 	var brokerRates, fcmRates []float64
 	for _, b := range res.Broker {
@@ -354,6 +355,21 @@ func runBaselines(ctx context.Context, st *stack, emu *emulator, prog *progress,
 		}
 	}
 	return nil
+}
+
+// fcmEdge measures the raw FCM edge (when: "start", "end", "before fan-out").
+func fcmEdge(ctx context.Context, st *stack, emu *emulator, prog *progress, cpu *cpuTracker, f *findings, when string) (fcmBaseline, error) {
+	e, err := rawFCM(ctx, st, emu, prog)
+	if err != nil {
+		return e, fmt.Errorf("raw FCM-edge baseline (%s): %w", when, err)
+	}
+	prog.logf("raw FCM edge (%s): %s tokens/s", when, thousands(e.PerSecond))
+	if e.Failed > 0 || e.EmulatorDelivered != e.Tokens {
+		f.fail(fmt.Sprintf("raw FCM edge (%s): %d tokens failed; the client counted %d delivered, the emulator %d",
+			when, e.Failed, e.Tokens, e.EmulatorDelivered))
+	}
+	cpu.mark("baseline: raw FCM edge (" + when + ")")
+	return e, nil
 }
 
 func mean(xs []float64) float64 {
