@@ -26,20 +26,47 @@ func parseWhen(flagName, s string, now time.Time) (*timestamppb.Timestamp, error
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return timestamppb.New(t), nil
 	}
-	var d time.Duration
-	var err error
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		var n int
-		n, err = strconv.Atoi(days)
-		d = time.Duration(n) * 24 * time.Hour
-	} else {
-		d, err = time.ParseDuration(s)
-	}
+	d, err := parseDays(s)
 	if err != nil || d < 0 {
 		return nil, usagef("--%s %q: want a duration ago (90m, 1h, 7d) or an RFC 3339 time", flagName, s)
 	}
 	return timestamppb.New(now.Add(-d)), nil
 }
+
+// parseDays is time.ParseDuration that also takes whole days ("7d"), as every duration
+// flag of notifyctl does.
+func parseDays(s string) (time.Duration, error) {
+	days, ok := strings.CutSuffix(s, "d")
+	if !ok {
+		return time.ParseDuration(s)
+	}
+	n, err := strconv.Atoi(days)
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(n) * 24 * time.Hour, nil
+}
+
+// daysValue is a duration flag that takes whole days too (see parseDays).
+type daysValue struct{ d *time.Duration }
+
+func (v daysValue) String() string {
+	if v.d == nil || *v.d == 0 {
+		return "0" // pflag's zero: no "(default …)" in the help
+	}
+	return v.d.String()
+}
+
+func (v daysValue) Set(s string) error {
+	d, err := parseDays(s)
+	if err != nil {
+		return fmt.Errorf("want a duration such as 90m, 2h or 7d")
+	}
+	*v.d = d
+	return nil
+}
+
+func (daysValue) Type() string { return "duration" }
 
 var statusFlags = map[string]notifyv1.NotificationStatus{
 	"pending":   notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING,

@@ -681,3 +681,26 @@ func TestCancel(t *testing.T) {
 	mustCtl(t, exitUsage, e, "cancel")
 	mustCtl(t, exitAuth, env(addr, ""), "cancel", "n-1")
 }
+
+// TestDurationFlagsTakeDays: --ttl and --at take whole days ("7d") as --since and --until
+// do; they were refused before ("invalid argument \"7d\" for \"--ttl\"").
+func TestDurationFlagsTakeDays(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	before := time.Now()
+	mustCtl(t, exitOK, env(addr, "publisher"), "publish", "--user", "ana", "--title", "t", "--ttl", "7d", "--at", "2d")
+	if len(f.publishes) != 1 {
+		t.Fatalf("%d publishes, want 1", len(f.publishes))
+	}
+	opts := f.publishes[0].GetOptions()
+	if got := opts.GetTtl().AsDuration(); got != 7*24*time.Hour {
+		t.Errorf("--ttl 7d sent a TTL of %v, want 168h", got)
+	}
+	if at := opts.GetSendAt().AsTime(); at.Before(before.Add(48*time.Hour)) || at.After(time.Now().Add(48*time.Hour)) {
+		t.Errorf("--at 2d sent send_at %v, want 48 h after the call (%v)", at, before)
+	}
+	r := mustCtl(t, exitUsage, env(addr, "publisher"), "publish", "--user", "ana", "--title", "t", "--ttl", "7x")
+	if !strings.Contains(r.stderr, `"7x" for "--ttl"`) || !strings.Contains(r.stderr, "7d") {
+		t.Errorf("--ttl 7x: stderr %q, want the flag named and the accepted forms", r.stderr)
+	}
+}

@@ -61,11 +61,11 @@ PublishRequest stops everything before anything is sent.`,
 	f.StringVar(&image, "image", "", "https image `URL`")
 	f.StringArrayVar(&data, "data", nil, "data entry `key=value` (repeatable)")
 	f.StringVar(&key, "idempotency-key", "", "idempotency `key`: the same key returns the first notification")
-	f.DurationVar(&ttl, "ttl", 0, "time to live, at most 672h (default: the server's, 28 days)")
+	f.Var(daysValue{&ttl}, "ttl", "time to live (90m, 2h, 7d), at most 28d (default: the server's, 28 days)")
 	f.StringVar(&priority, "priority", "normal", "normal or high")
 	f.StringVar(&collapse, "collapse-key", "", "collapse `key`: FCM keeps only the newest with it")
 	f.StringVar(&file, "file", "", "publish the PublishRequests in this JSON-lines `file` (- for stdin) with PublishBatch")
-	f.StringVar(&at, "at", "", "send at `W`: an RFC 3339 time, or a duration from now (90m, 2h); at most 30 days ahead")
+	f.StringVar(&at, "at", "", "send at `W`: an RFC 3339 time, or a duration from now (90m, 2h, 7d); at most 30 days ahead")
 	f.BoolVar(&ignorePrefs, "ignore-preferences", false,
 		"send also to users who muted the type (security messages; needs an admin key or one allowed to)")
 	enumFlag(cmd, "priority", "normal", "high")
@@ -157,9 +157,9 @@ func parseAt(s string, now time.Time) (*timestamppb.Timestamp, error) {
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return timestamppb.New(t), nil
 	}
-	d, err := time.ParseDuration(s)
+	d, err := parseDays(s)
 	if err != nil || d < 0 {
-		return nil, usagef("publish: --at %q: want an RFC 3339 time or a duration from now (90m, 2h)", s)
+		return nil, usagef("publish: --at %q: want an RFC 3339 time or a duration from now (90m, 2h, 7d)", s)
 	}
 	return timestamppb.New(now.Add(d)), nil
 }
