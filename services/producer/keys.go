@@ -139,9 +139,16 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 	if err := pool.Ping(ctx); err != nil {
 		return fmt.Errorf("DATABASE_URL: database not reachable: %w", err)
 	}
-	// The keys may be made before the producer ever ran against this database.
-	if _, err := schema.Migrate(ctx, pool, slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
-		return fmt.Errorf("migrate database: %w", err)
+	// The keys may be made before the producer ever ran against this database: it is
+	// migrated first, as a producer would at start, unless MIGRATE_ON_START=false says that
+	// migrations are left to `producer migrate up` (a Kubernetes Job, a staged upgrade):
+	// a keys command must not apply them behind the operator's back.
+	if cfg.MigrateOnStart {
+		if _, err := schema.Migrate(ctx, pool, slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+			return fmt.Errorf("migrate database: %w", err)
+		}
+	} else if err := schema.Check(ctx, pool); err != nil {
+		return fmt.Errorf("MIGRATE_ON_START=false: %w", err)
 	}
 	store := apikey.NewStore(pool)
 

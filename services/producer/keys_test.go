@@ -150,3 +150,33 @@ func TestKeysNamesAnUnreachableDatabase(t *testing.T) {
 		t.Errorf("keys list with the database down = %d, %q; want 1 naming DATABASE_URL", code, errOut.String())
 	}
 }
+
+// TestKeysLeaveMigrationsToMigrateUpWhenAsked: with MIGRATE_ON_START=false a keys command
+// applies no migration (it did, whatever the variable said), names what is pending and how
+// to apply it, and works once `producer migrate up` ran; with the default it migrates.
+func TestKeysLeaveMigrationsToMigrateUpWhenAsked(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewEmpty(t)
+	keys := func(vars map[string]string, args ...string) (int, string) {
+		var out, errOut bytes.Buffer
+		vars["DATABASE_URL"] = db.URL
+		return runKeys(context.Background(), args, env(vars), &out, &errOut), errOut.String()
+	}
+	code, stderr := keys(map[string]string{"MIGRATE_ON_START": "false"}, "create", "ops", "--role", "admin")
+	if code != 1 || !strings.Contains(stderr, "MIGRATE_ON_START=false") || !strings.Contains(stderr, "producer migrate up") {
+		t.Errorf("keys create on an unmigrated database with MIGRATE_ON_START=false = %d, %q; want 1 naming the variable and `producer migrate up`", code, stderr)
+	}
+	var tables int
+	if err := db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_tables WHERE tablename IN ('api_keys', 'schema_migrations')`).Scan(&tables); err != nil {
+		t.Fatal(err)
+	}
+	if tables != 0 {
+		t.Errorf("the keys command created %d of api_keys and schema_migrations; it must leave the schema alone", tables)
+	}
+	if code, stderr := keys(map[string]string{}, "create", "ops", "--role", "admin"); code != 0 {
+		t.Fatalf("keys create with MIGRATE_ON_START unset = %d, %q; want 0 (it migrates)", code, stderr)
+	}
+	if code, stderr := keys(map[string]string{"MIGRATE_ON_START": "false"}, "list"); code != 0 {
+		t.Errorf("keys list on a migrated database with MIGRATE_ON_START=false = %d, %q; want 0", code, stderr)
+	}
+}
