@@ -513,61 +513,22 @@ type Record struct {
 // outcome, as if the records had been written one after the other. The dead tokens are
 // deactivated in token order, so that two concurrent calls lock rows in the same order.
 func (s *Store) RecordMany(ctx context.Context, recs []Record) ([]string, error) {
-	type key struct {
-		id    uuid.UUID
-		token string
-	}
-	last := map[key]int{} // index in the arrays below of a token's latest outcome
-	var (
-		ids                             []uuid.UUID
-		tokens, devices, users, results []string
-		codes, messages                 []string
-		attempts                        []int32
-		unrecorded                      []bool
-	)
-	final := map[uuid.UUID]bool{}
-	gen := map[uuid.UUID]int{}
-	for _, r := range recs {
-		final[r.ID] = final[r.ID] || r.Final
-		gen[r.ID] = max(gen[r.ID], r.Generation)
-		for _, o := range r.Outcomes {
-			k := key{r.ID, o.Token}
-			if j, ok := last[k]; ok {
-				devices[j], users[j], results[j] = o.DeviceID, o.UserID, o.Outcome
-				attempts[j], codes[j], messages[j] = int32(o.Attempts), o.ErrorCode, o.ErrorMessage
-				unrecorded[j] = unrecorded[j] && o.Unrecorded
-				continue
-			}
-			last[k] = len(ids)
-			ids, tokens, devices, users = append(ids, r.ID), append(tokens, o.Token), append(devices, o.DeviceID), append(users, o.UserID)
-			results, attempts = append(results, o.Outcome), append(attempts, int32(o.Attempts))
-			codes, messages = append(codes, o.ErrorCode), append(messages, o.ErrorMessage)
-			unrecorded = append(unrecorded, o.Unrecorded)
-		}
-	}
-	notifications := make([]uuid.UUID, 0, len(final))
-	for id := range final {
-		notifications = append(notifications, id)
-	}
-	slices.SortFunc(notifications, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
-	finals, gens := make([]bool, len(notifications)), make([]int32, len(notifications))
-	for i, id := range notifications {
-		finals[i], gens[i] = final[id], int32(gen[id])
-	}
-	status := make(map[uuid.UUID]string, len(notifications))
+	a := newRecordArgs(recs)
+	status := make(map[uuid.UUID]string, len(a.notifications))
 
-	err := s.recordBatch(ctx, ids, tokens, devices, users, results, attempts, codes, messages, unrecorded, notifications, finals, gens, status)
-	if err != nil && slices.Contains(unrecorded, true) && isDeliveryConflict(err) {
+	err := s.recordBatch(ctx, a, status)
+	if err != nil && slices.Contains(a.unrecorded, true) && isDeliveryConflict(err) {
 		// A token read as unrecorded got a delivery before this record (see recordSQL):
 		// nothing was written; record again, looking for every token's delivery.
 		clear(status)
-		err = s.recordBatch(ctx, ids, tokens, devices, users, results, attempts, codes, messages, make([]bool, len(ids)), notifications, finals, gens, status)
+		a.unrecorded = make([]bool, len(a.ids))
+		err = s.recordBatch(ctx, a, status)
 	}
 	if err != nil {
 		if len(recs) == 1 {
-			return nil, fmt.Errorf("record %d outcomes of %s: %w", len(ids), recs[0].ID, err)
+			return nil, fmt.Errorf("record %d outcomes of %s: %w", len(a.ids), recs[0].ID, err)
 		}
-		return nil, fmt.Errorf("record %d outcomes of %d chunks: %w", len(ids), len(recs), err)
+		return nil, fmt.Errorf("record %d outcomes of %d chunks: %w", len(a.ids), len(recs), err)
 	}
 	statuses := make([]string, len(recs))
 	for i, r := range recs {
@@ -584,10 +545,69 @@ func isDeliveryConflict(err error) bool {
 	return ok && pe.Code == "23505" /* unique_violation */ && pe.ConstraintName == "deliveries_pkey"
 }
 
-// recordBatch runs RecordMany's transaction (one round trip) for its arrays and puts the
-// status of each notification written in status.
-func (s *Store) recordBatch(ctx context.Context, ids []uuid.UUID, tokens, devices, users, results []string, attempts []int32,
-	codes, messages []string, unrecorded []bool, notifications []uuid.UUID, finals []bool, gens []int32, status map[uuid.UUID]string) error {
+// newRecordArgs lays the records out as recordSQL's arrays (see RecordMany): a token named
+// twice for one notification keeps its last outcome, and the notifications are in id order.
+func newRecordArgs(recs []Record) recordArgs {
+	type key struct {
+		id    uuid.UUID
+		token string
+	}
+	last := map[key]int{} // index in a's token arrays of a token's latest outcome
+	var a recordArgs
+	final := map[uuid.UUID]bool{}
+	gen := map[uuid.UUID]int{}
+	for _, r := range recs {
+		final[r.ID] = final[r.ID] || r.Final
+		gen[r.ID] = max(gen[r.ID], r.Generation)
+		for _, o := range r.Outcomes {
+			k := key{r.ID, o.Token}
+			if j, ok := last[k]; ok {
+				a.devices[j], a.users[j], a.results[j] = o.DeviceID, o.UserID, o.Outcome
+				a.attempts[j], a.codes[j], a.messages[j] = int32(o.Attempts), o.ErrorCode, o.ErrorMessage
+				a.unrecorded[j] = a.unrecorded[j] && o.Unrecorded
+				continue
+			}
+			last[k] = len(a.ids)
+			a.ids, a.tokens, a.devices, a.users = append(a.ids, r.ID), append(a.tokens, o.Token), append(a.devices, o.DeviceID), append(a.users, o.UserID)
+			a.results, a.attempts = append(a.results, o.Outcome), append(a.attempts, int32(o.Attempts))
+			a.codes, a.messages = append(a.codes, o.ErrorCode), append(a.messages, o.ErrorMessage)
+			a.unrecorded = append(a.unrecorded, o.Unrecorded)
+		}
+	}
+	a.notifications = make([]uuid.UUID, 0, len(final))
+	for id := range final {
+		a.notifications = append(a.notifications, id)
+	}
+	slices.SortFunc(a.notifications, func(x, y uuid.UUID) int { return bytes.Compare(x[:], y[:]) })
+	a.finals, a.gens = make([]bool, len(a.notifications)), make([]int32, len(a.notifications))
+	for i, id := range a.notifications {
+		a.finals[i], a.gens[i] = final[id], int32(gen[id])
+	}
+	return a
+}
+
+// recordArgs are recordSQL's arrays: one element per token outcome (ids to unrecorded,
+// $1–$8 and $12) and one per notification, in id order (notifications, finals, gens: $9–$11).
+type recordArgs struct {
+	ids                             []uuid.UUID
+	tokens, devices, users, results []string
+	attempts                        []int32
+	codes, messages                 []string
+	unrecorded                      []bool
+	notifications                   []uuid.UUID
+	finals                          []bool
+	gens                            []int32
+}
+
+// sqlArgs are recordSQL's arguments, $1 to $12.
+func (a recordArgs) sqlArgs() []any {
+	return []any{schema.UUIDs(a.ids), a.tokens, a.devices, a.users, a.results, a.attempts, a.codes, a.messages,
+		schema.UUIDs(a.notifications), a.finals, a.gens, a.unrecorded}
+}
+
+// recordBatch runs RecordMany's transaction (one round trip) for a and puts the status of
+// each notification written in status.
+func (s *Store) recordBatch(ctx context.Context, a recordArgs, status map[uuid.UUID]string) error {
 	b := &pgx.Batch{}
 	// The notifications are locked by a statement of their own before recordSQL: a
 	// statement reads from the snapshot it starts with, so recordSQL's own lock would wait
@@ -595,8 +615,8 @@ func (s *Store) recordBatch(ctx context.Context, ids []uuid.UUID, tokens, device
 	// late chunk) and then compute the counts' difference from the outcome that record
 	// replaced, counting the token twice. After this lock, recordSQL's snapshot holds
 	// whatever the other record committed.
-	b.Queue(lockSQL, schema.UUIDs(notifications))
-	b.Queue(recordSQL, schema.UUIDs(ids), tokens, devices, users, results, attempts, codes, messages, schema.UUIDs(notifications), finals, gens, unrecorded).
+	b.Queue(lockSQL, schema.UUIDs(a.notifications))
+	b.Queue(recordSQL, a.sqlArgs()...).
 		Query(func(rows pgx.Rows) error {
 			var id pgtype.UUID
 			var st string
@@ -607,16 +627,16 @@ func (s *Store) recordBatch(ctx context.Context, ids []uuid.UUID, tokens, device
 			return err
 		})
 	var dead []int
-	for i, o := range results {
+	for i, o := range a.results {
 		if o == schema.OutcomeInvalid {
 			dead = append(dead, i)
 		}
 	}
 	if len(dead) > 0 {
-		slices.SortFunc(dead, func(a, b int) int { return strings.Compare(tokens[a], tokens[b]) })
+		slices.SortFunc(dead, func(x, y int) int { return strings.Compare(a.tokens[x], a.tokens[y]) })
 		dt, reasons, dids := make([]string, len(dead)), make([]string, len(dead)), make([]uuid.UUID, len(dead))
 		for k, i := range dead {
-			dt[k], reasons[k], dids[k] = tokens[i], codes[i], ids[i]
+			dt[k], reasons[k], dids[k] = a.tokens[i], a.codes[i], a.ids[i]
 		}
 		b.Queue(deactivateSQL, dt, reasons, schema.UUIDs(dids))
 	}

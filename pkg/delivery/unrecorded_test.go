@@ -65,7 +65,7 @@ func TestBroadcastChunkSkipsProbesOfUnrecordedTokens(t *testing.T) {
 			if _, err := tx.Exec(ctx, lockSQL, schema.UUIDs([]uuid.UUID{id})); err != nil {
 				return err
 			}
-			if err := tx.QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) "+recordSQL, recordArgs(id, outcomes)...).Scan(&plan); err != nil {
+			if err := tx.QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) "+recordSQL, newRecordArgs([]Record{{ID: id, Outcomes: outcomes}}).sqlArgs()...).Scan(&plan); err != nil {
 				return err
 			}
 			return errRollback
@@ -164,24 +164,6 @@ func TestUnrecordedTokenRecordedMeanwhile(t *testing.T) {
 }
 
 var errRollback = fmt.Errorf("rollback")
-
-// recordArgs are recordSQL's arguments for one non-final record of outcomes, as
-// RecordMany passes them.
-func recordArgs(id uuid.UUID, outcomes []Outcome) []any {
-	var (
-		ids                                              []uuid.UUID
-		tokens, devices, users, results, codes, messages []string
-		attempts                                         []int32
-		unrecorded                                       []bool
-	)
-	for _, o := range outcomes {
-		ids, tokens, devices, users = append(ids, id), append(tokens, o.Token), append(devices, o.DeviceID), append(users, o.UserID)
-		results, attempts = append(results, o.Outcome), append(attempts, int32(o.Attempts))
-		codes, messages, unrecorded = append(codes, o.ErrorCode), append(messages, o.ErrorMessage), append(unrecorded, o.Unrecorded)
-	}
-	return []any{schema.UUIDs(ids), tokens, devices, users, results, attempts, codes, messages,
-		schema.UUIDs([]uuid.UUID{id}), []bool{false}, []int32{0}, unrecorded}
-}
 
 // planNode is a node of EXPLAIN (FORMAT JSON)'s plan.
 type planNode struct {
