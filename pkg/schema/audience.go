@@ -158,7 +158,13 @@ func unsettled(token, gen string) string { return unsettledOf("$1", token, gen) 
 // generation) sends it again. The test is on the row the probe fetches anyway.
 func unsettledOf(id, token, gen string) string {
 	return "NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = " + id + " AND x.token = " + token +
-		" AND (x.outcome IN " + SettledOutcomes + " OR " + DeadLetteredIn("x", gen) + ") OFFSET 0)"
+		" AND " + settledIn("x", gen) + " OFFSET 0)"
+}
+
+// settledIn is the SQL predicate "the delivery row alias is settled in generation gen":
+// its outcome is one of SettledOutcomes, or it was dead-lettered in gen (DeadLetteredIn).
+func settledIn(alias, gen string) string {
+	return "(" + alias + ".outcome IN " + SettledOutcomes + " OR " + DeadLetteredIn(alias, gen) + ")"
 }
 
 // DeadLetteredIn is the SQL predicate "the delivery row alias was dead-lettered in
@@ -205,7 +211,7 @@ func (a Audience) UnsettledPage(id uuid.UUID, gen int, after string, limit int) 
 		" FROM " + q.from + q.devices +
 		" LEFT JOIN LATERAL (SELECT x.outcome, x.dead_letter_generation FROM deliveries x WHERE x.notification_id = $1 AND x.token = " +
 		q.token + " OFFSET 0) x ON true" +
-		" WHERE " + and(q.where, q.key+" > "+cursor, "coalesce(x.outcome IN "+SettledOutcomes+" OR "+DeadLetteredIn("x", genArg)+", false) = false") +
+		" WHERE " + and(q.where, q.key+" > "+cursor, "coalesce("+settledIn("x", genArg)+", false) = false") +
 		" ORDER BY " + q.key + " LIMIT " + lim, args, nil
 }
 
