@@ -375,7 +375,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (int, er
 		if m.NoTransaction {
 			err = applyWithoutTransaction(ctx, conn.Conn(), m, log)
 		} else {
-			err = applyInTransaction(ctx, conn.Conn(), m, log, MigrationLockTimeout)
+			err = applyInTransaction(ctx, conn.Conn(), m, log)
 		}
 		if err != nil {
 			return i, fmt.Errorf("apply migration %s: %w", m.Version, err)
@@ -400,10 +400,9 @@ const MigrationLockTimeout = 3 * time.Second
 var lockRetryPauses = [...]time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second}
 
 // applyInTransaction applies a transactional migration and records it, in one transaction
-// whose lock waits last at most timeout, again and again while they time out (see
-// MigrationLockTimeout).
-func applyInTransaction(ctx context.Context, conn *pgx.Conn, m Migration, log *slog.Logger, timeout time.Duration) error {
-	setTimeout := fmt.Sprintf("SET LOCAL lock_timeout = %d", timeout.Milliseconds())
+// whose lock waits last at most MigrationLockTimeout, again and again while they time out.
+func applyInTransaction(ctx context.Context, conn *pgx.Conn, m Migration, log *slog.Logger) error {
+	setTimeout := fmt.Sprintf("SET LOCAL lock_timeout = %d", MigrationLockTimeout.Milliseconds())
 	for attempt := 1; ; attempt++ {
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, setTimeout); err != nil {
@@ -420,7 +419,7 @@ func applyInTransaction(ctx context.Context, conn *pgx.Conn, m Migration, log *s
 			return err
 		}
 		pause := lockRetryPauses[min(attempt, len(lockRetryPauses))-1]
-		args := []any{"version", m.Version, "attempt", attempt, "lock_timeout", timeout, "retry_in", pause}
+		args := []any{"version", m.Version, "attempt", attempt, "lock_timeout", MigrationLockTimeout, "retry_in", pause}
 		var pid int
 		var age time.Duration
 		var query string
