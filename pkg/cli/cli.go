@@ -64,16 +64,11 @@ type Program struct {
 // Main runs the program with args (os.Args[1:]) and returns its exit code.
 func (p Program) Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(p.Name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // the usage is printed below, to stdout or stderr as fits
-	fs.Usage = func() {}
 	version := fs.Bool("version", false, "")
-	err := fs.Parse(args)
+	if code, done := p.parseFlags(fs, args, stdout, stderr, ""); done {
+		return code
+	}
 	switch {
-	case errors.Is(err, flag.ErrHelp):
-		p.usage(stdout)
-		return ExitOK
-	case err != nil:
-		return p.refuse(stderr, "%v", err)
 	case *version && fs.NArg() > 0:
 		return p.refuse(stderr, "--version takes no arguments")
 	case *version:
@@ -126,20 +121,30 @@ func (p Program) serve(ctx context.Context) error {
 	return err
 }
 
+// parseFlags parses args with fs. Help (-h, --help) prints the usage on stdout, ExitOK; any
+// other error is a usage error, prefixed with prefix, on stderr. done says that the caller
+// is to return code.
+func (p Program) parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer, prefix string) (code int, done bool) {
+	fs.SetOutput(io.Discard) // the usage is printed here, to stdout or stderr as fits
+	fs.Usage = func() {}
+	switch err := fs.Parse(args); {
+	case errors.Is(err, flag.ErrHelp):
+		p.usage(stdout)
+		return ExitOK, true
+	case err != nil:
+		return p.refuse(stderr, "%s%v", prefix, err), true
+	}
+	return ExitOK, false
+}
+
 // healthcheck asks a running instance of the service whether it is ready (GET /readyz on
 // its METRICS_ADDR) and exits 0 when it answers 200, 1 otherwise. The images hold nothing
 // but the binary, so this is how a container runtime (compose's healthcheck) probes them.
 func (p Program) healthcheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// It takes no flags, but `healthcheck --help` is help, and a flag is not an address.
 	fs := flag.NewFlagSet(p.Name+" healthcheck", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	err := fs.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		p.usage(stdout)
-		return ExitOK
-	case err != nil:
-		return p.refuse(stderr, "healthcheck: %v", err)
+	if code, done := p.parseFlags(fs, args, stdout, stderr, "healthcheck: "); done {
+		return code
 	}
 	args = fs.Args()
 	if len(args) > 1 {
