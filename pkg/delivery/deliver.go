@@ -174,6 +174,11 @@ type Chunk struct {
 	Targets      []Target
 	Attempt      int
 	Final        bool
+	// Interim marks a sender's chunk of a notification it is still walking: more chunks
+	// follow, and the sender sets the final status (Store.Finish, a synchronous commit)
+	// before it acknowledges the task. Its record may commit without waiting for the disk
+	// (see Record.Interim).
+	Interim bool
 	// Span, when set, is the span of the task the chunk belongs to: the chunk's work (its
 	// multicasts, hand-off and outcome store) is traced as its children, and its retry
 	// and dead-letter tasks carry its trace, even when SendChunks serves chunks of many
@@ -182,10 +187,11 @@ type Chunk struct {
 }
 
 // SendChunk sends one chunk and settles every one of its targets; see SendChunks. Its work
-// is traced under ctx's span.
+// is traced under ctx's span. A first attempt's chunk that is not final is the sender's
+// chunk of a notification whose status it sets after the last one (Chunk.Interim).
 func (d *Deliverer) SendChunk(ctx context.Context, n *Notification, targets []Target, attempt int, final bool) (Summary, error) {
 	sums, errs := d.SendChunks(ctx, []Chunk{{Notification: n, Targets: targets, Attempt: attempt, Final: final,
-		Span: trace.SpanFromContext(ctx)}})
+		Interim: attempt == 1 && !final, Span: trace.SpanFromContext(ctx)}})
 	return sums[0], errs[0]
 }
 
@@ -293,7 +299,7 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 			continue
 		}
 		recs = append(recs, Record{ID: ch.Notification.ID, Outcomes: cs[i].outcomes, Final: ch.Final && !lost,
-			Generation: ch.Notification.Generation})
+			Interim: ch.Interim && !ch.Final, Generation: ch.Notification.Generation})
 		recorded = append(recorded, i)
 	}
 	spans := make([]trace.Span, len(recorded))

@@ -312,23 +312,32 @@ func (h *Handler) sendLarge(ctx context.Context, n *delivery.Notification, log *
 		return "", rabbit.Requeue(err)
 	}
 	if sum.Cancelled {
+		// Finish keeps a cancelled status; its synchronous commit is what makes the
+		// interim chunks' records durable before the task is acknowledged (Chunk.Interim).
+		if _, err := h.finish(ctx, n); err != nil {
+			return "", rabbit.Requeue(err)
+		}
 		log.Info("notification cancelled while being sent; the rest is not sent", "delivered", sum.Delivered,
 			"invalid", sum.Invalid, "retrying", sum.Retrying, "failed", sum.Failed, "duration", time.Since(start))
 		return "cancelled", nil
 	}
 	status := sum.Status
 	if status == "" {
-		fctx, cancel := h.step.Start(ctx)
-		status, err = h.store.Finish(fctx, n.ID)
-		err = h.step.Explain(fctx, err)
-		cancel()
-		if err != nil {
+		if status, err = h.finish(ctx, n); err != nil {
 			return "", rabbit.Requeue(err)
 		}
 	}
 	log.Info("notification sent", "status", status, "delivered", sum.Delivered, "invalid", sum.Invalid,
 		"retrying", sum.Retrying, "failed", sum.Failed, "expired", sum.Expired, "duration", time.Since(start))
 	return "sent", nil
+}
+
+// finish sets n's status from its counts (Store.Finish) as a step with its own deadline.
+func (h *Handler) finish(ctx context.Context, n *delivery.Notification) (string, error) {
+	fctx, cancel := h.step.Start(ctx)
+	defer cancel()
+	status, err := h.store.Finish(fctx, n.ID)
+	return status, h.step.Explain(fctx, err)
 }
 
 // sendAll walks the audience one page (one chunk) at a time and keeps up to h.chunks
