@@ -214,7 +214,10 @@ func TestCommandLine(t *testing.T) {
 	}{
 		{args: []string{"-h"}, code: 0, stdoutRe: `(?s)Usage:.*-fanout-devices.*DATABASE_URL.*AMQP_URL.*RABBITMQ_MANAGEMENT_URL.*SEND_`, stderrRe: `^$`},
 		{args: []string{"--help"}, code: 0, stdoutRe: `(?s)Usage:.*-phases`, stderrRe: `^$`},
-		{args: []string{"--fanout-devcies", "5"}, code: 2, stdoutRe: `^$`, stderrRe: `^bench: flag provided but not defined: -fanout-devcies\nRun 'bench -h' for usage.\n$`},
+		{args: []string{"-help"}, code: 0, stdoutRe: `(?s)Usage:.*-phases`, stderrRe: `^$`},
+		// It was `unexpected arguments ["help"]`, exit 2.
+		{args: []string{"help"}, code: 0, stdoutRe: `(?s)Usage:.*-phases`, stderrRe: `^$`},
+		{args: []string{"--fanout-devcies", "5"}, code: 2, stdoutRe: `^$`, stderrRe: `^bench: unknown flag: --fanout-devcies\nRun 'bench -h' for usage.\n$`},
 		{args: []string{"extra"}, code: 2, stdoutRe: `^$`, stderrRe: `^bench: unexpected arguments \["extra"\]\n`},
 		{args: []string{"-publish-clients", "x"}, code: 2, stdoutRe: `^$`, stderrRe: `invalid value "x" for flag -publish-clients`},
 	} {

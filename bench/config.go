@@ -115,8 +115,7 @@ var tuningPrefixes = []string{"SEND_", "RETRY_", "FCM_", "OUTBOX_", "PUBLISH_", 
 func loadConfig(args []string, getenv func(string) string, environ []string, helpOut io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // a parse error is reported once, by main; -h prints the usage below
-	fs.Usage = func() {}
+	// cli.ParseFlags prints nothing: a parse error is reported once, by main; -h prints the usage below.
 	fs.StringVar(&c.BinDir, "bin", "bin", "directory with the service binaries (built by make build)")
 	fs.StringVar(&c.OutDir, "out", "bench-results", "directory for the JSON results")
 	fs.StringVar(&c.LogDir, "logs", "", "directory for the service logs (default tmp/bench/<run>)")
@@ -137,12 +136,16 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 	fs.IntVar(&c.SustainNotifications, "sustain-notifications", 20_000, "one-token notifications the sustain and reference phases publish as fast as Publish takes them")
 	fs.IntVar(&c.PacedQuota, "paced-quota", 0, "the paced broadcasts' quota a minute, on the emulator and the app (0: half the raw FCM edge of this run, at most 0.8× the unpaced fan-out)")
 	fs.IntVar(&c.AppsDevices, "apps-devices", 60_000, "devices of the apps phase's first app (the second gets half as many, and half its quota)")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage(fs, helpOut)
 			return c, err
 		}
 		return c, usageError{err}
+	}
+	if fs.NArg() == 1 && fs.Arg(0) == "help" {
+		usage(fs, helpOut)
+		return c, flag.ErrHelp
 	}
 	if fs.NArg() > 0 {
 		return c, usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}

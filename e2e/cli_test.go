@@ -13,8 +13,8 @@ import (
 	"time"
 )
 
-// TestServiceCommandLines runs every service binary with --help, --version and typos: the
-// first two answer and exit 0; a typo is refused with the usage and exit code 2 and never
+// TestServiceCommandLines runs every service binary with --help (-h, -help, help),
+// --version and typos: the first two answer and exit 0; a typo is refused with the usage and exit code 2 and never
 // starts the service.
 func TestServiceCommandLines(t *testing.T) {
 	bin := binaries(t)
@@ -26,8 +26,11 @@ func TestServiceCommandLines(t *testing.T) {
 	}{
 		{args: []string{"--help"}, wantStdout: []string{"Usage:", "--version", "LOG_LEVEL"}},
 		{args: []string{"-h"}, wantStdout: []string{"Usage:"}},
+		{args: []string{"-help"}, wantStdout: []string{"Usage:"}},
+		{args: []string{"help"}, wantStdout: []string{"Usage:"}},
+		{args: []string{"healthcheck", "help"}, wantStdout: []string{"Usage:"}},
 		{args: []string{"--version"}, wantStdout: []string{runtime.Version()}},
-		{args: []string{"--hlep"}, wantCode: 2, wantStderr: []string{"flag provided but not defined: -hlep", "Usage:"}},
+		{args: []string{"--hlep"}, wantCode: 2, wantStderr: []string{"unknown flag: --hlep\n", "Usage:"}},
 		{args: []string{"serve"}, wantCode: 2, wantStderr: []string{`unknown command "serve"`, "Usage:"}},
 	}
 	for _, service := range services {

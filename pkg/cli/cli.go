@@ -121,13 +121,35 @@ func (p Program) serve(ctx context.Context) error {
 	return err
 }
 
-// parseFlags parses args with fs. Help (-h, --help) prints the usage on stdout, ExitOK; any
+// ParseFlags parses args with fs as fs.Parse does, but prints nothing (the caller prints its
+// usage, on stdout for help and on stderr for a mistake): -h, -help and --help return
+// flag.ErrHelp, and an unknown flag is named as it was typed ("unknown flag: --hepl",
+// where the flag package says "flag provided but not defined: -hepl").
+func ParseFlags(fs *flag.FlagSet, args []string) error {
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	name, unknown := strings.CutPrefix(fmt.Sprint(err), "flag provided but not defined: -")
+	if !unknown {
+		return err
+	}
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		typed, _, _ := strings.Cut(a, "=")
+		if strings.TrimLeft(typed, "-") == name && strings.HasPrefix(typed, "-") {
+			return fmt.Errorf("unknown flag: %s", typed)
+		}
+	}
+	return fmt.Errorf("unknown flag: -%s", name)
+}
+
+// parseFlags parses args with fs (ParseFlags). Help prints the usage on stdout, ExitOK; any
 // other error is a usage error, prefixed with prefix, on stderr. done says that the caller
 // is to return code.
 func (p Program) parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer, prefix string) (code int, done bool) {
-	fs.SetOutput(io.Discard) // the usage is printed here, to stdout or stderr as fits
-	fs.Usage = func() {}
-	switch err := fs.Parse(args); {
+	switch err := ParseFlags(fs, args); {
 	case errors.Is(err, flag.ErrHelp):
 		p.usage(stdout)
 		return ExitOK, true
@@ -147,6 +169,10 @@ func (p Program) healthcheck(ctx context.Context, args []string, stdout, stderr 
 		return code
 	}
 	args = fs.Args()
+	if len(args) == 1 && args[0] == "help" {
+		p.usage(stdout) // "help" is no HOST:PORT
+		return ExitOK
+	}
 	if len(args) > 1 {
 		return p.refuse(stderr, "healthcheck takes at most one argument, HOST:PORT")
 	}

@@ -37,6 +37,7 @@ func TestProgramMain(t *testing.T) {
 		},
 		{name: "--help", args: []string{"--help"}, wantStdout: []string{"demo: does a demo", "demo keys create|list", "--version", "DATABASE_URL AMQP_URL"}},
 		{name: "-h", args: []string{"-h"}, wantStdout: []string{"Usage:"}},
+		{name: "-help", args: []string{"-help"}, wantStdout: []string{"Usage:"}},
 		{name: "help", args: []string{"help"}, wantStdout: []string{"Usage:"}},
 		{name: "--version", args: []string{"--version"}, wantStdout: []string{"demo ", runtime.Version()}},
 		{name: "-version", args: []string{"-version"}, wantStdout: []string{runtime.Version()}},
@@ -44,8 +45,15 @@ func TestProgramMain(t *testing.T) {
 		{name: "subcommand help is its own", args: []string{"keys", "--help"}, wantKeys: []string{"--help"}},
 		{name: "healthcheck --help", args: []string{"healthcheck", "--help"}, wantStdout: []string{"Usage:", "demo healthcheck [HOST:PORT]"}},
 		{name: "healthcheck -h", args: []string{"healthcheck", "-h"}, wantStdout: []string{"Usage:"}},
-		{name: "healthcheck unknown flag", args: []string{"healthcheck", "--timeout=1s"}, wantCode: 2, wantStderr: []string{"flag provided but not defined: -timeout", "Usage:"}},
-		{name: "unknown flag", args: []string{"--hepl"}, wantCode: 2, wantStderr: []string{"flag provided but not defined: -hepl", "Usage:"}},
+		{name: "healthcheck -help", args: []string{"healthcheck", "-help"}, wantStdout: []string{"Usage:"}},
+		// It was `healthcheck: the argument "help": address help: missing port in address`, exit 2.
+		{name: "healthcheck help", args: []string{"healthcheck", "help"}, wantStdout: []string{"Usage:", "demo healthcheck [HOST:PORT]"}},
+		// Unknown flags are named as typed (the flag package says "-timeout" for "--timeout=1s").
+		{name: "healthcheck unknown flag", args: []string{"healthcheck", "--timeout=1s"}, wantCode: 2, wantStderr: []string{"healthcheck: unknown flag: --timeout\n", "Usage:"}},
+		{name: "unknown flag", args: []string{"--hepl"}, wantCode: 2, wantStderr: []string{"demo: unknown flag: --hepl\n", "Usage:"}},
+		{name: "unknown single-dash flag", args: []string{"-x"}, wantCode: 2, wantStderr: []string{"demo: unknown flag: -x\n", "Usage:"}},
+		{name: "unknown flag after a value", args: []string{"-version=false", "-verbose"}, wantCode: 2, wantStderr: []string{"demo: unknown flag: -verbose\n"}},
+		{name: "-- ends the flags", args: []string{"healthcheck", "--", "-x"}, wantCode: 2, wantStderr: []string{`the argument "-x"`}},
 		{name: "unknown command", args: []string{"serve"}, wantCode: 2, wantStderr: []string{`unknown command "serve"`, "Usage:"}},
 		{name: "version with arguments", args: []string{"--version", "keys"}, wantCode: 2, wantStderr: []string{"--version takes no arguments"}},
 	}

@@ -39,7 +39,8 @@ const exitCodesHelp = `Exit codes:
 
 const rootLong = `notifyctl talks to notify's gRPC API (the producer).
 
-Flags go before or after the command and its arguments. Every command that prints
+Flags go before or after the command and its arguments, and take two dashes (--dry-run),
+except -o and -h. Every command that prints
 something takes -o table|json|yaml and --no-headers; JSON and YAML are the API's
 responses with protobuf JSON field names, counts as numbers and times in RFC 3339.
 
@@ -97,7 +98,7 @@ func (e notFoundError) Error() string { return e.msg }
 
 func run(ctx context.Context, args []string, getenv func(string) string, out, errOut io.Writer) int {
 	c := &cli{getenv: getenv, out: out, errOut: errOut}
-	root := c.rootCommand()
+	root := c.rootCommand(args)
 	root.SetArgs(args)
 	root.SetOut(out)
 	root.SetErr(errOut)
@@ -109,7 +110,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, out, er
 	return code
 }
 
-func (c *cli) rootCommand() *cobra.Command {
+func (c *cli) rootCommand(args []string) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "notifyctl",
 		Short: "notifyctl talks to notify's gRPC API",
@@ -130,7 +131,7 @@ func (c *cli) rootCommand() *cobra.Command {
 		},
 	}
 	root.SetVersionTemplate("notifyctl {{.Version}}\n")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err.Error()} })
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return flagError(cmd, args, err) })
 
 	pf := root.PersistentFlags()
 	pf.StringVar(&c.addr, "addr", defaultAddr, "the producer's gRPC `address`, host:port (env NOTIFY_ADDR)")
@@ -275,6 +276,36 @@ func positional(n int, what string) cobra.PositionalArgs {
 	}
 }
 
+// flagError is the error of a command line pflag could not parse (args is the whole of it).
+// pflag reads a single-dash word as shorthand letters: -help, as Go's flag package (and
+// every other notify binary) spells it, is help; another single-dash long flag
+// (-dry-run) is refused with its two-dash spelling, rather than as an unknown letter.
+func flagError(cmd *cobra.Command, args []string, err error) error {
+	var ne *pflag.NotExistError
+	if !errors.As(err, &ne) || ne.GetSpecifiedShortnames() == "" {
+		return usageError{err.Error()}
+	}
+	// The word that failed ends with the letters pflag had not read yet (-help fails at
+	// "elp", after -h).
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		name, single := strings.CutPrefix(a, "-")
+		if !single || strings.HasPrefix(name, "-") || !strings.HasSuffix(name, ne.GetSpecifiedShortnames()) {
+			continue
+		}
+		name, _, _ = strings.Cut(name, "=")
+		switch {
+		case name == "help":
+			return pflag.ErrHelp
+		case cmd.Flags().Lookup(name) != nil:
+			return usagef("%s: flags take two dashes: --%s", a, name)
+		}
+	}
+	return usageError{err.Error()}
+}
+
 // group is the RunE of a command that only holds subcommands: naming none, or an unknown
 // one, is a usage error that lists them.
 func group(cmd *cobra.Command, args []string) error {
@@ -284,8 +315,11 @@ func group(cmd *cobra.Command, args []string) error {
 			names = append(names, sub.Name())
 		}
 	}
-	if len(args) == 0 {
+	switch {
+	case len(args) == 0:
 		return usagef("%s needs a subcommand: %s", cmd.CommandPath(), strings.Join(names, ", "))
+	case len(args) == 1 && args[0] == "help": // `notifyctl keys help`, as `notifyctl help keys`
+		return cmd.Help()
 	}
 	return usagef("unknown %s subcommand %q (want %s)", cmd.CommandPath(), args[0], strings.Join(names, ", "))
 }

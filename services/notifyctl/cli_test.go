@@ -57,19 +57,21 @@ func TestParseWhen(t *testing.T) {
 	}
 }
 
-// Every command answers --help (and "help CMD") on stdout with exit 0, listing every flag
-// it accepts, its own and the global ones, and the exit codes.
+// Every command answers --help, -h, -help (and "help CMD", and a group "CMD help") on
+// stdout with exit 0, listing every flag it accepts, its own and the global ones, and the
+// exit codes; a mistyped flag is a usage error naming it, exit 2.
 func TestHelpListsEveryFlagAndExitsZero(t *testing.T) {
 	t.Parallel()
-	root := (&cli{getenv: func(string) string { return "" }, out: io.Discard, errOut: io.Discard}).rootCommand()
+	root := (&cli{getenv: func(string) string { return "" }, out: io.Discard, errOut: io.Discard}).rootCommand(nil)
 	type helpCase struct {
 		path  []string
 		flags []string
+		group bool // a command that only holds subcommands
 	}
 	var cases []helpCase
 	var walk func(*cobra.Command)
 	walk = func(cmd *cobra.Command) {
-		hc := helpCase{path: strings.Fields(cmd.CommandPath())[1:]}
+		hc := helpCase{path: strings.Fields(cmd.CommandPath())[1:], group: cmd.HasSubCommands() && cmd != cmd.Root()}
 		cmd.LocalFlags().VisitAll(func(f *pflag.Flag) { hc.flags = append(hc.flags, f.Name) })
 		cmd.InheritedFlags().VisitAll(func(f *pflag.Flag) { hc.flags = append(hc.flags, f.Name) })
 		cases = append(cases, hc)
@@ -87,7 +89,19 @@ func TestHelpListsEveryFlagAndExitsZero(t *testing.T) {
 			if len(hc.flags) < 10 {
 				t.Fatalf("%d flags, want the global ones at least: %v", len(hc.flags), hc.flags)
 			}
-			for _, args := range [][]string{append(slices.Clone(hc.path), "--help"), append([]string{"help"}, hc.path...)} {
+			helps := [][]string{
+				append(slices.Clone(hc.path), "--help"),
+				append(slices.Clone(hc.path), "-h"),
+				// Go's flag package (every other notify binary) spells it so; it was
+				// "unknown shorthand flag: 'e' in -elp", exit 2.
+				append(slices.Clone(hc.path), "-help"),
+				append([]string{"help"}, hc.path...),
+			}
+			if hc.group {
+				// It was `unknown notifyctl keys subcommand "help"`, exit 2.
+				helps = append(helps, append(slices.Clone(hc.path), "help"))
+			}
+			for _, args := range helps {
 				r := mustCtl(t, exitOK, nil, args...)
 				for _, name := range hc.flags {
 					if !regexp.MustCompile(`(?m)^\s+(-\w, )?--` + regexp.QuoteMeta(name) + `\s`).MatchString(r.stdout) {
@@ -97,6 +111,14 @@ func TestHelpListsEveryFlagAndExitsZero(t *testing.T) {
 				if !strings.Contains(r.stdout, "Exit codes:") || !strings.Contains(r.stdout, "4  API key refused") {
 					t.Errorf("notifyctl %s does not document the exit codes:\n%s", strings.Join(args, " "), r.stdout)
 				}
+				if want := "notifyctl " + strings.Join(hc.path, " "); !strings.Contains(r.stdout, strings.TrimSpace(want)) {
+					t.Errorf("notifyctl %s is not the help of %s:\n%s", strings.Join(args, " "), want, r.stdout)
+				}
+			}
+			args := append(slices.Clone(hc.path), "--hlep")
+			r := mustCtl(t, exitUsage, nil, args...)
+			if !strings.Contains(r.stderr, "unknown flag: --hlep") || r.stdout != "" {
+				t.Errorf("notifyctl %s: stdout %q, stderr does not name the flag:\n%s", strings.Join(args, " "), r.stdout, r.stderr)
 			}
 		})
 	}
@@ -145,6 +167,11 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"publish", "--user", "u", "--priority", "urgent"}, message: "--priority"},
 		{args: []string{"publish", "--user", "u", "--ttl", "soon"}, message: "--ttl"},
 		{args: []string{"publish", "--nope"}, message: "unknown flag: --nope"},
+		// Go-style single-dash long flags: it was "unknown shorthand flag: 'd' in -dry-run".
+		{args: []string{"replay", "x", "-dry-run"}, message: "-dry-run: flags take two dashes: --dry-run"},
+		{args: []string{"list", "-addr", "h:1"}, message: "-addr: flags take two dashes: --addr"},
+		{args: []string{"-version"}, message: "-version: flags take two dashes: --version"},
+		{args: []string{"list", "-helpme"}, message: "unknown shorthand flag"},
 		{args: []string{"--no-such-flag", "list"}, message: "unknown flag"},
 		{args: []string{"list", "-o", "xml"}, message: `-o "xml"`},
 		{args: []string{"list", "--json", "-o", "yaml"}, message: "--json and -o yaml"},

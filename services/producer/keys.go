@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"notify/pkg/cli"
 	"notify/pkg/schema"
 	"notify/services/producer/internal/apikey"
 )
@@ -38,7 +39,7 @@ Exit codes: 0 ok, 1 failure, 2 usage error, 3 no such key (revoke).
 
 // runKeys runs `producer keys …` and returns the exit code.
 func runKeys(ctx context.Context, args []string, getenv func(string) string, out, errOut io.Writer) int {
-	if len(args) == 1 && (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+	if len(args) == 1 && args[0] == "help" {
 		fmt.Fprint(out, keysUsage)
 		return 0
 	}
@@ -68,35 +69,36 @@ func (e keysUsageError) Error() string { return e.msg }
 var errNoSuchKey = errors.New("no active key with that name")
 
 func keysCommand(ctx context.Context, args []string, getenv func(string) string, out, errOut io.Writer) error {
-	if len(args) == 0 {
-		return keysUsageError{"give a subcommand: create, list or revoke"}
-	}
-	fs := flag.NewFlagSet("producer keys "+args[0], flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	// Flags may come anywhere, before the subcommand too (`keys -help`).
+	fs := flag.NewFlagSet("producer keys", flag.ContinueOnError)
 	role := fs.String("role", "", "")
 	all := fs.Bool("all", false, "")
 	appList := fs.String("apps", "", "")
 	ignorePrefs := fs.Bool("allow-ignore-preferences", false, "")
-	pos, err := parseInterleaved(fs, args[1:])
+	pos, err := parseInterleaved(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return err
 	}
 	if err != nil {
 		return keysUsageError{err.Error()}
 	}
+	if len(pos) == 0 {
+		return keysUsageError{"give a subcommand: create, list or revoke"}
+	}
+	sub, pos := pos[0], pos[1:]
 	switch {
-	case args[0] == "create" && (len(pos) != 1 || *role == ""):
+	case sub == "create" && (len(pos) != 1 || *role == ""):
 		return keysUsageError{"create needs a NAME and --role admin|publisher"}
-	case args[0] == "revoke" && len(pos) != 1:
+	case sub == "revoke" && len(pos) != 1:
 		return keysUsageError{"revoke needs a NAME"}
-	case args[0] == "list" && len(pos) != 0:
+	case sub == "list" && len(pos) != 0:
 		return keysUsageError{"list takes no arguments"}
-	case args[0] != "create" && args[0] != "revoke" && args[0] != "list":
-		return keysUsageError{fmt.Sprintf("unknown subcommand %q", args[0])}
+	case sub != "create" && sub != "revoke" && sub != "list":
+		return keysUsageError{fmt.Sprintf("unknown subcommand %q", sub)}
 	}
 	var r apikey.Role
 	var apps []string
-	if args[0] == "create" {
+	if sub == "create" {
 		if r, err = apikey.ParseRole(*role); err != nil {
 			return keysUsageError{err.Error()}
 		}
@@ -152,7 +154,7 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 	}
 	store := apikey.NewStore(pool)
 
-	switch args[0] {
+	switch sub {
 	case "create":
 		k, secret, err := store.CreateWith(ctx, pos[0], r, apikey.Options{Apps: apps, MayIgnorePreferences: *ignorePrefs})
 		if err != nil {
@@ -205,7 +207,7 @@ func timeOrDash(t *time.Time) string {
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
+		if err := cli.ParseFlags(fs, args); err != nil {
 			return nil, err
 		}
 		if fs.NArg() == 0 {

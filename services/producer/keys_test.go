@@ -121,6 +121,8 @@ func TestSubcommandHelp(t *testing.T) {
 		{"keys", "create", "--help"}, {"keys", "create", "ops", "-h"}, {"keys", "list", "--help"},
 		{"keys", "revoke", "-help"}, {"migrate", "up", "--help"}, {"migrate", "status", "-h"},
 		{"migrate", "--help"}, {"migrate", "help"},
+		// Before the subcommand: `keys -help` was `unknown subcommand "-help"`, exit 2.
+		{"keys", "-help"}, {"keys", "--help"}, {"keys", "-h"}, {"keys", "help"}, {"migrate", "-help"}, {"migrate", "-h"},
 	} {
 		var out, errOut bytes.Buffer
 		code := run[args[0]](context.Background(), args[1:], getenv, &out, &errOut)
@@ -130,10 +132,13 @@ func TestSubcommandHelp(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{"keys", "create", "ops", "--hlep"}, {"migrate", "up", "--hlep"}, {"migrate", "--hlep", "up"},
+		// It was `unknown subcommand "--hlep"`.
+		{"keys", "--hlep"}, {"keys", "--hlep", "list"},
 	} {
 		var out, errOut bytes.Buffer
 		code := run[args[0]](context.Background(), args[1:], getenv, &out, &errOut)
-		if code != 2 || !strings.Contains(errOut.String(), "-hlep") || out.Len() != 0 {
+		// Named as typed: the flag package says "-hlep".
+		if code != 2 || !strings.Contains(errOut.String(), "unknown flag: --hlep") || out.Len() != 0 {
 			t.Errorf("producer %s = %d, stdout %q, stderr %q; want 2 and the flag named on stderr", strings.Join(args, " "), code, out.String(), errOut.String())
 		}
 	}

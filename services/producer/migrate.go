@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"notify/pkg/cli"
 	"notify/pkg/schema"
 )
 
@@ -42,10 +43,9 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	// `migrate up --help` is help too; any other flag, or a word after the subcommand, is a
 	// usage error that names it.
 	fs := flag.NewFlagSet("producer migrate", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	err := fs.Parse(args)
+	err := cli.ParseFlags(fs, args)
 	if len(args) > 0 && err == nil && fs.NArg() > 0 && fs.Arg(0) == args[0] {
-		err = fs.Parse(args[1:])
+		err = cli.ParseFlags(fs, args[1:])
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(out, migrateUsage)
