@@ -283,7 +283,8 @@ func (h *Handler) sendSmall(ctx context.Context, small []chunkTask) {
 	}
 	chunks := make([]delivery.Chunk, len(small))
 	for i, t := range small {
-		chunks[i] = delivery.Chunk{Notification: t.n, Targets: t.targets, Attempt: 1, Final: true, Span: t.span}
+		chunks[i] = delivery.Chunk{Notification: t.n, Targets: t.targets, Attempt: 1, Final: true, StatusLoaded: true,
+			Span: t.span}
 	}
 	sums, errs := h.deliverer.SendChunks(ctx, chunks)
 	for i, t := range small {
