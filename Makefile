@@ -81,6 +81,7 @@ FUZZ_TARGETS := \
 	services/producer/internal/server:FuzzValidateReplay \
 	services/producer/internal/server:FuzzDecodeRequest \
 	services/producer/internal/server:FuzzPublishBatch \
+	services/producer/internal/outbox:FuzzEventBody \
 	services/sender/internal/sender:FuzzDecodeSendTask \
 	services/retrier/internal/retrier:FuzzDecodeRetryTask \
 	pkg/fcmemu:FuzzSend \

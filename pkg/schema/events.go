@@ -3,7 +3,9 @@ package schema
 // StatusEventType is the outbox message_type of a status event (notify.bus.v1.StatusEvent).
 // In the outbox its body is the event in protobuf JSON, built by SQL in the transaction of
 // the change; the relay publishes it as binary protobuf to the events exchange with routing
-// key "<status>.<type>".
+// key "<status>.<type>". The relay reads StatusEventsSQL's shape without protojson and
+// leaves anything else to protojson (the producer's outbox eventBody): a key added here
+// goes there too, or every event takes the slow path (its tests fail until then).
 const StatusEventType = "notify.bus.v1.StatusEvent"
 
 // EventColumns are the columns of notifications (alias n) a status event is built from, in

@@ -15,13 +15,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
 	"notify/pkg/logging"
 	"notify/pkg/rabbit"
 	"notify/pkg/schema"
-	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
 // publisher is all the relay needs from RabbitMQ; *rabbit.Publisher satisfies it.
@@ -545,16 +542,6 @@ func readClaim(res pgx.BatchResults, sent time.Time, next *nextDue) ([]row, erro
 		return nil, err
 	}
 	return batch, nil
-}
-
-// eventBody turns a status event as the outbox holds it (protobuf JSON, written by SQL)
-// into the binary protobuf that is published.
-func eventBody(stored []byte) ([]byte, error) {
-	var ev busv1.StatusEvent
-	if err := protojson.Unmarshal(stored, &ev); err != nil {
-		return nil, fmt.Errorf("decode status event: %w", err)
-	}
-	return proto.Marshal(&ev)
 }
 
 // listen turns NOTIFYs on the outbox channel (sent by the rare writers other than Publish:
