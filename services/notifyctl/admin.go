@@ -109,9 +109,11 @@ func (c *cli) listCommand() *cobra.Command {
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
 		req := &notifyv1.ListNotificationsRequest{Type: typ}
 		if st != "" {
-			s, ok := statusFlags[st]
+			// As the table prints it, or as the API and README spell it (FAILED,
+			// NOTIFICATION_STATUS_FAILED).
+			s, ok := statusFlags[strings.TrimPrefix(strings.ToLower(st), "notification_status_")]
 			if !ok {
-				return usagef("list: --status must be scheduled, pending, retrying, delivered, failed, expired or cancelled")
+				return usagef("list: --status %q: want scheduled, pending, retrying, delivered, failed, expired or cancelled", st)
 			}
 			req.Status = s
 		}
@@ -161,6 +163,9 @@ func (c *cli) listCommand() *cobra.Command {
 		}
 		if all.NextPageToken != "" {
 			fmt.Fprintf(c.errOut, "(showing the newest %d; raise --limit, or --limit 0 for all)\n", len(all.Notifications))
+		}
+		if len(all.Notifications) == 0 {
+			c.explainNoNotifications(ctx, admin, req, window(since, until))
 		}
 		return nil
 	})
@@ -263,6 +268,9 @@ func (c *cli) deadListCommand() *cobra.Command {
 		}
 		if all.NextPageToken != "" {
 			fmt.Fprintf(c.errOut, "(showing the newest %d; raise --limit, or --limit 0 for all)\n", len(all.DeadLetters))
+		}
+		if len(all.DeadLetters) == 0 {
+			c.explainNoDeadLetters(ctx, admin, f, window(filter.since, filter.until), false, "leave out --unreplayed to list them")
 		}
 		return nil
 	})

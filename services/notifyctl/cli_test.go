@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	notifyv1 "notify/proto/gen/notify/v1"
 )
@@ -137,7 +138,7 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"replay"}, message: "give notification ids"},
 		{args: []string{"replay", "x", "--dead"}, message: "not both"},
 		{args: []string{"replay", "--batch", "0", "x"}, message: "--batch"},
-		{args: []string{"list", "--status", "lost"}, message: "--status"},
+		{args: []string{"list", "--status", "lost"}, message: `list: --status "lost": want scheduled, pending, retrying, delivered, failed, expired or cancelled`},
 		{args: []string{"list", "--since", "soon"}, message: "--since"},
 		{args: []string{"list", "--limit", "many"}, message: "--limit"},
 		{args: []string{"list", "extra"}, message: `notifyctl: list takes no arguments (got "extra")`},
@@ -729,5 +730,84 @@ func TestDurationFlagsTakeDays(t *testing.T) {
 	r := mustCtl(t, exitUsage, env(addr, "publisher"), "publish", "--user", "ana", "--title", "t", "--ttl", "7x")
 	if !strings.Contains(r.stderr, `"7x" for "--ttl"`) || !strings.Contains(r.stderr, "7d") {
 		t.Errorf("--ttl 7x: stderr %q, want the flag named and the accepted forms", r.stderr)
+	}
+}
+
+// TestEmptyFiltersSayWhy: a filter that selects nothing because of a value nothing has (a
+// mistyped dead-letter reason or notification type: open sets, so not refused) says so on
+// stderr, with the values that are there; one that selects nothing for another reason
+// (everything already replayed, dead letters naming no notification) says that. It said
+// only "0 notifications", exit 0. A filter that selects something, or nothing for no
+// such reason, adds nothing.
+func TestEmptyFiltersSayWhy(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	at := func(minutes int) *timestamppb.Timestamp { return timestamppb.New(created.Add(time.Duration(minutes) * time.Minute)) }
+	f.deadLetters = []*notifyv1.DeadLetter{
+		{Id: 1, NotificationId: "01890a5d-0000-7000-8000-000000000001", Reason: "retries_exhausted", CreateTime: at(1)},
+		{Id: 2, NotificationId: "01890a5d-0000-7000-8000-000000000002", Reason: "permanent_error", CreateTime: at(2), ReplayTime: at(3)},
+		{Id: 3, Reason: "undecodable", CreateTime: at(3)},
+		{Id: 4, NotificationId: "01890a5d-0000-7000-8000-000000000004", Reason: "retries_exhausted", CreateTime: at(4)},
+	}
+	f.notifications = []*notifyv1.Notification{
+		notification("01890a5d-0000-7000-8000-000000000001"), notification("01890a5d-0000-7000-8000-000000000002"),
+		{Id: "01890a5d-0000-7000-8000-000000000003", Type: "comment.liked", CreateTime: timestamppb.New(created),
+			Status: notifyv1.NotificationStatus_NOTIFICATION_STATUS_DELIVERED},
+	}
+	e := env(addr, "admin")
+	before := created.Format(time.RFC3339)
+	tests := []struct {
+		args   []string
+		stderr string // "": no hint
+	}{
+		{[]string{"replay", "--dead", "--reason", "bogus"},
+			`notifyctl: no dead letters with reason "bogus"; the reasons there: retries_exhausted (2), permanent_error (1), undecodable (1)`},
+		{[]string{"dead", "list", "--reason", "bogus", "--since", before},
+			`notifyctl: no dead letters with reason "bogus" (--since ` + before + `); the reasons there: retries_exhausted (2), permanent_error (1), undecodable (1)`},
+		{[]string{"dead", "list", "--reason", "bogus", "--until", before},
+			`notifyctl: no dead letters at all (--until ` + before + `), whatever their reason`},
+		{[]string{"replay", "--dead", "--reason", "permanent_error"},
+			`notifyctl: the dead letters with reason "permanent_error" were all replayed already; --include-replayed replays them again`},
+		{[]string{"dead", "list", "--reason", "permanent_error", "--unreplayed"},
+			`notifyctl: the dead letters with reason "permanent_error" were all replayed already; leave out --unreplayed to list them`},
+		{[]string{"dead", "list", "--reason", "undecodable", "--replayed"},
+			`notifyctl: none of the dead letters with reason "undecodable" was replayed yet; leave out --replayed to list them`},
+		{[]string{"replay", "--dead", "--reason", "undecodable"},
+			`notifyctl: the dead letters with reason "undecodable" name no notification (messages that could not be attributed to one): nothing to replay; notifyctl dead list --reason undecodable shows them`},
+		{[]string{"list", "--type", "order.shiped"},
+			`notifyctl: no notifications of type "order.shiped"; the types there: order.shipped (2), comment.liked (1)`},
+		{[]string{"list", "--type", "order.shiped", "--status", "failed", "--until", before},
+			`notifyctl: no notifications at all (--until ` + before + `), whatever their type`},
+		// Statuses are a closed set, refused when unknown (TestUsageErrorsExitTwoWithoutAServer),
+		// and taken as the API and README spell them too.
+		{[]string{"list", "--status", "DELIVERED", "--type", "order.shipped"}, ""},
+		{[]string{"list", "--status", "NOTIFICATION_STATUS_DELIVERED", "--type", "order.shipped"}, ""},
+		// Matches, or nothing for a reason of its own: no hint.
+		{[]string{"replay", "--dead", "--reason", "retries_exhausted"}, ""},
+		{[]string{"dead", "list", "--reason", "retries_exhausted"}, ""},
+		{[]string{"list", "--type", "comment.liked", "--status", "failed"}, ""},
+		{[]string{"dead", "list", "--since", "1h"}, ""},
+	}
+	for _, tt := range tests {
+		for _, output := range []string{"table", "json"} {
+			args := append(slices.Clone(tt.args), "-o", output)
+			r := mustCtl(t, exitOK, e, args...)
+			if tt.stderr == "" && strings.Contains(r.stderr, "notifyctl:") || tt.stderr != "" && !strings.Contains(r.stderr, tt.stderr+"\n") {
+				t.Errorf("notifyctl %s: stderr\n%s\nwant %q", strings.Join(args, " "), r.stderr, tt.stderr)
+			}
+			if output == "json" && !json.Valid([]byte(r.stdout)) {
+				t.Errorf("notifyctl %s: stdout is not JSON:\n%s", strings.Join(args, " "), r.stdout)
+			}
+		}
+	}
+
+	// More than a page of them: the reasons are those of the newest 1000.
+	f2, addr2 := startFake(t)
+	for i := range 1001 {
+		f2.deadLetters = append(f2.deadLetters, &notifyv1.DeadLetter{Id: int64(i), Reason: "delivery_limit", CreateTime: at(i)})
+	}
+	r := mustCtl(t, exitOK, env(addr2, "admin"), "dead", "list", "--reason", "delivery-limit")
+	if want := `notifyctl: no dead letters with reason "delivery-limit"; the reasons of the newest 1000 there: delivery_limit (1000)` + "\n"; !strings.Contains(r.stderr, want) {
+		t.Errorf("stderr\n%s\nwant %q", r.stderr, want)
 	}
 }

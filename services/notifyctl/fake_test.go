@@ -49,6 +49,40 @@ type fake struct {
 	deviceApps  []string            // the app of each CheckDevice and UnregisterDevice, in order
 	muted       map[string][]string // by user, as SetPreferences stored them
 	clientNames []string            // common names of the client certificates presented (mTLS)
+
+	// When set (before the first call), the listings and Replay by filter answer from these,
+	// filtered and paged as the producer does, instead of their fixed answers.
+	notifications []*notifyv1.Notification
+	deadLetters   []*notifyv1.DeadLetter
+}
+
+// inWindow says whether t is in [start, end) (unset bounds: none).
+func inWindow(t, start, end *timestamppb.Timestamp) bool {
+	return (start == nil || !t.AsTime().Before(start.AsTime())) && (end == nil || t.AsTime().Before(end.AsTime()))
+}
+
+// matchingDeadLetters are f.deadLetters that filter selects.
+func (f *fake) matchingDeadLetters(filter *notifyv1.DeadLetterFilter) []*notifyv1.DeadLetter {
+	var out []*notifyv1.DeadLetter
+	for _, d := range f.deadLetters {
+		if (filter.GetReason() == "" || d.GetReason() == filter.GetReason()) &&
+			inWindow(d.GetCreateTime(), filter.GetStartTime(), filter.GetEndTime()) &&
+			(filter == nil || filter.Replayed == nil || filter.GetReplayed() == (d.GetReplayTime() != nil)) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// page is the first size items of all (0: 50), and a next page token when there are more.
+func page[T any](all []T, size int32) ([]T, string) {
+	if size == 0 {
+		size = 50
+	}
+	if len(all) > int(size) {
+		return all[:size], "more"
+	}
+	return all, ""
 }
 
 // startFake serves the fake on a free port and returns it with its address.
@@ -267,6 +301,18 @@ func (f *fake) ListNotifications(ctx context.Context, req *notifyv1.ListNotifica
 	if err := f.authorize(ctx, true); err != nil {
 		return nil, err
 	}
+	if f.notifications != nil {
+		var match []*notifyv1.Notification
+		for _, n := range f.notifications {
+			if (req.GetType() == "" || n.GetType() == req.GetType()) &&
+				(req.GetStatus() == notifyv1.NotificationStatus_NOTIFICATION_STATUS_UNSPECIFIED || n.GetStatus() == req.GetStatus()) &&
+				inWindow(n.GetCreateTime(), req.GetStartTime(), req.GetEndTime()) {
+				match = append(match, n)
+			}
+		}
+		list, next := page(match, req.GetPageSize())
+		return &notifyv1.ListNotificationsResponse{Notifications: list, NextPageToken: next}, nil
+	}
 	return &notifyv1.ListNotificationsResponse{Notifications: []*notifyv1.Notification{
 		notification("01890a5d-0000-7000-8000-000000000001"), notification("01890a5d-0000-7000-8000-000000000002"),
 	}}, nil
@@ -275,6 +321,10 @@ func (f *fake) ListNotifications(ctx context.Context, req *notifyv1.ListNotifica
 func (f *fake) ListDeadLetters(ctx context.Context, req *notifyv1.ListDeadLettersRequest) (*notifyv1.ListDeadLettersResponse, error) {
 	if err := f.authorize(ctx, true); err != nil {
 		return nil, err
+	}
+	if f.deadLetters != nil {
+		list, next := page(f.matchingDeadLetters(req.GetFilter()), req.GetPageSize())
+		return &notifyv1.ListDeadLettersResponse{DeadLetters: list, NextPageToken: next}, nil
 	}
 	return &notifyv1.ListDeadLettersResponse{DeadLetters: []*notifyv1.DeadLetter{{
 		Id: 7, NotificationId: "01890a5d-0000-7000-8000-000000000001", Reason: "retries_exhausted",
@@ -290,7 +340,15 @@ func (f *fake) Replay(ctx context.Context, req *notifyv1.ReplayRequest) (*notify
 	f.replays = append(f.replays, req)
 	f.mu.Unlock()
 	resp := &notifyv1.ReplayResponse{DryRun: req.GetDryRun()}
-	for _, id := range req.GetNotificationIds().GetIds() {
+	ids := req.GetNotificationIds().GetIds()
+	if req.GetDeadLetters() != nil {
+		for _, d := range f.matchingDeadLetters(req.GetDeadLetters()) {
+			if id := d.GetNotificationId(); id != "" && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	for _, id := range ids {
 		r := &notifyv1.ReplayResult{NotificationId: id, Outcome: notifyv1.ReplayOutcome_REPLAY_OUTCOME_REPLAYED, TokenCount: 1}
 		if id == missingID {
 			r.Outcome, r.TokenCount = notifyv1.ReplayOutcome_REPLAY_OUTCOME_NOT_FOUND, 0

@@ -100,6 +100,9 @@ skipped_delivered, skipped_expired, skipped_cancelled or not_found (exit code 3)
 		}); err != nil {
 			return err
 		}
+		if f != nil && len(r.all.Results) == 0 {
+			c.explainNoDeadLetters(ctx, r.admin, f, window(filter.since, filter.until), true, "--include-replayed replays them again")
+		}
 		if n := r.tally.counts[notifyv1.ReplayOutcome_REPLAY_OUTCOME_NOT_FOUND]; n > 0 {
 			return notFoundError{fmt.Sprintf("replay: %d of the notifications do not exist", n)}
 		}
