@@ -4,12 +4,17 @@
 // the grant's share of the rate and answers when the grant is due; the process sleeps until
 // then and sends. Grants are a quarter second of the app's rate (at most fcm.MaxMulticast),
 // so all replicas together make about four round trips a second per busy app, whatever
-// the rate, and never one per token.
+// the rate, and never one per token. A process that needs fewer sends than a grant (the
+// sender's small notifications, a few tokens a batch) still reserves a whole grant and
+// keeps the rest as a lease, from which its next small Takes are served without a round
+// trip until the lease runs out or grantTime after it was due, when what is left goes
+// unused (see Take).
 //
 // Why sends stay under the quota: reservations are disjoint slices of the schedule, each as
 // long as its sends take at the rate in force. In any window of a minute the sends due in it
 // cover at most a minute of schedule plus one grant, and a process that comes back late may
-// catch up at most one grant of lost time. The schedule runs at Margin below the configured
+// catch up at most one grant of lost time. A lease's sends go at most grantTime after their
+// grant was due: a quarter second of schedule more per process, well within Margin. The schedule runs at Margin below the configured
 // rate less those two grants, so the project's minute never sees more than its quota even
 // when sends reach FCM a second or so after they were due.
 //
@@ -25,6 +30,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -67,6 +73,10 @@ type Budget struct {
 	pool  *pgxpool.Pool
 	apps  map[string]appRate
 	sleep func(ctx context.Context, d time.Duration) error
+	now   func() time.Time
+
+	mu     sync.Mutex
+	leases map[string]lease // per app: the rest of a grant this process reserved
 
 	granted   *prometheus.CounterVec
 	waited    *prometheus.CounterVec
@@ -77,9 +87,11 @@ type Budget struct {
 // New returns a Budget for apps and registers its metrics with reg.
 func New(pool *pgxpool.Pool, apps []App, reg prometheus.Registerer) *Budget {
 	b := &Budget{
-		pool:  pool,
-		apps:  make(map[string]appRate, len(apps)),
-		sleep: sleep,
+		pool:   pool,
+		apps:   make(map[string]appRate, len(apps)),
+		sleep:  sleep,
+		now:    time.Now,
+		leases: map[string]lease{},
 		granted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notify_fcm_budget_granted_total", Help: "Sends granted from the app's shared FCM budget (its use).",
 		}, []string{"app"}),
@@ -144,9 +156,19 @@ UPDATE fcm_budgets SET
 WHERE app = $1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 RETURNING extract(epoch FROM next_at - now())::float8, factor`
 
+// lease is what is left of a grant this process reserved for an app: sends due at due,
+// which may be handed out until grantTime after it.
+type lease struct {
+	due  time.Time
+	left int
+}
+
 // Take reserves n sends of app (at most Grant(app)) and returns when they are due, having
 // slept until then. The sends must be made right away; an error means nothing was reserved
 // or ctx ended while waiting (the reserved sends are then lost, which only slows the app).
+//
+// Fewer sends than a grant come from the app's lease when it still holds them (no round
+// trip); otherwise a whole grant is reserved and what n leaves of it becomes the lease.
 func (b *Budget) Take(ctx context.Context, app string, n int) error {
 	a, ok := b.apps[app]
 	if !ok {
@@ -155,21 +177,51 @@ func (b *Budget) Take(ctx context.Context, app string, n int) error {
 	if n <= 0 {
 		return nil
 	}
-	var wait, factor float64
-	err := b.withRow(ctx, app, func() error {
-		return b.pool.QueryRow(ctx, reserveSQL, app, n, a.interval, float64(a.grant)*a.interval).Scan(&wait, &factor)
-	})
-	if err != nil {
-		return fmt.Errorf("reserve %d sends of app %s: %w", n, app, err)
+	due, ok := b.fromLease(app, n)
+	if !ok {
+		reserve := max(n, a.grant)
+		var wait, factor float64
+		err := b.withRow(ctx, app, func() error {
+			return b.pool.QueryRow(ctx, reserveSQL, app, reserve, a.interval, float64(a.grant)*a.interval).Scan(&wait, &factor)
+		})
+		if err != nil {
+			return fmt.Errorf("reserve %d sends of app %s: %w", reserve, app, err)
+		}
+		b.rate.WithLabelValues(app).Set(factor * 60 / a.interval)
+		due = b.now().Add(time.Duration(wait * float64(time.Second)))
+		b.keepLease(app, lease{due: due, left: reserve - n})
 	}
 	b.granted.WithLabelValues(app).Add(float64(n))
-	b.rate.WithLabelValues(app).Set(factor * 60 / a.interval)
-	if wait <= 0 {
+	d := due.Sub(b.now())
+	if d <= 0 {
 		return nil
 	}
-	d := time.Duration(wait * float64(time.Second))
 	b.waited.WithLabelValues(app).Add(d.Seconds())
 	return b.sleep(ctx, d)
+}
+
+// fromLease takes n sends from app's lease, if it holds that many and is not past its
+// time, and returns when they are due.
+func (b *Budget) fromLease(app string, n int) (time.Time, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l, ok := b.leases[app]
+	if !ok || l.left < n || b.now().After(l.due.Add(grantTime)) {
+		return time.Time{}, false
+	}
+	l.left -= n
+	b.leases[app] = l
+	return l.due, true
+}
+
+// keepLease makes l app's lease unless the lease it has holds more.
+func (b *Budget) keepLease(app string, l lease) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if old, ok := b.leases[app]; ok && old.left >= l.left && !b.now().After(old.due.Add(grantTime)) {
+		return
+	}
+	b.leases[app] = l
 }
 
 // throttleSQL pauses app until $2 seconds from now and, unless it already did so within
@@ -194,6 +246,10 @@ func (b *Budget) Throttle(ctx context.Context, app string, retryAfter time.Durat
 		return fmt.Errorf("pace %q: %w", app, ErrUnknownApp)
 	}
 	retryAfter = max(retryAfter, time.Second)
+	// Nothing more goes from this process's lease: the app is held back from now on.
+	b.mu.Lock()
+	delete(b.leases, app)
+	b.mu.Unlock()
 	var factor float64
 	err := b.withRow(ctx, app, func() error {
 		return b.pool.QueryRow(ctx, throttleSQL, app, retryAfter.Seconds(), MinFactor).Scan(&factor)

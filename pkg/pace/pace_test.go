@@ -185,3 +185,62 @@ func TestTakeSleepsUntilDue(t *testing.T) {
 		t.Errorf("Take with a cancelled ctx: %v, want context.Canceled", err)
 	}
 }
+
+// TestSmallTakesShareOneGrant: Takes of fewer sends than a grant are served from the rest of
+// the grant the first one reserved (the schedule does not move) until it is used up, until
+// grantTime after it was due, or until a 429 holds the app back; each then reserves anew.
+func TestSmallTakesShareOneGrant(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	b, w := newBudget(t, db, App{Name: "a", RatePerMinute: 6000})
+	if g := b.Grant("a"); g != 25 {
+		t.Fatalf("Grant(a) = %d, want 25", g)
+	}
+	nextAt := func() time.Time {
+		t.Helper()
+		var at time.Time
+		if err := db.Pool.QueryRow(t.Context(), `SELECT next_at FROM fcm_budgets WHERE app = 'a'`).Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	take := func(n int) {
+		t.Helper()
+		if err := b.Take(t.Context(), "a", n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	take(2)
+	first := nextAt()
+	for range 11 { // 22 more sends: 24 of the grant's 25
+		take(2)
+	}
+	if got := nextAt(); !got.Equal(first) {
+		t.Fatalf("12 Takes of 2 moved the schedule from %v to %v: want them all from one grant", first, got)
+	}
+	perGrant := time.Duration(25 * float64(time.Minute) / Rate(6000))
+	take(2) // one send left: a new grant
+	second := nextAt()
+	if d := second.Sub(first); !near(d, perGrant, perGrant/5) {
+		t.Errorf("a Take beyond the lease moved the schedule by %s, want one grant (%s)", d, perGrant)
+	}
+
+	// A lease past its time is not used.
+	now := time.Now()
+	b.now = func() time.Time { return now.Add(time.Minute) }
+	take(1)
+	if got := nextAt(); got.Equal(second) {
+		t.Error("a Take a minute after the lease was due was served from it")
+	}
+	b.now = time.Now
+
+	// After a 429 nothing comes from the lease: the next send waits for the Retry-After.
+	take(1)
+	if err := b.Throttle(t.Context(), "a", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	take(1)
+	if got := w.last(); !near(got, 30*time.Second, 2*time.Second) {
+		t.Errorf("a Take after a 429 with Retry-After 30s is due in %s, want about 30s", got)
+	}
+}
