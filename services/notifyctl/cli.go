@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -156,11 +157,53 @@ func (c *cli) rootCommand(args []string) *cobra.Command {
 func (c *cli) action(f func(ctx context.Context, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		c.started = true
+		if err := checkUTF8(cmd, args); err != nil {
+			return err
+		}
 		if err := c.settle(cmd.Flags()); err != nil {
 			return err
 		}
 		return f(cmd.Context(), args)
 	}
+}
+
+// checkUTF8 refuses a flag value or an argument that is not UTF-8 (a Latin-1 terminal, a
+// stray byte): a protobuf string cannot carry it, and the call would fail in gRPC's
+// marshalling with an INTERNAL error that names nothing.
+func checkUTF8(cmd *cobra.Command, args []string) error {
+	var err error
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		values := []string{f.Value.String()}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			values = sv.GetSlice()
+		}
+		for _, v := range values {
+			if i := invalidUTF8(v); i >= 0 && err == nil {
+				err = usagef("--%s is not UTF-8 text (byte %d of %q)", f.Name, i, v)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	for n, a := range args {
+		if i := invalidUTF8(a); i >= 0 {
+			return usagef("%s: argument %d is not UTF-8 text (byte %d of %q)", strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" "), n+1, i, a)
+		}
+	}
+	return nil
+}
+
+// invalidUTF8 is the offset of the first byte of s that is not UTF-8, or -1.
+func invalidUTF8(s string) int {
+	for i, r := range s {
+		if r == utf8.RuneError {
+			if _, size := utf8.DecodeRuneInString(s[i:]); size == 1 {
+				return i
+			}
+		}
+	}
+	return -1
 }
 
 // settle applies the environment to the global flags not given and checks them.

@@ -185,6 +185,13 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		// contains value with non-printable ASCII characters", exit 1.
 		{args: []string{"list"}, env: map[string]string{"NOTIFY_API_KEY": "nfy_a\x01b"}, message: "NOTIFY_API_KEY"},
 		{args: []string{"list", "--api-key", "nfy_é"}, message: "--api-key"},
+		// Not UTF-8: protobuf strings cannot carry it. It was "Internal: grpc: error while
+		// marshaling: string field contains invalid UTF-8", exit 1, naming nothing.
+		{args: []string{"publish", "--user", "ana", "--title", "caf\xe9"}, message: `--title is not UTF-8 text (byte 3 of "caf\xe9")`},
+		{args: []string{"publish", "--user", "ana", "--user", "b\xffb", "--title", "t"}, message: "--user is not UTF-8 text"},
+		{args: []string{"publish", "--user", "ana", "--data", "k=\xff"}, message: "--data is not UTF-8 text"},
+		{args: []string{"get", "\xff"}, message: `get: argument 1 is not UTF-8 text (byte 0 of "\xff")`},
+		{args: []string{"dead", "list", "--reason", "\xc3"}, message: "--reason is not UTF-8 text"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
