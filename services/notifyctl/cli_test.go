@@ -165,6 +165,8 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"publish", "--topic", "news", "--condition", "'a' in topics"}, message: "exactly one of"},
 		{args: []string{"publish", "--user", "u", "--all"}, message: "exactly one of"},
 		{args: []string{"publish", "--user", "u", "--data", "novalue"}, message: "key=value"},
+		// It sent a=c, dropping a=b without a word.
+		{args: []string{"publish", "--user", "u", "--data", "a=b", "--data", "x=1", "--data", "a=c"}, message: `publish: --data a=c: key "a" given twice`},
 		{args: []string{"publish", "--user", "u", "--priority", "urgent"}, message: "--priority"},
 		{args: []string{"publish", "--user", "u", "--ttl", "soon"}, message: "--ttl"},
 		{args: []string{"publish", "--nope"}, message: "unknown flag: --nope"},

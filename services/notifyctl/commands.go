@@ -109,6 +109,9 @@ PublishRequest stops everything before anything is sent.`,
 				if !ok {
 					return usagef("publish: --data %q is not key=value", kv)
 				}
+				if _, dup := req.Data[k]; dup {
+					return usagef("publish: --data %s: key %q given twice", kv, k)
+				}
 				req.Data[k] = v
 			}
 		}
