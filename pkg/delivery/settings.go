@@ -90,6 +90,9 @@ func LoadSettings(r *envconfig.Reader) Settings {
 		return s.checkRetry(r)
 	}
 	s.FCM.Timeout = base.Timeout
+	if s.FCM.Endpoint != "" {
+		r.Check("FCM_ENDPOINT", fcm.CheckEndpoint(s.FCM.Endpoint))
+	}
 	switch {
 	case s.FCM.CredentialsFile == "" && s.FCM.Endpoint == "":
 		// Never a silent default: without this a production deployment that lost its

@@ -65,11 +65,14 @@ func TestLoadSettingsNamesEveryBadVariable(t *testing.T) {
 		"RETRY_BASE_DELAY":         "0s",
 		"RETRY_MAX_ATTEMPTS":       "0",
 		"FCM_MAX_CONCURRENT_SENDS": "many",
+		// Checked with the others, as an apps file's endpoint is: it was reported alone, by
+		// the FCM client after start (and after a "sending to an FCM emulator" line).
+		"FCM_ENDPOINT": "127.0.0.1:9099",
 	})
 	if err == nil {
 		t.Fatal("bad settings accepted")
 	}
-	for _, name := range []string{"FCM_TIMEOUT", "RETRY_BASE_DELAY", "RETRY_MAX_ATTEMPTS", "FCM_MAX_CONCURRENT_SENDS"} {
+	for _, name := range []string{"FCM_TIMEOUT", "RETRY_BASE_DELAY", "RETRY_MAX_ATTEMPTS", "FCM_MAX_CONCURRENT_SENDS", "FCM_ENDPOINT: \"127.0.0.1:9099\": want an http(s) URL"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error %q does not name %s", err, name)
 		}

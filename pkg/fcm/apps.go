@@ -103,7 +103,7 @@ func ParseApps(b []byte, base Config) ([]App, error) {
 			problem("project_id", "required with endpoint and no credentials_file")
 		}
 		if e.Endpoint != "" {
-			if err := checkEndpoint(e.Endpoint); err != nil {
+			if err := CheckEndpoint(e.Endpoint); err != nil {
 				problem("endpoint", "%v", err)
 			}
 		}

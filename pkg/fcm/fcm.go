@@ -127,7 +127,7 @@ func (cfg Config) validate() error {
 		errs = append(errs, errors.New("FCM_PROJECT_ID: required with FCM_ENDPOINT and no FCM_CREDENTIALS_FILE"))
 	}
 	if cfg.Endpoint != "" {
-		if err := checkEndpoint(cfg.Endpoint); err != nil {
+		if err := CheckEndpoint(cfg.Endpoint); err != nil {
 			errs = append(errs, fmt.Errorf("FCM_ENDPOINT: %w", err))
 		}
 	}
@@ -140,13 +140,10 @@ func (cfg Config) validate() error {
 	return errors.Join(errs...)
 }
 
-// checkEndpoint reports what is wrong with an FCM endpoint URL, or nil.
-func checkEndpoint(endpoint string) error {
-	u, err := url.Parse(endpoint)
-	switch {
-	case err != nil:
-		return err
-	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+// CheckEndpoint reports what is wrong with an FCM endpoint URL (FCM_ENDPOINT, an apps
+// file's endpoint), or nil.
+func CheckEndpoint(endpoint string) error {
+	if u, err := url.Parse(endpoint); err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
 		return fmt.Errorf("%q: want an http(s) URL such as http://127.0.0.1:9099/v1", endpoint)
 	}
 	return nil
