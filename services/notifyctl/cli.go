@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -211,6 +213,9 @@ func (c *cli) settle(fs *pflag.FlagSet) error {
 	if !fs.Changed("addr") {
 		c.addr = cmp.Or(c.getenv("NOTIFY_ADDR"), defaultAddr)
 	}
+	if err := checkAddr(c.addr, fs.Changed("addr")); err != nil {
+		return err
+	}
 	if !fs.Changed("api-key") {
 		c.apiKey = c.getenv("NOTIFY_API_KEY")
 	}
@@ -235,6 +240,24 @@ func (c *cli) settle(fs *pflag.FlagSet) error {
 		return usagef("-o %q: want table, json or yaml", c.output)
 	}
 	return c.tls.settle(fs, c.getenv)
+}
+
+// checkAddr refuses an http(s) URL where host:port belongs (pasted from a browser or a
+// load balancer's page), which gRPC would dial as a target named "http" on port 443.
+// Other schemes are gRPC's own target syntax (dns:///, unix://) and are left to it.
+func checkAddr(addr string, flag bool) error {
+	u, err := url.Parse(addr)
+	if err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return nil
+	}
+	name := "NOTIFY_ADDR"
+	if flag {
+		name = "--addr"
+	}
+	if u.Scheme == "http" {
+		return usagef("%s %q: want host:port without http:// (--addr %s)", name, addr, net.JoinHostPort(u.Hostname(), cmp.Or(u.Port(), "80")))
+	}
+	return usagef("%s %q: want host:port without https:// (--addr %s with --tls or --ca-file)", name, addr, net.JoinHostPort(u.Hostname(), cmp.Or(u.Port(), "443")))
 }
 
 func (c *cli) exitCode(cmd *cobra.Command, err error) int {

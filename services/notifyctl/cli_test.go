@@ -187,6 +187,11 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		// contains value with non-printable ASCII characters", exit 1.
 		{args: []string{"list"}, env: map[string]string{"NOTIFY_API_KEY": "nfy_a\x01b"}, message: "NOTIFY_API_KEY"},
 		{args: []string{"list", "--api-key", "nfy_é"}, message: "--api-key"},
+		// A URL where host:port belongs: it was "invalid target address http://127.0.0.1:50051,
+		// error info: address http://127.0.0.1:50051:443: too many colons in address", exit 1.
+		{args: []string{"list", "--addr", "http://127.0.0.1:50051"}, message: `--addr "http://127.0.0.1:50051": want host:port without http:// (--addr 127.0.0.1:50051)`},
+		{args: []string{"list"}, env: map[string]string{"NOTIFY_ADDR": "https://notify.example.com/"},
+			message: `NOTIFY_ADDR "https://notify.example.com/": want host:port without https:// (--addr notify.example.com:443 with --tls or --ca-file)`},
 		// Not UTF-8: protobuf strings cannot carry it. It was "Internal: grpc: error while
 		// marshaling: string field contains invalid UTF-8", exit 1, naming nothing.
 		{args: []string{"publish", "--user", "ana", "--title", "caf\xe9"}, message: `--title is not UTF-8 text (byte 3 of "caf\xe9")`},
