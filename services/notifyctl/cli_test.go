@@ -151,6 +151,7 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"keys", "revoke"}, message: "give one key NAME"},
 		{args: []string{"get"}, message: "notifyctl: get: give one notification ID\n"},
 		{args: []string{"get", "a", "b"}, message: "give one notification ID"},
+		{args: []string{"get", "a", "--wait", "-10s"}, message: "get: --wait must not be negative"},
 		{args: []string{"devices", "register", "--user", "u"}, message: `"device", "token" not set`},
 		{args: []string{"devices", "list"}, message: `"user" not set`},
 		{args: []string{"devices", "list", "--user", "u", "--limit", "-1"}, message: "--limit"},
@@ -823,5 +824,21 @@ func TestEmptyFiltersSayWhy(t *testing.T) {
 	r := mustCtl(t, exitOK, env(addr2, "admin"), "dead", "list", "--reason", "delivery-limit")
 	if want := `notifyctl: no dead letters with reason "delivery-limit"; the reasons of the newest 1000 there: delivery_limit (1000)` + "\n"; !strings.Contains(r.stderr, want) {
 		t.Errorf("stderr\n%s\nwant %q", r.stderr, want)
+	}
+}
+
+// TestGetWaitSaysWhenItRanOut: get --wait that runs out while the notification is still
+// pending prints it as it is and says so on stderr (it printed "status pending" as if that
+// were the answer); a notification that settles in time adds nothing.
+func TestGetWaitSaysWhenItRanOut(t *testing.T) {
+	t.Parallel()
+	_, addr := startFake(t)
+	r := mustCtl(t, exitOK, env(addr, "admin"), "get", "--wait", "300ms", pendingID)
+	if !strings.Contains(r.stdout, "status pending") || !strings.Contains(r.stderr, "notifyctl: still pending after --wait 300ms\n") {
+		t.Errorf("stdout:\n%s\nstderr:\n%s\nwant the notification and a word that the wait ran out", r.stdout, r.stderr)
+	}
+	r = mustCtl(t, exitOK, env(addr, "admin"), "get", "--wait", "10s", "x")
+	if !strings.Contains(r.stdout, "status failed") || r.stderr != "" {
+		t.Errorf("stdout:\n%s\nstderr:\n%s\nwant the notification and nothing on stderr", r.stdout, r.stderr)
 	}
 }

@@ -227,6 +227,9 @@ per-token rows are printed.`,
 		if limit < 1 || limit > maxPageSize {
 			return usagef("get: --limit must be 1 to %d", maxPageSize)
 		}
+		if wait < 0 {
+			return usagef("get: --wait must not be negative")
+		}
 		conn, err := c.client()
 		if err != nil {
 			return err
@@ -235,6 +238,7 @@ per-token rows are printed.`,
 		req := &notifyv1.GetNotificationRequest{NotificationId: args[0], PageSize: int32(limit)}
 		deadline := time.Now().Add(wait)
 		var resp *notifyv1.GetNotificationResponse
+		ranOut := false // --wait passed with the notification still pending or scheduled
 		for {
 			callCtx, cancel := c.callCtx(ctx)
 			resp, err = admin.GetNotification(callCtx, req)
@@ -243,8 +247,11 @@ per-token rows are printed.`,
 				return err
 			}
 			st := resp.GetNotification().GetStatus()
-			if (st != notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING &&
-				st != notifyv1.NotificationStatus_NOTIFICATION_STATUS_SCHEDULED) || time.Now().After(deadline) {
+			if st != notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING && st != notifyv1.NotificationStatus_NOTIFICATION_STATUS_SCHEDULED {
+				break
+			}
+			if time.Now().After(deadline) {
+				ranOut = wait > 0
 				break
 			}
 			select {
@@ -253,7 +260,13 @@ per-token rows are printed.`,
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
-		return c.emit(resp, func() error { return c.printNotification(resp) })
+		if err := c.emit(resp, func() error { return c.printNotification(resp) }); err != nil {
+			return err
+		}
+		if ranOut {
+			fmt.Fprintf(c.errOut, "notifyctl: still %s after --wait %s\n", shortStatus(resp.GetNotification().GetStatus()), wait)
+		}
+		return nil
 	})
 	return cmd
 }

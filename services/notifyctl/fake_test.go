@@ -28,6 +28,7 @@ import (
 const (
 	missingID     = "01890a5d-0000-7000-8000-000000000404" // NotFound / REPLAY_OUTCOME_NOT_FOUND
 	unavailableID = "01890a5d-0000-7000-8000-000000000503" // the server itself answers Unavailable
+	pendingID     = "01890a5d-0000-7000-8000-000000000102" // GetNotification: always pending
 )
 
 // created is the creation time of everything the fake lists.
@@ -288,8 +289,12 @@ func (f *fake) GetNotification(ctx context.Context, req *notifyv1.GetNotificatio
 	case unavailableID:
 		return nil, status.Error(codes.Unavailable, "database unavailable")
 	}
+	n := notification(req.GetNotificationId())
+	if n.GetId() == pendingID {
+		n.Status = notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING
+	}
 	return &notifyv1.GetNotificationResponse{
-		Notification: notification(req.GetNotificationId()),
+		Notification: n,
 		Deliveries: []*notifyv1.Delivery{
 			{Token: "tok-1", UserId: "ana", DeviceId: "ana-phone", Outcome: notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_DELIVERED, Attempts: 1},
 			{Token: "tok-2", UserId: "ana", DeviceId: "ana-tablet", Outcome: notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_FAILED, Attempts: 3, ErrorCode: "UNAVAILABLE"},
