@@ -116,6 +116,9 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 				if err := schema.CheckAppName(app); err != nil {
 					return keysUsageError{"--apps: app name " + err.Error()}
 				}
+				if slices.Contains(apps, app) {
+					return keysUsageError{fmt.Sprintf("--apps: %q given twice", app)}
+				}
 				apps = append(apps, app)
 			}
 		}

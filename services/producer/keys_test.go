@@ -54,6 +54,8 @@ func TestKeysCommand(t *testing.T) {
 		{"known app", []string{"create", "default-only", "--role", "publisher", "--apps", "default"}, 0, "nfy_"},
 		// An app not in APPS is refused, as CreateAPIKey refuses it; it was created.
 		{"unknown app", []string{"create", "staff-service", "--role", "publisher", "--apps", "staff"}, 2, ""},
+		// As CreateAPIKey refuses it; it was stored twice.
+		{"app given twice", []string{"create", "twice", "--role", "publisher", "--apps", "default,default"}, 2, ""},
 	}
 	for _, tt := range tests {
 		code, out, stderr := keys(tt.args...)

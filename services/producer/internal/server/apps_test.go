@@ -149,6 +149,13 @@ func TestCreateAPIKeyApps(t *testing.T) {
 	if diff := cmp.Diff([]string{"apps", "apps[0]"}, badFields(t, err), cmpSorted); diff != "" {
 		t.Errorf("admin key limited to an unknown app: fields (-want +got):\n%s", diff)
 	}
+	// An empty name (notifyctl --apps "staff,") was stored as an app no call names: "" is
+	// the default app in a call, and a key limited to [""] could act for nothing. A name
+	// given twice is a typo as well.
+	_, err = f.admin.CreateAPIKey(ctxOps, &notifyv1.CreateAPIKeyRequest{Name: "y", Role: notifyv1.Role_ROLE_PUBLISHER, Apps: []string{"staff", "", "staff"}})
+	if diff := cmp.Diff([]string{"apps[1]", "apps[2]"}, badFields(t, err), cmpSorted); diff != "" {
+		t.Errorf("apps with an empty and a repeated name: fields (-want +got):\n%s", diff)
+	}
 }
 
 // TestDeviceIdentityPerApp: a device is an installation of one app. The same device id and

@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"notify/pkg/schema"
 	notifyv1 "notify/proto/gen/notify/v1"
 	"notify/services/producer/internal/apikey"
 )
@@ -63,7 +65,17 @@ func (a *Admin) CreateAPIKey(ctx context.Context, req *notifyv1.CreateAPIKeyRequ
 		}
 	}
 	for i, app := range req.GetApps() {
-		a.apps.check(&v, fmt.Sprintf("apps[%d]", i), app)
+		field := fmt.Sprintf("apps[%d]", i)
+		switch j := slices.Index(req.GetApps(), app); {
+		case app == "":
+			// "" is the default app in a call, but a key's list names apps: a key limited
+			// to "" would act for none.
+			v.add(field, "must name an app (the default app is %q)", schema.DefaultApp)
+		case j < i:
+			v.add(field, "repeats apps[%d]", j)
+		default:
+			a.apps.check(&v, field, app)
+		}
 	}
 	if role == apikey.RoleAdmin && len(req.GetApps()) > 0 {
 		v.add("apps", "an admin key is never limited to apps; limit publisher keys")
