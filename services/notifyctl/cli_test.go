@@ -170,6 +170,12 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"publish", "--user", "u", "--data", "a=b", "--data", "x=1", "--data", "a=c"}, message: `publish: --data a=c: key "a" given twice`},
 		{args: []string{"publish", "--user", "u", "--priority", "urgent"}, message: "--priority"},
 		{args: []string{"publish", "--user", "u", "--ttl", "soon"}, message: "--ttl"},
+		// A past time (a typo in the year, README's example once its date passed) was sent at
+		// once, as Publish treats a send_at not in the future: a broadcast meant for later
+		// went out now.
+		{args: []string{"publish", "--all", "--title", "t", "--at", "2020-06-01T18:00:00Z"},
+			message: "publish: --at 2020-06-01T18:00:00Z is in the past; leave out --at to send now"},
+		{args: []string{"publish", "--all", "--title", "t", "--at", "0s"}, message: "publish: --at 0s is not in the future"},
 		{args: []string{"publish", "--nope"}, message: "unknown flag: --nope"},
 		// Go-style single-dash long flags: it was "unknown shorthand flag: 'd' in -dry-run".
 		{args: []string{"replay", "x", "-dry-run"}, message: "-dry-run: flags take two dashes: --dry-run"},

@@ -31,7 +31,7 @@ Give exactly one kind of recipient: --user (every active device of those users, 
 --token (raw FCM tokens, repeatable), --all (a broadcast to every active device), --topic (an
 FCM topic's subscribers) or --condition (an FCM condition such as "'a' in topics && 'b' in
 topics"). Reusing an --idempotency-key prints the first notification's id, says "duplicate" and sends nothing.
-With --at the notification is scheduled (status scheduled) and sent at that time, at most 30
+With --at the notification is scheduled (status scheduled) and sent at that time, in the future and at most 30
 days ahead; until then 'notifyctl cancel ID' stops it.
 
 --file FILE (or - for stdin) publishes many notifications instead: one PublishRequest per
@@ -42,7 +42,7 @@ others in the file are refused; the exit code is 1 when any was refused. A line 
 PublishRequest stops everything before anything is sent.`,
 		Example: `  notifyctl publish --user ana --user bob --title 'Your order shipped' --body 'Parcel 42 is on its way' \
     --data order_id=42 --priority high --ttl 1h --idempotency-key order-42-shipped
-  notifyctl publish --all --title 'Maintenance tonight' --at 2026-06-01T18:00:00Z
+  notifyctl publish --all --title 'Maintenance tonight' --at 2027-06-01T18:00:00Z
   notifyctl publish --user ana --title 'Reminder' --at 90m
   notifyctl publish --file reminders.jsonl   # lines like:
     {"idempotencyKey":"r-1","type":"reminder","recipients":{"userIds":{"userIds":["ana"]}},"content":{"title":"Table ready"}}`,
@@ -155,14 +155,22 @@ PublishRequest stops everything before anything is sent.`,
 	return cmd
 }
 
-// parseAt reads --at: an RFC 3339 time, or a duration from now.
+// parseAt reads --at: an RFC 3339 time, or a duration from now. Either must be in the
+// future: Publish sends a send_at that is not at once, so a mistyped date would send now
+// what was meant for later (a broadcast, say).
 func parseAt(s string, now time.Time) (*timestamppb.Timestamp, error) {
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		if !t.After(now) {
+			return nil, usagef("publish: --at %s is in the past; leave out --at to send now", s)
+		}
 		return timestamppb.New(t), nil
 	}
 	d, err := parseDays(s)
 	if err != nil || d < 0 {
 		return nil, usagef("publish: --at %q: want an RFC 3339 time or a duration from now (90m, 2h, 7d)", s)
+	}
+	if d == 0 {
+		return nil, usagef("publish: --at %s is not in the future; leave out --at to send now", s)
 	}
 	return timestamppb.New(now.Add(d)), nil
 }
