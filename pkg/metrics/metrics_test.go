@@ -149,3 +149,17 @@ func TestReadinessMetrics(t *testing.T) {
 		t.Errorf("readiness metrics (-want +got):\n%s", diff)
 	}
 }
+
+// TestRunNamesTheVariable: an address that cannot be listened on is reported as
+// METRICS_ADDR, the variable every service reads it from (it said "metrics listen on …",
+// where the producer's gRPC port says "GRPC_ADDR: listen on …").
+func TestRunNamesTheVariable(t *testing.T) {
+	t.Parallel()
+	taken := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(taken.Close)
+	addr := taken.Listener.Addr().String()
+	err := NewServer(addr, prometheus.NewRegistry(), slog.New(slog.DiscardHandler)).Run(t.Context())
+	if err == nil || !strings.HasPrefix(err.Error(), "METRICS_ADDR: listen on "+addr+": ") {
+		t.Errorf("Run on a taken address = %v, want an error naming METRICS_ADDR", err)
+	}
+}

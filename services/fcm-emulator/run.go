@@ -43,7 +43,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+		return fmt.Errorf("FCM_EMULATOR_ADDR: listen on %s: %w", cfg.Addr, err)
 	}
 	log.Info("fcm emulator listening", "addr", ln.Addr().String(),
 		"quota_per_minute", cfg.QuotaPerMinute, "project_quotas", cfg.ProjectQuotas, "latency", cfg.Latency.String(),

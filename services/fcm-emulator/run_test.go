@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -65,5 +66,21 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("run with FCM_EMULATOR_LATENCY=slow: no error")
+	}
+}
+
+// TestRunNamesTheVariable: an address that cannot be listened on is reported as
+// FCM_EMULATOR_ADDR (it said only "listen on …").
+func TestRunNamesTheVariable(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { taken.Close() })
+	addr := taken.Addr().String()
+	err = run(t.Context(), func(k string) string { return map[string]string{"FCM_EMULATOR_ADDR": addr, "LOG_LEVEL": "error"}[k] })
+	if err == nil || !strings.Contains(err.Error(), "FCM_EMULATOR_ADDR: listen on "+addr+": ") {
+		t.Errorf("run on a taken address = %v, want an error naming FCM_EMULATOR_ADDR", err)
 	}
 }
