@@ -62,6 +62,9 @@ admin key is made on a machine that can reach the database:
 
 const defaultAddr = "127.0.0.1:50051"
 
+// apiKeyPrefix starts every API key notify makes.
+const apiKeyPrefix = "nfy_"
+
 // Output formats of -o.
 const (
 	formatTable = "table"
@@ -223,7 +226,12 @@ func (c *cli) settle(fs *pflag.FlagSet) error {
 	// printable ASCII cannot be a key, nor travel in a gRPC header.
 	c.apiKey = strings.TrimSpace(c.apiKey)
 	if i := strings.IndexFunc(c.apiKey, func(r rune) bool { return r <= ' ' || r > '~' }); i >= 0 {
-		return usagef("--api-key (NOTIFY_API_KEY) has a character that is not printable ASCII at byte %d: an API key is printable ASCII (nfy_…)", i)
+		r, _ := utf8.DecodeRuneInString(c.apiKey[i:])
+		hint := ""
+		if len(c.apiKey) > len("Bearer ") && strings.EqualFold(c.apiKey[:len("Bearer ")], "Bearer ") {
+			hint = `; give it without "Bearer "`
+		}
+		return usagef("--api-key (NOTIFY_API_KEY) has %q at byte %d: an API key is printable ASCII without spaces (nfy_…)%s", r, i, hint)
 	}
 	if c.timeout <= 0 {
 		return usagef("--timeout must be more than 0")
@@ -299,8 +307,11 @@ func (c *cli) exitCode(cmd *cobra.Command, err error) int {
 	case codes.NotFound:
 		return exitNotFound
 	case codes.Unauthenticated, codes.PermissionDenied:
-		if c.apiKey == "" {
+		switch {
+		case c.apiKey == "":
 			fmt.Fprintln(c.errOut, "  (no API key given: use --api-key or NOTIFY_API_KEY)")
+		case st.Code() == codes.Unauthenticated && !strings.HasPrefix(c.apiKey, apiKeyPrefix):
+			fmt.Fprintf(c.errOut, "  (the key given does not start with %s, as notify's keys do: give the key itself, e.g. NOTIFY_API_KEY=$(cat FILE))\n", apiKeyPrefix)
 		}
 		return exitAuth
 	}

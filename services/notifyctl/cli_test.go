@@ -194,6 +194,10 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		// contains value with non-printable ASCII characters", exit 1.
 		{args: []string{"list"}, env: map[string]string{"NOTIFY_API_KEY": "nfy_a\x01b"}, message: "NOTIFY_API_KEY"},
 		{args: []string{"list", "--api-key", "nfy_é"}, message: "--api-key"},
+		// The header's whole value: it said "a character that is not printable ASCII at byte 6",
+		// of a space.
+		{args: []string{"list"}, env: map[string]string{"NOTIFY_API_KEY": "Bearer nfy_x"},
+			message: `--api-key (NOTIFY_API_KEY) has ' ' at byte 6: an API key is printable ASCII without spaces (nfy_…); give it without "Bearer "`},
 		// A URL where host:port belongs: it was "invalid target address http://127.0.0.1:50051,
 		// error info: address http://127.0.0.1:50051:443: too many colons in address", exit 1.
 		{args: []string{"list", "--addr", "http://127.0.0.1:50051"}, message: `--addr "http://127.0.0.1:50051": want host:port without http:// (--addr 127.0.0.1:50051)`},
@@ -412,6 +416,8 @@ func TestExitCodes(t *testing.T) {
 		{"", []string{"list"}, exitAuth, "no API key given: use --api-key or NOTIFY_API_KEY"},
 		{"admin\n", []string{"list"}, exitOK, ""}, // a key read from a file, with its newline
 		{"nfy_wrong", []string{"list"}, exitAuth, "Unauthenticated"},
+		// A file name where the key belongs (NOTIFY_API_KEY=tmp/dev-admin-key): say what a key looks like.
+		{"tmp/dev-admin-key", []string{"list"}, exitAuth, "(the key given does not start with nfy_, as notify's keys do: give the key itself, e.g. NOTIFY_API_KEY=$(cat FILE))"},
 		{"publisher", []string{"list"}, exitAuth, "PermissionDenied"},
 		// The server answering Unavailable is the server's answer, not an unreachable server.
 		{"admin", []string{"get", unavailableID}, exitFailure, "Unavailable: database unavailable"},
