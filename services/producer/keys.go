@@ -164,7 +164,9 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 			return err
 		}
 		fmt.Fprintln(out, secret)
-		fmt.Fprintf(errOut, "created %s key %q; its secret (above) is shown only this once: notify stores only its SHA-256\n", k.Role, k.Name)
+		cc := pool.Config().ConnConfig
+		fmt.Fprintf(errOut, "created %s key %q in database %s on %s:%d; its secret (above) is shown only this once: notify stores only its SHA-256\n",
+			k.Role, k.Name, cc.Database, cc.Host, cc.Port)
 	case "revoke":
 		revoked, err := store.Revoke(ctx, pos[0])
 		if err != nil {

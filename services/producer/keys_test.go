@@ -27,6 +27,12 @@ func TestKeysCommand(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(secret, "nfy_") || strings.Contains(secret, "\n") {
 		t.Fatalf("create = %d, stdout %q, stderr %q; want 0 and only the secret on stdout", code, secret, stderr)
 	}
+	// Which database it went to: without DATABASE_URL it is the local development one,
+	// where a key made for another notify works for nothing (it did not say).
+	cc := db.Pool.Config().ConnConfig
+	if want := fmt.Sprintf(`created admin key "ops" in database %s on %s:%d;`, cc.Database, cc.Host, cc.Port); !strings.HasPrefix(stderr, want) {
+		t.Errorf("create's stderr %q, want it to start with %q", stderr, want)
+	}
 	var hash []byte
 	if err := db.Pool.QueryRow(context.Background(), "SELECT secret_hash FROM api_keys WHERE name = 'ops' AND role = 'admin'").Scan(&hash); err != nil {
 		t.Fatal(err)
