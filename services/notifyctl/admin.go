@@ -78,6 +78,17 @@ var statusFlags = map[string]notifyv1.NotificationStatus{
 	"cancelled": notifyv1.NotificationStatus_NOTIFICATION_STATUS_CANCELLED,
 }
 
+// enumValue is the value of flag (of command cmd) named by value: as the tables print it
+// (high), in any case, or as the API and README spell it (HIGH, PRIORITY_HIGH: apiPrefix is
+// "priority_"). The usage error names the value and the choices.
+func enumValue[T any](cmd, flag, value, apiPrefix string, values map[string]T, choices string) (T, error) {
+	v, ok := values[strings.TrimPrefix(strings.ToLower(value), apiPrefix)]
+	if !ok {
+		return v, usagef("%s: --%s %q: want %s", cmd, flag, value, choices)
+	}
+	return v, nil
+}
+
 // pageFor is the page size that fetches what remains of limit (0: no limit).
 func pageFor(limit, got int) int32 {
 	if limit == 0 {
@@ -109,11 +120,10 @@ func (c *cli) listCommand() *cobra.Command {
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
 		req := &notifyv1.ListNotificationsRequest{Type: typ}
 		if st != "" {
-			// As the table prints it, or as the API and README spell it (FAILED,
-			// NOTIFICATION_STATUS_FAILED).
-			s, ok := statusFlags[strings.TrimPrefix(strings.ToLower(st), "notification_status_")]
-			if !ok {
-				return usagef("list: --status %q: want scheduled, pending, retrying, delivered, failed, expired or cancelled", st)
+			s, err := enumValue("list", "status", st, "notification_status_", statusFlags,
+				"scheduled, pending, retrying, delivered, failed, expired or cancelled")
+			if err != nil {
+				return err
 			}
 			req.Status = s
 		}

@@ -147,7 +147,7 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"keys"}, message: "create, list, revoke"},
 		{args: []string{"keys", "frob"}, message: `unknown notifyctl keys subcommand "frob"`},
 		{args: []string{"keys", "create", "name"}, message: `"role" not set`},
-		{args: []string{"keys", "create", "name", "--role", "root"}, message: "--role"},
+		{args: []string{"keys", "create", "name", "--role", "root"}, message: `keys create: --role "root": want publisher or admin`},
 		{args: []string{"keys", "revoke"}, message: "give one key NAME"},
 		{args: []string{"get"}, message: "notifyctl: get: give one notification ID\n"},
 		{args: []string{"get", "a", "b"}, message: "give one notification ID"},
@@ -161,14 +161,14 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"preferences", "get", "--user", "u", "extra"}, message: "takes no arguments"},
 		{args: []string{"preferences", "set", "--user", "u"}, message: "--mute"},
 		{args: []string{"preferences", "set", "--user", "u", "--mute", "a", "--none"}, message: "not both"},
-		{args: []string{"devices", "register", "--user", "u", "--device", "d", "--token", "t", "--platform", "tv"}, message: "--platform"},
+		{args: []string{"devices", "register", "--user", "u", "--device", "d", "--token", "t", "--platform", "tv"}, message: `devices register: --platform "tv": want android, ios or web`},
 		{args: []string{"publish", "--title", "x"}, message: "exactly one of --user, --token, --all, --topic or --condition"},
 		{args: []string{"publish", "--topic", "news", "--condition", "'a' in topics"}, message: "exactly one of"},
 		{args: []string{"publish", "--user", "u", "--all"}, message: "exactly one of"},
 		{args: []string{"publish", "--user", "u", "--data", "novalue"}, message: "key=value"},
 		// It sent a=c, dropping a=b without a word.
 		{args: []string{"publish", "--user", "u", "--data", "a=b", "--data", "x=1", "--data", "a=c"}, message: `publish: --data a=c: key "a" given twice`},
-		{args: []string{"publish", "--user", "u", "--priority", "urgent"}, message: "--priority"},
+		{args: []string{"publish", "--user", "u", "--priority", "urgent"}, message: `publish: --priority "urgent": want normal or high`},
 		{args: []string{"publish", "--user", "u", "--ttl", "soon"}, message: "--ttl"},
 		// A past time (a typo in the year, README's example once its date passed) was sent at
 		// once, as Publish treats a send_at not in the future: a broadcast meant for later
@@ -852,5 +852,43 @@ func TestGetWaitSaysWhenItRanOut(t *testing.T) {
 	r = mustCtl(t, exitOK, env(addr, "admin"), "get", "--wait", "10s", "x")
 	if !strings.Contains(r.stdout, "status failed") || r.stderr != "" {
 		t.Errorf("stdout:\n%s\nstderr:\n%s\nwant the notification and nothing on stderr", r.stdout, r.stderr)
+	}
+}
+
+// TestEnumFlagsTakeTheAPIsSpelling: --priority, --platform, --role (and --status) take their
+// values as the tables print them, in any case, and as the API and README spell them
+// (PRIORITY_HIGH, PLATFORM_IOS, ROLE_ADMIN); they were refused but for the lowercase word.
+func TestEnumFlagsTakeTheAPIsSpelling(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	e := env(addr, "admin")
+	for _, p := range []string{"HIGH", "PRIORITY_HIGH", "High"} {
+		mustCtl(t, exitOK, e, "publish", "--user", "u", "--title", "t", "--priority", p)
+	}
+	for _, p := range []string{"IOS", "PLATFORM_IOS"} {
+		mustCtl(t, exitOK, e, "devices", "register", "--user", "u", "--device", "d", "--token", "t", "--platform", p)
+	}
+	for _, r := range []string{"PUBLISHER", "ROLE_PUBLISHER"} {
+		mustCtl(t, exitOK, e, "keys", "create", "k-"+r, "--role", r)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range f.publishes {
+		if p.GetOptions().GetPriority() != notifyv1.Priority_PRIORITY_HIGH {
+			t.Errorf("priority %v, want high", p.GetOptions().GetPriority())
+		}
+	}
+	for _, r := range f.registers {
+		if r.GetPlatform() != notifyv1.Platform_PLATFORM_IOS {
+			t.Errorf("platform %v, want ios", r.GetPlatform())
+		}
+	}
+	for _, k := range f.keyCreates {
+		if k.GetRole() != notifyv1.Role_ROLE_PUBLISHER {
+			t.Errorf("role %v, want publisher", k.GetRole())
+		}
+	}
+	if len(f.publishes) != 3 || len(f.registers) != 2 || len(f.keyCreates) != 2 {
+		t.Errorf("%d publishes, %d registrations, %d keys; want 3, 2, 2", len(f.publishes), len(f.registers), len(f.keyCreates))
 	}
 }

@@ -125,14 +125,11 @@ PublishRequest stops everything before anything is sent.`,
 			}
 			req.Options.SendAt = when
 		}
-		switch priority {
-		case "normal":
-			req.Options.Priority = notifyv1.Priority_PRIORITY_NORMAL
-		case "high":
-			req.Options.Priority = notifyv1.Priority_PRIORITY_HIGH
-		default:
-			return usagef("publish: --priority must be normal or high")
+		p, err := enumValue("publish", "priority", priority, "priority_", priorityFlags, "normal or high")
+		if err != nil {
+			return err
 		}
+		req.Options.Priority = p
 
 		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
@@ -315,6 +312,11 @@ func shortOutcome(o notifyv1.DeliveryOutcome) string {
 	return strings.ToLower(strings.TrimPrefix(o.String(), "DELIVERY_OUTCOME_"))
 }
 
+var priorityFlags = map[string]notifyv1.Priority{
+	"normal": notifyv1.Priority_PRIORITY_NORMAL,
+	"high":   notifyv1.Priority_PRIORITY_HIGH,
+}
+
 var platformFlags = map[string]notifyv1.Platform{
 	"android": notifyv1.Platform_PLATFORM_ANDROID,
 	"ios":     notifyv1.Platform_PLATFORM_IOS,
@@ -349,9 +351,9 @@ func (c *cli) devicesRegisterCommand() *cobra.Command {
 	}
 	enumFlag(cmd, "platform", "android", "ios", "web")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
-		p, ok := platformFlags[platform]
-		if !ok {
-			return usagef("devices register: --platform must be android, ios or web")
+		p, err := enumValue("devices register", "platform", platform, "platform_", platformFlags, "android, ios or web")
+		if err != nil {
+			return err
 		}
 		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {

@@ -47,6 +47,7 @@ type fake struct {
 	replays     []*notifyv1.ReplayRequest
 	deviceLists []*notifyv1.ListDevicesRequest
 	keyCreates  []*notifyv1.CreateAPIKeyRequest
+	registers   []*notifyv1.RegisterDeviceRequest
 	deviceApps  []string            // the app of each CheckDevice and UnregisterDevice, in order
 	muted       map[string][]string // by user, as SetPreferences stored them
 	clientNames []string            // common names of the client certificates presented (mTLS)
@@ -181,6 +182,9 @@ func (f *fake) RegisterDevice(ctx context.Context, req *notifyv1.RegisterDeviceR
 	if err := f.authorize(ctx, false); err != nil {
 		return nil, err
 	}
+	f.mu.Lock()
+	f.registers = append(f.registers, req)
+	f.mu.Unlock()
 	return &notifyv1.RegisterDeviceResponse{Created: true}, nil
 }
 

@@ -46,9 +46,9 @@ messages that reach users who muted their type); admin keys always may.`,
 	_ = cmd.MarkFlagRequired("role")
 	enumFlag(cmd, "role", "publisher", "admin")
 	cmd.RunE = c.action(func(ctx context.Context, args []string) error {
-		r, ok := roleFlags[role]
-		if !ok {
-			return usagef("keys create: --role must be publisher or admin")
+		r, err := enumValue("keys create", "role", role, "role_", roleFlags, "publisher or admin")
+		if err != nil {
+			return err
 		}
 		conn, callCtx, cancel, err := c.open(ctx)
 		if err != nil {
