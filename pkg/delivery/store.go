@@ -22,6 +22,7 @@ import (
 
 	"notify/pkg/fcm"
 	"notify/pkg/schema"
+	notifyv1 "notify/proto/gen/notify/v1"
 )
 
 // ErrNotFound means no notification has the id a message names: the message is
@@ -109,6 +110,24 @@ func (s *Store) Load(ctx context.Context, id string) (*Notification, error) {
 // one whose stored request cannot be decoded has a nil entry and its error in the returned
 // map of errors. The error is for the round trip as a whole.
 func (s *Store) LoadMany(ctx context.Context, ids []string) (map[string]*Notification, map[string]error, error) {
+	found, bad := make(map[string]*Notification, len(ids)), map[string]error{}
+	b := &pgx.Batch{}
+	n, err := s.queueLoad(b, ids, nil, found, bad, nil)
+	if err != nil || b.Len() == 0 {
+		return found, bad, err
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, nil, fmt.Errorf("load %d notifications: %w", n, err)
+	}
+	return found, bad, nil
+}
+
+// queueLoad queues LoadMany's statement for ids in b (none when no id is a UUID) and
+// returns how many it loads; found and bad are filled in as b's results are read. The
+// stored request of the notifications in skip is not read (nor decoded): fill builds
+// theirs.
+func (s *Store) queueLoad(b *pgx.Batch, ids []string, skip []uuid.UUID, found map[string]*Notification, bad map[string]error,
+	fill func(id string, n *Notification)) (int, error) {
 	uuids := make([]uuid.UUID, 0, len(ids))
 	byUUID := make(map[uuid.UUID]string, len(ids))
 	for _, id := range ids {
@@ -117,33 +136,35 @@ func (s *Store) LoadMany(ctx context.Context, ids []string) (map[string]*Notific
 			byUUID[nid] = id
 		}
 	}
-	found := make(map[string]*Notification, len(ids))
-	bad := map[string]error{}
 	if len(uuids) == 0 {
-		return found, bad, nil
+		return 0, nil
 	}
-	rows, err := s.pool.Query(ctx, "SELECT id, status, expires_at, request, replay_count FROM notifications WHERE id = ANY($1)", schema.UUIDs(uuids))
-	if err != nil {
-		return nil, nil, fmt.Errorf("load %d notifications: %w", len(uuids), err)
-	}
-	var pgID pgtype.UUID // scanned without a round trip through text, unlike a uuid.UUID
-	var status string
-	var expiresAt time.Time
-	var request []byte
-	var gen int
-	_, err = pgx.ForEachRow(rows, []any{&pgID, &status, &expiresAt, &request, &gen}, func() error {
-		nid := uuid.UUID(pgID.Bytes)
-		n, err := decodeNotification(nid, status, expiresAt, request, gen)
-		found[byUUID[nid]] = n
-		if err != nil {
-			bad[byUUID[nid]] = err
-		}
-		return nil
+	b.Queue(`SELECT id, status, expires_at, CASE WHEN id = ANY($2) THEN NULL ELSE request END, replay_count
+		FROM notifications WHERE id = ANY($1)`, schema.UUIDs(uuids), schema.UUIDs(skip)).Query(func(rows pgx.Rows) error {
+		var pgID pgtype.UUID // scanned without a round trip through text, unlike a uuid.UUID
+		var status string
+		var expiresAt time.Time
+		var request []byte
+		var gen int
+		_, err := pgx.ForEachRow(rows, []any{&pgID, &status, &expiresAt, &request, &gen}, func() error {
+			nid := uuid.UUID(pgID.Bytes)
+			id := byUUID[nid]
+			if request == nil && fill != nil {
+				n := &Notification{ID: nid, Status: status, ExpiresAt: expiresAt, Generation: gen}
+				fill(id, n)
+				found[id] = n
+				return nil
+			}
+			n, err := decodeNotification(nid, status, expiresAt, request, gen)
+			found[id] = n
+			if err != nil {
+				bad[id] = err
+			}
+			return nil
+		})
+		return err
 	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("load %d notifications: %w", len(uuids), err)
-	}
-	return found, bad, nil
+	return len(uuids), nil
 }
 
 // decodeNotification builds a Notification from its stored row.
@@ -214,8 +235,24 @@ type Page struct {
 // small notification, are read by one statement for all of them (schema.UsersFirstPages);
 // the others by one statement each. The error is for the round trip.
 func (s *Store) FirstPages(ctx context.Context, ns []*Notification, limit int) ([]Page, error) {
-	pages := make([]Page, len(ns))
 	b := &pgx.Batch{}
+	pages, err := queueFirstPages(b, ns, limit)
+	if err != nil {
+		return nil, err
+	}
+	if b.Len() == 0 {
+		return pages, nil
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("resolve the audiences of %d notifications: %w", len(ns), err)
+	}
+	return pages, nil
+}
+
+// queueFirstPages queues FirstPages' statements in b; the pages are filled in as b's
+// results are read.
+func queueFirstPages(b *pgx.Batch, ns []*Notification, limit int) ([]Page, error) {
+	pages := make([]Page, len(ns))
 	var users []int // the indexes in ns of the users audiences
 	for i, n := range ns {
 		pages[i].Targets = make([]Target, 0, 4)
@@ -265,13 +302,72 @@ func (s *Store) FirstPages(ctx context.Context, ns []*Notification, limit int) (
 			return err
 		})
 	}
-	if b.Len() == 0 {
-		return pages, nil
-	}
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("resolve the audiences of %d notifications: %w", len(ns), err)
-	}
 	return pages, nil
+}
+
+// Guess is a notification as a SendTask describes it (its copy of the request and the
+// generation it was written in: NewGuess) before it is loaded.
+type Guess struct {
+	ID         string
+	Audience   schema.Audience
+	App        string
+	Message    fcm.Message
+	Generation int
+}
+
+// NewGuess decodes the copy of its request a SendTask carries.
+func NewGuess(id string, req *notifyv1.PublishRequest, generation int) Guess {
+	return Guess{ID: id, Audience: schema.AudienceOf(req), App: schema.AppOf(req), Message: fcm.FromRequest(req),
+		Generation: generation}
+}
+
+// LoadWithPages is LoadMany and FirstPages in one round trip, for notifications whose
+// SendTask carried a copy of their request (guesses; ids may name others too, which are
+// loaded as LoadMany loads them). A guessed notification is built from its guess and its
+// row's status, expiry and generation, without reading its stored request. Its first page
+// is read from the guess before its status is known, and is in pages by id only when the
+// notification is still in the guessed generation; the caller discards the page of a
+// notification it does not send (final, expired).
+func (s *Store) LoadWithPages(ctx context.Context, ids []string, guesses []Guess, limit int) (found map[string]*Notification,
+	bad map[string]error, pages map[string]Page, err error) {
+	byID := make(map[string]Guess, len(guesses))
+	ns := make([]*Notification, 0, len(guesses))
+	guessed := make([]uuid.UUID, 0, len(guesses))
+	for _, g := range guesses {
+		nid, err := uuid.Parse(g.ID)
+		if err != nil {
+			continue
+		}
+		byID[g.ID] = g
+		guessed = append(guessed, nid)
+		ns = append(ns, &Notification{ID: nid, Audience: g.Audience, App: g.App, Generation: g.Generation})
+	}
+	b := &pgx.Batch{}
+	found, bad = map[string]*Notification{}, map[string]error{}
+	load, err := s.queueLoad(b, ids, guessed, found, bad, func(id string, n *Notification) {
+		g := byID[id]
+		n.Audience, n.App, n.Message = g.Audience, g.App, g.Message
+	})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	guessedPages, err := queueFirstPages(b, ns, limit)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if b.Len() > 0 {
+		if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+			return nil, nil, nil, fmt.Errorf("load %d notifications and their first pages: %w", load, err)
+		}
+	}
+	pages = make(map[string]Page, len(ns))
+	for i, n := range ns {
+		id := n.ID.String()
+		if got, ok := found[id]; ok && got != nil && got.Generation == n.Generation {
+			pages[id] = guessedPages[i]
+		}
+	}
+	return found, bad, pages, nil
 }
 
 // unsettledSQL selects the targets among tokens $2 still to be sent for notification $1 in

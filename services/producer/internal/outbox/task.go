@@ -13,6 +13,7 @@ import (
 	"notify/pkg/rabbit"
 	"notify/pkg/tracing"
 	busv1 "notify/proto/gen/notify/bus/v1"
+	notifyv1 "notify/proto/gen/notify/v1"
 )
 
 // Causes of a SendTask: why the sender is asked to deliver a notification.
@@ -40,10 +41,28 @@ type Row struct {
 }
 
 // SendTask returns the outbox row asking the sender to deliver notification id: a
-// notify.bus.v1.SendTask on the send queue's routing key. Publish, replays and re-drives
-// all build it here.
+// notify.bus.v1.SendTask on the send queue's routing key. Publish (PublishTask), replays
+// and re-drives all build it here.
 func SendTask(id uuid.UUID, cause string, at time.Time) (Row, error) {
-	task := &busv1.SendTask{NotificationId: id.String(), Cause: cause, EnqueueTime: timestamppb.New(at)}
+	return sendTask(id, &busv1.SendTask{NotificationId: id.String(), Cause: cause, EnqueueTime: timestamppb.New(at)})
+}
+
+// MaxTaskRequest is the largest request (in binary protobuf) of which a SendTask carries a
+// copy: a small notification's, whose whole audience the sender's first page holds.
+const MaxTaskRequest = 4 << 10
+
+// PublishTask is the SendTask of a notification Publish accepted with req: it carries a
+// copy of req, when req is at most MaxTaskRequest, so that the sender reads the audience's
+// first page in the round trip that loads the notification (SendTask.request).
+func PublishTask(id uuid.UUID, req *notifyv1.PublishRequest, at time.Time) (Row, error) {
+	task := &busv1.SendTask{NotificationId: id.String(), Cause: CausePublish, EnqueueTime: timestamppb.New(at)}
+	if proto.Size(req) <= MaxTaskRequest {
+		task.Request = req
+	}
+	return sendTask(id, task)
+}
+
+func sendTask(id uuid.UUID, task *busv1.SendTask) (Row, error) {
 	body, err := proto.Marshal(task)
 	if err != nil {
 		return Row{}, fmt.Errorf("encode send task for %s: %w", id, err)

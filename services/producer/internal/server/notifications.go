@@ -110,7 +110,7 @@ func newRow(caller string, req *notifyv1.PublishRequest) (row, error) {
 	if err != nil {
 		return row{}, err
 	}
-	task, err := outbox.SendTask(id, outbox.CausePublish, now)
+	task, err := outbox.PublishTask(id, req, now)
 	if err != nil {
 		return row{}, err
 	}

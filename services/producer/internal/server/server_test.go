@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
@@ -18,7 +19,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"notify/pkg/pgtest"
+	"notify/pkg/schema"
+	busv1 "notify/proto/gen/notify/bus/v1"
 	notifyv1 "notify/proto/gen/notify/v1"
+	"notify/services/producer/internal/outbox"
 )
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -368,5 +372,60 @@ func TestDevices(t *testing.T) {
 	_, err = s.RegisterDevices(ctx, dup)
 	if diff := cmp.Diff([]string{"devices[1].device_id"}, badFields(t, err)); diff != "" {
 		t.Errorf("fields (-want +got):\n%s", diff)
+	}
+}
+
+// TestPublishTaskCarriesACopyOfTheRequest: a small notification's SendTask carries a copy
+// of its request, the same as the stored one (the sender reads the audience's first page
+// from it in the round trip that loads the notification); a request larger than
+// outbox.MaxTaskRequest is not copied.
+func TestPublishTaskCarriesACopyOfTheRequest(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	s := NewNotifications(db.Pool, discard, prometheus.NewRegistry(), nil, GroupCommit{})
+	small := validRequest()
+	large := validRequest()
+	for i := range 200 {
+		large.Recipients = &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{
+			UserIds: append(large.GetRecipients().GetUserIds().GetUserIds(), fmt.Sprintf("user-with-a-long-id-%04d", i))}}}
+	}
+	if proto.Size(large) <= outbox.MaxTaskRequest {
+		t.Fatalf("the large request is %d bytes, not over %d", proto.Size(large), outbox.MaxTaskRequest)
+	}
+	for _, tc := range []struct {
+		name string
+		req  *notifyv1.PublishRequest
+		copy bool
+	}{{"small", small, true}, {"large", large, false}} {
+		resp, err := s.Publish(ctx, tc.req)
+		if err != nil {
+			t.Fatalf("%s: Publish: %v", tc.name, err)
+		}
+		var body, stored []byte
+		if err := db.Pool.QueryRow(ctx, `SELECT o.body, n.request FROM outbox o JOIN notifications n ON n.id = o.notification_id
+			WHERE o.notification_id = $1 AND o.message_type = 'notify.bus.v1.SendTask'`, resp.GetNotificationId()).Scan(&body, &stored); err != nil {
+			t.Fatal(err)
+		}
+		var task busv1.SendTask
+		if err := proto.Unmarshal(body, &task); err != nil {
+			t.Fatal(err)
+		}
+		if task.GetNotificationId() != resp.GetNotificationId() || task.GetCause() != outbox.CausePublish || task.GetGeneration() != 0 {
+			t.Errorf("%s: task %v", tc.name, &task)
+		}
+		if !tc.copy {
+			if task.GetRequest() != nil {
+				t.Errorf("%s: the task carries a copy of a %d-byte request", tc.name, proto.Size(tc.req))
+			}
+			continue
+		}
+		want, err := schema.DecodeRequest(stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(task.GetRequest(), want) || !proto.Equal(want, tc.req) {
+			t.Errorf("%s: the task's copy %v differs from the stored request %v", tc.name, task.GetRequest(), want)
+		}
 	}
 }

@@ -84,7 +84,8 @@ func (h *Handler) WithTaskTimeout(d time.Duration) *Handler {
 //   - Reject: the task could not even be dead-lettered explicitly.
 //
 // The batch's notifications are loaded in one round trip and the first page of each
-// audience in another. Small audiences (one page, up to fcm.MaxMulticast tokens) are sent
+// audience in another, or in the same one for a task that carries a copy of its
+// notification's request (as Publish writes them: SendTask.request). Small audiences (one page, up to fcm.MaxMulticast tokens) are sent
 // together: their multicasts side by side, their failures handed off in one Publish, their
 // outcomes and final statuses written in one transaction (sendSmall). Larger ones take the
 // paged, chunked path, one notification at a time (sendLarge), alongside. A task naming
@@ -145,6 +146,8 @@ type task struct {
 	n     *delivery.Notification // once loaded
 	same  *task                  // an earlier task of the batch for the same notification
 	large bool                   // sent chunk by chunk (sendLarge), each chunk its own step
+	guess *delivery.Guess        // the notification as the task's copy of its request says
+	page  *delivery.Page         // its first page, read with it from the guess (load)
 
 	done   bool
 	result string // what became of the task, for the metrics
@@ -176,12 +179,12 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 		t := &task{d: d, log: h.log.With("message_id", d.MessageID)}
 		_, t.span = d.StartSpan(ctx, SpanTask)
 		tasks[i] = t
-		id, err := decodeSendTask(d.Body)
+		id, guess, err := decodeSendTask(d.Body)
 		if err != nil {
 			t.finish("dead_lettered", h.deliverer.DeadLetter(tracing.With(ctx, t.span), d, deadletter.ReasonUndecodable, "", err))
 			continue
 		}
-		t.id = id
+		t.id, t.guess = id, guess
 		t.log = t.log.With("notification_id", t.id)
 		setNotification(t.span, id)
 		if f, ok := first[t.id]; ok {
@@ -194,8 +197,23 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 	if len(ids) == 0 {
 		return tasks
 	}
+	var guesses []delivery.Guess
+	for _, t := range unfinished(tasks) {
+		if t.guess != nil {
+			guesses = append(guesses, *t.guess)
+		}
+	}
 	loading := tracing.StartEach(ctx, SpanLoad, spansOf(unfinished(tasks)))
-	found, bad, err := h.store.LoadMany(ctx, ids)
+	var found map[string]*delivery.Notification
+	var bad map[string]error
+	var pages map[string]delivery.Page
+	var err error
+	if len(guesses) > 0 {
+		// The first pages of the guessed audiences come in the same round trip.
+		found, bad, pages, err = h.store.LoadWithPages(ctx, ids, guesses, fcm.MaxMulticast)
+	} else {
+		found, bad, err = h.store.LoadMany(ctx, ids)
+	}
 	loading.End(err)
 	if err != nil {
 		for _, t := range unfinished(tasks) {
@@ -220,6 +238,9 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 			expired = append(expired, t)
 		default:
 			t.n = n
+			if p, ok := pages[t.id]; ok {
+				t.page = &p
+			}
 		}
 	}
 	if len(expired) > 0 {
@@ -240,24 +261,36 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 	return tasks
 }
 
-// split reads the first page of each task's audience, in one round trip: a task whose
-// whole audience fits in it is small (its page is its only chunk), the others are large.
+// split reads the first page of each task's audience, in one round trip, unless load read
+// it already: a task whose whole audience fits in it is small (its page is its only
+// chunk), the others are large.
 func (h *Handler) split(ctx context.Context, tasks []*task) (small []chunkTask, large []*task) {
-	ns := make([]*delivery.Notification, len(tasks))
-	for i, t := range tasks {
-		ns[i] = t.n
-	}
-	reading := tracing.StartEach(ctx, SpanAudience, spansOf(tasks))
-	pages, err := h.store.FirstPages(ctx, ns, fcm.MaxMulticast)
-	reading.End(err)
-	if err != nil {
-		for _, t := range tasks {
-			t.finish("", rabbit.Requeue(err))
+	var unread []*task
+	var ns []*delivery.Notification
+	for _, t := range tasks {
+		if t.page == nil {
+			unread, ns = append(unread, t), append(ns, t.n)
 		}
-		return nil, nil
 	}
-	for i, t := range tasks {
-		switch p := pages[i]; {
+	if len(unread) > 0 {
+		reading := tracing.StartEach(ctx, SpanAudience, spansOf(unread))
+		pages, err := h.store.FirstPages(ctx, ns, fcm.MaxMulticast)
+		reading.End(err)
+		if err != nil {
+			for _, t := range unread {
+				t.finish("", rabbit.Requeue(err))
+			}
+			return nil, nil
+		}
+		for i, t := range unread {
+			t.page = &pages[i]
+		}
+	}
+	for _, t := range tasks {
+		if t.done {
+			continue
+		}
+		switch p := *t.page; {
 		case p.Err != nil:
 			t.finish("", rabbit.Requeue(p.Err))
 		case p.Next != "":
@@ -418,15 +451,20 @@ func (h *Handler) sendAll(ctx context.Context, n *delivery.Notification) (delive
 	return total, errors.Join(pageErr, err)
 }
 
-// decodeSendTask returns the notification a SendTask body names, or why it names none (the
-// task is then dead-lettered as undecodable, never retried).
-func decodeSendTask(body []byte) (string, error) {
+// decodeSendTask returns the notification a SendTask body names, and what its copy of the
+// notification's request says when it carries one, or why it names none (the task is then
+// dead-lettered as undecodable, never retried).
+func decodeSendTask(body []byte) (string, *delivery.Guess, error) {
 	var task busv1.SendTask
 	if err := proto.Unmarshal(body, &task); err != nil {
-		return "", fmt.Errorf("decode SendTask: %w", err)
+		return "", nil, fmt.Errorf("decode SendTask: %w", err)
 	}
 	if task.GetNotificationId() == "" {
-		return "", errors.New("decode SendTask: no notification id")
+		return "", nil, errors.New("decode SendTask: no notification id")
 	}
-	return task.GetNotificationId(), nil
+	if task.GetRequest() == nil {
+		return task.GetNotificationId(), nil, nil
+	}
+	g := delivery.NewGuess(task.GetNotificationId(), task.GetRequest(), int(task.GetGeneration()))
+	return task.GetNotificationId(), &g, nil
 }

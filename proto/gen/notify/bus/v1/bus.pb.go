@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
+	v1 "notify/proto/gen/notify/v1"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -32,7 +33,16 @@ type SendTask struct {
 	// Why the task exists: "publish", "replay" or "redrive".
 	Cause string `protobuf:"bytes,2,opt,name=cause,proto3" json:"cause,omitempty"`
 	// When the task was written to the outbox.
-	EnqueueTime   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=enqueue_time,json=enqueueTime,proto3" json:"enqueue_time,omitempty"`
+	EnqueueTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=enqueue_time,json=enqueueTime,proto3" json:"enqueue_time,omitempty"`
+	// A copy of the notification's request as stored, when it is small (Publish and
+	// PublishBatch write it; replays and re-drives do not): the sender reads the audience's
+	// first page in the same round trip as the notification's status instead of after it.
+	// The stored request is the truth; the two are written in one transaction and neither
+	// changes afterwards. Absent, the sender reads the request from the database.
+	Request *v1.PublishRequest `protobuf:"bytes,4,opt,name=request,proto3" json:"request,omitempty"`
+	// The notification's generation (replay_count) the task was written in; the page read
+	// from request is used only when the loaded notification is still in it.
+	Generation    int32 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -86,6 +96,20 @@ func (x *SendTask) GetEnqueueTime() *timestamppb.Timestamp {
 		return x.EnqueueTime
 	}
 	return nil
+}
+
+func (x *SendTask) GetRequest() *v1.PublishRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *SendTask) GetGeneration() int32 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
 }
 
 // RetryTask asks the retrier to send a notification again to some of its tokens.
@@ -510,11 +534,15 @@ var File_notify_bus_v1_bus_proto protoreflect.FileDescriptor
 
 const file_notify_bus_v1_bus_proto_rawDesc = "" +
 	"\n" +
-	"\x17notify/bus/v1/bus.proto\x12\rnotify.bus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n" +
+	"\x17notify/bus/v1/bus.proto\x12\rnotify.bus.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cnotify/v1/notification.proto\"\xdd\x01\n" +
 	"\bSendTask\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x14\n" +
 	"\x05cause\x18\x02 \x01(\tR\x05cause\x12=\n" +
-	"\fenqueue_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\venqueueTime\"\xbc\x01\n" +
+	"\fenqueue_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\venqueueTime\x123\n" +
+	"\arequest\x18\x04 \x01(\v2\x19.notify.v1.PublishRequestR\arequest\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x05 \x01(\x05R\n" +
+	"generation\"\xbc\x01\n" +
 	"\tRetryTask\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x16\n" +
 	"\x06tokens\x18\x02 \x03(\tR\x06tokens\x12\x18\n" +
@@ -569,16 +597,18 @@ var file_notify_bus_v1_bus_proto_goTypes = []any{
 	(*StatusEvent)(nil),           // 3: notify.bus.v1.StatusEvent
 	(*StatusCounts)(nil),          // 4: notify.bus.v1.StatusCounts
 	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*v1.PublishRequest)(nil),     // 6: notify.v1.PublishRequest
 }
 var file_notify_bus_v1_bus_proto_depIdxs = []int32{
 	5, // 0: notify.bus.v1.SendTask.enqueue_time:type_name -> google.protobuf.Timestamp
-	4, // 1: notify.bus.v1.StatusEvent.counts:type_name -> notify.bus.v1.StatusCounts
-	5, // 2: notify.bus.v1.StatusEvent.time:type_name -> google.protobuf.Timestamp
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	6, // 1: notify.bus.v1.SendTask.request:type_name -> notify.v1.PublishRequest
+	4, // 2: notify.bus.v1.StatusEvent.counts:type_name -> notify.bus.v1.StatusCounts
+	5, // 3: notify.bus.v1.StatusEvent.time:type_name -> google.protobuf.Timestamp
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_notify_bus_v1_bus_proto_init() }
