@@ -33,6 +33,20 @@ func parseWhen(flagName, s string, now time.Time) (*timestamppb.Timestamp, error
 	return timestamppb.New(now.Add(-d)), nil
 }
 
+// parseWindow reads --since and --until (see parseWhen), the second after the first.
+func parseWindow(cmd, since, until string, now time.Time) (start, end *timestamppb.Timestamp, err error) {
+	if start, err = parseWhen("since", since, now); err != nil {
+		return nil, nil, err
+	}
+	if end, err = parseWhen("until", until, now); err != nil {
+		return nil, nil, err
+	}
+	if start != nil && end != nil && !end.AsTime().After(start.AsTime()) {
+		return nil, nil, usagef("%s: --until %s is not after --since %s", cmd, until, since)
+	}
+	return start, end, nil
+}
+
 // parseDays is time.ParseDuration that also takes whole days ("7d"), as every duration
 // flag of notifyctl does.
 func parseDays(s string) (time.Duration, error) {
@@ -128,11 +142,7 @@ func (c *cli) listCommand() *cobra.Command {
 			req.Status = s
 		}
 		var err error
-		now := time.Now()
-		if req.StartTime, err = parseWhen("since", since, now); err != nil {
-			return err
-		}
-		if req.EndTime, err = parseWhen("until", until, now); err != nil {
+		if req.StartTime, req.EndTime, err = parseWindow("list", since, until, time.Now()); err != nil {
 			return err
 		}
 		if limit < 0 {
@@ -191,14 +201,11 @@ func (d *deadFilterFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&d.until, "until", "", "dead-lettered before `W`: a duration ago or an RFC 3339 time")
 }
 
-func (d *deadFilterFlags) filter() (*notifyv1.DeadLetterFilter, error) {
+// filter is the filter the flags give, for command cmd (its messages).
+func (d *deadFilterFlags) filter(cmd string) (*notifyv1.DeadLetterFilter, error) {
 	f := &notifyv1.DeadLetterFilter{Reason: d.reason}
 	var err error
-	now := time.Now()
-	if f.StartTime, err = parseWhen("since", d.since, now); err != nil {
-		return nil, err
-	}
-	if f.EndTime, err = parseWhen("until", d.until, now); err != nil {
+	if f.StartTime, f.EndTime, err = parseWindow(cmd, d.since, d.until, time.Now()); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -229,7 +236,7 @@ func (c *cli) deadListCommand() *cobra.Command {
 	f.BoolVar(&unreplayed, "unreplayed", false, "only dead letters not yet replayed")
 	f.IntVar(&limit, "limit", 50, "at most `N` (0: all)")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
-		f, err := filter.filter()
+		f, err := filter.filter("dead list")
 		if err != nil {
 			return err
 		}

@@ -141,6 +141,11 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"list", "--status", "lost"}, message: `list: --status "lost": want scheduled, pending, retrying, delivered, failed, expired or cancelled`},
 		{args: []string{"list", "--since", "soon"}, message: "--since"},
 		{args: []string{"list", "--limit", "many"}, message: "--limit"},
+		// It was the server's "end_time must be after start_time", exit 1.
+		{args: []string{"list", "--since", "1h", "--until", "2h"}, message: "list: --until 2h is not after --since 1h"},
+		{args: []string{"dead", "list", "--since", "2026-05-02T00:00:00Z", "--until", "2026-05-01T00:00:00Z"},
+			message: "dead list: --until 2026-05-01T00:00:00Z is not after --since 2026-05-02T00:00:00Z"},
+		{args: []string{"replay", "--dead", "--since", "1h", "--until", "1h"}, message: "replay: --until 1h is not after --since 1h"},
 		{args: []string{"list", "extra"}, message: `notifyctl: list takes no arguments (got "extra")`},
 		{args: []string{"dead"}, message: "needs a subcommand: list"},
 		{args: []string{"dead", "list", "--replayed", "--unreplayed"}, message: "at most one"},

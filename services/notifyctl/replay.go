@@ -52,7 +52,7 @@ skipped_delivered, skipped_expired, skipped_cancelled or not_found (exit code 3)
 			return usagef("replay: give notification ids or --dead, not both")
 		case dead:
 			var err error
-			if f, err = filter.filter(); err != nil {
+			if f, err = filter.filter("replay"); err != nil {
 				return err
 			}
 			if !includeReplayed {
