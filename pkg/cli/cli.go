@@ -139,24 +139,47 @@ func ParseFlags(fs *flag.FlagSet, args []string) error {
 		}
 		typed, _, _ := strings.Cut(a, "=")
 		if strings.TrimLeft(typed, "-") == name && strings.HasPrefix(typed, "-") {
-			return fmt.Errorf("unknown flag: %s", typed)
+			return UnknownFlagError{Typed: typed}
 		}
 	}
-	return fmt.Errorf("unknown flag: -%s", name)
+	return UnknownFlagError{Typed: "-" + name}
 }
+
+// UnknownFlagError is a flag the command does not have, as it was typed (--hepl).
+type UnknownFlagError struct{ Typed string }
+
+func (e UnknownFlagError) Error() string { return "unknown flag: " + e.Typed }
 
 // parseFlags parses args with fs (ParseFlags). Help prints the usage on stdout, ExitOK; any
 // other error is a usage error, prefixed with prefix, on stderr. done says that the caller
 // is to return code.
 func (p Program) parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer, prefix string) (code int, done bool) {
-	switch err := ParseFlags(fs, args); {
+	err := ParseFlags(fs, args)
+	var unknown UnknownFlagError
+	switch {
 	case errors.Is(err, flag.ErrHelp):
 		p.usage(stdout)
 		return ExitOK, true
+	case errors.As(err, &unknown) && slices.Contains(p.env(), p.variableOf(unknown.Typed)):
+		// --database-url: someone used to flags.
+		return p.refuse(stderr, "%s%v: %s takes its settings from the environment: %s=…", prefix, err, p.Name, p.variableOf(unknown.Typed)), true
 	case err != nil:
 		return p.refuse(stderr, "%s%v", prefix, err), true
 	}
 	return ExitOK, false
+}
+
+// variableOf is the environment variable a flag's name would be (--metrics-addr: METRICS_ADDR).
+func (p Program) variableOf(flag string) string {
+	return strings.ToUpper(strings.ReplaceAll(strings.TrimLeft(flag, "-"), "-", "_"))
+}
+
+// env is every variable the program reads, for its usage.
+func (p Program) env() []string {
+	if p.Traced {
+		return append(slices.Clip(p.Env), tracing.Env...)
+	}
+	return p.Env
 }
 
 // healthcheck asks a running instance of the service whether it is ready (GET /readyz on
@@ -231,11 +254,7 @@ func (p Program) usage(w io.Writer) {
 	fmt.Fprintf(tw, "  %s --version\tprint the version and exit\n", p.Name)
 	fmt.Fprintf(tw, "  %s --help\tprint this help and exit\n", p.Name)
 	_ = tw.Flush()
-	env := p.Env
-	if p.Traced {
-		env = append(slices.Clip(env), tracing.Env...)
-	}
-	if len(env) > 0 {
+	if env := p.env(); len(env) > 0 {
 		fmt.Fprintf(w, "\nEnvironment (defaults and meanings: README.md, section Configuration):\n%s\n", Wrap(env, 88, "  "))
 	}
 }

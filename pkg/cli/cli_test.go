@@ -52,6 +52,9 @@ func TestProgramMain(t *testing.T) {
 		{name: "healthcheck unknown flag", args: []string{"healthcheck", "--timeout=1s"}, wantCode: 2, wantStderr: []string{"healthcheck: unknown flag: --timeout\n", "Usage:"}},
 		{name: "unknown flag", args: []string{"--hepl"}, wantCode: 2, wantStderr: []string{"demo: unknown flag: --hepl\n", "Usage:"}},
 		{name: "unknown single-dash flag", args: []string{"-x"}, wantCode: 2, wantStderr: []string{"demo: unknown flag: -x\n", "Usage:"}},
+		// A flag named like one of its variables: say where that setting goes.
+		{name: "a variable as a flag", args: []string{"--database-url=postgres://db/x"}, wantCode: 2,
+			wantStderr: []string{"demo: unknown flag: --database-url: demo takes its settings from the environment: DATABASE_URL=…\n", "Usage:"}},
 		{name: "unknown flag after a value", args: []string{"-version=false", "-verbose"}, wantCode: 2, wantStderr: []string{"demo: unknown flag: -verbose\n"}},
 		{name: "-- ends the flags", args: []string{"healthcheck", "--", "-x"}, wantCode: 2, wantStderr: []string{`the argument "-x"`}},
 		{name: "unknown command", args: []string{"serve"}, wantCode: 2, wantStderr: []string{`unknown command "serve"`, "Usage:"}},
