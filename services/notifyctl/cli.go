@@ -359,7 +359,13 @@ func positional(n int, what string) cobra.PositionalArgs {
 // (-dry-run) is refused with its two-dash spelling, rather than as an unknown letter.
 func flagError(cmd *cobra.Command, args []string, err error) error {
 	var ne *pflag.NotExistError
-	if !errors.As(err, &ne) || ne.GetSpecifiedShortnames() == "" {
+	if !errors.As(err, &ne) {
+		return usageError{err.Error()}
+	}
+	if ne.GetSpecifiedShortnames() == "" {
+		if near := nearFlag(cmd.Flags(), ne.GetSpecifiedName()); near != "" {
+			return usagef("%v (did you mean --%s?)", err, near)
+		}
 		return usageError{err.Error()}
 	}
 	// The word that failed ends with the letters pflag had not read yet (-help fails at
@@ -381,6 +387,30 @@ func flagError(cmd *cobra.Command, args []string, err error) error {
 		}
 	}
 	return usageError{err.Error()}
+}
+
+// nearFlag is the one flag of fs that name (an unknown long flag) most likely meant: the
+// same but for case, '-' and '_' (--dry_run, --dryrun), or the only one it begins
+// (--unreplay); "" when there is none or more than one.
+func nearFlag(fs *pflag.FlagSet, name string) string {
+	norm := func(s string) string { return strings.ToLower(strings.NewReplacer("-", "", "_", "").Replace(s)) }
+	var same, prefixed []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		switch {
+		case f.Hidden:
+		case norm(f.Name) == norm(name):
+			same = append(same, f.Name)
+		case len(name) >= 3 && strings.HasPrefix(norm(f.Name), norm(name)):
+			prefixed = append(prefixed, f.Name)
+		}
+	})
+	switch {
+	case len(same) == 1:
+		return same[0]
+	case len(same) == 0 && len(prefixed) == 1:
+		return prefixed[0]
+	}
+	return ""
 }
 
 // group is the RunE of a command that only holds subcommands: naming none, or an unknown

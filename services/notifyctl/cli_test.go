@@ -187,6 +187,13 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"list", "-addr", "h:1"}, message: "-addr: flags take two dashes: --addr"},
 		{args: []string{"-version"}, message: "-version: flags take two dashes: --version"},
 		{args: []string{"list", "-helpme"}, message: "unknown shorthand flag"},
+		// Near misses of a flag of the command.
+		{args: []string{"replay", "x", "--dryrun"}, message: "unknown flag: --dryrun (did you mean --dry-run?)"},
+		{args: []string{"replay", "x", "--dry_run"}, message: "unknown flag: --dry_run (did you mean --dry-run?)"},
+		{args: []string{"dead", "list", "--unreplay"}, message: "unknown flag: --unreplay (did you mean --unreplayed?)"},
+		{args: []string{"list", "--Status", "failed"}, message: "unknown flag: --Status (did you mean --status?)"},
+		{args: []string{"list", "--noheaders"}, message: "unknown flag: --noheaders (did you mean --no-headers?)"},
+		{args: []string{"list", "--t", "x"}, message: "unknown flag: --t\n"},
 		{args: []string{"--no-such-flag", "list"}, message: "unknown flag"},
 		{args: []string{"list", "-o", "xml"}, message: `-o "xml"`},
 		{args: []string{"list", "--json", "-o", "yaml"}, message: "--json and -o yaml"},
