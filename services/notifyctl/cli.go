@@ -30,6 +30,8 @@ const (
 	exitUsage    = 2
 	exitNotFound = 3
 	exitAuth     = 4
+	// exitInterrupted is a shell's code for a command stopped by SIGINT (128 + 2).
+	exitInterrupted = 130
 )
 
 const exitCodesHelp = `Exit codes:
@@ -38,6 +40,7 @@ const exitCodesHelp = `Exit codes:
   2  usage error: unknown command or flag, a bad or missing value
   3  not found (get, keys revoke; replay: at least one id does not exist)
   4  API key refused: missing, unknown or revoked, or its role is not enough
+  130  interrupted (Ctrl-C, SIGTERM)
 `
 
 const rootLong = `notifyctl talks to notify's gRPC API (the producer).
@@ -109,7 +112,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, out, er
 	root.SetOut(out)
 	root.SetErr(errOut)
 	cmd, err := root.ExecuteContextC(ctx)
-	code := c.exitCode(cmd, err) // before Close: it asks the connection what happened
+	var code int
+	if err != nil && ctx.Err() != nil {
+		// Stopped by main's signal context: whatever the call said is only that.
+		fmt.Fprintln(errOut, "notifyctl: interrupted")
+		code = exitInterrupted
+	} else {
+		code = c.exitCode(cmd, err) // before Close: it asks the connection what happened
+	}
 	if c.conn != nil {
 		c.conn.Close()
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -902,5 +903,20 @@ func TestEnumFlagsTakeTheAPIsSpelling(t *testing.T) {
 	}
 	if len(f.publishes) != 3 || len(f.registers) != 2 || len(f.keyCreates) != 2 {
 		t.Errorf("%d publishes, %d registrations, %d keys; want 3, 2, 2", len(f.publishes), len(f.registers), len(f.keyCreates))
+	}
+}
+
+// TestInterrupted: Ctrl-C (the context main gives run ends) while a command waits exits 130,
+// as shells expect of SIGINT, saying so; it printed "notifyctl: context canceled", exit 1.
+func TestInterrupted(t *testing.T) {
+	t.Parallel()
+	_, addr := startFake(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	var out, errOut strings.Builder
+	e := env(addr, "admin")
+	code := run(ctx, []string{"get", "--wait", "1m", pendingID}, func(k string) string { return e[k] }, &out, &errOut)
+	if code != exitInterrupted || errOut.String() != "notifyctl: interrupted\n" {
+		t.Errorf("exit %d, stderr %q; want %d and \"notifyctl: interrupted\"", code, errOut.String(), exitInterrupted)
 	}
 }
