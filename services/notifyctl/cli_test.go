@@ -176,6 +176,9 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"publish", "--user", "u", "--data", "a=b", "--data", "x=1", "--data", "a=c"}, message: `publish: --data a=c: key "a" given twice`},
 		{args: []string{"publish", "--user", "u", "--priority", "urgent"}, message: `publish: --priority "urgent": want normal or high`},
 		{args: []string{"publish", "--user", "u", "--ttl", "soon"}, message: "--ttl"},
+		// It was sent with the server's 28 days: FCM's ttl 0 means "now or never", the
+		// opposite, and Publish refuses it.
+		{args: []string{"publish", "--user", "u", "--title", "t", "--ttl", "0s"}, message: "publish: --ttl 0s: want more than 0, at most 28d (leave it out for the server's 28 days)"},
 		// A past time (a typo in the year, README's example once its date passed) was sent at
 		// once, as Publish treats a send_at not in the future: a broadcast meant for later
 		// went out now.

@@ -115,7 +115,10 @@ PublishRequest stops everything before anything is sent.`,
 				req.Data[k] = v
 			}
 		}
-		if ttl != 0 {
+		if cmd.Flags().Changed("ttl") {
+			if ttl <= 0 {
+				return usagef("publish: --ttl %s: want more than 0, at most 28d (leave it out for the server's 28 days)", ttl)
+			}
 			req.Options.Ttl = durationpb.New(ttl)
 		}
 		if at != "" {
