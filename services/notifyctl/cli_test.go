@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -785,7 +786,9 @@ func TestDurationFlagsTakeDays(t *testing.T) {
 func TestEmptyFiltersSayWhy(t *testing.T) {
 	t.Parallel()
 	f, addr := startFake(t)
-	at := func(minutes int) *timestamppb.Timestamp { return timestamppb.New(created.Add(time.Duration(minutes) * time.Minute)) }
+	at := func(minutes int) *timestamppb.Timestamp {
+		return timestamppb.New(created.Add(time.Duration(minutes) * time.Minute))
+	}
 	f.deadLetters = []*notifyv1.DeadLetter{
 		{Id: 1, NotificationId: "01890a5d-0000-7000-8000-000000000001", Reason: "retries_exhausted", CreateTime: at(1)},
 		{Id: 2, NotificationId: "01890a5d-0000-7000-8000-000000000002", Reason: "permanent_error", CreateTime: at(2), ReplayTime: at(3)},
@@ -921,5 +924,38 @@ func TestInterrupted(t *testing.T) {
 	code := run(ctx, []string{"get", "--wait", "1m", pendingID}, func(k string) string { return e[k] }, &out, &errOut)
 	if code != exitInterrupted || errOut.String() != "notifyctl: interrupted\n" {
 		t.Errorf("exit %d, stderr %q; want %d and \"notifyctl: interrupted\"", code, errOut.String(), exitInterrupted)
+	}
+}
+
+// TestKeysOwnRateLimit: keys create --publish-rate and --publish-burst give a key its own
+// limits (CreateAPIKey's publish_rate, 0 unlimited, and publish_burst), which README
+// documents and notifyctl could not set; keys list shows them.
+func TestKeysOwnRateLimit(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	e := env(addr, "admin")
+	mustCtl(t, exitOK, e, "keys", "create", "limited", "--role", "publisher", "--publish-rate", "50", "--publish-burst", "100")
+	mustCtl(t, exitOK, e, "keys", "create", "unlimited", "--role", "publisher", "--publish-rate", "0")
+	mustCtl(t, exitOK, e, "keys", "create", "plain", "--role", "publisher")
+	f.mu.Lock()
+	got := map[string][2]*int32{}
+	for _, req := range f.keyCreates {
+		got[req.GetName()] = [2]*int32{req.PublishRate, req.PublishBurst}
+	}
+	f.mu.Unlock()
+	want := map[string][2]*int32{"limited": {proto.Int32(50), proto.Int32(100)}, "unlimited": {proto.Int32(0), nil}, "plain": {nil, nil}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("CreateAPIKey publish_rate, publish_burst (-want +got):\n%s", diff)
+	}
+	listed := rows(mustCtl(t, exitOK, e, "keys", "list").stdout)
+	if len(listed) != 3 || !strings.Contains(listed[0], " RATE BURST ") || !strings.Contains(listed[1], " default default ") ||
+		!strings.Contains(listed[2], " 50/s 100 ") {
+		t.Errorf("keys list, want RATE and BURST columns: the defaults for ops, 50/s and 100 for shop:\n%s", strings.Join(listed, "\n"))
+	}
+	for _, args := range [][]string{{"--publish-rate", "-1"}, {"--publish-burst", "0"}} {
+		r := mustCtl(t, exitUsage, e, append([]string{"keys", "create", "bad", "--role", "publisher"}, args...)...)
+		if !strings.Contains(r.stderr, args[0]) {
+			t.Errorf("keys create %s: stderr %q does not name the flag", strings.Join(args, " "), r.stderr)
+		}
 	}
 }

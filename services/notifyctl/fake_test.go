@@ -387,7 +387,7 @@ func (f *fake) ListAPIKeys(ctx context.Context, req *notifyv1.ListAPIKeysRequest
 	}
 	return &notifyv1.ListAPIKeysResponse{Keys: []*notifyv1.APIKey{
 		{Name: "ops", Role: notifyv1.Role_ROLE_ADMIN, CreateTime: timestamppb.New(created), AllowIgnorePreferences: true},
-		{Name: "shop", Role: notifyv1.Role_ROLE_PUBLISHER, CreateTime: timestamppb.New(created)},
+		{Name: "shop", Role: notifyv1.Role_ROLE_PUBLISHER, CreateTime: timestamppb.New(created), PublishRate: proto.Int32(50), PublishBurst: proto.Int32(100)},
 	}}, nil
 }
 
