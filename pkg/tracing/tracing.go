@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -19,13 +21,13 @@ import (
 )
 
 // Env lists, for a service's --help, the variables Setup reads itself and the ones an
-// operator sets to turn tracing on (the endpoint, the service's resource attributes). The
-// exporter and the SDK read the rest of the standard ones (_HEADERS, _TIMEOUT,
-// OTEL_TRACES_SAMPLER, OTEL_BSP_*...), which README.md's Configuration points to.
+// operator sets to turn tracing on (the endpoint, the service's resource attributes, the
+// sampler). The exporter and the SDK read the rest of the standard ones (_HEADERS,
+// _TIMEOUT, OTEL_BSP_*...), which README.md's Configuration points to.
 var Env = []string{
 	"OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
 	"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME",
-	"OTEL_RESOURCE_ATTRIBUTES",
+	"OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
 }
 
 // Setup installs the global tracer provider and W3C trace context propagator as the
@@ -40,6 +42,9 @@ func Setup(ctx context.Context, service string, getenv func(string) string) (shu
 	case "otlp":
 	default:
 		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER: %q is not supported (none or otlp)", v)
+	}
+	if err := checkSampler(getenv); err != nil {
+		return nil, err
 	}
 	protocol, from := getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
 	if protocol == "" {
@@ -70,4 +75,26 @@ func Setup(ctx context.Context, service string, getenv func(string) string) (shu
 	otel.SetTracerProvider(tp)
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
 	return tp.Shutdown, nil
+}
+
+// checkSampler refuses an OTEL_TRACES_SAMPLER or OTEL_TRACES_SAMPLER_ARG the SDK cannot
+// honour. The SDK reads them itself, but on a value it does not know it only prints a plain
+// line on stderr and samples every trace: "parentbased_traceidratio" with "1%" meant to keep
+// one trace in a hundred and kept them all.
+func checkSampler(getenv func(string) string) error {
+	switch sampler := strings.ToLower(strings.TrimSpace(getenv("OTEL_TRACES_SAMPLER"))); sampler {
+	case "", "always_on", "always_off", "parentbased_always_on", "parentbased_always_off":
+	case "traceidratio", "parentbased_traceidratio":
+		arg := strings.TrimSpace(getenv("OTEL_TRACES_SAMPLER_ARG"))
+		if arg == "" {
+			return nil // the SDK's default ratio, 1
+		}
+		if r, err := strconv.ParseFloat(arg, 64); err != nil || r < 0 || r > 1 {
+			return fmt.Errorf("OTEL_TRACES_SAMPLER_ARG: %q: want a ratio from 0 to 1 (0.01 keeps one trace in a hundred)", arg)
+		}
+	default:
+		return fmt.Errorf("OTEL_TRACES_SAMPLER: %q is not supported (always_on, always_off, traceidratio, "+
+			"parentbased_always_on, parentbased_always_off or parentbased_traceidratio)", sampler)
+	}
+	return nil
 }

@@ -33,15 +33,32 @@ func TestOffByDefault(t *testing.T) {
 
 // TestRefusals: an unsupported exporter or protocol is refused, naming the variable.
 func TestRefusals(t *testing.T) {
-	for name, m := range map[string]map[string]string{
-		"OTEL_TRACES_EXPORTER":               {"OTEL_TRACES_EXPORTER": "jaeger"},
-		"OTEL_EXPORTER_OTLP_PROTOCOL":        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
-		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"},
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+	}{
+		{"OTEL_TRACES_EXPORTER", map[string]string{"OTEL_TRACES_EXPORTER": "jaeger"}},
+		{"OTEL_EXPORTER_OTLP_PROTOCOL", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}},
+		{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"}},
+		// The SDK printed a plain "unsupported sampler: sometimes" line and sampled every
+		// trace; with an argument it cannot read, every trace too (1% is not a ratio).
+		{"OTEL_TRACES_SAMPLER", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "sometimes"}},
+		{"OTEL_TRACES_SAMPLER_ARG", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1%"}},
+		{"OTEL_TRACES_SAMPLER_ARG", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"}},
 	} {
-		_, err := tracing.Setup(t.Context(), "x", env(m))
-		if err == nil || !strings.HasPrefix(err.Error(), name+":") {
-			t.Errorf("%v: err %v, want one naming %s", m, err, name)
+		_, err := tracing.Setup(t.Context(), "x", env(tt.env))
+		if err == nil || !strings.HasPrefix(err.Error(), tt.name+":") {
+			t.Errorf("%v: err %v, want one naming %s", tt.env, err, tt.name)
 		}
+	}
+	// The SDK's own spellings are taken (it lowercases the name).
+	shutdown, err := tracing.Setup(t.Context(), "x", env(map[string]string{"OTEL_TRACES_EXPORTER": "otlp",
+		"OTEL_TRACES_SAMPLER": "ParentBased_TraceIDRatio", "OTEL_TRACES_SAMPLER_ARG": " 0.01 "}))
+	if err != nil {
+		t.Fatalf("a valid sampler: %v", err)
+	}
+	if err := shutdown(t.Context()); err != nil {
+		t.Error(err)
 	}
 }
 
