@@ -107,7 +107,7 @@ func (p Program) serve(ctx context.Context) error {
 	if !p.Traced {
 		return p.Serve(ctx)
 	}
-	shutdown, err := tracing.Setup(ctx, p.Name, os.Getenv)
+	shutdown, err := tracing.Setup(ctx, p.Name, logging.New(os.Stderr, p.Name, slog.LevelInfo), os.Getenv)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}

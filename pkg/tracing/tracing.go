@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 
@@ -33,8 +34,9 @@ var Env = []string{
 // Setup installs the global tracer provider and W3C trace context propagator as the
 // environment asks, naming the service service (unless OTEL_SERVICE_NAME does), and returns
 // the function that flushes the spans still buffered and stops the exporter, to call on
-// stop. With tracing off it installs nothing and the returned function does nothing.
-func Setup(ctx context.Context, service string, getenv func(string) string) (shutdown func(context.Context) error, err error) {
+// stop; what the SDK reports on its own (failed exports) goes to log. With tracing off it
+// installs nothing and the returned function does nothing.
+func Setup(ctx context.Context, service string, log *slog.Logger, getenv func(string) string) (shutdown func(context.Context) error, err error) {
 	nothing := func(context.Context) error { return nil }
 	switch v := getenv("OTEL_TRACES_EXPORTER"); v {
 	case "", "none":
@@ -72,6 +74,9 @@ func Setup(ctx context.Context, service string, getenv func(string) string) (shu
 		return nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res))
+	// What the SDK reports on its own (exports that fail while the collector is down) goes
+	// to the service's log, not the standard library's plain-text logger.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("opentelemetry", "err", err.Error()) }))
 	otel.SetTracerProvider(tp)
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
 	return tp.Shutdown, nil

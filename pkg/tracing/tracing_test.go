@@ -1,7 +1,10 @@
 package tracing_test
 
 import (
+	"bytes"
 	"encoding/hex"
+	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -17,7 +20,7 @@ func env(m map[string]string) func(string) string { return func(k string) string
 // TestOffByDefault: without OTEL_TRACES_EXPORTER nothing is installed; spans are no-ops.
 func TestOffByDefault(t *testing.T) {
 	for _, v := range []string{"", "none"} {
-		shutdown, err := tracing.Setup(t.Context(), "x", env(map[string]string{"OTEL_TRACES_EXPORTER": v}))
+		shutdown, err := tracing.Setup(t.Context(), "x", discard, env(map[string]string{"OTEL_TRACES_EXPORTER": v}))
 		if err != nil {
 			t.Fatalf("%q: %v", v, err)
 		}
@@ -46,13 +49,13 @@ func TestRefusals(t *testing.T) {
 		{"OTEL_TRACES_SAMPLER_ARG", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1%"}},
 		{"OTEL_TRACES_SAMPLER_ARG", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"}},
 	} {
-		_, err := tracing.Setup(t.Context(), "x", env(tt.env))
+		_, err := tracing.Setup(t.Context(), "x", discard, env(tt.env))
 		if err == nil || !strings.HasPrefix(err.Error(), tt.name+":") {
 			t.Errorf("%v: err %v, want one naming %s", tt.env, err, tt.name)
 		}
 	}
 	// The SDK's own spellings are taken (it lowercases the name).
-	shutdown, err := tracing.Setup(t.Context(), "x", env(map[string]string{"OTEL_TRACES_EXPORTER": "otlp",
+	shutdown, err := tracing.Setup(t.Context(), "x", discard, env(map[string]string{"OTEL_TRACES_EXPORTER": "otlp",
 		"OTEL_TRACES_SAMPLER": "ParentBased_TraceIDRatio", "OTEL_TRACES_SAMPLER_ARG": " 0.01 "}))
 	if err != nil {
 		t.Fatalf("a valid sampler: %v", err)
@@ -69,7 +72,7 @@ func TestExportsOverOTLP(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", c.Endpoint()) // read by the exporter itself
 	prev := otel.GetTracerProvider()
 	t.Cleanup(func() { otel.SetTracerProvider(prev) })
-	shutdown, err := tracing.Setup(t.Context(), "sender", env(map[string]string{
+	shutdown, err := tracing.Setup(t.Context(), "sender", discard, env(map[string]string{
 		"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
 	}))
 	if err != nil {
@@ -91,5 +94,26 @@ func TestExportsOverOTLP(t *testing.T) {
 	}
 	if !slices.Contains(otel.GetTextMapPropagator().Fields(), "traceparent") {
 		t.Error("global propagator does not carry traceparent")
+	}
+}
+
+var discard = slog.New(slog.DiscardHandler)
+
+// TestSDKErrorsAreLogged: what the SDK reports on its own (an export the collector refused
+// or did not answer, every few seconds while it is down) goes to the service's JSON log;
+// the SDK printed it as a plain line ("2026/11/30 16:13:32 traces export: …") among the JSON.
+func TestSDKErrorsAreLogged(t *testing.T) {
+	prevProvider, prevHandler := otel.GetTracerProvider(), otel.GetErrorHandler()
+	t.Cleanup(func() { otel.SetTracerProvider(prevProvider); otel.SetErrorHandler(prevHandler) })
+	var buf bytes.Buffer
+	shutdown, err := tracing.Setup(t.Context(), "x", slog.New(slog.NewJSONHandler(&buf, nil)),
+		env(map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = shutdown(t.Context()) })
+	otel.Handle(errors.New("traces export: connection refused"))
+	if !strings.Contains(buf.String(), `"level":"WARN","msg":"opentelemetry","err":"traces export: connection refused"`) {
+		t.Errorf("log: %s, want the SDK's error as a JSON line", buf.String())
 	}
 }
