@@ -220,29 +220,6 @@ func TestReader(t *testing.T) {
 			wantErr: []string{"DATABASE_URL: not a valid URL (invalid port)", "AMQP_URL: want a URL starting with amqp:// or amqps://"},
 			notWant: []string{"hunter2", "hunter3", "notaport"},
 		},
-		// What only the driver refuses is reported with the other variables at start, not
-		// after them by the pool (it was "DATABASE_URL: cannot parse `garbage`: …", alone,
-		// once every other variable was right), and without quoting the value.
-		{
-			name:    "database string the driver refuses",
-			vars:    map[string]string{"DATABASE_URL": "garbage hunter2"},
-			read:    func(r *envconfig.Reader) any { return r.DatabaseURL() },
-			wantErr: []string{"DATABASE_URL: failed to parse as keyword/value (invalid keyword/value)"},
-			notWant: []string{"hunter2", "cannot parse"},
-		},
-		{
-			name:    "database URL with a bad setting",
-			vars:    map[string]string{"DATABASE_URL": "postgres://u:hunter2@db/notify?sslmode=verify&sslpassword=hunter3"},
-			read:    func(r *envconfig.Reader) any { return r.DatabaseURL() },
-			wantErr: []string{"DATABASE_URL: failed to configure TLS (sslmode is invalid)"},
-			notWant: []string{"hunter2", "hunter3", "xxxxx"},
-		},
-		{
-			name:    "database URL with a bad pool setting",
-			vars:    map[string]string{"DATABASE_URL": "postgres://db/notify?pool_max_conns=many"},
-			read:    func(r *envconfig.Reader) any { return r.DatabaseURL() },
-			wantErr: []string{"DATABASE_URL: cannot parse pool_max_conns"},
-		},
 		{
 			name:    "both DATABASE_URL and DATABASE_URL_FILE",
 			vars:    map[string]string{"DATABASE_URL": "postgres://db/x", "DATABASE_URL_FILE": secretFile(t, "postgres://db/y")},

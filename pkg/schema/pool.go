@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"notify/pkg/envconfig"
 )
 
 // NewPool opens the connection pool of DATABASE_URL with room for at least minConns
@@ -24,4 +26,27 @@ func NewPool(ctx context.Context, databaseURL string, minConns int32) (*pgxpool.
 		cfg.MaxConns = max(cfg.MaxConns, minConns)
 	}
 	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
+// DatabaseURL reads DATABASE_URL (envconfig.Reader.DatabaseURL) and parses it as NewPool
+// will (pgxpool.ParseConfig: a keyword/value string, sslmode and its certificate files,
+// pool_* settings), so that what only the driver refuses is reported with every other bad
+// variable at start rather than alone once the service starts. The message leaves out the
+// value pgx quotes: it masks passwords, but a URL's other parts may be secrets too.
+func DatabaseURL(r *envconfig.Reader) string {
+	v := r.DatabaseURL()
+	if v == "" || r.Refused("DATABASE_URL", "DATABASE_URL_FILE") {
+		return v // refused already, or unreadable
+	}
+	if _, err := pgxpool.ParseConfig(v); err != nil {
+		msg := err.Error()
+		if rest, ok := strings.CutPrefix(msg, "cannot parse `"); ok {
+			msg = "cannot parse it"
+			if i := strings.LastIndex(rest, "`: "); i >= 0 {
+				msg = rest[i+len("`: "):]
+			}
+		}
+		r.Errorf("DATABASE_URL", "%s", msg)
+	}
+	return v
 }

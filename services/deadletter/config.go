@@ -6,6 +6,7 @@ import (
 
 	"notify/pkg/envconfig"
 	"notify/pkg/rabbit"
+	"notify/pkg/schema"
 )
 
 // defaultHTTPAddr is where the service serves /readyz (and /metrics) when METRICS_ADDR is not set.
@@ -40,7 +41,7 @@ type config struct {
 func loadConfig(getenv func(string) string) (config, error) {
 	e := envconfig.New(getenv)
 	c := config{
-		DatabaseURL: e.DatabaseURL(),
+		DatabaseURL: schema.DatabaseURL(e),
 		AMQPURL:     e.AMQPURL(),
 		Topology:    e.String("AMQP_TOPOLOGY", rabbit.DefaultName),
 		LogLevel:    e.LogLevel(),

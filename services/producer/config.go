@@ -86,7 +86,7 @@ type config struct {
 func loadConfig(getenv func(string) string) (config, error) {
 	e := envconfig.New(getenv)
 	c := config{
-		DatabaseURL: e.DatabaseURL(),
+		DatabaseURL: schema.DatabaseURL(e),
 		AMQPURL:     e.AMQPURL(),
 		LogLevel:    e.LogLevel(),
 		MetricsAddr: e.Addr("METRICS_ADDR", defaultHTTPAddr),

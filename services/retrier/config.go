@@ -6,6 +6,7 @@ import (
 
 	"notify/pkg/delivery"
 	"notify/pkg/envconfig"
+	"notify/pkg/schema"
 )
 
 // defaultHTTPAddr is where the service serves /readyz (and /metrics) when METRICS_ADDR is not set.
@@ -35,7 +36,7 @@ type config struct {
 func loadConfig(getenv func(string) string) (config, error) {
 	e := envconfig.New(getenv)
 	c := config{
-		DatabaseURL:     e.DatabaseURL(),
+		DatabaseURL:     schema.DatabaseURL(e),
 		AMQPURL:         e.AMQPURL(),
 		LogLevel:        e.LogLevel(),
 		MetricsAddr:     e.Addr("METRICS_ADDR", defaultHTTPAddr),
