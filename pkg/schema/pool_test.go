@@ -44,7 +44,7 @@ func TestDatabaseURL(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		url, wantErr string
-		notWant     []string
+		notWant      []string
 	}{
 		{"postgres://u:p@db:5432/notify?sslmode=disable", "", nil},
 		{"host=db user=notify password=x dbname=notify", "", nil},
