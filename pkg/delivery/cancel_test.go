@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"notify/pkg/fcm"
@@ -144,16 +142,6 @@ func ptr(s *string) string {
 	return *s
 }
 
-// queryCounter is a pgx tracer that counts the statements sent.
-type queryCounter struct{ n atomic.Int64 }
-
-func (q *queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	q.n.Add(1)
-	return ctx
-}
-
-func (*queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-
 // sendObserver runs at every multicast.
 type sendObserver struct {
 	scriptedFCM
@@ -167,7 +155,7 @@ func (o sendObserver) SendMulticast(ctx context.Context, m fcm.Message, tokens [
 
 // TestStatusLoadedChunkGoesWithoutCancelCheck: a chunk whose notification its caller has
 // just loaded (Chunk.StatusLoaded, the sender's small notifications) goes to FCM without a
-// statement before it; any other chunk is checked for a Cancel first (one statement).
+// round trip before it; any other chunk is checked for a Cancel first (one round trip).
 func TestStatusLoadedChunkGoesWithoutCancelCheck(t *testing.T) {
 	t.Parallel()
 	db, store, _, pub, n := setup(t, 3)
@@ -176,24 +164,14 @@ func TestStatusLoadedChunkGoesWithoutCancelCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := pgxpool.ParseConfig(db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	counter := &queryCounter{}
-	cfg.ConnConfig.Tracer = counter
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool, trips := db.CountedPool(t)
 	for _, loaded := range []bool{true, false} {
 		var before atomic.Int64
 		before.Store(-1)
-		fake := sendObserver{at: func() { before.CompareAndSwap(-1, counter.n.Load()) }}
+		fake := sendObserver{at: func() { before.CompareAndSwap(-1, trips.N()) }}
 		d := NewDeliverer(NewStore(pool), fake, pub, rabbit.NewTopology("test", []time.Duration{10 * time.Second}),
 			slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry(), Options{MaxAttempts: 3, MaxConcurrentSends: 2})
-		counter.n.Store(0)
+		trips.Reset()
 		_, errs := d.SendChunks(ctx, []Chunk{{Notification: n, Targets: targets[:1], Attempt: 1, StatusLoaded: loaded}})
 		if errs[0] != nil {
 			t.Fatal(errs[0])
@@ -203,7 +181,7 @@ func TestStatusLoadedChunkGoesWithoutCancelCheck(t *testing.T) {
 			want = 0
 		}
 		if got := before.Load(); got != want {
-			t.Errorf("StatusLoaded %v: %d statements before the multicast, want %d", loaded, got, want)
+			t.Errorf("StatusLoaded %v: %d round trips before the multicast, want %d", loaded, got, want)
 		}
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
@@ -22,30 +20,15 @@ import (
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
-// roundTrips counts the round trips to PostgreSQL: statements sent alone and batches.
-type roundTrips struct{ n atomic.Int64 }
-
-func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	r.n.Add(1)
-	return ctx
-}
-func (*roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	r.n.Add(1)
-	return ctx
-}
-func (*roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
-func (*roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
-
 // firstSendFCM is fakeFCM that notes the round trips made before its first multicast.
 type firstSendFCM struct {
 	fakeFCM
-	trips  *roundTrips
+	trips  *pgtest.RoundTrips
 	before atomic.Int64
 }
 
 func (f *firstSendFCM) SendMulticast(ctx context.Context, m fcm.Message, tokens []string) ([]fcm.Result, error) {
-	f.before.CompareAndSwap(-1, f.trips.n.Load())
+	f.before.CompareAndSwap(-1, f.trips.N())
 	return f.fakeFCM.SendMulticast(ctx, m, tokens)
 }
 
@@ -58,17 +41,7 @@ func TestSmallNotificationsWithRequestCopies(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	ctx := context.Background()
-	cfg, err := pgxpool.ParseConfig(db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trips := &roundTrips{}
-	cfg.ConnConfig.Tracer = trips
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool, trips := db.CountedPool(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	fake := &firstSendFCM{fakeFCM: fakeFCM{tokens: map[string]int{}}, trips: trips}
 	store := delivery.NewStore(pool)
@@ -108,7 +81,7 @@ func TestSmallNotificationsWithRequestCopies(t *testing.T) {
 			}
 			ds = append(ds, &rabbit.Delivery{MessageID: "task-" + id, Type: "notify.bus.v1.SendTask", Body: body})
 		}
-		trips.n.Store(0)
+		trips.Reset()
 		fake.before.Store(-1)
 		errs := h.HandleBatch(ctx, ds)
 		for i, err := range errs {
