@@ -198,9 +198,10 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 		return tasks
 	}
 	var guesses []delivery.Guess
+	var guessed []*task
 	for _, t := range unfinished(tasks) {
 		if t.guess != nil {
-			guesses = append(guesses, *t.guess)
+			guesses, guessed = append(guesses, *t.guess), append(guessed, t)
 		}
 	}
 	loading := tracing.StartEach(ctx, SpanLoad, spansOf(unfinished(tasks)))
@@ -209,8 +210,11 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 	var pages map[string]delivery.Page
 	var err error
 	if len(guesses) > 0 {
-		// The first pages of the guessed audiences come in the same round trip.
+		// The first pages of the guessed audiences come in the same round trip, which is
+		// their audience read too.
+		reading := tracing.StartEach(ctx, SpanAudience, spansOf(guessed))
 		found, bad, pages, err = h.store.LoadWithPages(ctx, ids, guesses, fcm.MaxMulticast)
+		reading.End(err)
 	} else {
 		found, bad, err = h.store.LoadMany(ctx, ids)
 	}

@@ -14,8 +14,9 @@ const (
 	// SpanLoad is the load of the task's notification (one query for the batch).
 	SpanLoad = "sender.load"
 	// SpanAudience is a read of a page of the task's audience (up to 500 unsettled
-	// targets): the first page of every task of a batch in one query, then each further
-	// page of a large audience.
+	// targets): the first page of every task of a batch in one query (in the load's round
+	// trip, and beside its span, for a task that carries a copy of its request), then each
+	// further page of a large audience.
 	SpanAudience = "sender.audience"
 )
 
