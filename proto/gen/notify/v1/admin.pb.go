@@ -1779,7 +1779,9 @@ type CreateAPIKeyRequest struct {
 	// pause) instead of PUBLISH_BURST_PER_KEY; 1 to 1,000,000.
 	PublishBurst *int32 `protobuf:"varint,74,opt,name=publish_burst,json=publishBurst,proto3,oneof" json:"publish_burst,omitempty"`
 	// Limits the key to these apps (Publish and RegisterDevice(s) for another app get
-	// PERMISSION_DENIED); empty means every app. Admin keys are never limited.
+	// PERMISSION_DENIED); empty means every app. Admin keys are never limited (apps on one
+	// is INVALID_ARGUMENT). Each must be an app the producer serves (APPS), named once: an
+	// unknown, empty or repeated name is INVALID_ARGUMENT naming apps[i].
 	Apps []string `protobuf:"bytes,13,rep,name=apps,proto3" json:"apps,omitempty"`
 	// Lets a publisher key set Publish's options.ignore_preferences (security messages that
 	// must reach users who muted their type); without it such a Publish is PERMISSION_DENIED.
