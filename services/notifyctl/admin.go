@@ -18,7 +18,9 @@ import (
 // maxPageSize is the server's largest page.
 const maxPageSize = 1000
 
-// parseWhen reads --since/--until: a duration ago ("90m", "1h", "7d") or an RFC 3339 time.
+// parseWhen reads --since/--until: a duration ago ("90m", "1h", "7d"), an RFC 3339 time,
+// or a date ("2026-11-30": its midnight in the local time zone, in which notifyctl shows
+// times too).
 func parseWhen(flagName, s string, now time.Time) (*timestamppb.Timestamp, error) {
 	if s == "" {
 		return nil, nil
@@ -26,9 +28,12 @@ func parseWhen(flagName, s string, now time.Time) (*timestamppb.Timestamp, error
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return timestamppb.New(t), nil
 	}
+	if t, err := time.ParseInLocation(time.DateOnly, s, now.Location()); err == nil {
+		return timestamppb.New(t), nil
+	}
 	d, err := parseDays(s)
 	if err != nil || d < 0 {
-		return nil, usagef("--%s %q: want a duration ago (90m, 1h, 7d) or an RFC 3339 time", flagName, s)
+		return nil, usagef("--%s %q: want a duration ago (90m, 1h, 7d), an RFC 3339 time or a date (2026-11-30)", flagName, s)
 	}
 	return timestamppb.New(now.Add(-d)), nil
 }
@@ -127,8 +132,8 @@ func (c *cli) listCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&st, "status", "", "only this `status`: scheduled, pending, retrying, delivered, failed, expired or cancelled")
 	f.StringVar(&typ, "type", "", "only this notification `type`")
-	f.StringVar(&since, "since", "", "created at or after `W`: a duration ago (90m, 1h, 7d) or an RFC 3339 time")
-	f.StringVar(&until, "until", "", "created before `W`: a duration ago or an RFC 3339 time")
+	f.StringVar(&since, "since", "", "created at or after `W`: a duration ago (90m, 1h, 7d), an RFC 3339 time or a date (local midnight)")
+	f.StringVar(&until, "until", "", "created before `W`: a duration ago, an RFC 3339 time or a date")
 	f.IntVar(&limit, "limit", 50, "at most `N` (0: all)")
 	enumFlag(cmd, "status", "scheduled", "pending", "retrying", "delivered", "failed", "expired", "cancelled")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
@@ -197,8 +202,8 @@ type deadFilterFlags struct{ reason, since, until string }
 
 func (d *deadFilterFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&d.reason, "reason", "", "only dead letters with this `reason` (e.g. retries_exhausted, permanent_error)")
-	fs.StringVar(&d.since, "since", "", "dead-lettered at or after `W`: a duration ago (90m, 1h, 7d) or an RFC 3339 time")
-	fs.StringVar(&d.until, "until", "", "dead-lettered before `W`: a duration ago or an RFC 3339 time")
+	fs.StringVar(&d.since, "since", "", "dead-lettered at or after `W`: a duration ago (90m, 1h, 7d), an RFC 3339 time or a date (local midnight)")
+	fs.StringVar(&d.until, "until", "", "dead-lettered before `W`: a duration ago, an RFC 3339 time or a date")
 }
 
 // filter is the filter the flags give, for command cmd (its messages).

@@ -39,6 +39,9 @@ func TestParseWhen(t *testing.T) {
 		{"1h", now.Add(-time.Hour), true},
 		{"7d", now.Add(-7 * 24 * time.Hour), true},
 		{"2026-04-30T08:00:00Z", time.Date(2026, 4, 30, 8, 0, 0, 0, time.UTC), true},
+		{"2026-04-30", time.Date(2026, 4, 30, 0, 0, 0, 0, time.UTC), true}, // midnight in now's (the local) zone
+		{"2026-4-30", time.Time{}, false},
+		{"2026-02-30", time.Time{}, false},
 		{"yesterday", time.Time{}, false},
 		{"-1h", time.Time{}, false},
 	}
@@ -957,5 +960,19 @@ func TestKeysOwnRateLimit(t *testing.T) {
 		if !strings.Contains(r.stderr, args[0]) {
 			t.Errorf("keys create %s: stderr %q does not name the flag", strings.Join(args, " "), r.stderr)
 		}
+	}
+}
+
+// TestParseWhenDateIsLocalMidnight: a date names midnight where notifyctl runs (the zone
+// it shows times in), not UTC's.
+func TestParseWhenDateIsLocalMidnight(t *testing.T) {
+	t.Parallel()
+	zone := time.FixedZone("UTC+2", 2*60*60)
+	ts, err := parseWhen("since", "2026-04-30", time.Date(2026, 5, 1, 12, 0, 0, 0, zone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Date(2026, 4, 29, 22, 0, 0, 0, time.UTC); !ts.AsTime().Equal(want) {
+		t.Errorf("--since 2026-04-30 at UTC+2 = %v, want %v", ts.AsTime(), want)
 	}
 }
