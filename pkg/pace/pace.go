@@ -14,9 +14,10 @@
 // long as its sends take at the rate in force. In any window of a minute the sends due in it
 // cover at most a minute of schedule plus one grant, and a process that comes back late may
 // catch up at most one grant of lost time. A lease's sends go at most grantTime after their
-// grant was due: a quarter second of schedule more per process, well within Margin. The schedule runs at Margin below the configured
-// rate less those two grants, so the project's minute never sees more than its quota even
-// when sends reach FCM a second or so after they were due.
+// grant was due: a quarter second of schedule more per process, well within Margin. The
+// schedule runs at Margin below the configured rate less those two grants, so the
+// project's minute never sees more than its quota even when sends reach FCM a second or so
+// after they were due.
 //
 // On a 429 the whole app backs off (Throttle): nothing is granted before the Retry-After
 // has passed, and the rate in force is halved (multiplicative decrease, at most once per
@@ -163,6 +164,9 @@ type lease struct {
 	left int
 }
 
+// live reports whether the lease's sends may still be handed out at now.
+func (l lease) live(now time.Time) bool { return !now.After(l.due.Add(grantTime)) }
+
 // Take reserves n sends of app (at most Grant(app)) and returns when they are due, having
 // slept until then. The sends must be made right away; an error means nothing was reserved
 // or ctx ended while waiting (the reserved sends are then lost, which only slows the app).
@@ -206,7 +210,7 @@ func (b *Budget) fromLease(app string, n int) (time.Time, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	l, ok := b.leases[app]
-	if !ok || l.left < n || b.now().After(l.due.Add(grantTime)) {
+	if !ok || l.left < n || !l.live(b.now()) {
 		return time.Time{}, false
 	}
 	l.left -= n
@@ -214,11 +218,11 @@ func (b *Budget) fromLease(app string, n int) (time.Time, bool) {
 	return l.due, true
 }
 
-// keepLease makes l app's lease unless the lease it has holds more.
+// keepLease makes l app's lease unless l is empty or the live lease it has holds more.
 func (b *Budget) keepLease(app string, l lease) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if old, ok := b.leases[app]; ok && old.left >= l.left && !b.now().After(old.due.Add(grantTime)) {
+	if old, ok := b.leases[app]; l.left == 0 || ok && old.left >= l.left && old.live(b.now()) {
 		return
 	}
 	b.leases[app] = l
