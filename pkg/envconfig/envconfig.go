@@ -49,6 +49,7 @@ func Names[C any](load func(getenv func(string) string) (C, error)) []string {
 type Reader struct {
 	getenv   func(string) string
 	errs     []error
+	refused  map[string]bool // the variables errs names
 	settings []slog.Attr
 }
 
@@ -82,11 +83,9 @@ func New(getenv func(string) string) *Reader { return &Reader{getenv: getenv} }
 
 // Refused says whether a problem with one of the variables names has been recorded.
 func (r *Reader) Refused(names ...string) bool {
-	for _, err := range r.errs {
-		for _, name := range names {
-			if strings.HasPrefix(err.Error(), name+": ") {
-				return true
-			}
+	for _, name := range names {
+		if r.refused[name] {
+			return true
 		}
 	}
 	return false
@@ -98,14 +97,22 @@ func (r *Reader) Err() error { return errors.Join(r.errs...) }
 // Errorf records a problem with variable name (for checks that involve several variables
 // or rules of the service's own). The message should not quote a secret.
 func (r *Reader) Errorf(name, format string, args ...any) {
-	r.errs = append(r.errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	r.refuse(name, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
 }
 
 // Check records err, if not nil, as a problem with variable name.
 func (r *Reader) Check(name string, err error) {
 	if err != nil {
-		r.errs = append(r.errs, fmt.Errorf("%s: %w", name, err))
+		r.refuse(name, fmt.Errorf("%s: %w", name, err))
 	}
+}
+
+func (r *Reader) refuse(name string, err error) {
+	if r.refused == nil {
+		r.refused = map[string]bool{}
+	}
+	r.refused[name] = true
+	r.errs = append(r.errs, err)
 }
 
 // String returns the variable, or def when it is unset or empty.
