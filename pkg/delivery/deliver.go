@@ -303,7 +303,7 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 			continue
 		}
 		recs = append(recs, Record{ID: ch.Notification.ID, Outcomes: cs[i].outcomes, Final: ch.Final && !lost,
-			Interim: ch.Interim && !ch.Final, Generation: ch.Notification.Generation})
+			Interim: ch.Interim, Generation: ch.Notification.Generation})
 		recorded = append(recorded, i)
 	}
 	spans := make([]trace.Span, len(recorded))

@@ -112,9 +112,9 @@ func (s *Store) Load(ctx context.Context, id string) (*Notification, error) {
 func (s *Store) LoadMany(ctx context.Context, ids []string) (map[string]*Notification, map[string]error, error) {
 	found, bad := make(map[string]*Notification, len(ids)), map[string]error{}
 	b := &pgx.Batch{}
-	n, err := s.queueLoad(b, ids, nil, found, bad, nil)
-	if err != nil || b.Len() == 0 {
-		return found, bad, err
+	n := s.queueLoad(b, ids, nil, found, bad)
+	if b.Len() == 0 {
+		return found, bad, nil
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return nil, nil, fmt.Errorf("load %d notifications: %w", n, err)
@@ -124,10 +124,10 @@ func (s *Store) LoadMany(ctx context.Context, ids []string) (map[string]*Notific
 
 // queueLoad queues LoadMany's statement for ids in b (none when no id is a UUID) and
 // returns how many it loads; found and bad are filled in as b's results are read. The
-// stored request of the notifications in skip is not read (nor decoded): fill builds
-// theirs.
-func (s *Store) queueLoad(b *pgx.Batch, ids []string, skip []uuid.UUID, found map[string]*Notification, bad map[string]error,
-	fill func(id string, n *Notification)) (int, error) {
+// stored request of a notification known (by id as given) is not read nor decoded: it is
+// its known one, with its row's status, expiry and generation.
+func (s *Store) queueLoad(b *pgx.Batch, ids []string, known map[string]*Notification, found map[string]*Notification,
+	bad map[string]error) int {
 	uuids := make([]uuid.UUID, 0, len(ids))
 	byUUID := make(map[uuid.UUID]string, len(ids))
 	for _, id := range ids {
@@ -137,7 +137,11 @@ func (s *Store) queueLoad(b *pgx.Batch, ids []string, skip []uuid.UUID, found ma
 		}
 	}
 	if len(uuids) == 0 {
-		return 0, nil
+		return 0
+	}
+	skip := make([]uuid.UUID, 0, len(known))
+	for _, n := range known {
+		skip = append(skip, n.ID)
 	}
 	b.Queue(`SELECT id, status, expires_at, CASE WHEN id = ANY($2) THEN NULL ELSE request END, replay_count
 		FROM notifications WHERE id = ANY($1)`, schema.UUIDs(uuids), schema.UUIDs(skip)).Query(func(rows pgx.Rows) error {
@@ -149,10 +153,10 @@ func (s *Store) queueLoad(b *pgx.Batch, ids []string, skip []uuid.UUID, found ma
 		_, err := pgx.ForEachRow(rows, []any{&pgID, &status, &expiresAt, &request, &gen}, func() error {
 			nid := uuid.UUID(pgID.Bytes)
 			id := byUUID[nid]
-			if request == nil && fill != nil {
-				n := &Notification{ID: nid, Status: status, ExpiresAt: expiresAt, Generation: gen}
-				fill(id, n)
-				found[id] = n
+			if k, ok := known[id]; ok && request == nil {
+				n := *k
+				n.Status, n.ExpiresAt, n.Generation = status, expiresAt, gen
+				found[id] = &n
 				return nil
 			}
 			n, err := decodeNotification(nid, status, expiresAt, request, gen)
@@ -164,7 +168,7 @@ func (s *Store) queueLoad(b *pgx.Batch, ids []string, skip []uuid.UUID, found ma
 		})
 		return err
 	})
-	return len(uuids), nil
+	return len(uuids)
 }
 
 // decodeNotification builds a Notification from its stored row.
@@ -173,10 +177,14 @@ func decodeNotification(id uuid.UUID, status string, expiresAt time.Time, reques
 	if err != nil {
 		return nil, fmt.Errorf("notification %s: %w", id, err)
 	}
-	n := &Notification{ID: id, Status: status, ExpiresAt: expiresAt, Audience: schema.AudienceOf(req), App: schema.AppOf(req),
-		Generation: gen}
-	n.Message = fcm.FromRequest(req)
+	n := fromRequest(id, req)
+	n.Status, n.ExpiresAt, n.Generation = status, expiresAt, gen
 	return n, nil
+}
+
+// fromRequest is what a notification's request says of it: its audience, app and message.
+func fromRequest(id uuid.UUID, req *notifyv1.PublishRequest) *Notification {
+	return &Notification{ID: id, Audience: schema.AudienceOf(req), App: schema.AppOf(req), Message: fcm.FromRequest(req)}
 }
 
 // Audience returns up to limit targets of n that have no settled delivery yet (in n's
@@ -305,21 +313,23 @@ func queueFirstPages(b *pgx.Batch, ns []*Notification, limit int) ([]Page, error
 	return pages, nil
 }
 
-// Guess is a notification as a SendTask describes it (its copy of the request and the
-// generation it was written in: NewGuess) before it is loaded.
+// Guess is a notification as a SendTask describes it before it is loaded: what the task's
+// copy of its request says, in the generation the task was written in (NewGuess).
 type Guess struct {
-	ID         string
-	Audience   schema.Audience
-	App        string
-	Message    fcm.Message
-	Generation int
+	ID string // the task's notification id
+	n  *Notification
 }
 
 // NewGuess decodes the copy of its request a SendTask carries.
 func NewGuess(id string, req *notifyv1.PublishRequest, generation int) Guess {
-	return Guess{ID: id, Audience: schema.AudienceOf(req), App: schema.AppOf(req), Message: fcm.FromRequest(req),
-		Generation: generation}
+	nid, _ := uuid.Parse(id) // uuid.Nil when id is no UUID: no notification has it
+	n := fromRequest(nid, req)
+	n.Generation = generation
+	return Guess{ID: id, n: n}
 }
+
+// Generation is the generation the task was written in.
+func (g Guess) Generation() int { return g.n.Generation }
 
 // LoadWithPages is LoadMany and FirstPages in one round trip, for notifications whose
 // SendTask carried a copy of their request (guesses; ids may name others too, which are
@@ -330,27 +340,18 @@ func NewGuess(id string, req *notifyv1.PublishRequest, generation int) Guess {
 // notification it does not send (final, expired).
 func (s *Store) LoadWithPages(ctx context.Context, ids []string, guesses []Guess, limit int) (found map[string]*Notification,
 	bad map[string]error, pages map[string]Page, err error) {
-	byID := make(map[string]Guess, len(guesses))
-	ns := make([]*Notification, 0, len(guesses))
-	guessed := make([]uuid.UUID, 0, len(guesses))
+	known := make(map[string]*Notification, len(guesses))
+	var guessed []Guess
+	var ns []*Notification
 	for _, g := range guesses {
-		nid, err := uuid.Parse(g.ID)
-		if err != nil {
-			continue
+		if g.n != nil && g.n.ID != uuid.Nil {
+			known[g.ID] = g.n
+			guessed, ns = append(guessed, g), append(ns, g.n)
 		}
-		byID[g.ID] = g
-		guessed = append(guessed, nid)
-		ns = append(ns, &Notification{ID: nid, Audience: g.Audience, App: g.App, Generation: g.Generation})
 	}
 	b := &pgx.Batch{}
 	found, bad = map[string]*Notification{}, map[string]error{}
-	load, err := s.queueLoad(b, ids, guessed, found, bad, func(id string, n *Notification) {
-		g := byID[id]
-		n.Audience, n.App, n.Message = g.Audience, g.App, g.Message
-	})
-	if err != nil {
-		return nil, nil, nil, err
-	}
+	load := s.queueLoad(b, ids, known, found, bad)
 	guessedPages, err := queueFirstPages(b, ns, limit)
 	if err != nil {
 		return nil, nil, nil, err
@@ -361,10 +362,9 @@ func (s *Store) LoadWithPages(ctx context.Context, ids []string, guesses []Guess
 		}
 	}
 	pages = make(map[string]Page, len(ns))
-	for i, n := range ns {
-		id := n.ID.String()
-		if got, ok := found[id]; ok && got != nil && got.Generation == n.Generation {
-			pages[id] = guessedPages[i]
+	for i, g := range guessed {
+		if got, ok := found[g.ID]; ok && got != nil && got.Generation == g.n.Generation {
+			pages[g.ID] = guessedPages[i]
 		}
 	}
 	return found, bad, pages, nil

@@ -43,7 +43,7 @@ func FuzzDecodeSendTask(f *testing.F) {
 		if err == nil && (guess != nil) != (task.GetRequest() != nil) {
 			t.Fatalf("decodeSendTask guessed %v for a task with request %v", guess, task.GetRequest())
 		}
-		if guess != nil && (guess.ID != id || guess.Generation != int(task.GetGeneration())) {
+		if guess != nil && (guess.ID != id || guess.Generation() != int(task.GetGeneration())) {
 			t.Fatalf("guess %+v of task %v", guess, &task)
 		}
 	})

@@ -85,7 +85,8 @@ func (h *Handler) WithTaskTimeout(d time.Duration) *Handler {
 //
 // The batch's notifications are loaded in one round trip and the first page of each
 // audience in another, or in the same one for a task that carries a copy of its
-// notification's request (as Publish writes them: SendTask.request). Small audiences (one page, up to fcm.MaxMulticast tokens) are sent
+// notification's request (as Publish writes them: SendTask.request). Small audiences (one
+// page, up to fcm.MaxMulticast tokens) are sent
 // together: their multicasts side by side, their failures handed off in one Publish, their
 // outcomes and final statuses written in one transaction (sendSmall). Larger ones take the
 // paged, chunked path, one notification at a time (sendLarge), alongside. A task naming
@@ -204,20 +205,12 @@ func (h *Handler) load(ctx context.Context, ds []*rabbit.Delivery) []*task {
 			guesses, guessed = append(guesses, *t.guess), append(guessed, t)
 		}
 	}
+	// The first pages of the guessed audiences come in the load's round trip, which is
+	// their audience read too.
 	loading := tracing.StartEach(ctx, SpanLoad, spansOf(unfinished(tasks)))
-	var found map[string]*delivery.Notification
-	var bad map[string]error
-	var pages map[string]delivery.Page
-	var err error
-	if len(guesses) > 0 {
-		// The first pages of the guessed audiences come in the same round trip, which is
-		// their audience read too.
-		reading := tracing.StartEach(ctx, SpanAudience, spansOf(guessed))
-		found, bad, pages, err = h.store.LoadWithPages(ctx, ids, guesses, fcm.MaxMulticast)
-		reading.End(err)
-	} else {
-		found, bad, err = h.store.LoadMany(ctx, ids)
-	}
+	reading := tracing.StartEach(ctx, SpanAudience, spansOf(guessed))
+	found, bad, pages, err := h.store.LoadWithPages(ctx, ids, guesses, fcm.MaxMulticast)
+	reading.End(err)
 	loading.End(err)
 	if err != nil {
 		for _, t := range unfinished(tasks) {
@@ -291,9 +284,6 @@ func (h *Handler) split(ctx context.Context, tasks []*task) (small []chunkTask, 
 		}
 	}
 	for _, t := range tasks {
-		if t.done {
-			continue
-		}
 		switch p := *t.page; {
 		case p.Err != nil:
 			t.finish("", rabbit.Requeue(p.Err))
