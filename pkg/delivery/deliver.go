@@ -21,6 +21,7 @@ import (
 	"notify/pkg/rabbit"
 	"notify/pkg/schema"
 	"notify/pkg/tracing"
+	"notify/pkg/workers"
 	busv1 "notify/proto/gen/notify/bus/v1"
 )
 
@@ -90,6 +91,8 @@ type Deliverer struct {
 	opts  Options
 	// slots bounds the FCM requests in flight: MaxConcurrentSends × requestsPerMulticast.
 	slots *semaphore.Weighted
+	// workers run SendChunks' sends, on goroutines whose stacks have grown already.
+	workers *workers.Pool
 
 	sends       *prometheus.CounterVec
 	sendLatency prometheus.Histogram
@@ -98,13 +101,17 @@ type Deliverer struct {
 	dead        *prometheus.CounterVec
 }
 
+// workerIdle is how long a send worker waits for the next send before it ends.
+const workerIdle = time.Minute
+
 // NewDeliverer returns a Deliverer and registers its metrics.
 func NewDeliverer(store *Store, fcmClient pusher, pub publisher, topo rabbit.Topology, log *slog.Logger, reg prometheus.Registerer, opts Options) *Deliverer {
 	opts.MaxAttempts = max(opts.MaxAttempts, 1)
 	opts.MaxConcurrentSends = max(opts.MaxConcurrentSends, 1)
 	d := &Deliverer{
 		store: store, fcm: fcmClient, pub: pub, topo: topo, log: log, opts: opts,
-		slots: semaphore.NewWeighted(int64(opts.MaxConcurrentSends * requestsPerMulticast)),
+		slots:   semaphore.NewWeighted(int64(opts.MaxConcurrentSends * requestsPerMulticast)),
+		workers: workers.New(workerIdle),
 		sends: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notify_fcm_sends_total", Help: "Tokens sent to FCM, by app, outcome and FCM error code.",
 		}, []string{"app", "outcome", "code"}),
@@ -268,7 +275,7 @@ func (d *Deliverer) SendChunks(ctx context.Context, chunks []Chunk) ([]Summary, 
 			errs[x.i] = err
 			continue
 		}
-		wg.Go(func() {
+		d.workers.Go(&wg, func() {
 			results, err := d.send(tracing.With(ctx, ch.Span), ch.Notification, x.targets, x.remaining, prepaid[app])
 			if err != nil {
 				errs[x.i] = err

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/api/option"
 
 	"notify/pkg/fcm/topic"
+	"notify/pkg/workers"
 )
 
 // Defaults for a zero Config field.
@@ -81,6 +82,8 @@ var ErrNoTarget = errors.New("FCM_CREDENTIALS_FILE or FCM_ENDPOINT: neither is s
 type Client struct {
 	msg *messaging.Client
 	now func() time.Time
+	// workers send a multicast's messages, on goroutines whose stacks have grown already.
+	workers *workers.Pool
 }
 
 // Result is the outcome for one token: MessageID on success ("projects/…/messages/…", as
@@ -260,7 +263,7 @@ func newClient(ctx context.Context, projectID, endpoint string, hc *http.Client)
 	if err != nil {
 		return nil, fmt.Errorf("firebase messaging client: %w", err)
 	}
-	return &Client{msg: msg, now: time.Now}, nil
+	return &Client{msg: msg, now: time.Now, workers: workers.New(time.Minute)}, nil
 }
 
 // SendMulticast sends m to tokens (1 to MaxMulticast of them) and returns one Result per
@@ -403,7 +406,7 @@ func (c *Client) sendEach(ctx context.Context, m Message, tokens []string, now t
 	}
 	var wg sync.WaitGroup
 	for i := 1; i < len(tokens); i++ {
-		wg.Go(func() { send(i) })
+		c.workers.Go(&wg, func() { send(i) })
 	}
 	send(0)
 	wg.Wait()

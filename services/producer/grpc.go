@@ -138,6 +138,11 @@ var grpcLatencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .
 // Every RPC is counted and timed on reg (grpc_server_started_total, grpc_server_handled_total
 // by grpc_code, grpc_server_handling_seconds) by interceptors placed before those in opts,
 // so calls the auth interceptors refuse are counted too.
+// streamWorkers is how many goroutines wait for calls: more than the calls a producer
+// usually has in flight (make bench publishes with 32 clients), few enough to cost nothing
+// idle.
+const streamWorkers = 64
+
 func newGRPCServer(addr string, shutdownTimeout time.Duration, log *slog.Logger, reg prometheus.Registerer, opts ...grpc.ServerOption) (*grpcServer, error) {
 	m := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(grpcLatencyBuckets)))
 	if err := reg.Register(m); err != nil {
@@ -149,6 +154,11 @@ func newGRPCServer(addr string, shutdownTimeout time.Duration, log *slog.Logger,
 	}
 	s := &grpcServer{}
 	opts = append([]grpc.ServerOption{
+		// Calls run on goroutines that stay for the next call (a new one when all are
+		// busy): a call's stack is deep (interceptors, validation, the group commit), and a
+		// fresh goroutine grows its stack to that depth by doubling and copying, every call
+		// (make bench's sustain phase: runtime.morestack 6.5% of the producer's CPU).
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor(), s.unaryGate),
 		grpc.ChainStreamInterceptor(m.StreamServerInterceptor(), s.streamGate),
 	}, opts...)
