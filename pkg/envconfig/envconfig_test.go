@@ -77,6 +77,29 @@ func TestReader(t *testing.T) {
 			wantErr: []string{`N: "many" is not an integer`},
 		},
 		{
+			name: "GOGC unset: the services' default, for run to set",
+			read: func(r *envconfig.Reader) any { return r.GCPercent() },
+			want: envconfig.DefaultGOGC,
+		},
+		{
+			name: "GOGC set: left to the Go runtime, which read it",
+			vars: map[string]string{"GOGC": "150"},
+			read: func(r *envconfig.Reader) any { return r.GCPercent() },
+			want: 0,
+		},
+		{
+			name: "GOGC off",
+			vars: map[string]string{"GOGC": "off"},
+			read: func(r *envconfig.Reader) any { return r.GCPercent() },
+			want: 0,
+		},
+		{
+			name:    "GOGC the runtime would ignore",
+			vars:    map[string]string{"GOGC": "300%"},
+			read:    func(r *envconfig.Reader) any { return r.GCPercent() },
+			wantErr: []string{`GOGC: want a percentage (e.g. 300) or off, got "300%"`},
+		},
+		{
 			name: "duration default",
 			read: func(r *envconfig.Reader) any { return r.Duration("D", 10*time.Second, time.Millisecond) },
 			want: 10 * time.Second,

@@ -21,6 +21,7 @@ type config struct {
 	AMQPURL     string
 	Topology    string // AMQP_TOPOLOGY: exchange name and queue prefix
 	LogLevel    slog.Level
+	GCPercent   int // GOGC unset: envconfig.DefaultGOGC, set by run; 0: the Go runtime's own
 	MetricsAddr string
 
 	// Where alerts go: SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN with SLACK_CHANNEL (and
@@ -45,6 +46,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		AMQPURL:     e.AMQPURL(),
 		Topology:    e.String("AMQP_TOPOLOGY", rabbit.DefaultName),
 		LogLevel:    e.LogLevel(),
+		GCPercent:   e.GCPercent(),
 		MetricsAddr: e.Addr("METRICS_ADDR", defaultHTTPAddr),
 
 		SlackWebhookURL: e.HTTPURL("SLACK_WEBHOOK_URL", ""),

@@ -30,6 +30,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		AMQPURL:          "amqp://guest:guest@127.0.0.1:5672/",
 		Topology:         "notify",
 		LogLevel:         slog.LevelInfo,
+		GCPercent:        envconfig.DefaultGOGC,
 		MetricsAddr:      "127.0.0.1:9104",
 		AlertInterval:    30 * time.Second,
 		AlertMinInterval: time.Minute,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -29,6 +30,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := logging.New(os.Stderr, "deadletter", cfg.LogLevel)
+	if cfg.GCPercent > 0 {
+		debug.SetGCPercent(cfg.GCPercent)
+	}
 	logging.Starting(log, cfg.Settings)
 	defer logging.Stopping(ctx, log, cfg.ShutdownTimeout)()
 

@@ -25,6 +25,7 @@ type config struct {
 	DatabaseURL string
 	AMQPURL     string
 	LogLevel    slog.Level
+	GCPercent   int // GOGC unset: envconfig.DefaultGOGC, set by run; 0: the Go runtime's own
 	MetricsAddr string
 	GRPCAddr    string
 	// GRPCTLS names the certificate files (GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE,
@@ -89,6 +90,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		DatabaseURL: schema.DatabaseURL(e),
 		AMQPURL:     e.AMQPURL(),
 		LogLevel:    e.LogLevel(),
+		GCPercent:   e.GCPercent(),
 		MetricsAddr: e.Addr("METRICS_ADDR", defaultHTTPAddr),
 		GRPCAddr:    e.Addr("GRPC_ADDR", "127.0.0.1:50051"),
 		GRPCTLS: tlsfiles.Files{

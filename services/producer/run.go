@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -39,6 +40,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := logging.New(os.Stderr, "producer", cfg.LogLevel)
+	if cfg.GCPercent > 0 {
+		debug.SetGCPercent(cfg.GCPercent)
+	}
 	logging.Starting(log, cfg.Settings)
 	defer logging.Stopping(ctx, log, cfg.ShutdownTimeout)()
 	// TLS files are checked before anything waits for the database, so a bad path fails fast.

@@ -20,6 +20,7 @@ type config struct {
 	DatabaseURL string
 	AMQPURL     string
 	LogLevel    slog.Level
+	GCPercent   int // GOGC unset: envconfig.DefaultGOGC, set by run; 0: the Go runtime's own
 	MetricsAddr string
 	// Delivery holds the FCM and retry settings the sender shares with the retrier.
 	Delivery         delivery.Settings
@@ -40,6 +41,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		DatabaseURL:      schema.DatabaseURL(e),
 		AMQPURL:          e.AMQPURL(),
 		LogLevel:         e.LogLevel(),
+		GCPercent:        e.GCPercent(),
 		MetricsAddr:      e.Addr("METRICS_ADDR", defaultHTTPAddr),
 		Delivery:         delivery.LoadSettings(e),
 		Workers:          e.Int("SEND_WORKERS", 4, 1, 256),

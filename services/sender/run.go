@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -29,6 +30,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := logging.New(os.Stderr, "sender", cfg.LogLevel)
+	if cfg.GCPercent > 0 {
+		debug.SetGCPercent(cfg.GCPercent)
+	}
 	logging.Starting(log, cfg.Settings)
 	defer logging.Stopping(ctx, log, cfg.ShutdownTimeout)()
 	for _, app := range cfg.Delivery.Apps {
