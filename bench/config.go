@@ -15,6 +15,7 @@ import (
 	"notify/pkg/cli"
 	"notify/pkg/delivery"
 	"notify/pkg/envconfig"
+	"notify/pkg/schema"
 )
 
 // Phases, in the order they run.
@@ -75,6 +76,9 @@ type config struct {
 	// the raw FCM edge of the run); AppsDevices are the apps phase's devices of its first app.
 	PacedQuota  int
 	AppsDevices int
+	// StatusEventsOff turns status events off in the bench database
+	// (schema.StatusEventsSetting), as a deployment without subscribers may.
+	StatusEventsOff bool
 
 	// FCMConcurrency is the sender's FCM_MAX_CONCURRENT_SENDS as it will read it; the raw
 	// FCM-edge baseline sends with the same number of multicasts in flight.
@@ -135,6 +139,7 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 	fs.IntVar(&c.BatchNotifications, "batch-notifications", 50_000, "notifications the batch phase publishes (rounded up to whole batches of 500)")
 	fs.IntVar(&c.SustainNotifications, "sustain-notifications", 20_000, "one-token notifications the sustain and reference phases publish as fast as Publish takes them")
 	fs.IntVar(&c.PacedQuota, "paced-quota", 0, "the paced broadcasts' quota a minute, on the emulator and the app (0: half the raw FCM edge of this run, at most 0.8× the unpaced fan-out)")
+	statusEvents := fs.String("status-events", "on", "on, or off: the bench database's "+schema.StatusEventsSetting+", as a deployment whose status events nobody subscribes to may set it")
 	fs.IntVar(&c.AppsDevices, "apps-devices", 60_000, "devices of the apps phase's first app (the second gets half as many, and half its quota)")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -163,6 +168,13 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 			errs = append(errs, fmt.Errorf("-phases: unknown phase %q (want some of %s)", p, strings.Join(allPhases, ",")))
 		}
 		c.Phases[p] = true
+	}
+	switch *statusEvents {
+	case "on":
+	case "off":
+		c.StatusEventsOff = true
+	default:
+		errs = append(errs, fmt.Errorf("-status-events: want on or off, got %q", *statusEvents))
 	}
 	positive := func(name string, v int) {
 		if v <= 0 {

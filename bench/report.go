@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"notify/pkg/schema"
 )
 
 // report prints the run's table.
@@ -23,8 +25,12 @@ func (r *results) report(w io.Writer, jsonPath string) {
 	}
 	fmt.Fprintf(w, "\nnotify bench %s · commit %s · %d cores (%s) · %s · RabbitMQ %s · PostgreSQL %s · load at start %s\n",
 		r.RunID, commit, m.Cores, m.CPUModel, m.GoVersion, m.RabbitMQ, m.PostgreSQL, m.LoadAverage)
-	fmt.Fprintf(w, "took %s · API key sent: %s · results %s · service logs %s\n\n",
-		time.Duration(r.DurationSeconds*float64(time.Second)).Round(time.Second), yesNo(r.Settings.APIKey), jsonPath, r.LogDir)
+	events := ""
+	if r.Settings.StatusEventsOff {
+		events = " · status events: off (" + schema.StatusEventsSetting + ")"
+	}
+	fmt.Fprintf(w, "took %s · API key sent: %s%s · results %s · service logs %s\n\n",
+		time.Duration(r.DurationSeconds*float64(time.Second)).Round(time.Second), yesNo(r.Settings.APIKey), events, jsonPath, r.LogDir)
 
 	met := map[string]string{}
 	for _, t := range r.Targets {

@@ -89,6 +89,7 @@ type settings struct {
 	BaselineSeconds        float64           `json:"baseline_seconds"`
 	FCMConcurrentMulticast int               `json:"fcm_concurrent_multicasts"`
 	APIKey                 bool              `json:"api_key"`
+	StatusEventsOff        bool              `json:"status_events_off,omitempty"`
 	ServiceEnv             map[string]string `json:"service_env"`
 	Database               string            `json:"database"`
 	Topology               string            `json:"topology"`

@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			FanoutDevices: cfg.FanoutDevices, History: cfg.History, LatencyRate: cfg.LatencyRate, LatencySeconds: cfg.LatencyDuration.Seconds(),
 			BaselineSeconds: cfg.BaselineDuration.Seconds(), FCMConcurrentMulticast: cfg.FCMConcurrency,
 			BatchClients: cfg.BatchClients, BatchNotifications: cfg.BatchNotifications, SustainNotifications: cfg.SustainNotifications,
-			PacedQuota: cfg.PacedQuota, AppsDevices: cfg.AppsDevices,
+			PacedQuota: cfg.PacedQuota, AppsDevices: cfg.AppsDevices, StatusEventsOff: cfg.StatusEventsOff,
 			ServiceEnv: cfg.ServiceEnv, Database: st.dbName, Topology: st.topology,
 		},
 	}

@@ -104,6 +104,12 @@ func newStack(ctx context.Context, cfg config, log *slog.Logger, runID string) (
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{st.dbName}.Sanitize()); err != nil {
 		return nil, fmt.Errorf("create database %s: %w", st.dbName, err)
 	}
+	if cfg.StatusEventsOff {
+		if _, err := admin.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{st.dbName}.Sanitize()+" SET "+schema.StatusEventsSetting+" = off"); err != nil {
+			st.dropDatabase()
+			return nil, fmt.Errorf("turn status events off in %s: %w", st.dbName, err)
+		}
+	}
 	pool, err := pgxpool.New(ctx, st.dbURL)
 	if err != nil {
 		st.dropDatabase()

@@ -72,6 +72,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	eventsPub := rabbit.NewPublisher(conn, topo.EventsExchange(), rabbit.PublisherOptions{
 		Window: cfg.OutboxConcurrency * cfg.OutboxBatchSize, Optional: true,
 	})
+	logStatusEvents(ctx, pool, log, topo.EventsExchange())
 	relay := outbox.NewRelay(pool, relayPub, log, reg, outbox.Options{
 		Events:       eventsPub,
 		BatchSize:    cfg.OutboxBatchSize,
@@ -240,5 +241,17 @@ func warnWithoutAdminKey(ctx context.Context, pool *pgxpool.Pool, log *slog.Logg
 	err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL)").Scan(&exists)
 	if err == nil && !exists {
 		log.Warn("no active admin API key; create one with: producer keys create NAME --role admin (uses DATABASE_URL)")
+	}
+}
+
+// logStatusEvents says at start when the database has status events turned off
+// (schema.StatusEventsSetting), so that a team binding a queue to the events exchange and
+// receiving nothing finds why in the producer's log. A database not reachable yet is left
+// to the readiness checks.
+func logStatusEvents(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, exchange string) {
+	var on bool
+	if err := pool.QueryRow(ctx, schema.StatusEventsOnSQL).Scan(&on); err == nil && !on {
+		log.Warn("status events are off in this database ("+schema.StatusEventsSetting+" = off): no status change is published",
+			"exchange", exchange)
 	}
 }
