@@ -400,11 +400,12 @@ func flagError(cmd *cobra.Command, args []string, err error) error {
 }
 
 // nearFlag is the one flag of fs that name (an unknown long flag) most likely meant: the
-// same but for case, '-' and '_' (--dry_run, --dryrun), or the only one it begins
-// (--unreplay); "" when there is none or more than one.
+// same but for case, '-' and '_' (--dry_run, --dryrun), else the only one it begins
+// (--unreplay), else the only one a single typo away (--users, --tittle, --tpye: a letter
+// more, less, changed or two swapped); "" when there is none or more than one.
 func nearFlag(fs *pflag.FlagSet, name string) string {
 	norm := func(s string) string { return strings.ToLower(strings.NewReplacer("-", "", "_", "").Replace(s)) }
-	var same, prefixed []string
+	var same, prefixed, typo []string
 	fs.VisitAll(func(f *pflag.Flag) {
 		switch {
 		case f.Hidden:
@@ -412,15 +413,46 @@ func nearFlag(fs *pflag.FlagSet, name string) string {
 			same = append(same, f.Name)
 		case len(name) >= 3 && strings.HasPrefix(norm(f.Name), norm(name)):
 			prefixed = append(prefixed, f.Name)
+		case len(name) >= 3 && oneTypo(norm(f.Name), norm(name)):
+			typo = append(typo, f.Name)
 		}
 	})
-	switch {
-	case len(same) == 1:
-		return same[0]
-	case len(same) == 0 && len(prefixed) == 1:
-		return prefixed[0]
+	for _, found := range [][]string{same, prefixed, typo} {
+		if len(found) > 0 {
+			if len(found) == 1 {
+				return found[0]
+			}
+			return ""
+		}
 	}
 	return ""
+}
+
+// oneTypo reports whether b is a one typo away from a: a letter inserted, dropped or
+// changed, or two neighbours swapped (the optimal string alignment distance is 1).
+func oneTypo(a, b string) bool {
+	if len(a) < len(b) {
+		a, b = b, a
+	}
+	switch len(a) - len(b) {
+	case 0:
+		i := 0
+		for i < len(a) && a[i] == b[i] {
+			i++
+		}
+		if i == len(a) {
+			return false // the same
+		}
+		return a[i+1:] == b[i+1:] || // changed
+			i+1 < len(a) && a[i] == b[i+1] && a[i+1] == b[i] && a[i+2:] == b[i+2:] // swapped
+	case 1:
+		i := 0
+		for i < len(b) && a[i] == b[i] {
+			i++
+		}
+		return a[i+1:] == b[i:] // one more in a
+	}
+	return false
 }
 
 // group is the RunE of a command that only holds subcommands: naming none, or an unknown

@@ -201,6 +201,11 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"dead", "list", "--unreplay"}, message: "unknown flag: --unreplay (did you mean --unreplayed?)"},
 		{args: []string{"list", "--Status", "failed"}, message: "unknown flag: --Status (did you mean --status?)"},
 		{args: []string{"list", "--noheaders"}, message: "unknown flag: --noheaders (did you mean --no-headers?)"},
+		{args: []string{"publish", "--users", "u1"}, message: "unknown flag: --users (did you mean --user?)"},
+		{args: []string{"publish", "--tittle", "x"}, message: "unknown flag: --tittle (did you mean --title?)"},
+		{args: []string{"publish", "--tpye", "x"}, message: "unknown flag: --tpye (did you mean --type?)"},
+		{args: []string{"publish", "--usr", "u1"}, message: "unknown flag: --usr (did you mean --user?)"},
+		{args: []string{"publish", "--bodyy", "x"}, message: "unknown flag: --bodyy (did you mean --body?)"},
 		{args: []string{"list", "--t", "x"}, message: "unknown flag: --t\n"},
 		{args: []string{"--no-such-flag", "list"}, message: "unknown flag"},
 		{args: []string{"list", "-o", "xml"}, message: `-o "xml"`},
@@ -974,5 +979,32 @@ func TestParseWhenDateIsLocalMidnight(t *testing.T) {
 	}
 	if want := time.Date(2026, 4, 29, 22, 0, 0, 0, time.UTC); !ts.AsTime().Equal(want) {
 		t.Errorf("--since 2026-04-30 at UTC+2 = %v, want %v", ts.AsTime(), want)
+	}
+}
+
+func TestOneTypo(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"user", "users", true},   // one more
+		{"title", "tittle", true}, // one more, inside
+		{"user", "usr", true},     // one less
+		{"type", "tpye", true},    // swapped
+		{"type", "typo", true},    // changed
+		{"type", "type", false},   // the same
+		{"type", "ytpo", false},   // two
+		{"title", "tilte", true},  // swapped, inside
+		{"title", "tiltes", false},
+		{"ttl", "title", false},
+		{"", "a", true},
+	} {
+		if got := oneTypo(tc.a, tc.b); got != tc.want {
+			t.Errorf("oneTypo(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+		if got := oneTypo(tc.b, tc.a); got != tc.want {
+			t.Errorf("oneTypo(%q, %q) = %v, want %v", tc.b, tc.a, got, tc.want)
+		}
 	}
 }
