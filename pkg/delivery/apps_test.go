@@ -37,20 +37,26 @@ func (a *appFCM) SendMulticast(ctx context.Context, m fcm.Message, tokens []stri
 type fakePacer struct {
 	grant     int
 	mu        sync.Mutex
-	takes     []string // "app:n"
+	takes     []string // "app:n", "app:n leased"
 	throttled []string // "app:retryAfter"
 	failAfter int      // Take fails after this many takes (0: never)
 }
 
 func (p *fakePacer) Grant(string) int { return p.grant }
 
-func (p *fakePacer) Take(_ context.Context, app string, n int) error {
+func (p *fakePacer) Take(_ context.Context, app string, n int) error { return p.take(app, n, "") }
+
+func (p *fakePacer) TakeLeased(_ context.Context, app string, n int) error {
+	return p.take(app, n, " leased")
+}
+
+func (p *fakePacer) take(app string, n int, kind string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.failAfter > 0 && len(p.takes) >= p.failAfter {
 		return context.DeadlineExceeded
 	}
-	p.takes = append(p.takes, fmt.Sprintf("%s:%d", app, n))
+	p.takes = append(p.takes, fmt.Sprintf("%s:%d", app, n)+kind)
 	return nil
 }
 
@@ -121,7 +127,8 @@ func TestSendChunkGoesThroughTheNotificationsAppPaced(t *testing.T) {
 	if diff := cmp.Diff(Summary{Delivered: 3, Invalid: 1, Retrying: 1, Status: "retrying"}, sum); diff != "" {
 		t.Errorf("summary (-want +got):\n%s", diff)
 	}
-	// Only staff's pusher sent, in pieces of the pacer's grant, each piece taken first.
+	// Only staff's pusher sent, in pieces of the pacer's grant, each piece taken first, and
+	// exactly: the last piece, smaller than a grant, takes no lease.
 	if len(a.calls) != 0 {
 		t.Errorf("the default app's pusher sent %v", a.calls)
 	}
@@ -224,9 +231,10 @@ func TestSendChunksReservesSmallChunksTogether(t *testing.T) {
 			t.Errorf("chunk %d: %v", i, err)
 		}
 	}
-	// One reservation per app for the whole batch, not one per notification.
+	// One reservation per app for the whole batch, not one per notification, which may
+	// take a lease of the rest of a grant for the next batches.
 	slices.Sort(pacer.takes)
-	if diff := cmp.Diff([]string{"default:3", "staff:1"}, pacer.takes); diff != "" {
+	if diff := cmp.Diff([]string{"default:3 leased", "staff:1 leased"}, pacer.takes); diff != "" {
 		t.Errorf("pacer takes (-want +got):\n%s", diff)
 	}
 	if len(a.calls) != 3 || len(b.calls) != 1 {

@@ -40,6 +40,9 @@ type Pacer interface {
 	Grant(app string) int
 	// Take reserves n sends of app and returns when they may go out.
 	Take(ctx context.Context, app string, n int) error
+	// TakeLeased is Take for a small batch: it may reserve a whole grant and keep the rest
+	// for the process's next small batches.
+	TakeLeased(ctx context.Context, app string, n int) error
 	// Throttle tells every process that FCM answered 429 for app.
 	Throttle(ctx context.Context, app string, retryAfter time.Duration) error
 }
@@ -448,7 +451,7 @@ func (d *Deliverer) prepay(ctx context.Context, perApp map[string]int, spans map
 			continue
 		}
 		waits := startPaceEach(ctx, spans[app], app, n)
-		err := d.opts.Pacer.Take(ctx, app, n)
+		err := d.opts.Pacer.TakeLeased(ctx, app, n)
 		waits.End(err)
 		if err != nil {
 			errs[app] = fmt.Errorf("pace %d tokens of app %s: %w", n, app, err)

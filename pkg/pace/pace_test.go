@@ -186,7 +186,7 @@ func TestTakeSleepsUntilDue(t *testing.T) {
 	}
 }
 
-// TestSmallTakesShareOneGrant: Takes of fewer sends than a grant are served from the rest of
+// TestSmallTakesShareOneGrant: TakeLeased of fewer sends than a grant is served from the rest of
 // the grant the first one reserved (the schedule does not move) until it is used up, until
 // grantTime after it was due, or until a 429 holds the app back; each then reserves anew.
 func TestSmallTakesShareOneGrant(t *testing.T) {
@@ -206,7 +206,7 @@ func TestSmallTakesShareOneGrant(t *testing.T) {
 	}
 	take := func(n int) {
 		t.Helper()
-		if err := b.Take(t.Context(), "a", n); err != nil {
+		if err := b.TakeLeased(t.Context(), "a", n); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -242,5 +242,47 @@ func TestSmallTakesShareOneGrant(t *testing.T) {
 	take(1)
 	if got := w.last(); !near(got, 30*time.Second, 2*time.Second) {
 		t.Errorf("a Take after a 429 with Retry-After 30s is due in %s, want about 30s", got)
+	}
+}
+
+// TestTakeReservesExactly: Take of fewer sends than a grant (a broadcast's last piece of a
+// chunk) moves the schedule by those sends only and keeps no lease, so nothing of the app's
+// quota is left to expire; it is served from a live lease that holds enough.
+func TestTakeReservesExactly(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	b, _ := newBudget(t, db, App{Name: "a", RatePerMinute: 6000})
+	nextAt := func() time.Time {
+		t.Helper()
+		var at time.Time
+		if err := db.Pool.QueryRow(t.Context(), `SELECT next_at FROM fcm_budgets WHERE app = 'a'`).Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	perSend := time.Duration(float64(time.Minute) / Rate(6000))
+	if err := b.Take(t.Context(), "a", 5); err != nil {
+		t.Fatal(err)
+	}
+	first := nextAt()
+	if err := b.Take(t.Context(), "a", 5); err != nil {
+		t.Fatal(err)
+	}
+	second := nextAt()
+	if d := second.Sub(first); !near(d, 5*perSend, perSend) {
+		t.Errorf("a second Take of 5 moved the schedule by %s, want 5 sends' worth (%s): the first must keep no lease", d, 5*perSend)
+	}
+	if err := b.TakeLeased(t.Context(), "a", 2); err != nil { // a whole grant: 23 left in the lease
+		t.Fatal(err)
+	}
+	third := nextAt()
+	if d := third.Sub(second); !near(d, 25*perSend, perSend) {
+		t.Errorf("TakeLeased of 2 moved the schedule by %s, want a grant (%s)", d, 25*perSend)
+	}
+	if err := b.Take(t.Context(), "a", 5); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextAt(); !got.Equal(third) {
+		t.Errorf("a Take of 5 with 23 in a live lease moved the schedule from %v to %v", third, got)
 	}
 }
