@@ -65,6 +65,16 @@ func newBudget(t *testing.T, db *pgtest.DB, apps ...App) (*Budget, *waits) {
 	return b, w
 }
 
+// nextAt is where app's schedule stands: when its next reservation would be due.
+func nextAt(t *testing.T, db *pgtest.DB, app string) time.Time {
+	t.Helper()
+	var at time.Time
+	if err := db.Pool.QueryRow(t.Context(), `SELECT next_at FROM fcm_budgets WHERE app = $1`, app).Scan(&at); err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
 // near reports whether got is within tol of want.
 func near(got, want, tol time.Duration) bool { return got >= want-tol && got <= want+tol }
 
@@ -196,14 +206,7 @@ func TestSmallTakesShareOneGrant(t *testing.T) {
 	if g := b.Grant("a"); g != 25 {
 		t.Fatalf("Grant(a) = %d, want 25", g)
 	}
-	nextAt := func() time.Time {
-		t.Helper()
-		var at time.Time
-		if err := db.Pool.QueryRow(t.Context(), `SELECT next_at FROM fcm_budgets WHERE app = 'a'`).Scan(&at); err != nil {
-			t.Fatal(err)
-		}
-		return at
-	}
+	nextAt := func() time.Time { return nextAt(t, db, "a") }
 	take := func(n int) {
 		t.Helper()
 		if err := b.TakeLeased(t.Context(), "a", n); err != nil {
@@ -252,14 +255,7 @@ func TestTakeReservesExactly(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	b, _ := newBudget(t, db, App{Name: "a", RatePerMinute: 6000})
-	nextAt := func() time.Time {
-		t.Helper()
-		var at time.Time
-		if err := db.Pool.QueryRow(t.Context(), `SELECT next_at FROM fcm_budgets WHERE app = 'a'`).Scan(&at); err != nil {
-			t.Fatal(err)
-		}
-		return at
-	}
+	nextAt := func() time.Time { return nextAt(t, db, "a") }
 	perSend := time.Duration(float64(time.Minute) / Rate(6000))
 	if err := b.Take(t.Context(), "a", 5); err != nil {
 		t.Fatal(err)

@@ -65,6 +65,24 @@ func NewEmpty(t testing.TB) *DB {
 	return newDatabase(t, testenv.DatabaseURL(t), "template0")
 }
 
+// SetDefault sets a setting of the test's database (ALTER DATABASE … SET), which sessions
+// take when they connect: the pool's open connections keep what they had.
+func (db *DB) SetDefault(t testing.TB, setting, value string) {
+	t.Helper()
+	ctx := context.Background()
+	var name string
+	if err := db.Pool.QueryRow(ctx, "SELECT current_database()").Scan(&name); err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	if _, err := db.Pool.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{name}.Sanitize()+" SET "+
+		pgx.Identifier{setting}.Sanitize()+" = "+quoteLiteral(value)); err != nil {
+		t.Fatalf("pgtest: set %s of the test database: %v", setting, err)
+	}
+}
+
+// quoteLiteral is s as an SQL string literal.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
 func newDatabase(t testing.TB, baseURL, template string) *DB {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -62,13 +62,7 @@ func TestStatusEventsSetting(t *testing.T) {
 		t.Fatalf("%d status events after a change, want 1", n)
 	}
 
-	var name string
-	if err := db.Pool.QueryRow(ctx, "SELECT current_database()").Scan(&name); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Pool.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{name}.Sanitize()+" SET "+schema.StatusEventsSetting+" = off"); err != nil {
-		t.Fatal(err)
-	}
+	db.SetDefault(t, schema.StatusEventsSetting, "off")
 	after := connect()
 	if eventsOn(after) {
 		t.Error("status events on in a session that connected after ALTER DATABASE … SET notify.status_events = off")

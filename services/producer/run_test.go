@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"notify/pkg/pgtest"
@@ -33,13 +32,7 @@ func TestLogStatusEvents(t *testing.T) {
 	if got := logged(); got != "" {
 		t.Errorf("logged %q with status events on, want nothing", got)
 	}
-	var name string
-	if err := db.Pool.QueryRow(ctx, "SELECT current_database()").Scan(&name); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Pool.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{name}.Sanitize()+" SET "+schema.StatusEventsSetting+" = off"); err != nil {
-		t.Fatal(err)
-	}
+	db.SetDefault(t, schema.StatusEventsSetting, "off")
 	if got := logged(); !strings.Contains(got, "status events are off") || !strings.Contains(got, "notify.events") {
 		t.Errorf("logged %q with notify.status_events off, want the warning naming the exchange", got)
 	}
