@@ -242,7 +242,7 @@ func (r *Reader) Addr(name, def string) string {
 
 // DefaultGOGC is the garbage collector's target a service runs with when GOGC is unset: a
 // collection once the heap has grown by three times what the last one left alive, where
-// the Go runtime's own default (100) collects at once its size. notify's services allocate
+// the Go runtime's own default (100) collects once it has grown by that much. notify's services allocate
 // much per message and keep little (the producer ~28 KB per Publish, the sender ~22 KB per
 // notification, against live heaps of a few MB), so the collector ran often: 8–13% of their
 // CPU. make bench -phases sustain,fanout, binaries without and with this default
