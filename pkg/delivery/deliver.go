@@ -104,9 +104,6 @@ type Deliverer struct {
 	dead        *prometheus.CounterVec
 }
 
-// workerIdle is how long a send worker waits for the next send before it ends.
-const workerIdle = time.Minute
-
 // NewDeliverer returns a Deliverer and registers its metrics.
 func NewDeliverer(store *Store, fcmClient pusher, pub publisher, topo rabbit.Topology, log *slog.Logger, reg prometheus.Registerer, opts Options) *Deliverer {
 	opts.MaxAttempts = max(opts.MaxAttempts, 1)
@@ -114,7 +111,7 @@ func NewDeliverer(store *Store, fcmClient pusher, pub publisher, topo rabbit.Top
 	d := &Deliverer{
 		store: store, fcm: fcmClient, pub: pub, topo: topo, log: log, opts: opts,
 		slots:   semaphore.NewWeighted(int64(opts.MaxConcurrentSends * requestsPerMulticast)),
-		workers: workers.New(workerIdle),
+		workers: workers.New(workers.Idle),
 		sends: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notify_fcm_sends_total", Help: "Tokens sent to FCM, by app, outcome and FCM error code.",
 		}, []string{"app", "outcome", "code"}),

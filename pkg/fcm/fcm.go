@@ -263,7 +263,7 @@ func newClient(ctx context.Context, projectID, endpoint string, hc *http.Client)
 	if err != nil {
 		return nil, fmt.Errorf("firebase messaging client: %w", err)
 	}
-	return &Client{msg: msg, now: time.Now, workers: workers.New(time.Minute)}, nil
+	return &Client{msg: msg, now: time.Now, workers: workers.New(workers.Idle)}, nil
 }
 
 // SendMulticast sends m to tokens (1 to MaxMulticast of them) and returns one Result per

@@ -24,6 +24,10 @@ type Pool struct {
 	idle time.Duration
 }
 
+// Idle is how long the senders' workers wait for the next function before they end: long
+// enough to outlast the pauses between batches, short enough that an idle process keeps none.
+const Idle = time.Minute
+
 // New returns a Pool whose workers end after idle without work.
 func New(idle time.Duration) *Pool {
 	return &Pool{work: make(chan func()), idle: idle}
