@@ -23,9 +23,12 @@ import (
 
 // Routing keys of the topology's exchange. Wait levels use WaitRoutingKey.
 const (
-	SendKey  = "send"
-	RetryKey = "retry"
-	DeadKey  = "dead"
+	SendKey = "send"
+	// PackedSendKey routes packs of send tasks (notify.bus.v1.SendTaskPack) to their own
+	// queue, which only senders that read packs consume.
+	PackedSendKey = "send.packed"
+	RetryKey      = "retry"
+	DeadKey       = "dead"
 )
 
 // AttemptHeader is the header that carries how many delivery attempts a notification has had.

@@ -16,6 +16,7 @@ import (
 //
 //	exchange notify (direct, durable)
 //	notify.send   ← key "send"   quorum, x-delivery-limit, dead-letters to key "dead"
+//	notify.send.packed ← key "send.packed", as notify.send (packs of send tasks)
 //	notify.retry  ← key "retry"  quorum, x-delivery-limit, dead-letters to key "dead"
 //	notify.dead   ← key "dead"   quorum, no delivery limit
 //	notify.wait.10s ← key "wait.10s", quorum, x-message-ttl 10000, dead-letters to key "retry"
@@ -30,7 +31,7 @@ type Topology struct {
 	Name string
 	// WaitDelays are the wait levels, strictly increasing; see WaitDelays.
 	WaitDelays []time.Duration
-	// DeliveryLimit is x-delivery-limit on the send and retry queues: a message redelivered
+	// DeliveryLimit is x-delivery-limit on the send (and packed send) and retry queues: a message redelivered
 	// more often than this (a consumer crash loop) is dead-lettered. 0 means no limit.
 	DeliveryLimit int
 }
@@ -69,6 +70,12 @@ func (t Topology) EventsExchange() string { return t.Name + ".events" }
 // SendQueue returns the name of the queue fresh notifications are published to.
 func (t Topology) SendQueue() string { return t.Name + "." + SendKey }
 
+// PackedSendQueue returns the name of the queue the relay publishes packs of send tasks to
+// (notify.bus.v1.SendTaskPack). A queue of its own, not the send queue: a sender of a
+// version that reads no packs never receives one, so producers and senders may be upgraded
+// in any order (the packs wait for the first sender that reads them).
+func (t Topology) PackedSendQueue() string { return t.Name + "." + PackedSendKey }
+
 // RetryQueue returns the name of the queue expired wait-queue messages land on.
 func (t Topology) RetryQueue() string { return t.Name + "." + RetryKey }
 
@@ -104,7 +111,7 @@ func (t Topology) WaitLevel(attempt int, retryAfter time.Duration) int {
 
 // Queues returns the name of every queue the topology declares.
 func (t Topology) Queues() []string {
-	qs := []string{t.SendQueue(), t.RetryQueue(), t.DeadQueue()}
+	qs := []string{t.SendQueue(), t.PackedSendQueue(), t.RetryQueue(), t.DeadQueue()}
 	for i := range t.WaitDelays {
 		qs = append(qs, t.WaitQueue(i))
 	}
@@ -180,6 +187,7 @@ func (t Topology) queues() []queueSpec {
 	}
 	qs := []queueSpec{
 		work(t.SendQueue(), SendKey),
+		work(t.PackedSendQueue(), PackedSendKey),
 		work(t.RetryQueue(), RetryKey),
 		{name: t.DeadQueue(), key: DeadKey, args: amqp.Table{"x-queue-type": "quorum"}},
 	}

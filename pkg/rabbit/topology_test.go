@@ -113,6 +113,7 @@ func TestTopologyQueues(t *testing.T) {
 	with := func(t amqp.Table, k string, v any) amqp.Table { t[k] = v; return t }
 	want := []queueSpec{
 		{name: "notify.send", key: "send", args: with(dlx("dead"), "x-delivery-limit", int64(20))},
+		{name: "notify.send.packed", key: "send.packed", args: with(dlx("dead"), "x-delivery-limit", int64(20))},
 		{name: "notify.retry", key: "retry", args: with(dlx("dead"), "x-delivery-limit", int64(20))},
 		{name: "notify.dead", key: "dead", args: amqp.Table{"x-queue-type": "quorum"}},
 		{name: "notify.wait.10s", key: "wait.10s", args: with(dlx("retry"), "x-message-ttl", int64(10000))},
@@ -121,7 +122,7 @@ func TestTopologyQueues(t *testing.T) {
 	if diff := cmp.Diff(want, topo.queues(), cmp.AllowUnexported(queueSpec{})); diff != "" {
 		t.Errorf("queues() mismatch (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]string{"notify.send", "notify.retry", "notify.dead", "notify.wait.10s", "notify.wait.5m20s"}, topo.Queues()); diff != "" {
+	if diff := cmp.Diff([]string{"notify.send", "notify.send.packed", "notify.retry", "notify.dead", "notify.wait.10s", "notify.wait.5m20s"}, topo.Queues()); diff != "" {
 		t.Errorf("Queues() mismatch (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff([]string{"notify.retry", "notify.wait.10s", "notify.wait.5m20s"}, topo.RetryQueues()); diff != "" {

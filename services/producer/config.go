@@ -49,6 +49,7 @@ type config struct {
 
 	OutboxBatchSize    int           // rows claimed and published per relay round
 	OutboxConcurrency  int           // OUTBOX_CONCURRENCY: relay rounds that may overlap under a backlog
+	OutboxPackSize     int           // OUTBOX_PACK_SIZE: send tasks of a round per message to the packed send queue; 1: none packed
 	OutboxPollInterval time.Duration // relay polling fallback when no NOTIFY arrives
 	OutboxRetention    time.Duration // published outbox rows are kept this long; 0 deletes them when published
 
@@ -117,6 +118,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		OutboxRetention:    e.Duration("OUTBOX_RETENTION", 0, 0),
 		OutboxBatchSize:    e.Int("OUTBOX_BATCH_SIZE", 500, 1, 10000),
 		OutboxConcurrency:  e.Int("OUTBOX_CONCURRENCY", 2, 1, 16),
+		OutboxPackSize:     e.Int("OUTBOX_PACK_SIZE", 64, 1, 500),
 		PublishBatch: server.GroupCommit{
 			MaxBatch:   e.Int("PUBLISH_BATCH_SIZE", 100, 1, 1000),
 			Linger:     e.DurationBetween("PUBLISH_BATCH_LINGER", 500*time.Microsecond, time.Microsecond, time.Second),

@@ -18,7 +18,8 @@ func TestLoadConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
-	if c.GRPCAddr != "127.0.0.1:50051" || c.OutboxBatchSize != 500 || c.OutboxConcurrency != 2 || c.OutboxPollInterval != time.Second {
+	if c.GRPCAddr != "127.0.0.1:50051" || c.OutboxBatchSize != 500 || c.OutboxConcurrency != 2 || c.OutboxPackSize != 64 ||
+		c.OutboxPollInterval != time.Second {
 		t.Errorf("defaults = %+v", c)
 	}
 	if c.TokenStaleAfter != 270*24*time.Hour || c.RedriveAfter != 15*time.Minute || c.APIKeyCacheTTL != 15*time.Second ||
@@ -48,6 +49,7 @@ func TestLoadConfigNamesEveryBadVariable(t *testing.T) {
 		"LOG_LEVEL":                    "loud",
 		"OUTBOX_BATCH_SIZE":            "0",
 		"OUTBOX_CONCURRENCY":           "0",
+		"OUTBOX_PACK_SIZE":             "501",
 		"OUTBOX_POLL_INTERVAL":         "soon",
 		"API_KEY_CACHE_TTL":            "1h",
 		"TOKEN_STALE_AFTER":            "12h",

@@ -77,6 +77,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		Events:       eventsPub,
 		BatchSize:    cfg.OutboxBatchSize,
 		Concurrency:  cfg.OutboxConcurrency,
+		PackSize:     cfg.OutboxPackSize,
 		PollInterval: cfg.OutboxPollInterval,
 		Retention:    cfg.OutboxRetention,
 		Ready:        conn.Ready,

@@ -40,8 +40,9 @@ func run(ctx context.Context, getenv func(string) string) error {
 			log.Warn("sending to an FCM emulator, not to Firebase", "app", app.Name, "endpoint", app.FCM.Endpoint)
 		}
 	}
-	// Room for every worker's round trips, two at once, and a large notification's chunks.
-	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, int32(2*cfg.Workers+cfg.ChunkConcurrency))
+	// Room for every worker's round trips, two at once, of both consumers (send tasks and
+	// packs), and a large notification's chunks.
+	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, int32(4*cfg.Workers+cfg.ChunkConcurrency))
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}
@@ -61,7 +62,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	store := delivery.NewStore(pool)
 	pub := rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{})
 	deliverer := delivery.NewDeliverer(store, nil, pub, topo, log, reg, cfg.Delivery.AppOptions(apps, pool, reg))
-	handler := sender.NewHandler(store, deliverer, log, reg, cfg.ChunkConcurrency).WithTaskTimeout(cfg.TaskTimeout)
+	handler := sender.NewHandler(store, deliverer, log, reg, cfg.ChunkConcurrency).WithTaskTimeout(cfg.TaskTimeout).WithPacks(pub, reg)
 	consumer := rabbit.NewBatchConsumer(conn, topo.SendQueue(), handler.HandleBatch, rabbit.ConsumerOptions{
 		Concurrency:     cfg.Workers,
 		Prefetch:        cfg.Prefetch,
@@ -69,8 +70,15 @@ func run(ctx context.Context, getenv func(string) string) error {
 		BatchLinger:     cfg.BatchLinger,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 	})
+	// Packs of send tasks (the relay's, OUTBOX_PACK_SIZE): a pack is a batch of its own.
+	packs := rabbit.NewBatchConsumer(conn, topo.PackedSendQueue(), handler.HandlePacks, rabbit.ConsumerOptions{
+		Concurrency:     cfg.Workers,
+		Prefetch:        2 * cfg.Workers,
+		BatchSize:       1,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+	})
 
-	depths := rabbit.NewQueueDepths(conn, reg, log, 0, topo.SendQueue())
+	depths := rabbit.NewQueueDepths(conn, reg, log, 0, topo.SendQueue(), topo.PackedSendQueue())
 
 	stopConn := conn.Start(ctx)
 	defer func() { _ = stopConn() }() // early returns; the explicit call below reports the error
@@ -80,13 +88,21 @@ func run(ctx context.Context, getenv func(string) string) error {
 	// The producer (or `producer migrate up`) owns the schema: wait for it, and refuse one
 	// newer than this binary.
 	var schemaGate schema.Gate
-	g.Go(func() error { return schemaGate.WaitThen(gctx, pool, log, consumer.Run) })
+	g.Go(func() error {
+		return schemaGate.WaitThen(gctx, pool, log, func(ctx context.Context) error {
+			var both errgroup.Group
+			both.Go(func() error { return consumer.Run(ctx) })
+			both.Go(func() error { return packs.Run(ctx) })
+			return both.Wait()
+		})
+	})
 	g.Go(func() error {
 		return metrics.NewServer(cfg.MetricsAddr, reg, log,
 			metrics.Check{Name: "database", Func: pool.Ping},
 			metrics.Check{Name: "schema", Func: schemaGate.Check},
 			metrics.Check{Name: "rabbitmq", Func: conn.Check},
 			metrics.Check{Name: "consumer", Func: consumer.Check},
+			metrics.Check{Name: "packs", Func: packs.Check},
 		).Run(gctx)
 	})
 	return errors.Join(g.Wait(), stopConn())

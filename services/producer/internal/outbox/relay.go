@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -19,6 +21,7 @@ import (
 	"notify/pkg/logging"
 	"notify/pkg/rabbit"
 	"notify/pkg/schema"
+	"notify/pkg/sendpack"
 )
 
 // publisher is all the relay needs from RabbitMQ; *rabbit.Publisher satisfies it.
@@ -47,6 +50,11 @@ type Options struct {
 	// Concurrency is how many rounds may run at once while a backlog lasts (default 2):
 	// one round claims and publishes while another waits for its confirms and commits.
 	Concurrency int
+	// PackSize is how many send tasks of a round one message to the packed send queue may
+	// carry (sendpack); 0 or 1 publishes every task on its own. A round with a single send
+	// task publishes it on its own whatever the size, so a lone notification waits for
+	// nothing.
+	PackSize int
 }
 
 // Relay moves committed outbox rows to RabbitMQ.
@@ -308,6 +316,62 @@ const syncCommitSQL = "SELECT set_config('synchronous_commit', 'on', true)"
 var startSQL = schema.ChangeStatusSQL("'"+schema.StatusPending+"'", ", updated_at = now()",
 	"n.id = ANY($1) AND n.status = '"+schema.StatusScheduled+"'")
 
+// pack replaces the send tasks among *tasks (idx: the batch index of each one's row) by
+// packs of up to PackSize (sendpack), and returns the batch indexes of the rows each
+// message of the new *tasks carries. A pack's message id is "outbox-pack-<first row id>",
+// as stable as its rows' own: a relay that publishes the same rows again after a crash
+// publishes the same packs. A lone send task, and any other task, keeps its own message.
+func (r *Relay) pack(tasks *[]rabbit.Message, idx []int) [][]int {
+	var packable []int // indexes into *tasks
+	for i, m := range *tasks {
+		if sendpack.Packable(m) {
+			packable = append(packable, i)
+		}
+	}
+	if r.opts.PackSize < 2 || len(packable) < 2 {
+		return singles(idx)
+	}
+	packed := make(map[int]bool, len(packable))
+	var msgs []rabbit.Message
+	var rows [][]int
+	for chunk := range slices.Chunk(packable, r.opts.PackSize) {
+		if len(chunk) < 2 {
+			break // the last one, alone: on its own below
+		}
+		members := make([]rabbit.Message, len(chunk))
+		memberRows := make([]int, len(chunk))
+		for k, i := range chunk {
+			members[k], memberRows[k] = (*tasks)[i], idx[i]
+		}
+		m, err := sendpack.Pack("outbox-pack-"+strings.TrimPrefix(members[0].MessageID, "outbox-"), members)
+		if err != nil {
+			// Only a bug builds a task a pack cannot carry: its tasks go on their own.
+			r.log.Error("cannot pack send tasks; publishing them one by one", "err", err)
+			continue
+		}
+		for _, i := range chunk {
+			packed[i] = true
+		}
+		msgs, rows = append(msgs, m), append(rows, memberRows)
+	}
+	for i, m := range *tasks {
+		if !packed[i] {
+			msgs, rows = append(msgs, m), append(rows, []int{idx[i]})
+		}
+	}
+	*tasks = msgs
+	return rows
+}
+
+// singles returns each batch index of idx as the only row of its message.
+func singles(idx []int) [][]int {
+	out := make([][]int, len(idx))
+	for i, j := range idx {
+		out[i] = []int{j}
+	}
+	return out
+}
+
 // RelayOnce runs one round and returns how many rows it claimed.
 func (r *Relay) RelayOnce(ctx context.Context) (int, error) {
 	n, _, err := r.round(ctx)
@@ -404,12 +468,13 @@ func (r *Relay) settle(ctx context.Context, tx pgx.Tx, batch []row, spans relayS
 		m.Body = body
 		events, eventIdx = append(events, m), append(eventIdx, i)
 	}
+	taskRows := r.pack(&tasks, taskIdx)
 	var pubErr error
 	for _, group := range []struct {
 		pub  publisher
 		msgs []rabbit.Message
-		idx  []int
-	}{{r.pub, tasks, taskIdx}, {r.opts.Events, events, eventIdx}} {
+		rows [][]int // the batch indexes of each message's rows
+	}{{r.pub, tasks, taskRows}, {r.opts.Events, events, singles(eventIdx)}} {
 		if len(group.msgs) == 0 {
 			continue
 		}
@@ -425,9 +490,11 @@ func (r *Relay) settle(ctx context.Context, tx pgx.Tx, batch []row, spans relayS
 			return fmt.Errorf("publish %d outbox rows: %w", len(group.msgs), err)
 		}
 		for _, f := range pe.Failed {
-			failed[group.idx[f.Index]] = true
+			for _, i := range group.rows[f.Index] {
+				failed[i] = true
+			}
+			r.failures.Add(float64(len(group.rows[f.Index])))
 		}
-		r.failures.Add(float64(len(pe.Failed)))
 		pubErr = errors.Join(pubErr, err)
 	}
 	if len(events) > 0 {

@@ -43,6 +43,10 @@ type Handler struct {
 	step delivery.Deadline
 
 	tasks *prometheus.CounterVec
+
+	// republisher and packs are set by WithPacks.
+	republisher publisher
+	packs       *prometheus.CounterVec
 }
 
 // NewHandler returns a send-queue handler and registers its metrics.

@@ -112,6 +112,121 @@ func (x *SendTask) GetGeneration() int32 {
 	return 0
 }
 
+// SendTaskPack is several SendTasks in one message: the relay publishes the send tasks it
+// claims in one round together, to the packed send queue (routing key "send.packed"), so
+// that a busy pipeline pays the broker's per-message work (a quorum queue's log entry,
+// confirm, delivery and settlement) once per pack rather than once per task. The sender
+// handles a pack's tasks as one batch; the ones that do not settle are republished on
+// their own to the send queue, with the message id and headers they carry here. Its AMQP
+// MessageId is "outbox-pack-<first row id>".
+type SendTaskPack struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tasks         []*PackedSendTask      `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendTaskPack) Reset() {
+	*x = SendTaskPack{}
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendTaskPack) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendTaskPack) ProtoMessage() {}
+
+func (x *SendTaskPack) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendTaskPack.ProtoReflect.Descriptor instead.
+func (*SendTaskPack) Descriptor() ([]byte, []int) {
+	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SendTaskPack) GetTasks() []*PackedSendTask {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+// PackedSendTask is one task of a SendTaskPack, as it would travel on its own.
+type PackedSendTask struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The SendTask, binary.
+	Task []byte `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	// Its AMQP MessageId on its own: "outbox-<row id>".
+	MessageId string `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// Its AMQP headers with string values (the trace context, traceparent and tracestate).
+	Headers       map[string]string `protobuf:"bytes,3,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PackedSendTask) Reset() {
+	*x = PackedSendTask{}
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackedSendTask) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackedSendTask) ProtoMessage() {}
+
+func (x *PackedSendTask) ProtoReflect() protoreflect.Message {
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackedSendTask.ProtoReflect.Descriptor instead.
+func (*PackedSendTask) Descriptor() ([]byte, []int) {
+	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PackedSendTask) GetTask() []byte {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+func (x *PackedSendTask) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *PackedSendTask) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
 // RetryTask asks the retrier to send a notification again to some of its tokens.
 // The attempt number travels in the AMQP header x-notify-attempt.
 type RetryTask struct {
@@ -132,7 +247,7 @@ type RetryTask struct {
 
 func (x *RetryTask) Reset() {
 	*x = RetryTask{}
-	mi := &file_notify_bus_v1_bus_proto_msgTypes[1]
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -144,7 +259,7 @@ func (x *RetryTask) String() string {
 func (*RetryTask) ProtoMessage() {}
 
 func (x *RetryTask) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_bus_v1_bus_proto_msgTypes[1]
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -157,7 +272,7 @@ func (x *RetryTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryTask.ProtoReflect.Descriptor instead.
 func (*RetryTask) Descriptor() ([]byte, []int) {
-	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{1}
+	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RetryTask) GetNotificationId() string {
@@ -221,7 +336,7 @@ type DeadLetterTask struct {
 
 func (x *DeadLetterTask) Reset() {
 	*x = DeadLetterTask{}
-	mi := &file_notify_bus_v1_bus_proto_msgTypes[2]
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -233,7 +348,7 @@ func (x *DeadLetterTask) String() string {
 func (*DeadLetterTask) ProtoMessage() {}
 
 func (x *DeadLetterTask) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_bus_v1_bus_proto_msgTypes[2]
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -246,7 +361,7 @@ func (x *DeadLetterTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetterTask.ProtoReflect.Descriptor instead.
 func (*DeadLetterTask) Descriptor() ([]byte, []int) {
-	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{2}
+	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DeadLetterTask) GetNotificationId() string {
@@ -344,7 +459,7 @@ type StatusEvent struct {
 
 func (x *StatusEvent) Reset() {
 	*x = StatusEvent{}
-	mi := &file_notify_bus_v1_bus_proto_msgTypes[3]
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +471,7 @@ func (x *StatusEvent) String() string {
 func (*StatusEvent) ProtoMessage() {}
 
 func (x *StatusEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_bus_v1_bus_proto_msgTypes[3]
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +484,7 @@ func (x *StatusEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusEvent.ProtoReflect.Descriptor instead.
 func (*StatusEvent) Descriptor() ([]byte, []int) {
-	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{3}
+	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StatusEvent) GetNotificationId() string {
@@ -446,7 +561,7 @@ type StatusCounts struct {
 
 func (x *StatusCounts) Reset() {
 	*x = StatusCounts{}
-	mi := &file_notify_bus_v1_bus_proto_msgTypes[4]
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +573,7 @@ func (x *StatusCounts) String() string {
 func (*StatusCounts) ProtoMessage() {}
 
 func (x *StatusCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_notify_bus_v1_bus_proto_msgTypes[4]
+	mi := &file_notify_bus_v1_bus_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +586,7 @@ func (x *StatusCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusCounts.ProtoReflect.Descriptor instead.
 func (*StatusCounts) Descriptor() ([]byte, []int) {
-	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{4}
+	return file_notify_bus_v1_bus_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StatusCounts) GetTotal() int64 {
@@ -542,7 +657,17 @@ const file_notify_bus_v1_bus_proto_rawDesc = "" +
 	"\arequest\x18\x04 \x01(\v2\x19.notify.v1.PublishRequestR\arequest\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x05R\n" +
-	"generation\"\xbc\x01\n" +
+	"generation\"C\n" +
+	"\fSendTaskPack\x123\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x1d.notify.bus.v1.PackedSendTaskR\x05tasks\"\xc5\x01\n" +
+	"\x0ePackedSendTask\x12\x12\n" +
+	"\x04task\x18\x01 \x01(\fR\x04task\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tR\tmessageId\x12D\n" +
+	"\aheaders\x18\x03 \x03(\v2*.notify.bus.v1.PackedSendTask.HeadersEntryR\aheaders\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbc\x01\n" +
 	"\tRetryTask\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x16\n" +
 	"\x06tokens\x18\x02 \x03(\tR\x06tokens\x12\x18\n" +
@@ -589,26 +714,31 @@ func file_notify_bus_v1_bus_proto_rawDescGZIP() []byte {
 	return file_notify_bus_v1_bus_proto_rawDescData
 }
 
-var file_notify_bus_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_notify_bus_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_notify_bus_v1_bus_proto_goTypes = []any{
 	(*SendTask)(nil),              // 0: notify.bus.v1.SendTask
-	(*RetryTask)(nil),             // 1: notify.bus.v1.RetryTask
-	(*DeadLetterTask)(nil),        // 2: notify.bus.v1.DeadLetterTask
-	(*StatusEvent)(nil),           // 3: notify.bus.v1.StatusEvent
-	(*StatusCounts)(nil),          // 4: notify.bus.v1.StatusCounts
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
-	(*v1.PublishRequest)(nil),     // 6: notify.v1.PublishRequest
+	(*SendTaskPack)(nil),          // 1: notify.bus.v1.SendTaskPack
+	(*PackedSendTask)(nil),        // 2: notify.bus.v1.PackedSendTask
+	(*RetryTask)(nil),             // 3: notify.bus.v1.RetryTask
+	(*DeadLetterTask)(nil),        // 4: notify.bus.v1.DeadLetterTask
+	(*StatusEvent)(nil),           // 5: notify.bus.v1.StatusEvent
+	(*StatusCounts)(nil),          // 6: notify.bus.v1.StatusCounts
+	nil,                           // 7: notify.bus.v1.PackedSendTask.HeadersEntry
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*v1.PublishRequest)(nil),     // 9: notify.v1.PublishRequest
 }
 var file_notify_bus_v1_bus_proto_depIdxs = []int32{
-	5, // 0: notify.bus.v1.SendTask.enqueue_time:type_name -> google.protobuf.Timestamp
-	6, // 1: notify.bus.v1.SendTask.request:type_name -> notify.v1.PublishRequest
-	4, // 2: notify.bus.v1.StatusEvent.counts:type_name -> notify.bus.v1.StatusCounts
-	5, // 3: notify.bus.v1.StatusEvent.time:type_name -> google.protobuf.Timestamp
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	8, // 0: notify.bus.v1.SendTask.enqueue_time:type_name -> google.protobuf.Timestamp
+	9, // 1: notify.bus.v1.SendTask.request:type_name -> notify.v1.PublishRequest
+	2, // 2: notify.bus.v1.SendTaskPack.tasks:type_name -> notify.bus.v1.PackedSendTask
+	7, // 3: notify.bus.v1.PackedSendTask.headers:type_name -> notify.bus.v1.PackedSendTask.HeadersEntry
+	6, // 4: notify.bus.v1.StatusEvent.counts:type_name -> notify.bus.v1.StatusCounts
+	8, // 5: notify.bus.v1.StatusEvent.time:type_name -> google.protobuf.Timestamp
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_notify_bus_v1_bus_proto_init() }
@@ -622,7 +752,7 @@ func file_notify_bus_v1_bus_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_notify_bus_v1_bus_proto_rawDesc), len(file_notify_bus_v1_bus_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,234 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"notify/pkg/pgtest"
+	"notify/pkg/rabbit"
+	"notify/pkg/rabbit/rabbittest"
+	"notify/pkg/sendpack"
+	"notify/pkg/testenv"
+)
+
+// outboxIDs returns the ids of the outbox rows, in order.
+func outboxIDs(t *testing.T, db *pgtest.DB) []int64 {
+	t.Helper()
+	rows, err := db.Pool.Query(context.Background(), "SELECT id FROM outbox ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	var id int64
+	for rows.Next() {
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// unpacked returns the message ids and bodies of m's tasks: its own for a task alone, its
+// tasks' for a pack.
+func unpacked(t *testing.T, m rabbit.Message) (ids, bodies []string) {
+	t.Helper()
+	if m.Type != sendpack.Type {
+		return []string{m.MessageID}, []string{string(m.Body)}
+	}
+	if m.RoutingKey != rabbit.PackedSendKey {
+		t.Errorf("pack %s routed with key %q, want %q", m.MessageID, m.RoutingKey, rabbit.PackedSendKey)
+	}
+	tasks, err := sendpack.Unpack(&rabbit.Delivery{MessageID: m.MessageID, Type: m.Type, Body: m.Body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range tasks {
+		ids, bodies = append(ids, d.MessageID), append(bodies, string(d.Body))
+	}
+	return ids, bodies
+}
+
+// TestRelayPacksSendTasks: the send tasks of a round go in packs of at most PackSize, each
+// carrying its tasks' own message ids and bodies; other rows keep their own messages; a
+// pack the broker does not confirm leaves exactly its rows for the next round.
+func TestRelayPacksSendTasks(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	insertRows(t, db, 8)
+	if _, err := db.Pool.Exec(context.Background(), `INSERT INTO outbox (routing_key, message_type, body)
+		VALUES ('retry', 'notify.bus.v1.RetryTask', 'retry')`); err != nil {
+		t.Fatal(err)
+	}
+	ids := outboxIDs(t, db)
+	pub := &flakyPublisher{} // fails the third message of each call
+	r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{BatchSize: 100, PackSize: 3})
+
+	if n, err := r.RelayOnce(context.Background()); err != nil || n != 9 {
+		t.Fatalf("RelayOnce = %d, %v; want 9 claimed", n, err)
+	}
+	// Messages: a pack of rows 0-2, a pack of 3-5, a pack of 6-7 (refused), the retry task.
+	if len(pub.sent) != 3 {
+		t.Fatalf("published %d messages, want 3 (two packs and the retry task)", len(pub.sent))
+	}
+	for k, want := range [][]int{{0, 1, 2}, {3, 4, 5}} {
+		m := pub.sent[k]
+		if m.Type != sendpack.Type || m.MessageID != fmt.Sprintf("outbox-pack-%d", ids[want[0]]) {
+			t.Errorf("message %d is a %q with id %q, want a pack with id outbox-pack-%d", k, m.Type, m.MessageID, ids[want[0]])
+		}
+		gotIDs, gotBodies := unpacked(t, m)
+		var wantIDs, wantBodies []string
+		for _, i := range want {
+			wantIDs = append(wantIDs, fmt.Sprintf("outbox-%d", ids[i]))
+			wantBodies = append(wantBodies, fmt.Sprintf("task %d", i+1))
+		}
+		if !slices.Equal(gotIDs, wantIDs) || !slices.Equal(gotBodies, wantBodies) {
+			t.Errorf("pack %d carries %v %q, want %v %q", k, gotIDs, gotBodies, wantIDs, wantBodies)
+		}
+	}
+	if m := pub.sent[2]; m.RoutingKey != "retry" || m.MessageID != fmt.Sprintf("outbox-%d", ids[8]) {
+		t.Errorf("third message published = %s to %q, want the retry task on its own", m.MessageID, m.RoutingKey)
+	}
+	if left := outboxIDs(t, db); !slices.Equal(left, ids[6:8]) {
+		t.Errorf("rows left %v, want exactly the refused pack's %v", left, ids[6:8])
+	}
+
+	// The next round publishes them: two send tasks are still a pack.
+	if _, err := r.RelayOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if gotIDs, _ := unpacked(t, pub.sent[3]); len(pub.sent) != 4 || len(gotIDs) != 2 {
+		t.Errorf("second round published %d messages, the last carrying %v; want one pack of the 2 rows", len(pub.sent)-3, gotIDs)
+	}
+	if left := rowCount(t, db); left != 0 {
+		t.Errorf("%d rows left, want none", left)
+	}
+}
+
+// TestRelaySendsALoneTaskOnItsOwn: a round with one send task publishes it to the send
+// queue as it is, and so does a relay with packing off.
+func TestRelaySendsALoneTaskOnItsOwn(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		rows, packSize int
+	}{{1, 64}, {5, 1}, {5, 0}} {
+		t.Run(fmt.Sprintf("%d rows, pack size %d", tc.rows, tc.packSize), func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.New(t)
+			insertRows(t, db, tc.rows)
+			pub := &recordingPublisher{}
+			r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{PackSize: tc.packSize})
+			if _, err := r.RelayOnce(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if len(pub.sent) != tc.rows {
+				t.Fatalf("published %d messages, want %d", len(pub.sent), tc.rows)
+			}
+			for _, m := range pub.sent {
+				if m.Type != sendpack.TaskType || m.RoutingKey != rabbit.SendKey {
+					t.Errorf("published a %q to %q, want a send task to %q", m.Type, m.RoutingKey, rabbit.SendKey)
+				}
+			}
+		})
+	}
+}
+
+// recordingPublisher confirms everything.
+type recordingPublisher struct {
+	mu   sync.Mutex
+	sent []rabbit.Message
+}
+
+func (p *recordingPublisher) Publish(_ context.Context, msgs ...rabbit.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sent = append(p.sent, msgs...)
+	return nil
+}
+
+// TestRelaysPackThroughTheBroker: two relays packing their rounds, against one outbox and a
+// real broker with notify's topology: every task arrives once, in a pack on the packed send
+// queue or alone on the send queue.
+func TestRelaysPackThroughTheBroker(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	amqpURL := testenv.AMQPURL(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	topo := rabbittest.Topology(t, amqpURL, "outbox-packs", rabbit.NewTopology("", nil))
+	conn := rabbittest.StartConn(t, amqpURL, rabbit.ConnOptions{Name: topo.Name, Topology: &topo})
+
+	const rows = 2000
+	insertRows(t, db, rows)
+	for i := range 2 {
+		r := NewRelay(db.Pool, rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{}), discard,
+			prometheus.NewRegistry(), Options{BatchSize: 100 + 100*i, PollInterval: 20 * time.Millisecond, Concurrency: 2, PackSize: 16 + 16*i})
+		runRelay(t, r)
+	}
+
+	var mu sync.Mutex
+	seen := map[string]int{}
+	packs := 0
+	got := make(chan struct{})
+	count := func(_ context.Context, d *rabbit.Delivery) error {
+		tasks := []*rabbit.Delivery{d}
+		if d.Type == sendpack.Type {
+			var err error
+			if tasks, err = sendpack.Unpack(d); err != nil {
+				t.Error(err)
+				return nil
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(tasks) > 1 {
+			packs++
+		}
+		for _, task := range tasks {
+			seen[task.MessageID]++
+		}
+		if len(seen) == rows {
+			select {
+			case <-got:
+			default:
+				close(got)
+			}
+		}
+		return nil
+	}
+	for _, q := range []string{topo.SendQueue(), topo.PackedSendQueue()} {
+		c := rabbit.NewConsumer(conn, q, count, rabbit.ConsumerOptions{Concurrency: 2, Prefetch: 64})
+		go func() { _ = c.Run(ctx) }()
+	}
+	select {
+	case <-got:
+	case <-time.After(60 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("only %d of %d tasks arrived", len(seen), rows)
+	}
+	time.Sleep(200 * time.Millisecond) // let any duplicate arrive
+	mu.Lock()
+	defer mu.Unlock()
+	for id, c := range seen {
+		if c != 1 {
+			t.Errorf("%s arrived %d times, want once", id, c)
+		}
+	}
+	if packs == 0 {
+		t.Error("no pack arrived: every task travelled alone")
+	}
+	if left := unpublished(t, db); left != 0 {
+		t.Errorf("%d rows still unpublished", left)
+	}
+}
