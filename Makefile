@@ -86,7 +86,8 @@ FUZZ_TARGETS := \
 	services/retrier/internal/retrier:FuzzDecodeRetryTask \
 	pkg/fcmemu:FuzzSend \
 	pkg/fcmemu:FuzzPutConfig \
-	services/deadletter/internal/deadletter:FuzzClassify
+	services/deadletter/internal/deadletter:FuzzClassify \
+	pkg/sendpack:FuzzUnpack
 FUZZTIME ?= 10s
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 10s; FUZZTIME=10m for a long run; CI runs FUZZTIME=2s)

@@ -535,13 +535,17 @@ func checkReferences(t *testing.T, r render) {
 	}
 }
 
-// checkScaling checks the KEDA objects: the sender scales on notify.send and the retrier on
-// notify.retry (the queue names the code declares), through a TriggerAuthentication in the
-// render, and neither Deployment fixes a replica count the autoscaler would fight.
+// checkScaling checks the KEDA objects: the sender scales on notify.send and
+// notify.send.packed and the retrier on notify.retry (the queue names the code declares),
+// through a TriggerAuthentication in the render, and neither Deployment fixes a replica
+// count the autoscaler would fight.
 func checkScaling(t *testing.T, r render) {
 	t.Helper()
 	topology := rabbit.NewTopology(rabbit.DefaultName, nil)
-	wantQueue := map[string]string{"sender": topology.SendQueue(), "retrier": topology.RetryQueue()}
+	wantQueue := map[string][]string{
+		"sender":  {topology.SendQueue(), topology.PackedSendQueue()},
+		"retrier": {topology.RetryQueue()},
+	}
 	scaled := map[string]bool{}
 	for _, s := range r.scaledObjects {
 		target := s.Spec.ScaleTargetRef.Name
@@ -549,8 +553,16 @@ func checkScaling(t *testing.T, r render) {
 		what := "ScaledObject " + s.Name
 		if want, ok := wantQueue[target]; !ok {
 			t.Errorf("%s: scales %q, want the sender or retrier", what, target)
-		} else if len(s.Spec.Triggers) != 1 || s.Spec.Triggers[0].Type != "rabbitmq" || s.Spec.Triggers[0].Metadata["queueName"] != want {
-			t.Errorf("%s: want one rabbitmq trigger on %s", what, want)
+		} else {
+			var got []string
+			for _, tr := range s.Spec.Triggers {
+				if tr.Type == "rabbitmq" {
+					got = append(got, tr.Metadata["queueName"])
+				}
+			}
+			if len(s.Spec.Triggers) != len(want) || !slices.Equal(got, want) {
+				t.Errorf("%s: triggers on %v, want one rabbitmq trigger on each of %v", what, got, want)
+			}
 		}
 		if s.Spec.MinReplicaCount == nil || *s.Spec.MinReplicaCount < 1 || s.Spec.MaxReplicaCount == nil || *s.Spec.MaxReplicaCount < *s.Spec.MinReplicaCount {
 			t.Errorf("%s: want 1 ≤ minReplicaCount ≤ maxReplicaCount (a consumer must always run)", what)

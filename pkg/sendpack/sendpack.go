@@ -13,6 +13,8 @@ package sendpack
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -30,6 +32,23 @@ var (
 // Packable reports whether m is a send task that may travel in a pack.
 func Packable(m rabbit.Message) bool {
 	return m.RoutingKey == rabbit.SendKey && m.Type == TaskType
+}
+
+// ID is the message id of a pack of tasks: "outbox-pack-<first task's row id>-<tasks>-<hash
+// of every task's message id>". It names the pack by its members, as a row's message id
+// names the row: the same tasks republished (a relay that crashed before its commit) make
+// the same id, and a pack of other tasks, even from the same first row, another.
+func ID(tasks []rabbit.Message) string {
+	h := fnv.New32a()
+	for _, m := range tasks {
+		h.Write([]byte(m.MessageID))
+		h.Write([]byte{0})
+	}
+	first := ""
+	if len(tasks) > 0 {
+		first = strings.TrimPrefix(tasks[0].MessageID, "outbox-")
+	}
+	return fmt.Sprintf("outbox-pack-%s-%d-%08x", first, len(tasks), h.Sum32())
 }
 
 // Pack returns one message to the packed send queue carrying tasks (each Packable, with

@@ -55,6 +55,20 @@ func TestPackRoundTrip(t *testing.T) {
 	}
 }
 
+// TestIDNamesTheMembers: the same tasks make the same id; other tasks from the same first
+// row, another.
+func TestIDNamesTheMembers(t *testing.T) {
+	t.Parallel()
+	a := []rabbit.Message{task("7", nil), task("8", nil), task("9", nil)}
+	b := []rabbit.Message{task("7", nil), task("9", nil), task("8", nil)}
+	if ID(a) != ID(a[:3:3]) || !strings.HasPrefix(ID(a), "outbox-pack-7-3-") {
+		t.Errorf("ID = %q, want a stable outbox-pack-7-3-…", ID(a))
+	}
+	if ID(a) == ID(b) || ID(a) == ID(a[:2]) {
+		t.Errorf("ID(%q) = ID of other members", ID(a))
+	}
+}
+
 func TestPackRefuses(t *testing.T) {
 	t.Parallel()
 	retry := task("1", nil)
@@ -81,4 +95,31 @@ func TestUnpackRefuses(t *testing.T) {
 			t.Errorf("%s: Unpack accepted it", name)
 		}
 	}
+}
+
+// FuzzUnpack: whatever arrives on the packed queue, Unpack never panics, and what it
+// accepts has a task for each packed one, whose Single is a send task to the send queue.
+func FuzzUnpack(f *testing.F) {
+	m, err := Pack("p", []rabbit.Message{task("1", map[string]any{"traceparent": "00-a-b-01"}), task("2", nil)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(m.Body)
+	f.Add([]byte{})
+	f.Add([]byte("\x0a\x00"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		tasks, err := Unpack(&rabbit.Delivery{MessageID: "m", Type: Type, Body: body})
+		if err != nil {
+			return
+		}
+		var pack busv1.SendTaskPack
+		if err := proto.Unmarshal(body, &pack); err != nil || len(tasks) != len(pack.GetTasks()) || len(tasks) == 0 {
+			t.Fatalf("Unpack gave %d tasks of a body that decodes to %d (%v)", len(tasks), len(pack.GetTasks()), err)
+		}
+		for _, d := range tasks {
+			if s := Single(d); s.RoutingKey != rabbit.SendKey || s.Type != TaskType {
+				t.Fatalf("Single = %q to %q", s.Type, s.RoutingKey)
+			}
+		}
+	})
 }

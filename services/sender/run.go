@@ -19,6 +19,9 @@ import (
 	"notify/services/sender/internal/sender"
 )
 
+// packBatch is how many packs of send tasks the sender handles as one batch at most.
+const packBatch = 4
+
 // run wires the sender together and consumes the send queue until ctx ends. It connects to
 // PostgreSQL, FCM and RabbitMQ (declaring the topology with the configured wait levels, so
 // that its hand-offs to the retry wait queues are routable). On SIGTERM the consumer stops
@@ -70,11 +73,13 @@ func run(ctx context.Context, getenv func(string) string) error {
 		BatchLinger:     cfg.BatchLinger,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 	})
-	// Packs of send tasks (the relay's, OUTBOX_PACK_SIZE): a pack is a batch of its own.
+	// Packs of send tasks (the relay's, OUTBOX_PACK_SIZE): a batch takes up to packBatch
+	// packs, each of a relay round's tasks.
 	packs := rabbit.NewBatchConsumer(conn, topo.PackedSendQueue(), handler.HandlePacks, rabbit.ConsumerOptions{
 		Concurrency:     cfg.Workers,
-		Prefetch:        2 * cfg.Workers,
-		BatchSize:       1,
+		Prefetch:        2 * packBatch * cfg.Workers,
+		BatchSize:       packBatch,
+		BatchLinger:     cfg.BatchLinger,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 	})
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -82,8 +83,8 @@ func TestRelayPacksSendTasks(t *testing.T) {
 	}
 	for k, want := range [][]int{{0, 1, 2}, {3, 4, 5}} {
 		m := pub.sent[k]
-		if m.Type != sendpack.Type || m.MessageID != fmt.Sprintf("outbox-pack-%d", ids[want[0]]) {
-			t.Errorf("message %d is a %q with id %q, want a pack with id outbox-pack-%d", k, m.Type, m.MessageID, ids[want[0]])
+		if prefix := fmt.Sprintf("outbox-pack-%d-3-", ids[want[0]]); m.Type != sendpack.Type || !strings.HasPrefix(m.MessageID, prefix) {
+			t.Errorf("message %d is a %q with id %q, want a pack with id %s…", k, m.Type, m.MessageID, prefix)
 		}
 		gotIDs, gotBodies := unpacked(t, m)
 		var wantIDs, wantBodies []string

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -318,9 +317,8 @@ var startSQL = schema.ChangeStatusSQL("'"+schema.StatusPending+"'", ", updated_a
 
 // pack replaces the send tasks among *tasks (idx: the batch index of each one's row) by
 // packs of up to PackSize (sendpack), and returns the batch indexes of the rows each
-// message of the new *tasks carries. A pack's message id is "outbox-pack-<first row id>",
-// as stable as its rows' own: a relay that publishes the same rows again after a crash
-// publishes the same packs. A lone send task, and any other task, keeps its own message.
+// message of the new *tasks carries. A lone send task, and any other task, keeps its own
+// message.
 func (r *Relay) pack(tasks *[]rabbit.Message, idx []int) [][]int {
 	var packable []int // indexes into *tasks
 	for i, m := range *tasks {
@@ -343,7 +341,7 @@ func (r *Relay) pack(tasks *[]rabbit.Message, idx []int) [][]int {
 		for k, i := range chunk {
 			members[k], memberRows[k] = (*tasks)[i], idx[i]
 		}
-		m, err := sendpack.Pack("outbox-pack-"+strings.TrimPrefix(members[0].MessageID, "outbox-"), members)
+		m, err := sendpack.Pack(sendpack.ID(members), members)
 		if err != nil {
 			// Only a bug builds a task a pack cannot carry: its tasks go on their own.
 			r.log.Error("cannot pack send tasks; publishing them one by one", "err", err)

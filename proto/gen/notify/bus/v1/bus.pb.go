@@ -118,7 +118,7 @@ func (x *SendTask) GetGeneration() int32 {
 // confirm, delivery and settlement) once per pack rather than once per task. The sender
 // handles a pack's tasks as one batch; the ones that do not settle are republished on
 // their own to the send queue, with the message id and headers they carry here. Its AMQP
-// MessageId is "outbox-pack-<first row id>".
+// MessageId names its tasks: "outbox-pack-<first row id>-<tasks>-<hash of their ids>".
 type SendTaskPack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tasks         []*PackedSendTask      `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
