@@ -42,7 +42,7 @@ func (h *Handler) WithPacks(pub publisher, reg prometheus.Registerer) *Handler {
 }
 
 // HandlePacks handles deliveries from the packed send queue (a rabbit.BatchHandler; the
-// sender takes one pack per batch): the tasks of the packs are handled together, as one
+// sender takes a few packs per batch): the tasks of the packs are handled together, as one
 // batch of HandleBatch, and each pack is acknowledged once every one of its tasks is
 // settled. A task HandleBatch would have requeued or rejected is republished on its own
 // to the send queue first, with the message id and trace it had in the pack, and takes
