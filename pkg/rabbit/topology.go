@@ -16,7 +16,7 @@ import (
 //
 //	exchange notify (direct, durable)
 //	notify.send   ← key "send"   quorum, x-delivery-limit, dead-letters to key "dead"
-//	notify.send.packed ← key "send.packed", as notify.send (packs of send tasks)
+//	notify.send.packed ← key "send.packed", as notify.send without a delivery limit (packs of send tasks)
 //	notify.retry  ← key "retry"  quorum, x-delivery-limit, dead-letters to key "dead"
 //	notify.dead   ← key "dead"   quorum, no delivery limit
 //	notify.wait.10s ← key "wait.10s", quorum, x-message-ttl 10000, dead-letters to key "retry"
@@ -31,7 +31,7 @@ type Topology struct {
 	Name string
 	// WaitDelays are the wait levels, strictly increasing; see WaitDelays.
 	WaitDelays []time.Duration
-	// DeliveryLimit is x-delivery-limit on the send (and packed send) and retry queues: a message redelivered
+	// DeliveryLimit is x-delivery-limit on the send and retry queues: a message redelivered
 	// more often than this (a consumer crash loop) is dead-lettered. 0 means no limit.
 	DeliveryLimit int
 }
@@ -187,7 +187,10 @@ func (t Topology) queues() []queueSpec {
 	}
 	qs := []queueSpec{
 		work(t.SendQueue(), SendKey),
-		work(t.PackedSendQueue(), PackedSendKey),
+		// No delivery limit: a pack that comes back is dissolved into tasks on the send queue
+		// without being handled (the sender's HandlePacks), so it cannot crash-loop; its
+		// tasks meet the send queue's limit on their own.
+		{name: t.PackedSendQueue(), key: PackedSendKey, args: deadLettered(DeadKey)},
 		work(t.RetryQueue(), RetryKey),
 		{name: t.DeadQueue(), key: DeadKey, args: amqp.Table{"x-queue-type": "quorum"}},
 	}

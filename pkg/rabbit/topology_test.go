@@ -113,7 +113,7 @@ func TestTopologyQueues(t *testing.T) {
 	with := func(t amqp.Table, k string, v any) amqp.Table { t[k] = v; return t }
 	want := []queueSpec{
 		{name: "notify.send", key: "send", args: with(dlx("dead"), "x-delivery-limit", int64(20))},
-		{name: "notify.send.packed", key: "send.packed", args: with(dlx("dead"), "x-delivery-limit", int64(20))},
+		{name: "notify.send.packed", key: "send.packed", args: dlx("dead")},
 		{name: "notify.retry", key: "retry", args: with(dlx("dead"), "x-delivery-limit", int64(20))},
 		{name: "notify.dead", key: "dead", args: amqp.Table{"x-queue-type": "quorum"}},
 		{name: "notify.wait.10s", key: "wait.10s", args: with(dlx("retry"), "x-message-ttl", int64(10000))},
