@@ -5,17 +5,13 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"notify/pkg/pgtest"
 	"notify/pkg/rabbit"
-	"notify/pkg/rabbit/rabbittest"
 	"notify/pkg/sendpack"
-	"notify/pkg/testenv"
 )
 
 // outboxIDs returns the ids of the outbox rows, in order.
@@ -126,7 +122,7 @@ func TestRelaySendsALoneTaskOnItsOwn(t *testing.T) {
 			t.Parallel()
 			db := pgtest.New(t)
 			insertRows(t, db, tc.rows)
-			pub := &recordingPublisher{}
+			pub := &recorder{}
 			r := NewRelay(db.Pool, pub, discard, prometheus.NewRegistry(), Options{PackSize: tc.packSize})
 			if _, err := r.RelayOnce(context.Background()); err != nil {
 				t.Fatal(err)
@@ -140,96 +136,5 @@ func TestRelaySendsALoneTaskOnItsOwn(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// recordingPublisher confirms everything.
-type recordingPublisher struct {
-	mu   sync.Mutex
-	sent []rabbit.Message
-}
-
-func (p *recordingPublisher) Publish(_ context.Context, msgs ...rabbit.Message) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.sent = append(p.sent, msgs...)
-	return nil
-}
-
-// TestRelaysPackThroughTheBroker: two relays packing their rounds, against one outbox and a
-// real broker with notify's topology: every task arrives once, in a pack on the packed send
-// queue or alone on the send queue.
-func TestRelaysPackThroughTheBroker(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	amqpURL := testenv.AMQPURL(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-
-	topo := rabbittest.Topology(t, amqpURL, "outbox-packs", rabbit.NewTopology("", nil))
-	conn := rabbittest.StartConn(t, amqpURL, rabbit.ConnOptions{Name: topo.Name, Topology: &topo})
-
-	const rows = 2000
-	insertRows(t, db, rows)
-	for i := range 2 {
-		r := NewRelay(db.Pool, rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{}), discard,
-			prometheus.NewRegistry(), Options{BatchSize: 100 + 100*i, PollInterval: 20 * time.Millisecond, Concurrency: 2, PackSize: 16 + 16*i})
-		runRelay(t, r)
-	}
-
-	var mu sync.Mutex
-	seen := map[string]int{}
-	packs := 0
-	got := make(chan struct{})
-	count := func(_ context.Context, d *rabbit.Delivery) error {
-		tasks := []*rabbit.Delivery{d}
-		if d.Type == sendpack.Type {
-			var err error
-			if tasks, err = sendpack.Unpack(d); err != nil {
-				t.Error(err)
-				return nil
-			}
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if len(tasks) > 1 {
-			packs++
-		}
-		for _, task := range tasks {
-			seen[task.MessageID]++
-		}
-		if len(seen) == rows {
-			select {
-			case <-got:
-			default:
-				close(got)
-			}
-		}
-		return nil
-	}
-	for _, q := range []string{topo.SendQueue(), topo.PackedSendQueue()} {
-		c := rabbit.NewConsumer(conn, q, count, rabbit.ConsumerOptions{Concurrency: 2, Prefetch: 64})
-		go func() { _ = c.Run(ctx) }()
-	}
-	select {
-	case <-got:
-	case <-time.After(60 * time.Second):
-		mu.Lock()
-		defer mu.Unlock()
-		t.Fatalf("only %d of %d tasks arrived", len(seen), rows)
-	}
-	time.Sleep(200 * time.Millisecond) // let any duplicate arrive
-	mu.Lock()
-	defer mu.Unlock()
-	for id, c := range seen {
-		if c != 1 {
-			t.Errorf("%s arrived %d times, want once", id, c)
-		}
-	}
-	if packs == 0 {
-		t.Error("no pack arrived: every task travelled alone")
-	}
-	if left := unpublished(t, db); left != 0 {
-		t.Errorf("%d rows still unpublished", left)
 	}
 }

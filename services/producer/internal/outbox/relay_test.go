@@ -19,6 +19,7 @@ import (
 	"notify/pkg/rabbit"
 	"notify/pkg/rabbit/rabbittest"
 	"notify/pkg/schema"
+	"notify/pkg/sendpack"
 	"notify/pkg/testenv"
 )
 
@@ -207,7 +208,9 @@ func TestRelayKeepsRowsWhenSettlingFails(t *testing.T) {
 }
 
 // TestRelaysShareTheOutbox runs two relays (two producer replicas), each with overlapping
-// rounds, against one outbox and a real broker: every row reaches the queue, none twice.
+// rounds, one packing its rounds' send tasks and one not, against one outbox and a real
+// broker with notify's topology: every task arrives once, in a pack on the packed send
+// queue or alone on the send queue.
 func TestRelaysShareTheOutbox(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
@@ -220,22 +223,33 @@ func TestRelaysShareTheOutbox(t *testing.T) {
 
 	const rows = 3000
 	insertRows(t, db, rows)
-	var wg sync.WaitGroup
 	for i := range 2 {
 		r := NewRelay(db.Pool, rabbit.NewPublisher(conn, topo.Exchange(), rabbit.PublisherOptions{}), discard,
-			prometheus.NewRegistry(), Options{BatchSize: 200 + 100*i, PollInterval: 20 * time.Millisecond, Concurrency: 2 + i})
-		relayCtx, stop := context.WithCancel(ctx)
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = r.Run(relayCtx) }()
-		t.Cleanup(stop)
+			prometheus.NewRegistry(), Options{BatchSize: 200 + 100*i, PollInterval: 20 * time.Millisecond, Concurrency: 2 + i, PackSize: 32 * i})
+		runRelay(t, r)
 	}
 
-	seen := map[string]int{}
 	var mu sync.Mutex
+	seen := map[string]int{}
+	packs := 0
 	got := make(chan struct{})
-	consumer := rabbit.NewConsumer(conn, topo.SendQueue(), func(_ context.Context, d *rabbit.Delivery) error {
+	count := func(_ context.Context, d *rabbit.Delivery) error {
+		tasks := []*rabbit.Delivery{d}
+		if d.Type == sendpack.Type {
+			var err error
+			if tasks, err = sendpack.Unpack(d); err != nil {
+				t.Error(err)
+				return nil
+			}
+		}
 		mu.Lock()
-		seen[d.MessageID]++
+		defer mu.Unlock()
+		if d.Type == sendpack.Type {
+			packs++
+		}
+		for _, task := range tasks {
+			seen[task.MessageID]++
+		}
 		if len(seen) == rows {
 			select {
 			case <-got:
@@ -243,14 +257,18 @@ func TestRelaysShareTheOutbox(t *testing.T) {
 				close(got)
 			}
 		}
-		mu.Unlock()
 		return nil
-	}, rabbit.ConsumerOptions{Concurrency: 4, Prefetch: 256})
-	go func() { _ = consumer.Run(ctx) }()
+	}
+	for _, q := range []string{topo.SendQueue(), topo.PackedSendQueue()} {
+		c := rabbit.NewConsumer(conn, q, count, rabbit.ConsumerOptions{Concurrency: 2, Prefetch: 128})
+		go func() { _ = c.Run(ctx) }()
+	}
 
 	select {
 	case <-got:
 	case <-time.After(60 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
 		t.Fatalf("only %d of %d rows arrived", len(seen), rows)
 	}
 	time.Sleep(200 * time.Millisecond) // let any duplicate arrive
@@ -260,6 +278,9 @@ func TestRelaysShareTheOutbox(t *testing.T) {
 		if c != 1 {
 			t.Errorf("%s arrived %d times, want once", id, c)
 		}
+	}
+	if packs == 0 {
+		t.Error("no pack arrived: the packing relay sent every task alone")
 	}
 	if left := unpublished(t, db); left != 0 {
 		t.Errorf("%d rows still unpublished", left)

@@ -127,18 +127,7 @@ func TestBatchOneStoreFails(t *testing.T) {
 	for i := range 5 {
 		ids = append(ids, e.notification(t, fmt.Sprintf("user%d", i), 2, time.Hour))
 	}
-	// The database refuses any outcome of user2's tokens.
-	if _, err := e.pool.Exec(ctx, `
-		CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN
-			IF NEW.token LIKE 'user2-%' AND current_setting('test.allow', true) IS DISTINCT FROM 'on' THEN
-				RAISE EXCEPTION 'refusing %', NEW.token;
-			END IF;
-			RETURN NEW;
-		END $$;
-		CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON deliveries FOR EACH ROW EXECUTE FUNCTION refuse_poison()`); err != nil {
-		t.Fatal(err)
-	}
+	refuseOutcomes(t, e, "user2-%") // any outcome of user2's tokens
 	ds := make([]*rabbit.Delivery, len(ids))
 	for i, id := range ids {
 		ds[i] = sendTask(t, id)
