@@ -2,12 +2,11 @@
 // (notify.bus.v1.SendTaskPack) and takes them out again: the outbox relay packs the send
 // tasks of a round, the sender unpacks them.
 //
-// On a busy pipeline the broker's work per message (a quorum queue's log entry, the
-// publisher's confirm, the delivery and its settlement) was the whole of RabbitMQ's CPU per
-// small notification: status events, published to an exchange no queue of the benchmark is
-// bound to, cost it nothing measurable (bench -status-events on and off). A pack pays that
-// work once for all its tasks. Packs go to a queue of their own (rabbit.PackedSendKey), so
-// that a sender that reads no packs never receives one.
+// The broker works per message: a quorum queue's log entry, the publisher's confirm, the
+// delivery and its settlement. A pack pays that once for all its tasks (make bench's
+// sustain phase: RabbitMQ's CPU per small notification about 30% lower). Packs go to a
+// queue of their own (rabbit.PackedSendKey), so that a sender that reads no packs never
+// receives one.
 package sendpack
 
 import (
@@ -83,8 +82,8 @@ func Pack(id string, tasks []rabbit.Message) (rabbit.Message, error) {
 
 // Unpack returns the send tasks a pack delivery carries, each as it would have arrived on
 // its own (its message id, type, headers and body; the pack's queue, timestamps and
-// redelivery flag; none of the pack's headers). Settling them is the pack's business: the returned deliveries belong
-// to no channel.
+// redelivery flag; none of the pack's headers). Settling them is the pack's business: the
+// returned deliveries belong to no channel.
 func Unpack(d *rabbit.Delivery) ([]*rabbit.Delivery, error) {
 	if d.Type != Type {
 		return nil, fmt.Errorf("message %s is a %q, not a %s", d.MessageID, d.Type, Type)

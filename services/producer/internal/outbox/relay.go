@@ -320,21 +320,23 @@ var startSQL = schema.ChangeStatusSQL("'"+schema.StatusPending+"'", ", updated_a
 // message of the new *tasks carries. A lone send task, and any other task, keeps its own
 // message.
 func (r *Relay) pack(tasks *[]rabbit.Message, idx []int) [][]int {
-	var packable []int // indexes into *tasks
+	var packable, alone []int // indexes into *tasks
 	for i, m := range *tasks {
 		if sendpack.Packable(m) {
 			packable = append(packable, i)
+		} else {
+			alone = append(alone, i)
 		}
 	}
 	if r.opts.PackSize < 2 || len(packable) < 2 {
 		return singles(idx)
 	}
-	packed := make(map[int]bool, len(packable))
 	var msgs []rabbit.Message
 	var rows [][]int
 	for chunk := range slices.Chunk(packable, r.opts.PackSize) {
-		if len(chunk) < 2 {
-			break // the last one, alone: on its own below
+		if len(chunk) < 2 { // the last one, alone
+			alone = append(alone, chunk...)
+			continue
 		}
 		members := make([]rabbit.Message, len(chunk))
 		memberRows := make([]int, len(chunk))
@@ -345,17 +347,13 @@ func (r *Relay) pack(tasks *[]rabbit.Message, idx []int) [][]int {
 		if err != nil {
 			// Only a bug builds a task a pack cannot carry: its tasks go on their own.
 			r.log.Error("cannot pack send tasks; publishing them one by one", "err", err)
+			alone = append(alone, chunk...)
 			continue
-		}
-		for _, i := range chunk {
-			packed[i] = true
 		}
 		msgs, rows = append(msgs, m), append(rows, memberRows)
 	}
-	for i, m := range *tasks {
-		if !packed[i] {
-			msgs, rows = append(msgs, m), append(rows, []int{idx[i]})
-		}
+	for _, i := range alone {
+		msgs, rows = append(msgs, (*tasks)[i]), append(rows, []int{idx[i]})
 	}
 	*tasks = msgs
 	return rows
