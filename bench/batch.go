@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -50,7 +51,10 @@ func batchPhase(ctx context.Context, st *stack, prog *progress) (*batchResult, e
 		clients[i] = notifyv1.NewNotificationServiceClient(conn)
 	}
 
-	backlog := watchBacklogs(ctx, st)
+	backlog, err := watchBacklogs(ctx, st)
+	if err != nil {
+		return nil, err
+	}
 	defer backlog.stop()
 
 	var accepted, refused, failed atomic.Int64
@@ -125,8 +129,9 @@ func batchPhase(ctx context.Context, st *stack, prog *progress) (*batchResult, e
 	prog.set("publish batch: draining", func() string {
 		return fmt.Sprintf("outbox backlog %d, pending notifications %d", backlog.outbox.Load(), backlog.pending.Load())
 	})
-	err := backlog.waitDrained(ctx, cfg.DrainTimeout)
-	res.Relay = backlog.relay.result(res.Accepted, start, lastCall)
+	err = backlog.waitDrained(ctx, cfg.DrainTimeout)
+	rows, rerr := backlog.rowsWritten(ctx, st)
+	res.Relay = backlog.relay.result(rows, start, lastCall)
 	res.Sender = backlog.sender.result(res.Accepted, start, lastCall)
-	return res, err
+	return res, errors.Join(err, rerr)
 }

@@ -224,7 +224,10 @@ func latencyPhase(ctx context.Context, st *stack, emu *emulator, prog *progress,
 	res.Duplicates = max(0, es.Delivered-want)
 
 	// Every outcome must also be in the database: wait for the sender to finish them all.
-	backlog := watchBacklogs(ctx, st)
+	backlog, err := watchBacklogs(ctx, st)
+	if err != nil {
+		return nil, err
+	}
 	drainErr := backlog.waitDrained(ctx, st.cfg.DrainTimeout)
 	backlog.stop()
 	if drainErr != nil {

@@ -37,7 +37,9 @@ type publishResult struct {
 }
 
 // drain is how a downstream stage kept up with a phase: when its backlog reached zero,
-// counted from the phase's first call, and the largest backlog seen.
+// counted from the phase's first call, and the largest backlog seen. The relay's items are
+// outbox rows (a notification writes its send task and, with status events on, an event
+// for each status it takes: three rows for one delivered), the sender's notifications.
 type drain struct {
 	Items      int64   `json:"items"`
 	Seconds    float64 `json:"seconds"`
@@ -61,7 +63,10 @@ func publishPhase(ctx context.Context, st *stack, prog *progress) (*publishResul
 		clients[i] = notifyv1.NewNotificationServiceClient(conn)
 	}
 
-	backlog := watchBacklogs(ctx, st)
+	backlog, err := watchBacklogs(ctx, st)
+	if err != nil {
+		return nil, err
+	}
 	defer backlog.stop()
 
 	var accepted, failed atomic.Int64
@@ -136,13 +141,11 @@ func publishPhase(ctx context.Context, st *stack, prog *progress) (*publishResul
 	prog.set("publish: draining", func() string {
 		return fmt.Sprintf("outbox backlog %d, pending notifications %d", backlog.outbox.Load(), backlog.pending.Load())
 	})
-	err := backlog.waitDrained(ctx, cfg.DrainTimeout)
-	res.Relay = backlog.relay.result(res.Total, start, lastCall)
+	err = backlog.waitDrained(ctx, cfg.DrainTimeout)
+	rows, rerr := backlog.rowsWritten(ctx, st)
+	res.Relay = backlog.relay.result(rows, start, lastCall)
 	res.Sender = backlog.sender.result(res.Total, start, lastCall)
-	if err != nil {
-		return res, err
-	}
-	return res, nil
+	return res, errors.Join(err, rerr)
 }
 
 // publishRequest is the c-th client's seq-th notification: to two of the phase's users, with
@@ -179,6 +182,8 @@ func oneUserRequest(topology, phase string, i int) *notifyv1.PublishRequest {
 // backlogs polls the bench database for the two backlogs a Publish leaves behind: outbox
 // rows not yet relayed, and notifications not yet finished by the sender.
 type backlogs struct {
+	// firstID is the outbox's last id when the watch began (see rowsWritten).
+	firstID         int64
 	outbox, pending atomic.Int64
 	relay, sender   stage
 	cancel          context.CancelFunc
@@ -238,9 +243,20 @@ func (s *stage) result(items int64, start, lastCall time.Time) drain {
 // backlogPoll is how often the backlogs are read: it bounds the precision of drain times.
 const backlogPoll = 50 * time.Millisecond
 
-func watchBacklogs(ctx context.Context, st *stack) *backlogs {
+// outboxIDSQL reads the last id the outbox handed out (0 before its first row). Every row
+// takes its id from the identity's sequence, one each and none cached, so the rows written
+// between two readings are the difference (a rolled-back insert would count too: none is in
+// a phase without failures).
+const outboxIDSQL = `SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('outbox', 'id')::regclass), 0)`
+
+// watchBacklogs starts reading the backlogs every backlogPoll until stop.
+func watchBacklogs(ctx context.Context, st *stack) (*backlogs, error) {
+	var first int64
+	if err := st.pool.QueryRow(ctx, outboxIDSQL).Scan(&first); err != nil {
+		return nil, fmt.Errorf("read the outbox's last id: %w", err)
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	b := &backlogs{cancel: cancel, done: make(chan struct{})}
+	b := &backlogs{firstID: first, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(b.done)
 		t := time.NewTicker(backlogPoll)
@@ -271,7 +287,17 @@ func watchBacklogs(ctx context.Context, st *stack) *backlogs {
 			}
 		}
 	}()
-	return b
+	return b, nil
+}
+
+// rowsWritten is how many rows were written to the outbox since the watch began: once both
+// backlogs are drained, the rows the relay moved for the phase.
+func (b *backlogs) rowsWritten(ctx context.Context, st *stack) (int64, error) {
+	var last int64
+	if err := st.pool.QueryRow(ctx, outboxIDSQL).Scan(&last); err != nil {
+		return 0, fmt.Errorf("read the outbox's last id: %w", err)
+	}
+	return last - b.firstID, nil
 }
 
 // waitDrained waits until both backlogs have been read empty after now.

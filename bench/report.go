@@ -72,8 +72,8 @@ func (r *results) report(w io.Writer, jsonPath string) {
 		if n := sumErrors(b.Errors); n > 0 {
 			fmt.Fprintf(tw, "  failed\t%d\t\t%v\n", n, b.Errors)
 		}
-		fmt.Fprintf(tw, "  outbox relay\t%s\t%s\t%s\n", drainRate(b.Relay, "rows/s"),
-			vs(b.Relay.PerSecond, r.BrokerRate, "raw broker"), drainNote(b.Relay, "rows"))
+		fmt.Fprintf(tw, "  outbox relay\t%s\t%s\t%s; %s\n", drainRate(b.Relay, "rows/s"),
+			vs(b.Relay.PerSecond, r.BrokerRate, "raw broker"), drainNote(b.Relay, "rows"), met[relayTargetName])
 		fmt.Fprintf(tw, "  sender (audiences without devices)\t%s\t\t%s\n", drainRate(b.Sender, "notifications/s"),
 			drainNote(b.Sender, "notifications"))
 	}

@@ -187,6 +187,7 @@ const (
 const (
 	fanoutTargetName  = "fan-out token deliveries vs raw FCM edge"
 	batchTargetName   = "PublishBatch notifications"
+	relayTargetName   = "outbox relay behind PublishBatch, rows"
 	sustainTargetName = "pipeline sustained, one-token notifications"
 )
 
@@ -234,6 +235,10 @@ func (r *results) evaluate() {
 	}
 	if b := r.Batch; b != nil {
 		add(batchTargetName, "≥ 20,000/s", "/s", b.PerSecond, b.PerSecond >= 20_000)
+		// Issue 11: the relay keeps up at 5,000 rows/s or more. Its rate here runs from
+		// the first call until the outbox is empty, so it is bounded by how fast the rows
+		// arrive as well as by how fast the relay moves them.
+		add(relayTargetName, "≥ 5,000/s", "/s", b.Relay.PerSecond, b.Relay.Drained && b.Relay.PerSecond >= 5000)
 	}
 	// The latency targets are stated at 1,000/s; at another rate there is nothing to hold.
 	if l := r.Latency; l != nil && l.TargetRate == latencyTargetRate {
