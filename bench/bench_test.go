@@ -222,6 +222,12 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"--fanout-devcies", "5"}, code: 2, stdoutRe: `^$`, stderrRe: `^bench: unknown flag: --fanout-devcies\nRun 'bench -h' for usage.\n$`},
 		{args: []string{"extra"}, code: 2, stdoutRe: `^$`, stderrRe: `^bench: unexpected arguments \["extra"\]\n`},
 		{args: []string{"-publish-clients", "x"}, code: 2, stdoutRe: `^$`, stderrRe: `invalid value "x" for flag -publish-clients`},
+		// A wrong value was exit 1, as if the bench had run and failed.
+		{args: []string{"-phases", "publsh"}, code: 2, stdoutRe: `^$`, stderrRe: `^bench: -phases: unknown phase "publsh" \(want some of baselines,`},
+		{args: []string{"-publish-clients", "0"}, code: 2, stdoutRe: `^$`, stderrRe: `-publish-clients: must be positive, got 0`},
+		{args: []string{"-compare", "onlyone"}, code: 2, stdoutRe: `^$`, stderrRe: `-compare: want two directories of service binaries, DIR_A,DIR_B, got "onlyone"`},
+		{args: []string{"-compare", "/nonexistent-a,/nonexistent-b", "-pairs", "0"}, code: 2, stdoutRe: `^$`,
+			stderrRe: `(?s)-compare: stat /nonexistent-a/producer: no such file or directory \(run .make build.\).*-compare: stat /nonexistent-b/producer.*-pairs: must be positive, got 0`},
 	} {
 		var stdout, stderr strings.Builder
 		code := mainCode(t.Context(), tc.args, getenv, &stdout, &stderr)

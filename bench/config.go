@@ -86,6 +86,13 @@ type config struct {
 	// ServiceEnv are the tuning variables set in the environment, which the services
 	// inherit; they are recorded with the results so runs compare like with like.
 	ServiceEnv map[string]string
+
+	// Compare, when set, names two directories of service binaries whose runs of the
+	// chosen phases alternate, Pairs of each (compare.go); RunArgs are the flags given that
+	// each of those runs takes as they are.
+	Compare [2]string
+	Pairs   int
+	RunArgs []string
 }
 
 // usage prints what bench -h shows: the flags and the environment it reads.
@@ -141,6 +148,8 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 	fs.IntVar(&c.PacedQuota, "paced-quota", 0, "the paced broadcasts' quota a minute, on the emulator and the app (0: half the raw FCM edge of this run, at most 0.8× the unpaced fan-out)")
 	statusEvents := fs.String("status-events", "on", "on, or off: the bench database's "+schema.StatusEventsSetting+", as a deployment whose status events nobody subscribes to may set it")
 	fs.IntVar(&c.AppsDevices, "apps-devices", 60_000, "devices of the apps phase's first app (the second gets half as many, and half its quota)")
+	compare := fs.String("compare", "", "DIR_A,DIR_B: run the phases with the service binaries of each directory in turn (A B B A A B …), -pairs runs of each, and print their figures side by side")
+	fs.IntVar(&c.Pairs, "pairs", 2, "with -compare: runs of each directory")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage(fs, helpOut)
@@ -207,6 +216,9 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 	if c.Warmup < 0 {
 		errs = append(errs, fmt.Errorf("-warmup: must not be negative, got %s", c.Warmup))
 	}
+	if *compare != "" {
+		errs = append(errs, c.loadCompare(fs, *compare)...)
+	}
 
 	// The sender's own loader, so the baseline uses exactly the concurrency the sender will.
 	// The bench points the services at its own emulator (FCM_ENDPOINT), so the loader gets one too.
@@ -217,8 +229,9 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 		return getenv(k)
 	})
 	settings := delivery.LoadSettings(env)
+	var envErr error
 	if err := env.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("service settings in the environment: %w", err))
+		envErr = fmt.Errorf("service settings in the environment: %w", err)
 	}
 	c.FCMConcurrency = settings.MaxConcurrentSends
 
@@ -237,10 +250,53 @@ func loadConfig(args []string, getenv func(string) string, environ []string, hel
 			*dir = abs
 		}
 	}
+	if *compare == "" {
+		errs = append(errs, missingServices("-bin", c.BinDir)...)
+	}
+	if len(errs) > 0 {
+		// A flag's value is wrong: a usage error, exit 2, as for a flag that does not exist.
+		return c, usageError{errors.Join(append(errs, envErr)...)}
+	}
+	return c, envErr
+}
+
+// missingServices reports the service binaries dir lacks, naming the flag that gave it.
+func missingServices(flagName, dir string) []error {
+	var errs []error
 	for _, s := range serviceNames {
-		if _, err := os.Stat(filepath.Join(c.BinDir, s)); err != nil {
-			errs = append(errs, fmt.Errorf("-bin: %w (run `make build`)", err))
+		if _, err := os.Stat(filepath.Join(dir, s)); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w (run `make build`)", flagName, err))
 		}
 	}
-	return c, errors.Join(errs...)
+	return errs
+}
+
+// loadCompare reads -compare's two directories, checks -pairs, and keeps the flags given
+// (but -compare, -pairs, -bin and -out, which the comparison sets for each run) for the runs.
+func (c *config) loadCompare(fs *flag.FlagSet, value string) []error {
+	var errs []error
+	dirs := strings.Split(value, ",")
+	if len(dirs) != 2 || dirs[0] == "" || dirs[1] == "" {
+		return []error{fmt.Errorf("-compare: want two directories of service binaries, DIR_A,DIR_B, got %q", value)}
+	}
+	for i, d := range dirs {
+		if abs, err := filepath.Abs(d); err == nil {
+			d = abs
+		}
+		c.Compare[i] = d
+		errs = append(errs, missingServices("-compare", d)...)
+	}
+	if c.Pairs < 1 {
+		errs = append(errs, fmt.Errorf("-pairs: must be positive, got %d", c.Pairs))
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "compare", "pairs", "out":
+		case "bin":
+			errs = append(errs, errors.New("-bin: not with -compare, which names the binaries of each run"))
+		default:
+			c.RunArgs = append(c.RunArgs, "-"+f.Name+"="+f.Value.String())
+		}
+	})
+	return errs
 }

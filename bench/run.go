@@ -28,6 +28,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	if cfg.Compare[0] != "" {
+		return compareRuns(ctx, cfg, stdout, stderr)
+	}
 	started := time.Now()
 	runID := started.UTC().Format("20060102t150405")
 	if cfg.LogDir == "" {
