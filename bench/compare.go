@@ -134,10 +134,20 @@ var compareFigures = []compareFigure{
 	{"in-memory push server notifications/s", func(r *results) (float64, bool) {
 		return figure(r.Reference != nil && r.Reference.Finished, func() float64 { return r.Reference.PerSecond })
 	}},
+	{"in-memory push server CPU ms/notification, machine", func(r *results) (float64, bool) {
+		return figure(r.Reference != nil && r.Reference.Finished, func() float64 {
+			return r.Reference.CPUMSPerNotification[groupMachine]
+		})
+	}},
 	{"pipeline notifications/s", func(r *results) (float64, bool) {
 		return figure(r.Sustain != nil && r.Sustain.Finished, func() float64 { return r.Sustain.PerSecond })
 	}},
-	{"pipeline CPU ms/notification, machine", sustainCPU("machine")},
+	// The same-run ratio: the reference runs in the minute before the pipeline, so it
+	// takes out much of the machine's drift between runs.
+	{"pipeline vs in-memory push server", func(r *results) (float64, bool) {
+		return figure(r.SustainVsReference > 0, func() float64 { return r.SustainVsReference })
+	}},
+	{"pipeline CPU ms/notification, machine", sustainCPU(groupMachine)},
 	{"  postgres", sustainCPU(groupPostgres)},
 	{"  producer", sustainCPU("producer")},
 	{"  sender", sustainCPU("sender")},

@@ -60,6 +60,8 @@ func TestPrintComparison(t *testing.T) {
 			Sustain: &sustainResult{Finished: true, PerSecond: pipeline, CPUMSPerNotification: map[string]float64{
 				"machine": machine, groupPostgres: machine / 3,
 			}},
+			Reference:          &sustainResult{Finished: true, PerSecond: 4000, CPUMSPerNotification: map[string]float64{"machine": 0.4}},
+			SustainVsReference: ratio(pipeline, 4000),
 		}
 	}
 	runs := [2][]*results{
@@ -74,6 +76,8 @@ func TestPrintComparison(t *testing.T) {
 		`(?m)^pipeline CPU ms/notification, machine\s+1\.540, 1\.530\s+1\.520, 1\.420\s+0\.96×$`,
 		`(?m)^  postgres\s+0\.513, 0\.510\s+0\.507, 0\.473\s+0\.96×$`,
 		`(?m)^Publish accepted/s\s+1,711, 1,650\s+1,746, 1,700\s+1\.03×$`,
+		`(?m)^pipeline vs in-memory push server\s+0\.308, 0\.305\s+0\.305, 0\.328\s+1\.03×$`,
+		`(?m)^in-memory push server CPU ms/notification, machine\s+0\.400, 0\.400\s+0\.400, 0\.400\s+1\.00×$`,
 	} {
 		if !regexp.MustCompile(line).MatchString(out.String()) {
 			t.Errorf("comparison does not match %s:\n%s", line, out.String())
