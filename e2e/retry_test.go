@@ -78,9 +78,16 @@ func TestTransientFailuresAreRetriedWithDoublingWaits(t *testing.T) {
 	registerOne(t, devices, "rita", "flaky3-rita")
 	registerOne(t, devices, "fred", "fresh-fred")
 	slow := publishTo(t, notifications, "rita")
-	waitFor(t, 10*time.Second, "the first failure", func() bool { return len(s.emulatorMessages("flaky3-rita")) >= 1 })
+	// Its first failure recorded: the emulator answering it is not enough, the sender records
+	// the outcome after that (on a loaded CI machine the fresh notification below was once
+	// delivered first, and rita's still read PENDING).
+	waitFor(t, 10*time.Second, "the first failure, recorded", func() bool {
+		r, err := admin.GetNotification(ctxT(t), &notifyv1.GetNotificationRequest{NotificationId: slow})
+		return err == nil && r.GetNotification().GetStatus() == notifyv1.NotificationStatus_NOTIFICATION_STATUS_RETRYING
+	})
 
-	// A fresh notification published while rita's waits for its retries goes out at once.
+	// A fresh notification published while rita's waits for its retries (at least 400 ms,
+	// 800 ms and 1.6 s) goes out at once, and rita's is still waiting when it has.
 	fresh := publishTo(t, notifications, "fred")
 	n := waitFinal(t, admin, fresh, 10*time.Second)
 	if n.GetStatus() != notifyv1.NotificationStatus_NOTIFICATION_STATUS_DELIVERED {
