@@ -28,7 +28,7 @@ LDFLAGS := -X notify/pkg/buildinfo.version=$(VERSION) -X notify/pkg/buildinfo.co
 IMAGE_SOURCE ?= $(shell git remote get-url origin 2>/dev/null)
 IMAGE_CREATED ?= $(shell git log -1 --format=%cI 2>/dev/null)
 
-.PHONY: help run test rules chaos fuzz proto lint tidy check tools build images services bench clean
+.PHONY: help run test rules chaos fuzz proto lint tidy check tools build images services memory bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -100,6 +100,10 @@ build: ## build every service into ./bin
 images: ## build the notify/<service>:VERSION images into tmp/images (OCI layouts + docker-loadable tarballs; no container engine needed)
 	go run ./deployments/images -out tmp/images -version "$(VERSION)" -commit "$(COMMIT)" \
 		-source "$(IMAGE_SOURCE)" -created "$(IMAGE_CREATED)" $(IMAGES)
+
+memory: build ## the services' resident and peak memory under the load the Kubernetes manifests are sized for (scripts/memory.sh)
+	@scripts/devenv.sh
+	@scripts/memory.sh
 
 bench: ## measure the whole stack against raw broker/FCM baselines (BENCH_FLAGS="-fanout-devices 1000000"; bench/ -h)
 	@scripts/devenv.sh
