@@ -50,7 +50,7 @@ func TestBacklogsCountOutboxRows(t *testing.T) {
 	if err := b.waitDrained(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := b.rowsWritten(ctx, st)
+	rows, err := b.rowsWritten(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -129,9 +128,6 @@ func batchPhase(ctx context.Context, st *stack, prog *progress) (*batchResult, e
 	prog.set("publish batch: draining", func() string {
 		return fmt.Sprintf("outbox backlog %d, pending notifications %d", backlog.outbox.Load(), backlog.pending.Load())
 	})
-	err = backlog.waitDrained(ctx, cfg.DrainTimeout)
-	rows, rerr := backlog.rowsWritten(ctx, st)
-	res.Relay = backlog.relay.result(rows, start, lastCall)
-	res.Sender = backlog.sender.result(res.Accepted, start, lastCall)
-	return res, errors.Join(err, rerr)
+	res.Relay, res.Sender, err = backlog.drain(ctx, cfg.DrainTimeout, res.Accepted, start, lastCall)
+	return res, err
 }

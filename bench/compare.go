@@ -45,11 +45,12 @@ func compareRuns(ctx context.Context, cfg config, stdout, stderr io.Writer) erro
 	var runs [2][]*results
 	var failed []error
 	for i, side := range order {
-		out := filepath.Join(dir, fmt.Sprintf("%02d-%s", i+1, "AB"[side:side+1]))
+		label := "AB"[side : side+1]
+		out := filepath.Join(dir, fmt.Sprintf("%02d-%s", i+1, label))
 		if err := os.MkdirAll(out, 0o755); err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "compare: run %d of %d, %s (%s)\n", i+1, len(order), "AB"[side:side+1], cfg.Compare[side])
+		fmt.Fprintf(stderr, "compare: run %d of %d, %s (%s)\n", i+1, len(order), label, cfg.Compare[side])
 		report, err := os.Create(filepath.Join(out, "report.txt"))
 		if err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -141,11 +142,8 @@ func publishPhase(ctx context.Context, st *stack, prog *progress) (*publishResul
 	prog.set("publish: draining", func() string {
 		return fmt.Sprintf("outbox backlog %d, pending notifications %d", backlog.outbox.Load(), backlog.pending.Load())
 	})
-	err = backlog.waitDrained(ctx, cfg.DrainTimeout)
-	rows, rerr := backlog.rowsWritten(ctx, st)
-	res.Relay = backlog.relay.result(rows, start, lastCall)
-	res.Sender = backlog.sender.result(res.Total, start, lastCall)
-	return res, errors.Join(err, rerr)
+	res.Relay, res.Sender, err = backlog.drain(ctx, cfg.DrainTimeout, res.Total, start, lastCall)
+	return res, err
 }
 
 // publishRequest is the c-th client's seq-th notification: to two of the phase's users, with
@@ -182,6 +180,7 @@ func oneUserRequest(topology, phase string, i int) *notifyv1.PublishRequest {
 // backlogs polls the bench database for the two backlogs a Publish leaves behind: outbox
 // rows not yet relayed, and notifications not yet finished by the sender.
 type backlogs struct {
+	pool *pgxpool.Pool
 	// firstID is the outbox's last id when the watch began (see rowsWritten).
 	firstID         int64
 	outbox, pending atomic.Int64
@@ -256,7 +255,7 @@ func watchBacklogs(ctx context.Context, st *stack) (*backlogs, error) {
 		return nil, fmt.Errorf("read the outbox's last id: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	b := &backlogs{firstID: first, cancel: cancel, done: make(chan struct{})}
+	b := &backlogs{pool: st.pool, firstID: first, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(b.done)
 		t := time.NewTicker(backlogPoll)
@@ -292,12 +291,21 @@ func watchBacklogs(ctx context.Context, st *stack) (*backlogs, error) {
 
 // rowsWritten is how many rows were written to the outbox since the watch began: once both
 // backlogs are drained, the rows the relay moved for the phase.
-func (b *backlogs) rowsWritten(ctx context.Context, st *stack) (int64, error) {
+func (b *backlogs) rowsWritten(ctx context.Context) (int64, error) {
 	var last int64
-	if err := st.pool.QueryRow(ctx, outboxIDSQL).Scan(&last); err != nil {
+	if err := b.pool.QueryRow(ctx, outboxIDSQL).Scan(&last); err != nil {
 		return 0, fmt.Errorf("read the outbox's last id: %w", err)
 	}
 	return last - b.firstID, nil
+}
+
+// drain waits until both backlogs are empty (waitDrained) and returns how the relay kept up
+// with the rows written meanwhile and the sender with the phase's notifications, the
+// phase's calls having run from start to lastCall.
+func (b *backlogs) drain(ctx context.Context, timeout time.Duration, notifications int64, start, lastCall time.Time) (relay, sender drain, err error) {
+	err = b.waitDrained(ctx, timeout)
+	rows, rerr := b.rowsWritten(ctx)
+	return b.relay.result(rows, start, lastCall), b.sender.result(notifications, start, lastCall), errors.Join(err, rerr)
 }
 
 // waitDrained waits until both backlogs have been read empty after now.
