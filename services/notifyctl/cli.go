@@ -109,8 +109,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, out, er
 	c := &cli{getenv: getenv, out: out, errOut: errOut}
 	root := c.rootCommand(args)
 	root.SetArgs(args)
-	root.SetOut(out)
-	root.SetErr(errOut)
 	cmd, err := root.ExecuteContextC(ctx)
 	var code int
 	if err != nil && ctx.Err() != nil {
@@ -147,6 +145,9 @@ func (c *cli) rootCommand(args []string) *cobra.Command {
 		},
 	}
 	root.SetVersionTemplate("notifyctl {{.Version}}\n")
+	// Before the completion command is made: its scripts go to the writer set now.
+	root.SetOut(c.out)
+	root.SetErr(c.errOut)
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return flagError(cmd, args, err) })
 
 	pf := root.PersistentFlags()
@@ -164,7 +165,43 @@ func (c *cli) rootCommand(args []string) *cobra.Command {
 		c.keysCommand(), c.devicesCommand(), c.preferencesCommand(), c.versionCommand())
 	// Every command's help ends with the exit codes.
 	root.SetUsageTemplate(root.UsageTemplate() + "\n" + exitCodesHelp)
+
+	// cobra's own help and completion commands answer a mistake with a help text and exit 0
+	// (`help bogus`, `completion tcsh`, a bare `completion`): made here rather than in
+	// Execute, so that they answer it as every other command does, with a usage error.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	for _, cmd := range root.Commands() {
+		switch cmd.Name() {
+		case "help":
+			cmd.RunE = helpTopic(cmd.Run)
+		case "completion":
+			cmd.Args = nil // group names the shells
+			cmd.RunE = group
+		}
+	}
 	return root
+}
+
+// helpTopic is the RunE of the help command around cobra's (show): a topic that is not a
+// command is a usage error naming it, where cobra printed the root's usage and exited 0.
+func helpTopic(show func(*cobra.Command, []string)) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		target, rest, err := cmd.Root().Find(args)
+		switch {
+		case len(rest) > 0:
+			msg := fmt.Sprintf("help: %s has no command %q", target.CommandPath(), rest[0])
+			target.SuggestionsMinimumDistance = cmp.Or(target.SuggestionsMinimumDistance, 2) // cobra's default
+			if near := target.SuggestionsFor(rest[0]); len(near) > 0 {
+				msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(near, " or "))
+			}
+			return usageError{msg}
+		case err != nil:
+			return usagef("help: %v", err)
+		}
+		show(cmd, args)
+		return nil
+	}
 }
 
 // action wraps a command's code: it marks the command line as accepted and settles the

@@ -140,6 +140,12 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: nil, message: "give a command"},
 		{args: []string{"frobnicate"}, message: `unknown command "frobnicate"`},
 		{args: []string{"lst"}, message: "Did you mean this?"},
+		// cobra's help and completion commands printed a help text for these, exit 0.
+		{args: []string{"help", "bogus"}, message: `notifyctl: help: notifyctl has no command "bogus"` + "\n"},
+		{args: []string{"help", "keys", "crate"}, message: `notifyctl: help: notifyctl keys has no command "crate" (did you mean create?)` + "\n"},
+		{args: []string{"help", "list", "extra"}, message: `notifyctl: help: notifyctl list has no command "extra"` + "\n"},
+		{args: []string{"completion"}, message: "notifyctl: notifyctl completion needs a subcommand: bash, fish, powershell, zsh\n"},
+		{args: []string{"completion", "tcsh"}, message: `notifyctl: unknown notifyctl completion subcommand "tcsh" (want bash, fish, powershell, zsh)` + "\n"},
 		{args: []string{"replay"}, message: "give notification ids"},
 		{args: []string{"replay", "x", "--dead"}, message: "not both"},
 		{args: []string{"replay", "--batch", "0", "x"}, message: "--batch"},
@@ -247,6 +253,9 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 			r := mustCtl(t, exitUsage, e, tt.args...)
 			if !strings.Contains(r.stderr, tt.message) || !strings.Contains(r.stderr, "--help' for usage") {
 				t.Errorf("stderr does not say %q and where to find the usage:\n%s", tt.message, r.stderr)
+			}
+			if r.stdout != "" {
+				t.Errorf("a usage error printed on stdout:\n%s", r.stdout)
 			}
 			if strings.Contains(r.stderr, "cannot reach") {
 				t.Errorf("a usage error tried the server:\n%s", r.stderr)
