@@ -59,9 +59,7 @@ plaintext even when TLS options are set in the environment.
 API keys: --api-key (NOTIFY_API_KEY) is sent as a bearer token. publish, cancel, devices
 and preferences need a publisher or admin key, everything else an admin key. The first
 admin key is made on a machine that can reach the database:
-  producer keys create NAME --role admin      (DATABASE_URL; prints the secret)
-
-` + exitCodesHelp
+  producer keys create NAME --role admin      (DATABASE_URL; prints the secret)`
 
 const defaultAddr = "127.0.0.1:50051"
 

@@ -89,6 +89,10 @@ func TestHelpListsEveryFlagAndExitsZero(t *testing.T) {
 	if len(cases) < 12 {
 		t.Fatalf("found %d commands, want every command of notifyctl", len(cases))
 	}
+	// Without a command: the usage on stderr, with the exit codes once.
+	if r := mustCtl(t, exitUsage, nil); strings.Count(r.stderr, "Exit codes:") != 1 {
+		t.Errorf("notifyctl without a command does not document the exit codes once:\n%s", r.stderr)
+	}
 	for _, hc := range cases {
 		t.Run(strings.Join(append([]string{"notifyctl"}, hc.path...), " "), func(t *testing.T) {
 			t.Parallel()
@@ -114,8 +118,9 @@ func TestHelpListsEveryFlagAndExitsZero(t *testing.T) {
 						t.Errorf("notifyctl %s does not list --%s:\n%s", strings.Join(args, " "), name, r.stdout)
 					}
 				}
-				if !strings.Contains(r.stdout, "Exit codes:") || !strings.Contains(r.stdout, "4  API key refused") {
-					t.Errorf("notifyctl %s does not document the exit codes:\n%s", strings.Join(args, " "), r.stdout)
+				// Once: notifyctl --help printed them twice, from its own text and the usage.
+				if strings.Count(r.stdout, "Exit codes:") != 1 || !strings.Contains(r.stdout, "4  API key refused") {
+					t.Errorf("notifyctl %s does not document the exit codes once:\n%s", strings.Join(args, " "), r.stdout)
 				}
 				if want := "notifyctl " + strings.Join(hc.path, " "); !strings.Contains(r.stdout, strings.TrimSpace(want)) {
 					t.Errorf("notifyctl %s is not the help of %s:\n%s", strings.Join(args, " "), want, r.stdout)
