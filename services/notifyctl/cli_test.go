@@ -200,6 +200,12 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"publish", "--all", "--title", "t", "--at", "2020-06-01T18:00:00Z"},
 			message: "publish: --at 2020-06-01T18:00:00Z is in the past; leave out --at to send now"},
 		{args: []string{"publish", "--all", "--title", "t", "--at", "0s"}, message: "publish: --at 0s is not in the future"},
+		// Beyond what Publish accepts: it was the server's "must be at most 30 days ahead, got
+		// 744h0m0s ahead", exit 1.
+		{args: []string{"publish", "--all", "--title", "t", "--at", "31d"},
+			message: "publish: --at 31d is more than 30 days ahead, the most a notification can be scheduled"},
+		{args: []string{"publish", "--all", "--title", "t", "--at", "2999-06-01T18:00:00Z"},
+			message: "publish: --at 2999-06-01T18:00:00Z is more than 30 days ahead"},
 		{args: []string{"publish", "--nope"}, message: "unknown flag: --nope"},
 		// Go-style single-dash long flags: it was "unknown shorthand flag: 'd' in -dry-run".
 		{args: []string{"replay", "x", "-dry-run"}, message: "-dry-run: flags take two dashes: --dry-run"},
@@ -774,6 +780,40 @@ func TestCancel(t *testing.T) {
 	mustCtl(t, exitNotFound, e, "cancel", missingID)
 	mustCtl(t, exitUsage, e, "cancel")
 	mustCtl(t, exitAuth, env(addr, ""), "cancel", "n-1")
+}
+
+// TestParseAt: --at is in the future and at most 30 days ahead, as Publish accepts it,
+// whether a duration or a time; the limit itself is allowed.
+func TestParseAt(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	limit := now.Add(30 * 24 * time.Hour)
+	tests := []struct {
+		in   string
+		want time.Time // zero: refused
+	}{
+		{"90m", now.Add(90 * time.Minute)},
+		{"30d", limit},
+		{"720h", limit},
+		{"720h0m1s", time.Time{}},
+		{"31d", time.Time{}},
+		{limit.Format(time.RFC3339), limit},
+		{limit.Add(time.Second).Format(time.RFC3339), time.Time{}},
+		{now.Format(time.RFC3339), time.Time{}},
+		{"-1h", time.Time{}},
+	}
+	for _, tt := range tests {
+		ts, err := parseAt(tt.in, now)
+		switch {
+		case tt.want.IsZero() && err == nil:
+			t.Errorf("parseAt(%q) = %v, want a usage error", tt.in, ts.AsTime())
+		case !tt.want.IsZero() && (err != nil || !ts.AsTime().Equal(tt.want)):
+			t.Errorf("parseAt(%q) = %v, %v; want %v", tt.in, ts.AsTime(), err, tt.want)
+		}
+		if _, usage := err.(usageError); err != nil && !usage {
+			t.Errorf("parseAt(%q): %v is not a usage error", tt.in, err)
+		}
+	}
 }
 
 // TestDurationFlagsTakeDays: --ttl and --at take whole days ("7d") as --since and --until

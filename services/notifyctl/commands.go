@@ -155,24 +155,36 @@ PublishRequest stops everything before anything is sent.`,
 	return cmd
 }
 
+// maxScheduleAhead is how far ahead Publish accepts options.send_at: the API's limit
+// ("at most 30 days ahead", notification.proto), which the producer enforces with its own
+// server.MaxScheduleAhead. That one sits in the producer's internal package, which
+// notifyctl cannot import; the two change together with the API's comment.
+const maxScheduleAhead = 30 * 24 * time.Hour
+
 // parseAt reads --at: an RFC 3339 time, or a duration from now. Either must be in the
 // future: Publish sends a send_at that is not at once, so a mistyped date would send now
-// what was meant for later (a broadcast, say).
+// what was meant for later (a broadcast, say). Either must also be at most
+// maxScheduleAhead away, which Publish would refuse.
 func parseAt(s string, now time.Time) (*timestamppb.Timestamp, error) {
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
+	t, err := time.Parse(time.RFC3339, s)
+	if err == nil {
 		if !t.After(now) {
 			return nil, usagef("publish: --at %s is in the past; leave out --at to send now", s)
 		}
-		return timestamppb.New(t), nil
+	} else {
+		d, err := parseDays(s)
+		if err != nil || d < 0 {
+			return nil, usagef("publish: --at %q: want an RFC 3339 time or a duration from now (90m, 2h, 7d)", s)
+		}
+		if d == 0 {
+			return nil, usagef("publish: --at %s is not in the future; leave out --at to send now", s)
+		}
+		t = now.Add(d)
 	}
-	d, err := parseDays(s)
-	if err != nil || d < 0 {
-		return nil, usagef("publish: --at %q: want an RFC 3339 time or a duration from now (90m, 2h, 7d)", s)
+	if t.Sub(now) > maxScheduleAhead {
+		return nil, usagef("publish: --at %s is more than %d days ahead, the most a notification can be scheduled", s, maxScheduleAhead/(24*time.Hour))
 	}
-	if d == 0 {
-		return nil, usagef("publish: --at %s is not in the future; leave out --at to send now", s)
-	}
-	return timestamppb.New(now.Add(d)), nil
+	return timestamppb.New(t), nil
 }
 
 func (c *cli) cancelCommand() *cobra.Command {
