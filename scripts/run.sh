@@ -75,16 +75,32 @@ echo "notify is running: gRPC on $NOTIFY_ADDR, FCM emulator on 127.0.0.1:9099, l
 echo "development admin key dev-admin-$run_id (also in tmp/dev-admin-key; revoked when this stops):"
 echo "  export NOTIFY_API_KEY=$admin_key"
 echo
-ctl() { echo "\$ notifyctl $*"; "$bin/notifyctl" "$@"; }
-shop() { echo "\$ notifyctl --api-key \$PUBLISHER_KEY $*"; "$bin/notifyctl" --api-key "$publisher_key" "$@"; }
+# shell_words prints its arguments as a command line that gives them back: a word with
+# anything but [A-Za-z0-9_./:=@,+-] in single quotes.
+shell_words() {
+	local word words=()
+	for word; do
+		if [[ $word =~ ^[A-Za-z0-9_./:=@,+-]+$ ]]; then
+			words+=("$word")
+		else
+			words+=("'${word//\'/\'\\\'\'}'")
+		fi
+	done
+	echo "${words[*]}"
+}
+# ctl and shop print the command they run (the publisher's key as $PUBLISHER_KEY), then run it.
+ctl() { echo "\$ notifyctl $(shell_words "$@")"; "$bin/notifyctl" "$@"; }
+shop() { echo "\$ notifyctl --api-key \$PUBLISHER_KEY $(shell_words "$@")"; "$bin/notifyctl" --api-key "$publisher_key" "$@"; }
 echo "== demonstration: a shop (publisher key demo-shop-$run_id) notifies two users with three devices,"
 echo "   one of them with a token FCM no longer knows and one that fails once"
 shop devices register --user "ana-$run_id" --device "ana-phone-$run_id" --token "demo-ana-phone-$run_id"
 shop devices register --user "ana-$run_id" --device "ana-tablet-$run_id" --token "flaky1-ana-tablet-$run_id" --platform ios
 shop devices register --user "bob-$run_id" --device "bob-phone-$run_id" --token "unregistered-bob-$run_id"
-echo "\$ notifyctl --api-key \$PUBLISHER_KEY publish --user ana-$run_id --user bob-$run_id --title 'Your order shipped' --body 'Parcel 42 is on its way'"
-id=$("$bin/notifyctl" --api-key "$publisher_key" publish --user "ana-$run_id" --user "bob-$run_id" --type order.shipped \
+# As shop does, but keeping the id: the words are built once, then printed and run.
+publish=(publish --user "ana-$run_id" --user "bob-$run_id" --type order.shipped
 	--title 'Your order shipped' --body 'Parcel 42 is on its way' --idempotency-key "demo-$run_id")
+echo "\$ notifyctl --api-key \$PUBLISHER_KEY $(shell_words "${publish[@]}")"
+id=$("$bin/notifyctl" --api-key "$publisher_key" "${publish[@]}")
 echo "$id"
 echo "== the operator (admin key) looks at it: the tablet's send failed once and waits for a retry"
 ctl get --wait 15s "$id"
