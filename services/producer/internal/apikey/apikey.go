@@ -111,8 +111,10 @@ var (
 	// ErrUnknown means no active key has the secret presented: it is unknown, malformed or
 	// revoked. Callers must not tell these apart to clients.
 	ErrUnknown = errors.New("unknown or revoked API key")
-	// ErrNameTaken means a key (active or revoked) already has the name.
-	ErrNameTaken = errors.New("an API key with this name exists")
+	// ErrNameTaken means a key (active or revoked) already has the name. Names are never
+	// reused: a revoked key keeps its row, and its name stays the caller of what it
+	// published. Its message is for clients as it is.
+	ErrNameTaken = errors.New("this name belongs to an existing or revoked API key; names are never reused")
 	// ErrInvalidName means the name breaks the naming rule (see CheckName).
 	ErrInvalidName = errors.New("invalid API key name")
 	// ErrInvalidRole means the role is neither publisher nor admin.

@@ -105,6 +105,9 @@ func TestStoreKeepsOnlyTheHash(t *testing.T) {
 	if revoked, _ := store.Revoke(ctx, "orders"); revoked {
 		t.Error("revoking a revoked key reported revoked=true")
 	}
+	if _, _, err := store.Create(ctx, "orders", RolePublisher); !errors.Is(err, ErrNameTaken) {
+		t.Errorf("Create with a revoked key's name = %v, want ErrNameTaken: names are never reused", err)
+	}
 	names := func(keys []Key) []string {
 		var out []string
 		for _, k := range keys {

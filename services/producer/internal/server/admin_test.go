@@ -612,6 +612,13 @@ func TestAPIKeyRPCs(t *testing.T) {
 	if again, _ := f.admin.RevokeAPIKey(ctxOps, &notifyv1.RevokeAPIKeyRequest{Name: "orders"}); again.GetRevoked() {
 		t.Error("revoking twice reported revoked=true")
 	}
+	// A revoked key's name is not free again; the answer says so (it was "an API key with
+	// this name exists", of a key that keys list no longer showed).
+	_, err = f.admin.CreateAPIKey(ctxOps, &notifyv1.CreateAPIKeyRequest{Name: "orders", Role: notifyv1.Role_ROLE_PUBLISHER})
+	if want := "this name belongs to an existing or revoked API key; names are never reused"; status.Code(err) != codes.AlreadyExists ||
+		status.Convert(err).Message() != want {
+		t.Errorf("CreateAPIKey with a revoked key's name: %v, want AlreadyExists %q", err, want)
+	}
 	active, err := f.admin.ListAPIKeys(ctxOps, &notifyv1.ListAPIKeysRequest{})
 	if err != nil || len(active.GetKeys()) != 0 {
 		t.Errorf("ListAPIKeys = %v, %v; want none active", active, err)

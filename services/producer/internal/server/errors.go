@@ -56,7 +56,7 @@ func toStatus(ctx context.Context, log *slog.Logger, op string, err error, attrs
 	case errors.Is(err, errPermissionDenied):
 		return status.Error(codes.PermissionDenied, "this API key's role does not allow this call")
 	case errors.Is(err, apikey.ErrNameTaken):
-		return status.Error(codes.AlreadyExists, "an API key with this name exists")
+		return status.Error(codes.AlreadyExists, apikey.ErrNameTaken.Error())
 	case ctx.Err() != nil:
 		return status.FromContextError(ctx.Err()).Err()
 	case unavailable(err):
