@@ -750,7 +750,13 @@ func TestPreferencesSetAndGet(t *testing.T) {
 	if r := mustCtl(t, exitOK, e, "preferences", "get", "--user", "bob"); len(rows(r.stdout)) != 1 || !strings.Contains(r.stderr, "mutes no notification type") {
 		t.Errorf("preferences get of a user with none: stdout %q, stderr %q", r.stdout, r.stderr)
 	}
-	mustCtl(t, exitOK, e, "prefs", "set", "--user", "ana", "--none")
+	// The message alone: it printed an empty MUTED TYPE table before it.
+	if r := mustCtl(t, exitOK, e, "prefs", "set", "--user", "ana", "--none"); r.stdout != "user ana mutes no notification type\n" || r.stderr != "" {
+		t.Errorf("preferences set --none: stdout %q, stderr %q; want only the message", r.stdout, r.stderr)
+	}
+	if r := mustCtl(t, exitOK, e, "prefs", "set", "--user", "ana", "--none", "--no-headers"); r.stdout != "" || r.stderr != "user ana mutes no notification type\n" {
+		t.Errorf("preferences set --none --no-headers: stdout %q, stderr %q; want no rows and the message on stderr", r.stdout, r.stderr)
+	}
 	if got := rows(mustCtl(t, exitOK, e, "preferences", "get", "--user", "ana").stdout); len(got) != 1 {
 		t.Errorf("after set --none, get shows %q", got)
 	}

@@ -89,7 +89,15 @@ stored (sorted, without duplicates).`,
 		if err != nil {
 			return err
 		}
-		return c.emit(resp, func() error { return c.printMuted(user, resp.GetMutedTypes()) })
+		return c.emit(resp, func() error {
+			if len(resp.GetMutedTypes()) == 0 {
+				// --none: what was done is the answer, not a table without rows (a summary:
+				// on stderr with --no-headers, so that stdout has no rows as with get).
+				c.summary("user %s mutes no notification type\n", user)
+				return nil
+			}
+			return c.printMuted(user, resp.GetMutedTypes())
+		})
 	})
 	return cmd
 }
