@@ -822,6 +822,27 @@ func TestParseAt(t *testing.T) {
 	}
 }
 
+// TestPublishExampleAtIsAccepted: every --at in publish's examples is one parseAt accepts
+// today. The help showed --at 2027-06-01T18:00:00Z, refused (more than 30 days ahead) when
+// copied on 2026-11-30; a fixed time goes stale, a duration does not.
+func TestPublishExampleAtIsAccepted(t *testing.T) {
+	t.Parallel()
+	root := (&cli{getenv: func(string) string { return "" }, out: io.Discard, errOut: io.Discard}).rootCommand(nil)
+	publish, _, err := root.Find([]string{"publish"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ats := regexp.MustCompile(`--at (\S+)`).FindAllStringSubmatch(publish.Example, -1)
+	if len(ats) == 0 {
+		t.Fatalf("no --at in publish's examples:\n%s", publish.Example)
+	}
+	for _, m := range ats {
+		if _, err := parseAt(m[1], time.Now()); err != nil {
+			t.Errorf("publish's example --at %s: %v", m[1], err)
+		}
+	}
+}
+
 // TestDurationFlagsTakeDays: --ttl and --at take whole days ("7d") as --since and --until
 // do; they were refused before ("invalid argument \"7d\" for \"--ttl\"").
 func TestDurationFlagsTakeDays(t *testing.T) {
