@@ -194,6 +194,12 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		// It was sent with the server's 28 days: FCM's ttl 0 means "now or never", the
 		// opposite, and Publish refuses it.
 		{args: []string{"publish", "--user", "u", "--title", "t", "--ttl", "0s"}, message: "publish: --ttl 0s: want more than 0, at most 28d (leave it out for the server's 28 days)"},
+		// Beyond what Publish accepts: it was the server's "options.ttl: must be more than 0 and
+		// at most 28 days (672h), got 696h0m0s", exit 1.
+		{args: []string{"publish", "--user", "u", "--title", "t", "--ttl", "29d"},
+			message: "publish: --ttl 29d is more than 28 days, the longest a notification can live (FCM's limit)"},
+		{args: []string{"publish", "--user", "u", "--title", "t", "--ttl", "672h1s"},
+			message: "publish: --ttl 672h0m1s is more than 28 days"},
 		// A past time (a typo in the year, README's example once its date passed) was sent at
 		// once, as Publish treats a send_at not in the future: a broadcast meant for later
 		// went out now.
@@ -859,6 +865,11 @@ func TestDurationFlagsTakeDays(t *testing.T) {
 	}
 	if at := opts.GetSendAt().AsTime(); at.Before(before.Add(48*time.Hour)) || at.After(time.Now().Add(48*time.Hour)) {
 		t.Errorf("--at 2d sent send_at %v, want 48 h after the call (%v)", at, before)
+	}
+	// The limit itself is accepted, as Publish accepts it.
+	mustCtl(t, exitOK, env(addr, "publisher"), "publish", "--user", "ana", "--title", "t", "--ttl", "28d")
+	if len(f.publishes) != 2 || f.publishes[1].GetOptions().GetTtl().AsDuration() != maxTTL {
+		t.Errorf("--ttl 28d: %d publishes, the last with TTL %v; want 2, the last with 672h", len(f.publishes), f.publishes[len(f.publishes)-1].GetOptions().GetTtl().AsDuration())
 	}
 	r := mustCtl(t, exitUsage, env(addr, "publisher"), "publish", "--user", "ana", "--title", "t", "--ttl", "7x")
 	if !strings.Contains(r.stderr, `"7x" for "--ttl"`) || !strings.Contains(r.stderr, "7d") {

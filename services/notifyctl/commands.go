@@ -119,6 +119,9 @@ PublishRequest stops everything before anything is sent.`,
 			if ttl <= 0 {
 				return usagef("publish: --ttl %s: want more than 0, at most 28d (leave it out for the server's 28 days)", ttl)
 			}
+			if ttl > maxTTL {
+				return usagef("publish: --ttl %s is more than %d days, the longest a notification can live (FCM's limit)", daysText(ttl), maxTTL/(24*time.Hour))
+			}
 			req.Options.Ttl = durationpb.New(ttl)
 		}
 		if at != "" {
@@ -160,6 +163,20 @@ PublishRequest stops everything before anything is sent.`,
 // server.MaxScheduleAhead. That one sits in the producer's internal package, which
 // notifyctl cannot import; the two change together with the API's comment.
 const maxScheduleAhead = 30 * 24 * time.Hour
+
+// maxTTL is the longest options.ttl Publish accepts: the API's limit ("at most 28 days
+// (FCM's limit)", notification.proto), enforced by the producer's server.MaxTTL, which
+// notifyctl cannot import (see maxScheduleAhead).
+const maxTTL = 28 * 24 * time.Hour
+
+// daysText shows d as --ttl takes it: whole days as 29d, anything else as a
+// duration (700h0m0s).
+func daysText(d time.Duration) string {
+	if d > 0 && d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
+}
 
 // parseAt reads --at: an RFC 3339 time, or a duration from now. Either must be in the
 // future: Publish sends a send_at that is not at once, so a mistyped date would send now
