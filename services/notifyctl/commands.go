@@ -41,7 +41,7 @@ or why it was refused and nothing was written for it. Valid requests are accepte
 others in the file are refused; the exit code is 1 when any was refused. A line that is not a
 PublishRequest stops everything before anything is sent.`,
 		Example: `  notifyctl publish --user ana --user bob --title 'Your order shipped' --body 'Parcel 42 is on its way' \
-    --data order_id=42 --priority high --ttl 1h --idempotency-key order-42-shipped
+    --data order_id=42 --priority high --ttl 1h --idempotency-key order-42-shipped-cli
   notifyctl publish --all --title 'Maintenance tonight' --at 6h   # or an RFC 3339 time, at most 30 days ahead
   notifyctl publish --user ana --title 'Reminder' --at 90m
   notifyctl publish --file reminders.jsonl   # lines like:
