@@ -491,7 +491,7 @@ func oneTypo(a, b string) bool {
 }
 
 // group is the RunE of a command that only holds subcommands: naming none, or an unknown
-// one, is a usage error that lists them.
+// one, is a usage error that lists them. `GROUP help [SUB]` is `help GROUP [SUB]`.
 func group(cmd *cobra.Command, args []string) error {
 	var names []string
 	for _, sub := range cmd.Commands() {
@@ -502,7 +502,12 @@ func group(cmd *cobra.Command, args []string) error {
 	switch {
 	case len(args) == 0:
 		return usagef("%s needs a subcommand: %s", cmd.CommandPath(), strings.Join(names, ", "))
-	case len(args) == 1 && args[0] == "help": // `notifyctl keys help`, as `notifyctl help keys`
+	case args[0] == "help":
+		// Through the help command, which shows `keys help create` and refuses
+		// `keys help bogus` naming bogus; the rest was once taken for an unknown "help".
+		if help, _, err := cmd.Root().Find([]string{"help"}); err == nil && help.Name() == "help" && help.RunE != nil {
+			return help.RunE(help, append(strings.Fields(cmd.CommandPath())[1:], args[1:]...))
+		}
 		return cmd.Help()
 	}
 	return usagef("unknown %s subcommand %q (want %s)", cmd.CommandPath(), args[0], strings.Join(names, ", "))

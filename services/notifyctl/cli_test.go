@@ -111,6 +111,11 @@ func TestHelpListsEveryFlagAndExitsZero(t *testing.T) {
 				// It was `unknown notifyctl keys subcommand "help"`, exit 2.
 				helps = append(helps, append(slices.Clone(hc.path), "help"))
 			}
+			if len(hc.path) > 1 {
+				// `keys help create`, as `help keys create`: it was `unknown notifyctl keys
+				// subcommand "help"`, exit 2.
+				helps = append(helps, append(slices.Concat(hc.path[:len(hc.path)-1], []string{"help"}), hc.path[len(hc.path)-1]))
+			}
 			for _, args := range helps {
 				r := mustCtl(t, exitOK, nil, args...)
 				for _, name := range hc.flags {
@@ -167,6 +172,10 @@ func TestUsageErrorsExitTwoWithoutAServer(t *testing.T) {
 		{args: []string{"dead", "list", "--replayed", "--unreplayed"}, message: "at most one"},
 		{args: []string{"keys"}, message: "create, list, revoke"},
 		{args: []string{"keys", "frob"}, message: `unknown notifyctl keys subcommand "frob"`},
+		// As `help keys bogus`: it was `unknown notifyctl keys subcommand "help"`, naming the wrong word.
+		{args: []string{"keys", "help", "bogus"}, message: `notifyctl: help: notifyctl keys has no command "bogus"` + "\n"},
+		{args: []string{"keys", "help", "crate"}, message: `notifyctl: help: notifyctl keys has no command "crate" (did you mean create?)` + "\n"},
+		{args: []string{"dead", "help", "list", "extra"}, message: `notifyctl: help: notifyctl dead list has no command "extra"` + "\n"},
 		{args: []string{"keys", "create", "name"}, message: `"role" not set`},
 		{args: []string{"keys", "create", "name", "--role", "root"}, message: `keys create: --role "root": want publisher or admin`},
 		{args: []string{"keys", "revoke"}, message: "give one key NAME"},
