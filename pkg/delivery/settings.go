@@ -119,9 +119,10 @@ func (s Settings) checkRetry(r *envconfig.Reader) Settings {
 // (SEND_TASK_TIMEOUT, RETRY_TASK_TIMEOUT; see Deadline): room for two multicasts of 500
 // tokens in which every request times out (the SDK sends 50 at a time, so one such
 // multicast takes 10 × FCM_TIMEOUT; the longest of the apps'), plus a minute for the
-// database and the broker. 4m20s with the default FCM_TIMEOUT of 10s: far below RabbitMQ's
-// consumer_timeout (30 min by default), so a step that hangs is handed back by us, not
-// by the broker closing the channel.
+// database and the broker. 4m20s with the default FCM_TIMEOUT of 10s: with the consumer's
+// rabbit.DefaultHoldFor (10 min) before it, still below RabbitMQ's consumer_timeout (30 min
+// by default), so a step that hangs ends by our deadline and is tried again or handed back
+// by us, not by the broker closing the channel.
 func (s Settings) TaskTimeout() time.Duration {
 	longest := time.Duration(0)
 	for _, a := range s.Apps {

@@ -127,6 +127,35 @@ func TestSettleMixedBatch(t *testing.T) {
 	}
 }
 
+// TestSettleHoldsRequeues: within HoldFor of their receipt, deliveries to requeue are not
+// nacked but returned for another try, still pending on the channel and marked
+// Redelivered; one received earlier is nacked; the acks go out as ever.
+func TestSettleHoldsRequeues(t *testing.T) {
+	t.Parallel()
+	rec := &recordingAcker{}
+	c := &Consumer{conn: &Conn{}, log: testLogger(t), pause: pacer{min: time.Millisecond, max: time.Millisecond},
+		opts: ConsumerOptions{HoldFor: time.Minute}}
+	sub := &subscription{gen: 1, tags: newTags()}
+	c.live.Store(1)
+	received := map[uint64]time.Time{1: time.Now(), 2: time.Now(), 3: time.Now().Add(-time.Hour)}
+	var batch []*Delivery
+	for tag := uint64(1); tag <= 3; tag++ {
+		sub.tags.delivered(tag)
+		batch = append(batch, &Delivery{MessageID: fmt.Sprint(tag), Received: received[tag],
+			raw: amqp.Delivery{Acknowledger: rec, DeliveryTag: tag}, sub: sub, live: &c.live})
+	}
+	again := c.settle(context.Background(), batch, []error{nil, Requeue(nil), Requeue(nil)})
+	if diff := cmp.Diff([]ackCall{{"ack", 1, false}, {"nack", 3, false}}, rec.calls); diff != "" {
+		t.Errorf("settlements sent (-want +got):\n%s", diff)
+	}
+	if len(again) != 1 || again[0] != batch[1] || !again[0].Redelivered {
+		t.Fatalf("held for another try: %v, want delivery 2 marked Redelivered", again)
+	}
+	if _, pending := sub.tags.pending[2]; !pending || len(sub.tags.pending) != 1 {
+		t.Errorf("tags pending %v, want only 2", sub.tags.pending)
+	}
+}
+
 // TestSettleDeadChannel: a batch whose channel was replaced settles nothing (the broker
 // redelivers it) and reports ErrChannelClosed for every delivery.
 func TestSettleDeadChannel(t *testing.T) {
@@ -341,7 +370,8 @@ func TestBatchMixedSettlements(t *testing.T) {
 			mixed.Store(true)
 		}
 		return errs
-	}, ConsumerOptions{Concurrency: 2, BatchSize: 8, BatchLinger: 50 * time.Millisecond, MinRequeuePause: time.Millisecond})
+	}, ConsumerOptions{Concurrency: 2, BatchSize: 8, BatchLinger: 50 * time.Millisecond, MinRequeuePause: time.Millisecond,
+		HoldFor: time.Nanosecond}) // requeued through the broker, not handled again in place
 	dead := newSeen()
 	startConsumer(t, conn, topo.DeadQueue(), ackAll(dead), ConsumerOptions{})
 

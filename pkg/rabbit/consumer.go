@@ -36,9 +36,18 @@ type ConsumerOptions struct {
 	// before cancelling their ctx; default 20s (keep it below the Conn's DrainTimeout).
 	ShutdownTimeout time.Duration
 	// MinRequeuePause and MaxRequeuePause bound the pause before a failed delivery is
-	// requeued: it starts at MinRequeuePause, doubles with each consecutive failure up to
-	// MaxRequeuePause and starts over after a success. Defaults 250ms and 30s.
+	// handled again or requeued: it starts at MinRequeuePause, doubles with each consecutive
+	// failure up to MaxRequeuePause and starts over after a success. Defaults 250ms and 30s.
 	MinRequeuePause, MaxRequeuePause time.Duration
+	// HoldFor is how long a delivery whose handler asks for a requeue is kept, unacked, and
+	// handed to the handler again after each pause, counted from when it was received;
+	// default 10 minutes. Only then is it handed back to the queue. A handback spends one of
+	// the queue's x-delivery-limit redeliveries and a retry in place spends none, so a
+	// database outage of hours does not dead-letter healthy messages, while a crash loop
+	// (the process dying with the message) still ends at the limit. Keep it well below the
+	// broker's consumer_timeout (30 minutes by default), which closes a channel holding a
+	// delivery unacked for longer.
+	HoldFor time.Duration
 }
 
 // Consumer consumes one queue with manual acks, re-subscribing on a fresh channel after every
@@ -60,6 +69,9 @@ type Consumer struct {
 	mu      sync.Mutex
 	downErr error // why the last subscription failed or ended, for Check
 }
+
+// DefaultHoldFor is ConsumerOptions.HoldFor's default.
+const DefaultHoldFor = 10 * time.Minute
 
 // NewConsumer returns a Consumer of queue on conn that hands h one delivery at a time; Run
 // starts it.
@@ -84,6 +96,7 @@ func newConsumer(conn *Conn, queue string, h BatchHandler, opts ConsumerOptions)
 	opts.ShutdownTimeout = cmp.Or(opts.ShutdownTimeout, 20*time.Second)
 	opts.MinRequeuePause = cmp.Or(opts.MinRequeuePause, 250*time.Millisecond)
 	opts.MaxRequeuePause = max(cmp.Or(opts.MaxRequeuePause, 30*time.Second), opts.MinRequeuePause)
+	opts.HoldFor = cmp.Or(opts.HoldFor, DefaultHoldFor)
 	return &Consumer{
 		conn:    conn,
 		queue:   queue,
@@ -105,7 +118,8 @@ type Delivery struct {
 	Headers     map[string]any
 	Body        []byte
 	Timestamp   time.Time
-	// Redelivered is the broker's flag: this message may have been handled before.
+	// Redelivered says that this message may have been handled before: the broker's flag, or
+	// set by the Consumer when it hands a delivery to the handler again (HoldFor).
 	Redelivered bool
 	// Received is when the consumer took it from the channel; StartSpan reports the wait
 	// since then (a batch filling, every worker busy) as notify.queued_seconds.
@@ -375,9 +389,17 @@ func (c *Consumer) deliver(ctx context.Context, sub *subscription, jobs chan<- [
 	}
 }
 
-// handle runs the handler on a batch and settles each delivery from its error. The
+// handle runs the handler on a batch and settles each delivery from its error, handing the
+// deliveries held for another try (settle) to the handler again until none is left. The
 // handler's ctx is its channel's (see subscription.ctx), which ends with the handlers' ctx.
 func (c *Consumer) handle(ctx context.Context, batch []*Delivery) {
+	for len(batch) > 0 {
+		batch = c.settle(ctx, batch, c.call(batch))
+	}
+}
+
+// call runs the handler once on batch and returns one error per delivery.
+func (c *Consumer) call(batch []*Delivery) []error {
 	hctx := batch[0].sub.ctx
 	if c.opts.HandlerTimeout > 0 {
 		var cancel context.CancelFunc
@@ -394,5 +416,5 @@ func (c *Consumer) handle(ctx context.Context, batch []*Delivery) {
 			errs[i] = err
 		}
 	}
-	c.settle(ctx, batch, errs)
+	return errs
 }

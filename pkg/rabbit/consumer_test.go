@@ -310,7 +310,8 @@ func TestDeadLettering(t *testing.T) {
 			return errors.New("unclassified failure") // requeued like Requeue
 		}
 		return nil
-	}, ConsumerOptions{MinRequeuePause: time.Millisecond, MaxRequeuePause: 10 * time.Millisecond})
+	}, ConsumerOptions{MinRequeuePause: time.Millisecond, MaxRequeuePause: 10 * time.Millisecond,
+		HoldFor: time.Nanosecond}) // every requeue through the broker, spending the limit
 	dead := newSeen()
 	startConsumer(t, conn, topo.DeadQueue(), ackAll(dead), ConsumerOptions{})
 
@@ -340,6 +341,138 @@ func TestDeadLettering(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, settlements); diff != "" {
 		t.Errorf("settlements by queue and message (-want +got):\n%s", diff)
+	}
+}
+
+// TestOutageLongerThanTheDeliveryLimitDeadLettersNothing has a handler fail with Requeue
+// (its database down) many more times than the queue's delivery limit, then succeed: the
+// consumer hands each message to the handler again in place, unacked, so the limit is never
+// spent and every message is acked once, none on the dead queue.
+func TestOutageLongerThanTheDeliveryLimitDeadLettersNothing(t *testing.T) {
+	t.Parallel()
+	const failures = 12 // six times the delivery limit
+	amqpURL := testenv.AMQPURL(t)
+	topo := newTopology(t, amqpURL)
+	topo.DeliveryLimit = 2
+	var mu sync.Mutex
+	settlements := map[string][]Settlement{}
+	handledAgain := map[string]int{}
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: Hooks{
+		Settled: func(d *Delivery, s Settlement, err error) {
+			if err != nil {
+				t.Errorf("settle %s: %v", d.MessageID, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			settlements[d.Queue+" "+d.MessageID] = append(settlements[d.Queue+" "+d.MessageID], s)
+		},
+		HandledAgain: func(d *Delivery) {
+			mu.Lock()
+			defer mu.Unlock()
+			handledAgain[d.MessageID]++
+		},
+	}})
+	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
+
+	calls := map[string]int{}
+	var redelivered []string // "id call" for every call with the flag set
+	handler := func(ctx context.Context, d *Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls[d.MessageID]++
+		if d.Redelivered {
+			redelivered = append(redelivered, fmt.Sprint(d.MessageID, " ", calls[d.MessageID]))
+		}
+		if calls[d.MessageID] <= failures {
+			return Requeue(errors.New("database down"))
+		}
+		return nil
+	}
+	startConsumer(t, conn, topo.SendQueue(), handler, ConsumerOptions{MinRequeuePause: time.Millisecond,
+		MaxRequeuePause: 5 * time.Millisecond})
+	dead := newSeen()
+	startConsumer(t, conn, topo.DeadQueue(), ackAll(dead), ConsumerOptions{})
+
+	ids := []string{"a", "b"}
+	for _, id := range ids {
+		if err := pub.Publish(context.Background(), Message{RoutingKey: SendKey, MessageID: id}); err != nil {
+			t.Fatalf("Publish %s: %v", id, err)
+		}
+	}
+	waitFor(t, 10*time.Second, "both messages acked", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(settlements) == len(ids)
+	})
+	time.Sleep(100 * time.Millisecond) // let a wrong dead-lettering or redelivery land
+
+	mu.Lock()
+	defer mu.Unlock()
+	send := topo.SendQueue() + " "
+	want := map[string][]Settlement{send + "a": {Acked}, send + "b": {Acked}}
+	if diff := cmp.Diff(want, settlements); diff != "" {
+		t.Errorf("settlements by queue and message (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]int{"a": failures, "b": failures}, handledAgain); diff != "" {
+		t.Errorf("deliveries handled again (-want +got):\n%s", diff)
+	}
+	if want := 2 * failures; len(redelivered) != want {
+		t.Errorf("%d calls saw Redelivered (%v), want %d: every call after the first", len(redelivered), redelivered, want)
+	}
+	if n := dead.unique(); n != 0 {
+		t.Errorf("%d messages dead-lettered, want none", n)
+	}
+}
+
+// TestHeldPastHoldForGoesBackToTheQueue: a message whose handler keeps asking for a
+// requeue is handled again in place until HoldFor has passed since it was received, then
+// handed back to the queue (spending one redelivery of the limit), and so on until the
+// delivery limit dead-letters it: holding bounds how long a delivery stays unacked without
+// making a message that never succeeds live forever.
+func TestHeldPastHoldForGoesBackToTheQueue(t *testing.T) {
+	t.Parallel()
+	amqpURL := testenv.AMQPURL(t)
+	topo := newTopology(t, amqpURL)
+	topo.DeliveryLimit = 2
+	var mu sync.Mutex
+	var settled []Settlement
+	handledAgain := 0
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: Hooks{
+		Settled: func(d *Delivery, s Settlement, err error) {
+			if d.Queue != topo.SendQueue() {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			settled = append(settled, s)
+		},
+		HandledAgain: func(*Delivery) {
+			mu.Lock()
+			defer mu.Unlock()
+			handledAgain++
+		},
+	}})
+	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
+	startConsumer(t, conn, topo.SendQueue(), func(ctx context.Context, d *Delivery) error {
+		return Requeue(errors.New("database down for good"))
+	}, ConsumerOptions{MinRequeuePause: 5 * time.Millisecond, MaxRequeuePause: 5 * time.Millisecond,
+		HoldFor: 60 * time.Millisecond})
+	dead := newSeen()
+	startConsumer(t, conn, topo.DeadQueue(), ackAll(dead), ConsumerOptions{})
+
+	if err := pub.Publish(context.Background(), Message{RoutingKey: SendKey, MessageID: "never"}); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the message on the dead queue", func() bool { return dead.unique() == 1 })
+
+	mu.Lock()
+	defer mu.Unlock()
+	if diff := cmp.Diff([]Settlement{Requeued, Requeued, Requeued}, settled); diff != "" {
+		t.Errorf("settlements on the send queue (-want +got):\n%s", diff)
+	}
+	// Each of the three deliveries is held about 60 ms at 5 ms a try.
+	if handledAgain < 3*5 {
+		t.Errorf("handled again %d times, want several tries per delivery before each handback", handledAgain)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -11,12 +12,15 @@ import (
 // Handler processes one delivery; the Consumer settles the delivery from what it returns:
 //
 //   - nil: ack. The message is done with.
-//   - an error wrapping Requeue: the message goes back to the queue after a pause, because
+//   - an error wrapping Requeue: the message is tried again after a pause, because
 //     something it needs (the database, the broker) failed and may recover. The pause
 //     doubles with each consecutive failure of the consumer and starts over after a success
-//     (ConsumerOptions.MinRequeuePause, MaxRequeuePause), so an outage neither spins the
-//     handlers nor runs healthy messages into the queue's x-delivery-limit. While the
-//     consumer is stopping there is no pause: the next consumer takes the message over.
+//     (ConsumerOptions.MinRequeuePause, MaxRequeuePause), so an outage does not spin the
+//     handlers. For HoldFor after it was received the message stays unacked and is handed
+//     to the handler again (Redelivered set); after that it goes back to the queue, which
+//     spends one of the queue's x-delivery-limit redeliveries, so an outage of hours does
+//     not run healthy messages into the limit. While the consumer is stopping there is no
+//     pause: the message goes back at once and the next consumer takes it over.
 //   - an error wrapping Reject: the message is rejected to the queue's dead-letter route.
 //   - any other error: requeued with the pause like Requeue, but logged as an error, since
 //     the handler did not say what the failure means. A message that fails for good this
@@ -35,7 +39,8 @@ type Handler func(ctx context.Context, d *Delivery) error
 // returns one error per delivery, in the same order: each delivery is settled from its own
 // error exactly as a Handler's, so one failed message of a batch never requeues the
 // others. The acks of a batch go out first, the rejects with them, and the requeues after
-// one shared pause; consecutive acked deliveries are acked with one multiple-ack when no
+// one shared pause (those held are handed to the handler again together);
+// consecutive acked deliveries are acked with one multiple-ack when no
 // delivery before them is still unsettled on the channel.
 //
 // ctx is as for a Handler, with HandlerTimeout bounding the whole batch.
@@ -97,10 +102,12 @@ func Stopping(ctx context.Context) <-chan struct{} {
 }
 
 // settle acks, requeues or rejects each delivery of a batch according to its error and
-// logs what went wrong. The acks and rejects go out at once; the requeues after one pause
-// (see Handler). ctx is the handlers' ctx: the pause ends early when it ends or when the
-// consumer starts to stop.
-func (c *Consumer) settle(ctx context.Context, batch []*Delivery, errs []error) {
+// logs what went wrong. The acks and rejects go out at once. The deliveries to requeue wait
+// one pause (see Handler); those received less than HoldFor ago are then returned, to be
+// handed to the handler again, still unacked, and the others are requeued. ctx is the
+// handlers' ctx: the pause ends early when it ends or when the consumer starts to stop, and
+// then every delivery to requeue is requeued.
+func (c *Consumer) settle(ctx context.Context, batch []*Delivery, errs []error) (again []*Delivery) {
 	var acks, rejects, requeues []int
 	for i, err := range errs {
 		switch SettlementOf(err) {
@@ -119,15 +126,16 @@ func (c *Consumer) settle(ctx context.Context, batch []*Delivery, errs []error) 
 	c.settled(batch, acks, Acked, batch[0].sub.tags.ack(batch, acks))
 	c.settled(batch, rejects, Rejected, batch[0].sub.tags.each(batch, rejects, func(d *Delivery) error { return d.raw.Reject(false) }))
 	if len(requeues) == 0 {
-		return
+		return nil
 	}
 	if !live(batch[0]) {
 		// The channel is gone and the broker has put the messages back already: no pause
 		// (the failure was the channel's, not the handler's), nothing sent.
 		c.settled(batch, requeues, Requeued, batch[0].sub.tags.each(batch, requeues, func(*Delivery) error { return ErrChannelClosed }))
-		return
+		return nil
 	}
 	stopping := Stopping(ctx)
+	var hold []int
 	select {
 	case <-stopping:
 		for _, i := range requeues {
@@ -135,22 +143,52 @@ func (c *Consumer) settle(ctx context.Context, batch []*Delivery, errs []error) 
 		}
 	default:
 		pause := c.pause.failed()
+		var back []int
 		for _, i := range requeues {
-			if _, ok := errors.AsType[*settleError](errs[i]); ok {
-				c.log.Warn("handing message back to the queue", "message_id", batch[i].MessageID, "err", errs[i], "pause", pause)
+			if time.Since(batch[i].Received) < c.opts.HoldFor-pause {
+				hold = append(hold, i)
 			} else {
-				c.log.Error("handler failed; handing message back to the queue", "message_id", batch[i].MessageID, "err", errs[i], "pause", pause)
+				back = append(back, i)
 			}
 		}
+		c.logRequeues(batch, errs, hold, "handling message again after a pause; it stays unacked, so the queue's delivery limit is not spent", pause)
+		c.logRequeues(batch, errs, back, "handing message back to the queue after a pause", pause)
 		t := time.NewTimer(pause)
 		select {
 		case <-t.C:
 		case <-stopping:
+			hold = nil
 		case <-ctx.Done():
+			hold = nil
 		}
 		t.Stop()
+		if !live(batch[0]) {
+			hold = nil // the broker has put them back: each below finds its channel closed
+		}
+		requeues = slices.DeleteFunc(requeues, func(i int) bool { return slices.Contains(hold, i) })
 	}
 	c.settled(batch, requeues, Requeued, batch[0].sub.tags.each(batch, requeues, func(d *Delivery) error { return d.raw.Nack(false, true) }))
+	for _, i := range hold {
+		d := batch[i]
+		d.Redelivered = true
+		if h := c.conn.opts.Hooks.HandledAgain; h != nil {
+			h(d)
+		}
+		again = append(again, d)
+	}
+	return again
+}
+
+// logRequeues logs, for each of batch[idx], what happens to it (msg) and why: a Requeue is
+// expected trouble (a warning), any other error a handler failure.
+func (c *Consumer) logRequeues(batch []*Delivery, errs []error, idx []int, msg string, pause time.Duration) {
+	for _, i := range idx {
+		if _, ok := errors.AsType[*settleError](errs[i]); ok {
+			c.log.Warn(msg, "message_id", batch[i].MessageID, "err", errs[i], "pause", pause)
+		} else {
+			c.log.Error("handler failed; "+msg, "message_id", batch[i].MessageID, "err", errs[i], "pause", pause)
+		}
+	}
 }
 
 // settled reports the settlement of batch[idx] (errs[k] is the broker's answer for

@@ -20,7 +20,10 @@ import (
 //     failed;
 //   - notify_rabbitmq_deliveries_total{queue,settlement}: deliveries consumed, by how they
 //     were settled (acked, requeued, rejected), or channel_closed when the channel died first and
-//     the broker redelivers them.
+//     the broker redelivers them;
+//   - notify_rabbitmq_handled_again_total{queue}: deliveries whose handler asked for a
+//     requeue handed to it again in place, unacked (ConsumerOptions.HoldFor): it rises
+//     while a dependency such as the database is down.
 func NewMetrics(reg prometheus.Registerer) Hooks {
 	connected := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "notify_rabbitmq_connected", Help: "1 while the connection to RabbitMQ is open and the topology declared, 0 otherwise.",
@@ -34,7 +37,10 @@ func NewMetrics(reg prometheus.Registerer) Hooks {
 	deliveries := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "notify_rabbitmq_deliveries_total", Help: "Deliveries consumed from RabbitMQ, by queue and settlement (acked, requeued, rejected; channel_closed: redelivered by the broker).",
 	}, []string{"queue", "settlement"})
-	reg.MustRegister(connected, connections, published, deliveries)
+	handledAgain := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "notify_rabbitmq_handled_again_total", Help: "Deliveries whose handler asked for a requeue, handed to it again in place (unacked), by queue.",
+	}, []string{"queue"})
+	reg.MustRegister(connected, connections, published, deliveries, handledAgain)
 	return Hooks{
 		Connected: func() {
 			connected.Set(1)
@@ -45,6 +51,7 @@ func NewMetrics(reg prometheus.Registerer) Hooks {
 			for _, s := range []string{string(Acked), string(Requeued), string(Rejected), "channel_closed"} {
 				deliveries.WithLabelValues(queue, s) // at 0 from the start
 			}
+			handledAgain.WithLabelValues(queue)
 		},
 		Published: func(routingKey string, err error) {
 			result := "confirmed"
@@ -60,6 +67,7 @@ func NewMetrics(reg prometheus.Registerer) Hooks {
 			}
 			deliveries.WithLabelValues(d.Queue, label).Inc()
 		},
+		HandledAgain: func(d *Delivery) { handledAgain.WithLabelValues(d.Queue).Inc() },
 	}
 }
 

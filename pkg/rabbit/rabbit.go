@@ -70,6 +70,9 @@ type Hooks struct {
 	// Settled is called once per delivery after the Consumer settled it, with the broker's
 	// answer (ErrChannelClosed: the channel had died and the broker redelivers the message).
 	Settled func(d *Delivery, s Settlement, err error)
+	// HandledAgain is called each time the Consumer hands a delivery whose handler asked for
+	// a requeue to the handler again instead (ConsumerOptions.HoldFor).
+	HandledAgain func(d *Delivery)
 }
 
 // backoff is a jittered exponential delay: each failure doubles it up to max.

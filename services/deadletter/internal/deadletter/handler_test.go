@@ -186,7 +186,8 @@ func TestBrokerDeadLettered(t *testing.T) {
 			workQueue := e.topo.Name + "." + tt.key
 			runUntilStopped(t, "work consumer", rabbit.NewConsumer(e.conn, workQueue, func(ctx context.Context, d *rabbit.Delivery) error {
 				return tt.settle
-			}, rabbit.ConsumerOptions{MinRequeuePause: time.Millisecond}).Run)
+				// Each requeue goes back through the broker, as a crash loop's redeliveries do.
+			}, rabbit.ConsumerOptions{MinRequeuePause: time.Millisecond, HoldFor: time.Nanosecond}).Run)
 			h, _ := startConsumer(t, e, e.conn, 1)
 			waitFor(t, 10*time.Second, "a stored dead letter", func() bool { return count(t, e.db.Pool, `SELECT count(*) FROM dead_letters`) > 0 })
 
