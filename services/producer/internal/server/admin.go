@@ -164,6 +164,7 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 		deliveries = append(deliveries, &notifyv1.Delivery{
 			Token: d.Token, DeviceId: d.DeviceId, UserId: d.UserId, Outcome: outcomeNames[oc],
 			Attempts: d.Attempts, ErrorCode: d.ErrorCode, ErrorMessage: d.ErrorMessage, UpdateTime: timestamppb.New(at),
+			App: n.App, // every token of a notification is sent through its one app
 		})
 		return nil
 	})

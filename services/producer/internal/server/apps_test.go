@@ -37,6 +37,9 @@ func TestPublishApps(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Publish naming no app: %v", err)
 	}
+	// Each delivery was sent through its notification's app.
+	f.settle(t, resp.GetNotificationId(), "delivered", map[string]string{"s1": "delivered", "s2": "invalid"})
+	f.settle(t, plain.GetNotificationId(), "delivered", map[string]string{"p1": "delivered"})
 	for id, want := range map[string]string{resp.GetNotificationId(): "staff", plain.GetNotificationId(): "default"} {
 		got, err := f.admin.GetNotification(ctxOps, &notifyv1.GetNotificationRequest{NotificationId: id})
 		if err != nil {
@@ -44,6 +47,14 @@ func TestPublishApps(t *testing.T) {
 		}
 		if got.GetNotification().GetApp() != want {
 			t.Errorf("notification %s: app %q, want %q", id, got.GetNotification().GetApp(), want)
+		}
+		if len(got.GetDeliveries()) == 0 {
+			t.Errorf("notification %s: no deliveries", id)
+		}
+		for _, d := range got.GetDeliveries() {
+			if d.GetApp() != want {
+				t.Errorf("notification %s, delivery %s: app %q, want %q", id, d.GetToken(), d.GetApp(), want)
+			}
 		}
 	}
 	list, err := f.admin.ListNotifications(ctxOps, &notifyv1.ListNotificationsRequest{})
