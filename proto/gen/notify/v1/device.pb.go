@@ -468,7 +468,7 @@ func (x *RegisterDevicesResponse) GetUpdated() int32 {
 // UnregisterDeviceRequest names the device to deactivate.
 type UnregisterDeviceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required.
+	// Required, up to 128 characters.
 	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	// The app the device was registered for; empty means "default". An unknown app is
 	// INVALID_ARGUMENT (field app); a key limited to other apps is PERMISSION_DENIED.
@@ -570,9 +570,10 @@ func (x *UnregisterDeviceResponse) GetFound() bool {
 // CheckDeviceRequest names the device to check.
 type CheckDeviceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required: a device registered to another user is not registered for this one.
+	// Required, up to 128 characters: a device registered to another user is not registered
+	// for this one.
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	// Required.
+	// Required, up to 128 characters.
 	DeviceId string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	// The app the device was registered for; empty means "default". An unknown app is
 	// INVALID_ARGUMENT (field app); a key limited to other apps is PERMISSION_DENIED.

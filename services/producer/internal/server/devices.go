@@ -210,15 +210,14 @@ func (s *Devices) count(r registration) {
 }
 
 // deviceRequest validates the app and device id an UnregisterDevice or CheckDevice names, and
-// whether the caller's key may act for the app; userID is checked when required.
+// whether the caller's key may act for the app; userID is checked when required. The ids
+// have RegisterDevice's limits.
 func (s *Devices) deviceRequest(ctx context.Context, app, deviceID string, userID *string) error {
 	var v violations
-	if userID != nil && *userID == "" {
-		v.add("user_id", "is required")
+	if userID != nil {
+		v.required("user_id", *userID, MaxUserIDLen)
 	}
-	if deviceID == "" {
-		v.add("device_id", "is required")
-	}
+	v.required("device_id", deviceID, MaxDeviceIDLen)
 	s.apps.check(&v, "app", app)
 	if len(v) > 0 {
 		return invalidArgument(v)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -108,5 +109,69 @@ func TestListDevices(t *testing.T) {
 		if diff := cmp.Diff(tt.want, badFields(t, err)); diff != "" {
 			t.Errorf("ListDevices(%v) fields (-want +got):\n%s", tt.req, diff)
 		}
+	}
+}
+
+// CheckDevice and UnregisterDevice refuse ids longer than RegisterDevice accepts, naming the
+// field, and change nothing, even for a device stored with such ids (inserted here directly, as
+// no RPC can).
+func TestDeviceRequestLimits(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	s := NewDevices(db.Pool, discard, prometheus.NewRegistry())
+	longUser, longDevice := strings.Repeat("u", MaxUserIDLen+1), strings.Repeat("d", MaxDeviceIDLen+1)
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO devices (device_id, user_id, token, platform, last_seen_at)
+		VALUES ($1, $2, 'tok', 'android', now() - interval '2 hours')`, longDevice, longUser); err != nil {
+		t.Fatal(err)
+	}
+	stored := func() string {
+		t.Helper()
+		var row string
+		if err := db.Pool.QueryRow(ctx, `SELECT format('%s %s %s %s', active, last_seen_at, deactivated_at, deactivation_reason)
+			FROM devices WHERE device_id = $1`, longDevice).Scan(&row); err != nil {
+			t.Fatal(err)
+		}
+		return row
+	}
+	before := stored()
+
+	for _, tt := range []struct {
+		name string
+		call func() error
+		want []string
+	}{
+		{"UnregisterDevice(long device_id)", func() error {
+			_, err := s.UnregisterDevice(ctx, &notifyv1.UnregisterDeviceRequest{DeviceId: longDevice})
+			return err
+		}, []string{"device_id"}},
+		{"CheckDevice(long user_id, long device_id)", func() error {
+			_, err := s.CheckDevice(ctx, &notifyv1.CheckDeviceRequest{UserId: longUser, DeviceId: longDevice})
+			return err
+		}, []string{"user_id", "device_id"}},
+		{"CheckDevice(long user_id)", func() error {
+			_, err := s.CheckDevice(ctx, &notifyv1.CheckDeviceRequest{UserId: longUser, DeviceId: "phone"})
+			return err
+		}, []string{"user_id"}},
+		{"CheckDevice(long device_id)", func() error {
+			_, err := s.CheckDevice(ctx, &notifyv1.CheckDeviceRequest{UserId: "ana", DeviceId: longDevice})
+			return err
+		}, []string{"device_id"}},
+	} {
+		if diff := cmp.Diff(tt.want, badFields(t, tt.call())); diff != "" {
+			t.Errorf("%s: fields (-want +got):\n%s", tt.name, diff)
+		}
+	}
+	if after := stored(); after != before {
+		t.Errorf("stored device changed by refused calls: %s, was %s", after, before)
+	}
+
+	// At the limits, both answer.
+	user, device := longUser[:MaxUserIDLen], longDevice[:MaxDeviceIDLen]
+	if resp, err := s.CheckDevice(ctx, &notifyv1.CheckDeviceRequest{UserId: user, DeviceId: device}); err != nil || resp.GetRegistered() {
+		t.Errorf("CheckDevice at the limits = %v, %v; want not registered", resp, err)
+	}
+	if resp, err := s.UnregisterDevice(ctx, &notifyv1.UnregisterDeviceRequest{DeviceId: device}); err != nil || resp.GetFound() {
+		t.Errorf("UnregisterDevice at the limits = %v, %v; want not found", resp, err)
 	}
 }

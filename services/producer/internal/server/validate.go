@@ -45,6 +45,16 @@ func (v *violations) add(field, format string, args ...any) {
 	*v = append(*v, &errdetails.BadRequest_FieldViolation{Field: field, Description: fmt.Sprintf(format, args...)})
 }
 
+// required adds a violation when value is empty or longer than maxLen bytes.
+func (v *violations) required(field, value string, maxLen int) {
+	switch {
+	case value == "":
+		v.add(field, "is required")
+	case len(value) > maxLen:
+		v.add(field, "must be at most %d characters", maxLen)
+	}
+}
+
 // validatePublish checks everything Publish needs before anything is written.
 func validatePublish(req *notifyv1.PublishRequest) violations {
 	var v violations
@@ -258,17 +268,9 @@ func fcmPayloadSize(req *notifyv1.PublishRequest) int {
 
 // validateDevice checks one device registration; prefix names the field path.
 func validateDevice(v *violations, prefix, userID, deviceID, token string, platform notifyv1.Platform) {
-	required := func(field, value string, maxLen int) {
-		switch {
-		case value == "":
-			v.add(prefix+field, "is required")
-		case len(value) > maxLen:
-			v.add(prefix+field, "must be at most %d characters", maxLen)
-		}
-	}
-	required("user_id", userID, MaxUserIDLen)
-	required("device_id", deviceID, MaxDeviceIDLen)
-	required("token", token, MaxTokenLen)
+	v.required(prefix+"user_id", userID, MaxUserIDLen)
+	v.required(prefix+"device_id", deviceID, MaxDeviceIDLen)
+	v.required(prefix+"token", token, MaxTokenLen)
 	if topic.IsKey(token) {
 		v.add(prefix+"token", "%s", notAToken)
 	}
