@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -222,5 +223,39 @@ func TestCancel(t *testing.T) {
 	_, err = cancel(orders, "nope")
 	if diff := cmp.Diff([]string{"notification_id"}, badFields(t, err)); diff != "" {
 		t.Errorf("Cancel of a malformed id: fields (-want +got):\n%s", diff)
+	}
+}
+
+// TestSendAtTooFarMessage: the refusal of a send_at more than 30 days ahead states the time
+// given and its whole days ahead, also for the latest timestamp there is (where a Duration
+// saturates).
+func TestSendAtTooFarMessage(t *testing.T) {
+	t.Parallel()
+	soon := time.Now().Add(31*24*time.Hour + 2*time.Hour).Truncate(time.Second)
+	latest := time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC)
+	for _, tt := range []struct {
+		at   time.Time
+		want string // %d: the days ahead
+	}{
+		{soon, "must be at most 30 days ahead, got " + soon.UTC().Format(time.RFC3339) + " (%d days ahead)"},
+		{latest, "must be at most 30 days ahead, got 9999-12-31T23:59:59.999999999Z (%d days ahead)"},
+	} {
+		req := validRequest()
+		req.Options = &notifyv1.Options{SendAt: timestamppb.New(tt.at)}
+		before := time.Now()
+		v := validatePublish(req)
+		after := time.Now()
+		var got []string
+		for _, fv := range v {
+			got = append(got, fv.GetField()+": "+fv.GetDescription())
+		}
+		// The days are counted from the call's now: a second ticking over during the call
+		// may make one fewer.
+		days := func(now time.Time) string {
+			return "options.send_at: " + fmt.Sprintf(tt.want, (tt.at.Unix()-now.Unix())/(24*60*60))
+		}
+		if want := days(before); !cmp.Equal([]string{want}, got) && !cmp.Equal([]string{days(after)}, got) {
+			t.Errorf("send_at %v: got %q, want [%q]", tt.at, got, want)
+		}
 	}
 }

@@ -127,8 +127,11 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 	if at := o.GetSendAt(); at != nil {
 		if err := at.CheckValid(); err != nil {
 			v.add("options.send_at", "is not a valid time: %v", err)
-		} else if ahead := time.Until(at.AsTime()); ahead > MaxScheduleAhead {
-			v.add("options.send_at", "must be at most 30 days ahead, got %s ahead", ahead.Round(time.Second))
+		} else if now := time.Now(); at.AsTime().Sub(now) > MaxScheduleAhead {
+			// The Duration saturates about 292 years ahead (still more than 30 days); the days
+			// are counted in seconds, which do not overflow for any valid timestamp.
+			days := (at.GetSeconds() - now.Unix()) / (24 * 60 * 60)
+			v.add("options.send_at", "must be at most 30 days ahead, got %s (%d days ahead)", at.AsTime().Format(time.RFC3339Nano), days)
 		}
 	}
 	if len(o.GetCollapseKey()) > MaxCollapseKeyLen {
