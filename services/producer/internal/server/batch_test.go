@@ -162,6 +162,9 @@ func TestPublishBatchIgnorePreferencesNeedsAdmin(t *testing.T) {
 	if got := []codes.Code{summarize(resp.Results[0]).Code, summarize(resp.Results[1]).Code}; !cmp.Equal(got, []codes.Code{codes.OK, codes.PermissionDenied}) {
 		t.Errorf("publisher's results: codes %v, want OK and PERMISSION_DENIED", got)
 	}
+	if got := resp.Results[1].GetError().GetMessage(); got != ignorePreferencesDenied {
+		t.Errorf("publisher's overriding request refused with %q, want %q", got, ignorePreferencesDenied)
+	}
 	admin := WithRole(WithCaller(context.Background(), "security"), apikey.RoleAdmin)
 	if resp, err = s.PublishBatch(admin, req); err != nil {
 		t.Fatal(err)

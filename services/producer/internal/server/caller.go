@@ -2,7 +2,11 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"slices"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"notify/services/producer/internal/apikey"
 )
@@ -76,12 +80,19 @@ func IsAdmin(ctx context.Context) bool {
 	return ok && k.Role == apikey.RoleAdmin
 }
 
-// mayIgnorePreferences reports whether the call may set Publish's
-// options.ignore_preferences: an admin key, or a key created with allow_ignore_preferences.
-func mayIgnorePreferences(ctx context.Context) bool {
+// permitIgnorePreferences refuses, with PERMISSION_DENIED, a call that may not set Publish's
+// options.ignore_preferences: only an admin key, or a key created with
+// allow_ignore_preferences, may. A key's permissions are fixed at its creation, so the
+// answer names the key a caller needs instead.
+func permitIgnorePreferences(ctx context.Context, log *slog.Logger) error {
 	if IsAdmin(ctx) {
-		return true
+		return nil
 	}
-	k, ok := keyFrom(ctx)
-	return ok && k.CanIgnorePreferences()
+	if k, ok := keyFrom(ctx); ok && k.CanIgnorePreferences() {
+		return nil
+	}
+	log.InfoContext(ctx, "call refused: ignore_preferences", "key", Caller(ctx))
+	return status.Errorf(codes.PermissionDenied, "the API key %q may not set options.ignore_preferences: "+
+		"that needs an admin key or a publisher key created with allow_ignore_preferences "+
+		"(keys create --allow-ignore-preferences)", Caller(ctx))
 }

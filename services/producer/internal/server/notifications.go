@@ -137,9 +137,11 @@ func (s *Notifications) admit(ctx context.Context, req *notifyv1.PublishRequest,
 		s.rejected.WithLabelValues("app").Inc()
 		return err
 	}
-	if req.GetOptions().GetIgnorePreferences() && !mayIgnorePreferences(ctx) {
-		s.rejected.WithLabelValues("permission_denied").Inc()
-		return toStatus(ctx, s.log, "publish ignoring preferences", errPermissionDenied)
+	if req.GetOptions().GetIgnorePreferences() {
+		if err := permitIgnorePreferences(ctx, s.log); err != nil {
+			s.rejected.WithLabelValues("permission_denied").Inc()
+			return err
+		}
 	}
 	return nil
 }

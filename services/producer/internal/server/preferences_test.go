@@ -81,6 +81,11 @@ func TestPreferences(t *testing.T) {
 	}
 }
 
+// ignorePreferencesDenied is the refusal of options.ignore_preferences to the publisher key
+// "orders": it names the field and how a key gets the permission.
+const ignorePreferencesDenied = `the API key "orders" may not set options.ignore_preferences: that needs an admin key ` +
+	`or a publisher key created with allow_ignore_preferences (keys create --allow-ignore-preferences)`
+
 // TestPublishIgnorePreferencesNeedsAdmin: a publisher key without the permission may not
 // override users' preferences; an admin key may. A refused request writes nothing.
 func TestPublishIgnorePreferencesNeedsAdmin(t *testing.T) {
@@ -90,8 +95,9 @@ func TestPublishIgnorePreferencesNeedsAdmin(t *testing.T) {
 	req.Options = &notifyv1.Options{IgnorePreferences: true}
 
 	publisher := WithRole(WithCaller(context.Background(), "orders"), apikey.RolePublisher)
-	if _, err := f.pub.Publish(publisher, req); status.Code(err) != codes.PermissionDenied {
-		t.Errorf("Publish ignoring preferences with a publisher key: %v, want PERMISSION_DENIED", err)
+	_, err := f.pub.Publish(publisher, req)
+	if st := status.Convert(err); st.Code() != codes.PermissionDenied || st.Message() != ignorePreferencesDenied {
+		t.Errorf("Publish ignoring preferences with a publisher key: %v, want PERMISSION_DENIED: %s", err, ignorePreferencesDenied)
 	}
 	var n int
 	if err := f.db.Pool.QueryRow(context.Background(), "SELECT (SELECT count(*) FROM notifications) + (SELECT count(*) FROM outbox WHERE message_type <> 'notify.bus.v1.StatusEvent')").Scan(&n); err != nil {
