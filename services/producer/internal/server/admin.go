@@ -105,7 +105,7 @@ func (a *Admin) GetNotification(ctx context.Context, req *notifyv1.GetNotificati
 	if o := req.GetOutcome(); o != notifyv1.DeliveryOutcome_DELIVERY_OUTCOME_UNSPECIFIED {
 		name, ok := outcomeName(o)
 		if !ok {
-			v.add("outcome", "unknown outcome %d", o)
+			v.add("outcome", "is %d, not a known outcome", o)
 		}
 		outcome = name
 	}

@@ -46,7 +46,7 @@ func (a Apps) check(v *violations, field, app string) {
 	if app == "" || a.known(app) {
 		return
 	}
-	v.add(field, "unknown app %q; the apps are: %s", app, strings.Join(a.Names(), ", "))
+	v.add(field, "is %q, not a known app; the apps are: %s", app, strings.Join(a.Names(), ", "))
 }
 
 // permitApp refuses, with PERMISSION_DENIED, a call whose API key is limited to apps other

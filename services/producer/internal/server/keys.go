@@ -78,10 +78,10 @@ func (a *Admin) CreateAPIKey(ctx context.Context, req *notifyv1.CreateAPIKeyRequ
 		}
 	}
 	if role == apikey.RoleAdmin && len(req.GetApps()) > 0 {
-		v.add("apps", "an admin key is never limited to apps; limit publisher keys")
+		v.add("apps", "must be empty for an admin key: admin keys are never limited to apps; limit publisher keys")
 	}
 	if role == apikey.RoleAdmin && req.GetAllowIgnorePreferences() {
-		v.add("allow_ignore_preferences", "an admin key may always ignore preferences; the permission is for publisher keys")
+		v.add("allow_ignore_preferences", "must not be set for an admin key: admin keys may always ignore preferences; the permission is for publisher keys")
 	}
 	if len(v) > 0 {
 		return nil, invalidArgument(v)

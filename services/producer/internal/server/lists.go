@@ -155,7 +155,7 @@ func (a *Admin) ListNotifications(ctx context.Context, req *notifyv1.ListNotific
 	if s := req.GetStatus(); s != notifyv1.NotificationStatus_NOTIFICATION_STATUS_UNSPECIFIED {
 		name, ok := statusName(s)
 		if !ok {
-			v.add("status", "unknown status %d", s)
+			v.add("status", "is %d, not a known status", s)
 		}
 		where.addStatus(name)
 	}

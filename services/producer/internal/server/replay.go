@@ -86,7 +86,7 @@ func validateReplay(req *notifyv1.ReplayRequest) (replaySelection, violations) {
 	sel := replaySelection{limit: pageSize(req.GetPageSize(), MaxReplayIDs, MaxReplayIDs)}
 	switch s := req.GetSelector().(type) {
 	case nil:
-		v.add("selector", "one of notification_ids or dead_letters is required")
+		v.add("selector", "is required: one of notification_ids or dead_letters")
 	case *notifyv1.ReplayRequest_NotificationIds:
 		raw := s.NotificationIds.GetIds()
 		switch {

@@ -193,6 +193,73 @@ func TestValidatePublish(t *testing.T) {
 	}
 }
 
+// TestViolationMessagesRead: an INVALID_ARGUMENT's message is the first violation's field
+// followed by its description, so every description reads on from the field ("content
+// needs …", not "content a notification needs …").
+func TestViolationMessagesRead(t *testing.T) {
+	t.Parallel()
+	f := newAppsFixture(t)
+	ctx := WithCaller(context.Background(), "orders")
+	publish := func(modify func(*notifyv1.PublishRequest)) func() error {
+		return func() error {
+			req := validRequest()
+			modify(req)
+			_, err := f.pub.Publish(ctx, req)
+			return err
+		}
+	}
+	for _, tt := range []struct {
+		call func() error
+		want string
+	}{
+		{publish(func(r *notifyv1.PublishRequest) { r.Recipients = nil }),
+			"recipients is required: one of user_ids, all_devices, tokens, topic or condition"},
+		{publish(func(r *notifyv1.PublishRequest) { r.Content = nil }),
+			"content needs a title or a body, unless data is set"},
+		{publish(func(r *notifyv1.PublishRequest) { r.Data = map[string]string{"from": "x"} }),
+			"data[from] is reserved by FCM"},
+		{publish(func(r *notifyv1.PublishRequest) { r.Options = &notifyv1.Options{Priority: 77} }),
+			"options.priority is 77, not a known priority"},
+		{publish(func(r *notifyv1.PublishRequest) { r.Content.Body = strings.Repeat("x", 4096) }),
+			"content makes an FCM payload (with data and platform options) of 4146 bytes; FCM accepts at most 4096"},
+		{publish(func(r *notifyv1.PublishRequest) {
+			r.Options = &notifyv1.Options{Android: &notifyv1.AndroidOptions{Visibility: 9}}
+		}), "options.android.visibility is 9, not a known visibility"},
+		{publish(func(r *notifyv1.PublishRequest) {
+			r.Options = &notifyv1.Options{Apns: &notifyv1.ApnsOptions{InterruptionLevel: 9}}
+		}), "options.apns.interruption_level is 9, not a known interruption level"},
+		{publish(func(r *notifyv1.PublishRequest) { r.App = "shop" }),
+			`app is "shop", not a known app; the apps are: default, staff`},
+		{func() error {
+			_, err := f.admin.ListNotifications(ctxOps, &notifyv1.ListNotificationsRequest{Status: 99})
+			return err
+		}, "status is 99, not a known status"},
+		{func() error {
+			_, err := f.admin.GetNotification(ctxOps, &notifyv1.GetNotificationRequest{
+				NotificationId: "01a22edc-293e-7cb1-855e-642bd9ac4612", Outcome: 99})
+			return err
+		}, "outcome is 99, not a known outcome"},
+		{func() error {
+			_, err := f.admin.Replay(ctxOps, &notifyv1.ReplayRequest{})
+			return err
+		}, "selector is required: one of notification_ids or dead_letters"},
+		{func() error {
+			_, err := f.admin.CreateAPIKey(ctxOps, &notifyv1.CreateAPIKeyRequest{Name: "root", Role: notifyv1.Role_ROLE_ADMIN, Apps: []string{"staff"}})
+			return err
+		}, "apps must be empty for an admin key: admin keys are never limited to apps; limit publisher keys"},
+		{func() error {
+			_, err := f.admin.CreateAPIKey(ctxOps, &notifyv1.CreateAPIKeyRequest{Name: "root", Role: notifyv1.Role_ROLE_ADMIN, AllowIgnorePreferences: true})
+			return err
+		}, "allow_ignore_preferences must not be set for an admin key: admin keys may always ignore preferences; " +
+			"the permission is for publisher keys"},
+	} {
+		err := tt.call()
+		if st := status.Convert(err); st.Code() != codes.InvalidArgument || st.Message() != "invalid request: "+tt.want {
+			t.Errorf("got %v, want INVALID_ARGUMENT: invalid request: %s", err, tt.want)
+		}
+	}
+}
+
 // allPlatformOptions sets every platform option to a valid value.
 func allPlatformOptions() *notifyv1.Options {
 	return &notifyv1.Options{

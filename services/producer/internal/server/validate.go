@@ -67,7 +67,7 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 
 	switch target := req.GetRecipients().GetTarget().(type) {
 	case nil:
-		v.add("recipients", "one of user_ids, all_devices, tokens, topic or condition is required")
+		v.add("recipients", "is required: one of user_ids, all_devices, tokens, topic or condition")
 	case *notifyv1.Recipients_UserIds:
 		validateList(&v, "recipients.user_ids.user_ids", target.UserIds.GetUserIds(), MaxUserIDLen)
 	case *notifyv1.Recipients_Tokens:
@@ -97,7 +97,7 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 
 	c := req.GetContent()
 	if c.GetTitle() == "" && c.GetBody() == "" && len(req.GetData()) == 0 {
-		v.add("content", "a notification needs a title, a body or data")
+		v.add("content", "needs a title or a body, unless data is set")
 	}
 	if img := c.GetImageUrl(); img != "" {
 		if u, err := url.Parse(img); err != nil || u.Scheme != "https" || u.Host == "" {
@@ -109,13 +109,13 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 		case k == "":
 			v.add("data", "keys must not be empty")
 		case k == "from" || k == "message_type" || strings.HasPrefix(k, "google.") || strings.HasPrefix(k, "gcm."):
-			v.add("data["+k+"]", "%q is reserved by FCM", k)
+			v.add("data["+k+"]", "is reserved by FCM")
 		}
 	}
 
 	o := req.GetOptions()
 	if _, ok := notifyv1.Priority_name[int32(o.GetPriority())]; !ok {
-		v.add("options.priority", "unknown priority %d", o.GetPriority())
+		v.add("options.priority", "is %d, not a known priority", o.GetPriority())
 	}
 	if ttl := o.GetTtl(); ttl != nil {
 		if err := ttl.CheckValid(); err != nil {
@@ -141,7 +141,7 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 	validatePlatformOptions(&v, o, c.GetTitle() != "" || c.GetBody() != "" || c.GetImageUrl() != "")
 
 	if n := fcmPayloadSize(req); n > MaxFCMPayloadBytes {
-		v.add("content", "the FCM payload (notification and data) is %d bytes; FCM accepts at most %d", n, MaxFCMPayloadBytes)
+		v.add("content", "makes an FCM payload (with data and platform options) of %d bytes; FCM accepts at most %d", n, MaxFCMPayloadBytes)
 	}
 	return v
 }
@@ -191,7 +191,7 @@ func validatePlatformOptions(v *violations, o *notifyv1.Options, visible bool) {
 	count("options.android.notification_count", a != nil && a.NotificationCount != nil, a.GetNotificationCount())
 	if vis := a.GetVisibility(); vis != notifyv1.AndroidVisibility_ANDROID_VISIBILITY_UNSPECIFIED {
 		if _, ok := notifyv1.AndroidVisibility_name[int32(vis)]; !ok {
-			v.add("options.android.visibility", "unknown visibility %d", vis)
+			v.add("options.android.visibility", "is %d, not a known visibility", vis)
 		} else if !visible {
 			v.add("options.android.visibility", dataOnly)
 		}
@@ -204,7 +204,7 @@ func validatePlatformOptions(v *violations, o *notifyv1.Options, visible bool) {
 	text("options.apns.category", ap.GetCategory(), true)
 	if lvl := ap.GetInterruptionLevel(); lvl != notifyv1.InterruptionLevel_INTERRUPTION_LEVEL_UNSPECIFIED {
 		if _, ok := notifyv1.InterruptionLevel_name[int32(lvl)]; !ok {
-			v.add("options.apns.interruption_level", "unknown interruption level %d", lvl)
+			v.add("options.apns.interruption_level", "is %d, not a known interruption level", lvl)
 		} else if !visible {
 			v.add("options.apns.interruption_level", dataOnly)
 		}
