@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -256,6 +257,34 @@ func TestViolationMessagesRead(t *testing.T) {
 		err := tt.call()
 		if st := status.Convert(err); st.Code() != codes.InvalidArgument || st.Message() != "invalid request: "+tt.want {
 			t.Errorf("got %v, want INVALID_ARGUMENT: invalid request: %s", err, tt.want)
+		}
+	}
+}
+
+// TestTTLOutOfRangeMessage: the refusal of an options.ttl out of range states the Duration
+// given, also for the longest and shortest there are (where AsDuration saturates).
+func TestTTLOutOfRangeMessage(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		ttl  *durationpb.Duration
+		want string
+	}{
+		{durationpb.New(29 * 24 * time.Hour), "2505600s"},
+		{&durationpb.Duration{Seconds: 315_576_000_000}, "315576000000s"},
+		{&durationpb.Duration{Seconds: 315_576_000_000, Nanos: 999_999_999}, "315576000000.999999999s"},
+		{&durationpb.Duration{Seconds: -315_576_000_000}, "-315576000000s"},
+		{&durationpb.Duration{Nanos: -500_000_000}, "-0.5s"},
+		{&durationpb.Duration{}, "0s"},
+	} {
+		req := validRequest()
+		req.Options = &notifyv1.Options{Ttl: tt.ttl}
+		var got []string
+		for _, fv := range validatePublish(req) {
+			got = append(got, fv.GetField()+": "+fv.GetDescription())
+		}
+		want := []string{"options.ttl: must be more than 0 and at most 28 days (2419200s), got " + tt.want}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("ttl %v (-want +got):\n%s", tt.ttl, diff)
 		}
 	}
 }

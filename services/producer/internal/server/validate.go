@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"notify/pkg/fcm/topic"
 	notifyv1 "notify/proto/gen/notify/v1"
@@ -121,7 +122,9 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 		if err := ttl.CheckValid(); err != nil {
 			v.add("options.ttl", "is not a valid duration: %v", err)
 		} else if d := ttl.AsDuration(); d <= 0 || d > MaxTTL {
-			v.add("options.ttl", "must be more than 0 and at most 28 days (672h), got %s", d)
+			// AsDuration saturates about 292 years either way (still out of range), so the
+			// answer states the Duration as given, in its JSON form, as FCM states its own TTL.
+			v.add("options.ttl", "must be more than 0 and at most 28 days (%ds), got %s", int64(MaxTTL/time.Second), durationText(ttl))
 		}
 	}
 	if at := o.GetSendAt(); at != nil {
@@ -144,6 +147,20 @@ func validatePublish(req *notifyv1.PublishRequest) violations {
 		v.add("content", "makes an FCM payload (with data and platform options) of %d bytes; FCM accepts at most %d", n, MaxFCMPayloadBytes)
 	}
 	return v
+}
+
+// durationText writes a valid Duration in seconds, the unit of its JSON form ("3600s",
+// "-1.5s"), exactly for any Duration: no time.Duration holds the longest (10,000 years).
+func durationText(d *durationpb.Duration) string {
+	secs, nanos := d.GetSeconds(), d.GetNanos()
+	sign := ""
+	if secs < 0 || nanos < 0 { // a valid Duration's seconds and nanos share their sign
+		sign, secs, nanos = "-", -secs, -nanos
+	}
+	if nanos == 0 {
+		return fmt.Sprintf("%s%ds", sign, secs)
+	}
+	return fmt.Sprintf("%s%d.%ss", sign, secs, strings.TrimRight(fmt.Sprintf("%09d", nanos), "0"))
 }
 
 // typeProblem says what is wrong with a notification type, "" when nothing is.
