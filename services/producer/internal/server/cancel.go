@@ -14,10 +14,12 @@ import (
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
-// errNotCancellable and errNotFound are Cancel's refusals that carry their own message.
+// errNotCancellable, errNoNotification and errNotPublisher are Cancel's refusals that carry
+// their own message.
 var (
 	errNotCancellable = errors.New("not cancellable")
 	errNoNotification = errors.New("no such notification")
+	errNotPublisher   = errors.New("published by another API key")
 )
 
 // cancelSQL reads the notification to cancel with its row lock: the sender's status
@@ -70,7 +72,7 @@ func (s *Notifications) Cancel(ctx context.Context, req *notifyv1.CancelRequest)
 			return fmt.Errorf("read notification: %w", err)
 		}
 		if owner != caller && !IsAdmin(ctx) {
-			return errPermissionDenied
+			return errNotPublisher
 		}
 		if st != schema.StatusScheduled && !schema.InFlight(st) {
 			return errNotCancellable
@@ -93,6 +95,12 @@ func (s *Notifications) Cancel(ctx context.Context, req *notifyv1.CancelRequest)
 	switch {
 	case errors.Is(err, errNoNotification):
 		return nil, status.Errorf(codes.NotFound, "notification %s not found", id)
+	case errors.Is(err, errNotPublisher):
+		// The key's role allows Cancel; the notification is not its own. Who published it is
+		// not the caller's business.
+		s.log.InfoContext(ctx, "call refused: not the publisher", "key", caller, "notification_id", id, "publisher", owner)
+		return nil, status.Errorf(codes.PermissionDenied,
+			"notification %s was published by another API key; only its publisher or an admin key may cancel it", id)
 	case errors.Is(err, errNotCancellable):
 		return nil, status.Errorf(codes.FailedPrecondition,
 			"notification %s is %s; only a scheduled, pending or retrying notification can be cancelled", id, st)
