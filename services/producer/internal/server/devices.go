@@ -271,12 +271,7 @@ func (s *Devices) CheckDevice(ctx context.Context, req *notifyv1.CheckDeviceRequ
 // "app/device_id" (an app name has no "/").
 func (s *Devices) ListDevices(ctx context.Context, req *notifyv1.ListDevicesRequest) (*notifyv1.ListDevicesResponse, error) {
 	var v violations
-	switch u := req.GetUserId(); {
-	case u == "":
-		v.add("user_id", "is required")
-	case len(u) > MaxUserIDLen:
-		v.add("user_id", "must be at most %d characters", MaxUserIDLen)
-	}
+	v.required("user_id", req.GetUserId(), MaxUserIDLen)
 	if req.GetPageSize() < 0 {
 		v.add("page_size", "must not be negative")
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/status"
 
 	"notify/pkg/pgtest"
 	notifyv1 "notify/proto/gen/notify/v1"
@@ -98,16 +99,22 @@ func TestListDevices(t *testing.T) {
 	}
 
 	for _, tt := range []struct {
-		req  *notifyv1.ListDevicesRequest
-		want []string
+		req     *notifyv1.ListDevicesRequest
+		want    []string
+		message string // the first violation's
 	}{
-		{&notifyv1.ListDevicesRequest{}, []string{"user_id"}},
-		{&notifyv1.ListDevicesRequest{UserId: string(make([]byte, MaxUserIDLen+1))}, []string{"user_id"}},
-		{&notifyv1.ListDevicesRequest{UserId: "ana", PageSize: -1, PageToken: "not a token"}, []string{"page_size", "page_token"}},
+		{&notifyv1.ListDevicesRequest{}, []string{"user_id"}, "user_id is required"},
+		{&notifyv1.ListDevicesRequest{UserId: string(make([]byte, MaxUserIDLen+1))}, []string{"user_id"},
+			"user_id must be at most 128 characters"},
+		{&notifyv1.ListDevicesRequest{UserId: "ana", PageSize: -1, PageToken: "not a token"}, []string{"page_size", "page_token"},
+			"page_size must not be negative"},
 	} {
 		_, err := s.ListDevices(ctx, tt.req)
 		if diff := cmp.Diff(tt.want, badFields(t, err)); diff != "" {
 			t.Errorf("ListDevices(%v) fields (-want +got):\n%s", tt.req, diff)
+		}
+		if got := status.Convert(err).Message(); got != "invalid request: "+tt.message {
+			t.Errorf("ListDevices(%v) message %q, want %q", tt.req, got, "invalid request: "+tt.message)
 		}
 	}
 }

@@ -17,7 +17,7 @@ const MaxMutedTypes = 100
 // every page of an audience it resolves, so a change applies from the next chunk on.
 func (s *Devices) SetPreferences(ctx context.Context, req *notifyv1.SetPreferencesRequest) (*notifyv1.SetPreferencesResponse, error) {
 	var v violations
-	validateUserID(&v, req.GetUserId())
+	v.required("user_id", req.GetUserId(), MaxUserIDLen)
 	types := req.GetMutedTypes()
 	if len(types) > MaxMutedTypes {
 		v.add("muted_types", "has %d entries; at most %d are accepted", len(types), MaxMutedTypes)
@@ -48,7 +48,7 @@ func (s *Devices) SetPreferences(ctx context.Context, req *notifyv1.SetPreferenc
 // GetPreferences returns the notification types a user muted.
 func (s *Devices) GetPreferences(ctx context.Context, req *notifyv1.GetPreferencesRequest) (*notifyv1.GetPreferencesResponse, error) {
 	var v violations
-	validateUserID(&v, req.GetUserId())
+	v.required("user_id", req.GetUserId(), MaxUserIDLen)
 	if len(v) > 0 {
 		return nil, invalidArgument(v)
 	}
@@ -58,13 +58,4 @@ func (s *Devices) GetPreferences(ctx context.Context, req *notifyv1.GetPreferenc
 		return nil, toStatus(ctx, s.log, "read preferences", err, "user_id", req.GetUserId())
 	}
 	return &notifyv1.GetPreferencesResponse{MutedTypes: muted}, nil
-}
-
-func validateUserID(v *violations, userID string) {
-	switch {
-	case userID == "":
-		v.add("user_id", "is required")
-	case len(userID) > MaxUserIDLen:
-		v.add("user_id", "must be at most %d characters", MaxUserIDLen)
-	}
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -53,6 +54,7 @@ func TestPreferences(t *testing.T) {
 		t.Errorf("preferences after setting none = %v, want none", got)
 	}
 
+	longUser := strings.Repeat("u", MaxUserIDLen+1)
 	many := make([]string, MaxMutedTypes+1)
 	for i := range many {
 		many[i] = "t"
@@ -63,6 +65,7 @@ func TestPreferences(t *testing.T) {
 		want []string
 	}{
 		{"no user", &notifyv1.SetPreferencesRequest{MutedTypes: []string{"promo"}}, []string{"user_id"}},
+		{"long user", &notifyv1.SetPreferencesRequest{UserId: longUser, MutedTypes: []string{"promo"}}, []string{"user_id"}},
 		{"bad types", &notifyv1.SetPreferencesRequest{UserId: "ana", MutedTypes: []string{"ok", "", "a b"}},
 			[]string{"muted_types[1]", "muted_types[2]"}},
 		{"too many", &notifyv1.SetPreferencesRequest{UserId: "ana", MutedTypes: many}, []string{"muted_types"}},
@@ -75,9 +78,15 @@ func TestPreferences(t *testing.T) {
 	if got := get("ana"); len(got) != 0 {
 		t.Errorf("preferences after refused requests = %v, want none (nothing written)", got)
 	}
-	_, err = f.dev.GetPreferences(ctx, &notifyv1.GetPreferencesRequest{})
-	if diff := cmp.Diff([]string{"user_id"}, badFields(t, err)); diff != "" {
-		t.Errorf("GetPreferences without user: fields (-want +got):\n%s", diff)
+	for user, want := range map[string]string{"": "user_id is required", longUser: "user_id must be at most 128 characters"} {
+		_, err = f.dev.GetPreferences(ctx, &notifyv1.GetPreferencesRequest{UserId: user})
+		if st := status.Convert(err); st.Code() != codes.InvalidArgument || st.Message() != "invalid request: "+want {
+			t.Errorf("GetPreferences(user_id of %d characters): %v, want INVALID_ARGUMENT: invalid request: %s", len(user), err, want)
+		}
+		_, err = f.dev.SetPreferences(ctx, &notifyv1.SetPreferencesRequest{UserId: user})
+		if st := status.Convert(err); st.Code() != codes.InvalidArgument || st.Message() != "invalid request: "+want {
+			t.Errorf("SetPreferences(user_id of %d characters): %v, want INVALID_ARGUMENT: invalid request: %s", len(user), err, want)
+		}
 	}
 }
 
