@@ -364,7 +364,7 @@ func validateMemPublish(req *notifyv1.PublishRequest) []*errdetails.BadRequest_F
 	}
 	c := req.GetContent()
 	if c.GetTitle() == "" && c.GetBody() == "" && len(req.GetData()) == 0 {
-		add("content", "a notification needs a title, a body or data")
+		add("content", "needs a title or a body, unless data is set") // the producer's wording
 	}
 	if t := req.GetOptions().GetTtl(); t != nil {
 		if d := t.AsDuration(); t.CheckValid() != nil || d <= 0 || d > memserverTTL {

@@ -94,15 +94,21 @@ func TestMemServer(t *testing.T) {
 	bad.Recipients, bad.Content, bad.Data = nil, nil, nil
 	_, err = notifications.Publish(ctx, bad)
 	var fields []string
+	descriptions := map[string]string{}
 	for _, d := range status.Convert(err).Details() {
 		if br, ok := d.(*errdetails.BadRequest); ok {
 			for _, v := range br.GetFieldViolations() {
 				fields = append(fields, v.GetField())
+				descriptions[v.GetField()] = v.GetDescription()
 			}
 		}
 	}
 	if status.Code(err) != codes.InvalidArgument || !cmp.Equal(fields, []string{"recipients.user_ids.user_ids", "content"}) {
 		t.Errorf("Publish without recipients or content: %v, violations %q; want INVALID_ARGUMENT naming both", err, fields)
+	}
+	// As the producer words it.
+	if got, want := descriptions["content"], "needs a title or a body, unless data is set"; got != want {
+		t.Errorf("Publish without content: content %q, want %q", got, want)
 	}
 
 	var got memStats
