@@ -80,10 +80,17 @@ func LoadSettings(r *envconfig.Reader) Settings {
 		}
 		apps, err := fcm.LoadApps(file, base)
 		if err != nil {
-			// LoadApps names FCM_APPS_FILE, the file, the entry and the field.
-			// (as "FCM_APPS_FILE: …" when it cannot read the file): name the variable once.
-			msg := strings.TrimPrefix(strings.TrimPrefix(err.Error(), "FCM_APPS_FILE: "), "FCM_APPS_FILE ")
-			r.Errorf("FCM_APPS_FILE", "%s", msg)
+			// LoadApps joins one error per problem, each naming FCM_APPS_FILE, the file, the
+			// entry, the field and the line (as "FCM_APPS_FILE: …" when it cannot read the
+			// file): one problem each, naming the variable once.
+			problems := []error{err}
+			if joined, ok := err.(interface{ Unwrap() []error }); ok {
+				problems = joined.Unwrap()
+			}
+			for _, p := range problems {
+				msg := strings.TrimPrefix(strings.TrimPrefix(p.Error(), "FCM_APPS_FILE: "), "FCM_APPS_FILE ")
+				r.Errorf("FCM_APPS_FILE", "%s", msg)
+			}
 		}
 		s.Apps = apps
 		s.FCM = fcm.Config{}

@@ -134,6 +134,20 @@ func TestLoadSettingsApps(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `FCM_APPS_FILE: `+bad+`: app 1 ("staff"): rate_per_minute`) {
 		t.Errorf("bad apps file: %v", err)
 	}
+	// Each of the file's problems is a line of its own naming the variable.
+	if err := os.WriteFile(bad, []byte("- {name: staff, rate_per_minute: abc, endpoint: http://x/v1, project_id: p}\n- {name: Default, credentials_file: /k.json}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = load(map[string]string{"FCM_APPS_FILE": bad})
+	wantLines := []string{
+		`FCM_APPS_FILE: ` + bad + `: app 1 ("staff"): rate_per_minute: "abc": want a whole number (line 1)`,
+		`FCM_APPS_FILE: ` + bad + `: app 2 ("Default"): name: "Default": want lowercase letters, digits, '-' and '_', starting with a letter or digit (line 2)`,
+	}
+	if err == nil {
+		t.Errorf("apps file with two problems: no error")
+	} else if diff := cmp.Diff(wantLines, strings.Split(err.Error(), "\n")); diff != "" {
+		t.Errorf("apps file with two problems (-want +got):\n%s", diff)
+	}
 	// A file that cannot be read is named once: it said "FCM_APPS_FILE: FCM_APPS_FILE: open …".
 	missing := filepath.Join(dir, "missing.yaml")
 	_, err = load(map[string]string{"FCM_APPS_FILE": missing})

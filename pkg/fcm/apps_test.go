@@ -21,10 +21,11 @@ func TestParseApps(t *testing.T) {
 		}}
 	}
 	tests := []struct {
-		name    string
-		file    string
-		want    []fcm.App
-		wantErr []string // each must appear in the error
+		name      string
+		file      string
+		want      []fcm.App
+		wantErr   []string // each must appear in the error
+		wantLines int      // when set, the number of problems (lines) the error has
 	}{
 		{
 			name: "yaml",
@@ -52,8 +53,101 @@ func TestParseApps(t *testing.T) {
 		},
 		{name: "empty", file: "", wantErr: []string{"no apps"}},
 		{name: "empty list", file: "[]", wantErr: []string{"no apps"}},
-		{name: "not a list", file: `name: a`, wantErr: []string{"want a YAML or JSON list"}},
-		{name: "unknown field", file: `[{"name":"a","endpoint":"http://x/v1","project_id":"p","rate":5}]`, wantErr: []string{"rate"}},
+		{name: "not a list", file: `name: a`, wantErr: []string{"want a YAML or JSON list of apps (name, project_id, credentials_file or endpoint, rate_per_minute), got a mapping (line 1)"}},
+		{name: "not yaml", file: "- {name: a\n", wantErr: []string{"want a YAML or JSON list of apps: yaml: line 1:"}},
+		{
+			name: "unknown field",
+			file: `
+- name: a
+  bogus: 1
+  endpoint: http://x/v1
+  project_id: p
+`,
+			wantErr: []string{`app 1 ("a"): bogus: unknown field; want name, project_id, credentials_file or endpoint, rate_per_minute (line 3)`},
+		},
+		{
+			name:    "unknown field, json",
+			file:    `[{"name":"a","endpoint":"http://x/v1","project_id":"p","rate":5}]`,
+			wantErr: []string{`app 1 ("a"): rate: unknown field; want name,`},
+		},
+		{
+			name: "rate not a number",
+			file: `
+- name: a
+  endpoint: http://x/v1
+  project_id: p
+  rate_per_minute: abc
+`,
+			wantErr: []string{`app 1 ("a"): rate_per_minute: "abc": want a whole number (line 5)`},
+		},
+		{
+			name: "decode and semantic problems together",
+			file: `
+- name: a
+  endpoint: http://x/v1
+  bogus: 1
+  project_id: p
+  rate_per_minute: 1.5
+- name: Default
+  endpoint: http://x/v1
+  project_id: q
+- name: [b]
+  credentials_file: /k.json
+- just a word
+- name: c
+  name: d
+  credentials_file: {path: /k.json}
+`,
+			wantErr: []string{
+				`app 1 ("a"): bogus: unknown field; want name, project_id, credentials_file or endpoint, rate_per_minute (line 4)`,
+				`app 1 ("a"): rate_per_minute: "1.5": want a whole number (line 6)`,
+				`app 2 ("Default"): name: "Default": want lowercase`,
+				`app 3: name: want a string, got a list (line 10)`,
+				`app 4: want a mapping of fields (name, project_id, credentials_file or endpoint, rate_per_minute), got "just a word" (line 12)`,
+				`app 5 ("c"): name: set twice (first at line 13) (line 14)`,
+				`app 5 ("c"): credentials_file: want a string, got a mapping (line 15)`,
+			},
+			wantLines: 7,
+		},
+		{
+			// Only "name: [b]" is reported of app 3: not also "name: required".
+			name:      "a field that cannot be read is reported once",
+			file:      "- {name: [b], credentials_file: /k.json}\n",
+			wantErr:   []string{`app 1: name: want a string, got a list (line 1)`},
+			wantLines: 1,
+		},
+		{
+			name: "an unknown anchor",
+			file: `
+- &emu {name: a, endpoint: "http://x/v1", project_id: pa, rate_per_minute: 600_000}
+- <<: *emu
+  name: b
+  project_id: pb
+- {name: c, endpoint: *e, project_id: pc}
+`,
+			wantErr: []string{"unknown anchor"},
+		},
+		{
+			name: "anchors and merge keys, defined",
+			file: `
+- &emu {name: a, endpoint: &e "http://x/v1", project_id: pa, rate_per_minute: 600_000}
+- <<: *emu
+  name: b
+  project_id: pb
+- {name: c, endpoint: *e, project_id: pc, rate_per_minute: ~}
+`,
+			want: []fcm.App{
+				app("a", "pa", "", "http://x/v1", 600_000),
+				app("b", "pb", "", "http://x/v1", 600_000),
+				app("c", "pc", "", "http://x/v1", fcm.DefaultRatePerMinute),
+			},
+		},
+		{
+			name:      "a merge of something not a mapping",
+			file:      "- {<<: 5, name: a, credentials_file: /k.json}\n",
+			wantErr:   []string{`app 1 ("a"): <<: map merge requires map or sequence of maps as the value (line 1)`},
+			wantLines: 1,
+		},
 		{
 			name: "every problem, naming entry and field",
 			file: `
@@ -95,6 +189,15 @@ func TestParseApps(t *testing.T) {
 						t.Errorf("error %q does not contain %q", err, w)
 					}
 				}
+				// The file's terms, not the decoder's: no Go types, no YAML tags.
+				for _, internal := range []string{"fcm.", "appEntry", "unmarshal", "!!", "into ", "type "} {
+					if strings.Contains(err.Error(), internal) {
+						t.Errorf("error %q mentions %q", err, internal)
+					}
+				}
+				if lines := strings.Count(err.Error(), "\n") + 1; tc.wantLines != 0 && lines != tc.wantLines {
+					t.Errorf("error has %d lines, want %d:\n%s", lines, tc.wantLines, err)
+				}
 				return
 			}
 			if err != nil {
@@ -120,6 +223,23 @@ func TestLoadAppsNamesTheFile(t *testing.T) {
 	_, err := fcm.LoadApps(path, fcm.Config{})
 	if err == nil || !strings.Contains(err.Error(), "FCM_APPS_FILE "+path+": app 1 (\"a\")") {
 		t.Errorf("bad file: %v, want an error naming the file and the entry", err)
+	}
+	// Every problem is a line of its own naming the variable and the file.
+	if err := os.WriteFile(path, []byte("- {name: a, bogus: 1}\n- {name: Default, endpoint: http://x/v1}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = fcm.LoadApps(path, fcm.Config{})
+	if err == nil {
+		t.Fatal("LoadApps of a file with problems: no error")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != 4 {
+		t.Errorf("error has %d lines, want 4 (a: bogus, credentials_file; Default: name, project_id):\n%s", len(lines), err)
+	}
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "FCM_APPS_FILE "+path+": app ") {
+			t.Errorf("line %q does not start with FCM_APPS_FILE %s: app", l, path)
+		}
 	}
 }
 
