@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"notify/pkg/testenv"
 )
 
 // TestServiceCommandLines runs every service binary with --help (-h, -help, help),
@@ -75,5 +78,42 @@ func TestServiceCommandLines(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestServicesStopWhenPostgreSQLRefusesDatabaseURL starts every service that uses the
+// database with a wrong password for the real role notify: each exits 1 at once with an
+// error naming DATABASE_URL and PostgreSQL's reason, where it used to log "waiting for the
+// database … (SQLSTATE 28P01)" as a warning and wait for ever.
+func TestServicesStopWhenPostgreSQLRefusesDatabaseURL(t *testing.T) {
+	bin := binaries(t)
+	u, err := url.Parse(testenv.DatabaseURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(u.User.Username(), "wrongpw")
+	for _, service := range []string{"producer", "sender", "retrier", "deadletter"} {
+		t.Run(service, func(t *testing.T) {
+			t.Parallel()
+			// Far longer than a refused connection takes: had it waited, it would be killed.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, filepath.Join(bin, service))
+			cmd.Env = append(os.Environ(), "DATABASE_URL="+u.String(), "AMQP_URL=amqp://nobody@127.0.0.1:1/",
+				"GRPC_ADDR=127.0.0.1:0", "METRICS_ADDR=127.0.0.1:0", "FCM_ENDPOINT=http://127.0.0.1:1/v1")
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 || ctx.Err() != nil {
+				t.Fatalf("%s: %v (ctx %v), want exit code 1 before ctx ends\nstderr:\n%s", service, err, ctx.Err(), stderr.String())
+			}
+			if !strings.Contains(stderr.String(), "DATABASE_URL: PostgreSQL refuses the connection") || !strings.Contains(stderr.String(), "28P01") {
+				t.Errorf("stderr:\n%s\nwant the error naming DATABASE_URL, with the SQLSTATE", stderr.String())
+			}
+			if strings.Contains(stderr.String(), "wrongpw") {
+				t.Errorf("stderr quotes the password:\n%s", stderr.String())
+			}
+		})
 	}
 }

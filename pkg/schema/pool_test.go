@@ -2,6 +2,7 @@ package schema
 
 import (
 	"context"
+	"log/slog"
 	"runtime"
 	"strings"
 	"testing"
@@ -23,7 +24,7 @@ func TestNewPoolSize(t *testing.T) {
 		{"postgres://u:p@127.0.0.1:1/db?pool_max_conns=3", 12, 3},
 		{"host=127.0.0.1 port=1 dbname=db pool_max_conns=5", 12, 5},
 	} {
-		pool, err := NewPool(ctx, tc.url, tc.min)
+		pool, err := NewPool(ctx, tc.url, tc.min, slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatalf("NewPool(%q): %v", tc.url, err)
 		}
@@ -32,7 +33,7 @@ func TestNewPoolSize(t *testing.T) {
 		}
 		pool.Close()
 	}
-	if _, err := NewPool(ctx, "postgres://%zz", 12); err == nil {
+	if _, err := NewPool(ctx, "postgres://%zz", 12, slog.New(slog.DiscardHandler)); err == nil {
 		t.Error("NewPool of a malformed URL: no error")
 	}
 }

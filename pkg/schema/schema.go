@@ -252,8 +252,10 @@ func Check(ctx context.Context, pool *pgxpool.Pool) error {
 // Wait returns nil once every migration this binary knows is applied, polling every
 // interval and logging now and then while it waits (for the database to answer, or for a
 // producer or `producer migrate up` to migrate it). It returns a *NewerError at once if
-// the database is newer than this binary, and ctx's error if ctx ends first. Waiting,
-// rather than failing, lets every service start at once, in any order.
+// the database is newer than this binary, a *RefusedError at once if PostgreSQL refuses
+// DATABASE_URL for good (a wrong password, no such role or database: see Refused), and
+// ctx's error if ctx ends first. Waiting, rather than failing, lets every service start at
+// once, in any order; a refusal is a setting to fix, which no wait would.
 func Wait(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, interval time.Duration) error {
 	return wait(ctx, pool, log, interval, func(error) {})
 }
@@ -266,7 +268,7 @@ func wait(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, interval ti
 		err := Check(ctx, pool)
 		report(err)
 		var newer *NewerError
-		switch {
+		switch refused := Refused(err); {
 		case err == nil:
 			if waited {
 				log.Info("database schema is ready", "version", Latest())
@@ -274,6 +276,8 @@ func wait(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, interval ti
 			return nil
 		case errors.As(err, &newer):
 			return err
+		case refused != nil:
+			return refused
 		case ctx.Err() != nil:
 			return ctx.Err()
 		}
@@ -293,8 +297,9 @@ func wait(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, interval ti
 }
 
 // WaitThen runs run once the schema is ready (Wait), and returns what it returns. A ctx that
-// ends while waiting is a normal stop (nil); a schema newer than this binary is an error. It is
-// how the services that do not migrate start their consumers: after the schema, never before.
+// ends while waiting is a normal stop (nil); a schema newer than this binary, or PostgreSQL
+// refusing DATABASE_URL, is an error. It is how the services that do not migrate start their
+// consumers: after the schema, never before.
 func WaitThen(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, run func(context.Context) error) error {
 	return (&Gate{}).WaitThen(ctx, pool, log, run)
 }
@@ -332,6 +337,9 @@ func (g *Gate) WaitThen(ctx context.Context, pool *pgxpool.Pool, log *slog.Logge
 	if err := wait(ctx, pool, log, 2*time.Second, g.report); err != nil {
 		if ctx.Err() != nil {
 			return nil
+		}
+		if refused := Refused(err); refused != nil {
+			return refused // names DATABASE_URL; not a problem of the schema
 		}
 		return fmt.Errorf("database schema: %w", err)
 	}

@@ -8,7 +8,6 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
 	"notify/pkg/logging"
@@ -36,7 +35,8 @@ func run(ctx context.Context, getenv func(string) string) error {
 	logging.Starting(log, cfg.Settings)
 	defer logging.Stopping(ctx, log, cfg.ShutdownTimeout)()
 
-	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	// pgx's default size, as before (minConns 0).
+	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, 0, log)
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}

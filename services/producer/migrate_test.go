@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"notify/pkg/pgtest"
 	"notify/pkg/schema"
+	"notify/pkg/testenv"
 	notifyv1 "notify/proto/gen/notify/v1"
 )
 
@@ -131,6 +133,41 @@ func TestWaitForDatabaseGivesUpOnlyWhenAsked(t *testing.T) {
 	}
 	if strings.Contains(buf.String(), `"gives_up_in"`) || !strings.Contains(buf.String(), `"waited"`) {
 		t.Errorf("log without a limit:\n%s\nwant waited and no gives_up_in", buf.String())
+	}
+}
+
+// TestStartStopsWhenPostgreSQLRefusesDatabaseURL: a wrong password is a setting to fix, not a
+// database to wait for: the producer stopped on nothing and logged "waiting for the database
+// … (SQLSTATE 28P01)" as a warning every 10 s, and `producer migrate` waited its minute. Both
+// now stop at once with an error naming DATABASE_URL (the server's run returning it is its
+// exit 1). The role notify exists; only the URL's password is wrong.
+func TestStartStopsWhenPostgreSQLRefusesDatabaseURL(t *testing.T) {
+	t.Parallel()
+	u, err := url.Parse(testenv.DatabaseURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(u.User.Username(), "wrongpw")
+	wrong := u.String()
+	// Far longer than a refused connection takes: had it waited, ctx would end first.
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+
+	err = run(ctx, env(map[string]string{
+		"DATABASE_URL": wrong, "GRPC_ADDR": freeAddr(t), "METRICS_ADDR": freeAddr(t), "LOG_LEVEL": "error",
+		"AMQP_URL": "amqp://guest:guest@" + freeAddr(t) + "/",
+	}))
+	if err == nil || !strings.HasPrefix(err.Error(), "DATABASE_URL: ") || !strings.Contains(err.Error(), "28P01") || ctx.Err() != nil {
+		t.Errorf("run with a wrong password = %v (ctx %v), want an error starting DATABASE_URL: with the SQLSTATE, before ctx ends", err, ctx.Err())
+	}
+
+	var out, errOut bytes.Buffer
+	code := runMigrate(ctx, []string{"status"}, env(map[string]string{"DATABASE_URL": wrong}), &out, &errOut)
+	if code == 0 || !strings.Contains(errOut.String(), "DATABASE_URL: PostgreSQL refuses the connection") || ctx.Err() != nil {
+		t.Errorf("migrate status with a wrong password = %d, stderr %q (ctx %v); want a failure naming DATABASE_URL before ctx ends", code, errOut.String(), ctx.Err())
+	}
+	if strings.Contains(out.String()+errOut.String(), "wrongpw") {
+		t.Errorf("the password is quoted:\n%s%s", out.String(), errOut.String())
 	}
 }
 

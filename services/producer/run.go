@@ -53,7 +53,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 
 	// Room for the relay's rounds (each holds a connection until the broker confirms), the
 	// group commits, LISTEN and the API's own reads.
-	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, int32(cfg.OutboxConcurrency+cfg.PublishBatch.MaxCommits+4))
+	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, int32(cfg.OutboxConcurrency+cfg.PublishBatch.MaxCommits+4), log)
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}
@@ -208,7 +208,8 @@ func watchReadiness(ctx context.Context, checks []metrics.Check, log *slog.Logge
 // producer that is not ready is not also silent about why. The server waits as long as it
 // takes (giveUp 0), as the sender, retrier and deadletter do: it is not ready meanwhile and
 // answers UNAVAILABLE. `producer migrate`, a command someone or a Job waits on, gives up
-// after giveUp.
+// after giveUp. PostgreSQL refusing DATABASE_URL for good (a wrong password, no such role or
+// database: schema.Refused) is returned at once, as schema.Wait does: no wait fixes it.
 func waitForDatabase(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, giveUp time.Duration) error {
 	start := time.Now()
 	var logged time.Time
@@ -216,6 +217,9 @@ func waitForDatabase(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, 
 		err := pool.Ping(ctx)
 		if err == nil {
 			return nil
+		}
+		if refused := schema.Refused(err); refused != nil {
+			return refused
 		}
 		if (giveUp > 0 && time.Since(start) >= giveUp) || ctx.Err() != nil {
 			return fmt.Errorf("DATABASE_URL: database not reachable: %w", err)

@@ -41,7 +41,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		}
 	}
 	// Room for every worker's round trips, two at once.
-	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, int32(2*cfg.Workers+2))
+	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, int32(2*cfg.Workers+2), log)
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}

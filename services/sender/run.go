@@ -45,7 +45,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	}
 	// Room for every worker's round trips, two at once, of both consumers (send tasks and
 	// packs), and a large notification's chunks.
-	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, int32(4*cfg.Workers+cfg.ChunkConcurrency))
+	pool, err := schema.NewPool(ctx, cfg.DatabaseURL, int32(4*cfg.Workers+cfg.ChunkConcurrency), log)
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}
