@@ -3,7 +3,8 @@
 #
 # In order of preference:
 #   1. what already answers at AMQP_URL / DATABASE_URL (nothing is touched);
-#   2. a Docker engine: `docker compose up -d --wait rabbitmq postgres`;
+#   2. a Docker engine: `docker compose --env-file deployments/compose/dev.env up -d --wait
+#      rabbitmq postgres` (the development passwords, which the default URLs above use);
 #   3. Debian packages: install rabbitmq-server and postgresql if missing, start them without
 #      systemd, create the notify role and database.
 # Idempotent and quiet when all is well; loud and specific when something fails.
@@ -44,7 +45,7 @@ local_host() { [[ $1 == 127.0.0.1 || $1 == localhost || $1 == ::1 ]]; }
 
 if docker info >/dev/null 2>&1; then
 	say "starting RabbitMQ and PostgreSQL with docker compose"
-	docker compose -f "$root/docker-compose.yml" up -d --wait rabbitmq postgres ||
+	docker compose -f "$root/docker-compose.yml" --env-file "$root/deployments/compose/dev.env" up -d --wait rabbitmq postgres ||
 		die "docker compose could not start rabbitmq and postgres (see 'docker compose logs')"
 	rabbit_ok || die "RabbitMQ still not reachable at $amqp_host:$amqp_port after docker compose"
 	postgres_ok || die "PostgreSQL still not reachable at $DATABASE_URL after docker compose"

@@ -19,16 +19,64 @@ import (
 // as Docker Compose would (env files, profiles, merges).
 func loadCompose(t *testing.T, env []string, profiles ...string) *types.Project {
 	t.Helper()
-	opts, err := cli.NewProjectOptions([]string{"../../docker-compose.yml"},
-		cli.WithWorkingDirectory("../.."), cli.WithEnv(env), cli.WithProfiles(profiles))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := opts.LoadProject(context.Background())
+	p, err := tryLoadCompose(env, profiles...)
 	if err != nil {
 		t.Fatalf("docker-compose.yml: %v", err)
 	}
 	return p
+}
+
+func tryLoadCompose(env []string, profiles ...string) (*types.Project, error) {
+	opts, err := cli.NewProjectOptions([]string{"../../docker-compose.yml"},
+		cli.WithWorkingDirectory("../.."), cli.WithEnv(env), cli.WithProfiles(profiles))
+	if err != nil {
+		return nil, err
+	}
+	return opts.LoadProject(context.Background())
+}
+
+// TestComposePasswords checks that the stack never starts on well-known passwords: the
+// production .env as copied (passwords blank) or no settings at all are refused, naming the
+// variable to set.
+func TestComposePasswords(t *testing.T) {
+	t.Parallel()
+	production := readEnvFile(t, "../compose/production.env.example")
+	for _, tc := range []struct {
+		name string
+		env  []string
+		// wantMissing is the variable the error must name; "" means the file loads.
+		wantMissing string
+	}{
+		{name: "no settings", wantMissing: "POSTGRES_PASSWORD"},
+		{name: "production.env.example as copied", env: production, wantMissing: "POSTGRES_PASSWORD"},
+		{name: "only POSTGRES_PASSWORD", env: withEnv(production, "POSTGRES_PASSWORD=x"), wantMissing: "RABBITMQ_PASSWORD"},
+		{name: "only RABBITMQ_PASSWORD", env: withEnv(production, "RABBITMQ_PASSWORD=x"), wantMissing: "POSTGRES_PASSWORD"},
+		{name: "both set", env: withEnv(production, "POSTGRES_PASSWORD=x", "RABBITMQ_PASSWORD=y")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := tryLoadCompose(tc.env)
+			switch {
+			case tc.wantMissing == "" && err != nil:
+				t.Errorf("docker-compose.yml: %v", err)
+			case tc.wantMissing != "" && err == nil:
+				t.Errorf("docker-compose.yml loads, want an error naming %s", tc.wantMissing)
+			case tc.wantMissing != "" && !strings.Contains(err.Error(), "set "+tc.wantMissing):
+				t.Errorf("docker-compose.yml: %v, want it to name %s", err, tc.wantMissing)
+			}
+		})
+	}
+}
+
+// withEnv returns env with the NAME=value settings of set in place of those of the same name.
+func withEnv(env []string, set ...string) []string {
+	out := slices.Clone(env)
+	for _, kv := range set {
+		name, _, _ := strings.Cut(kv, "=")
+		out = slices.DeleteFunc(out, func(e string) bool { return strings.HasPrefix(e, name+"=") })
+		out = append(out, kv)
+	}
+	return out
 }
 
 func TestCompose(t *testing.T) {
@@ -43,11 +91,11 @@ func TestCompose(t *testing.T) {
 		// wantEndpoint is FCM_ENDPOINT in the sender and retrier.
 		wantEndpoint string
 	}{
-		// What scripts/devenv.sh loads to start the broker and database: no settings at all,
-		// and then nothing points the senders at the emulator behind anyone's back.
-		{name: "no settings", wantEndpoint: ""},
+		// As the compose file's header and README start development (scripts/devenv.sh
+		// also loads dev.env, for rabbitmq and postgres alone).
 		{name: "dev.env", env: dev, profiles: []string{"emulator"}, wantEndpoint: "http://fcm-emulator:9099/v1"},
-		{name: "production.env.example", env: production, wantEndpoint: ""},
+		// Filled in: nothing points the senders at the emulator behind anyone's back.
+		{name: "production.env.example", env: withEnv(production, "POSTGRES_PASSWORD=x", "RABBITMQ_PASSWORD=y"), wantEndpoint: ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
