@@ -94,8 +94,10 @@ func TestCompose(t *testing.T) {
 		// As the compose file's header and README start development (scripts/devenv.sh
 		// also loads dev.env, for rabbitmq and postgres alone).
 		{name: "dev.env", env: dev, profiles: []string{"emulator"}, wantEndpoint: "http://fcm-emulator:9099/v1"},
-		// Filled in: nothing points the senders at the emulator behind anyone's back.
-		{name: "production.env.example", env: withEnv(production, "POSTGRES_PASSWORD=x", "RABBITMQ_PASSWORD=y"), wantEndpoint: ""},
+		// Filled in: nothing points the senders at the emulator behind anyone's back, and
+		// every *_FILE (the Slack webhook's too) is under a read-only mount of its service.
+		{name: "production.env.example", env: withEnv(production, "POSTGRES_PASSWORD=x", "RABBITMQ_PASSWORD=y",
+			"SLACK_WEBHOOK_URL_FILE=/etc/notify/slack/webhook-url"), wantEndpoint: ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
