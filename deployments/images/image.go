@@ -44,6 +44,19 @@ const (
 	refName       = "org.opencontainers.image.ref.name"
 )
 
+// exposedPorts are the ports each service listens on by default (its config.go's default
+// addresses: METRICS_ADDR, the producer's GRPC_ADDR, the emulator's FCM_EMULATOR_ADDR), the
+// containerPorts of deployments/k8s. The image config declares them, as documentation and
+// for `docker run -P`; in a container the services must still be told to listen beyond
+// loopback (METRICS_ADDR=:9101 …). A service not listed listens on nothing (notifyctl).
+var exposedPorts = map[string][]string{
+	"producer":     {"50051/tcp", "9101/tcp"},
+	"sender":       {"9102/tcp"},
+	"retrier":      {"9103/tcp"},
+	"deadletter":   {"9104/tcp"},
+	"fcm-emulator": {"9099/tcp"},
+}
+
 // build describes the images of one `make images` run.
 type build struct {
 	Root    string    // the repository: go.work and services/<name>
@@ -117,6 +130,12 @@ func (b build) image(service, bin string) (v1.Image, error) {
 		Env:        []string{"PATH=" + binDir},
 		WorkingDir: "/home/nonroot",
 		Labels:     labels,
+	}
+	if ports := exposedPorts[service]; len(ports) > 0 {
+		cf.Config.ExposedPorts = map[string]struct{}{}
+		for _, p := range ports {
+			cf.Config.ExposedPorts[p] = struct{}{}
+		}
 	}
 	cf.History = []v1.History{{Created: cf.Created, CreatedBy: "make images (deployments/images)", Comment: service + " " + b.Version}}
 	return mutate.ConfigFile(img, cf)

@@ -13,12 +13,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -110,6 +112,10 @@ func TestProducerImage(t *testing.T) {
 			cf.Config.User, cf.Config.Entrypoint, cf.OS, cf.Architecture, runtime.GOARCH)
 	}
 
+	if got, want := slices.Sorted(maps.Keys(cf.Config.ExposedPorts)), []string{"50051/tcp", "9101/tcp"}; !slices.Equal(got, want) {
+		t.Errorf("config: exposed ports %v, want %v", got, want)
+	}
+
 	rootfs := filepath.Join(tmp, "rootfs")
 	files := unpack(t, img, rootfs)
 	want := []string{
@@ -162,6 +168,50 @@ func TestProducerImage(t *testing.T) {
 
 		runProducer(t, rootfs, uid, gid, cf.Config)
 	})
+}
+
+// TestExposedPorts checks exposedPorts against the services' own defaults: the ports of the
+// loopback addresses in each services/<name>/config.go (a service with no such address, or
+// no config.go, exposes none).
+func TestExposedPorts(t *testing.T) {
+	t.Parallel()
+	dirs, err := os.ReadDir("../../services")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defaultAddr := regexp.MustCompile(`"127\.0\.0\.1:(\d+)"`)
+	for _, d := range dirs {
+		service := d.Name()
+		var want []string
+		src, err := os.ReadFile(filepath.Join("../../services", service, "config.go"))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		for _, m := range defaultAddr.FindAllSubmatch(src, -1) {
+			want = append(want, string(m[1])+"/tcp")
+		}
+		slices.Sort(want)
+		got := slices.Sorted(slices.Values(exposedPorts[service]))
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: exposedPorts %v, want %v (the default addresses in its config.go)", service, got, want)
+		}
+	}
+}
+
+// TestTimeZones checks that what reads TZ in these images carries Go's zone database: the
+// images have no /usr/share/zoneinfo, and without either Go ignores TZ and uses UTC.
+// notifyctl takes dates as local midnight (--since 2026-12-01).
+func TestTimeZones(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command("go", "list", "-deps", "./services/notifyctl")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	if !slices.Contains(strings.Fields(string(out)), "time/tzdata") {
+		t.Errorf("notifyctl does not import time/tzdata: TZ is ignored in its image")
+	}
 }
 
 // runProducer runs the image's entrypoint chrooted into rootfs, with the image's environment

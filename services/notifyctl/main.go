@@ -10,6 +10,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	// The time zone database, built in (~450 KB): --since/--until take a date as midnight in
+	// TZ, and the image of `make images` has no /usr/share/zoneinfo, without which Go ignores
+	// TZ and uses UTC.
+	_ "time/tzdata"
 )
 
 func main() {
