@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
 	"notify/pkg/pgtest"
@@ -287,5 +289,24 @@ func TestRedriveStuck(t *testing.T) {
 	// Re-driven notifications are fresh again: a second pass finds nothing.
 	if sent, expired, err := RedriveStuck(ctx, connect(t, db), opts); err != nil || sent+expired != 0 {
 		t.Errorf("second RedriveStuck = %d, %d, %v; want nothing", sent, expired, err)
+	}
+}
+
+// TestRunnerExportsIntervals: notify_job_interval_seconds carries each job's configured
+// interval, which NotifyJobNotSucceeding's staleness threshold is relative to.
+func TestRunnerExportsIntervals(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	NewRunner(nil, discard, reg,
+		Job{Name: "stale_tokens", Interval: 6 * time.Hour},
+		Job{Name: "redrive", Interval: time.Minute})
+	const want = `
+# HELP notify_job_interval_seconds The configured time between two attempts to run the job, by job name.
+# TYPE notify_job_interval_seconds gauge
+notify_job_interval_seconds{name="redrive"} 60
+notify_job_interval_seconds{name="stale_tokens"} 21600
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "notify_job_interval_seconds"); err != nil {
+		t.Error(err)
 	}
 }

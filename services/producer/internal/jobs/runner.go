@@ -49,6 +49,7 @@ type Runner struct {
 
 	runs        *prometheus.CounterVec
 	lastSuccess *prometheus.GaugeVec
+	interval    *prometheus.GaugeVec
 }
 
 // NewRunner returns a runner of jobs and registers its metrics.
@@ -61,9 +62,15 @@ func NewRunner(pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer, 
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "notify_job_last_success_timestamp_seconds", Help: "When this replica last ran the job successfully, by job name.",
 		}, []string{"name"}),
+		// The staleness alert (NotifyJobNotSucceeding) is relative to the interval: a
+		// fixed threshold fires on every cycle of a job configured to run less often.
+		interval: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "notify_job_interval_seconds", Help: "The configured time between two attempts to run the job, by job name.",
+		}, []string{"name"}),
 	}
-	reg.MustRegister(r.runs, r.lastSuccess)
+	reg.MustRegister(r.runs, r.lastSuccess, r.interval)
 	for _, j := range jobs {
+		r.interval.WithLabelValues(j.Name).Set(j.Interval.Seconds())
 		for _, result := range []string{"ok", "failed", "locked"} {
 			r.runs.WithLabelValues(j.Name, result)
 		}
