@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"notify/pkg/cli"
+	"notify/pkg/logging"
 	"notify/pkg/schema"
 	"notify/services/producer/internal/apikey"
 )
@@ -149,7 +150,10 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 	// migrations are left to `producer migrate up` (a Kubernetes Job, a staged upgrade):
 	// a keys command must not apply them behind the operator's back.
 	if cfg.MigrateOnStart {
-		if _, err := schema.Migrate(ctx, pool, slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+		// The services' JSON logger, at warn at least: a line per applied migration would
+		// bury what the command prints about the key.
+		log := logging.New(errOut, "producer", max(cfg.LogLevel, slog.LevelWarn))
+		if _, err := schema.Migrate(ctx, pool, log); err != nil {
 			return fmt.Errorf("migrate database: %w", err)
 		}
 	} else if err := schema.Check(ctx, pool); err != nil {

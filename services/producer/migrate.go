@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"notify/pkg/cli"
+	"notify/pkg/logging"
 	"notify/pkg/schema"
 )
 
@@ -91,7 +91,9 @@ func migrateCommand(ctx context.Context, cmd string, getenv func(string) string,
 		return schema.Status{}, fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	defer pool.Close()
-	log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// The services' JSON logger: this is the Kubernetes migration Job's command, whose log
+	// lines are collected as the services' are.
+	log := logging.New(errOut, "producer", cfg.LogLevel)
 	if err := waitForDatabase(ctx, pool, log, time.Minute); err != nil {
 		return schema.Status{}, err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"net/url"
@@ -82,6 +83,34 @@ func TestMigrateCommand(t *testing.T) {
 	}
 	if code, out, _ := migrate("--help"); code != 0 || !strings.Contains(out, "producer migrate up") {
 		t.Errorf("migrate --help = %d, %s; want 0 and the usage on stdout", code, out)
+	}
+}
+
+// TestMigrateUpLogsJSON: `producer migrate up`, the Kubernetes migration Job's command, logs
+// in the services' JSON (it logged logfmt text, which the Job's log collection did not
+// parse); only its closing summary is plain text.
+func TestMigrateUpLogsJSON(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewEmpty(t)
+	var out, errOut bytes.Buffer
+	if code := runMigrate(t.Context(), []string{"up"}, env(map[string]string{"DATABASE_URL": db.URL}), &out, &errOut); code != 0 {
+		t.Fatalf("up = %d, %s", code, errOut.String())
+	}
+	applied := 0
+	for line := range strings.Lines(errOut.String()) {
+		if strings.HasPrefix(line, "database at version ") {
+			continue
+		}
+		var rec struct{ Msg, Service string }
+		if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Service != "producer" {
+			t.Errorf("stderr line %q is not a JSON log line with service producer (%v)", line, err)
+		}
+		if rec.Msg == "applied migration" {
+			applied++
+		}
+	}
+	if applied == 0 {
+		t.Errorf("no \"applied migration\" line on stderr:\n%s", errOut.String())
 	}
 }
 
