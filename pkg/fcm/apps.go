@@ -364,11 +364,16 @@ func (a *Apps) App(name string) (App, bool) {
 // Names returns the configured apps' names, sorted.
 func (a *Apps) Names() []string { return slices.Clone(a.names) }
 
-// String lists the apps and their projects, for the start-up log.
+// String lists the apps and the projects they send to, for the start-up log: an app
+// without a project_id of its own (FCM_PROJECT_ID empty) shows its credentials file's.
 func (a *Apps) String() string {
 	parts := make([]string, 0, len(a.names))
 	for _, n := range a.names {
-		parts = append(parts, n+"="+a.apps[n].FCM.ProjectID)
+		project := a.apps[n].FCM.ProjectID
+		if c := a.clients[n]; c != nil && c.project != "" {
+			project = c.project
+		}
+		parts = append(parts, n+"="+project)
 	}
 	return strings.Join(parts, ",")
 }

@@ -205,6 +205,24 @@ func TestCredentialsWithEndpoint(t *testing.T) {
 	}
 }
 
+// TestAppsStringNamesTheProjectSentTo: the start-up log's "sending for apps" names the
+// project each app sends to; with FCM_PROJECT_ID empty that is the credentials file's
+// project_id (it said "default=", an empty project).
+func TestAppsStringNamesTheProjectSentTo(t *testing.T) {
+	t.Parallel()
+	apps, err := NewApps(t.Context(), []App{
+		{Name: "default", FCM: Config{CredentialsFile: writeServiceAccount(t, "https://oauth2.example/token", "from-key")}},
+		{Name: "staff", FCM: Config{ProjectID: "given", CredentialsFile: writeServiceAccount(t, "https://oauth2.example/token", "other")}},
+		{Name: "emulated", FCM: Config{ProjectID: "emu", Endpoint: "http://127.0.0.1:9099/v1"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := apps.String(), "default=from-key,emulated=emu,staff=given"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+}
+
 // writeServiceAccount writes a service account key file whose token_uri is tokenURL.
 func writeServiceAccount(t *testing.T, tokenURL, projectID string) string {
 	t.Helper()

@@ -81,7 +81,10 @@ var ErrNoTarget = errors.New("FCM_CREDENTIALS_FILE or FCM_ENDPOINT: neither is s
 // Client sends multicasts through the Firebase Admin SDK. It is safe for concurrent use.
 type Client struct {
 	msg *messaging.Client
-	now func() time.Time
+	// project is the Firebase project sent to: Config.ProjectID, or the credentials file's
+	// project_id when that is empty.
+	project string
+	now     func() time.Time
 	// workers send a multicast's messages, on goroutines whose stacks have grown already.
 	workers *workers.Pool
 }
@@ -263,7 +266,7 @@ func newClient(ctx context.Context, projectID, endpoint string, hc *http.Client)
 	if err != nil {
 		return nil, fmt.Errorf("firebase messaging client: %w", err)
 	}
-	return &Client{msg: msg, now: time.Now, workers: workers.New(workers.Idle)}, nil
+	return &Client{msg: msg, project: projectID, now: time.Now, workers: workers.New(workers.Idle)}, nil
 }
 
 // SendMulticast sends m to tokens (1 to MaxMulticast of them) and returns one Result per
