@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -185,6 +186,9 @@ func (p Program) env() []string {
 // healthcheck asks a running instance of the service whether it is ready (GET /readyz on
 // its METRICS_ADDR) and exits 0 when it answers 200, 1 otherwise. The images hold nothing
 // but the binary, so this is how a container runtime (compose's healthcheck) probes them.
+// What it says names the URL it asked, not a service: whatever listens there answered,
+// which need not be this program's service (`producer healthcheck` at the retrier's port
+// said "producer: ready").
 func (p Program) healthcheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// It takes no flags, but `healthcheck --help` is help, and a flag is not an address.
 	fs := flag.NewFlagSet(p.Name+" healthcheck", flag.ContinueOnError)
@@ -213,25 +217,29 @@ func (p Program) healthcheck(ctx context.Context, args []string, stdout, stderr 
 	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1" // listening on every interface: ask over loopback
 	}
-	url := "http://" + net.JoinHostPort(host, port) + "/readyz"
+	target := "http://" + net.JoinHostPort(host, port) + "/readyz"
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return p.refuse(stderr, "healthcheck: %v", err)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: not ready: %v\n", p.Name, err)
+		// *url.Error says `Get "URL": …`; the line names the URL already.
+		if uerr := (*url.Error)(nil); errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		fmt.Fprintf(stderr, "not ready: %s: %v\n", target, err)
 		return ExitFailure
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "%s: not ready (%s from %s):\n%s", p.Name, resp.Status, url, body)
+		fmt.Fprintf(stderr, "not ready: %s answered %s:\n%s", target, resp.Status, body)
 		return ExitFailure
 	}
-	fmt.Fprintf(stdout, "%s: ready\n", p.Name)
+	fmt.Fprintf(stdout, "ready: %s\n", target)
 	return ExitOK
 }
 

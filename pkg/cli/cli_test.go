@@ -136,10 +136,13 @@ func TestHealthcheck(t *testing.T) {
 		wantStdout string
 		wantStderr string
 	}{
-		{"ready", []string{"healthcheck", ready.Listener.Addr().String()}, 0, "demo: ready", ""},
-		{"every interface", []string{"healthcheck", "0.0.0.0:" + readyPort}, 0, "demo: ready", ""},
-		{"not ready", []string{"healthcheck", notReady.Listener.Addr().String()}, 1, "", "rabbitmq: not connected"},
-		{"nothing listening", []string{"healthcheck", closedAddr}, 1, "", "demo: not ready"},
+		// It says which URL it asked, not which service answered: `producer healthcheck` at
+		// the retrier's port said "producer: ready".
+		{"ready", []string{"healthcheck", ready.Listener.Addr().String()}, 0, "ready: " + ready.URL + "/readyz\n", ""},
+		{"every interface", []string{"healthcheck", "0.0.0.0:" + readyPort}, 0, "ready: http://127.0.0.1:" + readyPort + "/readyz\n", ""},
+		{"not ready", []string{"healthcheck", notReady.Listener.Addr().String()}, 1, "",
+			"not ready: " + notReady.URL + "/readyz answered 503 Service Unavailable:\nrabbitmq: not connected"},
+		{"nothing listening", []string{"healthcheck", closedAddr}, 1, "", "not ready: http://" + closedAddr + "/readyz: dial tcp"},
 		{"not an address", []string{"healthcheck", "9101"}, 2, "", `healthcheck: the argument "9101"`},
 		{"too many arguments", []string{"healthcheck", "a:1", "b:2"}, 2, "", "at most one argument"},
 	}
@@ -152,8 +155,11 @@ func TestHealthcheck(t *testing.T) {
 				return nil
 			}}
 			code := p.Main(t.Context(), tt.args, &stdout, &stderr)
-			if code != tt.wantCode || !strings.Contains(stdout.String(), tt.wantStdout) || !strings.Contains(stderr.String(), tt.wantStderr) {
-				t.Errorf("exit %d, stdout %q, stderr %q; want %d, %q, %q", code, stdout.String(), stderr.String(), tt.wantCode, tt.wantStdout, tt.wantStderr)
+			if code != tt.wantCode || stdout.String() != tt.wantStdout || !strings.Contains(stderr.String(), tt.wantStderr) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want %d, stdout %q, stderr with %q", code, stdout.String(), stderr.String(), tt.wantCode, tt.wantStdout, tt.wantStderr)
+			}
+			if code != 2 && strings.Contains(stdout.String()+stderr.String(), "demo") {
+				t.Errorf("stdout %q, stderr %q name the program, which need not be what answered", stdout.String(), stderr.String())
 			}
 		})
 	}
