@@ -328,18 +328,8 @@ func TestBatchMixedSettlements(t *testing.T) {
 	t.Parallel()
 	amqpURL := testenv.AMQPURL(t)
 	topo := newTopology(t, amqpURL)
-	var mu sync.Mutex
-	settlements := map[string][]Settlement{}
-	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: Hooks{
-		Settled: func(d *Delivery, s Settlement, err error) {
-			if err != nil {
-				t.Errorf("settle %s: %v", d.MessageID, err)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			settlements[d.Queue+" "+d.MessageID] = append(settlements[d.Queue+" "+d.MessageID], s)
-		},
-	}})
+	settled := newSettlementLog(t)
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: settled.hooks()})
 	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
 
 	var msgs []Message
@@ -376,16 +366,12 @@ func TestBatchMixedSettlements(t *testing.T) {
 	startConsumer(t, conn, topo.DeadQueue(), ackAll(dead), ConsumerOptions{})
 
 	waitFor(t, 20*time.Second, "every message settled", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(settlements) == len(msgs)+8 // the rejected ones also on the dead queue
+		return len(settled.byMessage()) == len(msgs)+8 // the rejected ones also on the dead queue
 	})
 	time.Sleep(200 * time.Millisecond) // let a wrong redelivery arrive
 	if !mixed.Load() {
 		t.Fatal("no batch held acks, requeues and rejects together; the test proves nothing")
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	want := map[string][]Settlement{}
 	for i := range 8 {
 		want[fmt.Sprintf("%s ack-%d", topo.SendQueue(), i)] = []Settlement{Acked}
@@ -393,7 +379,7 @@ func TestBatchMixedSettlements(t *testing.T) {
 		want[fmt.Sprintf("%s reject-%d", topo.SendQueue(), i)] = []Settlement{Rejected}
 		want[fmt.Sprintf("%s reject-%d", topo.DeadQueue(), i)] = []Settlement{Acked}
 	}
-	if diff := cmp.Diff(want, settlements); diff != "" {
+	if diff := cmp.Diff(want, settled.byMessage()); diff != "" {
 		t.Errorf("settlements by queue and message (-want +got):\n%s", diff)
 	}
 	t.Logf("%d batches", batches.Load())

@@ -286,18 +286,8 @@ func TestDeadLettering(t *testing.T) {
 	amqpURL := testenv.AMQPURL(t)
 	topo := newTopology(t, amqpURL)
 	topo.DeliveryLimit = 2
-	var mu sync.Mutex
-	settlements := map[string][]Settlement{}
-	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: Hooks{
-		Settled: func(d *Delivery, s Settlement, err error) {
-			if err != nil {
-				t.Errorf("settle %s: %v", d.MessageID, err)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			settlements[d.Queue+" "+d.MessageID] = append(settlements[d.Queue+" "+d.MessageID], s)
-		},
-	}})
+	settled := newSettlementLog(t)
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: settled.hooks()})
 	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
 
 	startConsumer(t, conn, topo.SendQueue(), func(ctx context.Context, d *Delivery) error {
@@ -324,8 +314,6 @@ func TestDeadLettering(t *testing.T) {
 	waitFor(t, 10*time.Second, "all but the acked message on the dead queue", func() bool { return dead.unique() == len(ids)-1 })
 	time.Sleep(100 * time.Millisecond) // let a wrongly dead-lettered ack land
 
-	mu.Lock()
-	defer mu.Unlock()
 	send, deadQ := topo.SendQueue()+" ", topo.DeadQueue()+" "
 	want := map[string][]Settlement{
 		send + "reject":   {Rejected},
@@ -339,7 +327,7 @@ func TestDeadLettering(t *testing.T) {
 	if topo.DeliveryLimit+1 != len(want[send+"requeue"]) {
 		t.Fatalf("want table assumes a delivery limit of 2, have %d", topo.DeliveryLimit)
 	}
-	if diff := cmp.Diff(want, settlements); diff != "" {
+	if diff := cmp.Diff(want, settled.byMessage()); diff != "" {
 		t.Errorf("settlements by queue and message (-want +got):\n%s", diff)
 	}
 }
@@ -354,26 +342,11 @@ func TestOutageLongerThanTheDeliveryLimitDeadLettersNothing(t *testing.T) {
 	amqpURL := testenv.AMQPURL(t)
 	topo := newTopology(t, amqpURL)
 	topo.DeliveryLimit = 2
-	var mu sync.Mutex
-	settlements := map[string][]Settlement{}
-	handledAgain := map[string]int{}
-	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: Hooks{
-		Settled: func(d *Delivery, s Settlement, err error) {
-			if err != nil {
-				t.Errorf("settle %s: %v", d.MessageID, err)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			settlements[d.Queue+" "+d.MessageID] = append(settlements[d.Queue+" "+d.MessageID], s)
-		},
-		HandledAgain: func(d *Delivery) {
-			mu.Lock()
-			defer mu.Unlock()
-			handledAgain[d.MessageID]++
-		},
-	}})
+	settled := newSettlementLog(t)
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: settled.hooks()})
 	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
 
+	var mu sync.Mutex
 	calls := map[string]int{}
 	var redelivered []string // "id call" for every call with the flag set
 	handler := func(ctx context.Context, d *Delivery) error {
@@ -399,23 +372,19 @@ func TestOutageLongerThanTheDeliveryLimitDeadLettersNothing(t *testing.T) {
 			t.Fatalf("Publish %s: %v", id, err)
 		}
 	}
-	waitFor(t, 10*time.Second, "both messages acked", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(settlements) == len(ids)
-	})
+	waitFor(t, 10*time.Second, "both messages acked", func() bool { return len(settled.byMessage()) == len(ids) })
 	time.Sleep(100 * time.Millisecond) // let a wrong dead-lettering or redelivery land
 
-	mu.Lock()
-	defer mu.Unlock()
 	send := topo.SendQueue() + " "
 	want := map[string][]Settlement{send + "a": {Acked}, send + "b": {Acked}}
-	if diff := cmp.Diff(want, settlements); diff != "" {
+	if diff := cmp.Diff(want, settled.byMessage()); diff != "" {
 		t.Errorf("settlements by queue and message (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(map[string]int{"a": failures, "b": failures}, handledAgain); diff != "" {
+	if diff := cmp.Diff(map[string]int{"a": failures, "b": failures}, settled.handledAgain()); diff != "" {
 		t.Errorf("deliveries handled again (-want +got):\n%s", diff)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	if want := 2 * failures; len(redelivered) != want {
 		t.Errorf("%d calls saw Redelivered (%v), want %d: every call after the first", len(redelivered), redelivered, want)
 	}
@@ -434,24 +403,8 @@ func TestHeldPastHoldForGoesBackToTheQueue(t *testing.T) {
 	amqpURL := testenv.AMQPURL(t)
 	topo := newTopology(t, amqpURL)
 	topo.DeliveryLimit = 2
-	var mu sync.Mutex
-	var settled []Settlement
-	handledAgain := 0
-	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: Hooks{
-		Settled: func(d *Delivery, s Settlement, err error) {
-			if d.Queue != topo.SendQueue() {
-				return
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			settled = append(settled, s)
-		},
-		HandledAgain: func(*Delivery) {
-			mu.Lock()
-			defer mu.Unlock()
-			handledAgain++
-		},
-	}})
+	settled := newSettlementLog(t)
+	conn := startConn(t, amqpURL, ConnOptions{Name: topo.Name, Topology: &topo, Hooks: settled.hooks()})
 	pub := NewPublisher(conn, topo.Exchange(), PublisherOptions{})
 	startConsumer(t, conn, topo.SendQueue(), func(ctx context.Context, d *Delivery) error {
 		return Requeue(errors.New("database down for good"))
@@ -465,14 +418,12 @@ func TestHeldPastHoldForGoesBackToTheQueue(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "the message on the dead queue", func() bool { return dead.unique() == 1 })
 
-	mu.Lock()
-	defer mu.Unlock()
-	if diff := cmp.Diff([]Settlement{Requeued, Requeued, Requeued}, settled); diff != "" {
+	if diff := cmp.Diff([]Settlement{Requeued, Requeued, Requeued}, settled.byMessage()[topo.SendQueue()+" never"]); diff != "" {
 		t.Errorf("settlements on the send queue (-want +got):\n%s", diff)
 	}
 	// Each of the three deliveries is held about 60 ms at 5 ms a try.
-	if handledAgain < 3*5 {
-		t.Errorf("handled again %d times, want several tries per delivery before each handback", handledAgain)
+	if n := settled.handledAgain()["never"]; n < 3*5 {
+		t.Errorf("handled again %d times, want several tries per delivery before each handback", n)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -80,6 +81,52 @@ func startConn(t testing.TB, amqpURL string, opts ConnOptions) *Conn {
 		t.Fatalf("Conn.Ready: %v", err)
 	}
 	return c
+}
+
+// settlementLog records, through a Conn's Hooks, every settlement of every delivery by
+// "queue message-id", and how many times each message was handed to its handler again in
+// place; a settlement the broker refused fails the test.
+type settlementLog struct {
+	t       testing.TB
+	mu      sync.Mutex
+	settled map[string][]Settlement
+	again   map[string]int
+}
+
+func newSettlementLog(t testing.TB) *settlementLog {
+	return &settlementLog{t: t, settled: map[string][]Settlement{}, again: map[string]int{}}
+}
+
+func (l *settlementLog) hooks() Hooks {
+	return Hooks{
+		Settled: func(d *Delivery, s Settlement, err error) {
+			if err != nil {
+				l.t.Errorf("settle %s: %v", d.MessageID, err)
+			}
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.settled[d.Queue+" "+d.MessageID] = append(l.settled[d.Queue+" "+d.MessageID], s)
+		},
+		HandledAgain: func(d *Delivery) {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.again[d.MessageID]++
+		},
+	}
+}
+
+// byMessage returns a copy of the settlements so far.
+func (l *settlementLog) byMessage() map[string][]Settlement {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.settled)
+}
+
+// handledAgain returns a copy of the counts of tries in place so far, by message id.
+func (l *settlementLog) handledAgain() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.again)
 }
 
 // startConsumer runs a Consumer until the test ends (it stops before the Conn does).
