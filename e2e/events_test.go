@@ -1,19 +1,23 @@
 package e2e
 
 import (
+	"slices"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	busv1 "notify/proto/gen/notify/bus/v1"
+	notifyv1 "notify/proto/gen/notify/v1"
 )
 
 // TestStatusEventsInOrder: a domain service's own queue bound to the events exchange
 // receives, in order, the status events of a notification whose token fails once and is
-// delivered on its retry: pending, retrying, delivered, each with routing key
-// "<status>.<type>" and a StatusEvent body.
+// delivered on its retry (pending, retrying, delivered) and of a scheduled one (scheduled,
+// pending when it falls due, delivered), each with routing key "<status>.<type>" and a
+// StatusEvent body.
 func TestStatusEventsInOrder(t *testing.T) {
 	s := newStack(t)
 	s.start("fcm-emulator", nil)
@@ -45,21 +49,34 @@ func TestStatusEventsInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// flaky1-: the emulator fails the token once, then accepts it.
+	// flaky1-: the emulator fails the token once, then accepts it. The second notification
+	// is scheduled: its send task goes out only once it is pending.
 	registerOne(t, devices, "eve", "flaky1-eve")
+	registerOne(t, devices, "sam", "sam-token")
 	id := publishTo(t, notifications, "eve")
+	resp, err := notifications.Publish(ctxT(t), &notifyv1.PublishRequest{
+		Type:       "e2e.retry",
+		Recipients: &notifyv1.Recipients{Target: &notifyv1.Recipients_UserIds{UserIds: &notifyv1.UserIDs{UserIds: []string{"sam"}}}},
+		Content:    &notifyv1.Content{Title: "later"},
+		Options:    &notifyv1.Options{SendAt: timestamppb.New(time.Now().Add(2 * time.Second))},
+	})
+	if err != nil {
+		t.Fatalf("Publish scheduled: %v", err)
+	}
+	later := resp.GetNotificationId()
 
-	want := []string{"pending", "retrying", "delivered"}
-	var got []string
+	want := map[string][]string{id: {"pending", "retrying", "delivered"}, later: {"scheduled", "pending", "delivered"}}
+	got := map[string][]string{}
 	timeout := time.After(time.Minute)
-	for len(got) < len(want) {
+	for len(got[id]) < len(want[id]) || len(got[later]) < len(want[later]) {
 		select {
 		case d := <-deliveries:
 			var ev busv1.StatusEvent
 			if err := proto.Unmarshal(d.Body, &ev); err != nil {
 				t.Fatalf("event body: %v", err)
 			}
-			if ev.GetNotificationId() != id {
+			nid := ev.GetNotificationId()
+			if _, ours := want[nid]; !ours {
 				continue
 			}
 			if d.RoutingKey != ev.GetStatus()+".e2e.retry" || d.Type != "notify.bus.v1.StatusEvent" || ev.GetType() != "e2e.retry" ||
@@ -69,21 +86,24 @@ func TestStatusEventsInOrder(t *testing.T) {
 			if ev.GetStatus() == "delivered" && (ev.GetCounts().GetDelivered() != 1 || ev.GetCounts().GetTotal() != 1) {
 				t.Errorf("delivered event counts %v, want 1 of 1 delivered", ev.GetCounts())
 			}
-			got = append(got, ev.GetStatus())
+			got[nid] = append(got[nid], ev.GetStatus())
+			if len(got[nid]) > len(want[nid]) {
+				t.Errorf("extra event %q for %s after %v", d.RoutingKey, nid, want[nid])
+			}
 		case <-timeout:
 			t.Fatalf("after a minute the events were %v, want %v", got, want)
 		}
 	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("events %v, want %v in this order", got, want)
+	for nid := range want {
+		if !slices.Equal(got[nid], want[nid]) {
+			t.Fatalf("events of %s: %v, want %v in this order", nid, got[nid], want[nid])
 		}
 	}
-	// Nothing more for it.
+	// Nothing more for either.
 	select {
 	case d := <-deliveries:
 		var ev busv1.StatusEvent
-		if proto.Unmarshal(d.Body, &ev) == nil && ev.GetNotificationId() == id {
+		if proto.Unmarshal(d.Body, &ev) == nil && want[ev.GetNotificationId()] != nil {
 			t.Errorf("extra event %q after delivered", d.RoutingKey)
 		}
 	case <-time.After(2 * time.Second):

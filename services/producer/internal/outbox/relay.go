@@ -216,13 +216,17 @@ func (r *Relay) loop(ctx context.Context, first bool) error {
 type row struct {
 	id             int64
 	notificationID *uuid.UUID
-	scheduled      bool // a scheduled send task (due_at set) that has come due
+	scheduled      bool // a scheduled row (due_at set) that has come due
 	routingKey     string
 	messageType    string
 	body           []byte
 	createdAt      time.Time
 	traceparent    *string // the trace of the call that wrote it; nil untraced
 }
+
+// starts reports whether the round that claimed o starts its notification rather than
+// publishing o: a scheduled send task that has come due (readySQL).
+func (o row) starts() bool { return o.scheduled && o.notificationID != nil }
 
 // claimSQL claims rows that are due, oldest first, in two index scans that never step over
 // scheduled rows not due yet: first the scheduled rows whose due_at has come (outbox_due),
@@ -309,11 +313,18 @@ const claimSettingsSQL = schema.WalkIndexesSQL + ", set_config('synchronous_comm
 // syncCommitSQL makes a round that starts scheduled notifications wait for the disk at commit.
 const syncCommitSQL = "SELECT set_config('synchronous_commit', 'on', true)"
 
-// startSQL moves the notifications whose scheduled send task was just published from
-// scheduled to pending, in the transaction that settles the published rows. One that was
-// cancelled meanwhile stays cancelled (Cancel holds its row lock, and this waits for it).
+// startSQL moves the notifications whose scheduled send task has come due from scheduled
+// to pending, writing their pending event, in the round that claimed the task. One that
+// was cancelled meanwhile stays cancelled (Cancel holds its row lock, and this waits for it).
 var startSQL = schema.ChangeStatusSQL("'"+schema.StatusPending+"'", ", updated_at = now()",
 	"n.id = ANY($1) AND n.status = '"+schema.StatusScheduled+"'")
+
+// readySQL makes the started notifications' send tasks rows for now, which the next round
+// publishes (outbox_ready), their lag counted from their due time. The task is not
+// published in the round that starts its notification: the sender could then record the
+// notification's outcome before that round commits, from scheduled straight to its final
+// status, and its pending event would never be written.
+const readySQL = "UPDATE outbox SET due_at = NULL, created_at = due_at WHERE id = ANY($1)"
 
 // pack replaces the send tasks among *tasks (idx: the batch index of each one's row) by
 // packs of up to PackSize (sendpack), and returns the batch indexes of the rows each
@@ -435,13 +446,16 @@ func (r *Relay) round(ctx context.Context) (int, nextDue, error) {
 }
 
 // settle publishes the claimed batch and, once the broker has confirmed it, deletes (or
-// marks) the confirmed rows, starts the scheduled notifications among them and commits tx,
-// in one round trip. It sets failed for the rows not published, which stay, and wake when
+// marks) the confirmed rows, starts the notifications of the scheduled send tasks among
+// them (which it does not publish: readySQL) and commits tx, in one round trip. It sets failed for the rows not published, which stay, and wake when
 // the round leaves rows for the next one. On an error tx is left to be rolled back.
 func (r *Relay) settle(ctx context.Context, tx pgx.Tx, batch []row, spans relaySpans, failed map[int]bool, wake *bool) error {
 	var tasks, events []rabbit.Message
 	var taskIdx, eventIdx []int
 	for i, o := range batch {
+		if o.starts() {
+			continue // started below, published by the next round (readySQL)
+		}
 		m := rabbit.Message{
 			RoutingKey:  o.routingKey,
 			MessageID:   "outbox-" + strconv.FormatInt(o.id, 10),
@@ -498,15 +512,15 @@ func (r *Relay) settle(ctx context.Context, tx pgx.Tx, batch []row, spans relayS
 	}
 	ids := make([]int64, 0, len(batch))
 	var started []uuid.UUID
+	var startedRows []int64
 	now := time.Now()
 	for i, o := range batch {
-		if failed[i] {
-			continue
-		}
-		ids = append(ids, o.id)
-		if o.scheduled && o.notificationID != nil {
-			started = append(started, *o.notificationID)
-		} else {
+		switch {
+		case failed[i]:
+		case o.starts():
+			started, startedRows = append(started, *o.notificationID), append(startedRows, o.id)
+		default:
+			ids = append(ids, o.id)
 			r.lag.Observe(now.Sub(o.createdAt).Seconds())
 		}
 	}
@@ -522,7 +536,8 @@ func (r *Relay) settle(ctx context.Context, tx pgx.Tx, batch []row, spans relayS
 	if len(started) > 0 {
 		b.Queue(syncCommitSQL)
 		b.Queue(startSQL, started)
-		*wake = true // their status events are new rows to relay
+		b.Queue(readySQL, startedRows)
+		*wake = true // their send tasks and status events are rows to relay now
 	}
 	b.Queue("COMMIT")
 	if err := commitBatch(ctx, tx, &b); err != nil {

@@ -18,9 +18,16 @@ import (
 type recorder struct {
 	mu   sync.Mutex
 	sent []rabbit.Message
+	// seen, when set, is called with each message before it is recorded.
+	seen func(rabbit.Message)
 }
 
 func (p *recorder) Publish(_ context.Context, msgs ...rabbit.Message) error {
+	if p.seen != nil {
+		for _, m := range msgs {
+			p.seen(m)
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.sent = append(p.sent, msgs...)
@@ -55,8 +62,10 @@ func (p *recorder) events() []string {
 
 // TestScheduledRowIsRelayedOnceWhenDue: two relays that poll only hourly and are never
 // woken leave a scheduled row alone until its due time, then one of them (its timer)
-// publishes it exactly once and moves its notification from scheduled to pending; a row
-// for now is relayed at once beside it.
+// moves its notification from scheduled to pending, and only then is the send task
+// published, exactly once: a sender that got it earlier could record the outcome over a
+// notification still scheduled, and its pending event would never be written. A row for
+// now is relayed at once beside it.
 func TestScheduledRowIsRelayedOnceWhenDue(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
@@ -77,7 +86,17 @@ func TestScheduledRowIsRelayedOnceWhenDue(t *testing.T) {
 	}
 	insertRows(t, db, 1) // a row for now
 
-	pub := &recorder{}
+	var statusAtPublish []string // the notification's committed status when its task went out
+	pub := &recorder{seen: func(m rabbit.Message) {
+		if string(m.Body) != string(task.Body) {
+			return
+		}
+		var st string
+		if err := db.Pool.QueryRow(ctx, "SELECT status FROM notifications WHERE id = $1", id).Scan(&st); err != nil {
+			st = err.Error()
+		}
+		statusAtPublish = append(statusAtPublish, st)
+	}}
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for range 2 {
@@ -113,18 +132,16 @@ func TestScheduledRowIsRelayedOnceWhenDue(t *testing.T) {
 	if msgs[1].MessageID == msgs[0].MessageID || string(msgs[1].Body) != string(task.Body) {
 		t.Errorf("second message = %+v, want the scheduled send task", msgs[1])
 	}
-	// The move to pending commits with the row's mark, just after the publish.
-	for st := status(); st != schema.StatusPending; st = status() {
-		if time.Now().After(deadline) {
-			t.Fatalf("status after the task was relayed = %q, want pending", st)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	// Exactly once: give the other relay's timer a chance to have fired too.
 	time.Sleep(500 * time.Millisecond)
 	if n := len(pub.messages()); n != 2 {
 		t.Errorf("%d messages published, want 2 (the scheduled one once)", n)
 	}
+	pub.mu.Lock()
+	if len(statusAtPublish) != 1 || statusAtPublish[0] != schema.StatusPending {
+		t.Errorf("notification's status when its send task was published: %v, want pending (committed first)", statusAtPublish)
+	}
+	pub.mu.Unlock()
 	// The move to pending is announced once (the relays publish the event it wrote).
 	for len(pub.events()) == 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
