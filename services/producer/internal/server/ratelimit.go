@@ -43,14 +43,16 @@ type Limits struct {
 // The cost of a call (cost): one per notification for NotificationService, so Publish costs
 // 1 and a batch one per item; one per call for DeviceService, whatever the number of
 // devices in a RegisterDevices call (device registrations become one write, never FCM
-// traffic). Buckets are per replica: with N producers behind a load balancer a key gets up
-// to N times its rate.
+// traffic). A call costing more than the burst could never find its cost in the bucket; it
+// passes on a full bucket instead and is charged in full, the bucket going into debt for
+// the rest, so the key's later calls wait until the debt is refilled. Buckets are per
+// replica: with N producers behind a load balancer a key gets up to N times its rate.
 type RateLimit struct {
 	limits Limits
 	now    func() time.Time
 
 	mu      sync.Mutex
-	buckets map[string]*rate.Limiter // by key name; keys are few (made by admins), so never evicted
+	buckets map[string]*bucket // by key name; keys are few (made by admins), so never evicted
 
 	refused *prometheus.CounterVec
 }
@@ -58,7 +60,7 @@ type RateLimit struct {
 // NewRateLimit returns the rate limiter and registers its metric.
 func NewRateLimit(l Limits, reg prometheus.Registerer) *RateLimit {
 	r := &RateLimit{
-		limits: l, now: time.Now, buckets: map[string]*rate.Limiter{},
+		limits: l, now: time.Now, buckets: map[string]*bucket{},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notify_rate_limited_total",
 			Help: "Calls refused with RESOURCE_EXHAUSTED by the per-API-key publish rate limit, by key.",
@@ -91,16 +93,10 @@ func (r *RateLimit) take(ctx context.Context, fullMethod string, req any) (time.
 	if perSecond == 0 {
 		return 0, nil
 	}
-	b := r.bucket(name, perSecond, burst)
-	// A batch bigger than the burst could never pass; it waits for a full bucket instead.
-	n := min(cost(fullMethod, req), burst)
-	now := r.now()
-	res := b.ReserveN(now, n)
-	delay := res.DelayFrom(now)
+	delay := r.bucket(name).take(r.now(), perSecond, burst, cost(fullMethod, req))
 	if delay == 0 {
 		return 0, nil
 	}
-	res.CancelAt(now) // a refused call takes nothing
 	r.refused.WithLabelValues(name).Inc()
 	// Whole milliseconds, rounded up: a client that waits exactly this long finds the tokens.
 	delay = delay.Round(time.Millisecond) + time.Millisecond
@@ -125,7 +121,7 @@ func (r *RateLimit) take(ctx context.Context, fullMethod string, req any) (time.
 func (r *RateLimit) limitOf(ctx context.Context) (name string, perSecond, burst int) {
 	k, ok := keyFrom(ctx)
 	if !ok {
-		return Caller(ctx), r.limits.PerKey, r.limits.Burst
+		return Caller(ctx), r.limits.PerKey, max(r.limits.Burst, 1)
 	}
 	perSecond, burst = r.limits.PerKey, r.limits.Burst
 	if k.Role == apikey.RoleAdmin {
@@ -140,24 +136,57 @@ func (r *RateLimit) limitOf(ctx context.Context) (name string, perSecond, burst 
 	return k.Name, perSecond, max(burst, 1)
 }
 
-// bucket returns the key's bucket, made to the rate and burst given (a key's limit can
-// only change when it is made again under the same name; following it costs nothing).
-func (r *RateLimit) bucket(name string, perSecond, burst int) *rate.Limiter {
+// bucket returns the key's bucket.
+func (r *RateLimit) bucket(name string) *bucket {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	b, ok := r.buckets[name]
 	if !ok {
-		b = rate.NewLimiter(rate.Limit(perSecond), burst)
+		b = &bucket{}
 		r.buckets[name] = b
-		return b
-	}
-	if b.Limit() != rate.Limit(perSecond) {
-		b.SetLimitAt(r.now(), rate.Limit(perSecond))
-	}
-	if b.Burst() != burst {
-		b.SetBurstAt(r.now(), burst)
 	}
 	return b
+}
+
+// bucket is one key's token bucket. Its mutex makes a take one step: a call charged in
+// several reservations (more than the burst) is never interleaved with another call's
+// reservation, which a refusal could then not give back in full.
+type bucket struct {
+	mu  sync.Mutex
+	lim *rate.Limiter
+}
+
+// take takes n tokens at now from the bucket, made to the rate and burst given (a key's
+// limit can only change when it is made again under the same name; following it costs
+// nothing), and returns 0; or, when the bucket holds too little, takes nothing and returns
+// how long until it holds enough.
+//
+// n more than the burst is charged in full on a full bucket: the burst first, which must
+// be there now, then the rest in reservations of at most the burst that are kept. A
+// rate.Limiter grants those at once (ReserveN with no deadline) by letting its tokens go
+// negative, and until they are refilled every later reservation has a delay, that is, the
+// key's next calls are refused with the time the debt takes to refill.
+func (b *bucket) take(now time.Time, perSecond, burst, n int) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.lim == nil:
+		b.lim = rate.NewLimiter(rate.Limit(perSecond), burst)
+	case b.lim.Limit() != rate.Limit(perSecond):
+		b.lim.SetLimitAt(now, rate.Limit(perSecond))
+	}
+	if b.lim.Burst() != burst {
+		b.lim.SetBurstAt(now, burst)
+	}
+	first := b.lim.ReserveN(now, min(n, burst))
+	if delay := first.DelayFrom(now); delay > 0 {
+		first.CancelAt(now) // the last reservation, so all of it is given back
+		return delay
+	}
+	for rest := n - burst; rest > 0; rest -= burst {
+		b.lim.ReserveN(now, min(rest, burst))
+	}
+	return 0
 }
 
 // cost is what a call takes from its key's bucket: for NotificationService, one per

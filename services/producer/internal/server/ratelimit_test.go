@@ -311,3 +311,72 @@ func TestCreateAPIKeyWithItsOwnLimit(t *testing.T) {
 		t.Errorf("fields (-want +got):\n%s", diff)
 	}
 }
+
+// TestRateLimitBatchOverBurst: a PublishBatch bigger than the burst passes on a full bucket
+// and is charged in full, so the key's next calls wait until the debt is refilled and
+// batch after batch the key publishes at its rate; a refused batch takes nothing.
+func TestRateLimitBatchOverBurst(t *testing.T) {
+	t.Parallel()
+	const perSecond, burst, items = 2, 3, 100
+	clock := &fakeClock{now: time.Now()}
+	limits := NewRateLimit(Limits{PerKey: perSecond, Burst: burst}, prometheus.NewRegistry())
+	limits.now = clock.Now
+	ctx := WithCaller(t.Context(), "bulk")
+	const publishBatch, publish = "/notify.v1.NotificationService/PublishBatch", "/notify.v1.NotificationService/Publish"
+	batch := &notifyv1.PublishBatchRequest{}
+	for range items {
+		batch.Requests = append(batch.Requests, validRequest())
+	}
+	tokens := func() float64 { return limits.buckets["bulk"].lim.TokensAt(clock.Now()) }
+	seconds := func(tokens float64) time.Duration { return time.Duration(tokens / perSecond * float64(time.Second)) }
+
+	if _, err := limits.take(ctx, publishBatch, batch); err != nil {
+		t.Fatalf("batch of %d on a full bucket of %d: %v, want it through", items, burst, err)
+	}
+	if got, want := tokens(), float64(burst-items); got != want {
+		t.Errorf("tokens after the batch = %v, want %v (charged in full)", got, want)
+	}
+	// The next call, even of cost 1, waits for the debt and its own token.
+	_, err := limits.take(ctx, publish, validRequest())
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("Publish right after the batch: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if got, low, high := retryDelayOf(err), seconds(items-burst), seconds(items-burst+1)+time.Millisecond; got < low || got > high {
+		t.Errorf("RetryInfo after the batch = %s, want between %s and %s (the debt of %d at %d/s)", got, low, high, items-burst, perSecond)
+	}
+
+	// A batch refused (the bucket is not full) takes nothing, and says when the bucket is
+	// full again.
+	clock.Advance(1600 * time.Millisecond)
+	before := tokens()
+	_, err = limits.take(ctx, publishBatch, batch)
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("batch 1.6 s after the first: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if got := tokens(); got != before {
+		t.Errorf("tokens after a refused batch = %v, want %v as before it", got, before)
+	}
+	if got, low := retryDelayOf(err), seconds(burst-before); got < low || got > low+2*time.Millisecond {
+		t.Errorf("RetryInfo of the refused batch = %s, want about %s (until the bucket is full)", got, low)
+	}
+
+	// A client that sends batch after batch and waits each RetryInfo publishes at the rate.
+	clock.Advance(time.Hour) // a full bucket
+	start, sent := clock.Now(), 0
+	for sent < 10*items {
+		_, err := limits.take(ctx, publishBatch, batch)
+		switch status.Code(err) {
+		case codes.OK:
+			sent += items
+		case codes.ResourceExhausted:
+			clock.Advance(retryDelayOf(err))
+		default:
+			t.Fatal(err)
+		}
+	}
+	// The first batch passes at once on the full bucket; the other 9 wait for their items.
+	elapsed := clock.Now().Sub(start)
+	if low, high := seconds(9*items), seconds(9*items)+100*time.Millisecond; elapsed < low || elapsed > high {
+		t.Errorf("10 batches of %d took %s, want between %s and %s (%d/s)", items, elapsed, low, high, perSecond)
+	}
+}
