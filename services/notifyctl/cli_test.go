@@ -18,6 +18,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -596,6 +599,11 @@ func TestPublishFile(t *testing.T) {
 			t.Errorf("JSON output lacks %s", want)
 		}
 	}
+	// Each JSON result names its line, as the table does: the blank line 2 is skipped, so
+	// the second result is line 3's.
+	if diff := cmp.Diff([]int{1, 3, 4, 702, 1002}, resultLines(t, js, 0, 1, 2, 700, 1000)); diff != "" {
+		t.Errorf("JSON results' lines (-want +got):\n%s", diff)
+	}
 
 	// A file saved with a byte order mark and CRLF line ends (Windows): the mark was read
 	// as part of line 1, refused as "invalid value".
@@ -628,6 +636,123 @@ func TestPublishFile(t *testing.T) {
 	mustCtl(t, exitUsage, env(addr, "publisher"), "publish", "--file", path, "--title", "x")
 	if len(f.batches) != 7 {
 		t.Errorf("refused command lines sent %d more batches", len(f.batches)-7)
+	}
+}
+
+// resultLines are the "line" of the results at the given places of publish --file's JSON.
+func resultLines(t *testing.T, js string, at ...int) []int {
+	t.Helper()
+	var out struct {
+		Results []struct {
+			Line *int `json:"line"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal([]byte(js), &out); err != nil {
+		t.Fatalf("JSON output: %v", err)
+	}
+	var lines []int
+	for _, i := range at {
+		if i >= len(out.Results) || out.Results[i].Line == nil {
+			t.Fatalf("JSON output has %d results, result %d without a line", len(out.Results), i)
+		}
+		lines = append(lines, *out.Results[i].Line)
+	}
+	return lines
+}
+
+// publishFileLines writes n valid requests, one per line, and returns the file's path.
+func publishFileLines(t *testing.T, n int) string {
+	t.Helper()
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, `{"idempotencyKey":"k%d","type":"reminder","recipients":{"userIds":{"userIds":["ana"]}},"content":{"title":"t"}}`+"\n", i)
+	}
+	path := filepath.Join(t.TempDir(), "reqs.jsonl")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestPublishFileWaitsForTheRateLimit: a PublishBatch call refused by the rate limit
+// (RESOURCE_EXHAUSTED with RetryInfo) wrote nothing, and notifyctl sends it again after the
+// delay, so a file of more than the default burst of 1,000 is published whole. It stopped
+// at line 1001.
+func TestPublishFileWaitsForTheRateLimit(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	limited, _ := status.New(codes.ResourceExhausted, "rate limit exceeded").WithDetails(
+		&errdetails.RetryInfo{RetryDelay: durationpb.New(50 * time.Millisecond)})
+	f.refuseBatch = func(n int) error {
+		if n == 2 { // the third call, the first over 1,000
+			return limited.Err()
+		}
+		return nil
+	}
+	r := mustCtl(t, exitOK, env(addr, "publisher"), "publish", "--file", publishFileLines(t, 1200))
+	if diff := cmp.Diff([]int{500, 500, 200}, f.batches); diff != "" {
+		t.Errorf("PublishBatch sizes written (-want +got):\n%s", diff)
+	}
+	if f.batchCalls != 4 {
+		t.Errorf("%d PublishBatch calls, want 4 (the refused one sent again once)", f.batchCalls)
+	}
+	for _, want := range []string{`(?m)^1\s+id-0$`, `(?m)^1001\s+id-0$`, `(?m)^1200\s+id-199$`, `1200 accepted, 0 duplicates, 0 refused`} {
+		if !regexp.MustCompile(want).MatchString(r.stdout) {
+			t.Errorf("output does not match %s", want)
+		}
+	}
+	if !strings.Contains(r.stderr, "rate limited at line 1001; sending it again in 50ms") {
+		t.Errorf("stderr does not say it waits for the rate limit:\n%s", r.stderr)
+	}
+
+	// RESOURCE_EXHAUSTED without RetryInfo is not the rate limit (a message over the
+	// server's size limit): it would be refused again, and is not sent again.
+	f, addr = startFake(t)
+	f.refuseBatch = func(int) error { return status.Error(codes.ResourceExhausted, "message larger than max") }
+	mustCtl(t, exitFailure, env(addr, "publisher"), "publish", "--file", publishFileLines(t, 10))
+	if f.batchCalls != 1 {
+		t.Errorf("%d PublishBatch calls for RESOURCE_EXHAUSTED without RetryInfo, want 1", f.batchCalls)
+	}
+}
+
+// TestPublishFilePrintsWhatWasSent: when a PublishBatch call fails after others were
+// committed, their results are printed all the same (table or JSON), then the failure,
+// with its exit code. The committed ids were lost: only the error was printed. A call that
+// failed otherwise than by the rate limit may have been committed, so it is not sent again.
+func TestPublishFilePrintsWhatWasSent(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	f.refuseBatch = func(n int) error {
+		if n%2 == 1 { // the second call of each run of notifyctl
+			return status.Error(codes.Unavailable, "the database is unavailable")
+		}
+		return nil
+	}
+	path := publishFileLines(t, 1200)
+	r := mustCtl(t, exitFailure, env(addr, "publisher"), "publish", "--file", path)
+	if f.batchCalls != 2 {
+		t.Errorf("%d PublishBatch calls, want 2 (UNAVAILABLE is not sent again)", f.batchCalls)
+	}
+	for _, want := range []string{`(?m)^1\s+id-0$`, `(?m)^500\s+id-499$`, `500 accepted, 0 duplicates, 0 refused`} {
+		if !regexp.MustCompile(want).MatchString(r.stdout) {
+			t.Errorf("output does not match %s:\n%s", want, r.stdout[max(0, len(r.stdout)-400):])
+		}
+	}
+	if strings.Contains(r.stdout, "\n501 ") {
+		t.Errorf("output has a result for line 501, which was not sent")
+	}
+	for _, want := range []string{"the requests before line 501 were sent; this batch and the rest were not", "the database is unavailable"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
+	}
+
+	js := mustCtl(t, exitFailure, env(addr, "publisher"), "publish", "--file", path, "-o", "json")
+	if diff := cmp.Diff([]int{1, 500}, resultLines(t, js.stdout, 0, 499)); diff != "" {
+		t.Errorf("JSON results' lines (-want +got):\n%s", diff)
+	}
+	if !strings.Contains(js.stderr, "the requests before line 501 were sent") {
+		t.Errorf("stderr with -o json:\n%s", js.stderr)
 	}
 }
 

@@ -37,9 +37,14 @@ days ahead; until then 'notifyctl cancel ID' stops it.
 --file FILE (or - for stdin) publishes many notifications instead: one PublishRequest per
 line in protobuf JSON (the field names of notification.proto), sent with PublishBatch 500 at
 a time (fewer when they are over the 4 MiB a call may carry). One result is printed per request with its line number: the id (and "duplicate"),
-or why it was refused and nothing was written for it. Valid requests are accepted even when
+or why it was refused and nothing was written for it (with -o json or yaml each result has its
+"line"; blank lines are skipped but counted). Valid requests are accepted even when
 others in the file are refused; the exit code is 1 when any was refused. A line that is not a
-PublishRequest stops everything before anything is sent.`,
+PublishRequest stops everything before anything is sent. A call refused by the API key's rate
+limit (RESOURCE_EXHAUSTED) wrote nothing and is sent again after the delay the server asks (at
+most a minute at a time; Ctrl-C stops). When a call fails otherwise, the results of the calls
+before it are printed, then the failure and the first line of the failed call; that call is not
+sent again, since it may have been written (send the rest again with the same idempotency keys).`,
 		Example: `  notifyctl publish --user ana --user bob --title 'Your order shipped' --body 'Parcel 42 is on its way' \
     --data order_id=42 --priority high --ttl 1h --idempotency-key order-42-shipped-cli
   notifyctl publish --all --title 'Maintenance tonight' --at 6h   # or an RFC 3339 time, at most 30 days ahead

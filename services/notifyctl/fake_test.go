@@ -56,6 +56,11 @@ type fake struct {
 	// filtered and paged as the producer does, instead of their fixed answers.
 	notifications []*notifyv1.Notification
 	deadLetters   []*notifyv1.DeadLetter
+
+	// When set (before the first call), PublishBatch call n (from 0, counting the refused
+	// ones) answers refuseBatch(n) instead, writing nothing, when that is not nil.
+	refuseBatch func(n int) error
+	batchCalls  int
 }
 
 // inWindow says whether t is in [start, end) (unset bounds: none).
@@ -159,6 +164,14 @@ func (f *fake) PublishBatch(ctx context.Context, req *notifyv1.PublishBatchReque
 		return nil, status.Error(codes.InvalidArgument, "invalid request: requests are over 4194304 bytes")
 	}
 	f.mu.Lock()
+	n := f.batchCalls
+	f.batchCalls++
+	if f.refuseBatch != nil {
+		if err := f.refuseBatch(n); err != nil {
+			f.mu.Unlock()
+			return nil, err
+		}
+	}
 	f.publishes = append(f.publishes, req.GetRequests()...)
 	f.batches = append(f.batches, len(req.GetRequests()))
 	f.mu.Unlock()

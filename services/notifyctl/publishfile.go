@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -101,9 +103,16 @@ func readRequests(path string, stdin io.Reader) ([]fileRequest, error) {
 // errSomeRefused: the file was sent, but the server refused some of its requests.
 var errSomeRefused = errors.New("some requests were refused")
 
+// maxRateLimitWait bounds how long one wait for the rate limit lasts, whatever RetryInfo
+// asks: a longer delay is waited in several turns, each ending in a try that the server
+// refuses again (with the rest of the delay) or lets through.
+const maxRateLimitWait = time.Minute
+
 // publishFile sends the file's requests with PublishBatch, publishFileBatch at a time, and
 // prints one result per request: the line, then the id (and "duplicate") or the error
-// with each bad field.
+// with each bad field. A call refused by the rate limit is sent again after the delay the
+// server asks (sendBatch). When a call fails otherwise, the results of the calls before it,
+// which were committed, are printed all the same, then the failure.
 func (c *cli) publishFile(ctx context.Context, path string, stdin io.Reader) error {
 	reqs, err := readRequests(path, stdin)
 	if err != nil {
@@ -114,29 +123,105 @@ func (c *cli) publishFile(ctx context.Context, path string, stdin io.Reader) err
 		return err
 	}
 	client := notifyv1.NewNotificationServiceClient(conn)
-	all := &notifyv1.PublishBatchResponse{}
-	for i, batch := range splitBatches(reqs) {
-		req := &notifyv1.PublishBatchRequest{}
-		for _, r := range batch {
-			req.Requests = append(req.Requests, r.req)
+	var results []*notifyv1.PublishResult
+	var failed error
+	for _, batch := range splitBatches(reqs) {
+		resp, err := c.sendBatch(ctx, client, batch)
+		if err == nil && len(resp.GetResults()) != len(batch) {
+			err = fmt.Errorf("publish: the server answered %d results for %d requests from line %d", len(resp.GetResults()), len(batch), batch[0].line)
+		} else if err != nil && len(results) > 0 {
+			err = partialError{err: err, line: batch[0].line}
 		}
+		if err != nil {
+			failed = err
+			break
+		}
+		results = append(results, resp.GetResults()...)
+	}
+	if len(results) == 0 {
+		return failed
+	}
+	if err := c.printFileResults(reqs, results); err != nil {
+		return err
+	}
+	var partial partialError
+	switch {
+	case errors.As(failed, &partial):
+		fmt.Fprintf(c.errOut, "notifyctl: the requests before line %d were sent; this batch and the rest were not\n", partial.line)
+		return partial.err
+	case failed != nil:
+		return failed
+	}
+	for _, r := range results {
+		if r.GetAccepted() == nil {
+			return errSomeRefused
+		}
+	}
+	return nil
+}
+
+// partialError is a PublishBatch call that failed after others were committed: line is
+// the first line of the call.
+type partialError struct {
+	err  error
+	line int
+}
+
+func (e partialError) Error() string { return e.err.Error() }
+func (e partialError) Unwrap() error { return e.err }
+
+// sendBatch sends one PublishBatch call. A call refused by the rate limit
+// (RESOURCE_EXHAUSTED with a google.rpc.RetryInfo) wrote nothing, so it is sent again after
+// the delay the server asks (at most maxRateLimitWait at a time), until it passes or ctx
+// ends; any other failure is returned as it is, since the call may have been committed.
+func (c *cli) sendBatch(ctx context.Context, client notifyv1.NotificationServiceClient, batch []fileRequest) (*notifyv1.PublishBatchResponse, error) {
+	req := &notifyv1.PublishBatchRequest{}
+	for _, r := range batch {
+		req.Requests = append(req.Requests, r.req)
+	}
+	for {
 		callCtx, cancel := c.callCtx(ctx)
 		resp, err := client.PublishBatch(callCtx, req)
 		cancel()
-		if err != nil {
-			if i > 0 {
-				fmt.Fprintf(c.errOut, "notifyctl: the requests before line %d were sent; this batch and the rest were not\n", batch[0].line)
-			}
-			return err
+		delay, ok := rateLimitDelay(err)
+		if !ok {
+			return resp, err
 		}
-		if len(resp.GetResults()) != len(batch) {
-			return fmt.Errorf("publish: the server answered %d results for %d requests", len(resp.GetResults()), len(batch))
+		delay = min(delay, maxRateLimitWait)
+		fmt.Fprintf(c.errOut, "notifyctl: rate limited at line %d; sending it again in %s\n", batch[0].line, delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
 		}
-		all.Results = append(all.Results, resp.GetResults()...)
 	}
+}
 
+// rateLimitDelay is how long the server asks to wait when err is a rate limit's refusal:
+// RESOURCE_EXHAUSTED with a RetryInfo. RESOURCE_EXHAUSTED without one (a message over the
+// server's size limit) would be refused again.
+func rateLimitDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.ResourceExhausted {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return max(ri.GetRetryDelay().AsDuration(), 0), true
+		}
+	}
+	return 0, false
+}
+
+// printFileResults prints the results of the first len(results) requests: a table of
+// LINE and RESULT, or with -o json or yaml the PublishBatchResponse with each result's
+// line number added as "line" (blank lines are skipped, so a result's place in the list
+// is not its line).
+func (c *cli) printFileResults(reqs []fileRequest, results []*notifyv1.PublishResult) error {
 	accepted, duplicates, refused := 0, 0, 0
-	for _, r := range all.GetResults() {
+	for _, r := range results {
 		switch {
 		case r.GetAccepted() == nil:
 			refused++
@@ -146,38 +231,40 @@ func (c *cli) publishFile(ctx context.Context, path string, stdin io.Reader) err
 			accepted++
 		}
 	}
-	err = c.emit(all, func() error {
-		tw := c.table("LINE", "RESULT")
-		for i, r := range all.GetResults() {
-			if a := r.GetAccepted(); a != nil {
-				suffix := ""
-				if a.GetDuplicate() {
-					suffix = " (duplicate)"
-				}
-				fmt.Fprintf(tw, "%d\t%s%s\n", reqs[i].line, a.GetNotificationId(), suffix)
-				continue
-			}
-			st := status.FromProto(r.GetError())
-			fmt.Fprintf(tw, "%d\t%s: %s\n", reqs[i].line, st.Code(), st.Message())
-			for _, d := range st.Details() {
-				if br, ok := d.(*errdetails.BadRequest); ok {
-					for _, v := range br.GetFieldViolations() {
-						fmt.Fprintf(tw, "\t  %s: %s\n", v.GetField(), v.GetDescription())
-					}
+	if c.output != formatTable {
+		tree := messageTree((&notifyv1.PublishBatchResponse{Results: results}).ProtoReflect())
+		if items, ok := tree.(map[string]any)["results"].([]any); ok {
+			for i, item := range items {
+				if m, ok := item.(map[string]any); ok {
+					m["line"] = reqs[i].line
 				}
 			}
 		}
-		if err := tw.Flush(); err != nil {
-			return err
+		return c.printTree(tree)
+	}
+	tw := c.table("LINE", "RESULT")
+	for i, r := range results {
+		if a := r.GetAccepted(); a != nil {
+			suffix := ""
+			if a.GetDuplicate() {
+				suffix = " (duplicate)"
+			}
+			fmt.Fprintf(tw, "%d\t%s%s\n", reqs[i].line, a.GetNotificationId(), suffix)
+			continue
 		}
-		c.summary("%d accepted, %d duplicates, %d refused\n", accepted, duplicates, refused)
-		return nil
-	})
-	if err != nil {
+		st := status.FromProto(r.GetError())
+		fmt.Fprintf(tw, "%d\t%s: %s\n", reqs[i].line, st.Code(), st.Message())
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok {
+				for _, v := range br.GetFieldViolations() {
+					fmt.Fprintf(tw, "\t  %s: %s\n", v.GetField(), v.GetDescription())
+				}
+			}
+		}
+	}
+	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if refused > 0 {
-		return errSomeRefused
-	}
+	c.summary("%d accepted, %d duplicates, %d refused\n", accepted, duplicates, refused)
 	return nil
 }
