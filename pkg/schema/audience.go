@@ -271,6 +271,24 @@ func UsersFirstPages(ids []uuid.UUID, gens []int, audiences []Audience, limit in
 // settled delivery, failed ones included whatever their generation, and its arguments:
 // what the sender sends when a replay (a new generation) gives it the notification again.
 func (a Audience) CountUnsettled(id uuid.UUID) (string, []any, error) {
+	return a.count(id, func(token string) string { return unsettled(token, "NULL") })
+}
+
+// CountUnsettledOrRetrying is CountUnsettled with the targets that wait for a retry counted
+// too: what the sender sends when a forced replay gives it a notification still in flight,
+// having moved its retrying tokens to failed (which the sender sends again) in the same
+// transaction. A target is counted when it has no delivery with a final outcome
+// (FinalOutcomes).
+func (a Audience) CountUnsettledOrRetrying(id uuid.UUID) (string, []any, error) {
+	return a.count(id, func(token string) string {
+		return "NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.notification_id = $1 AND x.token = " + token +
+			" AND x.outcome IN " + FinalOutcomes + " OFFSET 0)"
+	})
+}
+
+// count returns the query that counts the targets of notification id for which the SQL
+// predicate pending(token) holds, and its arguments.
+func (a Audience) count(id uuid.UUID, pending func(token string) string) (string, []any, error) {
 	q, err := a.sql()
 	if err != nil {
 		return "", nil, err
@@ -279,7 +297,7 @@ func (a Audience) CountUnsettled(id uuid.UUID) (string, []any, error) {
 	if a.Kind == AudienceTokens {
 		args = args[:2] // raw tokens are counted without their registrations: no app
 	}
-	return "SELECT count(*) FROM " + q.from + " WHERE " + and(q.where, unsettled(q.token, "NULL")), args, nil
+	return "SELECT count(*) FROM " + q.from + " WHERE " + and(q.where, pending(q.token)), args, nil
 }
 
 func and(preds ...string) string {

@@ -81,7 +81,9 @@ const FinalOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '`
 // it). Failed tokens are not in it: a replay sends them again. A failed token dead-lettered
 // in the generation the sender works in is settled too (DeadLetteredIn), so that a task
 // delivered again does not dead-letter it twice. The sender's audience query and the
-// producer's replay count agree on it through Audience.
+// producer's replay count agree on it through Audience. A forced replay of a notification
+// in flight sends its retrying tokens too: it moves them to failed first (see the
+// producer's Replay) and counts them with Audience.CountUnsettledOrRetrying.
 const SettledOutcomes = `('` + OutcomeDelivered + `', '` + OutcomeInvalid + `', '` + OutcomeRetrying + `', '` + OutcomeExpired +
 	`', '` + OutcomeSkippedPreference + `', '` + OutcomeCancelled + `')`
 

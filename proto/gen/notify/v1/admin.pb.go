@@ -191,7 +191,8 @@ const (
 	// Still pending or retrying (use force to replay anyway), or scheduled (never replayed
 	// before its time, even forced).
 	ReplayOutcome_REPLAY_OUTCOME_SKIPPED_IN_FLIGHT ReplayOutcome = 2
-	// Nothing left to send: every token is delivered or inactive.
+	// Nothing left to send: every token is delivered, inactive or muted by its user's
+	// preferences (with force, a token waiting for a retry counts as left to send).
 	ReplayOutcome_REPLAY_OUTCOME_SKIPPED_DELIVERED ReplayOutcome = 3
 	// Its TTL has passed.
 	ReplayOutcome_REPLAY_OUTCOME_SKIPPED_EXPIRED ReplayOutcome = 4
@@ -1400,8 +1401,8 @@ type ReplayRequest struct {
 	// Report what would happen without changing anything.
 	DryRun bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	// Replay notifications that are still pending or retrying too. Tokens waiting for a
-	// retry are left to the retrier; a notification the sender is working on may see some
-	// tokens sent twice.
+	// retry are sent again with the others (their retry, when it comes, may send them once
+	// more), and a notification the sender is working on may see some tokens sent twice.
 	Force bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
 	// With a dead_letters selector: notifications per call, 0 means 1,000, at most 1,000.
 	// Ignored with notification_ids.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,6 +19,7 @@ import (
 
 	"notify/pkg/pgtest"
 	"notify/pkg/rabbit"
+	"notify/pkg/schema"
 	busv1 "notify/proto/gen/notify/bus/v1"
 	notifyv1 "notify/proto/gen/notify/v1"
 )
@@ -191,8 +194,14 @@ func TestReplay(t *testing.T) {
 		{"pending", toUsers("ana"), "pending", nil, 0, false, inFlight, 0},
 		{"retrying", toUsers("ana"), "retrying",
 			map[string]string{"tok-a": "delivered", "tok-b": "retrying", "tok-c": "failed"}, 0, false, inFlight, 0},
-		{"retrying, forced: retrying tokens are left to the retrier", toUsers("ana"), "retrying",
-			map[string]string{"tok-a": "delivered", "tok-b": "retrying", "tok-c": "failed"}, 0, true, replayed, 1},
+		{"retrying, forced: retrying tokens are sent too", toUsers("ana"), "retrying",
+			map[string]string{"tok-a": "delivered", "tok-b": "retrying", "tok-c": "failed"}, 0, true, replayed, 2},
+		{"only retrying tokens left, forced", toUsers("ana"), "retrying",
+			map[string]string{"tok-a": "delivered", "tok-b": "retrying", "tok-c": "retrying"}, 0, true, replayed, 2},
+		{"only retrying raw tokens left, forced", toTokens("x", "y"), "retrying",
+			map[string]string{"x": "delivered", "y": "retrying"}, 0, true, replayed, 1},
+		{"retrying, forced, every token delivered or inactive", toUsers("ana"), "retrying",
+			map[string]string{"tok-a": "delivered", "tok-b": "invalid", "tok-c": "delivered", "tok-e": "retrying"}, 0, true, delivered, 0},
 		{"pending, forced", toUsers("ana"), "pending", nil, 0, true, replayed, 3},
 		{"TTL passed", toUsers("ana"), "failed", map[string]string{"tok-a": "failed"}, time.Millisecond, false, expired, 0},
 		{"expired", toUsers("ana"), "expired", map[string]string{"tok-a": "expired"}, time.Millisecond, true, expired, 0},
@@ -295,6 +304,77 @@ func TestReplayWritesTheSendTask(t *testing.T) {
 	}
 	if key != rabbit.SendKey || typ != "notify.bus.v1.SendTask" || task.GetNotificationId() != id || task.GetCause() != "replay" {
 		t.Errorf("outbox row: %s %s %v; want a SendTask for %s with cause replay on %q", key, typ, &task, id, rabbit.SendKey)
+	}
+}
+
+// TestForcedReplayTakesOverRetries: a forced replay of a retrying notification moves its
+// retrying tokens to failed, counts included, so that the sender of the replay's task (a
+// new generation) sends them; a replay that is not forced changes nothing.
+func TestForcedReplayTakesOverRetries(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.register(t, "ana", "ana-1", "tok-a")
+	f.register(t, "ana", "ana-2", "tok-b")
+	f.register(t, "ana", "ana-3", "tok-c")
+	id := f.publish(t, "x", toUsers("ana"), 0)
+	f.settle(t, id, "retrying", map[string]string{"tok-a": "delivered", "tok-b": "retrying", "tok-c": "retrying"})
+	ctx := context.Background()
+
+	type counts struct{ Delivered, Retrying, Failed, FailedRows int }
+	read := func() counts {
+		t.Helper()
+		var c counts
+		if err := f.db.Pool.QueryRow(ctx, `SELECT delivered, retrying, failed,
+			(SELECT count(*) FROM deliveries WHERE notification_id = n.id AND outcome = 'failed' AND dead_letter_generation IS NULL)
+			FROM notifications n WHERE id = $1`, id).Scan(&c.Delivered, &c.Retrying, &c.Failed, &c.FailedRows); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	before := read()
+	resp, err := f.admin.Replay(ctxOps, replayIDs(false, false, id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.GetResults()[0].GetOutcome(); got != inFlight {
+		t.Errorf("replay without force = %v, want SKIPPED_IN_FLIGHT", got)
+	}
+	if diff := cmp.Diff(before, read()); diff != "" {
+		t.Errorf("a replay without force changed the counts (-before +after):\n%s", diff)
+	}
+
+	resp, err = f.admin.Replay(ctxOps, replayIDs(false, true, id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []*notifyv1.ReplayResult{{NotificationId: id, Outcome: replayed, TokenCount: 2}}
+	if diff := cmp.Diff(want, resp.GetResults(), cmpProto); diff != "" {
+		t.Errorf("forced replay results (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(counts{Delivered: 1, Failed: 2, FailedRows: 2}, read()); diff != "" {
+		t.Errorf("counts after the forced replay (-want +got):\n%s", diff)
+	}
+
+	// What the sender of the replay's task (generation 1) sends: the two tokens that waited.
+	q, args, err := schema.Audience{Kind: schema.AudienceUsers, Targets: []string{"ana"}}.UnsettledPage(uuid.MustParse(id), 1, "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := f.db.Pool.Query(ctx, q, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tokens []string
+	var key, device, user, token string
+	var muted, unrecorded bool
+	if _, err := pgx.ForEachRow(rows, []any{&key, &device, &user, &token, &muted, &unrecorded}, func() error {
+		tokens = append(tokens, token)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"tok-b", "tok-c"}, tokens); diff != "" {
+		t.Errorf("tokens the sender sends after the forced replay (-want +got):\n%s", diff)
 	}
 }
 

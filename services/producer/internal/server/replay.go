@@ -29,6 +29,11 @@ const MaxReplayIDs = 1000
 // lock and then finds it in flight. The sender sends only the tokens that have not
 // settled (see unsettledTokens), so nothing delivered is sent twice.
 //
+// A forced replay of a notification still in flight also sends the tokens that wait for a
+// retry: in the same transaction they move from retrying to failed (forceRetriesSQL),
+// which the sender sends again. Their retry, when it arrives, sends those the replay did
+// not deliver once more: that is what force accepts.
+//
 // An error part-way leaves the notifications before it replayed; calling again is safe
 // (they are in flight, hence skipped).
 func (a *Admin) Replay(ctx context.Context, req *notifyv1.ReplayRequest) (*notifyv1.ReplayResponse, error) {
@@ -187,7 +192,9 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 			res.Outcome = notifyv1.ReplayOutcome_REPLAY_OUTCOME_SKIPPED_IN_FLIGHT
 			return nil
 		}
-		n, err := unsettledTokens(ctx, tx, id, request)
+		// Only a forced replay gets this far with a notification in flight; it sends the
+		// tokens waiting for a retry too.
+		n, err := unsettledTokens(ctx, tx, id, request, inFlight)
 		if err != nil {
 			return err
 		}
@@ -198,6 +205,11 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 		res.Outcome, res.TokenCount = notifyv1.ReplayOutcome_REPLAY_OUTCOME_REPLAYED, n
 		if dryRun {
 			return nil
+		}
+		if inFlight {
+			if _, err := tx.Exec(ctx, forceRetriesSQL, id); err != nil {
+				return fmt.Errorf("take over retries: %w", err)
+			}
 		}
 		if _, err := tx.Exec(ctx, replaySetSQL, id); err != nil {
 			return fmt.Errorf("set pending: %w", err)
@@ -225,17 +237,36 @@ func (a *Admin) replayOne(ctx context.Context, id uuid.UUID, by string, dryRun, 
 	return res, nil
 }
 
+// forceRetriesSQL moves the tokens of notification $1 that wait for a retry to failed,
+// where the sender sends them again (no dead_letter_generation: nothing dead-lettered
+// them, as in the re-drive job), and moves the counts with them. Their transient FCM error
+// stays: it is the last thing that happened to them.
+const forceRetriesSQL = `
+WITH moved AS (
+	UPDATE deliveries SET outcome = '` + schema.OutcomeFailed + `', dead_letter_generation = NULL, updated_at = now()
+	WHERE notification_id = $1 AND outcome = '` + schema.OutcomeRetrying + `'
+	RETURNING 1
+)
+UPDATE notifications SET retrying = retrying - (SELECT count(*) FROM moved), failed = failed + (SELECT count(*) FROM moved)
+WHERE id = $1`
+
 // unsettledTokens counts the tokens the sender will send when it gets the notification
 // again (schema.Audience.CountUnsettled): for users and broadcasts, the active devices (of
 // those users) whose token has no settled delivery; for raw tokens, the distinct tokens
 // with no settled delivery (the sender does not require raw tokens to be registered).
-// Failed tokens, and devices registered since the first send, are among them.
-func unsettledTokens(ctx context.Context, tx pgx.Tx, id uuid.UUID, request []byte) (int64, error) {
+// Failed tokens, and devices registered since the first send, are among them; with
+// retrying, so are the tokens waiting for a retry (a forced replay moves them to failed:
+// see forceRetriesSQL).
+func unsettledTokens(ctx context.Context, tx pgx.Tx, id uuid.UUID, request []byte, retrying bool) (int64, error) {
 	req, err := schema.DecodeRequest(request)
 	if err != nil {
 		return 0, err
 	}
-	query, args, err := schema.AudienceOf(req).CountUnsettled(id)
+	count := schema.AudienceOf(req).CountUnsettled
+	if retrying {
+		count = schema.AudienceOf(req).CountUnsettledOrRetrying
+	}
+	query, args, err := count(id)
 	if err != nil {
 		return 0, err
 	}
