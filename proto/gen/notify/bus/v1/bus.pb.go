@@ -443,7 +443,8 @@ type StatusEvent struct {
 	Caller string `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
 	// The notification's type (PublishRequest.type).
 	Type string `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
-	// The Firebase app it is sent through, when the notification names one; empty otherwise.
+	// The Firebase app it is sent through: PublishRequest.app, or "default" when the
+	// notification names none (as it is stored; never empty).
 	App string `protobuf:"bytes,4,opt,name=app,proto3" json:"app,omitempty"`
 	// The new status, as the routing key spells it: "scheduled" (accepted, to be sent at
 	// send_at), "pending" (accepted for sending now; also when a scheduled one falls due and
