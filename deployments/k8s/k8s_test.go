@@ -479,7 +479,10 @@ func checkReferences(t *testing.T, r render) {
 				if e.ValueFrom == nil {
 					continue
 				}
-				if ref := e.ValueFrom.SecretKeyRef; ref != nil {
+				// An optional key may be missing (the variable is then unset), not its Secret.
+				if ref := e.ValueFrom.SecretKeyRef; ref != nil && ref.Optional != nil && *ref.Optional {
+					secretHas(what+" env "+e.Name, ref.Name, "")
+				} else if ref != nil {
 					secretHas(what+" env "+e.Name, ref.Name, ref.Key)
 				}
 				if ref := e.ValueFrom.ConfigMapKeyRef; ref != nil {
@@ -508,13 +511,28 @@ func checkReferences(t *testing.T, r render) {
 				if !strings.HasSuffix(e.Name, "_FILE") || e.ValueFrom != nil {
 					continue
 				}
-				// A whole-volume mount (no subPath), so a rotated Secret reaches the file.
+				// A whole-volume mount (no subPath), so a rotated Secret reaches the file, of a
+				// key that is in the Secret and not empty: the services refuse a missing or
+				// empty file, so an optional volume does not excuse a missing key.
 				found := false
 				for _, m := range c.VolumeMounts {
 					v, ok := volumes[m.Name]
-					if ok && v.Secret != nil && path.Dir(e.Value) == path.Clean(m.MountPath) && m.SubPath == "" {
-						secretHas(what+" "+e.Name, v.Secret.SecretName, path.Base(e.Value))
-						found = true
+					if !ok || v.Secret == nil || path.Dir(e.Value) != path.Clean(m.MountPath) || m.SubPath != "" {
+						continue
+					}
+					key, ok := path.Base(e.Value), len(v.Secret.Items) == 0
+					for _, it := range v.Secret.Items {
+						if path.Clean(it.Path) == path.Base(e.Value) {
+							key, ok = it.Key, true
+						}
+					}
+					if !ok {
+						continue
+					}
+					found = true
+					secretHas(what+" "+e.Name, v.Secret.SecretName, key)
+					if s, ok := r.secrets[v.Secret.SecretName]; ok && len(s.Data[key]) == 0 && s.StringData[key] == "" {
+						t.Errorf("%s: %s=%s is key %s of Secret %s, which is empty or missing", what, e.Name, e.Value, key, v.Secret.SecretName)
 					}
 				}
 				if !found {
