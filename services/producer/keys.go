@@ -186,7 +186,7 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 			return err
 		}
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tROLE\tCREATED\tLAST USED\tREVOKED\tAPPS\tIGNORE PREFS")
+		fmt.Fprintln(tw, "NAME\tROLE\tCREATED\tLAST USED\tREVOKED\tRATE\tBURST\tAPPS\tIGNORE PREFS")
 		for _, k := range keys {
 			apps := "all"
 			if k.Apps != nil {
@@ -196,8 +196,20 @@ func keysCommand(ctx context.Context, args []string, getenv func(string) string,
 			if k.CanIgnorePreferences() {
 				ignore = "yes"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.Role, k.CreatedAt.UTC().Format(time.RFC3339),
-				timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt), apps, ignore)
+			// As notifyctl keys list shows them: the key's own limit, or its role's default.
+			rate, burst := "default", "default"
+			switch {
+			case k.Limit.PerSecond == nil:
+			case *k.Limit.PerSecond == 0:
+				rate = "unlimited"
+			default:
+				rate = fmt.Sprintf("%d/s", *k.Limit.PerSecond)
+			}
+			if k.Limit.Burst != nil {
+				burst = fmt.Sprint(*k.Limit.Burst)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.Role, k.CreatedAt.UTC().Format(time.RFC3339),
+				timeOrDash(k.LastUsedAt), timeOrDash(k.RevokedAt), rate, burst, apps, ignore)
 		}
 		return tw.Flush()
 	}

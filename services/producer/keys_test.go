@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"notify/pkg/pgtest"
 )
 
@@ -96,6 +98,27 @@ func TestKeysCommand(t *testing.T) {
 	_, listed, _ = keys("list")
 	if !strings.Contains(listed, "plain") || !strings.HasSuffix(strings.TrimSpace(lineOf(listed, "plain")), "no") {
 		t.Errorf("a publisher key without the permission lists:\n%s", listed)
+	}
+	// RATE and BURST as notifyctl keys list shows them: the key's own limit (set here as
+	// CreateAPIKey stores it; producer keys create has no flags for it), or "default".
+	keys("create", "limited", "--role", "publisher")
+	if _, err := db.Pool.Exec(context.Background(), `UPDATE api_keys SET publish_rate = CASE name WHEN 'limited' THEN 50 ELSE 0 END,
+		publish_burst = CASE name WHEN 'limited' THEN 100 END WHERE name IN ('limited', 'security')`); err != nil {
+		t.Fatal(err)
+	}
+	_, listed, _ = keys("list")
+	if header := strings.SplitN(listed, "\n", 2)[0]; !strings.Contains(header, "  REVOKED  RATE ") || !strings.Contains(header, "  BURST  ") ||
+		!strings.Contains(strings.Join(strings.Fields(header), " "), " REVOKED RATE BURST APPS IGNORE PREFS") {
+		t.Errorf("list's header %q, want RATE and BURST between REVOKED and APPS", header)
+	}
+	limits := map[string]string{} // RATE and BURST by key name, counted from the end
+	for _, line := range strings.Split(strings.TrimSpace(listed), "\n")[1:] {
+		f := strings.Fields(line)
+		limits[f[0]] = strings.Join(f[len(f)-4:len(f)-2], " ")
+	}
+	want := map[string]string{"ops": "default default", "plain": "default default", "security": "unlimited default", "limited": "50/s 100"}
+	if diff := cmp.Diff(want, limits); diff != "" {
+		t.Errorf("list's RATE and BURST (-want +got):\n%s\n%s", diff, listed)
 	}
 	var stored bool
 	if err := db.Pool.QueryRow(context.Background(), "SELECT allow_ignore_preferences FROM api_keys WHERE name = 'security'").Scan(&stored); err != nil || !stored {
