@@ -116,15 +116,58 @@ func pageFor(limit, got int) int32 {
 	return int32(min(limit-got, maxPageSize))
 }
 
+// morePages says on stderr, after a list that stopped at --limit, how many rows were shown
+// and the command line that gets the next page: this one (cmd's flags as given, but for
+// --api-key, which is a secret, and --page-token) with --page-token token.
+func (c *cli) morePages(cmd *cobra.Command, shown int, token string) {
+	newest := "the newest "
+	if cmd.Flags().Changed("page-token") {
+		newest = ""
+	}
+	fmt.Fprintf(c.errOut, "(showing %s%d; raise --limit, or --limit 0 for all)\n", newest, shown)
+	line := []string{cmd.CommandPath()}
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if f.Name == "api-key" || f.Name == "page-token" {
+			return
+		}
+		if f.Value.Type() == "bool" {
+			if f.Value.String() == "true" {
+				line = append(line, "--"+f.Name)
+			} else {
+				line = append(line, "--"+f.Name+"=false")
+			}
+			return
+		}
+		values := []string{f.Value.String()}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			values = sv.GetSlice()
+		}
+		for _, v := range values {
+			line = append(line, "--"+f.Name, shellQuote(v))
+		}
+	})
+	line = append(line, "--page-token", shellQuote(token))
+	fmt.Fprintf(c.errOut, "more: %s\n", strings.Join(line, " "))
+}
+
+// shellQuote is s as one word for a POSIX shell: as is when it is plain, else in single quotes.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:@,+=%") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
 func (c *cli) listCommand() *cobra.Command {
 	var (
-		st, typ, since, until string
-		limit                 int
+		st, typ, since, until, pageToken string
+		limit                            int
 	)
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List notifications, newest first",
-		Long:  "List notifications (AdminService.ListNotifications), newest first, by status, type and time.",
+		Long: "List notifications (AdminService.ListNotifications), newest first, by status, type and time. " +
+			"When there are more than --limit, stderr ends with the command line of the next page (more: … --page-token TOKEN).",
 		Example: `  notifyctl list --status failed --since 1h
   notifyctl list --type order.shipped --since 2026-05-01T00:00:00Z --limit 0 -o json`,
 		Args: positional(0, ""),
@@ -135,9 +178,10 @@ func (c *cli) listCommand() *cobra.Command {
 	f.StringVar(&since, "since", "", "created at or after `W`: a duration ago (90m, 1h, 7d), an RFC 3339 time or a date (local midnight)")
 	f.StringVar(&until, "until", "", "created before `W`: a duration ago, an RFC 3339 time or a date")
 	f.IntVar(&limit, "limit", 50, "at most `N` (0: all)")
+	f.StringVar(&pageToken, "page-token", "", "start after the rows of an earlier list: the `token` it printed (more: …) or its nextPageToken")
 	enumFlag(cmd, "status", "scheduled", "pending", "retrying", "delivered", "failed", "expired", "cancelled")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
-		req := &notifyv1.ListNotificationsRequest{Type: typ}
+		req := &notifyv1.ListNotificationsRequest{Type: typ, PageToken: pageToken}
 		if st != "" {
 			s, err := enumValue("list", "status", st, "notification_status_", statusFlags,
 				"scheduled, pending, retrying, delivered, failed, expired or cancelled")
@@ -187,9 +231,9 @@ func (c *cli) listCommand() *cobra.Command {
 			return err
 		}
 		if all.NextPageToken != "" {
-			fmt.Fprintf(c.errOut, "(showing the newest %d; raise --limit, or --limit 0 for all)\n", len(all.Notifications))
+			c.morePages(cmd, len(all.Notifications), all.NextPageToken)
 		}
-		if len(all.Notifications) == 0 {
+		if len(all.Notifications) == 0 && pageToken == "" {
 			c.explainNoNotifications(ctx, admin, req, window(since, until))
 		}
 		return nil
@@ -227,11 +271,13 @@ func (c *cli) deadListCommand() *cobra.Command {
 		filter               deadFilterFlags
 		replayed, unreplayed bool
 		limit                int
+		pageToken            string
 	)
 	cmd := &cobra.Command{
-		Use:     "list",
-		Short:   "List dead letters, newest first",
-		Long:    "List dead letters (AdminService.ListDeadLetters), newest first, by reason, time and whether they were replayed.",
+		Use:   "list",
+		Short: "List dead letters, newest first",
+		Long: "List dead letters (AdminService.ListDeadLetters), newest first, by reason, time and whether they were replayed. " +
+			"When there are more than --limit, stderr ends with the command line of the next page (more: … --page-token TOKEN).",
 		Example: "  notifyctl dead list --reason retries_exhausted --since 1h --unreplayed",
 		Args:    positional(0, ""),
 	}
@@ -240,6 +286,7 @@ func (c *cli) deadListCommand() *cobra.Command {
 	f.BoolVar(&replayed, "replayed", false, "only dead letters already replayed")
 	f.BoolVar(&unreplayed, "unreplayed", false, "only dead letters not yet replayed")
 	f.IntVar(&limit, "limit", 50, "at most `N` (0: all)")
+	f.StringVar(&pageToken, "page-token", "", "start after the rows of an earlier list: the `token` it printed (more: …) or its nextPageToken")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
 		f, err := filter.filter("dead list")
 		if err != nil {
@@ -261,7 +308,7 @@ func (c *cli) deadListCommand() *cobra.Command {
 			return err
 		}
 		admin := notifyv1.NewAdminServiceClient(conn)
-		req := &notifyv1.ListDeadLettersRequest{Filter: f}
+		req := &notifyv1.ListDeadLettersRequest{Filter: f, PageToken: pageToken}
 		all := &notifyv1.ListDeadLettersResponse{}
 		for {
 			req.PageSize = pageFor(limit, len(all.DeadLetters))
@@ -289,9 +336,9 @@ func (c *cli) deadListCommand() *cobra.Command {
 			return err
 		}
 		if all.NextPageToken != "" {
-			fmt.Fprintf(c.errOut, "(showing the newest %d; raise --limit, or --limit 0 for all)\n", len(all.DeadLetters))
+			c.morePages(cmd, len(all.DeadLetters), all.NextPageToken)
 		}
-		if len(all.DeadLetters) == 0 {
+		if len(all.DeadLetters) == 0 && pageToken == "" {
 			c.explainNoDeadLetters(ctx, admin, f, window(filter.since, filter.until), false, "leave out --unreplayed to list them")
 		}
 		return nil

@@ -1234,3 +1234,60 @@ func TestOneTypo(t *testing.T) {
 		}
 	}
 }
+
+// TestListsGoOnWithPageToken: a list that stops at --limit prints, after its rows, the command
+// line of the next page (its flags and --page-token), and that line lists the rows after the
+// first page and no further hint on the last one. -o json carries the same token.
+func TestListsGoOnWithPageToken(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	f.notifications = []*notifyv1.Notification{
+		notification("01890a5d-0000-7000-8000-000000000001"), notification("01890a5d-0000-7000-8000-000000000002"),
+		notification("01890a5d-0000-7000-8000-000000000003"),
+	}
+	f.deadLetters = []*notifyv1.DeadLetter{
+		{Id: 1, Reason: "retries_exhausted", CreateTime: timestamppb.New(created)},
+		{Id: 2, Reason: "retries_exhausted", CreateTime: timestamppb.New(created)},
+		{Id: 3, Reason: "retries_exhausted", CreateTime: timestamppb.New(created)},
+	}
+	e := env(addr, "admin")
+	tests := []struct {
+		first    []string
+		more     string // the hint after the first page
+		lastRow  string // the first field of the next page's only row
+		jsonPath string // the list's JSON name
+	}{
+		{[]string{"list", "--type", "order.shipped", "--limit", "2"},
+			"more: notifyctl list --limit 2 --type order.shipped --page-token at-2", "01890a5d-0000-7000-8000-000000000003", "notifications"},
+		{[]string{"dead", "list", "--reason", "retries_exhausted", "--limit", "2"},
+			"more: notifyctl dead list --limit 2 --reason retries_exhausted --page-token at-2", "3", "deadLetters"},
+		{[]string{"devices", "list", "--user", "o'brien", "--active=false", "--limit", "2"},
+			`more: notifyctl devices list --active=false --limit 2 --user 'o'\''brien' --page-token 2`, "browser", "devices"},
+	}
+	for _, tt := range tests {
+		r := mustCtl(t, exitOK, e, tt.first...)
+		// The hint has the flags given in name order (pflag's), shell-quoted, then --page-token.
+		if !strings.Contains(r.stderr, tt.more+"\n") {
+			t.Errorf("%s: stderr does not give the next page as %q:\n%s", strings.Join(tt.first, " "), tt.more, r.stderr)
+			continue
+		}
+		_, token, _ := strings.Cut(tt.more, "--page-token ")
+		words := append(slices.Clip(tt.first), "--page-token", token)
+		next := mustCtl(t, exitOK, e, words...)
+		lines := strings.Split(strings.TrimSpace(next.stdout), "\n")
+		if len(lines) != 2 || strings.Fields(lines[1])[0] != tt.lastRow {
+			t.Errorf("notifyctl %s:\n%s\nwant the header and the row of %s", strings.Join(words, " "), next.stdout, tt.lastRow)
+		}
+		if strings.Contains(next.stderr, "more:") {
+			t.Errorf("notifyctl %s: a hint on the last page:\n%s", strings.Join(words, " "), next.stderr)
+		}
+		js := mustCtl(t, exitOK, e, append(tt.first, "-o", "json")...)
+		var page map[string]any
+		if err := json.Unmarshal([]byte(js.stdout), &page); err != nil {
+			t.Fatal(err)
+		}
+		if tok, _ := page["nextPageToken"].(string); tok == "" || !strings.HasSuffix(tt.more, "--page-token "+tok) {
+			t.Errorf("%s -o json: nextPageToken %q, want the hint's", strings.Join(tt.first, " "), page["nextPageToken"])
+		}
+	}
+}

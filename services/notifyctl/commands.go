@@ -454,15 +454,16 @@ func (c *cli) devicesCheckCommand() *cobra.Command {
 
 func (c *cli) devicesListCommand() *cobra.Command {
 	var (
-		user, app  string
-		activeOnly bool
-		limit      int
+		user, app, pageToken string
+		activeOnly           bool
+		limit                int
 	)
 	cmd := &cobra.Command{
 		Use:   "list --user U [--app A]",
 		Short: "List a user's devices, newest first, active and deactivated",
 		Long: "List a user's devices (DeviceService.ListDevices), newest first: platform, whether the token is active, " +
-			"why it was deactivated, when it was registered and last seen.",
+			"why it was deactivated, when it was registered and last seen. " +
+			"When there are more than --limit, stderr ends with the command line of the next page (more: … --page-token TOKEN).",
 		Example: `  notifyctl devices list --user ana
   notifyctl devices list --user ana --active -o json`,
 		Args: positional(0, ""),
@@ -472,6 +473,7 @@ func (c *cli) devicesListCommand() *cobra.Command {
 	f.BoolVar(&activeOnly, "active", false, "only active devices")
 	f.StringVar(&app, "app", "", "only the devices of this `app` (default: every app the key may act for)")
 	f.IntVar(&limit, "limit", 50, "at most `N` (0: all)")
+	f.StringVar(&pageToken, "page-token", "", "start after the rows of an earlier list: the `token` it printed (more: …) or its nextPageToken")
 	_ = cmd.MarkFlagRequired("user")
 	cmd.RunE = c.action(func(ctx context.Context, _ []string) error {
 		if limit < 0 {
@@ -482,7 +484,7 @@ func (c *cli) devicesListCommand() *cobra.Command {
 			return err
 		}
 		devices := notifyv1.NewDeviceServiceClient(conn)
-		req := &notifyv1.ListDevicesRequest{UserId: user, ActiveOnly: activeOnly, App: app}
+		req := &notifyv1.ListDevicesRequest{UserId: user, ActiveOnly: activeOnly, App: app, PageToken: pageToken}
 		all := &notifyv1.ListDevicesResponse{}
 		for {
 			req.PageSize = pageFor(limit, len(all.Devices))
@@ -512,7 +514,7 @@ func (c *cli) devicesListCommand() *cobra.Command {
 			return err
 		}
 		if all.NextPageToken != "" {
-			fmt.Fprintf(c.errOut, "(showing the newest %d; raise --limit, or --limit 0 for all)\n", len(all.Devices))
+			c.morePages(cmd, len(all.Devices), all.NextPageToken)
 		}
 		return nil
 	})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -81,13 +82,23 @@ func (f *fake) matchingDeadLetters(filter *notifyv1.DeadLetterFilter) []*notifyv
 	return out
 }
 
-// page is the first size items of all (0: 50), and a next page token when there are more.
-func page[T any](all []T, size int32) ([]T, string) {
+// page is the size items of all (0: 50) from the offset the page token names ("at-N"; empty: the
+// first), and the next page token when there are more.
+func page[T any](all []T, size int32, token string) ([]T, string) {
 	if size == 0 {
 		size = 50
 	}
+	start := 0
+	if token != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(token, "at-"))
+		if err != nil || n > len(all) {
+			return nil, ""
+		}
+		start = n
+	}
+	all = all[start:]
 	if len(all) > int(size) {
-		return all[:size], "more"
+		return all[:size], fmt.Sprintf("at-%d", start+int(size))
 	}
 	return all, ""
 }
@@ -332,7 +343,7 @@ func (f *fake) ListNotifications(ctx context.Context, req *notifyv1.ListNotifica
 				match = append(match, n)
 			}
 		}
-		list, next := page(match, req.GetPageSize())
+		list, next := page(match, req.GetPageSize(), req.GetPageToken())
 		return &notifyv1.ListNotificationsResponse{Notifications: list, NextPageToken: next}, nil
 	}
 	return &notifyv1.ListNotificationsResponse{Notifications: []*notifyv1.Notification{
@@ -345,7 +356,7 @@ func (f *fake) ListDeadLetters(ctx context.Context, req *notifyv1.ListDeadLetter
 		return nil, err
 	}
 	if f.deadLetters != nil {
-		list, next := page(f.matchingDeadLetters(req.GetFilter()), req.GetPageSize())
+		list, next := page(f.matchingDeadLetters(req.GetFilter()), req.GetPageSize(), req.GetPageToken())
 		return &notifyv1.ListDeadLettersResponse{DeadLetters: list, NextPageToken: next}, nil
 	}
 	return &notifyv1.ListDeadLettersResponse{DeadLetters: []*notifyv1.DeadLetter{{
