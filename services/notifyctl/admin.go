@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -219,10 +220,21 @@ func (c *cli) listCommand() *cobra.Command {
 			req.PageToken = all.NextPageToken
 		}
 		if err := c.emit(all, func() error {
-			tw := c.table("ID", "CREATED", "TYPE", "CALLER", "STATUS", "TOKENS", "DELIVERED", "INVALID", "RETRYING", "FAILED", "EXPIRED", "REPLAYS")
+			// SEND AT only when a row was scheduled: most lists have none, and the column would
+			// be dashes.
+			scheduled := slices.ContainsFunc(all.Notifications, func(n *notifyv1.Notification) bool { return n.GetSendTime() != nil })
+			header := []string{"ID", "CREATED", "TYPE", "CALLER", "STATUS", "TOKENS", "DELIVERED", "INVALID", "RETRYING", "FAILED", "EXPIRED", "REPLAYS"}
+			if scheduled {
+				header = slices.Insert(header, 2, "SEND AT")
+			}
+			tw := c.table(header...)
 			for _, n := range all.Notifications {
 				k := n.GetCounts()
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", n.GetId(), stamp(n.GetCreateTime()), n.GetType(),
+				sendAt := ""
+				if scheduled {
+					sendAt = stamp(n.GetSendTime()) + "\t"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", n.GetId(), stamp(n.GetCreateTime()), sendAt, n.GetType(),
 					n.GetCaller(), shortStatus(n.GetStatus()), k.GetTotal(), k.GetDelivered(), k.GetInvalid(), k.GetRetrying(),
 					k.GetFailed(), k.GetExpired(), n.GetReplayCount())
 			}

@@ -1291,3 +1291,34 @@ func TestListsGoOnWithPageToken(t *testing.T) {
 		}
 	}
 }
+
+// TestScheduledShowsSendAt: get's header and list's table show when a scheduled notification
+// is to be sent; list has the SEND AT column only when a row has a send time.
+func TestScheduledShowsSendAt(t *testing.T) {
+	t.Parallel()
+	_, addr := startFake(t)
+	e := env(addr, "admin")
+	want := stamp(timestamppb.New(sendAt))
+	if out := mustCtl(t, exitOK, e, "get", scheduledID).stdout; !strings.Contains(strings.SplitN(out, "\n", 2)[0], "  send at "+want) {
+		t.Errorf("get of a scheduled notification: header does not say send at %s:\n%s", want, out)
+	}
+	if out := mustCtl(t, exitOK, e, "get", "01890a5d-0000-7000-8000-000000000001").stdout; strings.Contains(out, "send at") {
+		t.Errorf("get of a notification sent at once shows a send time:\n%s", out)
+	}
+	if out := mustCtl(t, exitOK, e, "list").stdout; strings.Contains(out, "SEND AT") {
+		t.Errorf("list with no scheduled notification has a SEND AT column:\n%s", out)
+	}
+
+	scheduled := notification(scheduledID)
+	scheduled.SendTime = timestamppb.New(sendAt)
+	f, addr := startFake(t) // a fake of its own: the server reads f.notifications unlocked
+	f.notifications = []*notifyv1.Notification{scheduled, notification("01890a5d-0000-7000-8000-000000000001")}
+	lines := strings.Split(strings.TrimSpace(mustCtl(t, exitOK, env(addr, "admin"), "list").stdout), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("list: %q, want a header and two rows", lines)
+	}
+	header, first, second := strings.Fields(lines[0]), strings.Fields(lines[1]), strings.Fields(lines[2])
+	if header[2] != "SEND" || header[3] != "AT" || first[2] != want || second[2] != "-" {
+		t.Errorf("list:\n%s\nwant SEND AT third: %s for the scheduled row, - for the other", strings.Join(lines, "\n"), want)
+	}
+}

@@ -259,7 +259,8 @@ func (c *cli) getCommand() *cobra.Command {
 		Use:   "get ID",
 		Short: "Show a notification, its counts and per-token outcomes",
 		Long: `Show a notification (AdminService.GetNotification): its status, token counts, and each
-token's outcome with attempts and the last FCM error. With --no-headers only the
+token's outcome with attempts and the last FCM error; a scheduled notification's header also
+shows when it is to be sent (send at). With --no-headers only the
 per-token rows are printed.`,
 		Args: positional(1, "one notification ID"),
 	}
@@ -317,7 +318,12 @@ func (c *cli) printNotification(resp *notifyv1.GetNotificationResponse) error {
 	n := resp.GetNotification()
 	if !c.noHeaders {
 		cnt := n.GetCounts()
-		fmt.Fprintf(c.out, "notification %s  type %s  app %s  caller %s  created %s\n", n.GetId(), n.GetType(), n.GetApp(), n.GetCaller(), stamp(n.GetCreateTime()))
+		sendAt := ""
+		if n.GetSendTime() != nil {
+			sendAt = "  send at " + stamp(n.GetSendTime())
+		}
+		fmt.Fprintf(c.out, "notification %s  type %s  app %s  caller %s  created %s%s\n", n.GetId(), n.GetType(), n.GetApp(), n.GetCaller(),
+			stamp(n.GetCreateTime()), sendAt)
 		fmt.Fprintf(c.out, "status %s  tokens %d: delivered %d, invalid %d, retrying %d, failed %d, expired %d, skipped %d, "+
 			"cancelled %d, pending %d\n",
 			shortStatus(n.GetStatus()), cnt.GetTotal(), cnt.GetDelivered(), cnt.GetInvalid(), cnt.GetRetrying(),

@@ -30,10 +30,14 @@ const (
 	missingID     = "01890a5d-0000-7000-8000-000000000404" // NotFound / REPLAY_OUTCOME_NOT_FOUND
 	unavailableID = "01890a5d-0000-7000-8000-000000000503" // the server itself answers Unavailable
 	pendingID     = "01890a5d-0000-7000-8000-000000000102" // GetNotification: always pending
+	scheduledID   = "01890a5d-0000-7000-8000-000000000103" // GetNotification: scheduled for sendAt
 )
 
 // created is the creation time of everything the fake lists.
 var created = time.Date(2026, 5, 1, 12, 30, 0, 0, time.UTC)
+
+// sendAt is when the fake's scheduled notifications are to be sent.
+var sendAt = created.Add(6 * time.Hour)
 
 // fake is a hand-written notify API: fixed answers, API keys "admin" and "publisher", and a
 // record of what it was asked and by whom.
@@ -320,6 +324,9 @@ func (f *fake) GetNotification(ctx context.Context, req *notifyv1.GetNotificatio
 	n := notification(req.GetNotificationId())
 	if n.GetId() == pendingID {
 		n.Status = notifyv1.NotificationStatus_NOTIFICATION_STATUS_PENDING
+	}
+	if n.GetId() == scheduledID {
+		n.Status, n.SendTime = notifyv1.NotificationStatus_NOTIFICATION_STATUS_SCHEDULED, timestamppb.New(sendAt)
 	}
 	return &notifyv1.GetNotificationResponse{
 		Notification: n,
