@@ -168,6 +168,7 @@ func (c *cli) listCommand() *cobra.Command {
 		Use:   "list",
 		Short: "List notifications, newest first",
 		Long: "List notifications (AdminService.ListNotifications), newest first, by status, type and time. " +
+			"Its token counts are get's: they add up to TOKENS. " +
 			"When there are more than --limit, stderr ends with the command line of the next page (more: … --page-token TOKEN).",
 		Example: `  notifyctl list --status failed --since 1h
   notifyctl list --type order.shipped --since 2026-05-01T00:00:00Z --limit 0 -o json`,
@@ -223,7 +224,8 @@ func (c *cli) listCommand() *cobra.Command {
 			// SEND AT only when a row was scheduled: most lists have none, and the column would
 			// be dashes.
 			scheduled := slices.ContainsFunc(all.Notifications, func(n *notifyv1.Notification) bool { return n.GetSendTime() != nil })
-			header := []string{"ID", "CREATED", "TYPE", "CALLER", "STATUS", "TOKENS", "DELIVERED", "INVALID", "RETRYING", "FAILED", "EXPIRED", "REPLAYS"}
+			header := []string{"ID", "CREATED", "TYPE", "CALLER", "STATUS", "TOKENS", "DELIVERED", "INVALID", "RETRYING", "FAILED", "EXPIRED",
+				"SKIPPED", "CANCELLED", "PENDING", "REPLAYS"}
 			if scheduled {
 				header = slices.Insert(header, 2, "SEND AT")
 			}
@@ -234,9 +236,9 @@ func (c *cli) listCommand() *cobra.Command {
 				if scheduled {
 					sendAt = stamp(n.GetSendTime()) + "\t"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", n.GetId(), stamp(n.GetCreateTime()), sendAt, n.GetType(),
-					n.GetCaller(), shortStatus(n.GetStatus()), k.GetTotal(), k.GetDelivered(), k.GetInvalid(), k.GetRetrying(),
-					k.GetFailed(), k.GetExpired(), n.GetReplayCount())
+				fmt.Fprintf(tw, "%s\t%s\t%s%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", n.GetId(), stamp(n.GetCreateTime()), sendAt,
+					n.GetType(), n.GetCaller(), shortStatus(n.GetStatus()), k.GetTotal(), k.GetDelivered(), k.GetInvalid(), k.GetRetrying(),
+					k.GetFailed(), k.GetExpired(), k.GetSkipped(), k.GetCancelled(), k.GetPending(), n.GetReplayCount())
 			}
 			return tw.Flush()
 		}); err != nil {

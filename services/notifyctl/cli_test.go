@@ -1322,3 +1322,31 @@ func TestScheduledShowsSendAt(t *testing.T) {
 		t.Errorf("list:\n%s\nwant SEND AT third: %s for the scheduled row, - for the other", strings.Join(lines, "\n"), want)
 	}
 }
+
+// TestListCountsAddUp: list has a column for every count get shows, so a row's counts add up to
+// its TOKENS (a cancelled notification's cancelled and skipped tokens too).
+func TestListCountsAddUp(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	f.notifications = []*notifyv1.Notification{{
+		Id: "01890a5d-0000-7000-8000-000000000001", Type: "order.shipped", Caller: "shop", CreateTime: timestamppb.New(created),
+		Status: notifyv1.NotificationStatus_NOTIFICATION_STATUS_CANCELLED, ReplayCount: 9,
+		Counts: &notifyv1.DeliveryCounts{Total: 36, Delivered: 1, Invalid: 2, Retrying: 3, Failed: 4, Expired: 5, Skipped: 6, Cancelled: 7, Pending: 8},
+	}}
+	lines := strings.Split(strings.TrimSpace(mustCtl(t, exitOK, env(addr, "admin"), "list").stdout), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("list: %q, want a header and a row", lines)
+	}
+	header, row := strings.Fields(lines[0]), strings.Fields(lines[1])
+	want := map[string]string{"TOKENS": "36", "DELIVERED": "1", "INVALID": "2", "RETRYING": "3", "FAILED": "4", "EXPIRED": "5",
+		"SKIPPED": "6", "CANCELLED": "7", "PENDING": "8", "REPLAYS": "9"}
+	got := map[string]string{}
+	for i, h := range header {
+		if _, ok := want[h]; ok && i < len(row) {
+			got[h] = row[i]
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("list columns (-want +got):\n%s\n%s", diff, strings.Join(lines, "\n"))
+	}
+}
