@@ -929,7 +929,7 @@ func TestCancel(t *testing.T) {
 }
 
 // TestParseAt: --at is in the future and at most 30 days ahead, as Publish accepts it,
-// whether a duration or a time; the limit itself is allowed.
+// whether a duration, a time or a date; the limit itself is allowed.
 func TestParseAt(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
@@ -947,6 +947,12 @@ func TestParseAt(t *testing.T) {
 		{limit.Add(time.Second).Format(time.RFC3339), time.Time{}},
 		{now.Format(time.RFC3339), time.Time{}},
 		{"-1h", time.Time{}},
+		// A date is its midnight in now's zone, as --since reads it; today's has passed.
+		{"2026-05-02", time.Date(2026, 5, 2, 0, 0, 0, 0, time.UTC)},
+		{"2026-05-31", time.Date(2026, 5, 31, 0, 0, 0, 0, time.UTC)},
+		{"2026-06-01", time.Time{}},
+		{"2026-05-01", time.Time{}},
+		{"2026-5-2", time.Time{}},
 	}
 	for _, tt := range tests {
 		ts, err := parseAt(tt.in, now)

@@ -47,7 +47,7 @@ before it are printed, then the failure and the first line of the failed call; t
 sent again, since it may have been written (send the rest again with the same idempotency keys).`,
 		Example: `  notifyctl publish --user ana --user bob --title 'Your order shipped' --body 'Parcel 42 is on its way' \
     --data order_id=42 --priority high --ttl 1h --idempotency-key order-42-shipped-cli
-  notifyctl publish --all --title 'Maintenance tonight' --at 6h   # or an RFC 3339 time, at most 30 days ahead
+  notifyctl publish --all --title 'Maintenance tonight' --at 6h   # or an RFC 3339 time or a date (local midnight), at most 30 days ahead
   notifyctl publish --user ana --title 'Reminder' --at 90m
   notifyctl publish --file reminders.jsonl   # lines like:
     {"idempotencyKey":"r-1","type":"reminder","recipients":{"userIds":{"userIds":["ana"]}},"content":{"title":"Table ready"}}`,
@@ -70,7 +70,7 @@ sent again, since it may have been written (send the rest again with the same id
 	f.StringVar(&priority, "priority", "normal", "normal or high")
 	f.StringVar(&collapse, "collapse-key", "", "collapse `key`: FCM keeps only the newest with it")
 	f.StringVar(&file, "file", "", "publish the PublishRequests in this JSON-lines `file` (- for stdin) with PublishBatch")
-	f.StringVar(&at, "at", "", "send at `W`: an RFC 3339 time, or a duration from now (90m, 2h, 7d); at most 30 days ahead")
+	f.StringVar(&at, "at", "", "send at `W`: an RFC 3339 time, a date (local midnight) or a duration from now (90m, 2h, 7d); at most 30 days ahead")
 	f.BoolVar(&ignorePrefs, "ignore-preferences", false,
 		"send also to users who muted the type (security messages; needs an admin key or one allowed to)")
 	enumFlag(cmd, "priority", "normal", "high")
@@ -183,12 +183,15 @@ func daysText(d time.Duration) string {
 	return d.String()
 }
 
-// parseAt reads --at: an RFC 3339 time, or a duration from now. Either must be in the
-// future: Publish sends a send_at that is not at once, so a mistyped date would send now
-// what was meant for later (a broadcast, say). Either must also be at most
-// maxScheduleAhead away, which Publish would refuse.
+// parseAt reads --at: an RFC 3339 time, a date (its midnight in now's time zone, as --since
+// reads one), or a duration from now. Any must be in the future: Publish sends a send_at
+// that is not at once, so a mistyped date would send now what was meant for later (a
+// broadcast, say). Any must also be at most maxScheduleAhead away, which Publish would refuse.
 func parseAt(s string, now time.Time) (*timestamppb.Timestamp, error) {
 	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		t, err = time.ParseInLocation(time.DateOnly, s, now.Location())
+	}
 	if err == nil {
 		if !t.After(now) {
 			return nil, usagef("publish: --at %s is in the past; leave out --at to send now", s)
@@ -196,7 +199,7 @@ func parseAt(s string, now time.Time) (*timestamppb.Timestamp, error) {
 	} else {
 		d, err := parseDays(s)
 		if err != nil || d < 0 {
-			return nil, usagef("publish: --at %q: want an RFC 3339 time or a duration from now (90m, 2h, 7d)", s)
+			return nil, usagef("publish: --at %q: want an RFC 3339 time, a date (2026-11-30, local midnight) or a duration from now (90m, 2h, 7d)", s)
 		}
 		if d == 0 {
 			return nil, usagef("publish: --at %s is not in the future; leave out --at to send now", s)
