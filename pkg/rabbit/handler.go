@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 )
@@ -165,7 +164,9 @@ func (c *Consumer) settle(ctx context.Context, batch []*Delivery, errs []error) 
 		if !live(batch[0]) {
 			hold = nil // the broker has put them back: each below finds its channel closed
 		}
-		requeues = slices.DeleteFunc(requeues, func(i int) bool { return slices.Contains(hold, i) })
+		if len(hold) > 0 {
+			requeues = back // hold and back split requeues; with nothing held, all go back
+		}
 	}
 	c.settled(batch, requeues, Requeued, batch[0].sub.tags.each(batch, requeues, func(d *Delivery) error { return d.raw.Nack(false, true) }))
 	for _, i := range hold {
